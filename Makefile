@@ -1,0 +1,116 @@
+# ehr-operator — see README.md. `make help` lists the targets.
+
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+IMG ?= ehr-operator:$(VERSION)
+LDFLAGS := -s -w -X github.com/insighthealth/ehr-operator/internal/version.Version=$(VERSION)
+
+# Kubernetes version of the envtest API server (kube-apiserver + etcd).
+ENVTEST_K8S_VERSION ?= 1.37.2
+# setup-envtest's usual store, so every clone and every later run reuses it.
+ENVTEST_ASSETS ?= $(HOME)/.local/share/kubebuilder-envtest/k8s/$(ENVTEST_K8S_VERSION)-linux-amd64
+
+# Tools are pinned and installed into ./bin with `go install`.
+LOCALBIN ?= $(shell pwd)/bin
+CONTROLLER_TOOLS_VERSION ?= v0.23.0
+GOLANGCI_LINT_VERSION ?= v2.15.0
+HELM_VERSION ?= v3.22.0
+CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen
+GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint
+HELM ?= $(LOCALBIN)/helm
+
+FUZZTIME ?= 20s
+
+SHELL := /usr/bin/env bash -o pipefail
+.SHELLFLAGS := -ec
+
+.PHONY: all
+all: build
+
+##@ General
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*##"; printf "\nUsage:\n  make \033[36m<target>\033[0m\n"} /^[a-zA-Z_0-9-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) } ' $(MAKEFILE_LIST)
+
+##@ Development
+
+.PHONY: manifests
+manifests: controller-gen ## Generate the CRD and RBAC manifests into config/ (and the chart's copy of the CRD).
+	$(CONTROLLER_GEN) rbac:roleName=manager-role crd webhook paths="./..." output:crd:artifacts:config=config/crd/bases
+	@if [ -d charts/ehr-operator ]; then hack/chart-sync.sh; fi
+
+.PHONY: generate
+generate: controller-gen ## Generate DeepCopy methods.
+	$(CONTROLLER_GEN) object:headerFile="hack/boilerplate.go.txt" paths="./..."
+
+.PHONY: fmt
+fmt: ## Run gofmt on the code.
+	gofmt -l -w $$(git ls-files '*.go')
+
+.PHONY: vet
+vet: ## Run go vet.
+	go vet ./...
+
+.PHONY: lint
+lint: golangci-lint ## Run golangci-lint.
+	$(GOLANGCI_LINT) run ./...
+
+.PHONY: verify
+verify: golangci-lint controller-gen ## Check formatting, vet, lint and that generated files are current.
+	hack/verify.sh
+
+.PHONY: test
+test: setup-envtest helm ## Run all tests (real PostgreSQL, real API server); builds what they need on first use.
+	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" HELM="$(HELM)" go test ./... -count=1 -timeout 30m
+
+.PHONY: fuzz
+fuzz: ## Run each fuzz target for FUZZTIME (default 20s).
+	hack/fuzz.sh $(FUZZTIME)
+
+.PHONY: run
+run: ## Run a receiver for EHR nexus on a throwaway PostgreSQL and print a ready `send` command.
+	go run ./hack/devrun
+
+##@ Performance
+
+.PHONY: bench
+bench: ## Benchmarks and the receiver-vs-limit table (prints figures; writes BENCH_OUT).
+	hack/bench.sh
+
+.PHONY: load
+load: ## Sustained load against a real receiver; prints figures over time.
+	hack/load.sh
+
+##@ Build
+
+.PHONY: build
+build: ## Build bin/ehr-operator.
+	CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o $(LOCALBIN)/ehr-operator .
+
+.PHONY: docker-build
+docker-build: ## Build the container image with a Docker engine.
+	docker build --build-arg VERSION=$(VERSION) -t $(IMG) .
+
+##@ Dependencies
+
+$(LOCALBIN):
+	mkdir -p $(LOCALBIN)
+
+.PHONY: controller-gen
+controller-gen: $(LOCALBIN) ## Install controller-gen into ./bin.
+	@test -x $(CONTROLLER_GEN) && $(CONTROLLER_GEN) --version | grep -q $(CONTROLLER_TOOLS_VERSION) || \
+		GOBIN=$(LOCALBIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
+
+.PHONY: golangci-lint
+golangci-lint: $(LOCALBIN) ## Install golangci-lint into ./bin.
+	@test -x $(GOLANGCI_LINT) && $(GOLANGCI_LINT) version 2>/dev/null | grep -q $(GOLANGCI_LINT_VERSION:v%=%) || \
+		GOBIN=$(LOCALBIN) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+
+.PHONY: helm
+helm: $(LOCALBIN) ## Install helm into ./bin.
+	@test -x $(HELM) && $(HELM) version --short 2>/dev/null | grep -q $(HELM_VERSION) || \
+		GOBIN=$(LOCALBIN) go install -ldflags "-X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION)" helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+.PHONY: setup-envtest
+setup-envtest: ## Get kube-apiserver and etcd for envtest (download, or build from Go modules: ~9 min once).
+	hack/setup-envtest.sh "$(ENVTEST_K8S_VERSION)" "$(ENVTEST_ASSETS)"

@@ -1,0 +1,62 @@
+// Package cmd holds the ehr-operator subcommands: manager, receiver,
+// migrate, send and version. Each lives in its own file and registers itself
+// on the root command.
+package cmd
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+)
+
+var rootCmd = &cobra.Command{
+	Use:           "ehr-operator",
+	Short:         "Receive EHR appointment webhooks on Kubernetes",
+	SilenceUsage:  true,
+	SilenceErrors: true,
+}
+
+// Execute runs the command line and returns the process exit code.
+func Execute() int {
+	if err := rootCmd.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "error:", err)
+		var ec exitCoder
+		if errors.As(err, &ec) {
+			return ec.ExitCode()
+		}
+		return 1
+	}
+	return 0
+}
+
+type exitCoder interface{ ExitCode() int }
+
+// bindEnv gives every flag of fs that was not set on the command line the
+// value of its environment variable, when that is set: --database-url falls
+// back to DATABASE_URL, --max-body-bytes to MAX_BODY_BYTES, and so on
+// (DESIGN §7). Flags win over the environment.
+func bindEnv(fs *pflag.FlagSet) error {
+	var err error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if err != nil || f.Changed {
+			return
+		}
+		name := envName(f.Name)
+		if v, ok := os.LookupEnv(name); ok {
+			if serr := fs.Set(f.Name, v); serr != nil {
+				err = fmt.Errorf("environment variable %s: %w", name, serr)
+			}
+		}
+	})
+	return err
+}
+
+// envName maps a flag name to its environment variable: "database-url" →
+// "DATABASE_URL".
+func envName(flag string) string {
+	return strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
