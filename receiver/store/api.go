@@ -46,3 +46,24 @@ type Result struct {
 	Duplicates  int
 	Quarantined int
 }
+
+// The Store's API, used by the receiver (implemented in this package):
+//
+//	Open(ctx context.Context, databaseURL string) (*Store, error)
+//	    connects (sqlx + lib/pq, pool sized for the batcher); does not migrate.
+//	(*Store).Migrate(ctx context.Context) error
+//	    applies the embedded goose migrations under a Postgres advisory lock.
+//	(*Store).Write(ctx context.Context, b Batch) (Result, error)
+//	    stores b all-or-nothing and returns only after COMMIT. Concurrent calls
+//	    share one transaction through the batcher, each in its own savepoint.
+//	    The Delivery row (outcome/status given by the caller) is written in
+//	    the same transaction and history rows refer to it.
+//	(*Store).RecordDelivery(ctx context.Context, d Delivery) error
+//	    logs an authenticated request that was answered with an error.
+//	(*Store).Ready(ctx context.Context) error
+//	    nil when the database answers and every migration is applied.
+//	(*Store).Close() error
+//	    stops the batcher after in-flight writes finish, then closes the pool.
+//	IsUnavailable(err error) bool
+//	    true when err means the database could not be reached or is shutting
+//	    down (answer 503 + Retry-After); false for anything unexpected (500).
