@@ -34,6 +34,10 @@ help: ## Show this help.
 
 ##@ Development
 
+.PHONY: setup
+setup: ## Install what development and tests need (PostgreSQL via apt, tools in ./bin, envtest binaries).
+	hack/setup.sh
+
 .PHONY: manifests
 manifests: controller-gen ## Generate the CRD and RBAC manifests into config/ (and the chart's copy of the CRD).
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd webhook paths="./..." output:crd:artifacts:config=config/crd/bases
@@ -90,6 +94,36 @@ build: ## Build bin/ehr-operator.
 .PHONY: docker-build
 docker-build: ## Build the container image with a Docker engine.
 	docker build --build-arg VERSION=$(VERSION) -t $(IMG) .
+
+##@ Local cluster
+
+IMAGE_TAR ?= $(LOCALBIN)/ehr-operator-image.tar
+
+.PHONY: image
+image: build ## Build the image $(IMG) into IMAGE_TAR (and the cluster's pause image) with go-containerregistry; no Docker needed.
+	hack/image/build.sh operator $(LOCALBIN)/ehr-operator $(IMG) $(IMAGE_TAR)
+	hack/image/build.sh pause
+
+.PHONY: cluster-up
+cluster-up: ## Start a real single-node Kubernetes cluster here (root; its binaries are built once, ~12 min); prints the kubeconfig path.
+	hack/local-cluster/up.sh
+
+.PHONY: cluster-down
+cluster-down: ## Tear the local cluster down and check that nothing of it remains on the host.
+	hack/local-cluster/down.sh
+	hack/local-cluster/check-clean.sh
+
+.PHONY: cluster-load
+cluster-load: image ## Import the image into the local cluster's containerd (pods use imagePullPolicy: Never).
+	hack/local-cluster/load-images.sh $(IMAGE_TAR)
+
+.PHONY: test-e2e
+test-e2e: image helm ## End-to-end tests on the local cluster (brought up if needed, torn down after unless it was up before or E2E_KEEP_CLUSTER=1).
+	IMG=$(IMG) IMAGE_TAR=$(IMAGE_TAR) HELM=$(HELM) go test -tags e2e ./test/e2e/ -count=1 -timeout 45m -v
+
+.PHONY: dev
+dev: image helm ## Local cluster + PostgreSQL + the operator (Helm) + one EHRIntegration, left running; prints kubectl and send commands.
+	IMG=$(IMG) IMAGE_TAR=$(IMAGE_TAR) HELM=$(HELM) go run -tags e2e ./test/e2e/dev
 
 ##@ Dependencies
 

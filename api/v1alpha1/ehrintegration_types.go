@@ -1,0 +1,338 @@
+/*
+Copyright 2026 Insight Health.
+
+Licensed under the Apache License, Version 2.0 (the "License");
+you may not use this file except in compliance with the License.
+You may obtain a copy of the License at
+
+    http://www.apache.org/licenses/LICENSE-2.0
+
+Unless required by applicable law or agreed to in writing, software
+distributed under the License is distributed on an "AS IS" BASIS,
+WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+See the License for the specific language governing permissions and
+limitations under the License.
+*/
+
+package v1alpha1
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// EHRIntegrationSpec is what the platform team asks for: one webhook receiver
+// for one EHR vendor, with its credentials, database and limits.
+type EHRIntegrationSpec struct {
+	// ehr is the EHR's identifier, the {ehr} segment of
+	// POST /v2/webhooks/{ehr}/sync-appointments, e.g. nexus or medicat.
+	// It is a DNS label and cannot be changed once set. Two EHRIntegrations
+	// in one namespace may not use the same ehr.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="ehr is immutable; create a new EHRIntegration instead"
+	EHR string `json:"ehr"`
+
+	// credentialsSecretRef names the Secret, in this namespace, that holds the
+	// EHR's credentials under the keys api-key and webhook-secret, and
+	// optionally webhook-secret-previous while a webhook secret is rotated.
+	// +required
+	CredentialsSecretRef SecretReference `json:"credentialsSecretRef"`
+
+	// database says where the appointments are stored.
+	// +required
+	Database DatabaseSpec `json:"database"`
+
+	// timeZone is the IANA time zone the EHR's MM/DD/YYYY HH:MM times are in,
+	// e.g. America/New_York.
+	// +optional
+	// +kubebuilder:default=UTC
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$`
+	// +kubebuilder:validation:XValidation:rule="self != 'Local'",message="timeZone must be an IANA zone name such as America/New_York, not Local"
+	TimeZone string `json:"timeZone,omitempty"`
+
+	// replicas is the number of receiver pods. A PodDisruptionBudget keeping
+	// one pod available is made when it is greater than 1.
+	// +optional
+	// +kubebuilder:default=2
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=50
+	Replicas *int32 `json:"replicas,omitempty"`
+
+	// image overrides the receiver's container image. By default the
+	// receivers run the operator's own image, so both are the same version.
+	// +optional
+	// +kubebuilder:validation:MaxLength=512
+	// +kubebuilder:validation:Pattern=`^[^\s]+$`
+	Image string `json:"image,omitempty"`
+
+	// resources are the receiver container's compute resources. When unset
+	// the receiver requests 50m CPU and 64Mi memory, with a 256Mi memory limit.
+	// +optional
+	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// ingress exposes the receiver at its own host. Without it no Ingress is
+	// made and the receiver is reachable only inside the cluster.
+	// +optional
+	Ingress *IngressSpec `json:"ingress,omitempty"`
+
+	// limits bound what one EHR may send.
+	// +optional
+	// +kubebuilder:default={}
+	Limits *LimitsSpec `json:"limits,omitempty"`
+
+	// onInvalid says what happens to a batch with invalid entries: Reject
+	// answers 422 and writes nothing; Quarantine writes the valid entries,
+	// keeps the invalid ones in a quarantine table and answers 200.
+	// +optional
+	// +kubebuilder:default=Reject
+	OnInvalid OnInvalidPolicy `json:"onInvalid,omitempty"`
+
+	// suspend scales the receiver to zero pods and stops reconciling its
+	// other objects until it is set back to false.
+	// +optional
+	Suspend bool `json:"suspend,omitempty"`
+}
+
+// SecretReference names a Secret in the EHRIntegration's namespace.
+type SecretReference struct {
+	// name is the Secret's name.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	Name string `json:"name"`
+}
+
+// SecretKeyReference names one key of a Secret in the EHRIntegration's
+// namespace.
+type SecretKeyReference struct {
+	// name is the Secret's name.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	Name string `json:"name"`
+
+	// key is the key in the Secret's data.
+	// +optional
+	// +kubebuilder:default=uri
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z0-9]+$`
+	// +kubebuilder:validation:XValidation:rule="self != '.' && self != '..'",message="key may not be . or .."
+	Key string `json:"key,omitempty"`
+}
+
+// DatabaseSpec says where the receiver stores appointments.
+type DatabaseSpec struct {
+	// secretRef names the Secret key holding a postgres:// connection URL,
+	// e.g. the uri key of a CloudNativePG "<cluster>-app" Secret.
+	// +required
+	SecretRef SecretKeyReference `json:"secretRef"`
+}
+
+// IngressSpec describes the receiver's Ingress.
+type IngressSpec struct {
+	// host is the DNS name the EHR posts to, e.g. nexus.webhooks.example.com.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	Host string `json:"host"`
+
+	// className is the IngressClass to use; the cluster's default class when
+	// unset.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	ClassName string `json:"className,omitempty"`
+
+	// annotations are added to the Ingress, e.g. for the ingress controller
+	// or cert-manager.
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
+
+	// tlsSecretName names the Secret with the TLS certificate for host. The
+	// Ingress terminates TLS only when it is set.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	TLSSecretName string `json:"tlsSecretName,omitempty"`
+}
+
+// LimitsSpec bounds what one EHR may send.
+type LimitsSpec struct {
+	// maxBodyBytes is the largest request body accepted; larger ones are
+	// answered 413.
+	// +optional
+	// +kubebuilder:default=4194304
+	// +kubebuilder:validation:Minimum=1024
+	// +kubebuilder:validation:Maximum=67108864
+	MaxBodyBytes int64 `json:"maxBodyBytes,omitempty"`
+
+	// maxBatchSize is the most appointments one request may carry; more are
+	// answered 413.
+	// +optional
+	// +kubebuilder:default=1000
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=10000
+	MaxBatchSize int32 `json:"maxBatchSize,omitempty"`
+
+	// requestsPerSecond is the sustained request rate allowed for this EHR,
+	// per receiver pod; requests over it are answered 429.
+	// +optional
+	// +kubebuilder:default=50
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=10000
+	RequestsPerSecond int32 `json:"requestsPerSecond,omitempty"`
+
+	// burst is how many requests may arrive at once above requestsPerSecond
+	// (the token bucket's size), per receiver pod.
+	// +optional
+	// +kubebuilder:default=100
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100000
+	Burst int32 `json:"burst,omitempty"`
+}
+
+// OnInvalidPolicy says what the receiver does with invalid entries.
+// +kubebuilder:validation:Enum=Reject;Quarantine
+type OnInvalidPolicy string
+
+const (
+	// OnInvalidReject fails the whole batch with 422 and writes nothing.
+	OnInvalidReject OnInvalidPolicy = "Reject"
+	// OnInvalidQuarantine writes the valid entries, quarantines the invalid
+	// ones and answers 200.
+	OnInvalidQuarantine OnInvalidPolicy = "Quarantine"
+)
+
+// EHRIntegrationStatus is what the operator observed.
+type EHRIntegrationStatus struct {
+	// observedGeneration is the metadata.generation this status speaks for.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// conditions are Ready, Progressing and Degraded.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	// +patchStrategy=merge
+	// +patchMergeKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty" patchStrategy:"merge" patchMergeKey:"type"`
+
+	// readyReplicas is the number of receiver pods ready to serve.
+	// +optional
+	ReadyReplicas int32 `json:"readyReplicas,omitempty"`
+
+	// endpoint is the URL the EHR posts to: https://<ingress host>/v2/webhooks/<ehr>/sync-appointments
+	// with an Ingress, otherwise the receiver Service's in-cluster URL.
+	// +optional
+	Endpoint string `json:"endpoint,omitempty"`
+}
+
+// Condition types.
+const (
+	// ConditionReady is True when the receiver serves: its Deployment has
+	// the desired replicas available and its Ingress, if any, exists.
+	ConditionReady = "Ready"
+	// ConditionProgressing is True while the receiver is rolling out.
+	ConditionProgressing = "Progressing"
+	// ConditionDegraded is True when the operator cannot make the receiver
+	// the spec asks for, e.g. a referenced Secret is missing.
+	ConditionDegraded = "Degraded"
+)
+
+// Condition reasons.
+const (
+	// ReasonAvailable: the receiver is available (Ready=True).
+	ReasonAvailable = "Available"
+	// ReasonReconciled: every child object is as the spec asks.
+	ReasonReconciled = "Reconciled"
+	// ReasonRollingOut: the Deployment is rolling out a new pod template.
+	ReasonRollingOut = "RollingOut"
+	// ReasonDeploymentUnavailable: the Deployment lacks available replicas.
+	ReasonDeploymentUnavailable = "DeploymentUnavailable"
+	// ReasonRolloutStuck: the Deployment exceeded its progress deadline.
+	ReasonRolloutStuck = "RolloutStuck"
+	// ReasonSecretNotFound: a referenced Secret does not exist.
+	ReasonSecretNotFound = "SecretNotFound"
+	// ReasonSecretKeyMissing: a referenced Secret lacks a required key.
+	ReasonSecretKeyMissing = "SecretKeyMissing"
+	// ReasonInvalidTimeZone: spec.timeZone is not a known IANA zone.
+	ReasonInvalidTimeZone = "InvalidTimeZone"
+	// ReasonDuplicateEHR: an older EHRIntegration in the namespace has the
+	// same spec.ehr.
+	ReasonDuplicateEHR = "DuplicateEHR"
+	// ReasonNoReceiverImage: neither spec.image nor the manager's
+	// --receiver-image is set.
+	ReasonNoReceiverImage = "NoReceiverImage"
+	// ReasonSuspended: spec.suspend is true.
+	ReasonSuspended = "Suspended"
+	// ReasonOwnershipConflict: a child's name is taken by an object this
+	// EHRIntegration does not control.
+	ReasonOwnershipConflict = "OwnershipConflict"
+)
+
+// AnnotationExternalReplicas, set to "true" on an EHRIntegration, hands the
+// receiver Deployment's replica count to someone else (a
+// HorizontalPodAutoscaler): the operator then sets replicas only when it
+// creates the Deployment, resumes it from suspend, or suspends it.
+const AnnotationExternalReplicas = "ehr.insighthealth.io/external-replicas"
+
+// EHRIntegration provisions a webhook receiver for one EHR vendor: a
+// Deployment running `ehr-operator receiver`, its Service, ServiceAccount,
+// optional Ingress and PodDisruptionBudget.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=ehri,categories=ehr
+// +kubebuilder:printcolumn:name="EHR",type=string,JSONPath=`.spec.ehr`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
+// +kubebuilder:printcolumn:name="Replicas",type=integer,JSONPath=`.status.readyReplicas`
+// +kubebuilder:printcolumn:name="Endpoint",type=string,JSONPath=`.status.endpoint`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type EHRIntegration struct {
+	metav1.TypeMeta `json:",inline"`
+
+	// metadata is the standard object metadata.
+	// +optional
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// spec is the desired receiver.
+	// +required
+	Spec EHRIntegrationSpec `json:"spec"`
+
+	// status is the observed state of the receiver.
+	// +optional
+	Status EHRIntegrationStatus `json:"status,omitempty"`
+}
+
+// EHRIntegrationList is a list of EHRIntegrations.
+// +kubebuilder:object:root=true
+type EHRIntegrationList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []EHRIntegration `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&EHRIntegration{}, &EHRIntegrationList{})
+}
+
+// Defaults the API server applies (the +kubebuilder:default markers above);
+// the controller applies the same ones to fields a client left empty.
+const (
+	DefaultTimeZone                = "UTC"
+	DefaultReplicas          int32 = 2
+	DefaultDatabaseKey             = "uri"
+	DefaultMaxBodyBytes      int64 = 4194304
+	DefaultMaxBatchSize      int32 = 1000
+	DefaultRequestsPerSecond int32 = 50
+	DefaultBurst             int32 = 100
+)

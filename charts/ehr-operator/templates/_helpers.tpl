@@ -1,0 +1,61 @@
+{{/* Chart name, overridable with nameOverride. */}}
+{{- define "ehr-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name used for every object: the release name, with the chart name
+appended unless the release name already contains it. Truncated to 63
+characters, the limit of a DNS label.
+*/}}
+{{- define "ehr-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Labels every object carries. */}}
+{{- define "ehr-operator.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "ehr-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: ehr-operator
+{{- end }}
+
+{{/* Labels that select the manager pods; never change them in an upgrade (Deployment selectors are immutable). */}}
+{{- define "ehr-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ehr-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: manager
+{{- end }}
+
+{{/* ServiceAccount the manager runs as. */}}
+{{- define "ehr-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "ehr-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The operator's image: repository, then @digest when set, else :tag (default the appVersion). */}}
+{{- define "ehr-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The receivers' image: receiverImage, else the operator's own image. */}}
+{{- define "ehr-operator.receiverImage" -}}
+{{- default (include "ehr-operator.image" .) .Values.receiverImage }}
+{{- end }}

@@ -1,0 +1,404 @@
+// Package controllers holds the EHRIntegration reconciler (DESIGN §4): it
+// makes each EHRIntegration's receiver ServiceAccount, Deployment, Service,
+// Ingress and PodDisruptionBudget, and reports on them in its status.
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+	// The receiver's time zones are checked here with time.LoadLocation;
+	// embedding the zone database makes the answer the same on every
+	// image, with or without /usr/share/zoneinfo.
+	_ "time/tzdata"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/insighthealth/ehr-operator/api/v1alpha1"
+)
+
+// Field indexes on EHRIntegrations in the manager's cache.
+const (
+	// indexSecretNames: the Secrets an EHRIntegration references, so a
+	// Secret's change finds the EHRIntegrations to reconcile.
+	indexSecretNames = ".spec.secretNames"
+	// indexEHR: spec.ehr, to find duplicates in a namespace.
+	indexEHR = ".spec.ehr"
+)
+
+// EHRIntegrationReconciler reconciles EHRIntegrations.
+type EHRIntegrationReconciler struct {
+	client.Client
+	// APIReader reads Secrets straight from the API server: the manager
+	// caches only Secrets' metadata (to watch them), not every Secret's data.
+	APIReader client.Reader
+	Scheme    *runtime.Scheme
+	Recorder  events.EventRecorder
+	// ReceiverImage is the receivers' image when spec.image is empty: the
+	// operator's own image, so operator and receivers are one version.
+	ReceiverImage string
+	// MaxConcurrentReconciles defaults to 1.
+	MaxConcurrentReconciles int
+}
+
+// +kubebuilder:rbac:groups=ehr.insighthealth.io,resources=ehrintegrations,verbs=get;list;watch
+// +kubebuilder:rbac:groups=ehr.insighthealth.io,resources=ehrintegrations/status,verbs=update
+// +kubebuilder:rbac:groups=ehr.insighthealth.io,resources=ehrintegrations/finalizers,verbs=update
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=serviceaccounts;services,verbs=get;list;watch;create;update
+// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups=networking.k8s.io,resources=ingresses,verbs=get;list;watch;create;update;delete
+// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;update;delete
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// Reconcile makes the children of one EHRIntegration match its spec and
+// writes its status when that changed.
+func (r *EHRIntegrationReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	var e v1alpha1.EHRIntegration
+	if err := r.Get(ctx, req.NamespacedName, &e); err != nil {
+		// Deleted: the children go with it through their owner references.
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !e.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, nil
+	}
+
+	obs, err := r.reconcileChildren(ctx, &e)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	st := computeStatus(&e, obs)
+	r.recordTransition(&e, st)
+	if !equality.Semantic.DeepEqual(e.Status, st) {
+		updated := e.DeepCopy()
+		updated.Status = st
+		if err := r.Status().Update(ctx, updated); err != nil {
+			if apierrors.IsConflict(err) {
+				// Someone changed it since we read it; the change is on its
+				// way to us as an event, look again shortly.
+				return ctrl.Result{RequeueAfter: time.Second}, nil
+			}
+			return ctrl.Result{}, fmt.Errorf("while updating the status of EHRIntegration %s: %w", req.NamespacedName, err)
+		}
+	}
+	if obs.problem != nil && obs.problem.retry {
+		return ctrl.Result{RequeueAfter: retryAfter(st, time.Now())}, nil
+	}
+	return ctrl.Result{}, nil
+}
+
+// reconcileChildren checks the prerequisites and brings each child in line.
+// A problem the user must fix is returned in the observation, not as an
+// error, so it does not spin in the error backoff.
+func (r *EHRIntegrationReconciler) reconcileChildren(ctx context.Context, e *v1alpha1.EHRIntegration) (observation, error) {
+	obs := observation{wantReplicas: desiredReplicas(e)}
+	if e.Spec.Suspend {
+		obs.suspended = true
+		d, err := r.suspend(ctx, e)
+		obs.deployment = d
+		return obs, err
+	}
+
+	image, hash, p, err := r.prerequisites(ctx, e)
+	if err != nil || p != nil {
+		obs.problem = p
+		if err == nil {
+			// Report the receiver that still runs, if any.
+			obs.deployment, err = r.currentDeployment(ctx, e)
+		}
+		return obs, err
+	}
+
+	err = r.applyChildren(ctx, e, image, hash, &obs)
+	var conflict *ownershipConflictError
+	if errors.As(err, &conflict) {
+		obs.problem = &problem{reason: v1alpha1.ReasonOwnershipConflict, message: conflict.Error(), retry: true}
+		return obs, nil
+	}
+	return obs, err
+}
+
+// prerequisites returns the receiver image and the Secrets' hash, or the
+// problem that stops the receiver from being made.
+func (r *EHRIntegrationReconciler) prerequisites(ctx context.Context, e *v1alpha1.EHRIntegration) (string, string, *problem, error) {
+	if p, err := r.duplicate(ctx, e); err != nil || p != nil {
+		return "", "", p, err
+	}
+	tz := withDefaults(e).Spec.TimeZone
+	if _, err := time.LoadLocation(tz); err != nil || tz == "Local" {
+		return "", "", &problem{reason: v1alpha1.ReasonInvalidTimeZone,
+			message: fmt.Sprintf("timeZone %q is not an IANA time zone name such as America/New_York", tz)}, nil
+	}
+	image := e.Spec.Image
+	if image == "" {
+		image = r.ReceiverImage
+	}
+	if image == "" {
+		return "", "", &problem{reason: v1alpha1.ReasonNoReceiverImage,
+			message: "spec.image is empty and the operator was started without --receiver-image (RECEIVER_IMAGE)"}, nil
+	}
+	hash, p, err := r.readSecrets(ctx, e)
+	return image, hash, p, err
+}
+
+// duplicate reports DuplicateEHR when an older EHRIntegration in the
+// namespace (by creationTimestamp, then name) has the same spec.ehr: both
+// would write the same rows.
+func (r *EHRIntegrationReconciler) duplicate(ctx context.Context, e *v1alpha1.EHRIntegration) (*problem, error) {
+	var list v1alpha1.EHRIntegrationList
+	if err := r.List(ctx, &list, client.InNamespace(e.Namespace), client.MatchingFields{indexEHR: e.Spec.EHR}); err != nil {
+		return nil, fmt.Errorf("while listing EHRIntegrations with ehr %q: %w", e.Spec.EHR, err)
+	}
+	for i := range list.Items {
+		o := &list.Items[i]
+		if o.UID == e.UID || !o.DeletionTimestamp.IsZero() {
+			continue
+		}
+		if o.CreationTimestamp.Before(&e.CreationTimestamp) ||
+			(o.CreationTimestamp.Equal(&e.CreationTimestamp) && o.Name < e.Name) {
+			return &problem{reason: v1alpha1.ReasonDuplicateEHR,
+				message: fmt.Sprintf("EHRIntegration %s already serves ehr %q in this namespace", o.Name, e.Spec.EHR)}, nil
+		}
+	}
+	return nil, nil
+}
+
+// readSecrets checks that the referenced Secrets and keys exist and are not
+// empty (an empty webhook secret would let anyone sign), and hashes them.
+func (r *EHRIntegrationReconciler) readSecrets(ctx context.Context, e *v1alpha1.EHRIntegration) (string, *problem, error) {
+	e = withDefaults(e)
+	ref := e.Spec.Database.SecretRef
+	creds, p, err := r.secret(ctx, e.Namespace, e.Spec.CredentialsSecretRef.Name, "credentialsSecretRef",
+		keyAPIKey, keyWebhookSecret)
+	if err != nil || p != nil {
+		return "", p, err
+	}
+	db, p, err := r.secret(ctx, e.Namespace, ref.Name, "database.secretRef", ref.Key)
+	if err != nil || p != nil {
+		return "", p, err
+	}
+	return secretsHash(creds, db, ref.Key), nil, nil
+}
+
+func (r *EHRIntegrationReconciler) secret(ctx context.Context, ns, name, field string, keys ...string) (*corev1.Secret, *problem, error) {
+	var s corev1.Secret
+	if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &s); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, &problem{reason: v1alpha1.ReasonSecretNotFound, retry: true,
+				message: fmt.Sprintf("Secret %s (%s) not found", name, field)}, nil
+		}
+		return nil, nil, fmt.Errorf("while getting Secret %s/%s: %w", ns, name, err)
+	}
+	for _, k := range keys {
+		if len(s.Data[k]) == 0 {
+			return nil, &problem{reason: v1alpha1.ReasonSecretKeyMissing, retry: true,
+				message: fmt.Sprintf("Secret %s (%s) has no value for key %s", name, field, k)}, nil
+		}
+	}
+	return &s, nil, nil
+}
+
+// applyChildren creates or corrects every child, and deletes the Ingress
+// and PodDisruptionBudget when the spec no longer asks for them.
+func (r *EHRIntegrationReconciler) applyChildren(ctx context.Context, e *v1alpha1.EHRIntegration, image, hash string, obs *observation) error {
+	if _, err := r.apply(ctx, e, buildServiceAccount(e), "automountServiceAccountToken"); err != nil {
+		return err
+	}
+
+	dep := buildDeployment(e, image, hash)
+	if e.Annotations[v1alpha1.AnnotationExternalReplicas] == "true" {
+		// An autoscaler owns replicas: leave them, unless the Deployment
+		// is new or at zero (an autoscaler does not scale up from zero).
+		cur, err := r.currentDeployment(ctx, e)
+		if err != nil {
+			return err
+		}
+		if cur != nil && cur.Spec.Replicas != nil && *cur.Spec.Replicas > 0 {
+			dep.Spec.Replicas = nil
+			obs.wantReplicas = *cur.Spec.Replicas
+		}
+	}
+	obj, err := r.apply(ctx, e, dep, "spec")
+	if err != nil {
+		return err
+	}
+	obs.deployment = obj.(*appsv1.Deployment)
+
+	if _, err := r.apply(ctx, e, buildService(e), "spec"); err != nil {
+		return err
+	}
+
+	if ing := buildIngress(e); ing != nil {
+		if _, err := r.apply(ctx, e, ing, "spec"); err != nil {
+			return err
+		}
+	} else if err := r.deleteChild(ctx, e, &networkingv1.Ingress{}); err != nil {
+		return err
+	}
+
+	if pdb := buildPDB(e); pdb != nil {
+		if _, err := r.apply(ctx, e, pdb, "spec"); err != nil {
+			return err
+		}
+	} else if err := r.deleteChild(ctx, e, &policyv1.PodDisruptionBudget{}); err != nil {
+		return err
+	}
+	return nil
+}
+
+// apply runs the create-or-update of one child and tells about writes.
+func (r *EHRIntegrationReconciler) apply(ctx context.Context, e *v1alpha1.EHRIntegration, desired client.Object, fields ...string) (client.Object, error) {
+	obj, res, err := apply(ctx, r.Client, r.Scheme, e, desired, fields...)
+	if err != nil {
+		return nil, err
+	}
+	if res != applyUnchanged {
+		kind := fmt.Sprintf("%T", desired)[1:]
+		logf.FromContext(ctx).Info("Wrote child", "object", kind, "name", desired.GetName(), "operation", res)
+		reason := "Created"
+		if res == applyUpdated {
+			reason = "Updated"
+		}
+		r.Recorder.Eventf(e, obj, corev1.EventTypeNormal, reason, "Reconcile", "%s %s %s", reason, kind, desired.GetName())
+	}
+	return obj, nil
+}
+
+// deleteChild deletes e's child of obj's kind when e controls it.
+func (r *EHRIntegrationReconciler) deleteChild(ctx context.Context, e *v1alpha1.EHRIntegration, obj client.Object) error {
+	obj.SetNamespace(e.Namespace)
+	obj.SetName(childName(e))
+	deleted, err := deleteOwned(ctx, r.Client, e, obj)
+	if deleted {
+		kind := fmt.Sprintf("%T", obj)[1:]
+		logf.FromContext(ctx).Info("Deleted child", "object", kind, "name", obj.GetName())
+		r.Recorder.Eventf(e, nil, corev1.EventTypeNormal, "Deleted", "Reconcile", "Deleted %s %s", kind, obj.GetName())
+	}
+	return err
+}
+
+// currentDeployment returns e's receiver Deployment, nil when there is none.
+func (r *EHRIntegrationReconciler) currentDeployment(ctx context.Context, e *v1alpha1.EHRIntegration) (*appsv1.Deployment, error) {
+	var d appsv1.Deployment
+	if err := r.Get(ctx, types.NamespacedName{Namespace: e.Namespace, Name: childName(e)}, &d); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("while getting Deployment %s: %w", childName(e), err)
+	}
+	if ref := metav1.GetControllerOf(&d); ref == nil || ref.UID != e.UID {
+		return nil, nil
+	}
+	return &d, nil
+}
+
+// suspend scales the receiver Deployment, if there is one, to zero and
+// touches nothing else.
+func (r *EHRIntegrationReconciler) suspend(ctx context.Context, e *v1alpha1.EHRIntegration) (*appsv1.Deployment, error) {
+	d, err := r.currentDeployment(ctx, e)
+	if err != nil || d == nil || (d.Spec.Replicas != nil && *d.Spec.Replicas == 0) {
+		return d, err
+	}
+	patch := client.MergeFrom(d.DeepCopy())
+	d.Spec.Replicas = ptr.To[int32](0)
+	if err := r.Patch(ctx, d, patch); err != nil {
+		return nil, fmt.Errorf("while scaling Deployment %s to zero: %w", d.Name, err)
+	}
+	logf.FromContext(ctx).Info("Suspended receiver", "deployment", d.Name)
+	r.Recorder.Eventf(e, d, corev1.EventTypeNormal, v1alpha1.ReasonSuspended, "Suspend", "Scaled Deployment %s to zero", d.Name)
+	return d, nil
+}
+
+// recordTransition emits an Event when Ready changes reason, so `kubectl
+// describe` tells why without repeating it on every pass.
+func (r *EHRIntegrationReconciler) recordTransition(e *v1alpha1.EHRIntegration, st v1alpha1.EHRIntegrationStatus) {
+	now := meta.FindStatusCondition(st.Conditions, v1alpha1.ConditionReady)
+	before := meta.FindStatusCondition(e.Status.Conditions, v1alpha1.ConditionReady)
+	if now == nil || (before != nil && before.Reason == now.Reason && before.Status == now.Status) {
+		return
+	}
+	typ := corev1.EventTypeNormal
+	if meta.IsStatusConditionTrue(st.Conditions, v1alpha1.ConditionDegraded) {
+		typ = corev1.EventTypeWarning
+	}
+	r.Recorder.Eventf(e, nil, typ, now.Reason, "Reconcile", "%s", now.Message)
+}
+
+// SetupWithManager registers the reconciler, its indexes and its watches.
+func (r *EHRIntegrationReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager) error {
+	idx := mgr.GetFieldIndexer()
+	if err := idx.IndexField(ctx, &v1alpha1.EHRIntegration{}, indexSecretNames, func(o client.Object) []string {
+		e := o.(*v1alpha1.EHRIntegration)
+		return []string{e.Spec.CredentialsSecretRef.Name, e.Spec.Database.SecretRef.Name}
+	}); err != nil {
+		return fmt.Errorf("while indexing EHRIntegrations by Secret: %w", err)
+	}
+	if err := idx.IndexField(ctx, &v1alpha1.EHRIntegration{}, indexEHR, func(o client.Object) []string {
+		return []string{o.(*v1alpha1.EHRIntegration).Spec.EHR}
+	}); err != nil {
+		return fmt.Errorf("while indexing EHRIntegrations by ehr: %w", err)
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&v1alpha1.EHRIntegration{}).
+		Owns(&corev1.ServiceAccount{}).
+		Owns(&appsv1.Deployment{}).
+		Owns(&corev1.Service{}).
+		Owns(&networkingv1.Ingress{}).
+		Owns(&policyv1.PodDisruptionBudget{}).
+		// Only Secrets' metadata is cached: enough to notice a change.
+		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.forSecret), builder.OnlyMetadata).
+		// A change to one EHRIntegration may settle another's DuplicateEHR.
+		Watches(&v1alpha1.EHRIntegration{}, handler.EnqueueRequestsFromMapFunc(r.sameEHR)).
+		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.MaxConcurrentReconciles, 1)}).
+		Named("ehrintegration").
+		Complete(r)
+}
+
+// forSecret maps a Secret to the EHRIntegrations that reference it.
+func (r *EHRIntegrationReconciler) forSecret(ctx context.Context, s client.Object) []reconcile.Request {
+	return r.requestsFor(ctx, s.GetNamespace(), client.MatchingFields{indexSecretNames: s.GetName()}, "")
+}
+
+// sameEHR maps an EHRIntegration to the others in its namespace with the
+// same spec.ehr.
+func (r *EHRIntegrationReconciler) sameEHR(ctx context.Context, o client.Object) []reconcile.Request {
+	e, ok := o.(*v1alpha1.EHRIntegration)
+	if !ok {
+		return nil
+	}
+	return r.requestsFor(ctx, e.Namespace, client.MatchingFields{indexEHR: e.Spec.EHR}, e.Name)
+}
+
+func (r *EHRIntegrationReconciler) requestsFor(ctx context.Context, ns string, match client.MatchingFields, except string) []reconcile.Request {
+	var list v1alpha1.EHRIntegrationList
+	if err := r.List(ctx, &list, client.InNamespace(ns), match); err != nil {
+		logf.FromContext(ctx).Error(err, "Cannot list EHRIntegrations to enqueue", "namespace", ns)
+		return nil
+	}
+	reqs := make([]reconcile.Request, 0, len(list.Items))
+	for _, e := range list.Items {
+		if e.Name != except {
+			reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: e.Name}})
+		}
+	}
+	return reqs
+}

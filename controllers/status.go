@@ -1,0 +1,147 @@
+package controllers
+
+import (
+	"fmt"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/insighthealth/ehr-operator/api/v1alpha1"
+)
+
+// problem is a reason the operator cannot make the receiver the spec asks
+// for. While one stands, the children are left as they are.
+type problem struct {
+	reason  string
+	message string
+	// retry: the problem may go away without a spec change (a Secret may
+	// appear), so look again after a backoff besides watching.
+	retry bool
+}
+
+func (p *problem) Error() string { return p.reason + ": " + p.message }
+
+// observation is what one reconcile pass found, the input of the status.
+type observation struct {
+	problem   *problem
+	suspended bool
+	// deployment is the receiver Deployment as stored, nil when absent.
+	deployment *appsv1.Deployment
+	// wantReplicas is the Deployment's desired replica count.
+	wantReplicas int32
+	// ingressMissing: the spec asks for an Ingress that is not stored.
+	ingressMissing bool
+}
+
+// computeStatus returns e's status for what was observed. It starts from
+// e's current conditions, so a condition whose status does not change keeps
+// its lastTransitionTime and an unchanged pass yields an equal status.
+func computeStatus(e *v1alpha1.EHRIntegration, o observation) v1alpha1.EHRIntegrationStatus {
+	st := *e.Status.DeepCopy()
+	st.ObservedGeneration = e.Generation
+	st.Endpoint = endpointURL(e)
+	st.ReadyReplicas = 0
+	if o.deployment != nil {
+		st.ReadyReplicas = o.deployment.Status.ReadyReplicas
+	}
+	set := func(t string, s metav1.ConditionStatus, reason, msg string) {
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{
+			Type: t, Status: s, Reason: reason, Message: msg, ObservedGeneration: e.Generation,
+		})
+	}
+
+	switch {
+	case o.suspended:
+		msg := "spec.suspend is true: the receiver is scaled to zero"
+		set(v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonSuspended, msg)
+		set(v1alpha1.ConditionProgressing, metav1.ConditionFalse, v1alpha1.ReasonSuspended, msg)
+		set(v1alpha1.ConditionDegraded, metav1.ConditionFalse, v1alpha1.ReasonSuspended, msg)
+	case o.problem != nil:
+		p := o.problem
+		set(v1alpha1.ConditionReady, metav1.ConditionFalse, p.reason, p.message)
+		set(v1alpha1.ConditionProgressing, metav1.ConditionFalse, p.reason, p.message)
+		set(v1alpha1.ConditionDegraded, metav1.ConditionTrue, p.reason, p.message)
+	default:
+		ready, readyReason, readyMsg := deploymentReady(o)
+		if ready {
+			set(v1alpha1.ConditionReady, metav1.ConditionTrue, readyReason, readyMsg)
+		} else {
+			set(v1alpha1.ConditionReady, metav1.ConditionFalse, readyReason, readyMsg)
+		}
+		if rolledOut(o) {
+			set(v1alpha1.ConditionProgressing, metav1.ConditionFalse, v1alpha1.ReasonReconciled, "the receiver runs the current spec")
+		} else {
+			set(v1alpha1.ConditionProgressing, metav1.ConditionTrue, v1alpha1.ReasonRollingOut, "the receiver Deployment is rolling out")
+		}
+		if stuck(o.deployment) {
+			set(v1alpha1.ConditionDegraded, metav1.ConditionTrue, v1alpha1.ReasonRolloutStuck,
+				"the receiver Deployment exceeded its progress deadline; see its pods' events")
+		} else {
+			set(v1alpha1.ConditionDegraded, metav1.ConditionFalse, v1alpha1.ReasonReconciled, "every receiver object is as the spec asks")
+		}
+	}
+	return st
+}
+
+// deploymentReady: Ready means the Deployment has seen its current spec and
+// has the desired replicas available, and the Ingress, if any, exists.
+func deploymentReady(o observation) (bool, string, string) {
+	d := o.deployment
+	switch {
+	case d == nil:
+		return false, v1alpha1.ReasonDeploymentUnavailable, "the receiver Deployment does not exist yet"
+	case o.wantReplicas == 0:
+		return false, v1alpha1.ReasonDeploymentUnavailable, "replicas is 0: no receiver pod runs"
+	case d.Status.ObservedGeneration < d.Generation:
+		return false, v1alpha1.ReasonDeploymentUnavailable, "the receiver Deployment's controller has not seen its spec yet"
+	case d.Status.AvailableReplicas < o.wantReplicas:
+		return false, v1alpha1.ReasonDeploymentUnavailable,
+			fmt.Sprintf("%d of %d receiver pods available", d.Status.AvailableReplicas, o.wantReplicas)
+	case o.ingressMissing:
+		return false, v1alpha1.ReasonDeploymentUnavailable, "the receiver Ingress does not exist yet"
+	}
+	return true, v1alpha1.ReasonAvailable, fmt.Sprintf("%d of %d receiver pods available", d.Status.AvailableReplicas, o.wantReplicas)
+}
+
+// rolledOut: every pod runs the current template and is available.
+func rolledOut(o observation) bool {
+	d := o.deployment
+	if d == nil || d.Status.ObservedGeneration < d.Generation {
+		return false
+	}
+	s := d.Status
+	return s.UpdatedReplicas >= o.wantReplicas && s.Replicas == s.UpdatedReplicas && s.AvailableReplicas >= o.wantReplicas
+}
+
+func stuck(d *appsv1.Deployment) bool {
+	if d == nil {
+		return false
+	}
+	for _, c := range d.Status.Conditions {
+		if c.Type == appsv1.DeploymentProgressing && c.Status == corev1.ConditionFalse && c.Reason == "ProgressDeadlineExceeded" {
+			return true
+		}
+	}
+	return false
+}
+
+// Backoff for problems that may heal by themselves (a Secret appearing).
+const (
+	minBackoff = 5 * time.Second
+	maxBackoff = 5 * time.Minute
+)
+
+// retryAfter is the wait before looking again at a standing problem: as
+// long as the problem has stood so far (from the Degraded condition's
+// lastTransitionTime), within [minBackoff, maxBackoff]. Looking again after
+// that long doubles the wait each time, with no state kept anywhere.
+func retryAfter(st v1alpha1.EHRIntegrationStatus, now time.Time) time.Duration {
+	d := minBackoff
+	if c := meta.FindStatusCondition(st.Conditions, v1alpha1.ConditionDegraded); c != nil && c.Status == metav1.ConditionTrue {
+		d = now.Sub(c.LastTransitionTime.Time)
+	}
+	return min(max(d, minBackoff), maxBackoff)
+}

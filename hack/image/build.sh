@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Builds the images the local cluster runs, as docker-archive tars, with
+# go-containerregistry (hack/image/main.go); no Docker engine is needed.
+#
+#   build.sh operator BINARY TAG OUT   the project image from a static bin/ehr-operator
+#   build.sh pause [OUT]               the pod sandbox (pause) image, tagged localhost/ehr-pause:1,
+#                                      by default into the local cluster's cache (hack/local-cluster/env.sh)
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+
+case "${1:-}" in
+  operator)
+    bin=${2:?binary} tag=${3:?tag} out=${4:?out}
+    file "$bin" 2>/dev/null | grep -q 'statically linked' ||
+      { echo "error: $bin is not a static binary; build it with CGO_ENABLED=0 (make build)" >&2; exit 1; }
+    go run ./hack/image --binary "$bin" --path /ehr-operator --cmd manager --uid 65532 \
+      --version "${tag##*:}" --tag "$tag" --out "$out" \
+      --ca-certs /etc/ssl/certs/ca-certificates.crt --zoneinfo /usr/share/zoneinfo
+    ;;
+  pause)
+    out=${2:-${EHR_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ehr-operator}/pause.tar}
+    tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+    CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/pause" ./hack/image/pause
+    mkdir -p "$(dirname "$out")"
+    go run ./hack/image --binary "$tmp/pause" --path /pause --uid 65535 --version 1 \
+      --tag localhost/ehr-pause:1 --out "$out"
+    ;;
+  *) echo "usage: $0 operator BINARY TAG OUT | pause OUT" >&2; exit 2 ;;
+esac
+echo "wrote $out" >&2

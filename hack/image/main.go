@@ -1,0 +1,220 @@
+// Command image writes a single-layer container image holding one static
+// binary as a docker-archive tar (readable by `ctr images import` and
+// `docker load`), with go-containerregistry: no Docker engine or registry is
+// needed. `make image` uses it for the project image, with the same content
+// as the Dockerfile's distroless base (the binary, /etc/passwd and
+// /etc/group with the non-root user 65532, /tmp, /home/nonroot, CA
+// certificates and the time-zone database, which receivers need for
+// spec.timeZone), and for the local cluster's pause image.
+//
+//	go run ./hack/image --binary bin/ehr-operator --path /ehr-operator \
+//	    --cmd manager --tag ehr-operator:dev --out bin/ehr-operator-image.tar
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+)
+
+// options are the command-line settings of one image.
+type options struct {
+	binary  string // file to put in the image
+	path    string // where it goes, also the entrypoint
+	cmd     string // default arguments, space-separated
+	tag     string
+	out     string
+	uid     int
+	version string
+	caCerts string // CA bundle to copy to /etc/ssl/certs/ca-certificates.crt; empty: none
+	tzdata  string // zoneinfo directory to copy to /usr/share/zoneinfo; empty: none
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.binary, "binary", "", "static binary to put in the image (required)")
+	flag.StringVar(&o.path, "path", "/ehr-operator", "path of the binary in the image; also the entrypoint")
+	flag.StringVar(&o.cmd, "cmd", "", "default arguments (CMD), space-separated")
+	flag.StringVar(&o.tag, "tag", "", "image reference, e.g. ehr-operator:dev (required)")
+	flag.StringVar(&o.out, "out", "", "output tar file (required)")
+	flag.IntVar(&o.uid, "uid", 65532, "numeric user and group the image runs as")
+	flag.StringVar(&o.version, "version", "dev", "value of the org.opencontainers.image.version label")
+	flag.StringVar(&o.caCerts, "ca-certs", "", "CA bundle to include as /etc/ssl/certs/ca-certificates.crt")
+	flag.StringVar(&o.tzdata, "zoneinfo", "", "time-zone database directory to include as /usr/share/zoneinfo")
+	flag.Parse()
+	if o.binary == "" || o.tag == "" || o.out == "" {
+		fmt.Fprintln(os.Stderr, "usage: image --binary FILE --tag REF --out FILE [--path /ehr-operator] [--cmd ARGS] [--uid 65532]")
+		os.Exit(2)
+	}
+	if err := build(o); err != nil {
+		fmt.Fprintln(os.Stderr, "error:", err)
+		os.Exit(1)
+	}
+}
+
+func build(o options) error {
+	bin, err := os.ReadFile(o.binary)
+	if err != nil {
+		return fmt.Errorf("while reading the binary: %w", err)
+	}
+	ref, err := name.NewTag(o.tag)
+	if err != nil {
+		return fmt.Errorf("while parsing tag %q: %w", o.tag, err)
+	}
+	files, err := hostFiles(o.caCerts, o.tzdata)
+	if err != nil {
+		return err
+	}
+	layerTar, err := rootfs(bin, o.path, o.uid, files)
+	if err != nil {
+		return err
+	}
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(layerTar)), nil
+	})
+	if err != nil {
+		return fmt.Errorf("while making the layer: %w", err)
+	}
+	img, err := mutate.Append(empty.Image, mutate.Addendum{
+		Layer:   layer,
+		History: v1.History{CreatedBy: "hack/image: " + o.path + " and a non-root user", Created: v1.Time{Time: epoch}},
+	})
+	if err != nil {
+		return fmt.Errorf("while adding the layer: %w", err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return fmt.Errorf("while reading the image config: %w", err)
+	}
+	cf = cf.DeepCopy()
+	cf.Architecture = runtime.GOARCH
+	cf.OS = "linux"
+	cf.Created = v1.Time{Time: epoch}
+	cf.Config = v1.Config{
+		User:       fmt.Sprintf("%d:%d", o.uid, o.uid),
+		Entrypoint: []string{o.path},
+		Cmd:        strings.Fields(o.cmd),
+		WorkingDir: "/",
+		Env:        []string{"PATH=/usr/local/bin:/usr/bin:/bin"},
+		Labels: map[string]string{
+			"org.opencontainers.image.title":   strings.TrimPrefix(o.path, "/"),
+			"org.opencontainers.image.version": o.version,
+			"org.opencontainers.image.source":  "https://github.com/insighthealth/ehr-operator",
+		},
+	}
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		return fmt.Errorf("while setting the image config: %w", err)
+	}
+	if err := tarball.WriteToFile(o.out, ref, img); err != nil {
+		return fmt.Errorf("while writing %s: %w", o.out, err)
+	}
+	return nil
+}
+
+// epoch is every timestamp in the image, so the same binary always gives
+// the same image digest.
+var epoch = time.Unix(0, 0).UTC()
+
+// entry is one file or directory of the layer.
+type entry struct {
+	hdr  tar.Header
+	body []byte
+}
+
+// hostFiles reads the CA bundle and the zoneinfo tree (regular files and
+// directories; the "posix" and "right" variants are left out) from the host.
+func hostFiles(caCerts, tzdata string) ([]entry, error) {
+	var out []entry
+	if caCerts != "" {
+		b, err := os.ReadFile(caCerts)
+		if err != nil {
+			return nil, fmt.Errorf("while reading the CA bundle: %w", err)
+		}
+		out = append(out,
+			entry{tar.Header{Name: "etc/ssl/", Typeflag: tar.TypeDir, Mode: 0o755}, nil},
+			entry{tar.Header{Name: "etc/ssl/certs/", Typeflag: tar.TypeDir, Mode: 0o755}, nil},
+			entry{tar.Header{Name: "etc/ssl/certs/ca-certificates.crt", Typeflag: tar.TypeReg, Mode: 0o644}, b})
+	}
+	if tzdata == "" {
+		return out, nil
+	}
+	out = append(out,
+		entry{tar.Header{Name: "usr/", Typeflag: tar.TypeDir, Mode: 0o755}, nil},
+		entry{tar.Header{Name: "usr/share/", Typeflag: tar.TypeDir, Mode: 0o755}, nil})
+	err := filepath.WalkDir(tzdata, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(tzdata, p)
+		if err != nil {
+			return err
+		}
+		name := filepath.ToSlash(filepath.Join("usr/share/zoneinfo", rel))
+		switch {
+		case d.IsDir() && (rel == "posix" || rel == "right"):
+			return filepath.SkipDir
+		case d.IsDir():
+			out = append(out, entry{tar.Header{Name: name + "/", Typeflag: tar.TypeDir, Mode: 0o755}, nil})
+		case d.Type().IsRegular():
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			out = append(out, entry{tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644}, b})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("while reading the zoneinfo directory: %w", err)
+	}
+	return out, nil
+}
+
+// rootfs returns the layer's tar: the binary plus the few files a non-root
+// static binary expects (user database, a writable /tmp, a home) and extra.
+func rootfs(bin []byte, path string, uid int, extra []entry) ([]byte, error) {
+	passwd := fmt.Sprintf("root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\nnonroot:x:%d:%d:nonroot:/home/nonroot:/sbin/nologin\n", uid, uid)
+	group := fmt.Sprintf("root:x:0:\nnobody:x:65534:\nnonroot:x:%d:\n", uid)
+	entries := []entry{
+		{tar.Header{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755}, nil},
+		{tar.Header{Name: "etc/passwd", Typeflag: tar.TypeReg, Mode: 0o644}, []byte(passwd)},
+		{tar.Header{Name: "etc/group", Typeflag: tar.TypeReg, Mode: 0o644}, []byte(group)},
+		{tar.Header{Name: "home/", Typeflag: tar.TypeDir, Mode: 0o755}, nil},
+		{tar.Header{Name: "home/nonroot/", Typeflag: tar.TypeDir, Mode: 0o700, Uid: uid, Gid: uid}, nil},
+		{tar.Header{Name: "tmp/", Typeflag: tar.TypeDir, Mode: 0o1777}, nil},
+		{tar.Header{Name: strings.TrimPrefix(path, "/"), Typeflag: tar.TypeReg, Mode: 0o755}, bin},
+	}
+	entries = append(entries, extra...)
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, e := range entries {
+		h := e.hdr
+		h.Size = int64(len(e.body))
+		h.ModTime = epoch
+		h.Format = tar.FormatPAX
+		if err := tw.WriteHeader(&h); err != nil {
+			return nil, fmt.Errorf("while writing %s into the layer: %w", h.Name, err)
+		}
+		if _, err := tw.Write(e.body); err != nil {
+			return nil, fmt.Errorf("while writing %s into the layer: %w", h.Name, err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, fmt.Errorf("while closing the layer: %w", err)
+	}
+	return buf.Bytes(), nil
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One-time setup of a development machine (and of CI on a fresh one):
+# PostgreSQL server binaries, the pinned tools in ./bin and the envtest
+# binaries. Everything is cached outside the repository or in ./bin, so a
+# second run takes seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have_initdb() {
+  command -v initdb >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
+}
+
+if ! have_initdb; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing PostgreSQL server binaries with apt-get"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  else
+    echo "setup: PostgreSQL server binaries (initdb, pg_ctl) are missing." >&2
+    echo "       Install them (Debian/Ubuntu: sudo apt-get install postgresql) or set TEST_DATABASE_URL." >&2
+    exit 1
+  fi
+fi
+
+make --no-print-directory controller-gen helm golangci-lint setup-envtest
+echo "setup: done"

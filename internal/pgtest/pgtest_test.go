@@ -1,0 +1,71 @@
+package pgtest
+
+import (
+	"context"
+	"database/sql"
+	"testing"
+	"time"
+
+	"github.com/insighthealth/ehr-operator/receiver/store/migrations"
+)
+
+func TestMain(m *testing.M) { Main(m) }
+
+func TestNewDatabaseIsMigratedAndFresh(t *testing.T) {
+	ctx := context.Background()
+	a, b := NewDatabase(t), NewDatabase(t)
+	if a == b {
+		t.Fatalf("two calls gave the same database %q", a)
+	}
+	dba := open(t, a)
+	if err := migrations.Check(ctx, dba); err != nil {
+		t.Fatalf("new database not migrated: %v", err)
+	}
+	if _, err := dba.ExecContext(ctx, `CREATE TABLE only_in_a (x int)`); err != nil {
+		t.Fatal(err)
+	}
+	var exists bool
+	if err := open(t, b).QueryRowContext(ctx, `SELECT to_regclass('only_in_a') IS NOT NULL`).Scan(&exists); err != nil {
+		t.Fatal(err)
+	}
+	if exists {
+		t.Error("a table made in one test database shows in another")
+	}
+}
+
+func TestClusterStopStart(t *testing.T) {
+	ctx := context.Background()
+	c := NewCluster(t)
+	db := open(t, c.NewDatabase(t))
+	if _, err := db.ExecContext(ctx, `CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)`); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := db.PingContext(short); err == nil {
+		t.Fatal("ping succeeded while the cluster was stopped")
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var x int
+	if err := db.QueryRowContext(ctx, `SELECT x FROM kept`).Scan(&x); err != nil {
+		t.Fatalf("after restart: %v", err)
+	}
+	if x != 42 {
+		t.Errorf("after restart got %d, want 42", x)
+	}
+}
+
+func open(t *testing.T, u string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("postgres", u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}

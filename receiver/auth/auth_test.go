@@ -1,0 +1,111 @@
+package auth
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
+	"testing"
+)
+
+func TestKeyMatches(t *testing.T) {
+	for _, tc := range []struct {
+		presented, configured string
+		want                  bool
+	}{
+		{"k-123", "k-123", true},
+		{"k-124", "k-123", false},
+		{"k-12", "k-123", false},
+		{"K-123", "k-123", false},
+		{"", "k-123", false},
+		{"", "", false}, // fail closed
+		{"anything", "", false},
+	} {
+		if got := KeyMatches(tc.presented, tc.configured); got != tc.want {
+			t.Errorf("KeyMatches(%q, %q) = %v, want %v", tc.presented, tc.configured, got, tc.want)
+		}
+	}
+}
+
+func TestParseSignature(t *testing.T) {
+	hex64 := strings.Repeat("ab", 32)
+	for _, tc := range []struct {
+		header string
+		ok     bool
+	}{
+		{"sha256=" + hex64, true},
+		{"sha256=" + strings.ToUpper(hex64), true},
+		{" sha256=" + hex64 + " ", true},
+		{"SHA256=" + hex64, false},
+		{"sha1=" + hex64, false},
+		{hex64, false},
+		{"sha256=" + hex64[:62], false},
+		{"sha256=" + hex64 + "ab", false},
+		{"sha256=" + hex64[:63] + "g", false},
+		{"sha256= " + hex64[:63], false},
+		{"", false},
+		{"sha256=", false},
+	} {
+		mac, err := ParseSignature(tc.header)
+		if (err == nil) != tc.ok {
+			t.Errorf("ParseSignature(%q) error = %v, want ok %v", tc.header, err, tc.ok)
+		}
+		if tc.ok && !bytes.Equal(mac, bytes.Repeat([]byte{0xab}, 32)) {
+			t.Errorf("ParseSignature(%q) = %x", tc.header, mac)
+		}
+	}
+}
+
+func TestSignAndVerify(t *testing.T) {
+	body := []byte(`{"appointments":[]}`)
+	cur, prev := []byte("current-secret"), []byte("previous-secret")
+	// Known answer, as `openssl dgst -sha256 -hmac current-secret` prints it.
+	m := hmac.New(sha256.New, cur)
+	m.Write(body)
+	if want := "sha256=" + hex.EncodeToString(m.Sum(nil)); Sign(cur, body) != want {
+		t.Fatalf("Sign = %s, want %s", Sign(cur, body), want)
+	}
+	for _, tc := range []struct {
+		name    string
+		header  string
+		body    []byte
+		secrets [][]byte
+		want    bool
+	}{
+		{"current", Sign(cur, body), body, [][]byte{cur, prev}, true},
+		{"previous during rotation", Sign(prev, body), body, [][]byte{cur, prev}, true},
+		{"upper-case hex", "sha256=" + strings.ToUpper(Sign(cur, body)[7:]), body, [][]byte{cur}, true},
+		{"previous after rotation", Sign(prev, body), body, [][]byte{cur, nil}, false},
+		{"other secret", Sign([]byte("x"), body), body, [][]byte{cur, prev}, false},
+		{"body changed", Sign(cur, body), append([]byte(" "), body...), [][]byte{cur}, false},
+		{"empty secret never verifies", Sign(nil, body), body, [][]byte{nil, {}}, false},
+		{"no secrets", Sign(cur, body), body, nil, false},
+		{"malformed header", "sha256=zz", body, [][]byte{cur}, false},
+	} {
+		if got := Verify(tc.body, tc.header, tc.secrets...); got != tc.want {
+			t.Errorf("%s: Verify = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// FuzzParseSignature: never panics; whatever parses is 32 bytes and
+// re-encodes to the header it came from (modulo hex case and white space).
+func FuzzParseSignature(f *testing.F) {
+	f.Add("sha256=" + strings.Repeat("0f", 32))
+	f.Add("sha256=" + strings.Repeat("AB", 32))
+	f.Add("sha256=")
+	f.Add("")
+	f.Fuzz(func(t *testing.T, header string) {
+		mac, err := ParseSignature(header)
+		if err != nil {
+			return
+		}
+		if len(mac) != sha256.Size {
+			t.Fatalf("%d bytes", len(mac))
+		}
+		if got := SignaturePrefix + hex.EncodeToString(mac); !strings.EqualFold(got, strings.TrimSpace(header)) {
+			t.Fatalf("re-encoded %q from %q", got, header)
+		}
+	})
+}

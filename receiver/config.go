@@ -1,0 +1,85 @@
+// Package receiver is the webhook receiver's HTTP side (DESIGN §5, §7):
+// a gin server for POST /v2/webhooks/{ehr}/sync-appointments that runs the
+// checks in the design's order, and a second server for health probes and
+// Prometheus metrics.
+package receiver
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+)
+
+// OnInvalid says what a batch with invalid entries gets (DESIGN §5).
+type OnInvalid string
+
+const (
+	// Reject answers 422 listing every invalid entry and writes nothing.
+	Reject OnInvalid = "Reject"
+	// Quarantine writes the valid entries, keeps the invalid ones in
+	// quarantined_entries and answers 200.
+	Quarantine OnInvalid = "Quarantine"
+)
+
+// Config is everything a receiver needs besides its store.
+type Config struct {
+	// EHR is the {ehr} path segment this receiver serves.
+	EHR string
+	// Location is the time zone the EHR's MM/DD/YYYY HH:MM times are in.
+	Location *time.Location
+	// APIKey is the expected X-API-Key.
+	APIKey string
+	// Secret and PreviousSecret sign the bodies; PreviousSecret is optional
+	// (rotation).
+	Secret, PreviousSecret []byte
+
+	MaxBodyBytes      int64
+	MaxBatchSize      int
+	RequestsPerSecond float64
+	Burst             int
+	OnInvalid         OnInvalid
+
+	// Listen and MetricsListen are the two servers' addresses.
+	Listen, MetricsListen string
+}
+
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// Validate reports every configuration mistake at once.
+func (c Config) Validate() error {
+	var errs []error
+	if !dnsLabel.MatchString(c.EHR) {
+		errs = append(errs, errors.New("ehr must be a DNS label (lower-case letters, digits and '-', at most 63)"))
+	}
+	if c.Location == nil {
+		errs = append(errs, errors.New("time zone is not set"))
+	}
+	if c.APIKey == "" {
+		errs = append(errs, errors.New("the API key is empty"))
+	}
+	if len(c.Secret) == 0 {
+		errs = append(errs, errors.New("the webhook secret is empty"))
+	}
+	if c.MaxBodyBytes < 1 {
+		errs = append(errs, fmt.Errorf("max-body-bytes must be at least 1, not %d", c.MaxBodyBytes))
+	}
+	if c.MaxBatchSize < 1 {
+		errs = append(errs, fmt.Errorf("max-batch-size must be at least 1, not %d", c.MaxBatchSize))
+	}
+	if !(c.RequestsPerSecond > 0) {
+		errs = append(errs, fmt.Errorf("requests-per-second must be above 0, not %v", c.RequestsPerSecond))
+	}
+	if c.Burst < 1 {
+		errs = append(errs, fmt.Errorf("burst must be at least 1, not %d", c.Burst))
+	}
+	if c.OnInvalid != Reject && c.OnInvalid != Quarantine {
+		errs = append(errs, fmt.Errorf("on-invalid must be %s or %s, not %q", Reject, Quarantine, c.OnInvalid))
+	}
+	if c.Listen == "" || c.MetricsListen == "" {
+		errs = append(errs, errors.New("listen and metrics-listen addresses must be set"))
+	} else if c.Listen == c.MetricsListen {
+		errs = append(errs, errors.New("listen and metrics-listen must differ"))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,47 @@
+package receiver
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// metrics are the receiver's Prometheus series (DESIGN §7), registered on
+// a registry of their own so tests and several servers in one process
+// never collide.
+type metrics struct {
+	registry          *prometheus.Registry
+	requests          *prometheus.CounterVec
+	duration          *prometheus.HistogramVec
+	written           prometheus.Counter
+	duplicates        prometheus.Counter
+	quarantined       prometheus.Counter
+	signatureFailures prometheus.Counter
+	databaseErrors    prometheus.Counter
+}
+
+func newMetrics(ehr string) *metrics {
+	const ns = "ehr_receiver"
+	labels := prometheus.Labels{"ehr": ehr}
+	counter := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: name, Help: help, ConstLabels: labels})
+	}
+	m := &metrics{
+		registry: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "requests_total", Help: "HTTP requests answered, by EHR and status code.",
+		}, []string{"ehr", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: ns, Name: "request_duration_seconds", Help: "Time from the request's arrival to its answer.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"ehr", "code"}),
+		written:           counter("appointments_written_total", "Entries that changed an appointment."),
+		duplicates:        counter("appointments_duplicates_total", "Entries whose content was already applied (no-ops)."),
+		quarantined:       counter("appointments_quarantined_total", "Invalid entries kept in quarantine (onInvalid: Quarantine)."),
+		signatureFailures: counter("signature_failures_total", "Requests with a valid API key whose signature was missing or wrong."),
+		databaseErrors:    counter("database_errors_total", "Batches the database failed to commit."),
+	}
+	m.registry.MustRegister(m.requests, m.duration, m.written, m.duplicates, m.quarantined,
+		m.signatureFailures, m.databaseErrors,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}

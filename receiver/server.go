@@ -1,0 +1,178 @@
+package receiver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/time/rate"
+
+	"github.com/insighthealth/ehr-operator/receiver/store"
+)
+
+// Store is what the receiver needs of receiver/store.Store.
+type Store interface {
+	Write(ctx context.Context, b store.Batch) (store.Result, error)
+	RecordDelivery(ctx context.Context, d store.Delivery) error
+	Ready(ctx context.Context) error
+}
+
+// Server timeouts (DESIGN §7). WriteTimeout leaves room for writeTimeout,
+// the longest a batch may wait for its commit.
+const (
+	readHeaderTimeout = 10 * time.Second
+	readTimeout       = 30 * time.Second
+	writeTimeout      = 60 * time.Second
+	idleTimeout       = 120 * time.Second
+	shutdownTimeout   = 30 * time.Second
+	writeBatchTimeout = 20 * time.Second
+	// retryAfterUnavailable is the Retry-After of a 503, in seconds.
+	retryAfterUnavailable = 5
+)
+
+// Server answers the webhook and serves the probes and metrics.
+type Server struct {
+	cfg      Config
+	store    Store
+	log      *slog.Logger
+	limiter  *rate.Limiter
+	metrics  *metrics
+	stopping atomic.Bool
+	// now is the clock, for "birth date in the future" and received_at.
+	now func() time.Time
+}
+
+// New checks cfg and returns a server writing to st and logging to log.
+func New(cfg Config, st Store, log *slog.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("while checking the receiver configuration: %w", err)
+	}
+	return &Server{
+		cfg:     cfg,
+		store:   st,
+		log:     log,
+		limiter: rate.NewLimiter(rate.Limit(cfg.RequestsPerSecond), cfg.Burst),
+		metrics: newMetrics(cfg.EHR),
+		now:     time.Now,
+	}, nil
+}
+
+// Handler is the webhook server's handler: only the sync route exists;
+// everything else is a 404 in the same JSON shape.
+func (s *Server) Handler() http.Handler {
+	gin.SetMode(gin.ReleaseMode)
+	r := gin.New() // no gin logger: it would log paths and errors we do not control
+	r.RedirectTrailingSlash = false
+	r.RedirectFixedPath = false
+	r.HandleMethodNotAllowed = false // the handler answers 405 itself, after the {ehr} check
+	r.Use(s.recoverer, requestID)
+	r.Any(SyncPath, s.sync)
+	r.NoRoute(s.notFound)
+	return r
+}
+
+// SyncPath is the only route of the webhook server.
+const SyncPath = "/v2/webhooks/:ehr/sync-appointments"
+
+// MetricsHandler serves /healthz, /readyz and /metrics.
+func (s *Server) MetricsHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if s.stopping.Load() {
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := s.store.Ready(ctx); err != nil {
+			http.Error(w, "database not ready", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
+	return mux
+}
+
+// Run serves until ctx is done, then shuts down gracefully: /readyz fails
+// at once, the listeners close, and in-flight requests finish (up to
+// shutdownTimeout). Closing the store is the caller's, after Run returns.
+func (s *Server) Run(ctx context.Context) error {
+	lc := net.ListenConfig{}
+	apiLn, err := lc.Listen(ctx, "tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("while listening on %s: %w", s.cfg.Listen, err)
+	}
+	metricsLn, err := lc.Listen(ctx, "tcp", s.cfg.MetricsListen)
+	if err != nil {
+		_ = apiLn.Close()
+		return fmt.Errorf("while listening on %s: %w", s.cfg.MetricsListen, err)
+	}
+	newServer := func(h http.Handler) *http.Server {
+		return &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: readHeaderTimeout,
+			ReadTimeout:       readTimeout,
+			WriteTimeout:      writeTimeout,
+			IdleTimeout:       idleTimeout,
+			MaxHeaderBytes:    64 << 10,
+			ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		}
+	}
+	api, met := newServer(s.Handler()), newServer(s.MetricsHandler())
+	errc := make(chan error, 2)
+	go func() { errc <- api.Serve(apiLn) }()
+	go func() { errc <- met.Serve(metricsLn) }()
+	s.log.Info("Receiver listening", "ehr", s.cfg.EHR, "listen", apiLn.Addr().String(),
+		"metrics_listen", metricsLn.Addr().String(), "on_invalid", string(s.cfg.OnInvalid),
+		"time_zone", s.cfg.Location.String())
+
+	select {
+	case err := <-errc:
+		_ = api.Close()
+		_ = met.Close()
+		return fmt.Errorf("while serving: %w", err)
+	case <-ctx.Done():
+	}
+	s.stopping.Store(true)
+	s.log.Info("Shutting down: readiness fails, waiting for in-flight requests")
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	err = api.Shutdown(sctx)
+	if merr := met.Shutdown(sctx); err == nil {
+		err = merr
+	}
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("while shutting down: %w", err)
+	}
+	s.log.Info("Requests drained")
+	return nil
+}
+
+// recoverer answers 500 on a panic and logs only that it happened: gin's
+// Recovery would dump the request headers, API key included.
+func (s *Server) recoverer(c *gin.Context) {
+	defer func() {
+		if p := recover(); p != nil {
+			if p == http.ErrAbortHandler {
+				panic(p)
+			}
+			s.log.Error("Handler panicked", "request_id", c.GetString(ctxRequestID), "ehr", s.cfg.EHR)
+			if !c.Writer.Written() {
+				writeJSON(c, http.StatusInternalServerError, errorBody(http.StatusInternalServerError, msgInternal, nil))
+			}
+			c.Abort()
+		}
+	}()
+	c.Next()
+}

@@ -1,0 +1,100 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"syscall"
+
+	"github.com/lib/pq"
+)
+
+// ErrClosed is returned by Write after Close.
+var ErrClosed = errors.New("store is closed")
+
+// IsUnavailable reports whether err means the database could not be reached,
+// is shutting down or starting, or did not answer in time: the request may
+// be retried later and deserves a 503. Anything else is unexpected (500).
+func IsUnavailable(err error) bool {
+	if err == nil {
+		return false
+	}
+	for _, target := range []error{
+		ErrClosed, driver.ErrBadConn, sql.ErrConnDone, context.DeadlineExceeded,
+		io.EOF, io.ErrUnexpectedEOF,
+		syscall.ECONNREFUSED, syscall.ECONNRESET, syscall.EPIPE, syscall.ETIMEDOUT, syscall.EHOSTUNREACH, syscall.ENETUNREACH,
+	} {
+		if errors.Is(err, target) {
+			return true
+		}
+	}
+	var netErr net.Error
+	if errors.As(err, &netErr) {
+		return true
+	}
+	if pqErr := pq.As(err); pqErr != nil {
+		return unavailableCode(pqErr.Code)
+	}
+	return false
+}
+
+func unavailableCode(code pq.ErrorCode) bool {
+	switch code.Class() {
+	case "08", // connection exception
+		"53": // insufficient resources: too many connections, out of memory, disk full
+		return true
+	}
+	switch code {
+	case "57P01", "57P02", "57P03", // admin shutdown, crash shutdown, cannot connect now
+		"57014",          // query canceled: statement_timeout or our own deadline
+		"40001", "40P01": // serialization failure, deadlock: still so after our retries
+		return true
+	}
+	return false
+}
+
+// retryable errors are worth running the same transaction again at once.
+func retryable(err error) bool {
+	return pq.As(err, "40001", "40P01") != nil
+}
+
+// dbError wraps a database error in a message free of field values:
+// PostgreSQL messages can quote the offending value (`invalid input syntax
+// for type date: "…"`), so only the operation, the SQLSTATE and the names of
+// the schema objects involved are shown. The original stays reachable
+// through Unwrap for IsUnavailable and errors.As.
+type dbError struct {
+	op  string
+	err error
+}
+
+func (e *dbError) Error() string {
+	if pqErr := pq.As(e.err); pqErr != nil {
+		s := fmt.Sprintf("%s: postgres error %s (%s)", e.op, pqErr.Code, pqErr.Code.Name())
+		if pqErr.Table != "" {
+			s += " table " + pqErr.Table
+		}
+		if pqErr.Column != "" {
+			s += " column " + pqErr.Column
+		}
+		if pqErr.Constraint != "" {
+			s += " constraint " + pqErr.Constraint
+		}
+		return s
+	}
+	// Driver and network errors carry addresses and states, not rows.
+	return e.op + ": " + e.err.Error()
+}
+
+func (e *dbError) Unwrap() error { return e.err }
+
+func wrap(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &dbError{op: op, err: err}
+}

@@ -1,0 +1,152 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
+
+	"github.com/insighthealth/ehr-operator/receiver/store/migrations"
+)
+
+// Tuning of the batcher and the pool. Workers transactions run at once;
+// each takes at most maxGroup waiting requests.
+const (
+	workers    = 4
+	maxGroup   = 64
+	queueDepth = 4 * maxGroup
+	// txTimeout bounds one shared transaction: a database that does not
+	// answer fails its callers with context.DeadlineExceeded (unavailable).
+	txTimeout = 15 * time.Second
+	// Besides the workers: RecordDelivery, Ready, Migrate.
+	maxConns = workers + 4
+)
+
+// Store is the receiver's PostgreSQL storage. It is safe for concurrent
+// use.
+type Store struct {
+	db *sqlx.DB
+
+	writeMu   sync.Mutex
+	writeStmt *sqlx.Stmt // prepared on first use: Open does not need the database up
+
+	mu     sync.RWMutex // held for reading while enqueueing, for writing by Close
+	closed bool
+	queue  chan *request
+	wg     sync.WaitGroup
+}
+
+// Open sets up the pool for databaseURL (a postgres:// URL) and starts the
+// batcher. It does not contact the database: a receiver starts while the
+// database is down and Ready tells when it can serve. It does not migrate.
+func Open(ctx context.Context, databaseURL string) (*Store, error) {
+	connector, err := pq.NewConnector(databaseURL)
+	if err != nil {
+		// A url.Error quotes the URL, password included: keep only its cause.
+		var uerr *url.Error
+		if errors.As(err, &uerr) {
+			err = uerr.Err
+		}
+		return nil, fmt.Errorf("while parsing the database URL: %w", err)
+	}
+	db := sqlx.NewDb(sql.OpenDB(connector), "postgres")
+	db.SetMaxOpenConns(maxConns)
+	db.SetMaxIdleConns(maxConns)
+	// Recycle connections now and then so a failover or a DNS change is
+	// picked up even when no error forces it.
+	db.SetConnMaxLifetime(30 * time.Minute)
+	db.SetConnMaxIdleTime(5 * time.Minute)
+	s := &Store{db: db, queue: make(chan *request, queueDepth)}
+	for range workers {
+		s.wg.Add(1)
+		go s.work()
+	}
+	return s, nil
+}
+
+// Migrate applies the embedded migrations under a PostgreSQL advisory lock,
+// so replicas that start together are safe.
+func (s *Store) Migrate(ctx context.Context) error {
+	if err := migrations.Up(ctx, s.db.DB, slog.Default()); err != nil {
+		return wrap("Migrate", err)
+	}
+	return nil
+}
+
+// Ready is nil when the database answers and every migration is applied.
+func (s *Store) Ready(ctx context.Context) error {
+	if err := s.db.PingContext(ctx); err != nil {
+		return wrap("Ready: ping", err)
+	}
+	if err := migrations.Check(ctx, s.db.DB); err != nil {
+		return wrap("Ready", err)
+	}
+	return nil
+}
+
+// RecordDelivery logs an authenticated request answered with an error (the
+// caller's best effort: it has already failed the request).
+func (s *Store) RecordDelivery(ctx context.Context, d Delivery) error {
+	if err := d.check(); err != nil {
+		return fmt.Errorf("RecordDelivery: %w", err)
+	}
+	_, err := s.db.ExecContext(ctx, `
+		INSERT INTO webhook_deliveries (ehr, request_id, received_at, body_sha256, item_count, outcome, status_code)
+		VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+		d.EHR, d.RequestID, d.ReceivedAt, d.BodySHA256[:], d.ItemCount, d.Outcome, d.StatusCode)
+	return wrap("RecordDelivery", err)
+}
+
+// Close stops taking writes, lets queued and in-flight writes finish, then
+// closes the pool.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.queue)
+	s.mu.Unlock()
+	s.wg.Wait()
+	s.writeMu.Lock()
+	if s.writeStmt != nil {
+		_ = s.writeStmt.Close()
+	}
+	s.writeMu.Unlock()
+	return s.db.Close()
+}
+
+// stmt returns the write statement, prepared once for the pool; database/sql
+// prepares it again on each connection that runs it, once.
+func (s *Store) stmt(ctx context.Context) (*sqlx.Stmt, error) {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	if s.writeStmt == nil {
+		st, err := s.db.PreparexContext(ctx, writeSQL)
+		if err != nil {
+			return nil, wrap("Write: prepare", err)
+		}
+		s.writeStmt = st
+	}
+	return s.writeStmt, nil
+}
+
+func (d Delivery) check() error {
+	switch {
+	case d.EHR == "":
+		return errors.New("delivery without an EHR")
+	case d.Outcome == "":
+		return errors.New("delivery without an outcome")
+	case d.ReceivedAt.IsZero():
+		return errors.New("delivery without a received time")
+	}
+	return nil
+}
