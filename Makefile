@@ -17,6 +17,9 @@ HELM_VERSION ?= v3.22.0
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen
 GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint
 HELM ?= $(LOCALBIN)/helm
+# The Kubernetes version helm assumes without a cluster (helm template, lint), as
+# helm's own release build sets it (else v1.20, below the chart's kubeVersion).
+HELM_K8S_LDFLAGS := $(foreach p,pkg/chartutil pkg/lint/rules,-X helm.sh/helm/v3/$(p).k8sVersionMajor=1 -X helm.sh/helm/v3/$(p).k8sVersionMinor=$(word 2,$(subst ., ,$(ENVTEST_K8S_VERSION))))
 
 FUZZTIME ?= 20s
 
@@ -95,6 +98,24 @@ build: ## Build bin/ehr-operator.
 docker-build: ## Build the container image with a Docker engine.
 	docker build --build-arg VERSION=$(VERSION) -t $(IMG) .
 
+##@ Chart
+
+.PHONY: helm-lint
+helm-lint: helm ## Lint the Helm chart (strict) with its default values and with every option on.
+	$(HELM) lint --strict charts/ehr-operator
+	$(HELM) lint --strict charts/ehr-operator -f test/chart/testdata/all-on.yaml
+
+.PHONY: chart-docs
+chart-docs: ## Write the values table of charts/ehr-operator/README.md from the comments in values.yaml.
+	go run ./hack/chart-docs charts/ehr-operator
+
+.PHONY: chart-version
+chart-version: ## Stamp a release VERSION=vX.Y.Z into the chart (version X.Y.Z, appVersion vX.Y.Z) and config/manager's image tag.
+	@[[ "$(VERSION)" =~ ^v(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?$$ ]] || \
+		{ echo "VERSION=$(VERSION) is not a release tag such as v1.2.3" >&2; exit 1; }
+	sed -i -E -e 's/^version: .*/version: $(VERSION:v%=%)/' -e 's/^appVersion: .*/appVersion: "$(VERSION)"/' charts/ehr-operator/Chart.yaml
+	sed -i -E -e 's/^(    newTag: ).*/\1$(VERSION)/' config/manager/kustomization.yaml
+
 ##@ Local cluster
 
 IMAGE_TAR ?= $(LOCALBIN)/ehr-operator-image.tar
@@ -123,7 +144,7 @@ test-e2e: image helm ## End-to-end tests on the local cluster (brought up if nee
 
 .PHONY: dev
 dev: image helm ## Local cluster + PostgreSQL + the operator (Helm) + one EHRIntegration, left running; prints kubectl and send commands.
-	IMG=$(IMG) IMAGE_TAR=$(IMAGE_TAR) HELM=$(HELM) go run -tags e2e ./test/e2e/dev
+	IMG=$(IMG) IMAGE_TAR=$(IMAGE_TAR) HELM=$(HELM) go run ./test/e2e/dev
 
 ##@ Dependencies
 
@@ -143,7 +164,7 @@ golangci-lint: $(LOCALBIN) ## Install golangci-lint into ./bin.
 .PHONY: helm
 helm: $(LOCALBIN) ## Install helm into ./bin.
 	@test -x $(HELM) && $(HELM) version --short 2>/dev/null | grep -q $(HELM_VERSION) || \
-		GOBIN=$(LOCALBIN) go install -ldflags "-X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION)" helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+		GOBIN=$(LOCALBIN) go install -ldflags "-X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) $(HELM_K8S_LDFLAGS)" helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
 .PHONY: setup-envtest
 setup-envtest: ## Get kube-apiserver and etcd for envtest (download, or build from Go modules: ~9 min once).

@@ -7,6 +7,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
+	"strings"
 	"time"
 	// The receiver's time zones are checked here with time.LoadLocation;
 	// embedding the zone database makes the answer the same on every
@@ -31,6 +33,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/insighthealth/ehr-operator/api/v1alpha1"
@@ -128,7 +131,13 @@ func (r *EHRIntegrationReconciler) reconcileChildren(ctx context.Context, e *v1a
 		return obs, err
 	}
 
-	err = r.applyChildren(ctx, e, image, hash, &obs)
+	var written []string
+	err = r.applyChildren(ctx, e, image, hash, &obs, &written)
+	if len(written) > 0 {
+		// One Event per pass, not one per object: creating 200 receivers
+		// should not cost 1,000 Events.
+		r.Recorder.Eventf(e, nil, corev1.EventTypeNormal, "Reconciled", "Reconcile", "%s", strings.Join(written, ", "))
+	}
 	var conflict *ownershipConflictError
 	if errors.As(err, &conflict) {
 		obs.problem = &problem{reason: v1alpha1.ReasonOwnershipConflict, message: conflict.Error(), retry: true}
@@ -219,8 +228,9 @@ func (r *EHRIntegrationReconciler) secret(ctx context.Context, ns, name, field s
 
 // applyChildren creates or corrects every child, and deletes the Ingress
 // and PodDisruptionBudget when the spec no longer asks for them.
-func (r *EHRIntegrationReconciler) applyChildren(ctx context.Context, e *v1alpha1.EHRIntegration, image, hash string, obs *observation) error {
-	if _, err := r.apply(ctx, e, buildServiceAccount(e), "automountServiceAccountToken"); err != nil {
+func (r *EHRIntegrationReconciler) applyChildren(ctx context.Context, e *v1alpha1.EHRIntegration, image, hash string,
+	obs *observation, written *[]string) error {
+	if _, err := r.apply(ctx, e, written, buildServiceAccount(e), "automountServiceAccountToken"); err != nil {
 		return err
 	}
 
@@ -237,61 +247,59 @@ func (r *EHRIntegrationReconciler) applyChildren(ctx context.Context, e *v1alpha
 			obs.wantReplicas = *cur.Spec.Replicas
 		}
 	}
-	obj, err := r.apply(ctx, e, dep, "spec")
+	obj, err := r.apply(ctx, e, written, dep, "spec")
 	if err != nil {
 		return err
 	}
 	obs.deployment = obj.(*appsv1.Deployment)
 
-	if _, err := r.apply(ctx, e, buildService(e), "spec"); err != nil {
+	if _, err := r.apply(ctx, e, written, buildService(e), "spec"); err != nil {
 		return err
 	}
 
 	if ing := buildIngress(e); ing != nil {
-		if _, err := r.apply(ctx, e, ing, "spec"); err != nil {
+		if _, err := r.apply(ctx, e, written, ing, "spec"); err != nil {
 			return err
 		}
-	} else if err := r.deleteChild(ctx, e, &networkingv1.Ingress{}); err != nil {
+	} else if err := r.deleteChild(ctx, e, written, &networkingv1.Ingress{}); err != nil {
 		return err
 	}
 
 	if pdb := buildPDB(e); pdb != nil {
-		if _, err := r.apply(ctx, e, pdb, "spec"); err != nil {
+		if _, err := r.apply(ctx, e, written, pdb, "spec"); err != nil {
 			return err
 		}
-	} else if err := r.deleteChild(ctx, e, &policyv1.PodDisruptionBudget{}); err != nil {
+	} else if err := r.deleteChild(ctx, e, written, &policyv1.PodDisruptionBudget{}); err != nil {
 		return err
 	}
 	return nil
 }
 
-// apply runs the create-or-update of one child and tells about writes.
-func (r *EHRIntegrationReconciler) apply(ctx context.Context, e *v1alpha1.EHRIntegration, desired client.Object, fields ...string) (client.Object, error) {
+// apply runs the create-or-update of one child, logs a write and adds it
+// to written (e.g. "updated Deployment nexus-receiver").
+func (r *EHRIntegrationReconciler) apply(ctx context.Context, e *v1alpha1.EHRIntegration, written *[]string,
+	desired client.Object, fields ...string) (client.Object, error) {
 	obj, res, err := apply(ctx, r.Client, r.Scheme, e, desired, fields...)
 	if err != nil {
 		return nil, err
 	}
 	if res != applyUnchanged {
-		kind := fmt.Sprintf("%T", desired)[1:]
-		logf.FromContext(ctx).Info("Wrote child", "object", kind, "name", desired.GetName(), "operation", res)
-		reason := "Created"
-		if res == applyUpdated {
-			reason = "Updated"
-		}
-		r.Recorder.Eventf(e, obj, corev1.EventTypeNormal, reason, "Reconcile", "%s %s %s", reason, kind, desired.GetName())
+		kind := reflect.TypeOf(desired).Elem().Name()
+		logf.FromContext(ctx).Info("Wrote child", "kind", kind, "name", desired.GetName(), "operation", res)
+		*written = append(*written, fmt.Sprintf("%s %s %s", res, kind, desired.GetName()))
 	}
 	return obj, nil
 }
 
 // deleteChild deletes e's child of obj's kind when e controls it.
-func (r *EHRIntegrationReconciler) deleteChild(ctx context.Context, e *v1alpha1.EHRIntegration, obj client.Object) error {
+func (r *EHRIntegrationReconciler) deleteChild(ctx context.Context, e *v1alpha1.EHRIntegration, written *[]string, obj client.Object) error {
 	obj.SetNamespace(e.Namespace)
 	obj.SetName(childName(e))
 	deleted, err := deleteOwned(ctx, r.Client, e, obj)
 	if deleted {
-		kind := fmt.Sprintf("%T", obj)[1:]
-		logf.FromContext(ctx).Info("Deleted child", "object", kind, "name", obj.GetName())
-		r.Recorder.Eventf(e, nil, corev1.EventTypeNormal, "Deleted", "Reconcile", "Deleted %s %s", kind, obj.GetName())
+		kind := reflect.TypeOf(obj).Elem().Name()
+		logf.FromContext(ctx).Info("Deleted child", "kind", kind, "name", obj.GetName())
+		*written = append(*written, fmt.Sprintf("deleted %s %s", kind, obj.GetName()))
 	}
 	return err
 }
@@ -357,17 +365,21 @@ func (r *EHRIntegrationReconciler) SetupWithManager(ctx context.Context, mgr ctr
 	}); err != nil {
 		return fmt.Errorf("while indexing EHRIntegrations by ehr: %w", err)
 	}
+	changed := builder.WithPredicates(predicate.ResourceVersionChangedPredicate{})
 	return ctrl.NewControllerManagedBy(mgr).
+		// A resync re-delivers every EHRIntegration, which is enough to put
+		// back drift nobody told us about; resyncs of the other kinds (same
+		// resourceVersion) would only repeat that, so they are dropped.
 		For(&v1alpha1.EHRIntegration{}).
-		Owns(&corev1.ServiceAccount{}).
-		Owns(&appsv1.Deployment{}).
-		Owns(&corev1.Service{}).
-		Owns(&networkingv1.Ingress{}).
-		Owns(&policyv1.PodDisruptionBudget{}).
+		Owns(&corev1.ServiceAccount{}, changed).
+		Owns(&appsv1.Deployment{}, changed).
+		Owns(&corev1.Service{}, changed).
+		Owns(&networkingv1.Ingress{}, changed).
+		Owns(&policyv1.PodDisruptionBudget{}, changed).
 		// Only Secrets' metadata is cached: enough to notice a change.
-		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.forSecret), builder.OnlyMetadata).
+		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.forSecret), builder.OnlyMetadata, changed).
 		// A change to one EHRIntegration may settle another's DuplicateEHR.
-		Watches(&v1alpha1.EHRIntegration{}, handler.EnqueueRequestsFromMapFunc(r.sameEHR)).
+		Watches(&v1alpha1.EHRIntegration{}, handler.EnqueueRequestsFromMapFunc(r.sameEHR), changed).
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.MaxConcurrentReconciles, 1)}).
 		Named("ehrintegration").
 		Complete(r)

@@ -290,6 +290,7 @@ const AnnotationExternalReplicas = "ehr.insighthealth.io/external-replicas"
 // optional Ingress and PodDisruptionBudget.
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
+// +kubebuilder:validation:XValidation:rule="self.metadata.name.size() <= 54 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",message="metadata.name must be a DNS label that starts with a letter and has at most 54 characters (its Service is named <name>-receiver)"
 // +kubebuilder:resource:shortName=ehri,categories=ehr
 // +kubebuilder:printcolumn:name="EHR",type=string,JSONPath=`.spec.ehr`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`

@@ -43,7 +43,7 @@ our_processes() {
   local f p cmd
   for f in /proc/[0-9]*/cmdline; do
     p=${f#/proc/}; p=${p%/cmdline}
-    cmd=$(tr '\0' ' ' <"$f" 2>/dev/null) || continue
+    cmd=$({ tr '\0' ' ' <"$f"; } 2>/dev/null) || continue
     case "$cmd" in
       *"$STATE"* | "$K8S_BIN"/* | *"$PG_DIR"*) echo "  pid $p: ${cmd:0:160}" ;;
     esac

@@ -31,15 +31,16 @@ stop_pids() {
 }
 
 stop() {
-  local c p
+  local c p pids=()
   for c in "$@"; do
     p=$(pid_of "$c") || continue
     # Only a process that still runs the binary we started under this PID.
     if kill -0 "$p" 2>/dev/null && grep -q "$c" "/proc/$p/cmdline" 2>/dev/null; then
-      stop_pids "$p"
+      pids+=("$p")
     fi
     rm -f "$STATE/pids/$c.pid"
   done
+  [ ${#pids[@]} -eq 0 ] || stop_pids "${pids[@]}"
 }
 
 # Processes of ours that have no PID file: containerd's shims (they outlive
@@ -48,7 +49,7 @@ leftover_pids() {
   local f p
   for f in /proc/[0-9]*/cmdline; do
     p=${f#/proc/}; p=${p%/cmdline}
-    tr '\0' ' ' <"$f" 2>/dev/null | grep -qF -- "-address $CONTAINERD_SOCK" && echo "$p"
+    { tr '\0' ' ' <"$f"; } 2>/dev/null | grep -qF -- "-address $CONTAINERD_SOCK" && echo "$p"
   done
   for f in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/unified/kubepods; do
     [ -d "$f" ] && find "$f" -name cgroup.procs -exec cat {} + 2>/dev/null
@@ -146,6 +147,22 @@ iptables_cleanup() {
       for c in $chains; do $cmd -t "$t" -X "$c" 2>/dev/null; done
     done
   done
+  # iptables-nft creates a table on first use; one that did not exist before
+  # and is now empty (builtin chains, no rules) is removed again.
+  if iptables --version 2>/dev/null | grep -q nf_tables && command -v nft >/dev/null; then
+    local fam
+    for v in 4 6; do
+      if [ $v = 4 ]; then save=iptables-save fam=ip; else save=ip6tables-save fam=ip6; fi
+      for t in raw mangle nat filter; do
+        grep -qx "\*$t" "$BASELINE/iptables-v$v" 2>/dev/null && continue
+        nft list table "$fam" "$t" >/dev/null 2>&1 || continue
+        if ! $save -t "$t" 2>/dev/null | grep -q '^-A' &&
+          [ -z "$($save -t "$t" 2>/dev/null | grep '^:' | grep -v ' ACCEPT ')" ]; then
+          nft delete table "$fam" "$t"
+        fi
+      done
+    done
+  fi
   return 0
 }
 

@@ -230,20 +230,28 @@ func (c *Cluster) destroy() {
 // findBinaries returns the directory of initdb and postgres: PATH first,
 // then the newest /usr/lib/postgresql/<version>/bin (Debian's layout).
 func findBinaries() (string, error) {
-	if p, err := exec.LookPath("initdb"); err == nil {
-		dir := filepath.Dir(p)
-		if _, err := os.Stat(filepath.Join(dir, "postgres")); err == nil {
+	return findBinariesIn(os.Getenv("PATH"), "/usr/lib/postgresql/*/bin")
+}
+
+func findBinariesIn(path, glob string) (string, error) {
+	for _, dir := range filepath.SplitList(path) {
+		if isFile(filepath.Join(dir, "initdb")) && isFile(filepath.Join(dir, "postgres")) {
 			return dir, nil
 		}
 	}
-	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	dirs, _ := filepath.Glob(glob)
 	sort.Slice(dirs, func(i, j int) bool { return version(dirs[i]) > version(dirs[j]) })
 	for _, d := range dirs {
-		if _, err := os.Stat(filepath.Join(d, "initdb")); err == nil {
+		if isFile(filepath.Join(d, "initdb")) && isFile(filepath.Join(d, "postgres")) {
 			return d, nil
 		}
 	}
 	return "", errors.New(howToGet)
+}
+
+func isFile(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode().IsRegular()
 }
 
 func version(binDir string) int {

@@ -3,6 +3,9 @@ package pgtest
 import (
 	"context"
 	"database/sql"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -68,4 +71,31 @@ func open(t *testing.T, u string) *sql.DB {
 	}
 	t.Cleanup(func() { db.Close() })
 	return db
+}
+
+func TestFindBinaries(t *testing.T) {
+	root := t.TempDir()
+	for _, v := range []string{"13", "16", "9"} {
+		dir := filepath.Join(root, v, "bin")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range []string{"initdb", "postgres"} {
+			if err := os.WriteFile(filepath.Join(dir, name), nil, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	got, err := findBinariesIn("", filepath.Join(root, "*", "bin"))
+	if err != nil || got != filepath.Join(root, "16", "bin") {
+		t.Errorf("findBinariesIn = %q, %v; want the newest version's bin", got, err)
+	}
+	got, err = findBinariesIn(filepath.Join(root, "9", "bin"), filepath.Join(root, "*", "bin"))
+	if err != nil || got != filepath.Join(root, "9", "bin") {
+		t.Errorf("findBinariesIn = %q, %v; want PATH first", got, err)
+	}
+	_, err = findBinariesIn(t.TempDir(), filepath.Join(t.TempDir(), "*", "bin"))
+	if err == nil || !strings.Contains(err.Error(), "apt-get install postgresql") || !strings.Contains(err.Error(), EnvURL) {
+		t.Errorf("without PostgreSQL: %v; want advice naming apt-get install postgresql and %s", err, EnvURL)
+	}
 }

@@ -2,6 +2,7 @@ package payload
 
 import (
 	"encoding/json"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -433,6 +434,19 @@ func TestMessagesNeverContainValues(t *testing.T) {
 	for _, body := range []string{`{"Zebediah": x}`, `{"appointments":[1]}Zebediah`} {
 		if _, rerr := Decode([]byte(body), 1); rerr == nil || strings.Contains(rerr.Message, "Zebediah") || strings.Contains(rerr.Message, "'x'") {
 			t.Errorf("Decode(%q) = %v", body, rerr)
+		}
+	}
+}
+
+// The example's copies (contract tests, `make run`) are the spec's bytes.
+func TestExampleCopiesMatchTheSpec(t *testing.T) {
+	for _, p := range []string{"testdata/spec-example.json", "../../hack/devrun/example.json"} {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(b) != specExample+"\n" {
+			t.Errorf("%s differs from the spec's full example", p)
 		}
 	}
 }

@@ -163,6 +163,7 @@ func (s *Store) tryGroup(ctx context.Context, group []*request) (_ []outcome, er
 	if err := tx.Commit(); err != nil {
 		return nil, wrap("Write: commit", err)
 	}
+	s.commits.Add(1)
 	return out, nil
 }
 

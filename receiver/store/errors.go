@@ -75,6 +75,10 @@ type dbError struct {
 func (e *dbError) Error() string {
 	if pqErr := pq.As(e.err); pqErr != nil {
 		s := fmt.Sprintf("%s: postgres error %s (%s)", e.op, pqErr.Code, pqErr.Code.Name())
+		if pqErr.Code.Class() == "42" {
+			// Syntax and access-rule errors name only our own SQL's objects.
+			s += ": " + pqErr.Message
+		}
 		if pqErr.Table != "" {
 			s += " table " + pqErr.Table
 		}

@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"crypto/sha256"
+	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -103,16 +105,16 @@ func minimalEntry(id string) payload.Entry {
 	}
 }
 
-var deliverySeq int
+var deliverySeq atomic.Int64
 
 func batch(entries ...payload.Entry) Batch {
-	deliverySeq++
+	n := deliverySeq.Add(1)
 	return Batch{
 		Delivery: Delivery{
 			EHR:        ehr,
-			RequestID:  "req-" + time.Now().Format("150405.000000000"),
+			RequestID:  fmt.Sprintf("req-%d", n),
 			ReceivedAt: time.Now(),
-			BodySHA256: sha256.Sum256([]byte{byte(deliverySeq)}),
+			BodySHA256: sha256.Sum256(fmt.Appendf(nil, "body %d", n)),
 			ItemCount:  len(entries),
 			Outcome:    "stored",
 			StatusCode: 200,

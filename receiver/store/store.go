@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -27,6 +28,10 @@ const (
 	txTimeout = 15 * time.Second
 	// Besides the workers: RecordDelivery, Ready, Migrate.
 	maxConns = workers + 4
+	// defaultConnectTimeout applies unless the URL sets connect_timeout.
+	defaultConnectTimeout = 10 * time.Second
+	// closeWait bounds how long Close waits for in-flight transactions.
+	closeWait = txTimeout + defaultConnectTimeout
 )
 
 // Store is the receiver's PostgreSQL storage. It is safe for concurrent
@@ -41,13 +46,15 @@ type Store struct {
 	closed bool
 	queue  chan *request
 	wg     sync.WaitGroup
+
+	commits atomic.Int64 // shared transactions committed (tests check that requests share them)
 }
 
 // Open sets up the pool for databaseURL (a postgres:// URL) and starts the
 // batcher. It does not contact the database: a receiver starts while the
 // database is down and Ready tells when it can serve. It does not migrate.
 func Open(ctx context.Context, databaseURL string) (*Store, error) {
-	connector, err := pq.NewConnector(databaseURL)
+	cfg, err := pq.NewConfig(databaseURL)
 	if err != nil {
 		// A url.Error quotes the URL, password included: keep only its cause.
 		var uerr *url.Error
@@ -55,6 +62,16 @@ func Open(ctx context.Context, databaseURL string) (*Store, error) {
 			err = uerr.Err
 		}
 		return nil, fmt.Errorf("while parsing the database URL: %w", err)
+	}
+	// lib/pq's connection handshake ignores the context: without a
+	// connect_timeout a server that accepts but never answers would hold a
+	// worker forever.
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = defaultConnectTimeout
+	}
+	connector, err := pq.NewConnectorConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("while configuring the database connection: %w", err)
 	}
 	db := sqlx.NewDb(sql.OpenDB(connector), "postgres")
 	db.SetMaxOpenConns(maxConns)
@@ -115,7 +132,16 @@ func (s *Store) Close() error {
 	s.closed = true
 	close(s.queue)
 	s.mu.Unlock()
-	s.wg.Wait()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(closeWait):
+		// A database that stopped answering mid-statement: its callers
+		// have had their errors; do not hold the shutdown.
+		go s.db.Close()
+		return errors.New("Close: in-flight writes did not finish; the database does not answer")
+	}
 	s.writeMu.Lock()
 	if s.writeStmt != nil {
 		_ = s.writeStmt.Close()

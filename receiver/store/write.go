@@ -31,7 +31,7 @@ const writeSQL = `
 WITH delivery AS (
     INSERT INTO webhook_deliveries (ehr, request_id, received_at, body_sha256, item_count, outcome, status_code)
     VALUES ($1, $2, $3, $4, $5, $6, $7)
-    RETURNING id
+    RETURNING id AS delivery_id
 ), entry AS (
     SELECT u.*
     FROM unnest(
@@ -81,7 +81,7 @@ WITH delivery AS (
     SELECT
         $1, id, patient_id, practitioner_id, status, status_raw,
         start_time, start_date, created_time, type, duration_minutes, reason, notes,
-        location_name, encounter_id, encounter_reason, department_id, content_hash, (SELECT id FROM delivery)
+        location_name, encounter_id, encounter_reason, department_id, content_hash, (SELECT delivery_id FROM delivery)
     FROM entry
     ORDER BY id
     ON CONFLICT (ehr, external_id) DO UPDATE SET
@@ -104,7 +104,7 @@ WITH delivery AS (
     ON CONFLICT DO NOTHING
 ), quarantine AS (
     INSERT INTO quarantined_entries (ehr, delivery_id, entry_index, raw, errors)
-    SELECT $1, (SELECT id FROM delivery), q.entry_index, q.raw, q.errors
+    SELECT $1, (SELECT delivery_id FROM delivery), q.entry_index, q.raw, q.errors
     FROM unnest($34::integer[], $35::bytea[], $36::jsonb[]) AS q(entry_index, raw, errors)
     RETURNING 1
 )

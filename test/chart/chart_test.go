@@ -44,6 +44,24 @@ func TestChartVersionMatchesAppVersion(t *testing.T) {
 	if m.AppVersion != "v"+m.Version {
 		t.Errorf("Chart.yaml appVersion %q, want %q: stamp both with `make chart-version VERSION=v%s`", m.AppVersion, "v"+m.Version, m.Version)
 	}
+	// config/manager's image is the same release.
+	b, err := os.ReadFile(filepath.Join(repoRoot, "config/manager/kustomization.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var k struct {
+		Images []struct {
+			Name    string `json:"name"`
+			NewName string `json:"newName"`
+			NewTag  string `json:"newTag"`
+		} `json:"images"`
+	}
+	if err := yaml.Unmarshal(b, &k); err != nil {
+		t.Fatalf("config/manager/kustomization.yaml: %v", err)
+	}
+	if len(k.Images) != 1 || k.Images[0].Name != "controller" || k.Images[0].NewTag != m.AppVersion {
+		t.Errorf("config/manager/kustomization.yaml images = %+v, want controller tagged %s (`make chart-version`)", k.Images, m.AppVersion)
+	}
 }
 
 func TestHelmLint(t *testing.T) {
@@ -78,6 +96,7 @@ func TestSchemaRefusesBadValues(t *testing.T) {
 		{"pull policy outside the enum", "image.pullPolicy=Sometimes", "pullPolicy"},
 		{"port out of range", "metrics.port=70000", "port"},
 		{"malformed digest", "image.digest=latest", "digest"},
+		{"object as an annotation value", "podAnnotations.a.b=c", "podAnnotations"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, cmd := range [][]string{
@@ -203,7 +222,7 @@ func TestTemplateEveryOption(t *testing.T) {
 	}
 	annotations, _, _ := unstructured.NestedStringMap(d.Object, "spec", "template", "metadata", "annotations")
 	labels, _, _ := unstructured.NestedStringMap(d.Object, "spec", "template", "metadata", "labels")
-	if annotations["example.com/scrape"] != "true" || labels["team"] != "platform" {
+	if annotations["example.com/scrape"] != "true" || annotations["example.com/revision"] != "3" || labels["team"] != "platform" {
 		t.Errorf("pod annotations %v / labels %v lack podAnnotations / podLabels", annotations, labels)
 	}
 	assertRestricted(t, d)
@@ -261,6 +280,11 @@ func TestTemplateToggles(t *testing.T) {
 		t.Error("CRD keeps helm.sh/resource-policy with crds.keep=false")
 	}
 
+	// One port for metrics and probes is refused.
+	if _, err := run(helmBin(t), "template", "x", chartDir, "--set", "metrics.port=8081"); err == nil ||
+		!strings.Contains(err.Error(), "must differ") {
+		t.Errorf("metrics.port equal to healthProbePort was not refused: %v", err)
+	}
 	// A ServiceMonitor without the Service it scrapes is refused.
 	if _, err := run(helmBin(t), "template", "x", chartDir, "--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.service.enabled=false"); err == nil ||
 		!strings.Contains(err.Error(), "metrics.service.enabled") {

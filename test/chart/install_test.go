@@ -22,15 +22,16 @@ import (
 )
 
 // TestInstallOnAPIServer creates, for real, on an envtest API server, what
-// each install path produces: the chart with default values, the chart with
-// every option on, `kubectl kustomize config/default`, and then the
-// onboarding examples (chart examples/ and config/samples) against the CRD.
-// Creation uses strict field validation, so a misspelt field fails, and the
-// API server's PodSecurity admission must not warn about any pod template.
+// each install path produces: `helm install`/`upgrade`/`uninstall` of the
+// chart, its rendered manifests with default values and with every option
+// on, `kubectl kustomize config/default`, and the onboarding examples
+// (chart examples/ and config/samples) against the generated CRD. Creation
+// uses strict field validation, so a misspelt field fails, and the API
+// server's PodSecurity admission must not warn about any pod template.
 func TestInstallOnAPIServer(t *testing.T) {
 	// Render first: a rendering failure needs no API server.
 	sets := []struct{ name, namespace string }{
-		{"chart default values", "ehr-operator-system"},
+		{"chart default values", "ehr-operator"},
 		{"chart every option", "ehr-platform"},
 		{"kustomize config/default", ""},
 		{"chart example onboard-nexus", ""},
@@ -50,12 +51,15 @@ func TestInstallOnAPIServer(t *testing.T) {
 		t.Fatal("an onboarding example has no EHRIntegration")
 	}
 
-	c, warnings := startAPIServer(t)
+	c, warnings, kubeconfig := startAPIServer(t)
 	ctx := context.Background()
+	t.Run("PodSecurity warnings are seen", func(t *testing.T) { checkPodSecurityWarns(t, ctx, c, warnings) })
 
 	// The Prometheus Operator's ServiceMonitor kind, so the chart's
 	// ServiceMonitor is created rather than skipped.
 	createAll(t, ctx, c, warnings, "", readObjects(t, "testdata/servicemonitor-crd.yaml"))
+
+	t.Run("helm install, upgrade, uninstall", func(t *testing.T) { helmLifecycle(t, ctx, c, kubeconfig) })
 
 	for i, set := range sets {
 		t.Run(set.name, func(t *testing.T) {
@@ -71,8 +75,8 @@ func TestInstallOnAPIServer(t *testing.T) {
 		t.Fatalf("the kustomize Deployment was not created: %v", err)
 	}
 	c0 := managerContainer(t, d)
-	if v, _ := envValue(c0, "RECEIVER_IMAGE"); v == "" || v != c0["image"] {
-		t.Errorf("kustomize Deployment: RECEIVER_IMAGE = %q, want the manager's image %v", v, c0["image"])
+	if v, _ := envValue(c0, "OPERATOR_IMAGE"); v == "" || v != c0["image"] {
+		t.Errorf("kustomize Deployment: OPERATOR_IMAGE = %q, want the manager's image %v", v, c0["image"])
 	}
 	e := &unstructured.Unstructured{}
 	e.SetAPIVersion("ehr.insighthealth.io/v1alpha1")
@@ -85,15 +89,65 @@ func TestInstallOnAPIServer(t *testing.T) {
 	}
 }
 
-// The PodSecurity check above can fail: a privileged pod template in a
-// namespace that warns on "restricted" draws a warning.
-func TestPodSecurityWarningsAreSeen(t *testing.T) {
-	c, warnings := startAPIServer(t)
-	ctx := context.Background()
+// helmLifecycle is what an SRE does: install with default values, upgrade
+// to every option, uninstall; the CRD (and so every EHRIntegration) stays.
+func helmLifecycle(t *testing.T, ctx context.Context, c client.Client, kubeconfig string) {
+	helm := helmBin(t)
+	common := []string{"--namespace", "helm-flow", "--kubeconfig", kubeconfig}
+	out, err := run(helm, append([]string{"install", "flow", chartDir, "--create-namespace"}, common...)...)
+	if err != nil {
+		t.Fatalf("helm install: %v", err)
+	}
+	for _, want := range []string{"NOTES:", "kubectl -n ehr get ehrintegrations", "examples/onboard-nexus.yaml"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("helm install output lacks %q:\n%s", want, out)
+		}
+	}
+	deployment := func(name string) (*unstructured.Unstructured, error) {
+		d := &unstructured.Unstructured{}
+		d.SetAPIVersion("apps/v1")
+		d.SetKind("Deployment")
+		return d, c.Get(ctx, types.NamespacedName{Namespace: "helm-flow", Name: name}, d)
+	}
+	if _, err := deployment("flow-ehr-operator"); err != nil {
+		t.Fatalf("helm install made no manager Deployment: %v", err)
+	}
+
+	// Every option, under another full name so as not to clash with the
+	// rendered every-option set created later.
+	if _, err := run(helm, append([]string{"upgrade", "flow", chartDir, "-f", allOnValues, "--set", "fullnameOverride=flow-all-on"}, common...)...); err != nil {
+		t.Fatalf("helm upgrade to every option: %v", err)
+	}
+	d, err := deployment("flow-all-on")
+	if err != nil {
+		t.Fatalf("helm upgrade made no Deployment flow-all-on: %v", err)
+	}
+	if n, _, _ := unstructured.NestedInt64(d.Object, "spec", "replicas"); n != 2 {
+		t.Errorf("upgraded Deployment has %d replicas, want 2", n)
+	}
+	if _, err := deployment("flow-ehr-operator"); !apierrors.IsNotFound(err) {
+		t.Errorf("the Deployment of the first install is still there after the upgrade renamed it: %v", err)
+	}
+
+	if _, err := run(helm, append([]string{"uninstall", "flow"}, common...)...); err != nil {
+		t.Fatalf("helm uninstall: %v", err)
+	}
+	if _, err := deployment("flow-all-on"); !apierrors.IsNotFound(err) {
+		t.Errorf("the manager Deployment survived helm uninstall: %v", err)
+	}
+	crd := &apiextensionsv1.CustomResourceDefinition{}
+	if err := c.Get(ctx, client.ObjectKey{Name: "ehrintegrations.ehr.insighthealth.io"}, crd); err != nil {
+		t.Errorf("helm uninstall removed the CRD despite crds.keep: %v", err)
+	}
+}
+
+// checkPodSecurityWarns shows that the warning check can fail: a privileged
+// pod template in a namespace that warns on "restricted" draws a warning.
+func checkPodSecurityWarns(t *testing.T, ctx context.Context, c client.Client, warnings *warningRecorder) {
 	objs, err := decodeObjects([]byte(`
 apiVersion: apps/v1
 kind: Deployment
-metadata: {name: privileged}
+metadata: {name: privileged, namespace: psa-check}
 spec:
   selector: {matchLabels: {app: privileged}}
   template:
@@ -108,23 +162,22 @@ spec:
 		t.Fatal(err)
 	}
 	ensureNamespace(t, ctx, c, "psa-check")
-	objs[0].SetNamespace("psa-check")
 	warnings.reset()
 	if err := c.Create(ctx, objs[0]); err != nil {
 		t.Fatal(err)
 	}
-	if got := warnings.take(); !strings.Contains(strings.Join(got, "\n"), "restricted") {
+	if got := warnings.take(); !strings.Contains(strings.Join(got, "\n"), `violate PodSecurity "restricted`) {
 		t.Errorf("no PodSecurity warning for a privileged pod template; got %q", got)
 	}
 }
 
 // startAPIServer starts kube-apiserver and etcd from KUBEBUILDER_ASSETS and
 // returns a client whose API warnings are recorded.
-func startAPIServer(t *testing.T) (client.Client, *warningRecorder) {
+func startAPIServer(t *testing.T) (client.Client, *warningRecorder, string) {
 	t.Helper()
 	assets := os.Getenv("KUBEBUILDER_ASSETS")
 	if assets == "" {
-		t.Fatal("KUBEBUILDER_ASSETS is not set: run `make setup-envtest` and set KUBEBUILDER_ASSETS to the directory it prints, or run `make test`")
+		t.Fatal("KUBEBUILDER_ASSETS is not set: run `make setup-envtest` (fills ~/.local/share/kubebuilder-envtest/k8s/<version>-linux-amd64) and point KUBEBUILDER_ASSETS there, or run `make test`")
 	}
 	for _, bin := range []string{"kube-apiserver", "etcd"} {
 		if _, err := os.Stat(filepath.Join(assets, bin)); err != nil {
@@ -154,7 +207,11 @@ func startAPIServer(t *testing.T) (client.Client, *warningRecorder) {
 	if err != nil {
 		t.Fatalf("while creating a client: %v", err)
 	}
-	return c, warnings
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(kubeconfig, env.KubeConfig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return c, warnings, kubeconfig
 }
 
 // createAll creates objs: CRDs first (updated when another set created them
@@ -266,7 +323,7 @@ type warningRecorder struct {
 	messages []string
 }
 
-func (w *warningRecorder) HandleWarningHeaderWithContext(_ context.Context, code int, agent, message string) {
+func (w *warningRecorder) HandleWarningHeaderWithContext(_ context.Context, code int, _, message string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.messages = append(w.messages, fmt.Sprintf("%d %s", code, message))

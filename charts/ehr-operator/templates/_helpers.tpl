@@ -59,3 +59,15 @@ app.kubernetes.io/component: manager
 {{- define "ehr-operator.receiverImage" -}}
 {{- default (include "ehr-operator.image" .) .Values.receiverImage }}
 {{- end }}
+
+{{/*
+A map of labels, annotations or node selectors, every value quoted: the API
+wants strings, and `--set podAnnotations.revision=2` gives a number.
+*/}}
+{{- define "ehr-operator.stringMap" -}}
+{{- $lines := list }}
+{{- range $k, $v := . }}
+{{- $lines = append $lines (printf "%s: %s" ($k | quote) ($v | toString | quote)) }}
+{{- end }}
+{{- join "\n" $lines }}
+{{- end }}

@@ -13,6 +13,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"slices"
 
 	"github.com/lib/pq"
 	"github.com/pressly/goose/v3"
@@ -67,12 +68,17 @@ func provider(db *sql.DB, logger *slog.Logger) (*goose.Provider, error) {
 	return p, nil
 }
 
-// Versions lists the embedded migrations' versions in ascending order.
+// Versions lists the embedded migrations' versions in ascending order, and
+// fails when two files share a version.
 func Versions() ([]int64, error) {
 	names, err := fs.Glob(FS, "*.sql")
 	if err != nil {
 		return nil, err
 	}
+	return versionsOf(names)
+}
+
+func versionsOf(names []string) ([]int64, error) {
 	vs := make([]int64, 0, len(names))
 	seen := make(map[int64]string, len(names))
 	for _, n := range names {
@@ -86,6 +92,7 @@ func Versions() ([]int64, error) {
 		seen[v] = n
 		vs = append(vs, v)
 	}
+	slices.Sort(vs)
 	return vs, nil
 }
 

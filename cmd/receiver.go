@@ -1,0 +1,189 @@
+package cmd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/insighthealth/ehr-operator/receiver"
+	"github.com/insighthealth/ehr-operator/receiver/store"
+)
+
+// receiverFlags are DESIGN §7's flags, each with its environment fallback.
+type receiverFlags struct {
+	ehr, databaseURL, databaseURLFile, credentialsDir, timeZone string
+	maxBodyBytes                                                int64
+	maxBatchSize, burst                                         int
+	requestsPerSecond                                           float64
+	onInvalid, listen, metricsListen                            string
+	migrate                                                     bool
+}
+
+func init() {
+	var f receiverFlags
+	c := &cobra.Command{
+		Use:   "receiver",
+		Short: "Serve POST /v2/webhooks/{ehr}/sync-appointments for one EHR",
+		Long: `Serve the Sync Appointments webhook of one EHR into PostgreSQL.
+
+Every flag falls back to an environment variable named after it
+(--database-url → DATABASE_URL, --on-invalid → ON_INVALID, …).`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if err := bindEnv(c.Flags()); err != nil {
+				return err
+			}
+			return runReceiver(c.Context(), f)
+		},
+	}
+	fs := c.Flags()
+	fs.StringVar(&f.ehr, "ehr", "", "the {ehr} path segment this receiver serves (required)")
+	fs.StringVar(&f.databaseURL, "database-url", "", "postgres:// URL of the appointments database")
+	fs.StringVar(&f.databaseURLFile, "database-url-file", "", "file holding the database URL (instead of --database-url)")
+	fs.StringVar(&f.credentialsDir, "credentials-dir", "", "directory with files api-key, webhook-secret and optionally webhook-secret-previous (required)")
+	fs.StringVar(&f.timeZone, "time-zone", "UTC", "IANA time zone the EHR's MM/DD/YYYY HH:MM times are in")
+	fs.Int64Var(&f.maxBodyBytes, "max-body-bytes", 4194304, "largest accepted body; larger answers 413")
+	fs.IntVar(&f.maxBatchSize, "max-batch-size", 1000, "most appointments accepted in one request; more answers 413")
+	fs.Float64Var(&f.requestsPerSecond, "requests-per-second", 50, "sustained request rate for this EHR; above it answers 429")
+	fs.IntVar(&f.burst, "burst", 100, "requests allowed at once above the sustained rate")
+	fs.StringVar(&f.onInvalid, "on-invalid", string(receiver.Reject), "Reject (422, nothing stored) or Quarantine (200, invalid entries kept apart)")
+	fs.StringVar(&f.listen, "listen", ":8080", "address of the webhook server")
+	fs.StringVar(&f.metricsListen, "metrics-listen", ":9090", "address of /healthz, /readyz and /metrics")
+	fs.BoolVar(&f.migrate, "migrate", true, "apply the database migrations at start")
+	rootCmd.AddCommand(c)
+}
+
+func runReceiver(ctx context.Context, f receiverFlags) error {
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	slog.SetDefault(log)
+	cfg, dbURL, err := receiverConfig(f)
+	if err != nil {
+		return fmt.Errorf("while reading the receiver configuration: %w", err)
+	}
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	// After the first signal, a second one ends the process at once.
+	go func() { <-ctx.Done(); stop() }()
+
+	st, err := store.Open(ctx, dbURL)
+	if err != nil {
+		return fmt.Errorf("while opening the store: %w", err)
+	}
+	defer func() {
+		if err := st.Close(); err != nil {
+			log.Error("Closing the store failed", "error", err.Error())
+		}
+		log.Info("Store closed")
+	}()
+	if f.migrate {
+		mctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+		err := st.Migrate(mctx)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("while migrating the database: %w", err)
+		}
+	}
+	srv, err := receiver.New(cfg, st, log)
+	if err != nil {
+		return err
+	}
+	return srv.Run(ctx)
+}
+
+// receiverConfig turns the flags into a checked configuration and the
+// database URL. It reports every mistake it finds, never a secret's value.
+func receiverConfig(f receiverFlags) (receiver.Config, string, error) {
+	var errs []error
+	cfg := receiver.Config{
+		EHR:               f.ehr,
+		MaxBodyBytes:      f.maxBodyBytes,
+		MaxBatchSize:      f.maxBatchSize,
+		RequestsPerSecond: f.requestsPerSecond,
+		Burst:             f.burst,
+		OnInvalid:         receiver.OnInvalid(f.onInvalid),
+		Listen:            f.listen,
+		MetricsListen:     f.metricsListen,
+	}
+	if f.ehr == "" {
+		errs = append(errs, errors.New("--ehr (EHR) is required"))
+	}
+	loc, err := time.LoadLocation(f.timeZone)
+	if err != nil || f.timeZone == "" || strings.EqualFold(f.timeZone, "Local") {
+		errs = append(errs, fmt.Errorf("--time-zone %q is not an IANA time zone name", f.timeZone))
+	}
+	cfg.Location = loc
+
+	dbURL := f.databaseURL
+	switch {
+	case f.databaseURL != "" && f.databaseURLFile != "":
+		errs = append(errs, errors.New("set only one of --database-url (DATABASE_URL) and --database-url-file (DATABASE_URL_FILE)"))
+	case f.databaseURLFile != "":
+		dbURL, err = readCredential(f.databaseURLFile)
+		if err != nil {
+			errs = append(errs, err)
+		}
+	case f.databaseURL == "":
+		errs = append(errs, errors.New("--database-url (DATABASE_URL) or --database-url-file (DATABASE_URL_FILE) is required"))
+	}
+
+	if f.credentialsDir == "" {
+		errs = append(errs, errors.New("--credentials-dir (CREDENTIALS_DIR) is required"))
+	} else {
+		key, err := readCredential(filepath.Join(f.credentialsDir, "api-key"))
+		if err != nil {
+			errs = append(errs, err)
+		}
+		secret, err := readCredential(filepath.Join(f.credentialsDir, "webhook-secret"))
+		if err != nil {
+			errs = append(errs, err)
+		}
+		prev, err := readCredential(filepath.Join(f.credentialsDir, "webhook-secret-previous"))
+		if err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, errEmptyCredential) {
+			errs = append(errs, err)
+		}
+		cfg.APIKey, cfg.Secret = key, []byte(secret)
+		if prev != "" {
+			cfg.PreviousSecret = []byte(prev)
+		}
+	}
+	// Check the rest; what was reported above is not reported twice.
+	v := cfg
+	if v.EHR == "" {
+		v.EHR = "x"
+	}
+	if v.Location == nil {
+		v.Location = time.UTC
+	}
+	if v.APIKey == "" || len(v.Secret) == 0 {
+		v.APIKey, v.Secret = "x", []byte("x")
+	}
+	if err := v.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return cfg, dbURL, errors.Join(errs...)
+}
+
+var errEmptyCredential = errors.New("is empty")
+
+// readCredential reads a secret file (a mounted Secret key), dropping the
+// trailing newline an editor or `echo` adds.
+func readCredential(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("while reading %s: %w", path, err)
+	}
+	s := strings.TrimRight(string(b), "\r\n")
+	if s == "" {
+		return "", fmt.Errorf("%s: %w", path, errEmptyCredential)
+	}
+	return s, nil
+}

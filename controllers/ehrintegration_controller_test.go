@@ -1,0 +1,618 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/insighthealth/ehr-operator/api/v1alpha1"
+)
+
+const waitFor = 20 * time.Second
+
+var ctx = context.Background()
+
+// integration is a valid EHRIntegration referencing the Secrets made by
+// createSecrets.
+func integration(ns, name, ehr string) *v1alpha1.EHRIntegration {
+	return &v1alpha1.EHRIntegration{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: v1alpha1.EHRIntegrationSpec{
+			EHR:                  ehr,
+			CredentialsSecretRef: v1alpha1.SecretReference{Name: "creds"},
+			Database:             v1alpha1.DatabaseSpec{SecretRef: v1alpha1.SecretKeyReference{Name: "db"}},
+		},
+	}
+}
+
+func credsSecret(ns string) *corev1.Secret {
+	return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "creds"},
+		Data: map[string][]byte{"api-key": []byte("k1"), "webhook-secret": []byte("s1")}}
+}
+
+func dbSecret(ns string) *corev1.Secret {
+	return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "db"},
+		Data: map[string][]byte{"uri": []byte("postgres://app@db:5432/app"), "password": []byte("p")}}
+}
+
+func create(t testing.TB, objs ...client.Object) {
+	t.Helper()
+	for _, o := range objs {
+		if err := suite.client.Create(ctx, o); err != nil {
+			t.Fatalf("creating %T %s: %v", o, o.GetName(), err)
+		}
+	}
+}
+
+func key(ns, name string) types.NamespacedName { return types.NamespacedName{Namespace: ns, Name: name} }
+
+// update re-reads obj and applies f until the write does not conflict.
+func update[T client.Object](t testing.TB, obj T, f func(T)) {
+	t.Helper()
+	eventually(t, waitFor, "updating "+obj.GetName(), func() error {
+		if err := suite.client.Get(ctx, client.ObjectKeyFromObject(obj), obj); err != nil {
+			return err
+		}
+		f(obj)
+		return suite.client.Update(ctx, obj)
+	})
+}
+
+// waitCondition waits until the EHRIntegration's Ready condition has status
+// and reason, for its current generation, and returns it.
+func waitCondition(t testing.TB, ns, name string, status metav1.ConditionStatus, reason string) *v1alpha1.EHRIntegration {
+	t.Helper()
+	var e v1alpha1.EHRIntegration
+	eventually(t, waitFor, fmt.Sprintf("Ready=%s/%s on %s", status, reason, name), func() error {
+		if err := suite.client.Get(ctx, key(ns, name), &e); err != nil {
+			return err
+		}
+		c := meta.FindStatusCondition(e.Status.Conditions, v1alpha1.ConditionReady)
+		if c == nil || c.Status != status || c.Reason != reason || e.Status.ObservedGeneration != e.Generation {
+			return fmt.Errorf("ready condition %+v, observedGeneration %d of %d", c, e.Status.ObservedGeneration, e.Generation)
+		}
+		return nil
+	})
+	return &e
+}
+
+// child waits for e's child of obj's type to exist and fills obj.
+func child(t testing.TB, ns, name string, obj client.Object) {
+	t.Helper()
+	eventually(t, waitFor, fmt.Sprintf("%T %s-receiver to exist", obj, name), func() error {
+		return suite.client.Get(ctx, key(ns, name+"-receiver"), obj)
+	})
+}
+
+// gone waits until obj's name no longer exists.
+func gone(t testing.TB, ns, name string, obj client.Object) {
+	t.Helper()
+	eventually(t, waitFor, fmt.Sprintf("%T %s to be deleted", obj, name), func() error {
+		err := suite.client.Get(ctx, key(ns, name), obj)
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("still there (err %v)", err)
+	})
+}
+
+// markAvailable writes the Deployment status the Deployment controller
+// would, once all its pods run: envtest has no such controller.
+func markAvailable(t testing.TB, ns, name string) {
+	t.Helper()
+	eventually(t, waitFor, "marking the Deployment available", func() error {
+		var d appsv1.Deployment
+		if err := suite.client.Get(ctx, key(ns, name+"-receiver"), &d); err != nil {
+			return err
+		}
+		n := *d.Spec.Replicas
+		d.Status = appsv1.DeploymentStatus{ObservedGeneration: d.Generation, Replicas: n,
+			UpdatedReplicas: n, ReadyReplicas: n, AvailableReplicas: n}
+		return suite.client.Status().Update(ctx, &d)
+	})
+}
+
+func TestAPIServerRefusesInvalidResources(t *testing.T) {
+	startSuite(t)
+	ns := newNamespace(t)
+	tests := []struct {
+		name    string
+		modify  func(*v1alpha1.EHRIntegration)
+		message string
+	}{
+		{"uppercase ehr", func(e *v1alpha1.EHRIntegration) { e.Spec.EHR = "Nexus" }, "spec.ehr"},
+		{"ehr with underscore", func(e *v1alpha1.EHRIntegration) { e.Spec.EHR = "nex_us" }, "spec.ehr"},
+		{"ehr too long", func(e *v1alpha1.EHRIntegration) { e.Spec.EHR = strings.Repeat("a", 64) }, "spec.ehr"},
+		{"ehr missing", func(e *v1alpha1.EHRIntegration) { e.Spec.EHR = "" }, "spec.ehr"},
+		{"body limit too small", func(e *v1alpha1.EHRIntegration) { e.Spec.Limits = &v1alpha1.LimitsSpec{MaxBodyBytes: 1000} }, "spec.limits.maxBodyBytes"},
+		{"body limit too large", func(e *v1alpha1.EHRIntegration) { e.Spec.Limits = &v1alpha1.LimitsSpec{MaxBodyBytes: 128 << 20} }, "spec.limits.maxBodyBytes"},
+		{"batch too large", func(e *v1alpha1.EHRIntegration) { e.Spec.Limits = &v1alpha1.LimitsSpec{MaxBatchSize: 10001} }, "spec.limits.maxBatchSize"},
+		{"negative rate", func(e *v1alpha1.EHRIntegration) { e.Spec.Limits = &v1alpha1.LimitsSpec{RequestsPerSecond: -5} }, "spec.limits.requestsPerSecond"},
+		{"negative burst", func(e *v1alpha1.EHRIntegration) { e.Spec.Limits = &v1alpha1.LimitsSpec{Burst: -1} }, "spec.limits.burst"},
+		{"too many replicas", func(e *v1alpha1.EHRIntegration) { e.Spec.Replicas = ptr.To[int32](51) }, "spec.replicas"},
+		{"negative replicas", func(e *v1alpha1.EHRIntegration) { e.Spec.Replicas = ptr.To[int32](-1) }, "spec.replicas"},
+		{"unknown onInvalid", func(e *v1alpha1.EHRIntegration) { e.Spec.OnInvalid = "Drop" }, "spec.onInvalid"},
+		{"Local time zone", func(e *v1alpha1.EHRIntegration) { e.Spec.TimeZone = "Local" }, "spec.timeZone"},
+		{"bad ingress host", func(e *v1alpha1.EHRIntegration) { e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "Bad_Host.example.com"} }, "spec.ingress.host"},
+		{"database key ..", func(e *v1alpha1.EHRIntegration) { e.Spec.Database.SecretRef.Key = ".." }, "spec.database.secretRef.key"},
+		{"name starting with a digit", func(e *v1alpha1.EHRIntegration) { e.Name = "1nexus" }, "metadata.name"},
+		{"name too long for its Service", func(e *v1alpha1.EHRIntegration) { e.Name = strings.Repeat("n", 55) }, "metadata.name"},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := integration(ns, fmt.Sprintf("bad-%d", i), "nexus")
+			tt.modify(e)
+			err := suite.client.Create(ctx, e)
+			if !apierrors.IsInvalid(err) {
+				t.Fatalf("create: err = %v, want Invalid", err)
+			}
+			if !strings.Contains(err.Error(), tt.message) {
+				t.Errorf("error %q does not name %s", err, tt.message)
+			}
+		})
+	}
+
+	t.Run("defaults", func(t *testing.T) {
+		e := integration(ns, "good", "nexus")
+		create(t, e)
+		want := v1alpha1.EHRIntegrationSpec{
+			EHR: "nexus", TimeZone: "UTC", Replicas: ptr.To[int32](2), OnInvalid: v1alpha1.OnInvalidReject,
+			CredentialsSecretRef: v1alpha1.SecretReference{Name: "creds"},
+			Database:             v1alpha1.DatabaseSpec{SecretRef: v1alpha1.SecretKeyReference{Name: "db", Key: "uri"}},
+			Limits:               &v1alpha1.LimitsSpec{MaxBodyBytes: 4194304, MaxBatchSize: 1000, RequestsPerSecond: 50, Burst: 100},
+		}
+		if diff := cmp.Diff(want, e.Spec); diff != "" {
+			t.Errorf("defaulted spec mismatch (-want +got):\n%s", diff)
+		}
+		// The Go defaults the controller applies agree with the CRD's.
+		if diff := cmp.Diff(e.Spec, withDefaults(integration(ns, "good", "nexus")).Spec); diff != "" {
+			t.Errorf("withDefaults differs from the API server's defaults (-server +withDefaults):\n%s", diff)
+		}
+	})
+
+	t.Run("ehr is immutable", func(t *testing.T) {
+		var err error
+		for range 20 { // the controller may write the status between our read and write
+			var e v1alpha1.EHRIntegration
+			if err := suite.client.Get(ctx, key(ns, "good"), &e); err != nil {
+				t.Fatal(err)
+			}
+			e.Spec.EHR = "medicat"
+			if err = suite.client.Update(ctx, &e); !apierrors.IsConflict(err) {
+				break
+			}
+		}
+		if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "ehr is immutable") {
+			t.Fatalf("changing ehr: err = %v, want Invalid 'ehr is immutable'", err)
+		}
+	})
+}
+
+func TestChildrenOfAValidIntegration(t *testing.T) {
+	startSuite(t)
+	ns := newNamespace(t)
+	create(t, credsSecret(ns), dbSecret(ns))
+	e := integration(ns, "nexus", "nexus")
+	e.Spec.TimeZone = "America/New_York"
+	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.webhooks.example.com", ClassName: "nginx",
+		TLSSecretName: "nexus-tls", Annotations: map[string]string{"cert-manager.io/cluster-issuer": "letsencrypt"}}
+	create(t, e)
+
+	var (
+		sa  corev1.ServiceAccount
+		dep appsv1.Deployment
+		svc corev1.Service
+		ing networkingv1.Ingress
+		pdb policyv1.PodDisruptionBudget
+	)
+	for _, obj := range []client.Object{&sa, &dep, &svc, &ing, &pdb} {
+		child(t, ns, "nexus", obj)
+		ref := metav1.GetControllerOf(obj)
+		if ref == nil || ref.UID != e.UID || ref.Kind != "EHRIntegration" || ref.Name != "nexus" {
+			t.Errorf("%T owner = %+v, want controller EHRIntegration nexus", obj, ref)
+		}
+		if obj.GetLabels()[labelInstance] != "nexus" || obj.GetLabels()[labelEHR] != "nexus" {
+			t.Errorf("%T labels = %v", obj, obj.GetLabels())
+		}
+	}
+
+	if sa.AutomountServiceAccountToken == nil || *sa.AutomountServiceAccountToken {
+		t.Errorf("ServiceAccount automount = %v, want false", sa.AutomountServiceAccountToken)
+	}
+	if *dep.Spec.Replicas != 2 {
+		t.Errorf("replicas = %d, want 2", *dep.Spec.Replicas)
+	}
+	pod := dep.Spec.Template.Spec
+	c := pod.Containers[0]
+	wantArgs := []string{"receiver", "--ehr=nexus", "--database-url-file=/etc/ehr-operator/database/uri",
+		"--credentials-dir=/etc/ehr-operator/credentials", "--time-zone=America/New_York", "--max-body-bytes=4194304",
+		"--max-batch-size=1000", "--requests-per-second=50", "--burst=100", "--on-invalid=Reject",
+		"--listen=:8080", "--metrics-listen=:9090", "--migrate=true"}
+	if diff := cmp.Diff(wantArgs, c.Args); diff != "" {
+		t.Errorf("args mismatch (-want +got):\n%s", diff)
+	}
+	if c.Image != testImage {
+		t.Errorf("image = %q, want the manager's %q", c.Image, testImage)
+	}
+	wantMounts := []corev1.VolumeMount{
+		{Name: "credentials", MountPath: "/etc/ehr-operator/credentials", ReadOnly: true},
+		{Name: "database", MountPath: "/etc/ehr-operator/database", ReadOnly: true},
+		{Name: "tmp", MountPath: "/tmp"},
+	}
+	if diff := cmp.Diff(wantMounts, c.VolumeMounts); diff != "" {
+		t.Errorf("mounts mismatch (-want +got):\n%s", diff)
+	}
+	if pod.Volumes[0].Secret.SecretName != "creds" || pod.Volumes[1].Secret.SecretName != "db" {
+		t.Errorf("volumes = %+v", pod.Volumes)
+	}
+	if c.LivenessProbe.HTTPGet.Path != "/healthz" || c.ReadinessProbe.HTTPGet.Path != "/readyz" ||
+		c.ReadinessProbe.HTTPGet.Port.String() != "metrics" {
+		t.Errorf("probes: liveness %+v readiness %+v", c.LivenessProbe.HTTPGet, c.ReadinessProbe.HTTPGet)
+	}
+	if sc := c.SecurityContext; sc == nil || !*sc.RunAsNonRoot || !*sc.ReadOnlyRootFilesystem || *sc.AllowPrivilegeEscalation ||
+		len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" || sc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		t.Errorf("container security context = %+v", c.SecurityContext)
+	}
+	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken || pod.ServiceAccountName != "nexus-receiver" {
+		t.Errorf("pod service account %q automount %v", pod.ServiceAccountName, pod.AutomountServiceAccountToken)
+	}
+	if h := dep.Spec.Template.Annotations[annotationSecretsHash]; len(h) != 32 {
+		t.Errorf("secrets hash annotation = %q", h)
+	}
+	if svc.Spec.Type != corev1.ServiceTypeClusterIP || svc.Spec.Ports[0].Name != "http" || svc.Spec.Ports[0].Port != 8080 ||
+		svc.Spec.Ports[1].Name != "metrics" || svc.Spec.Ports[1].Port != 9090 {
+		t.Errorf("service = %+v", svc.Spec)
+	}
+	if r := ing.Spec.Rules[0]; r.Host != "nexus.webhooks.example.com" || r.HTTP.Paths[0].Path != "/v2/webhooks/nexus/" ||
+		*r.HTTP.Paths[0].PathType != networkingv1.PathTypePrefix || ing.Spec.TLS[0].SecretName != "nexus-tls" ||
+		*ing.Spec.IngressClassName != "nginx" || ing.Annotations["cert-manager.io/cluster-issuer"] != "letsencrypt" {
+		t.Errorf("ingress = %+v %v", ing.Spec, ing.Annotations)
+	}
+	if pdb.Spec.MinAvailable.IntValue() != 1 {
+		t.Errorf("PDB minAvailable = %v", pdb.Spec.MinAvailable)
+	}
+
+	// No Deployment controller runs here, so nothing is available yet.
+	got := waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
+	if got.Status.Endpoint != "https://nexus.webhooks.example.com/v2/webhooks/nexus/sync-appointments" {
+		t.Errorf("endpoint = %q", got.Status.Endpoint)
+	}
+	markAvailable(t, ns, "nexus")
+	got = waitCondition(t, ns, "nexus", metav1.ConditionTrue, v1alpha1.ReasonAvailable)
+	if got.Status.ReadyReplicas != 2 {
+		t.Errorf("readyReplicas = %d, want 2", got.Status.ReadyReplicas)
+	}
+	if !meta.IsStatusConditionFalse(got.Status.Conditions, v1alpha1.ConditionDegraded) ||
+		!meta.IsStatusConditionFalse(got.Status.Conditions, v1alpha1.ConditionProgressing) {
+		t.Errorf("conditions = %+v, want Degraded and Progressing False", got.Status.Conditions)
+	}
+
+	// One replica: no PDB. No ingress: no Ingress, in-cluster endpoint.
+	update(t, got, func(e *v1alpha1.EHRIntegration) {
+		e.Spec.Replicas = ptr.To[int32](1)
+		e.Spec.Ingress = nil
+	})
+	gone(t, ns, "nexus-receiver", &policyv1.PodDisruptionBudget{})
+	gone(t, ns, "nexus-receiver", &networkingv1.Ingress{})
+	eventually(t, waitFor, "the endpoint to be the Service's", func() error {
+		var e v1alpha1.EHRIntegration
+		if err := suite.client.Get(ctx, key(ns, "nexus"), &e); err != nil {
+			return err
+		}
+		if want := "http://nexus-receiver." + ns + ".svc:8080/v2/webhooks/nexus/sync-appointments"; e.Status.Endpoint != want {
+			return fmt.Errorf("endpoint %q, want %q", e.Status.Endpoint, want)
+		}
+		return nil
+	})
+	// The Deployment's generation moved on, so Ready waits for its
+	// controller to catch up, then follows it again.
+	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
+	markAvailable(t, ns, "nexus")
+	waitCondition(t, ns, "nexus", metav1.ConditionTrue, v1alpha1.ReasonAvailable)
+}
+
+func TestMissingSecretsHealByThemselves(t *testing.T) {
+	startSuite(t)
+	ns := newNamespace(t)
+	create(t, integration(ns, "nexus", "nexus"))
+	e := waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonSecretNotFound)
+	if !meta.IsStatusConditionTrue(e.Status.Conditions, v1alpha1.ConditionDegraded) {
+		t.Errorf("Degraded not True: %+v", e.Status.Conditions)
+	}
+	if msg := meta.FindStatusCondition(e.Status.Conditions, v1alpha1.ConditionReady).Message; !strings.Contains(msg, "creds") {
+		t.Errorf("message %q does not name the Secret", msg)
+	}
+	eventually(t, waitFor, "a SecretNotFound Event", func() error {
+		var list eventsv1.EventList
+		if err := suite.client.List(ctx, &list, client.InNamespace(ns)); err != nil {
+			return err
+		}
+		for _, ev := range list.Items {
+			if ev.Reason == v1alpha1.ReasonSecretNotFound && ev.Regarding.Name == "nexus" && ev.Type == corev1.EventTypeWarning {
+				return nil
+			}
+		}
+		return fmt.Errorf("%d events, none SecretNotFound", len(list.Items))
+	})
+	if err := suite.client.Get(ctx, key(ns, "nexus-receiver"), &appsv1.Deployment{}); !apierrors.IsNotFound(err) {
+		t.Errorf("a Deployment without its Secrets: err = %v", err)
+	}
+
+	// A Secret without webhook-secret: the watch on Secrets notices it.
+	creds := credsSecret(ns)
+	delete(creds.Data, "webhook-secret")
+	create(t, creds)
+	e = waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonSecretKeyMissing)
+	if msg := meta.FindStatusCondition(e.Status.Conditions, v1alpha1.ConditionReady).Message; !strings.Contains(msg, "webhook-secret") {
+		t.Errorf("message %q does not name the key", msg)
+	}
+	update(t, creds, func(s *corev1.Secret) { s.Data["webhook-secret"] = []byte("s1") })
+	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonSecretNotFound) // now the database's
+	create(t, dbSecret(ns))
+	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
+	child(t, ns, "nexus", &appsv1.Deployment{})
+}
+
+func TestSecretChangeRollsPods(t *testing.T) {
+	startSuite(t)
+	ns := newNamespace(t)
+	creds := credsSecret(ns)
+	create(t, creds, dbSecret(ns), integration(ns, "nexus", "nexus"))
+	hash := func() string {
+		var d appsv1.Deployment
+		child(t, ns, "nexus", &d)
+		return d.Spec.Template.Annotations[annotationSecretsHash]
+	}
+	before := hash()
+	update(t, creds, func(s *corev1.Secret) { s.Data["webhook-secret-previous"] = s.Data["webhook-secret"] })
+	eventually(t, waitFor, "the pod template hash to change", func() error {
+		if h := hash(); h == before {
+			return errors.New("hash unchanged")
+		}
+		return nil
+	})
+}
+
+func TestDriftIsPutBack(t *testing.T) {
+	startSuite(t)
+	ns := newNamespace(t)
+	create(t, credsSecret(ns), dbSecret(ns), integration(ns, "nexus", "nexus"))
+
+	var svc corev1.Service
+	child(t, ns, "nexus", &svc)
+	if err := suite.client.Delete(ctx, &svc); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, waitFor, "the Service to be made again", func() error {
+		var again corev1.Service
+		if err := suite.client.Get(ctx, key(ns, "nexus-receiver"), &again); err != nil {
+			return err
+		}
+		if again.UID == svc.UID {
+			return errors.New("same Service")
+		}
+		return nil
+	})
+
+	var dep appsv1.Deployment
+	child(t, ns, "nexus", &dep)
+	wantArgs := dep.Spec.Template.Spec.Containers[0].Args
+	update(t, &dep, func(d *appsv1.Deployment) {
+		d.Annotations["example.com/owner"] = "sre"
+		d.Spec.Template.Annotations["kubectl.kubernetes.io/restartedAt"] = "2026-01-01T00:00:00Z"
+		d.Spec.Template.Spec.Containers[0].Image = "evil:latest"
+		d.Spec.Template.Spec.Containers[0].Args = []string{"receiver", "--ehr=other"}
+		d.Spec.Template.Spec.Containers[0].SecurityContext.ReadOnlyRootFilesystem = ptr.To(false)
+		d.Spec.Replicas = ptr.To[int32](7)
+	})
+	eventually(t, waitFor, "the Deployment to be put back", func() error {
+		var d appsv1.Deployment
+		if err := suite.client.Get(ctx, key(ns, "nexus-receiver"), &d); err != nil {
+			return err
+		}
+		c := d.Spec.Template.Spec.Containers[0]
+		switch {
+		case c.Image != testImage:
+			return fmt.Errorf("image %q", c.Image)
+		case !cmp.Equal(c.Args, wantArgs):
+			return fmt.Errorf("args %v", c.Args)
+		case !*c.SecurityContext.ReadOnlyRootFilesystem:
+			return errors.New("root filesystem writable")
+		case *d.Spec.Replicas != 2:
+			return fmt.Errorf("replicas %d", *d.Spec.Replicas)
+		}
+		if d.Annotations["example.com/owner"] != "sre" || d.Spec.Template.Annotations["kubectl.kubernetes.io/restartedAt"] == "" {
+			t.Fatalf("foreign annotations dropped: %v, template %v", d.Annotations, d.Spec.Template.Annotations)
+		}
+		return nil
+	})
+}
+
+func TestExternallyManagedReplicasAreKept(t *testing.T) {
+	startSuite(t)
+	ns := newNamespace(t)
+	e := integration(ns, "nexus", "nexus")
+	e.Annotations = map[string]string{v1alpha1.AnnotationExternalReplicas: "true"}
+	create(t, credsSecret(ns), dbSecret(ns), e)
+	var dep appsv1.Deployment
+	child(t, ns, "nexus", &dep)
+	if *dep.Spec.Replicas != 2 {
+		t.Fatalf("initial replicas = %d, want spec.replicas 2", *dep.Spec.Replicas)
+	}
+	// An autoscaler scales to 5; a hand edit of the image happens too, so we
+	// know a reconcile ran once the image is back.
+	update(t, &dep, func(d *appsv1.Deployment) {
+		d.Spec.Replicas = ptr.To[int32](5)
+		d.Spec.Template.Spec.Containers[0].Image = "other"
+	})
+	eventually(t, waitFor, "the image to be put back", func() error {
+		if err := suite.client.Get(ctx, key(ns, "nexus-receiver"), &dep); err != nil {
+			return err
+		}
+		if dep.Spec.Template.Spec.Containers[0].Image != testImage {
+			return errors.New("image not put back yet")
+		}
+		return nil
+	})
+	if *dep.Spec.Replicas != 5 {
+		t.Errorf("replicas = %d, want the autoscaler's 5", *dep.Spec.Replicas)
+	}
+	markAvailable(t, ns, "nexus")
+	got := waitCondition(t, ns, "nexus", metav1.ConditionTrue, v1alpha1.ReasonAvailable)
+	if got.Status.ReadyReplicas != 5 {
+		t.Errorf("readyReplicas = %d, want 5", got.Status.ReadyReplicas)
+	}
+}
+
+func TestDuplicateEHR(t *testing.T) {
+	startSuite(t)
+	ns := newNamespace(t)
+	create(t, credsSecret(ns), dbSecret(ns), integration(ns, "first", "nexus"))
+	child(t, ns, "first", &appsv1.Deployment{})
+	create(t, integration(ns, "second", "nexus"))
+	e := waitCondition(t, ns, "second", metav1.ConditionFalse, v1alpha1.ReasonDuplicateEHR)
+	if msg := meta.FindStatusCondition(e.Status.Conditions, v1alpha1.ConditionDegraded).Message; !strings.Contains(msg, "first") {
+		t.Errorf("message %q does not name the older EHRIntegration", msg)
+	}
+	if err := suite.client.Get(ctx, key(ns, "second-receiver"), &appsv1.Deployment{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the duplicate got a Deployment: err = %v", err)
+	}
+	waitCondition(t, ns, "first", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
+
+	// Once the first is gone the second takes over by itself.
+	if err := suite.client.Delete(ctx, &v1alpha1.EHRIntegration{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "first"}}); err != nil {
+		t.Fatal(err)
+	}
+	waitCondition(t, ns, "second", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
+	child(t, ns, "second", &appsv1.Deployment{})
+}
+
+func TestSuspend(t *testing.T) {
+	startSuite(t)
+	ns := newNamespace(t)
+	e := integration(ns, "nexus", "nexus")
+	create(t, credsSecret(ns), dbSecret(ns), e)
+	var svc corev1.Service
+	child(t, ns, "nexus", &svc)
+	child(t, ns, "nexus", &policyv1.PodDisruptionBudget{})
+
+	update(t, e, func(e *v1alpha1.EHRIntegration) { e.Spec.Suspend = true })
+	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonSuspended)
+	var dep appsv1.Deployment
+	child(t, ns, "nexus", &dep)
+	if *dep.Spec.Replicas != 0 {
+		t.Errorf("suspended replicas = %d, want 0", *dep.Spec.Replicas)
+	}
+	// While suspended the other children are not reconciled.
+	if err := suite.client.Delete(ctx, &svc); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(testSyncPeriod + time.Second)
+	if err := suite.client.Get(ctx, key(ns, "nexus-receiver"), &corev1.Service{}); !apierrors.IsNotFound(err) {
+		t.Errorf("Service made again while suspended: err = %v", err)
+	}
+
+	update(t, e, func(e *v1alpha1.EHRIntegration) { e.Spec.Suspend = false })
+	child(t, ns, "nexus", &corev1.Service{})
+	eventually(t, waitFor, "replicas back to 2", func() error {
+		if err := suite.client.Get(ctx, key(ns, "nexus-receiver"), &dep); err != nil {
+			return err
+		}
+		if *dep.Spec.Replicas != 2 {
+			return fmt.Errorf("replicas %d", *dep.Spec.Replicas)
+		}
+		return nil
+	})
+}
+
+func TestInvalidTimeZone(t *testing.T) {
+	startSuite(t)
+	ns := newNamespace(t)
+	e := integration(ns, "nexus", "nexus")
+	e.Spec.TimeZone = "Mars/Olympus_Mons"
+	create(t, credsSecret(ns), dbSecret(ns), e)
+	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonInvalidTimeZone)
+	if err := suite.client.Get(ctx, key(ns, "nexus-receiver"), &appsv1.Deployment{}); !apierrors.IsNotFound(err) {
+		t.Errorf("a Deployment with an invalid time zone: err = %v", err)
+	}
+	update(t, e, func(e *v1alpha1.EHRIntegration) { e.Spec.TimeZone = "America/New_York" })
+	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
+}
+
+func TestOwnershipConflict(t *testing.T) {
+	startSuite(t)
+	ns := newNamespace(t)
+	other := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "someone"}}
+	create(t, other)
+	taken := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "nexus-receiver",
+		OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "ConfigMap", Name: "someone", UID: other.UID, Controller: ptr.To(true)}}}}
+	create(t, credsSecret(ns), dbSecret(ns), taken, integration(ns, "nexus", "nexus"))
+	e := waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonOwnershipConflict)
+	if msg := meta.FindStatusCondition(e.Status.Conditions, v1alpha1.ConditionReady).Message; !strings.Contains(msg, "ConfigMap someone") {
+		t.Errorf("message %q does not name the owner", msg)
+	}
+}
+
+// TestIdleManagerMakesNoWrites runs last in this file: with every resource
+// of the earlier tests settled, resyncs must cause no write at all.
+func TestIdleManagerMakesNoWrites(t *testing.T) {
+	startSuite(t)
+	ns := newNamespace(t)
+	e := integration(ns, "nexus", "nexus")
+	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.example.com", Annotations: map[string]string{"a": "b"}}
+	create(t, credsSecret(ns), dbSecret(ns), e)
+	for _, obj := range []client.Object{&corev1.ServiceAccount{}, &appsv1.Deployment{}, &corev1.Service{}, &networkingv1.Ingress{}, &policyv1.PodDisruptionBudget{}} {
+		child(t, ns, "nexus", obj)
+	}
+	markAvailable(t, ns, "nexus")
+	waitCondition(t, ns, "nexus", metav1.ConditionTrue, v1alpha1.ReasonAvailable)
+
+	versions := func() map[string]string {
+		out := map[string]string{}
+		objs := map[string]client.Object{"EHRIntegration": &v1alpha1.EHRIntegration{}, "ServiceAccount": &corev1.ServiceAccount{},
+			"Deployment": &appsv1.Deployment{}, "Service": &corev1.Service{}, "Ingress": &networkingv1.Ingress{}, "PDB": &policyv1.PodDisruptionBudget{}}
+		for kind, obj := range objs {
+			name := "nexus-receiver"
+			if kind == "EHRIntegration" {
+				name = "nexus"
+			}
+			if err := suite.client.Get(ctx, key(ns, name), obj); err != nil {
+				t.Fatal(err)
+			}
+			out[kind] = obj.GetResourceVersion()
+		}
+		return out
+	}
+	// Let the status write of the last step and its echo settle.
+	time.Sleep(time.Second)
+	before := versions()
+	total0, by0 := suite.writes.snapshot()
+	if total0 == 0 {
+		t.Fatal("the write counter saw none of the manager's writes")
+	}
+	time.Sleep(3*testSyncPeriod + time.Second)
+	total1, by1 := suite.writes.snapshot()
+	if diff := cmp.Diff(before, versions()); diff != "" {
+		t.Errorf("resourceVersions changed while idle (-before +after):\n%s", diff)
+	}
+	if total1 != total0 {
+		t.Errorf("the manager wrote %d times over %d resync periods while idle: %s",
+			total1-total0, 3, diffCounts(by0, by1))
+	}
+}

@@ -1,0 +1,250 @@
+package controllers
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	"github.com/insighthealth/ehr-operator/api/v1alpha1"
+)
+
+// sample is an EHRIntegration as a client would send it, defaults unset.
+func sample() *v1alpha1.EHRIntegration {
+	return &v1alpha1.EHRIntegration{
+		ObjectMeta: metav1.ObjectMeta{Name: "nexus", Namespace: "ehr", UID: "uid-1", Generation: 3},
+		Spec: v1alpha1.EHRIntegrationSpec{
+			EHR:                  "nexus",
+			CredentialsSecretRef: v1alpha1.SecretReference{Name: "nexus-webhook"},
+			Database:             v1alpha1.DatabaseSpec{SecretRef: v1alpha1.SecretKeyReference{Name: "appointments-db"}},
+		},
+	}
+}
+
+func TestReceiverArgs(t *testing.T) {
+	tests := []struct {
+		name   string
+		modify func(*v1alpha1.EHRIntegration)
+		want   []string
+	}{{
+		name:   "defaults",
+		modify: func(*v1alpha1.EHRIntegration) {},
+		want: []string{"receiver", "--ehr=nexus", "--database-url-file=/etc/ehr-operator/database/uri",
+			"--credentials-dir=/etc/ehr-operator/credentials", "--time-zone=UTC", "--max-body-bytes=4194304",
+			"--max-batch-size=1000", "--requests-per-second=50", "--burst=100", "--on-invalid=Reject",
+			"--listen=:8080", "--metrics-listen=:9090", "--migrate=true"},
+	}, {
+		name: "everything set",
+		modify: func(e *v1alpha1.EHRIntegration) {
+			e.Spec.Database.SecretRef.Key = "url"
+			e.Spec.TimeZone = "America/New_York"
+			e.Spec.OnInvalid = v1alpha1.OnInvalidQuarantine
+			e.Spec.Limits = &v1alpha1.LimitsSpec{MaxBodyBytes: 1024, MaxBatchSize: 5, RequestsPerSecond: 7, Burst: 9}
+		},
+		want: []string{"receiver", "--ehr=nexus", "--database-url-file=/etc/ehr-operator/database/url",
+			"--credentials-dir=/etc/ehr-operator/credentials", "--time-zone=America/New_York", "--max-body-bytes=1024",
+			"--max-batch-size=5", "--requests-per-second=7", "--burst=9", "--on-invalid=Quarantine",
+			"--listen=:8080", "--metrics-listen=:9090", "--migrate=true"},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := sample()
+			tt.modify(e)
+			if diff := cmp.Diff(tt.want, receiverArgs(e)); diff != "" {
+				t.Errorf("receiverArgs mismatch (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestBuildDeployment(t *testing.T) {
+	e := sample()
+	d := buildDeployment(e, "registry.example.com/ehr-operator:v1", "abc")
+	if d.Name != "nexus-receiver" || d.Namespace != "ehr" {
+		t.Errorf("name = %s/%s, want ehr/nexus-receiver", d.Namespace, d.Name)
+	}
+	if got := *d.Spec.Replicas; got != 2 {
+		t.Errorf("replicas = %d, want the default 2", got)
+	}
+	if diff := cmp.Diff(selectorLabels(e), d.Spec.Selector.MatchLabels); diff != "" {
+		t.Errorf("selector mismatch (-want +got):\n%s", diff)
+	}
+	pod := d.Spec.Template
+	for k, v := range d.Spec.Selector.MatchLabels {
+		if pod.Labels[k] != v {
+			t.Errorf("pod label %s = %q, want %q (selector must match the template)", k, pod.Labels[k], v)
+		}
+	}
+	if pod.Annotations[annotationSecretsHash] != "abc" {
+		t.Errorf("secrets hash annotation = %q, want abc", pod.Annotations[annotationSecretsHash])
+	}
+	ps := pod.Spec
+	if ps.ServiceAccountName != "nexus-receiver" || ps.AutomountServiceAccountToken == nil || *ps.AutomountServiceAccountToken {
+		t.Errorf("service account %q automount %v, want nexus-receiver and false", ps.ServiceAccountName, ps.AutomountServiceAccountToken)
+	}
+	if ps.SecurityContext == nil || !*ps.SecurityContext.RunAsNonRoot || ps.SecurityContext.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		t.Errorf("pod security context = %+v, want non-root with RuntimeDefault seccomp", ps.SecurityContext)
+	}
+	if len(ps.Containers) != 1 {
+		t.Fatalf("%d containers, want 1", len(ps.Containers))
+	}
+	c := ps.Containers[0]
+	if c.Image != "registry.example.com/ehr-operator:v1" {
+		t.Errorf("image = %q", c.Image)
+	}
+	sc := c.SecurityContext
+	if sc == nil || !*sc.ReadOnlyRootFilesystem || *sc.AllowPrivilegeEscalation || !*sc.RunAsNonRoot ||
+		!cmp.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
+		t.Errorf("container security context = %+v, want restricted", sc)
+	}
+	ports := map[string]int32{}
+	for _, p := range c.Ports {
+		ports[p.Name] = p.ContainerPort
+	}
+	if diff := cmp.Diff(map[string]int32{"http": 8080, "metrics": 9090}, ports); diff != "" {
+		t.Errorf("ports mismatch (-want +got):\n%s", diff)
+	}
+	if c.LivenessProbe.HTTPGet.Path != "/healthz" || c.LivenessProbe.HTTPGet.Port.StrVal != "metrics" ||
+		c.ReadinessProbe.HTTPGet.Path != "/readyz" || c.ReadinessProbe.HTTPGet.Port.StrVal != "metrics" {
+		t.Errorf("probes: liveness %+v readiness %+v", c.LivenessProbe.HTTPGet, c.ReadinessProbe.HTTPGet)
+	}
+	mounts := map[string]corev1.VolumeMount{}
+	for _, m := range c.VolumeMounts {
+		mounts[m.Name] = m
+	}
+	for _, name := range []string{"credentials", "database"} {
+		if !mounts[name].ReadOnly {
+			t.Errorf("mount %s not read-only: %+v", name, mounts[name])
+		}
+	}
+	vols := map[string]corev1.Volume{}
+	for _, v := range ps.Volumes {
+		vols[v.Name] = v
+	}
+	if s := vols["credentials"].Secret; s == nil || s.SecretName != "nexus-webhook" {
+		t.Errorf("credentials volume = %+v", vols["credentials"])
+	}
+	if s := vols["database"].Secret; s == nil || s.SecretName != "appointments-db" ||
+		!cmp.Equal(s.Items, []corev1.KeyToPath{{Key: "uri", Path: "uri"}}) {
+		t.Errorf("database volume = %+v, want only key uri of appointments-db", vols["database"])
+	}
+	if got := c.Resources.Requests.Memory().String(); got != "64Mi" {
+		t.Errorf("default memory request = %s, want 64Mi", got)
+	}
+
+	e.Spec.Resources = &corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("1")}}
+	e.Spec.Replicas = ptr.To[int32](5)
+	d = buildDeployment(e, "img", "abc")
+	if got := d.Spec.Template.Spec.Containers[0].Resources; !cmp.Equal(got, *e.Spec.Resources) {
+		t.Errorf("resources = %+v, want the spec's", got)
+	}
+	if *d.Spec.Replicas != 5 {
+		t.Errorf("replicas = %d, want 5", *d.Spec.Replicas)
+	}
+	e.Spec.Suspend = true
+	if got := *buildDeployment(e, "img", "abc").Spec.Replicas; got != 0 {
+		t.Errorf("suspended replicas = %d, want 0", got)
+	}
+}
+
+func TestBuildIngress(t *testing.T) {
+	e := sample()
+	if buildIngress(e) != nil {
+		t.Fatal("an Ingress without spec.ingress")
+	}
+	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.webhooks.example.com"}
+	ing := buildIngress(e)
+	if ing.Spec.IngressClassName != nil || ing.Spec.TLS != nil {
+		t.Errorf("class %v tls %v, want neither", ing.Spec.IngressClassName, ing.Spec.TLS)
+	}
+	e.Spec.Ingress.ClassName = "nginx"
+	e.Spec.Ingress.TLSSecretName = "nexus-tls"
+	e.Spec.Ingress.Annotations = map[string]string{"b": "2", "a": "1"}
+	ing = buildIngress(e)
+	want := networkingv1.IngressSpec{
+		IngressClassName: ptr.To("nginx"),
+		TLS:              []networkingv1.IngressTLS{{Hosts: []string{"nexus.webhooks.example.com"}, SecretName: "nexus-tls"}},
+		Rules: []networkingv1.IngressRule{{
+			Host: "nexus.webhooks.example.com",
+			IngressRuleValue: networkingv1.IngressRuleValue{HTTP: &networkingv1.HTTPIngressRuleValue{
+				Paths: []networkingv1.HTTPIngressPath{{
+					Path:     "/v2/webhooks/nexus/",
+					PathType: ptr.To(networkingv1.PathTypePrefix),
+					Backend: networkingv1.IngressBackend{Service: &networkingv1.IngressServiceBackend{
+						Name: "nexus-receiver", Port: networkingv1.ServiceBackendPort{Name: "http"},
+					}},
+				}},
+			}},
+		}},
+	}
+	if diff := cmp.Diff(want, ing.Spec); diff != "" {
+		t.Errorf("ingress spec mismatch (-want +got):\n%s", diff)
+	}
+	wantAnn := map[string]string{"a": "1", "b": "2", annotationManagedAnnotations: "a,b"}
+	if diff := cmp.Diff(wantAnn, ing.Annotations); diff != "" {
+		t.Errorf("ingress annotations mismatch (-want +got):\n%s", diff)
+	}
+}
+
+func TestBuildPDBAndService(t *testing.T) {
+	for _, tt := range []struct {
+		replicas *int32
+		suspend  bool
+		wantPDB  bool
+	}{{nil, false, true}, {ptr.To[int32](1), false, false}, {ptr.To[int32](0), false, false}, {ptr.To[int32](3), false, true}, {ptr.To[int32](3), true, false}} {
+		e := sample()
+		e.Spec.Replicas, e.Spec.Suspend = tt.replicas, tt.suspend
+		pdb := buildPDB(e)
+		if (pdb != nil) != tt.wantPDB {
+			t.Errorf("replicas %v suspend %v: PDB %v, want %v", tt.replicas, tt.suspend, pdb != nil, tt.wantPDB)
+		}
+		if pdb != nil && pdb.Spec.MinAvailable.IntValue() != 1 {
+			t.Errorf("minAvailable = %v, want 1", pdb.Spec.MinAvailable)
+		}
+	}
+	svc := buildService(sample())
+	if svc.Spec.Type != corev1.ServiceTypeClusterIP || len(svc.Spec.Ports) != 2 ||
+		svc.Spec.Ports[0].Name != "http" || svc.Spec.Ports[0].Port != 8080 ||
+		svc.Spec.Ports[1].Name != "metrics" || svc.Spec.Ports[1].Port != 9090 {
+		t.Errorf("service spec = %+v", svc.Spec)
+	}
+}
+
+func TestEndpointURL(t *testing.T) {
+	e := sample()
+	if got, want := endpointURL(e), "http://nexus-receiver.ehr.svc:8080/v2/webhooks/nexus/sync-appointments"; got != want {
+		t.Errorf("endpoint = %s, want %s", got, want)
+	}
+	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.webhooks.example.com"}
+	if got, want := endpointURL(e), "https://nexus.webhooks.example.com/v2/webhooks/nexus/sync-appointments"; got != want {
+		t.Errorf("endpoint = %s, want %s", got, want)
+	}
+}
+
+func TestSecretsHash(t *testing.T) {
+	creds := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "c"}, Data: map[string][]byte{
+		"api-key": []byte("k"), "webhook-secret": []byte("s"), "unrelated": []byte("x")}}
+	db := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "d"}, Data: map[string][]byte{"uri": []byte("postgres://a"), "password": []byte("p")}}
+	base := secretsHash(creds, db, "uri")
+	if len(base) != 32 || strings.Trim(base, "0123456789abcdef") != "" {
+		t.Fatalf("hash %q is not 32 hex digits", base)
+	}
+	mutate := func(name string, f func(c, d *corev1.Secret), wantChange bool) {
+		c, d := creds.DeepCopy(), db.DeepCopy()
+		f(c, d)
+		if changed := secretsHash(c, d, "uri") != base; changed != wantChange {
+			t.Errorf("%s: hash changed = %v, want %v", name, changed, wantChange)
+		}
+	}
+	mutate("rotate webhook-secret", func(c, _ *corev1.Secret) { c.Data["webhook-secret"] = []byte("s2") }, true)
+	mutate("add previous secret", func(c, _ *corev1.Secret) { c.Data["webhook-secret-previous"] = []byte("s") }, true)
+	mutate("change database URL", func(_, d *corev1.Secret) { d.Data["uri"] = []byte("postgres://b") }, true)
+	mutate("move bytes between keys", func(c, _ *corev1.Secret) { c.Data["api-key"] = []byte("ks"); c.Data["webhook-secret"] = nil }, true)
+	mutate("unrelated credentials key", func(c, _ *corev1.Secret) { c.Data["unrelated"] = []byte("y") }, false)
+	mutate("unrelated database key", func(_, d *corev1.Secret) { d.Data["password"] = []byte("q") }, false)
+}

@@ -1,0 +1,281 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	uberzap "go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/insighthealth/ehr-operator/api/v1alpha1"
+)
+
+// The envtest suite: a real kube-apiserver and etcd with the generated CRD,
+// and a manager running the real reconciler. Tests act through their own
+// client and assert on what the API server stores. envtest runs no other
+// controllers: no pods, no garbage collector, no Deployment status unless a
+// test writes it.
+
+const (
+	// testSyncPeriod is the manager's resync period: short, so the idle test
+	// sees resyncs happen.
+	testSyncPeriod = 2 * time.Second
+	testImage      = "registry.example.com/ehr-operator:test"
+)
+
+var (
+	suiteOnce sync.Once
+	suiteErr  error
+	suite     struct {
+		env     *envtest.Environment
+		cfg     *rest.Config
+		client  client.Client
+		scheme  *runtime.Scheme
+		writes  *writeCounter
+		stopMgr context.CancelFunc
+		mgrDone chan error
+	}
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if suite.stopMgr != nil {
+		logLevel.SetLevel(zapcore.FatalLevel)
+		suite.stopMgr()
+		<-suite.mgrDone
+	}
+	if suite.env != nil {
+		if err := suite.env.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "stopping envtest:", err)
+		}
+	}
+	os.Exit(code)
+}
+
+// startSuite starts envtest and the manager once for every test that needs
+// them; pure tests of this package run without.
+func startSuite(t testing.TB) {
+	t.Helper()
+	suiteOnce.Do(func() { suiteErr = setupSuite() })
+	if suiteErr != nil {
+		t.Fatal(suiteErr)
+	}
+}
+
+func setupSuite() error {
+	assets := os.Getenv("KUBEBUILDER_ASSETS")
+	if assets == "" {
+		return fmt.Errorf("KUBEBUILDER_ASSETS is not set: the controller tests need kube-apiserver and etcd; " +
+			"run `make test`, or `make setup-envtest` and then " +
+			"KUBEBUILDER_ASSETS=$HOME/.local/share/kubebuilder-envtest/k8s/1.37.2-linux-amd64 go test ./controllers/")
+	}
+	for _, b := range []string{"kube-apiserver", "etcd"} {
+		if _, err := os.Stat(filepath.Join(assets, b)); err != nil {
+			return fmt.Errorf("KUBEBUILDER_ASSETS=%s has no %s: run `make setup-envtest`", assets, b)
+		}
+	}
+	logf.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(logLevel)))
+
+	scheme := runtime.NewScheme()
+	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
+	utilruntime.Must(v1alpha1.AddToScheme(scheme))
+	env := &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+		Scheme:                scheme,
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		return fmt.Errorf("while starting envtest from %s: %w", assets, err)
+	}
+	suite.env, suite.cfg, suite.scheme = env, cfg, scheme
+	if suite.client, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
+		return fmt.Errorf("while creating the test client: %w", err)
+	}
+
+	// The manager's requests go through a counter, to see its writes.
+	suite.writes = &writeCounter{}
+	mcfg := rest.CopyConfig(cfg)
+	mcfg.QPS = -1 // as ctrl.GetConfig does: the API server's fairness, no client-side limit
+	mcfg.WrapTransport = suite.writes.wrap
+	sync := testSyncPeriod
+	mgr, err := ctrl.NewManager(mcfg, ctrl.Options{
+		Scheme:  scheme,
+		Metrics: metricsserver.Options{BindAddress: "0"},
+		Cache:   cache.Options{SyncPeriod: &sync},
+	})
+	if err != nil {
+		return fmt.Errorf("while creating the manager: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &EHRIntegrationReconciler{
+		Client:                  mgr.GetClient(),
+		APIReader:               mgr.GetAPIReader(),
+		Scheme:                  mgr.GetScheme(),
+		Recorder:                mgr.GetEventRecorder("ehr-operator"),
+		ReceiverImage:           testImage,
+		MaxConcurrentReconciles: 2,
+	}
+	if err := r.SetupWithManager(ctx, mgr); err != nil {
+		cancel()
+		return fmt.Errorf("while setting up the reconciler: %w", err)
+	}
+	suite.stopMgr = cancel
+	suite.mgrDone = make(chan error, 1)
+	go func() { suite.mgrDone <- mgr.Start(ctx) }()
+	return waitForController()
+}
+
+// waitForController returns once the reconciler has written a status, so
+// tests start (and the manager stops) with its caches synced.
+func waitForController() error {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "suite-probe"}}
+	probe := &v1alpha1.EHRIntegration{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: "probe"},
+		Spec: v1alpha1.EHRIntegrationSpec{EHR: "probe", CredentialsSecretRef: v1alpha1.SecretReference{Name: "none"},
+			Database: v1alpha1.DatabaseSpec{SecretRef: v1alpha1.SecretKeyReference{Name: "none"}}},
+	}
+	c := context.Background()
+	if err := suite.client.Create(c, ns); err != nil {
+		return fmt.Errorf("while creating the probe namespace: %w", err)
+	}
+	if err := suite.client.Create(c, probe); err != nil {
+		return fmt.Errorf("while creating the probe EHRIntegration: %w", err)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		if err := suite.client.Get(c, client.ObjectKeyFromObject(probe), probe); err == nil && len(probe.Status.Conditions) > 0 {
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return errors.New("the reconciler wrote no status within a minute of the manager's start")
+}
+
+// logLevel: errors only, unless TEST_LOG=1 asks for everything. Raised
+// to silence the "context canceled" errors of reconciles cut by the stop.
+var logLevel = func() uberzap.AtomicLevel {
+	if os.Getenv("TEST_LOG") != "" {
+		return uberzap.NewAtomicLevelAt(zapcore.DebugLevel)
+	}
+	return uberzap.NewAtomicLevelAt(zapcore.ErrorLevel)
+}()
+
+// writeCounter counts the requests that change something (not GET, LIST or
+// WATCH), by method and resource, and the reads.
+type writeCounter struct {
+	mu    sync.Mutex
+	total int
+	by    map[string]int
+	// reads counts GETs and LISTs (not watches).
+	reads int
+}
+
+func (w *writeCounter) wrap(rt http.RoundTripper) http.RoundTripper {
+	return roundTripperFunc(func(req *http.Request) (*http.Response, error) {
+		w.mu.Lock()
+		if req.Method != http.MethodGet && req.Method != http.MethodHead {
+			if w.by == nil {
+				w.by = map[string]int{}
+			}
+			w.total++
+			w.by[req.Method+" "+resourceOf(req.URL.Path)]++
+		} else if req.URL.Query().Get("watch") != "true" {
+			w.reads++
+		}
+		w.mu.Unlock()
+		return rt.RoundTrip(req)
+	})
+}
+
+// snapshot returns the total and a readable breakdown.
+func (w *writeCounter) snapshot() (int, map[string]int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	by := make(map[string]int, len(w.by))
+	for k, v := range w.by {
+		by[k] = v
+	}
+	return w.total, by
+}
+
+// diffCounts is after minus before, without zero entries, as "k=v" lines.
+func diffCounts(before, after map[string]int) string {
+	var out []string
+	for k, v := range after {
+		if d := v - before[k]; d != 0 {
+			out = append(out, fmt.Sprintf("%s=%d", k, d))
+		}
+	}
+	sort.Strings(out)
+	return strings.Join(out, " ")
+}
+
+// resourceOf turns /apis/apps/v1/namespaces/x/deployments/y/status into
+// deployments/status.
+func resourceOf(path string) string {
+	seg := strings.Split(strings.Trim(path, "/"), "/")
+	for i, s := range seg {
+		if s == "namespaces" && i+2 < len(seg) {
+			rest := seg[i+2:]
+			if len(rest) >= 3 {
+				return rest[0] + "/" + rest[2]
+			}
+			return rest[0]
+		}
+	}
+	return path
+}
+
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// newNamespace makes a namespace of its own for one test.
+func newNamespace(t testing.TB) string {
+	t.Helper()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "t-"}}
+	if err := suite.client.Create(context.Background(), ns); err != nil {
+		t.Fatalf("creating a namespace: %v", err)
+	}
+	return ns.Name
+}
+
+// eventually calls f until it returns nil, failing the test with f's last
+// error after timeout.
+func eventually(t testing.TB, timeout time.Duration, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v, %s: %v", timeout, what, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

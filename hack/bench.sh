@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# `make bench`: the hot path's Go benchmarks, then the receiver-versus-limit
+# table (hack/bench) on a throwaway PostgreSQL, then the plot.
+#   BENCH_OUT       JSON file of the table's cells (default bench-results.json)
+#   BENCH_CELL      measured time per side of each cell (default 3s)
+#   BENCH_BATCHES   batch sizes (default 1,10,100)
+#   BENCH_SENDERS   concurrent senders (default 1,8,32)
+#   BENCH_PLOT      PNG written from BENCH_OUT (default docs/performance-throughput.png; "" for none)
+#   BENCHTIME       -benchtime of the Go benchmarks (default 1s)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${BENCH_OUT:-bench-results.json}"
+plot="${BENCH_PLOT-docs/performance-throughput.png}"
+benchtime="${BENCHTIME:-1s}"
+
+echo "=== Go benchmarks (go test -run '^\$' -bench . -benchmem -benchtime $benchtime)"
+go test -run '^$' -bench . -benchmem -benchtime "$benchtime" \
+	./receiver/auth/ ./receiver/payload/ ./receiver/store/
+
+bin="$(mktemp -d)/ehr-operator"
+trap 'rm -rf "$(dirname "$bin")"' EXIT
+echo "=== Building the receiver ($bin)"
+CGO_ENABLED=0 go build -trimpath -o "$bin" .
+go build -o "$(dirname "$bin")/bench" ./hack/bench
+
+echo "=== Receiver versus limit"
+"$(dirname "$bin")/bench" -binary "$bin" -out "$out"
+
+if [ -n "$plot" ]; then
+	go run ./hack/plot -in "$out" -out "$plot"
+fi

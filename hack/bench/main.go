@@ -1,0 +1,344 @@
+// Command bench is the receiver-versus-limit table of `make bench` (DESIGN
+// §6): on one throwaway PostgreSQL and the same generated appointments, for
+// each batch size and number of concurrent senders it measures
+//
+//   - the limit: the same rows written straight into the same schema from
+//     Go with the fastest set-based method (see limit.go), no HTTP, no
+//     validation, one connection per sender;
+//   - the receiver: the real `ehr-operator receiver` binary over loopback
+//     HTTP with signed requests (closed loop: each sender sends its next
+//     request when the previous one is answered), every entry a new
+//     appointment, the rate limit raised out of the way;
+//
+// and prints appointments/s, requests/s, p50/p99 latency, the receiver's
+// peak RSS and receiver/limit, and writes the cells as JSON.
+//
+//	go run ./hack/bench -binary bin/ehr-operator [-out bench-results.json] [-cell 3s]
+package main
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/insighthealth/ehr-operator/hack/bench/harness"
+	"github.com/insighthealth/ehr-operator/internal/pgtest"
+)
+
+// Cell is one line of the table, as written to the JSON file.
+type Cell struct {
+	Batch            int     `json:"batch"`
+	Senders          int     `json:"senders"`
+	AppointmentsPerS float64 `json:"appointments_per_s"`
+	RequestsPerS     float64 `json:"requests_per_s"`
+	LimitPerS        float64 `json:"limit_appointments_per_s"`
+	LimitMethod      string  `json:"limit_method"`
+	Ratio            float64 `json:"ratio"`
+	P50Ms            float64 `json:"p50_ms"`
+	P99Ms            float64 `json:"p99_ms"`
+	PeakRSSMiB       float64 `json:"peak_rss_mib"`
+}
+
+func main() {
+	out := envOr("BENCH_OUT", "bench-results.json")
+	flag.StringVar(&out, "out", out, "JSON file of the cells (env BENCH_OUT)")
+	binary := flag.String("binary", "bin/ehr-operator", "the ehr-operator binary to run as the receiver")
+	cell := flag.Duration("cell", envDuration("BENCH_CELL", 3*time.Second), "measured time of each side of each cell (env BENCH_CELL)")
+	warmup := flag.Duration("warmup", 500*time.Millisecond, "unmeasured time before each measurement")
+	batches := flag.String("batches", envOr("BENCH_BATCHES", "1,10,100"), "batch sizes (env BENCH_BATCHES)")
+	senders := flag.String("senders", envOr("BENCH_SENDERS", "1,8,32"), "numbers of concurrent senders (env BENCH_SENDERS)")
+	methods := flag.String("limit-methods", "unnest,copy", "limit methods to try; the faster counts")
+	flag.Parse()
+	if err := run(*binary, out, *cell, *warmup, ints(*batches), ints(*senders), strings.Split(*methods, ",")); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(binary, out string, cell, warmup time.Duration, batches, senders []int, methods []string) error {
+	if _, err := os.Stat(binary); err != nil {
+		return fmt.Errorf("no receiver binary (build it with `make build`): %w", err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	fmt.Println("Starting a throwaway PostgreSQL…")
+	cluster, err := pgtest.StartCluster()
+	if err != nil {
+		return fmt.Errorf("while starting PostgreSQL: %w", err)
+	}
+	defer cluster.Destroy()
+	if err := printMachine(ctx, cluster.URL()); err != nil {
+		return err
+	}
+
+	var cells []Cell
+	fmt.Printf("\n%5s %7s | %12s %9s %8s %8s %9s | %12s %-6s | %6s\n",
+		"batch", "senders", "appts/s", "req/s", "p50 ms", "p99 ms", "RSS MiB", "limit appt/s", "method", "ratio")
+	for _, b := range batches {
+		for _, s := range senders {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			c, err := runCell(ctx, cluster.URL(), binary, b, s, cell, warmup, methods)
+			if err != nil {
+				return fmt.Errorf("batch %d, %d senders: %w", b, s, err)
+			}
+			cells = append(cells, c)
+			fmt.Printf("%5d %7d | %12.0f %9.0f %8.2f %8.2f %9.1f | %12.0f %-6s | %5.0f%%\n",
+				c.Batch, c.Senders, c.AppointmentsPerS, c.RequestsPerS, c.P50Ms, c.P99Ms, c.PeakRSSMiB,
+				c.LimitPerS, c.LimitMethod, 100*c.Ratio)
+		}
+	}
+	j, err := json.MarshalIndent(cells, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(out, append(j, '\n'), 0o644); err != nil {
+		return fmt.Errorf("while writing %s: %w", out, err)
+	}
+	fmt.Printf("\nWrote %s. Reproduce: BENCH_OUT=%s BENCH_CELL=%s BENCH_BATCHES=%s BENCH_SENDERS=%s make bench\n",
+		out, out, cell, join(batches), join(senders))
+	fmt.Printf("  (or: go run ./hack/bench -binary %s -out %s -cell %s -batches %s -senders %s)\n",
+		binary, out, cell, join(batches), join(senders))
+	return nil
+}
+
+var dbSeq atomic.Int64
+
+func newDB(ctx context.Context, adminURL, what string) (string, error) {
+	return harness.NewDatabase(ctx, adminURL, fmt.Sprintf("bench_%s_%d_%d", what, os.Getpid(), dbSeq.Add(1)))
+}
+
+// runCell measures one batch size and number of senders, each side on a
+// fresh database so that both start from empty tables.
+func runCell(ctx context.Context, adminURL, binary string, batch, senders int, d, warmup time.Duration, methods []string) (Cell, error) {
+	c := Cell{Batch: batch, Senders: senders}
+	tag := fmt.Sprintf("b%ds%d", batch, senders)
+	for _, m := range methods {
+		u, err := newDB(ctx, adminURL, "limit")
+		if err != nil {
+			return c, err
+		}
+		res, err := runLimit(ctx, u, m, harness.NewGen(tag), batch, senders, warmup, d)
+		if err != nil {
+			return c, err
+		}
+		if res.appointmentsPerS > c.LimitPerS {
+			c.LimitPerS, c.LimitMethod = res.appointmentsPerS, m
+		}
+	}
+
+	u, err := newDB(ctx, adminURL, "receiver")
+	if err != nil {
+		return c, err
+	}
+	res, rss, err := runReceiver(ctx, u, binary, harness.NewGen(tag), batch, senders, warmup, d)
+	if err != nil {
+		return c, err
+	}
+	c.AppointmentsPerS, c.RequestsPerS = res.appointmentsPerS, res.requestsPerS
+	c.P50Ms, c.P99Ms, c.PeakRSSMiB = harness.Ms(res.p50), harness.Ms(res.p99), rss
+	if c.LimitPerS > 0 {
+		c.Ratio = c.AppointmentsPerS / c.LimitPerS
+	}
+	return c, nil
+}
+
+// runReceiver starts a receiver on dbURL, sends from senders goroutines for
+// warmup+d, reads its peak RSS, stops it, and checks that every appointment
+// answered 200 is in the database.
+func runReceiver(ctx context.Context, dbURL, binary string, gen harness.Gen, batch, senders int, warmup, d time.Duration) (measure, float64, error) {
+	r, err := harness.StartReceiver(binary, dbURL)
+	if err != nil {
+		return measure{}, 0, err
+	}
+	defer r.Stop()
+	client := harness.NewClient(senders)
+	var (
+		next  atomic.Int64
+		ok    atomic.Int64 // appointments answered 200
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		fails []string
+		rec   = newRecorder(senders)
+	)
+	start := time.Now()
+	rec.window(start.Add(warmup), start.Add(warmup+d))
+	for s := range senders {
+		wg.Go(func() {
+			for time.Now().Before(rec.end) && ctx.Err() == nil {
+				seq := next.Add(1)
+				body := gen.Body((seq-1)*int64(batch), batch)
+				t0 := time.Now()
+				a := harness.Post(ctx, client, r.URL, body, "")
+				if a.Err != nil || a.Status != 200 {
+					mu.Lock()
+					if len(fails) < 5 {
+						fails = append(fails, fmt.Sprintf("status %d, error %v, body %.200s", a.Status, a.Err, a.Body))
+					}
+					mu.Unlock()
+					return
+				}
+				rec.add(s, t0, time.Now(), batch)
+				ok.Add(int64(batch))
+			}
+		})
+	}
+	wg.Wait()
+	rss, err := harness.ProcStatus(r.Cmd.Process.Pid, "VmHWM")
+	if err != nil {
+		return measure{}, 0, err
+	}
+	if len(fails) > 0 {
+		return measure{}, 0, fmt.Errorf("the receiver failed requests: %s\nits log:\n%s", strings.Join(fails, "; "), r.LogTail())
+	}
+	if err := r.Stop(); err != nil {
+		return measure{}, 0, fmt.Errorf("the receiver did not exit cleanly: %w", err)
+	}
+	db, err := sql.Open("postgres", dbURL)
+	if err != nil {
+		return measure{}, 0, err
+	}
+	defer db.Close()
+	var n int64
+	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM appointments`).Scan(&n); err != nil {
+		return measure{}, 0, err
+	}
+	if n != ok.Load() {
+		return measure{}, 0, fmt.Errorf("%d appointments answered 200 but %d in the database", ok.Load(), n)
+	}
+	return rec.result(), rss, nil
+}
+
+// measure is one side of a cell.
+type measure struct {
+	appointmentsPerS, requestsPerS float64
+	p50, p99                       time.Duration
+}
+
+// recorder keeps what completed inside the measured window, per sender
+// (no shared lock on the hot path).
+type recorder struct {
+	begin, end time.Time
+	lat        [][]time.Duration
+	appts      []int
+}
+
+func newRecorder(senders int) *recorder {
+	return &recorder{lat: make([][]time.Duration, senders), appts: make([]int, senders)}
+}
+
+func (r *recorder) window(begin, end time.Time) { r.begin, r.end = begin, end }
+
+func (r *recorder) add(sender int, t0, t1 time.Time, appointments int) {
+	if t1.Before(r.begin) || t1.After(r.end) {
+		return
+	}
+	r.lat[sender] = append(r.lat[sender], t1.Sub(t0))
+	r.appts[sender] += appointments
+}
+
+func (r *recorder) result() measure {
+	var all []time.Duration
+	appts := 0
+	for i := range r.lat {
+		all = append(all, r.lat[i]...)
+		appts += r.appts[i]
+	}
+	secs := r.end.Sub(r.begin).Seconds()
+	return measure{
+		appointmentsPerS: float64(appts) / secs, requestsPerS: float64(len(all)) / secs,
+		p50: harness.Percentile(all, 50), p99: harness.Percentile(all, 99),
+	}
+}
+
+// printMachine prints what the figures depend on: cores, CPU, memory and
+// the PostgreSQL version and settings.
+func printMachine(ctx context.Context, adminURL string) error {
+	cpu := "unknown"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "model name"); ok {
+				cpu = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	mem := "unknown"
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		if f := strings.Fields(strings.SplitN(string(b), "\n", 2)[0]); len(f) >= 2 {
+			if kb, err := strconv.ParseFloat(f[1], 64); err == nil {
+				mem = fmt.Sprintf("%.1f GiB", kb/1024/1024)
+			}
+		}
+	}
+	load := ""
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		load = strings.Join(strings.Fields(string(b))[:3], " ")
+	}
+	fmt.Printf("Machine: %d cores (GOMAXPROCS %d), %s, %s memory, load average %s\n",
+		runtime.NumCPU(), runtime.GOMAXPROCS(0), cpu, mem, load)
+	db, err := sql.Open("postgres", adminURL)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	var settings []string
+	for _, name := range []string{"server_version", "fsync", "synchronous_commit", "full_page_writes", "shared_buffers", "max_connections"} {
+		var v string
+		if err := db.QueryRowContext(ctx, "SHOW "+name).Scan(&v); err != nil {
+			return fmt.Errorf("while reading PostgreSQL setting %s: %w", name, err)
+		}
+		settings = append(settings, name+"="+v)
+	}
+	fmt.Printf("PostgreSQL (throwaway, loopback): %s\n", strings.Join(settings, " "))
+	return nil
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if v := os.Getenv(name); v != "" {
+		if d, err := time.ParseDuration(v); err == nil {
+			return d
+		}
+	}
+	return def
+}
+
+func ints(s string) []int {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			fmt.Fprintf(os.Stderr, "bench: %q is not a positive number\n", f)
+			os.Exit(2)
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+func join(v []int) string {
+	s := make([]string, len(v))
+	for i, n := range v {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ",")
+}

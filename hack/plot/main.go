@@ -1,0 +1,109 @@
+// Command plot draws `make bench`'s cells (the JSON of hack/bench) as a PNG:
+// appointments/s against batch size, one line per number of senders for
+// the receiver (solid) and for the limit (dashed), both axes logarithmic.
+//
+//	go run ./hack/plot -in bench-results.json -out docs/performance-throughput.png
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"image/color"
+	"os"
+	"slices"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+)
+
+// cell is the part of hack/bench's JSON the plot needs.
+type cell struct {
+	Batch            int     `json:"batch"`
+	Senders          int     `json:"senders"`
+	AppointmentsPerS float64 `json:"appointments_per_s"`
+	LimitPerS        float64 `json:"limit_appointments_per_s"`
+}
+
+func main() {
+	in := flag.String("in", "bench-results.json", "hack/bench's JSON")
+	out := flag.String("out", "docs/performance-throughput.png", "PNG to write")
+	flag.Parse()
+	if err := run(*in, *out); err != nil {
+		fmt.Fprintln(os.Stderr, "plot:", err)
+		os.Exit(1)
+	}
+}
+
+func run(in, out string) error {
+	b, err := os.ReadFile(in)
+	if err != nil {
+		return fmt.Errorf("while reading the results: %w", err)
+	}
+	var cells []cell
+	if err := json.Unmarshal(b, &cells); err != nil {
+		return fmt.Errorf("while decoding %s: %w", in, err)
+	}
+	if len(cells) == 0 {
+		return fmt.Errorf("%s has no cells", in)
+	}
+	bySenders := map[int][]cell{}
+	var senders []int
+	for _, c := range cells {
+		if _, ok := bySenders[c.Senders]; !ok {
+			senders = append(senders, c.Senders)
+		}
+		bySenders[c.Senders] = append(bySenders[c.Senders], c)
+	}
+	slices.Sort(senders)
+
+	p := plot.New()
+	p.Title.Text = "Appointments written per second (2 cores, loopback)"
+	p.X.Label.Text = "appointments per request (batch size)"
+	p.Y.Label.Text = "appointments/s"
+	p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}
+	p.X.Tick.Marker, p.Y.Tick.Marker = plot.LogTicks{Prec: -1}, plot.LogTicks{Prec: -1}
+	p.Legend.Top, p.Legend.Left = true, true
+	p.Add(plotter.NewGrid())
+	palette := []color.Color{
+		color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
+		color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff},
+		color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff},
+		color.RGBA{R: 0x94, G: 0x67, B: 0xbd, A: 0xff},
+	}
+	for i, s := range senders {
+		cs := bySenders[s]
+		slices.SortFunc(cs, func(a, b cell) int { return a.Batch - b.Batch })
+		rcv, lim := make(plotter.XYs, len(cs)), make(plotter.XYs, len(cs))
+		for j, c := range cs {
+			rcv[j] = plotter.XY{X: float64(c.Batch), Y: max(c.AppointmentsPerS, 1)}
+			lim[j] = plotter.XY{X: float64(c.Batch), Y: max(c.LimitPerS, 1)}
+		}
+		col := palette[i%len(palette)]
+		for _, line := range []struct {
+			xys    plotter.XYs
+			name   string
+			dashed bool
+		}{{rcv, fmt.Sprintf("receiver, %d senders", s), false}, {lim, fmt.Sprintf("limit, %d senders", s), true}} {
+			l, pts, err := plotter.NewLinePoints(line.xys)
+			if err != nil {
+				return err
+			}
+			l.Color, l.Width = col, vg.Points(2)
+			pts.Color, pts.Shape = col, draw.CircleGlyph{}
+			if line.dashed {
+				l.Dashes = []vg.Length{vg.Points(6), vg.Points(4)}
+				pts.Shape = draw.TriangleGlyph{}
+			}
+			p.Add(l, pts)
+			p.Legend.Add(line.name, l, pts)
+		}
+	}
+	if err := p.Save(7*vg.Inch, 4.5*vg.Inch, out); err != nil {
+		return fmt.Errorf("while writing %s: %w", out, err)
+	}
+	fmt.Println("Wrote", out)
+	return nil
+}

@@ -1,0 +1,203 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/insighthealth/ehr-operator/receiver/payload"
+)
+
+// Sixteen writers send overlapping appointments, patients and
+// practitioners in different orders at once: no deadlock, no error, and
+// every appointment ends with the content of one of its entries.
+func TestWriteConcurrentOverlapping(t *testing.T) {
+	t.Parallel()
+	s, db := newStore(t)
+	const writers, rounds, appointments = 16, 20, 24
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, writers*rounds)
+	for w := range writers {
+		wg.Go(func() {
+			for r := range rounds {
+				var entries []payload.Entry
+				// Each writer walks the appointments in its own order, with
+				// a few entries per request, so requests overlap.
+				for k := range 3 {
+					i := (w*7 + r*5 + k*11) % appointments
+					if w%2 == 1 {
+						i = appointments - 1 - i
+					}
+					e := minimalEntry(fmt.Sprintf("apt-%02d", i))
+					e.Patient.ID = fmt.Sprintf("pat-%d", (i+w)%5)
+					e.Practitioner.ID = fmt.Sprintf("prov-%d", (i+r)%3)
+					e.Appointment.Notes = ptr(fmt.Sprintf("writer %d round %d", w, r))
+					entries = append(entries, e)
+				}
+				if _, err := s.Write(ctx, batch(entries...)); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("concurrent Write: %v", err)
+	}
+	if n := count(t, db, `SELECT count(*) FROM webhook_deliveries`); n != writers*rounds {
+		t.Errorf("%d deliveries, want %d", n, writers*rounds)
+	}
+	// Each appointment's row is its latest history entry.
+	if n := count(t, db, `SELECT count(*) FROM appointments a WHERE a.content_hash IS DISTINCT FROM (
+		SELECT h.content_hash FROM appointment_history h
+		WHERE h.ehr = a.ehr AND h.appointment_external_id = a.external_id ORDER BY h.id DESC LIMIT 1)`); n != 0 {
+		t.Errorf("%d appointments differ from their latest history row", n)
+	}
+	t.Logf("%d requests in %d transactions", writers*rounds, s.commits.Load())
+}
+
+// Many single-entry requests at once share transactions.
+func TestWriteRequestsShareTransactions(t *testing.T) {
+	t.Parallel()
+	s, db := newStore(t)
+	const requests = 200
+	var wg sync.WaitGroup
+	for i := range requests {
+		wg.Go(func() {
+			if _, err := s.Write(context.Background(), batch(minimalEntry(fmt.Sprintf("apt-%d", i)))); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if n := count(t, db, `SELECT count(*) FROM appointments`); n != requests {
+		t.Errorf("%d appointments, want %d", n, requests)
+	}
+	if c := s.commits.Load(); c >= requests {
+		t.Errorf("%d transactions for %d concurrent requests: the batcher did not group them", c, requests)
+	}
+	t.Logf("%d requests in %d transactions", requests, s.commits.Load())
+}
+
+// A request that fails inside a shared transaction is rolled back to its
+// savepoint alone: its neighbours commit, and its error names no value.
+func TestWriteFailingRequestDoesNotFailNeighbours(t *testing.T) {
+	t.Parallel()
+	s, db := newStore(t)
+	good1, good2 := batch(minimalEntry("apt-1")), batch(minimalEntry("apt-2"))
+	bad := batch(minimalEntry("apt-bad"))
+	bad.Entries[0].Patient.LastName = "Secretname"
+	bad.Entries[0].Appointment.DurationMinutes = ptr(99999) // violates a CHECK constraint
+
+	var group []*request
+	for _, b := range []Batch{good1, bad, good2} {
+		p, err := prepare(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		group = append(group, &request{ctx: context.Background(), p: p, done: make(chan outcome, 1)})
+	}
+	s.commit(group) // one transaction, as the batcher would run it
+	var results []outcome
+	for _, r := range group {
+		results = append(results, <-r.done)
+	}
+	if results[0].err != nil || results[2].err != nil {
+		t.Fatalf("neighbours failed: %v, %v", results[0].err, results[2].err)
+	}
+	if results[0].res.Written != 1 || results[2].res.Written != 1 {
+		t.Errorf("neighbours' results %+v %+v, want one written each", results[0].res, results[2].res)
+	}
+	err := results[1].err
+	if err == nil {
+		t.Fatal("the failing request succeeded")
+	}
+	if IsUnavailable(err) {
+		t.Errorf("a constraint violation counts as unavailable: %v", err)
+	}
+	for _, secret := range []string{"Secretname", "99999", "apt-bad"} {
+		if strings.Contains(err.Error(), secret) {
+			t.Errorf("error %q contains the field value %q", err, secret)
+		}
+	}
+	if n := count(t, db, `SELECT count(*) FROM appointments`); n != 2 {
+		t.Errorf("%d appointments, want 2", n)
+	}
+	if n := count(t, db, `SELECT count(*) FROM webhook_deliveries WHERE request_id = $1`, bad.Delivery.RequestID); n != 0 {
+		t.Errorf("the failed request left %d delivery rows", n)
+	}
+	if n := count(t, db, `SELECT count(*) FROM patients WHERE last_name = 'Secretname'`); n != 0 {
+		t.Error("the failed request left its patient row")
+	}
+	if c := s.commits.Load(); c != 1 {
+		t.Errorf("%d transactions, want 1", c)
+	}
+}
+
+func TestWriteAloneFailingRequest(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t)
+	bad := batch(minimalEntry("apt-bad"))
+	bad.Entries[0].Appointment.DurationMinutes = ptr(-1)
+	if _, err := s.Write(context.Background(), bad); err == nil || IsUnavailable(err) {
+		t.Fatalf("Write of an invalid row: %v, want an error that is not unavailability", err)
+	}
+	// The store still works after the failed transaction.
+	mustWrite(t, s, batch(minimalEntry("apt-good")))
+}
+
+func TestWriteAfterClose(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t)
+	mustWrite(t, s, batch(minimalEntry("apt-1")))
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.Write(context.Background(), batch(minimalEntry("apt-2")))
+	if !IsUnavailable(err) {
+		t.Errorf("Write after Close: %v, want an unavailable error", err)
+	}
+}
+
+func TestCloseWaitsForQueuedWrites(t *testing.T) {
+	t.Parallel()
+	s, db := newStore(t)
+	const requests = 50
+	var (
+		wg        sync.WaitGroup
+		succeeded atomic.Int64
+	)
+	started := make(chan struct{}, requests)
+	for i := range requests {
+		wg.Go(func() {
+			started <- struct{}{}
+			_, err := s.Write(context.Background(), batch(minimalEntry(fmt.Sprintf("apt-%d", i))))
+			switch {
+			case err == nil:
+				succeeded.Add(1)
+			case !IsUnavailable(err):
+				t.Error(err)
+			}
+		})
+	}
+	for range requests {
+		<-started
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	// Every answered success is stored, and everything stored was
+	// answered with success: Close lost no queued request's answer.
+	if n := count(t, db, `SELECT count(*) FROM appointments`); int64(n) != succeeded.Load() {
+		t.Errorf("%d appointments stored, %d writes succeeded", n, succeeded.Load())
+	}
+}

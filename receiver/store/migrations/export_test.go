@@ -1,0 +1,4 @@
+package migrations
+
+// VersionsOf is versionsOf for the external tests.
+var VersionsOf = versionsOf

@@ -1,0 +1,207 @@
+package store
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/lib/pq"
+
+	"github.com/insighthealth/ehr-operator/internal/pgtest"
+	"github.com/insighthealth/ehr-operator/receiver/store/migrations"
+)
+
+func TestMigrateConcurrentlyThenReady(t *testing.T) {
+	t.Parallel()
+	u := pgtest.NewEmptyDatabase(t)
+	ctx := context.Background()
+	first, _ := openStore(t, u)
+	if err := first.Ready(ctx); !errors.Is(err, migrations.ErrPending) {
+		t.Fatalf("Ready before migrating: %v, want ErrPending", err)
+	}
+	// Replicas starting at once: each migrates under the advisory lock.
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for i := range errs {
+		s, _ := openStore(t, u)
+		wg.Go(func() { errs[i] = s.Migrate(ctx) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("Migrate %d: %v", i, err)
+		}
+	}
+	if err := first.Ready(ctx); err != nil {
+		t.Fatalf("Ready after migrating: %v", err)
+	}
+	if err := first.Migrate(ctx); err != nil {
+		t.Errorf("Migrate again: %v", err)
+	}
+	mustWrite(t, first, batch(specEntry()))
+}
+
+func TestReadyWhenDatabaseUnreachable(t *testing.T) {
+	t.Parallel()
+	// A port nobody listens on: take a free one and close it.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	s, err := Open(context.Background(), "postgres://u:secret-password@"+addr+"/db?sslmode=disable")
+	if err != nil {
+		t.Fatalf("Open must not need the database: %v", err)
+	}
+	defer s.Close()
+	err = s.Ready(context.Background())
+	if err == nil || !IsUnavailable(err) {
+		t.Fatalf("Ready: %v, want an unavailable error", err)
+	}
+	_, err = s.Write(context.Background(), batch(minimalEntry("apt-1")))
+	if !IsUnavailable(err) {
+		t.Errorf("Write: %v, want an unavailable error", err)
+	}
+	if strings.Contains(err.Error(), "secret-password") {
+		t.Errorf("error %q shows the password", err)
+	}
+}
+
+func TestOpenRejectsBadURLWithoutEchoingIt(t *testing.T) {
+	t.Parallel()
+	_, err := Open(context.Background(), "postgres://user:pa%zzword@host/db")
+	if err == nil {
+		t.Fatal("Open accepted a malformed URL")
+	}
+	if strings.Contains(err.Error(), "pa%zz") {
+		t.Errorf("error %q shows the password", err)
+	}
+}
+
+// The database goes away and comes back: Write fails as unavailable while
+// it is down and succeeds afterwards on the same Store.
+func TestWriteAcrossDatabaseOutage(t *testing.T) {
+	t.Parallel()
+	c := pgtest.NewCluster(t)
+	s, db := openStore(t, c.NewDatabase(t))
+	ctx := context.Background()
+	mustWrite(t, s, batch(minimalEntry("apt-before")))
+
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 { // pooled connections first, then new ones
+		_, err := s.Write(ctx, batch(minimalEntry(fmt.Sprintf("apt-down-%d", i))))
+		if err == nil {
+			t.Fatal("Write succeeded with the database stopped")
+		}
+		if !IsUnavailable(err) {
+			t.Fatalf("Write while down: %v; IsUnavailable is false", err)
+		}
+	}
+	if err := s.Ready(ctx); !IsUnavailable(err) {
+		t.Errorf("Ready while down: %v, want unavailable", err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, s, batch(minimalEntry("apt-after")))
+	if err := s.Ready(ctx); err != nil {
+		t.Errorf("Ready after restart: %v", err)
+	}
+	if n := count(t, db, `SELECT count(*) FROM appointments`); n != 2 {
+		t.Errorf("%d appointments, want 2", n)
+	}
+}
+
+// A database that accepts connections but never answers: Write gives up
+// with an unavailable error instead of hanging.
+func TestWriteCallerDeadline(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer conn.Close() // hold it open, say nothing
+		}
+	}()
+	s, err := Open(context.Background(), "postgres://u@"+l.Addr().String()+"/db?sslmode=disable&connect_timeout=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err = s.Write(ctx, batch(minimalEntry("apt-1")))
+	if !IsUnavailable(err) {
+		t.Errorf("Write to a silent server: %v, want unavailable", err)
+	}
+}
+
+func TestIsUnavailable(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		err  error
+		want bool
+	}{
+		{nil, false},
+		{errors.New("something else"), false},
+		{ErrClosed, true},
+		{driver.ErrBadConn, true},
+		{fmt.Errorf("while: %w", io.ErrUnexpectedEOF), true},
+		{&net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, true},
+		{fmt.Errorf("write: %w", syscall.EPIPE), true},
+		{fmt.Errorf("read: %w", syscall.ECONNRESET), true},
+		{context.DeadlineExceeded, true},
+		{context.Canceled, false}, // the caller went away; nothing to do with the database
+		{wrap("Write", &pq.Error{Code: "57P01"}), true}, // admin shutdown
+		{wrap("Write", &pq.Error{Code: "57P02"}), true},
+		{wrap("Write", &pq.Error{Code: "57P03"}), true},
+		{wrap("Write", &pq.Error{Code: "08006"}), true},
+		{wrap("Write", &pq.Error{Code: "53300"}), true},
+		{wrap("Write", &pq.Error{Code: "40P01"}), true},
+		{wrap("Write", &pq.Error{Code: "23505"}), false},
+		{wrap("Write", &pq.Error{Code: "22P02"}), false},
+		{wrap("Write", &pq.Error{Code: "42P01"}), false},
+	}
+	for _, tc := range tests {
+		if got := IsUnavailable(tc.err); got != tc.want {
+			t.Errorf("IsUnavailable(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}
+
+func TestDBErrorHidesValues(t *testing.T) {
+	t.Parallel()
+	err := wrap("Write", &pq.Error{
+		Code: "22007", Message: `invalid input syntax for type date: "05/15/1990"`,
+		Detail: "Key (external_id)=(Jane Doe) already exists.", Table: "patients", Column: "birth_date",
+	})
+	got := err.Error()
+	for _, v := range []string{"05/15/1990", "Jane"} {
+		if strings.Contains(got, v) {
+			t.Errorf("%q contains the value %q", got, v)
+		}
+	}
+	for _, s := range []string{"Write", "22007", "patients", "birth_date"} {
+		if !strings.Contains(got, s) {
+			t.Errorf("%q lacks %q", got, s)
+		}
+	}
+}

@@ -1,0 +1,359 @@
+package store
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/insighthealth/ehr-operator/receiver/payload"
+)
+
+func TestWriteSpecExampleStoresEveryColumn(t *testing.T) {
+	t.Parallel()
+	s, db := newStore(t)
+	e := specEntry()
+	b := batch(e)
+	res := mustWrite(t, s, b)
+	if diff := cmp.Diff(Result{Written: 1}, res); diff != "" {
+		t.Errorf("Result mismatch (-want +got):\n%s", diff)
+	}
+
+	wantAppt := appointmentRow{
+		EHR: ehr, ExternalID: "apt-12345", PatientID: "pat-67890", PractitionerID: "prov-111",
+		Status: "booked", StatusRaw: "booked",
+		// 14:30 EDT (after the 8 March 2026 change) is 18:30 UTC.
+		StartTime:   time.Date(2026, 3, 10, 18, 30, 0, 0, time.UTC),
+		StartDate:   "2026-03-10",
+		CreatedTime: time.Date(2026, 3, 1, 14, 0, 0, 0, time.UTC), // 09:00 EST
+		Type:        "Follow-up", DurationMinutes: ptr(30), Reason: ptr("Post-surgery check"), Notes: nil,
+		LocationName: ptr("Main Clinic"), EncounterID: ptr("enc-999"), EncounterReason: ptr("Post-surgery follow-up"),
+		DepartmentID: ptr("dept-01"),
+		ContentHash:  hashOf(t, e),
+	}
+	if diff := cmp.Diff(wantAppt, getAppointment(t, db, "apt-12345")); diff != "" {
+		t.Errorf("appointment mismatch (-want +got):\n%s", diff)
+	}
+	wantPat := patientRow{EHR: ehr, ExternalID: "pat-67890", FirstName: "Jane", MiddleName: ptr("Marie"), LastName: "Doe",
+		BirthDate: "1990-05-15", Gender: "Female", Phone: ptr("555-123-4567"), Email: ptr("jane.doe@example.com")}
+	if diff := cmp.Diff(wantPat, getPatient(t, db, "pat-67890")); diff != "" {
+		t.Errorf("patient mismatch (-want +got):\n%s", diff)
+	}
+	wantPra := practitionerRow{EHR: ehr, ExternalID: "prov-111", FirstName: "John", LastName: "Smith"}
+	if diff := cmp.Diff(wantPra, getPractitioner(t, db, "prov-111")); diff != "" {
+		t.Errorf("practitioner mismatch (-want +got):\n%s", diff)
+	}
+	wantHist := []historyRow{{Status: "booked", StartTime: wantAppt.StartTime, ContentHash: hashOf(t, e), RequestID: b.Delivery.RequestID}}
+	if diff := cmp.Diff(wantHist, getHistory(t, db, "apt-12345")); diff != "" {
+		t.Errorf("history mismatch (-want +got):\n%s", diff)
+	}
+
+	type deliveryRow struct {
+		EHR        string    `db:"ehr"`
+		RequestID  string    `db:"request_id"`
+		ReceivedAt time.Time `db:"received_at"`
+		BodySHA256 []byte    `db:"body_sha256"`
+		ItemCount  int       `db:"item_count"`
+		Outcome    string    `db:"outcome"`
+		StatusCode int       `db:"status_code"`
+	}
+	var got deliveryRow
+	if err := db.Get(&got, `SELECT ehr, request_id, received_at, body_sha256, item_count, outcome, status_code FROM webhook_deliveries`); err != nil {
+		t.Fatal(err)
+	}
+	d := b.Delivery
+	want := deliveryRow{EHR: d.EHR, RequestID: d.RequestID, ReceivedAt: d.ReceivedAt.UTC().Round(time.Microsecond),
+		BodySHA256: d.BodySHA256[:], ItemCount: 1, Outcome: "stored", StatusCode: 200}
+	got.ReceivedAt = got.ReceivedAt.UTC()
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("delivery mismatch (-want +got):\n%s", diff)
+	}
+}
+
+func TestWriteOptionalFieldsAbsentAreNull(t *testing.T) {
+	t.Parallel()
+	s, db := newStore(t)
+	// A full row first, so the test also shows a snapshot clears fields.
+	full := specEntry()
+	full.Appointment.ID, full.Patient.ID = "apt-min", "pat-apt-min"
+	mustWrite(t, s, batch(full))
+	mustWrite(t, s, batch(minimalEntry("apt-min")))
+
+	var nulls struct {
+		Appt int `db:"appt"`
+		Pat  int `db:"pat"`
+	}
+	if err := db.Get(&nulls, `SELECT
+		(SELECT num_nulls(duration_minutes, reason, notes, location_name, encounter_id, encounter_reason, department_id)
+		 FROM appointments WHERE external_id = 'apt-min') AS appt,
+		(SELECT num_nulls(middle_name, phone, email) FROM patients WHERE external_id = 'pat-apt-min') AS pat`); err != nil {
+		t.Fatal(err)
+	}
+	if nulls.Appt != 7 || nulls.Pat != 3 {
+		t.Errorf("NULL optional columns: appointment %d of 7, patient %d of 3", nulls.Appt, nulls.Pat)
+	}
+}
+
+// TestWriteChanges follows one appointment through the changes the spec
+// lists, and checks idempotence and order-safety on the way.
+func TestWriteChanges(t *testing.T) {
+	t.Parallel()
+	s, db := newStore(t)
+	booked := specEntry()
+	rescheduled := specEntry()
+	rescheduled.Appointment.StatusRaw = "Rescheduled"
+	rescheduled.Appointment.Start = time.Date(2026, 3, 12, 9, 0, 0, 0, newYork)
+	rescheduled.Appointment.StartDate = time.Date(2026, 3, 12, 0, 0, 0, 0, time.UTC)
+	cancelled := rescheduled
+	cancelled.Appointment.Status, cancelled.Appointment.StatusRaw = "cancelled", "Canceled"
+	noshow := rescheduled
+	noshow.Appointment.Status, noshow.Appointment.StatusRaw = "noshow", "No-Show"
+
+	steps := []struct {
+		name        string
+		entry       payload.Entry
+		want        Result
+		wantStatus  string
+		wantStart   time.Time
+		wantHistory int
+	}{
+		{"booked", booked, Result{Written: 1}, "booked", time.Date(2026, 3, 10, 18, 30, 0, 0, time.UTC), 1},
+		{"identical redelivery", booked, Result{Duplicates: 1}, "booked", time.Date(2026, 3, 10, 18, 30, 0, 0, time.UTC), 1},
+		{"rescheduled", rescheduled, Result{Written: 1}, "booked", time.Date(2026, 3, 12, 13, 0, 0, 0, time.UTC), 2},
+		{"replay of the older booking", booked, Result{Duplicates: 1}, "booked", time.Date(2026, 3, 12, 13, 0, 0, 0, time.UTC), 2},
+		{"cancelled", cancelled, Result{Written: 1}, "cancelled", time.Date(2026, 3, 12, 13, 0, 0, 0, time.UTC), 3},
+		{"replay of the reschedule", rescheduled, Result{Duplicates: 1}, "cancelled", time.Date(2026, 3, 12, 13, 0, 0, 0, time.UTC), 3},
+		{"no-show", noshow, Result{Written: 1}, "noshow", time.Date(2026, 3, 12, 13, 0, 0, 0, time.UTC), 4},
+		{"redelivery of the no-show", noshow, Result{Duplicates: 1}, "noshow", time.Date(2026, 3, 12, 13, 0, 0, 0, time.UTC), 4},
+	}
+	for _, st := range steps {
+		res := mustWrite(t, s, batch(st.entry))
+		if diff := cmp.Diff(st.want, res); diff != "" {
+			t.Errorf("%s: Result mismatch (-want +got):\n%s", st.name, diff)
+		}
+		got := getAppointment(t, db, "apt-12345")
+		if got.Status != st.wantStatus || !got.StartTime.Equal(st.wantStart) || string(got.ContentHash) != string(hashOf(t, lastApplied(steps, st.name))) {
+			t.Errorf("%s: row has status %q start %v; want %q %v and the hash of the last applied entry",
+				st.name, got.Status, got.StartTime, st.wantStatus, st.wantStart)
+		}
+		if n := len(getHistory(t, db, "apt-12345")); n != st.wantHistory {
+			t.Errorf("%s: %d history rows, want %d", st.name, n, st.wantHistory)
+		}
+	}
+	hist := getHistory(t, db, "apt-12345")
+	var statuses []string
+	for _, h := range hist {
+		statuses = append(statuses, h.Status)
+	}
+	if diff := cmp.Diff([]string{"booked", "booked", "cancelled", "noshow"}, statuses); diff != "" {
+		t.Errorf("history statuses mismatch (-want +got):\n%s", diff)
+	}
+}
+
+// lastApplied is the entry of the last step up to name that wrote.
+func lastApplied(steps []struct {
+	name        string
+	entry       payload.Entry
+	want        Result
+	wantStatus  string
+	wantStart   time.Time
+	wantHistory int
+}, name string) payload.Entry {
+	var e payload.Entry
+	for _, st := range steps {
+		if st.want.Written > 0 {
+			e = st.entry
+		}
+		if st.name == name {
+			break
+		}
+	}
+	return e
+}
+
+func TestWriteSameAppointmentTwiceInBatchLastWins(t *testing.T) {
+	t.Parallel()
+	s, db := newStore(t)
+	first := specEntry()
+	second := specEntry()
+	second.Appointment.Status, second.Appointment.StatusRaw = "cancelled", "cancelled"
+	second.Patient.Phone = ptr("555-000-0000")
+	other := minimalEntry("apt-other")
+
+	res := mustWrite(t, s, batch(first, other, second))
+	if diff := cmp.Diff(Result{Written: 2, Duplicates: 1}, res); diff != "" {
+		t.Errorf("Result mismatch (-want +got):\n%s", diff)
+	}
+	if got := getAppointment(t, db, "apt-12345"); got.Status != "cancelled" {
+		t.Errorf("status %q, want the later entry's cancelled", got.Status)
+	}
+	if got := getPatient(t, db, "pat-67890"); got.Phone == nil || *got.Phone != "555-000-0000" {
+		t.Error("patient row is not the later entry's")
+	}
+	if n := len(getHistory(t, db, "apt-12345")); n != 1 {
+		t.Errorf("%d history rows, want 1 (the superseded entry is not applied)", n)
+	}
+}
+
+func TestWriteSamePatientInTwoAppointmentsOfABatch(t *testing.T) {
+	t.Parallel()
+	s, db := newStore(t)
+	a, b := minimalEntry("apt-a"), minimalEntry("apt-b")
+	a.Patient.ID, b.Patient.ID = "pat-shared", "pat-shared"
+	b.Patient.Email = ptr("later@example.com")
+	if res := mustWrite(t, s, batch(a, b)); res.Written != 2 {
+		t.Fatalf("Written %d, want 2", res.Written)
+	}
+	if got := getPatient(t, db, "pat-shared"); got.Email == nil || *got.Email != "later@example.com" {
+		t.Error("patient row is not the later entry's")
+	}
+}
+
+// The payload package reads MM/DD/YYYY HH:MM in the tenant's zone; across
+// the 8 March 2026 change the UTC offset moves from -5 to -4 hours.
+func TestWriteTimesAcrossDaylightSavingChange(t *testing.T) {
+	t.Parallel()
+	s, db := newStore(t)
+	tests := []struct {
+		id        string
+		local     time.Time
+		startDate time.Time
+		wantUTC   time.Time
+	}{
+		{"before", time.Date(2026, 3, 7, 23, 30, 0, 0, newYork), time.Date(2026, 3, 7, 0, 0, 0, 0, time.UTC), time.Date(2026, 3, 8, 4, 30, 0, 0, time.UTC)},
+		{"just before", time.Date(2026, 3, 8, 1, 59, 0, 0, newYork), time.Date(2026, 3, 8, 0, 0, 0, 0, time.UTC), time.Date(2026, 3, 8, 6, 59, 0, 0, time.UTC)},
+		{"just after", time.Date(2026, 3, 8, 3, 0, 0, 0, newYork), time.Date(2026, 3, 8, 0, 0, 0, 0, time.UTC), time.Date(2026, 3, 8, 7, 0, 0, 0, time.UTC)},
+		{"after", time.Date(2026, 3, 9, 0, 15, 0, 0, newYork), time.Date(2026, 3, 9, 0, 0, 0, 0, time.UTC), time.Date(2026, 3, 9, 4, 15, 0, 0, time.UTC)},
+	}
+	var entries []payload.Entry
+	for _, tc := range tests {
+		e := minimalEntry(tc.id)
+		e.Appointment.Start, e.Appointment.StartDate, e.Appointment.Created = tc.local, tc.startDate, tc.local
+		entries = append(entries, e)
+	}
+	mustWrite(t, s, batch(entries...))
+	for _, tc := range tests {
+		got := getAppointment(t, db, tc.id)
+		if !got.StartTime.Equal(tc.wantUTC) || !got.CreatedTime.Equal(tc.wantUTC) {
+			t.Errorf("%s: start %v created %v, want %v", tc.id, got.StartTime, got.CreatedTime, tc.wantUTC)
+		}
+		if want := tc.startDate.Format(time.DateOnly); got.StartDate != want {
+			t.Errorf("%s: start_date %s, want %s (the local calendar date)", tc.id, got.StartDate, want)
+		}
+	}
+	// Read back in the tenant's zone, the wall clock is what was sent.
+	var local string
+	if err := db.Get(&local, `SELECT to_char(start_time AT TIME ZONE 'America/New_York', 'MM/DD/YYYY HH24:MI') FROM appointments WHERE external_id = 'just after'`); err != nil {
+		t.Fatal(err)
+	}
+	if local != "03/08/2026 03:00" {
+		t.Errorf("local wall clock %q, want 03/08/2026 03:00", local)
+	}
+}
+
+func TestWriteStoresTextVerbatim(t *testing.T) {
+	t.Parallel()
+	s, db := newStore(t)
+	texts := []string{
+		`O'Brien "the elder" \ backslash`,
+		`'); DROP TABLE appointments; --`,
+		`Robert'); DELETE FROM patients WHERE ('1'='1`,
+		"Zoë Ñúñez 山田太郎 Σωκράτης 🙂",
+		"line one\nline two\ttab",
+		"{braces,commas} NULL \"quoted\"", // array-literal syntax inside values
+		"NULL",
+	}
+	var entries []payload.Entry
+	for i, text := range texts {
+		e := minimalEntry(string(rune('a'+i)) + "-" + text) // in the key too
+		e.Patient.ID = "pat-" + text
+		e.Patient.LastName, e.Patient.MiddleName = text, ptr(text)
+		e.Appointment.Notes, e.Appointment.Reason = ptr(text), ptr(text)
+		e.LocationName = ptr(text)
+		entries = append(entries, e)
+	}
+	mustWrite(t, s, batch(entries...))
+	for i, text := range texts {
+		id := string(rune('a'+i)) + "-" + text
+		a := getAppointment(t, db, id)
+		p := getPatient(t, db, "pat-"+text)
+		got := []string{a.ExternalID, *a.Notes, *a.Reason, *a.LocationName, p.ExternalID, p.LastName, *p.MiddleName}
+		want := []string{id, text, text, text, "pat-" + text, text, text}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("text %d mismatch (-want +got):\n%s", i, diff)
+		}
+	}
+	if n := count(t, db, `SELECT count(*) FROM appointments`); n != len(texts) {
+		t.Errorf("%d appointments, want %d", n, len(texts))
+	}
+}
+
+func TestWriteQuarantine(t *testing.T) {
+	t.Parallel()
+	s, db := newStore(t)
+	raw := []byte(`{"appointment": {"id": "apt-bad", "start_time": "13/45/2026 99:99"},  "patient": {"first_name": "Zoë"}}`)
+	b := batch(minimalEntry("apt-good"))
+	b.Delivery.Outcome, b.Delivery.ItemCount = "quarantined", 2
+	b.Quarantined = []Quarantined{{
+		Index: 1, Raw: raw,
+		Errors: []payload.FieldError{{Index: 1, Field: "appointments[1].appointment.start_time", Message: "must be a date and time MM/DD/YYYY HH:MM"}},
+	}}
+	res := mustWrite(t, s, b)
+	if diff := cmp.Diff(Result{Written: 1, Quarantined: 1}, res); diff != "" {
+		t.Errorf("Result mismatch (-want +got):\n%s", diff)
+	}
+	var q struct {
+		Index  int    `db:"entry_index"`
+		Raw    []byte `db:"raw"`
+		Errors string `db:"errors"`
+		EHR    string `db:"ehr"`
+	}
+	if err := db.Get(&q, `SELECT entry_index, raw, errors::text, ehr FROM quarantined_entries`); err != nil {
+		t.Fatal(err)
+	}
+	if q.Index != 1 || string(q.Raw) != string(raw) || q.EHR != ehr {
+		t.Errorf("quarantined row: index %d ehr %q raw verbatim %v", q.Index, q.EHR, string(q.Raw) == string(raw))
+	}
+	if !strings.Contains(q.Errors, `"field": "appointments[1].appointment.start_time"`) {
+		t.Errorf("errors column %s lacks the field error", q.Errors)
+	}
+}
+
+func TestWriteOnlyQuarantinedEntries(t *testing.T) {
+	t.Parallel()
+	s, db := newStore(t)
+	b := batch()
+	b.Delivery.Outcome, b.Delivery.ItemCount = "quarantined", 1
+	b.Quarantined = []Quarantined{{Index: 0, Raw: []byte(`{}`), Errors: nil}}
+	if res := mustWrite(t, s, b); res != (Result{Quarantined: 1}) {
+		t.Errorf("Result %+v, want one quarantined", res)
+	}
+	if n := count(t, db, `SELECT count(*) FROM quarantined_entries WHERE errors = '[]'::jsonb`); n != 1 {
+		t.Errorf("%d quarantined rows with empty errors, want 1", n)
+	}
+}
+
+func TestWriteRefusesDeliveryWithoutEHR(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t)
+	b := batch(minimalEntry("x"))
+	b.Delivery.EHR = ""
+	if _, err := s.Write(context.Background(), b); err == nil {
+		t.Fatal("Write accepted a delivery without an EHR")
+	}
+}
+
+func TestRecordDelivery(t *testing.T) {
+	t.Parallel()
+	s, db := newStore(t)
+	d := batch().Delivery
+	d.Outcome, d.StatusCode, d.ItemCount = "rejected", 422, 3
+	if err := s.RecordDelivery(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, db, `SELECT count(*) FROM webhook_deliveries WHERE request_id = $1 AND outcome = 'rejected' AND status_code = 422 AND item_count = 3`, d.RequestID); n != 1 {
+		t.Errorf("%d matching delivery rows, want 1", n)
+	}
+}

@@ -1,0 +1,262 @@
+package contract
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/insighthealth/ehr-operator/internal/pgtest"
+	"github.com/insighthealth/ehr-operator/receiver/auth"
+)
+
+func TestConcurrentSenders(t *testing.T) {
+	r := startReceiver(t, pgtest.NewDatabase(t))
+	d := db(t, r.dbURL)
+	const senders, rounds = 16, 10
+	var wg sync.WaitGroup
+	errs := make(chan string, senders*rounds)
+	for s := range senders {
+		wg.Go(func() {
+			for i := range rounds {
+				// Overlapping appointments, patients and practitioners across senders.
+				var entries []map[string]any
+				for k := range 3 {
+					id := fmt.Sprintf("conc-%d", (s+i+k)%8)
+					entries = append(entries, entry(t, id, func(e map[string]any) {
+						sub(e, "patient")["id"] = fmt.Sprintf("pat-%d", (s+k)%5)
+						sub(e, "practitioner")["id"] = fmt.Sprintf("prov-%d", (i+k)%3)
+						sub(e, "appointment")["notes"] = fmt.Sprintf("sender %d round %d", s, i)
+					}))
+				}
+				body, _ := json.Marshal(map[string]any{"appointments": entries})
+				req, _ := http.NewRequest(http.MethodPost, r.url+"/v2/webhooks/nexus/sync-appointments", strings.NewReader(string(body)))
+				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("X-API-Key", apiKey)
+				req.Header.Set("X-Webhook-Signature", auth.Sign([]byte(secret), body))
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					errs <- err.Error()
+					continue
+				}
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					errs <- fmt.Sprintf("sender %d round %d: %d", s, i, resp.StatusCode)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	if n := queryInt(t, d, `SELECT count(*) FROM appointments`); n != 8 {
+		t.Errorf("appointments: %d, want 8", n)
+	}
+	if n := queryInt(t, d, `SELECT count(*) FROM webhook_deliveries WHERE outcome = 'stored'`); n != senders*rounds {
+		t.Errorf("stored deliveries: %d, want %d", n, senders*rounds)
+	}
+}
+
+func TestDatabaseOutage(t *testing.T) {
+	cluster := pgtest.NewCluster(t)
+	r := startReceiver(t, cluster.NewDatabase(t))
+	pid := r.cmd.Process.Pid
+	expect(t, r.post(batch(t, entry(t, "before", nil))), 200)
+
+	if err := cluster.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	a := r.post(batch(t, entry(t, "during", nil)))
+	expect(t, a, 503)
+	if a.header.Get("Retry-After") == "" {
+		t.Error("503 without Retry-After")
+	}
+	if resp, err := http.Get(r.metricsURL + "/readyz"); err != nil || resp.StatusCode != 503 {
+		t.Errorf("/readyz while the database is down: %v %v", resp, err)
+	}
+	if resp, err := http.Get(r.metricsURL + "/healthz"); err != nil || resp.StatusCode != 200 {
+		t.Errorf("/healthz while the database is down: %v %v (it must not restart the pod)", resp, err)
+	}
+
+	if err := cluster.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		a = r.post(batch(t, entry(t, "after", nil)))
+		if a.status == 200 {
+			break
+		}
+		if a.status != 503 || time.Now().After(deadline) {
+			t.Fatalf("after the database came back: %d %s", a.status, a.raw)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	select {
+	case <-r.exited:
+		t.Fatal("the receiver exited during the outage")
+	default:
+	}
+	if r.cmd.Process.Pid != pid {
+		t.Fatal("the receiver was restarted")
+	}
+	d := db(t, r.dbURL)
+	if n := queryInt(t, d, `SELECT count(*) FROM appointments WHERE external_id IN ('before', 'after')`); n != 2 {
+		t.Errorf("appointments: %d, want before and after", n)
+	}
+	if n := queryInt(t, d, `SELECT count(*) FROM appointments WHERE external_id = 'during'`); n != 0 {
+		t.Error("an entry answered 503 was stored")
+	}
+	metrics := get(t, r.metricsURL+"/metrics")
+	if !strings.Contains(metrics, `ehr_receiver_requests_total{code="503",ehr="nexus"}`) ||
+		strings.Contains(metrics, `ehr_receiver_database_errors_total{ehr="nexus"} 0`) {
+		t.Errorf("metrics do not show the outage:\n%s", grep(metrics, "ehr_receiver_"))
+	}
+}
+
+func TestLogsHoldNoPatientData(t *testing.T) {
+	r := startReceiver(t, pgtest.NewDatabase(t), "--on-invalid", "Quarantine")
+	body := specExample(t)
+	expect(t, r.post(body), 200)
+	bad := entry(t, "apt-12345", func(e map[string]any) { sub(e, "patient")["birth_date"] = "02/30/1990" })
+	expect(t, r.post(batch(t, bad, entry(t, "apt-12345", nil))), 200)
+	expect(t, r.post([]byte(`{"appointments":[{"patient":{"first_name":"Jane"}}]} trailing Jane`)), 400)
+	expect(t, r.post(body, withHeader("X-Webhook-Signature", "sha256=nope-Jane")), 401)
+	r.stop()
+
+	logs := r.logs.String()
+	if !strings.Contains(logs, `"msg":"Request handled"`) || !strings.Contains(logs, `"items":1`) {
+		t.Fatalf("the request log lines are missing:\n%s", logs)
+	}
+	var values []string
+	var walk func(v any)
+	walk = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			for _, x := range v {
+				walk(x)
+			}
+		case []any:
+			for _, x := range v {
+				walk(x)
+			}
+		case string:
+			if len(v) >= 3 {
+				values = append(values, v)
+			}
+		}
+	}
+	var doc any
+	if err := json.Unmarshal(body, &doc); err != nil {
+		t.Fatal(err)
+	}
+	walk(doc)
+	values = append(values, "02/30/1990", "1990-05-15")
+	for _, v := range values {
+		if strings.Contains(logs, v) {
+			t.Errorf("the logs contain a field value %q", v)
+		}
+	}
+	for _, line := range strings.Split(strings.TrimSpace(logs), "\n") {
+		if !json.Valid([]byte(line)) {
+			t.Errorf("log line is not JSON: %q", line)
+		}
+	}
+}
+
+func TestGracefulShutdown(t *testing.T) {
+	r := startReceiver(t, pgtest.NewDatabase(t))
+	body := specExample(t)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(r.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// A request in flight: headers and half the body sent.
+	fmt.Fprintf(conn, "POST /v2/webhooks/nexus/sync-appointments HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"+
+		"X-API-Key: %s\r\nX-Webhook-Signature: %s\r\nContent-Length: %d\r\n\r\n", apiKey, auth.Sign([]byte(secret), body), len(body))
+	half := len(body) / 2
+	if _, err := conn.Write(body[:half]); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := r.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// Readiness fails at once, while the request is still in flight.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get(r.metricsURL + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 503 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz did not fail after SIGTERM: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := conn.Write(body[half:]); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("the in-flight request got no answer: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("the in-flight request got %d", resp.StatusCode)
+	}
+	select {
+	case <-r.exited:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the receiver did not exit after SIGTERM")
+	}
+	if r.exitErr != nil {
+		t.Errorf("exit: %v", r.exitErr)
+	}
+	logs := r.logs.String()
+	if i, j := strings.Index(logs, "Requests drained"), strings.Index(logs, "Store closed"); i < 0 || j < i {
+		t.Errorf("shutdown order not seen in logs:\n%s", logs)
+	}
+	d := db(t, r.dbURL)
+	if n := queryInt(t, d, `SELECT count(*) FROM appointments WHERE external_id = 'apt-12345'`); n != 1 {
+		t.Error("the in-flight request was answered but not stored")
+	}
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var b strings.Builder
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		b.WriteString(sc.Text() + "\n")
+	}
+	return b.String()
+}
+
+func grep(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) && !strings.HasPrefix(l, "#") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}

@@ -1,0 +1,113 @@
+// Command dev is `make dev`: the end-to-end set-up left running for a
+// person. It brings the local cluster up (if needed), loads the image,
+// starts PostgreSQL on the node address, installs the operator with Helm,
+// onboards EHR "nexus" with two receivers and prints how to look around and
+// a ready `ehr-operator send` command. `make cluster-down` removes it all.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/insighthealth/ehr-operator/test/e2e/framework"
+)
+
+const (
+	operatorNS = "ehr-system"
+	ns         = "ehr"
+	ehr        = "nexus"
+)
+
+func main() {
+	if err := run(context.Background()); err != nil {
+		fmt.Fprintln(os.Stderr, "error:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context) error {
+	image, tar := os.Getenv("IMG"), os.Getenv("IMAGE_TAR")
+	if image == "" || tar == "" {
+		return fmt.Errorf("IMG and IMAGE_TAR are not set: run `make dev`, which builds the image first")
+	}
+	start := time.Now()
+	env, err := framework.Setup(ctx)
+	if err != nil {
+		return err
+	}
+	if err := env.LoadImages(ctx, tar); err != nil {
+		return err
+	}
+	pg, err := env.StartPostgres(ctx)
+	if err != nil {
+		return err
+	}
+	dbURL, err := pg.CreateDatabase(ctx, "appointments")
+	if err != nil {
+		return err
+	}
+	step("installing the operator (helm, release " + framework.Release + " in " + operatorNS + ")")
+	if out, err := env.InstallOperator(ctx, operatorNS, image); err != nil {
+		env.Dump(ctx, os.Stderr, operatorNS)
+		return fmt.Errorf("%w\n%s", err, out)
+	}
+	o := framework.Onboarding{Namespace: ns, Name: ehr, DatabaseURL: dbURL, APIKey: randHex(), WebhookSecret: randHex(),
+		TimeZone: "America/New_York", Replicas: 2}
+	step("onboarding EHR " + ehr + " in namespace " + ns)
+	if _, err := env.Kubectl(ctx, o.YAML(), "apply", "-f", "-"); err != nil {
+		return err
+	}
+	if _, err := env.Kubectl(ctx, "", "-n", ns, "wait", "ehrintegration/"+ehr, "--for=condition=Ready", "--timeout=180s"); err != nil {
+		env.Dump(ctx, os.Stderr, operatorNS, ns)
+		return fmt.Errorf("the EHRIntegration did not become Ready: %w", err)
+	}
+	url, err := env.ReceiverURL(ctx, ns, ehr)
+	if err != nil {
+		return err
+	}
+	k := "kubectl"
+	fmt.Printf(`
+Ready in %s. The cluster, PostgreSQL, the operator and two receivers keep running.
+
+  export KUBECONFIG=%s
+  export PATH=%s:$PATH
+
+Look around:
+  %[4]s get nodes,pods -A
+  %[4]s -n %[5]s get ehrintegrations            # READY, REPLICAS, ENDPOINT
+  %[4]s -n %[5]s describe ehrintegration %[6]s  # conditions and events
+  %[4]s -n %[7]s logs deploy/%[8]s              # the operator (JSON)
+  %[4]s -n %[5]s logs deploy/%[6]s-receiver     # a receiver (JSON, no patient data)
+
+Send the spec's example, signed (the Service's ClusterIP is reachable from this host):
+  bin/ehr-operator send --url %[9]s --api-key %[10]s --secret %[11]s test/e2e/testdata/spec-example.json
+
+Read what was stored:
+  psql '%[12]s' -c 'select ehr, external_id, status, start_at from appointments'
+
+Tear everything down: make cluster-down
+`, time.Since(start).Round(time.Second), env.Kubeconfig, env.KubeBin, k, ns, ehr, operatorNS,
+		managerDeployment(ctx, env), url, o.APIKey, o.WebhookSecret, dbURL)
+	return nil
+}
+
+func managerDeployment(ctx context.Context, env *framework.Env) string {
+	out, err := env.Kubectl(ctx, "", "-n", operatorNS, "get", "deployments", "-o", "jsonpath={.items[0].metadata.name}")
+	if err != nil || strings.TrimSpace(out) == "" {
+		return framework.Release
+	}
+	return strings.TrimSpace(out)
+}
+
+func step(s string) { fmt.Fprintf(os.Stderr, "[dev %s] %s\n", time.Now().Format("15:04:05"), s) }
+
+func randHex() string {
+	b := make([]byte, 24)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

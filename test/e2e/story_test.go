@@ -1,0 +1,530 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/lib/pq"
+
+	"github.com/insighthealth/ehr-operator/test/e2e/framework"
+)
+
+// story holds what the steps share: the credentials the "EHR" signs with
+// and the receivers' database.
+type story struct {
+	apiKey, oldSecret, newSecret string
+	db                           *sql.DB
+}
+
+func newStory(t *testing.T) *story {
+	db, err := sql.Open("postgres", dbURL)
+	if err != nil {
+		t.Fatalf("while opening the receivers' database: %v", err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	return &story{apiKey: randHex(t), oldSecret: randHex(t), newSecret: randHex(t), db: db}
+}
+
+func (s *story) managerRuns(t *testing.T) {
+	dep := strings.TrimPrefix(kubectl(t, "", "-n", operatorNS, "get", "deployments", "-o", "name"), "deployment.apps/")
+	dep = strings.TrimSpace(dep)
+	if dep == "" || strings.Contains(dep, "\n") {
+		t.Fatalf("want one manager Deployment in %s, got %q", operatorNS, dep)
+	}
+	kubectl(t, "", "-n", operatorNS, "rollout", "status", "deployment/"+dep, "--timeout=120s")
+	pods := readyPods(t, operatorNS, selectorOf(t, operatorNS, dep))
+	if len(pods) != 1 {
+		t.Fatalf("want 1 Ready manager pod, got %v", pods)
+	}
+	waitLeader(t, pods[0])
+}
+
+func (s *story) onboard(t *testing.T) {
+	kubectl(t, framework.Onboarding{Namespace: ns, Name: name, DatabaseURL: dbURL, APIKey: s.apiKey,
+		WebhookSecret: s.oldSecret, TimeZone: "America/New_York", Replicas: 2}.YAML(), "apply", "-f", "-")
+	waitIntegrationReady(t, 2)
+	endpoint := get(t, ns, "ehrintegration", name, "{.status.endpoint}")
+	if !strings.HasSuffix(endpoint, "/v2/webhooks/"+name+"/sync-appointments") {
+		t.Errorf("status.endpoint = %q, want a URL ending in /v2/webhooks/%s/sync-appointments", endpoint, name)
+	}
+	uid := get(t, ns, "ehrintegration", name, "{.metadata.uid}")
+	for _, kind := range []string{"deployment", "service", "serviceaccount", "poddisruptionbudget"} {
+		if owner := get(t, ns, kind, receiver, "{.metadata.ownerReferences[0].uid}"); owner != uid {
+			t.Errorf("%s/%s is owned by %q, want the EHRIntegration %q", kind, receiver, owner, uid)
+		}
+	}
+	if n := len(readyPods(t, ns, selectorOf(t, ns, receiver))); n != 2 {
+		t.Errorf("want 2 Ready receiver pods, got %d", n)
+	}
+}
+
+func (s *story) sendSpecExample(t *testing.T) {
+	url := receiverURL(t)
+	example, err := filepath.Abs("testdata/spec-example.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := 1; round <= 2; round++ { // the second is a redelivery: a no-op
+		cmd := exec.Command(opBinary, "send", "--url", url, "--api-key", s.apiKey, "--secret", s.oldSecret, example)
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "200") {
+			t.Fatalf("ehr-operator send (round %d): %v\n%s", round, err, out)
+		}
+	}
+	var status, statusRaw, startUTC, patient, practitioner, location, department string
+	err = s.db.QueryRow(`SELECT status, status_raw, to_char(start_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI'),
+	        patient_external_id, practitioner_external_id, coalesce(location_name, ''), coalesce(department_id, '')
+	   FROM appointments WHERE ehr = $1 AND external_id = 'apt-12345'`, name).
+		Scan(&status, &statusRaw, &startUTC, &patient, &practitioner, &location, &department)
+	if err != nil {
+		t.Fatalf("while reading appointment apt-12345: %v", err)
+	}
+	// 03/10/2026 14:30 in America/New_York is EDT (UTC-4).
+	got := []string{status, statusRaw, startUTC, patient, practitioner, location, department}
+	want := []string{"booked", "booked", "2026-03-10 18:30", "pat-67890", "prov-111", "Main Clinic", "dept-01"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("appointment row mismatch:\n got %q\nwant %q", got, want)
+	}
+	if n := s.count(t, `SELECT count(*) FROM patients WHERE ehr = $1 AND external_id = 'pat-67890' AND birth_date = '1990-05-15'`, name); n != 1 {
+		t.Errorf("patients rows for pat-67890: got %d, want 1", n)
+	}
+	if n := s.count(t, `SELECT count(*) FROM practitioners WHERE ehr = $1 AND external_id = 'prov-111'`, name); n != 1 {
+		t.Errorf("practitioners rows for prov-111: got %d, want 1", n)
+	}
+	if n := s.count(t, `SELECT count(*) FROM appointment_history WHERE ehr = $1 AND appointment_external_id = 'apt-12345'`, name); n != 1 {
+		t.Errorf("history rows for apt-12345 after a delivery and its redelivery: got %d, want 1", n)
+	}
+	if n := s.count(t, `SELECT count(*) FROM webhook_deliveries WHERE ehr = $1 AND status_code = 200`, name); n < 2 {
+		t.Errorf("webhook_deliveries with 200: got %d, want at least 2", n)
+	}
+}
+
+func (s *story) rotateSecret(t *testing.T) {
+	url := receiverURL(t)
+	gen := get(t, ns, "deployment", receiver, "{.metadata.generation}")
+	kubectl(t, secretYAML("nexus-webhook", map[string]string{
+		"api-key": s.apiKey, "webhook-secret": s.newSecret, "webhook-secret-previous": s.oldSecret,
+	}), "replace", "-f", "-")
+	waitRolledPast(t, gen)
+	// Old-signed and new-signed deliveries both succeed during the overlap.
+	for i := 0; i < 5; i++ {
+		for _, sec := range []string{s.oldSecret, s.newSecret} {
+			if code := deliverOnce(t, url, s.apiKey, sec, payload(fmt.Sprintf("rot-overlap-%d-%s", i, sec[:6]))); code != http.StatusOK {
+				t.Fatalf("during the overlap a delivery signed with the %s secret got %d, want 200", which(s, sec), code)
+			}
+		}
+	}
+	if code := deliverOnce(t, url, s.apiKey, "not-the-secret", payload("rot-wrong")); code != http.StatusUnauthorized {
+		t.Errorf("a delivery signed with a wrong secret got %d, want 401", code)
+	}
+	gen = get(t, ns, "deployment", receiver, "{.metadata.generation}")
+	kubectl(t, secretYAML("nexus-webhook", map[string]string{"api-key": s.apiKey, "webhook-secret": s.newSecret}), "replace", "-f", "-")
+	waitRolledPast(t, gen)
+	for i := 0; i < 5; i++ {
+		if code := deliverOnce(t, url, s.apiKey, s.oldSecret, payload(fmt.Sprintf("rot-old-%d", i))); code != http.StatusUnauthorized {
+			t.Fatalf("after removing webhook-secret-previous an old-signed delivery got %d, want 401", code)
+		}
+		if code := deliverOnce(t, url, s.apiKey, s.newSecret, payload(fmt.Sprintf("rot-new-%d", i))); code != http.StatusOK {
+			t.Fatalf("after removing webhook-secret-previous a new-signed delivery got %d, want 200", code)
+		}
+	}
+	if n := s.count(t, `SELECT count(*) FROM appointments WHERE ehr = $1 AND external_id LIKE 'rot-old-%'`, name); n != 0 {
+		t.Errorf("%d old-signed deliveries were stored after the rotation, want 0", n)
+	}
+}
+
+func (s *story) deletePodDuringStream(t *testing.T) {
+	sel := selectorOf(t, ns, receiver)
+	before := readyPods(t, ns, sel)
+	st := startStream(receiverURL(t), s.apiKey, s.newSecret, "del", 3)
+	time.Sleep(2 * time.Second)
+	victim := before[0]
+	kubectl(t, "", "-n", ns, "delete", "pod", victim, "--wait=false")
+	wait(t, "the deleted receiver pod to be replaced", 3*time.Minute, func(context.Context) error {
+		pods := allPods(t, ns, sel)
+		ready := readyPods(t, ns, sel)
+		if len(ready) != 2 || len(pods) != 2 || contains(pods, victim) {
+			return fmt.Errorf("pods %v, ready %v", pods, ready)
+		}
+		return nil
+	})
+	time.Sleep(2 * time.Second)
+	res := st.stop()
+	s.checkStream(t, res)
+}
+
+func (s *story) suspendResume(t *testing.T) {
+	sel := selectorOf(t, ns, receiver)
+	kubectl(t, "", "-n", ns, "patch", "ehrintegration", name, "--type=merge", "-p", `{"spec":{"suspend":true}}`)
+	wait(t, "the receivers to scale to 0", 2*time.Minute, func(context.Context) error {
+		if r := get(t, ns, "deployment", receiver, "{.spec.replicas}"); r != "0" {
+			return fmt.Errorf("deployment replicas %s", r)
+		}
+		if pods := allPods(t, ns, sel); len(pods) != 0 {
+			return fmt.Errorf("pods left: %v", pods)
+		}
+		if r := get(t, ns, "ehrintegration", name, `{.status.conditions[?(@.type=="Ready")].reason}`); r != "Suspended" {
+			return fmt.Errorf("Ready reason %q, want Suspended", r)
+		}
+		return nil
+	})
+	kubectl(t, "", "-n", ns, "patch", "ehrintegration", name, "--type=merge", "-p", `{"spec":{"suspend":false}}`)
+	waitIntegrationReady(t, 2)
+	if code := deliverOnce(t, receiverURL(t), s.apiKey, s.newSecret, payload("after-resume")); code != http.StatusOK {
+		t.Errorf("a delivery after resuming got %d, want 200", code)
+	}
+}
+
+func (s *story) helmUpgrade(t *testing.T) {
+	dep := strings.TrimSpace(strings.TrimPrefix(kubectl(t, "", "-n", operatorNS, "get", "deployments", "-o", "name"), "deployment.apps/"))
+	mgrSel := selectorOf(t, operatorNS, dep)
+	oldMgr := allPods(t, operatorNS, mgrSel)
+	sel := selectorOf(t, ns, receiver)
+	recvBefore := podUIDs(t, ns, sel)
+	st := startStream(receiverURL(t), s.apiKey, s.newSecret, "upg", 2)
+	out, err := env.InstallOperator(context.Background(), operatorNS, image, "podAnnotations.e2e-revision=2")
+	if err != nil {
+		st.stop()
+		t.Fatalf("helm upgrade: %v\n%s", err, out)
+	}
+	var newMgr []string
+	wait(t, "the old manager pod to go", 2*time.Minute, func(context.Context) error {
+		newMgr = readyPods(t, operatorNS, mgrSel)
+		pods := allPods(t, operatorNS, mgrSel)
+		for _, p := range oldMgr {
+			if contains(pods, p) {
+				return fmt.Errorf("old manager pod %s still there", p)
+			}
+		}
+		if len(newMgr) != 1 {
+			return fmt.Errorf("ready manager pods %v", newMgr)
+		}
+		return nil
+	})
+	waitLeader(t, newMgr[0])
+	time.Sleep(2 * time.Second)
+	s.checkStream(t, st.stop())
+	if after := podUIDs(t, ns, sel); fmt.Sprint(after) != fmt.Sprint(recvBefore) {
+		t.Errorf("receiver pods changed across the operator upgrade: before %v, after %v", recvBefore, after)
+	}
+}
+
+func (s *story) deleteIntegration(t *testing.T) {
+	sel := selectorOf(t, ns, receiver)
+	kubectl(t, "", "-n", ns, "delete", "ehrintegration", name, "--wait=true", "--timeout=60s")
+	wait(t, "the receiver's children to be garbage-collected", 2*time.Minute, func(ctx context.Context) error {
+		out, err := env.Kubectl(ctx, "", "-n", ns, "get", "--ignore-not-found", "-o", "name",
+			"deployment/"+receiver, "service/"+receiver, "serviceaccount/"+receiver, "poddisruptionbudget/"+receiver)
+		if err != nil {
+			return err
+		}
+		left := append(strings.Fields(out), allPods(t, ns, sel)...)
+		if len(left) > 0 {
+			return fmt.Errorf("still there: %v", left)
+		}
+		return nil
+	})
+}
+
+// checkStream asserts that every delivery a receiver answered 200 is in the
+// database, and that every delivery succeeded, with the retries a real
+// sender makes on a refused connection or a 5xx.
+func (s *story) checkStream(t *testing.T, r streamResult) {
+	t.Helper()
+	t.Logf("stream: %d delivered, %d retries, %d failed after retries", len(r.ok), r.retries, len(r.failed))
+	if len(r.ok) == 0 {
+		t.Fatal("no delivery succeeded during the stream")
+	}
+	if n := s.count(t, `SELECT count(*) FROM appointments WHERE ehr = $1 AND external_id = ANY($2)`, name, pq.Array(r.ok)); n != len(r.ok) {
+		t.Errorf("%d deliveries were answered 200 but only %d of their appointments are in the database", len(r.ok), n)
+	}
+	if len(r.failed) > 0 {
+		t.Errorf("%d deliveries failed even after retries: %v", len(r.failed), r.failed)
+	}
+}
+
+func (s *story) count(t *testing.T, q string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := s.db.QueryRow(q, args...).Scan(&n); err != nil {
+		t.Fatalf("while counting (%s): %v", q, err)
+	}
+	return n
+}
+
+func which(s *story, sec string) string {
+	if sec == s.oldSecret {
+		return "old"
+	}
+	return "new"
+}
+
+// --- deliveries ---
+
+// payload is a valid single-appointment batch with appointment id id.
+func payload(id string) []byte {
+	return []byte(fmt.Sprintf(`{"appointments":[{"appointment":{"id":%q,"status":"booked","start_time":"04/02/2026 09:15",
+"start_date":"04/02/2026","created_time":"03/20/2026 10:00","duration":"20","type":"Follow-up"},
+"patient":{"id":"pat-%s","first_name":"Test","last_name":"Patient","birth_date":"01/02/1980","gender":"Other"},
+"practitioner":{"id":"prov-e2e","first_name":"Test","last_name":"Practitioner"},"department_id":"dept-e2e"}]}`, id, id))
+}
+
+var client = &http.Client{Timeout: 15 * time.Second}
+
+// deliver POSTs body signed with secret and returns the status code.
+func deliver(url, apiKey, secret string, body []byte) (int, error) {
+	req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	mac := hmac.New(sha256.New, []byte(secret))
+	mac.Write(body)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-API-Key", apiKey)
+	req.Header.Set("X-Webhook-Signature", "sha256="+hex.EncodeToString(mac.Sum(nil)))
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
+func deliverOnce(t *testing.T, url, apiKey, secret string, body []byte) int {
+	t.Helper()
+	code, err := deliver(url, apiKey, secret, body)
+	if err != nil {
+		t.Fatalf("delivery to %s: %v", url, err)
+	}
+	return code
+}
+
+type streamResult struct {
+	ok, failed []string
+	retries    int
+}
+
+type stream struct {
+	stopCh chan struct{}
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	res    streamResult
+}
+
+// startStream sends deliveries with fresh appointment ids from workers
+// goroutines until stopped. Like a real EHR it retries a refused
+// connection or a 5xx (up to 10 times, 300 ms apart); a 4xx is a failure.
+func startStream(url, apiKey, secret, tag string, workers int) *stream {
+	st := &stream{stopCh: make(chan struct{})}
+	for w := 0; w < workers; w++ {
+		st.wg.Add(1)
+		go func(w int) {
+			defer st.wg.Done()
+			for n := 0; ; n++ {
+				select {
+				case <-st.stopCh:
+					return
+				default:
+				}
+				id := fmt.Sprintf("%s-%d-%d", tag, w, n)
+				body := payload(id)
+				ok, retries := false, 0
+				for attempt := 0; attempt < 10; attempt++ {
+					code, err := deliver(url, apiKey, secret, body)
+					if err == nil && code == http.StatusOK {
+						ok = true
+						break
+					}
+					if err == nil && code < 500 {
+						break
+					}
+					retries++
+					time.Sleep(300 * time.Millisecond)
+				}
+				st.mu.Lock()
+				st.res.retries += retries
+				if ok {
+					st.res.ok = append(st.res.ok, id)
+				} else {
+					st.res.failed = append(st.res.failed, id)
+				}
+				st.mu.Unlock()
+				time.Sleep(50 * time.Millisecond)
+			}
+		}(w)
+	}
+	return st
+}
+
+func (st *stream) stop() streamResult {
+	close(st.stopCh)
+	st.wg.Wait()
+	return st.res
+}
+
+// --- cluster helpers ---
+
+func kubectl(t *testing.T, stdin string, args ...string) string {
+	t.Helper()
+	out, err := env.Kubectl(context.Background(), stdin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func get(t *testing.T, namespace, kind, obj, jsonpath string) string {
+	t.Helper()
+	return strings.TrimSpace(kubectl(t, "", "-n", namespace, "get", kind, obj, "-o", "jsonpath="+jsonpath))
+}
+
+func wait(t *testing.T, what string, timeout time.Duration, check func(context.Context) error) {
+	t.Helper()
+	if err := framework.Eventually(context.Background(), what, timeout, check); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// selectorOf is the label selector of Deployment dep.
+func selectorOf(t *testing.T, namespace, dep string) string {
+	t.Helper()
+	raw := kubectl(t, "", "-n", namespace, "get", "deployment", dep, "-o",
+		`go-template={{range $k, $v := .spec.selector.matchLabels}}{{$k}}={{$v}},{{end}}`)
+	return strings.TrimSuffix(strings.TrimSpace(raw), ",")
+}
+
+func allPods(t *testing.T, namespace, sel string) []string {
+	t.Helper()
+	return strings.Fields(kubectl(t, "", "-n", namespace, "get", "pods", "-l", sel, "-o", "jsonpath={.items[*].metadata.name}"))
+}
+
+// readyPods lists pods that are Ready and not terminating.
+func readyPods(t *testing.T, namespace, sel string) []string {
+	t.Helper()
+	out := kubectl(t, "", "-n", namespace, "get", "pods", "-l", sel, "-o",
+		`jsonpath={range .items[*]}{.metadata.name} {.metadata.deletionTimestamp} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}`)
+	var ready []string
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		if len(f) == 2 && f[1] == "True" {
+			ready = append(ready, f[0])
+		}
+	}
+	sort.Strings(ready)
+	return ready
+}
+
+func podUIDs(t *testing.T, namespace, sel string) []string {
+	t.Helper()
+	uids := strings.Fields(kubectl(t, "", "-n", namespace, "get", "pods", "-l", sel, "-o", "jsonpath={.items[*].metadata.uid}"))
+	sort.Strings(uids)
+	return uids
+}
+
+func waitIntegrationReady(t *testing.T, replicas int) {
+	t.Helper()
+	wait(t, "the EHRIntegration to be Ready", 3*time.Minute, func(context.Context) error {
+		st := get(t, ns, "ehrintegration", name, `{.status.conditions[?(@.type=="Ready")].status}`)
+		reason := get(t, ns, "ehrintegration", name, `{.status.conditions[?(@.type=="Ready")].reason}`)
+		rr := get(t, ns, "ehrintegration", name, "{.status.readyReplicas}")
+		if st != "True" || rr != fmt.Sprint(replicas) {
+			return fmt.Errorf("Ready=%q (%s), readyReplicas=%q", st, reason, rr)
+		}
+		return nil
+	})
+}
+
+// waitRolledPast waits until the operator has changed the receiver
+// Deployment (generation past gen), the rollout has finished and only the
+// new pods remain, so every pod serves the new configuration.
+func waitRolledPast(t *testing.T, gen string) {
+	t.Helper()
+	wait(t, "the operator to roll the receivers", time.Minute, func(context.Context) error {
+		if g := get(t, ns, "deployment", receiver, "{.metadata.generation}"); g == gen {
+			return errors.New("deployment generation unchanged")
+		}
+		return nil
+	})
+	kubectl(t, "", "-n", ns, "rollout", "status", "deployment/"+receiver, "--timeout=180s")
+	sel := selectorOf(t, ns, receiver)
+	wait(t, "the old receiver pods to be gone", 2*time.Minute, func(context.Context) error {
+		pods, ready := allPods(t, ns, sel), readyPods(t, ns, sel)
+		if len(pods) != 2 || len(ready) != 2 {
+			return fmt.Errorf("pods %v, ready %v", pods, ready)
+		}
+		return nil
+	})
+	// kube-proxy applies endpoint changes within about a second.
+	time.Sleep(2 * time.Second)
+}
+
+// waitLeader waits until pod holds the manager's leader-election Lease.
+func waitLeader(t *testing.T, pod string) {
+	t.Helper()
+	wait(t, "manager pod "+pod+" to hold the leader-election Lease", 90*time.Second, func(context.Context) error {
+		holders := kubectl(t, "", "-n", operatorNS, "get", "leases", "-o", "jsonpath={.items[*].spec.holderIdentity}")
+		for _, h := range strings.Fields(holders) {
+			if strings.HasPrefix(h, pod) {
+				return nil
+			}
+		}
+		return fmt.Errorf("lease holders %q", holders)
+	})
+}
+
+func receiverURL(t *testing.T) string {
+	t.Helper()
+	u, err := env.ReceiverURL(context.Background(), ns, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+func secretYAML(secret string, data map[string]string) string {
+	keys := make([]string, 0, len(data))
+	for k := range data {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	fmt.Fprintf(&b, "apiVersion: v1\nkind: Secret\nmetadata:\n  name: %s\n  namespace: %s\ntype: Opaque\nstringData:\n", secret, ns)
+	for _, k := range keys {
+		fmt.Fprintf(&b, "  %s: %q\n", k, data[k])
+	}
+	return b.String()
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func randHex(t *testing.T) string {
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,201 @@
+package faults
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/insighthealth/ehr-operator/hack/bench/harness"
+	"github.com/insighthealth/ehr-operator/internal/pgtest"
+)
+
+// TestSIGTERMUnderLoad sends SIGTERM to a receiver under load and checks
+// that no accepted request is cut off. "Accepted" is the receiver's own
+// word: every request it handled has a log line with its X-Request-ID and
+// status. So every request id in the log must have reached its sender as a
+// complete answer with that status, a sender may see a connection error
+// only for a request the receiver never handled, every 200 is in the
+// database, and the process exits 0 after draining. A slow sender keeps one
+// request half-sent across the signal, so there is always one in flight.
+func TestSIGTERMUnderLoad(t *testing.T) {
+	dbURL := pgtest.NewDatabase(t)
+	r := startReceiver(t, dbURL)
+	const senders = 8
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	gen := harness.NewGen("term")
+	client := harness.NewClient(senders)
+
+	type req struct {
+		id          string
+		first, size int64
+		a           harness.Answer
+	}
+	var (
+		next, entries atomic.Int64
+		termSent      atomic.Bool
+		wg            sync.WaitGroup
+		mu            sync.Mutex
+		all           []req
+	)
+	record := func(q req) { mu.Lock(); all = append(all, q); mu.Unlock() }
+	newReq := func(size int64) req {
+		first := entries.Add(size) - size
+		return req{id: fmt.Sprintf("term-%d", next.Add(1)), first: first, size: size}
+	}
+	for s := range senders {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				q := newReq(int64(1 + s%3*5)) // batches of 1, 6 and 11
+				q.a = harness.Post(ctx, client, r.URL, gen.Body(q.first, int(q.size)), q.id)
+				record(q)
+				// After the signal, senders go on until the receiver is gone.
+				if q.a.Err != nil && termSent.Load() {
+					return
+				}
+			}
+		})
+	}
+
+	// The slow sender: headers and half the body, a pause, the rest.
+	begin, halfSent := make(chan struct{}), make(chan string, 1)
+	var slowErr error
+	wg.Go(func() {
+		<-begin // once the load is on
+		q := newReq(1)
+		b := gen.Body(q.first, 1)
+		conn, err := net.Dial("tcp", strings.TrimPrefix(strings.SplitN(r.URL, "/v2/", 2)[0], "http://"))
+		if err != nil {
+			slowErr = err
+			close(halfSent)
+			return
+		}
+		defer conn.Close()
+		hr, _ := http.NewRequest(http.MethodPost, r.URL, nil)
+		harness.SignRequest(hr, b)
+		fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: receiver\r\nContent-Length: %d\r\nX-Request-ID: %s\r\n", hr.URL.Path, len(b), q.id)
+		for k, v := range hr.Header {
+			fmt.Fprintf(conn, "%s: %s\r\n", k, v[0])
+		}
+		fmt.Fprint(conn, "\r\n")
+		_, _ = conn.Write(b[:len(b)/2])
+		halfSent <- q.id
+		time.Sleep(500 * time.Millisecond)
+		if _, err := conn.Write(b[len(b)/2:]); err != nil {
+			q.a.Err = err
+			record(q)
+			return
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(conn), hr)
+		if err != nil {
+			q.a.Err = err
+		} else {
+			q.a.Status, q.a.RequestID = resp.StatusCode, resp.Header.Get("X-Request-ID")
+			resp.Body.Close()
+		}
+		record(q)
+	})
+
+	time.Sleep(1 * time.Second)
+	close(begin)
+	slowID, ok := <-halfSent
+	if !ok {
+		t.Fatalf("the slow sender could not connect: %v", slowErr)
+	}
+	if err := r.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	termSent.Store(true)
+	select {
+	case <-r.Exited():
+	case <-time.After(40 * time.Second):
+		t.Fatal("the receiver did not exit within 40s of SIGTERM")
+	}
+	wg.Wait()
+	if err := r.ExitErr(); err != nil {
+		t.Errorf("the receiver's exit after SIGTERM: %v", err)
+	}
+
+	// What the receiver says it handled, and what it did after the signal.
+	handled := map[string]int{}
+	shutdownLine, slowLine := -1, -1
+	for i, line := range strings.Split(r.Log(), "\n") {
+		var l struct {
+			Msg       string `json:"msg"`
+			RequestID string `json:"request_id"`
+			Status    int    `json:"status"`
+		}
+		if json.Unmarshal([]byte(line), &l) != nil {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(l.Msg, "Shutting down"):
+			shutdownLine = i
+		case l.RequestID != "" && l.Status != 0:
+			handled[l.RequestID] = l.Status
+			if l.RequestID == slowID {
+				slowLine = i
+			}
+		}
+	}
+	if shutdownLine < 0 {
+		t.Fatal("no shutdown line in the receiver's log")
+	}
+	if slowLine < shutdownLine {
+		t.Errorf("the half-sent request was not handled after the shutdown began (log lines %d, %d)", slowLine, shutdownLine)
+	}
+
+	stored := storedIDs(t, openDB(t, dbURL))
+	var answered, refused int
+	for _, q := range all {
+		status, wasHandled := handled[q.id]
+		switch {
+		case q.a.Err != nil && wasHandled:
+			t.Errorf("request %s was handled (status %d) but its sender got no complete answer: %v", q.id, status, q.a.Err)
+		case q.a.Err != nil:
+			refused++
+		case !wasHandled:
+			t.Errorf("request %s got %d but the receiver did not log it", q.id, q.a.Status)
+		case q.a.Status != status || q.a.Status != 200:
+			t.Errorf("request %s: the sender got %d, the receiver logged %d; want 200", q.id, q.a.Status, status)
+		default:
+			answered++
+			for i := range q.size {
+				if id := gen.AppointmentID(q.first + i); !stored[id] {
+					t.Errorf("appointment %s was answered 200 but is not in the database", id)
+				}
+			}
+		}
+		if q.id == slowID && q.a.Status != 200 {
+			t.Errorf("the request in flight at SIGTERM got %d (%v), want 200", q.a.Status, q.a.Err)
+		}
+	}
+	if len(handled) != answered {
+		t.Errorf("the receiver handled %d requests, its senders got %d answers", len(handled), answered)
+	}
+	t.Logf("%d requests: %d answered 200, %d not accepted (connection refused or closed before being read); %d handled after the signal",
+		len(all), answered, refused, countAfter(r.Log(), shutdownLine))
+	logs := r.Log()
+	if i, j := strings.Index(logs, "Requests drained"), strings.Index(logs, "Store closed"); i < 0 || j < i {
+		t.Error("the log does not show the requests drained before the store closed")
+	}
+}
+
+func countAfter(log string, line int) int {
+	n := 0
+	for i, l := range strings.Split(log, "\n") {
+		if i > line && strings.Contains(l, `"request_id"`) {
+			n++
+		}
+	}
+	return n
+}
