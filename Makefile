@@ -70,6 +70,10 @@ verify: golangci-lint controller-gen ## Check formatting, vet, lint and that gen
 test: setup-envtest helm ## Run all tests (real PostgreSQL, real API server); builds what they need on first use.
 	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" HELM="$(HELM)" go test ./... -count=1 -timeout 30m
 
+.PHONY: test-faults
+test-faults: ## Only the fault tests under load (PostgreSQL restart, SIGTERM, overlapping senders); `make test` runs them too.
+	go test ./test/faults/ -count=1 -v -timeout 10m
+
 .PHONY: fuzz
 fuzz: ## Run each fuzz target for FUZZTIME (default 20s).
 	hack/fuzz.sh $(FUZZTIME)

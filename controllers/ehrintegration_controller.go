@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"strings"
 	"time"
+
 	// The receiver's time zones are checked here with time.LoadLocation;
 	// embedding the zone database makes the answer the same on every
 	// image, with or without /usr/share/zoneinfo.
@@ -285,7 +286,7 @@ func (r *EHRIntegrationReconciler) apply(ctx context.Context, e *v1alpha1.EHRInt
 	}
 	if res != applyUnchanged {
 		kind := reflect.TypeOf(desired).Elem().Name()
-		logf.FromContext(ctx).Info("Wrote child", "kind", kind, "name", desired.GetName(), "operation", res)
+		logf.FromContext(ctx).Info("Wrote child", "kind", kind, "child", desired.GetName(), "operation", res)
 		*written = append(*written, fmt.Sprintf("%s %s %s", res, kind, desired.GetName()))
 	}
 	return obj, nil
@@ -298,7 +299,7 @@ func (r *EHRIntegrationReconciler) deleteChild(ctx context.Context, e *v1alpha1.
 	deleted, err := deleteOwned(ctx, r.Client, e, obj)
 	if deleted {
 		kind := reflect.TypeOf(obj).Elem().Name()
-		logf.FromContext(ctx).Info("Deleted child", "kind", kind, "name", obj.GetName())
+		logf.FromContext(ctx).Info("Deleted child", "kind", kind, "child", obj.GetName())
 		*written = append(*written, fmt.Sprintf("deleted %s %s", kind, obj.GetName()))
 	}
 	return err
@@ -331,7 +332,7 @@ func (r *EHRIntegrationReconciler) suspend(ctx context.Context, e *v1alpha1.EHRI
 	if err := r.Patch(ctx, d, patch); err != nil {
 		return nil, fmt.Errorf("while scaling Deployment %s to zero: %w", d.Name, err)
 	}
-	logf.FromContext(ctx).Info("Suspended receiver", "deployment", d.Name)
+	logf.FromContext(ctx).Info("Suspended receiver", "child", d.Name)
 	r.Recorder.Eventf(e, d, corev1.EventTypeNormal, v1alpha1.ReasonSuspended, "Suspend", "Scaled Deployment %s to zero", d.Name)
 	return d, nil
 }

@@ -60,7 +60,9 @@ func create(t testing.TB, objs ...client.Object) {
 	}
 }
 
-func key(ns, name string) types.NamespacedName { return types.NamespacedName{Namespace: ns, Name: name} }
+func key(ns, name string) types.NamespacedName {
+	return types.NamespacedName{Namespace: ns, Name: name}
+}
 
 // update re-reads obj and applies f until the write does not conflict.
 func update[T client.Object](t testing.TB, obj T, f func(T)) {

@@ -16,6 +16,7 @@ import (
 	uberzap "go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
@@ -28,6 +29,7 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/yaml"
 
 	"github.com/insighthealth/ehr-operator/api/v1alpha1"
 )
@@ -64,7 +66,9 @@ func TestMain(m *testing.M) {
 	if suite.stopMgr != nil {
 		logLevel.SetLevel(zapcore.FatalLevel)
 		suite.stopMgr()
-		<-suite.mgrDone
+		if err := <-suite.mgrDone; err != nil {
+			fmt.Fprintln(os.Stderr, "manager:", err)
+		}
 	}
 	if suite.env != nil {
 		if err := suite.env.Stop(); err != nil {
@@ -115,9 +119,14 @@ func setupSuite() error {
 		return fmt.Errorf("while creating the test client: %w", err)
 	}
 
+	// The manager runs as a user holding only the generated ClusterRole
+	// (config/rbac/role.yaml), so a missing permission fails the tests.
+	mcfg, err := managerConfig(env)
+	if err != nil {
+		return err
+	}
 	// The manager's requests go through a counter, to see its writes.
 	suite.writes = &writeCounter{}
-	mcfg := rest.CopyConfig(cfg)
 	mcfg.QPS = -1 // as ctrl.GetConfig does: the API server's fairness, no client-side limit
 	mcfg.WrapTransport = suite.writes.wrap
 	sync := testSyncPeriod
@@ -146,6 +155,36 @@ func setupSuite() error {
 	suite.mgrDone = make(chan error, 1)
 	go func() { suite.mgrDone <- mgr.Start(ctx) }()
 	return waitForController()
+}
+
+// managerConfig binds the generated manager ClusterRole to a new user and
+// returns that user's config.
+func managerConfig(env *envtest.Environment) (*rest.Config, error) {
+	const user = "ehr-operator-manager"
+	b, err := os.ReadFile(filepath.Join("..", "config", "rbac", "role.yaml"))
+	if err != nil {
+		return nil, fmt.Errorf("while reading the generated ClusterRole (run `make manifests`): %w", err)
+	}
+	var role rbacv1.ClusterRole
+	if err := yaml.UnmarshalStrict(b, &role); err != nil {
+		return nil, fmt.Errorf("while reading config/rbac/role.yaml: %w", err)
+	}
+	binding := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: role.Name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name},
+		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: user}},
+	}
+	c := context.Background()
+	for _, obj := range []client.Object{&role, binding} {
+		if err := suite.client.Create(c, obj); err != nil {
+			return nil, fmt.Errorf("while creating %T %s: %w", obj, obj.GetName(), err)
+		}
+	}
+	u, err := env.AddUser(envtest.User{Name: user}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("while adding the manager's user: %w", err)
+	}
+	return rest.CopyConfig(u.Config()), nil
 }
 
 // waitForController returns once the reconciler has written a status, so

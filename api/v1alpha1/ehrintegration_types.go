@@ -322,10 +322,6 @@ type EHRIntegrationList struct {
 	Items           []EHRIntegration `json:"items"`
 }
 
-func init() {
-	SchemeBuilder.Register(&EHRIntegration{}, &EHRIntegrationList{})
-}
-
 // Defaults the API server applies (the +kubebuilder:default markers above);
 // the controller applies the same ones to fields a client left empty.
 const (

@@ -219,11 +219,11 @@ func (w *copyWriter) write(ctx context.Context, rows []harness.Row, seq int64) (
 func (w *copyWriter) close() { w.conn.Close() }
 
 // runLimit writes batches of gen's rows from senders goroutines, each on
-// its own connection, for warmup+d, and measures the window after warmup.
-func runLimit(ctx context.Context, dbURL, method string, gen harness.Gen, batch, senders int, warmup, d time.Duration) (measure, error) {
+// its own connection, for warmup+d, and records the window after warmup.
+func runLimit(ctx context.Context, dbURL, method string, gen harness.Gen, batch, senders int, warmup, d time.Duration) (*recorder, error) {
 	db, err := sql.Open("postgres", dbURL)
 	if err != nil {
-		return measure{}, err
+		return nil, err
 	}
 	defer db.Close()
 	db.SetMaxOpenConns(senders)
@@ -242,7 +242,7 @@ func runLimit(ctx context.Context, dbURL, method string, gen harness.Gen, batch,
 	writers := make([]writer, senders)
 	for i := range writers {
 		if writers[i], err = newWriter(ctx, db); err != nil {
-			return measure{}, err
+			return nil, err
 		}
 		defer writers[i].close()
 	}
@@ -270,7 +270,7 @@ func runLimit(ctx context.Context, dbURL, method string, gen harness.Gen, batch,
 	}
 	wg.Wait()
 	if firstEr != nil {
-		return measure{}, firstEr
+		return nil, firstEr
 	}
-	return rec.result(), nil
+	return rec, nil
 }

@@ -22,6 +22,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"os/signal"
 	"runtime"
@@ -54,12 +55,21 @@ func main() {
 	out := envOr("BENCH_OUT", "bench-results.json")
 	flag.StringVar(&out, "out", out, "JSON file of the cells (env BENCH_OUT)")
 	binary := flag.String("binary", "bin/ehr-operator", "the ehr-operator binary to run as the receiver")
-	cell := flag.Duration("cell", envDuration("BENCH_CELL", 3*time.Second), "measured time of each side of each cell (env BENCH_CELL)")
-	warmup := flag.Duration("warmup", 500*time.Millisecond, "unmeasured time before each measurement")
+	cell := flag.Duration("cell", envDuration("BENCH_CELL", 3*time.Second), "measured time of each side of each cell, in 3 slices (env BENCH_CELL)")
+	warmup := flag.Duration("warmup", 300*time.Millisecond, "unmeasured time before each slice")
 	batches := flag.String("batches", envOr("BENCH_BATCHES", "1,10,100"), "batch sizes (env BENCH_BATCHES)")
 	senders := flag.String("senders", envOr("BENCH_SENDERS", "1,8,32"), "numbers of concurrent senders (env BENCH_SENDERS)")
 	methods := flag.String("limit-methods", "unnest,copy", "limit methods to try; the faster counts")
+	flag.StringVar(&dbParams, "receiver-db-params", "", "extra query parameters of the receiver's database URL, for experiments (e.g. plan_cache_mode=force_custom_plan)")
+	profile := flag.String("profile", "", "instead of the table: BATCH,SENDERS,FILE runs the receiver in this process under the CPU profiler for one cell and writes the profile to FILE")
 	flag.Parse()
+	if *profile != "" {
+		if err := runProfile(*profile, *cell, *warmup); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(*binary, out, *cell, *warmup, ints(*batches), ints(*senders), strings.Split(*methods, ",")); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -114,39 +124,72 @@ func run(binary, out string, cell, warmup time.Duration, batches, senders []int,
 	return nil
 }
 
-var dbSeq atomic.Int64
+var (
+	dbSeq    atomic.Int64
+	dbParams string
+)
 
 func newDB(ctx context.Context, adminURL, what string) (string, error) {
 	return harness.NewDatabase(ctx, adminURL, fmt.Sprintf("bench_%s_%d_%d", what, os.Getpid(), dbSeq.Add(1)))
 }
 
-// runCell measures one batch size and number of senders, each side on a
-// fresh database so that both start from empty tables.
+// runCell measures one batch size and number of senders. Each side writes
+// into a fresh database of its own. The machine is shared, so its load
+// drifts: the sides take turns in rounds slices (limit methods, then the
+// receiver, again and again) and each side's figures are summed over its
+// slices, so that a busy moment weighs on both.
 func runCell(ctx context.Context, adminURL, binary string, batch, senders int, d, warmup time.Duration, methods []string) (Cell, error) {
+	const rounds = 3
 	c := Cell{Batch: batch, Senders: senders}
-	tag := fmt.Sprintf("b%ds%d", batch, senders)
+	limitDBs := map[string]string{}
 	for _, m := range methods {
 		u, err := newDB(ctx, adminURL, "limit")
 		if err != nil {
 			return c, err
 		}
-		res, err := runLimit(ctx, u, m, harness.NewGen(tag), batch, senders, warmup, d)
-		if err != nil {
-			return c, err
-		}
-		if res.appointmentsPerS > c.LimitPerS {
-			c.LimitPerS, c.LimitMethod = res.appointmentsPerS, m
-		}
+		limitDBs[m] = u
 	}
-
 	u, err := newDB(ctx, adminURL, "receiver")
 	if err != nil {
 		return c, err
 	}
-	res, rss, err := runReceiver(ctx, u, binary, harness.NewGen(tag), batch, senders, warmup, d)
+	if dbParams != "" {
+		u += "&" + dbParams
+	}
+	r, err := harness.StartReceiver(binary, u)
 	if err != nil {
 		return c, err
 	}
+	defer r.Stop()
+	side := &receiverSide{r: r, url: r.URL, client: harness.NewClient(senders)}
+
+	limits := map[string]*recorder{}
+	var rcv *recorder
+	for round := range rounds {
+		gen := harness.NewGen(fmt.Sprintf("b%ds%dr%d", batch, senders, round))
+		for _, m := range methods {
+			rec, err := runLimit(ctx, limitDBs[m], m, gen, batch, senders, warmup, d/rounds)
+			if err != nil {
+				return c, err
+			}
+			limits[m] = limits[m].merge(rec)
+		}
+		rec, err := side.run(ctx, gen, batch, senders, warmup, d/rounds)
+		if err != nil {
+			return c, err
+		}
+		rcv = rcv.merge(rec)
+	}
+	for _, m := range methods {
+		if res := limits[m].result(); res.appointmentsPerS > c.LimitPerS {
+			c.LimitPerS, c.LimitMethod = res.appointmentsPerS, m
+		}
+	}
+	rss, err := side.finish(ctx, u)
+	if err != nil {
+		return c, err
+	}
+	res := rcv.result()
 	c.AppointmentsPerS, c.RequestsPerS = res.appointmentsPerS, res.requestsPerS
 	c.P50Ms, c.P99Ms, c.PeakRSSMiB = harness.Ms(res.p50), harness.Ms(res.p99), rss
 	if c.LimitPerS > 0 {
@@ -155,19 +198,19 @@ func runCell(ctx context.Context, adminURL, binary string, batch, senders int, d
 	return c, nil
 }
 
-// runReceiver starts a receiver on dbURL, sends from senders goroutines for
-// warmup+d, reads its peak RSS, stops it, and checks that every appointment
-// answered 200 is in the database.
-func runReceiver(ctx context.Context, dbURL, binary string, gen harness.Gen, batch, senders int, warmup, d time.Duration) (measure, float64, error) {
-	r, err := harness.StartReceiver(binary, dbURL)
-	if err != nil {
-		return measure{}, 0, err
-	}
-	defer r.Stop()
-	client := harness.NewClient(senders)
+// receiverSide is one receiver process serving a cell's slices.
+type receiverSide struct {
+	r      *harness.Receiver // nil when the receiver runs in this process (-profile)
+	url    string
+	client *http.Client
+	ok     atomic.Int64 // appointments answered 200
+}
+
+// run sends gen's batches from senders goroutines (closed loop) for
+// warmup+d and records the window after warmup. Any answer but 200 fails.
+func (rs *receiverSide) run(ctx context.Context, gen harness.Gen, batch, senders int, warmup, d time.Duration) (*recorder, error) {
 	var (
 		next  atomic.Int64
-		ok    atomic.Int64 // appointments answered 200
 		wg    sync.WaitGroup
 		mu    sync.Mutex
 		fails []string
@@ -181,7 +224,7 @@ func runReceiver(ctx context.Context, dbURL, binary string, gen harness.Gen, bat
 				seq := next.Add(1)
 				body := gen.Body((seq-1)*int64(batch), batch)
 				t0 := time.Now()
-				a := harness.Post(ctx, client, r.URL, body, "")
+				a := harness.Post(ctx, rs.client, rs.url, body, "")
 				if a.Err != nil || a.Status != 200 {
 					mu.Lock()
 					if len(fails) < 5 {
@@ -191,34 +234,44 @@ func runReceiver(ctx context.Context, dbURL, binary string, gen harness.Gen, bat
 					return
 				}
 				rec.add(s, t0, time.Now(), batch)
-				ok.Add(int64(batch))
+				rs.ok.Add(int64(batch))
 			}
 		})
 	}
 	wg.Wait()
-	rss, err := harness.ProcStatus(r.Cmd.Process.Pid, "VmHWM")
-	if err != nil {
-		return measure{}, 0, err
-	}
 	if len(fails) > 0 {
-		return measure{}, 0, fmt.Errorf("the receiver failed requests: %s\nits log:\n%s", strings.Join(fails, "; "), r.LogTail())
+		log := ""
+		if rs.r != nil {
+			log = "\nits log:\n" + rs.r.LogTail()
+		}
+		return nil, fmt.Errorf("the receiver failed requests: %s%s", strings.Join(fails, "; "), log)
 	}
-	if err := r.Stop(); err != nil {
-		return measure{}, 0, fmt.Errorf("the receiver did not exit cleanly: %w", err)
+	return rec, nil
+}
+
+// finish reads the receiver's peak RSS, stops it, and checks that every
+// appointment answered 200 is in the database.
+func (rs *receiverSide) finish(ctx context.Context, dbURL string) (float64, error) {
+	rss, err := harness.ProcStatus(rs.r.Cmd.Process.Pid, "VmHWM")
+	if err != nil {
+		return 0, err
+	}
+	if err := rs.r.Stop(); err != nil {
+		return 0, fmt.Errorf("the receiver did not exit cleanly: %w", err)
 	}
 	db, err := sql.Open("postgres", dbURL)
 	if err != nil {
-		return measure{}, 0, err
+		return 0, err
 	}
 	defer db.Close()
 	var n int64
 	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM appointments`).Scan(&n); err != nil {
-		return measure{}, 0, err
+		return 0, err
 	}
-	if n != ok.Load() {
-		return measure{}, 0, fmt.Errorf("%d appointments answered 200 but %d in the database", ok.Load(), n)
+	if n != rs.ok.Load() {
+		return 0, fmt.Errorf("%d appointments answered 200 but %d in the database", rs.ok.Load(), n)
 	}
-	return rec.result(), rss, nil
+	return rss, nil
 }
 
 // measure is one side of a cell.
@@ -233,13 +286,16 @@ type recorder struct {
 	begin, end time.Time
 	lat        [][]time.Duration
 	appts      []int
+	secs       float64 // measured time of the recorders merged into this one
 }
 
 func newRecorder(senders int) *recorder {
 	return &recorder{lat: make([][]time.Duration, senders), appts: make([]int, senders)}
 }
 
-func (r *recorder) window(begin, end time.Time) { r.begin, r.end = begin, end }
+func (r *recorder) window(begin, end time.Time) {
+	r.begin, r.end, r.secs = begin, end, end.Sub(begin).Seconds()
+}
 
 func (r *recorder) add(sender int, t0, t1 time.Time, appointments int) {
 	if t1.Before(r.begin) || t1.After(r.end) {
@@ -249,6 +305,17 @@ func (r *recorder) add(sender int, t0, t1 time.Time, appointments int) {
 	r.appts[sender] += appointments
 }
 
+// merge adds o's slices to r (nil r: o).
+func (r *recorder) merge(o *recorder) *recorder {
+	if r == nil {
+		return o
+	}
+	r.lat = append(r.lat, o.lat...)
+	r.appts = append(r.appts, o.appts...)
+	r.secs += o.secs
+	return r
+}
+
 func (r *recorder) result() measure {
 	var all []time.Duration
 	appts := 0
@@ -256,9 +323,8 @@ func (r *recorder) result() measure {
 		all = append(all, r.lat[i]...)
 		appts += r.appts[i]
 	}
-	secs := r.end.Sub(r.begin).Seconds()
 	return measure{
-		appointmentsPerS: float64(appts) / secs, requestsPerS: float64(len(all)) / secs,
+		appointmentsPerS: float64(appts) / r.secs, requestsPerS: float64(len(all)) / r.secs,
 		p50: harness.Percentile(all, 50), p99: harness.Percentile(all, 99),
 	}
 }

@@ -8,7 +8,7 @@
 #   check-clean.sh --snapshot D write a snapshot into D (used by up.sh)
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=env.sh
+# shellcheck source-path=SCRIPTDIR source=env.sh
 . "$HERE/env.sh"
 BASELINE="$EHR_CACHE/host-baseline"
 

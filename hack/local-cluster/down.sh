@@ -6,7 +6,7 @@
 # the result.
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=env.sh
+# shellcheck source-path=SCRIPTDIR source=env.sh
 . "$HERE/env.sh"
 need_root
 T0=$SECONDS
@@ -15,11 +15,11 @@ BASELINE="$EHR_CACHE/host-baseline"
 
 pid_of() { [ -f "$STATE/pids/$1.pid" ] && cat "$STATE/pids/$1.pid"; }
 
-# stop_pids PID...: TERM, up to 10 s of grace, then KILL.
+# stop_pids PID...: TERM, up to GRACE (default 10) seconds, then KILL.
 stop_pids() {
   local p live=()
   for p in "$@"; do kill -TERM "$p" 2>/dev/null && live+=("$p"); done
-  local deadline=$((SECONDS + 10))
+  local deadline=$((SECONDS + ${GRACE:-10}))
   while [ ${#live[@]} -gt 0 ] && [ $SECONDS -lt $deadline ]; do
     local still=()
     for p in "${live[@]}"; do kill -0 "$p" 2>/dev/null && still+=("$p"); done
@@ -67,7 +67,7 @@ delete_workloads() {
   local deadline=$((SECONDS + 40))
   while [ $SECONDS -lt $deadline ]; do
     if [ -z "$(kubectl_ get pods -A -o name --request-timeout=5s 2>/dev/null)" ] &&
-      [ -z "$(ctr_ tasks ls -q 2>/dev/null | grep -v '^$')" ]; then
+      ! ctr_ tasks ls -q 2>/dev/null | grep -q .; then
       return 0
     fi
     sleep 0.5
@@ -95,8 +95,8 @@ our_mounts() {
 }
 
 unmount_all() {
-  local m i
-  for i in 1 2 3; do
+  local m
+  for _ in 1 2 3; do
     while read -r m; do
       [ -n "$m" ] && { umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null; }
     done < <(our_mounts)
@@ -122,6 +122,7 @@ remove_cgroups() {
 iptables_cleanup() {
   local t hook
   for hook in "mangle POSTROUTING" "filter FORWARD" "filter OUTPUT"; do
+    # shellcheck disable=SC2086 # "table chain"
     set -- $hook
     while iptables -t "$1" -D "$2" -j "$GUARD_CHAIN" 2>/dev/null; do :; done
   done
@@ -157,7 +158,7 @@ iptables_cleanup() {
         grep -qx "\*$t" "$BASELINE/iptables-v$v" 2>/dev/null && continue
         nft list table "$fam" "$t" >/dev/null 2>&1 || continue
         if ! $save -t "$t" 2>/dev/null | grep -q '^-A' &&
-          [ -z "$($save -t "$t" 2>/dev/null | grep '^:' | grep -v ' ACCEPT ')" ]; then
+          ! $save -t "$t" 2>/dev/null | grep '^:' | grep -qv ' ACCEPT '; then
           nft delete table "$fam" "$t"
         fi
       done
@@ -208,7 +209,9 @@ main() {
   step "stopping containers"
   kill_tasks
   step "stopping containerd, kube-apiserver, etcd and PostgreSQL"
-  stop containerd kube-apiserver etcd postgres
+  # kube-apiserver drains its watches for a minute on TERM; nothing of
+  # theirs is kept, so a short grace is enough.
+  GRACE=2 stop containerd kube-apiserver etcd postgres
   rm -rf "$PG_DIR"
   local left
   left=$(leftover_pids | sort -u)

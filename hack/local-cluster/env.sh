@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034 # the settings are used by the scripts that source this file
 # Shared settings of the local single-node cluster (sourced by up.sh, down.sh,
 # check-clean.sh, load-images.sh). Every address below is routed onto bridges
 # this cluster creates and guarded by iptables DROP rules, so no packet for

@@ -11,7 +11,7 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-# shellcheck source=env.sh
+# shellcheck source-path=SCRIPTDIR source=env.sh
 . "$HERE/env.sh"
 need_root
 T0=$SECONDS
@@ -62,11 +62,22 @@ EOF
 
 check_tools() {
   local t missing=()
-  for t in containerd runc ctr iptables iptables-save ip6tables-save ip openssl conntrack curl setsid go; do
+  for t in containerd runc ctr iptables iptables-save ip6tables-save ip openssl conntrack curl setsid nft; do
     command -v "$t" >/dev/null || missing+=("$t")
   done
   for t in bridge host-local loopback; do [ -x "/usr/lib/cni/$t" ] || missing+=("/usr/lib/cni/$t"); done
-  [ ${#missing[@]} -eq 0 ] || die "missing ${missing[*]}: apt-get install -y containerd runc containernetworking-plugins iptables conntrack socat openssl curl (and Go 1.26)"
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local pkgs=(containerd runc containernetworking-plugins iptables nftables conntrack socat openssl curl)
+  # A fresh machine (CI's included) gets them from Debian; containerd is not
+  # started as a service (there is no systemd): up.sh runs its own.
+  if command -v apt-get >/dev/null; then
+    step "installing ${missing[*]} with apt-get (${pkgs[*]})"
+    apt-get update -qq || die "apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null || die "apt-get install ${pkgs[*]} failed"
+  else
+    die "missing ${missing[*]}: install ${pkgs[*]}"
+  fi
+  command -v go >/dev/null || die "go is not on PATH: install Go 1.26"
 }
 
 # Kubernetes binaries: kube-apiserver and etcd are shared with the envtest
@@ -122,6 +133,7 @@ network_up() {
     done < <(guard_rules)
   done
   for hook in "mangle POSTROUTING" "filter FORWARD" "filter OUTPUT"; do
+    # shellcheck disable=SC2086 # "table chain"
     set -- $hook
     iptables -t "$1" -C "$2" -j "$GUARD_CHAIN" 2>/dev/null || iptables -t "$1" -I "$2" 1 -j "$GUARD_CHAIN"
   done
@@ -310,6 +322,7 @@ main() {
   if [ -e "$STATE" ]; then
     step "cleaning up a previous run first"
     "$HERE/down.sh"
+    "$HERE/check-clean.sh" >&2 || log "warning: the previous run left the differences above; the new baseline includes them"
   fi
   binaries
   record_baseline

@@ -25,6 +25,9 @@
 // NewEmptyDatabase (and Cluster.NewEmptyDatabase) give an unmigrated
 // database, for tests of migrating itself.
 //
+// Programs that are not tests (hack/devrun, hack/bench) use StartCluster
+// and Destroy.
+//
 // A missing PostgreSQL fails the test (never skips) and says how to get one.
 package pgtest
 

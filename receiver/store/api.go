@@ -42,7 +42,10 @@ type Batch struct {
 type Result struct {
 	// Written is the number of entries that changed an appointment.
 	Written int
-	// Duplicates is the number of entries whose content was already applied.
+	// Duplicates is the number of entries not applied: their content was
+	// already applied to the appointment at some time (a redelivery or a
+	// replay of an older version), or a later entry of the same batch names
+	// the same appointment. Written + Duplicates == len(Batch.Entries).
 	Duplicates  int
 	Quarantined int
 }
@@ -50,7 +53,9 @@ type Result struct {
 // The Store's API, used by the receiver (implemented in this package):
 //
 //	Open(ctx context.Context, databaseURL string) (*Store, error)
-//	    connects (sqlx + lib/pq, pool sized for the batcher); does not migrate.
+//	    sets up the pool (sqlx + lib/pq, sized for the batcher) and starts the
+//	    batcher; does not contact the database (Ready tells when it answers)
+//	    and does not migrate. A URL without connect_timeout gets 10s.
 //	(*Store).Migrate(ctx context.Context) error
 //	    applies the embedded goose migrations under a Postgres advisory lock.
 //	(*Store).Write(ctx context.Context, b Batch) (Result, error)

@@ -169,7 +169,7 @@ func TestIsUnavailable(t *testing.T) {
 		{fmt.Errorf("write: %w", syscall.EPIPE), true},
 		{fmt.Errorf("read: %w", syscall.ECONNRESET), true},
 		{context.DeadlineExceeded, true},
-		{context.Canceled, false}, // the caller went away; nothing to do with the database
+		{context.Canceled, false},                       // the caller went away; nothing to do with the database
 		{wrap("Write", &pq.Error{Code: "57P01"}), true}, // admin shutdown
 		{wrap("Write", &pq.Error{Code: "57P02"}), true},
 		{wrap("Write", &pq.Error{Code: "57P03"}), true},

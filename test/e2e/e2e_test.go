@@ -20,8 +20,8 @@ import (
 
 const (
 	operatorNS = "ehr-system"
-	ns         = "ehr"
-	name       = "nexus" // the EHRIntegration, and its spec.ehr
+	ns         = "ehr-e2e" // not "ehr", which `make dev` uses
+	name       = "nexus"   // the EHRIntegration, and its spec.ehr
 	receiver   = name + "-receiver"
 )
 

@@ -88,7 +88,7 @@ Send the spec's example, signed (the Service's ClusterIP is reachable from this 
   bin/ehr-operator send --url %[9]s --api-key %[10]s --secret %[11]s test/e2e/testdata/spec-example.json
 
 Read what was stored:
-  psql '%[12]s' -c 'select ehr, external_id, status, start_at from appointments'
+  psql '%[12]s' -c 'select ehr, external_id, status, start_time from appointments'
 
 Tear everything down: make cluster-down
 `, time.Since(start).Round(time.Second), env.Kubeconfig, env.KubeBin, k, ns, ehr, operatorNS,
