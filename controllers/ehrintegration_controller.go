@@ -150,9 +150,7 @@ func (r *EHRIntegrationReconciler) reconcileChildren(ctx context.Context, e *v1a
 // prerequisites returns the receiver image and the Secrets' hash, or the
 // problem that stops the receiver from being made.
 func (r *EHRIntegrationReconciler) prerequisites(ctx context.Context, e *v1alpha1.EHRIntegration) (string, string, *problem, error) {
-	if p, err := r.duplicate(ctx, e); err != nil || p != nil {
-		return "", "", p, err
-	}
+	// The checks of the spec alone come first: they need no API call.
 	tz := withDefaults(e).Spec.TimeZone
 	if _, err := time.LoadLocation(tz); err != nil || tz == "Local" {
 		return "", "", &problem{reason: v1alpha1.ReasonInvalidTimeZone,
@@ -165,6 +163,9 @@ func (r *EHRIntegrationReconciler) prerequisites(ctx context.Context, e *v1alpha
 	if image == "" {
 		return "", "", &problem{reason: v1alpha1.ReasonNoReceiverImage,
 			message: "spec.image is empty and the operator was started without --receiver-image (RECEIVER_IMAGE)"}, nil
+	}
+	if p, err := r.duplicate(ctx, e); err != nil || p != nil {
+		return "", "", p, err
 	}
 	hash, p, err := r.readSecrets(ctx, e)
 	return image, hash, p, err
@@ -259,9 +260,12 @@ func (r *EHRIntegrationReconciler) applyChildren(ctx context.Context, e *v1alpha
 	}
 
 	if ing := buildIngress(e); ing != nil {
-		if _, err := r.apply(ctx, e, written, ing, "spec"); err != nil {
+		obj, err := r.apply(ctx, e, written, ing, "spec")
+		if err != nil {
 			return err
 		}
+		// One being deleted (an ingress controller's finalizer) will not serve.
+		obs.ingressMissing = obj.GetDeletionTimestamp() != nil
 	} else if err := r.deleteChild(ctx, e, written, &networkingv1.Ingress{}); err != nil {
 		return err
 	}

@@ -41,16 +41,32 @@ func TestKubectlExplain(t *testing.T) {
 	if err != nil {
 		t.Fatalf("kubectl explain: %v", err)
 	}
-	for _, want := range []string{
-		"ehr.insighthealth.io",
+	checkOutput(t, out, "ehr.insighthealth.io",
 		"ehr is the EHR's identifier",
 		"credentialsSecretRef",
 		"timeZone is the IANA time zone",
 		"suspend scales the receiver to zero",
-		"-required-",
-	} {
+		"-required-")
+
+	// The short name and the printer columns, as the platform team sees them.
+	ns := newNamespace(t)
+	create(t, credsSecret(ns), dbSecret(ns), integration(ns, "nexus", "nexus"))
+	waitCondition(t, ns, "nexus", "False", "DeploymentUnavailable")
+	args = []string{"--kubeconfig", kubeconfig, "get", "ehri", "-n", ns}
+	out, err = exec.CommandContext(c, kubectl, args...).CombinedOutput()
+	t.Logf("%s %s\n%s", kubectl, strings.Join(args, " "), out)
+	if err != nil {
+		t.Fatalf("kubectl get: %v", err)
+	}
+	checkOutput(t, out, "NAME", "EHR", "READY", "REPLICAS", "ENDPOINT", "AGE", "nexus",
+		"http://nexus-receiver."+ns+".svc:8080/v2/webhooks/nexus/sync-appointments")
+}
+
+func checkOutput(t *testing.T, out []byte, wants ...string) {
+	t.Helper()
+	for _, want := range wants {
 		if !strings.Contains(string(out), want) {
-			t.Errorf("kubectl explain output lacks %q", want)
+			t.Errorf("kubectl output lacks %q", want)
 		}
 	}
 }

@@ -32,7 +32,8 @@ type observation struct {
 	deployment *appsv1.Deployment
 	// wantReplicas is the Deployment's desired replica count.
 	wantReplicas int32
-	// ingressMissing: the spec asks for an Ingress that is not stored.
+	// ingressMissing: the spec asks for an Ingress that is not there (or
+	// is being deleted).
 	ingressMissing bool
 }
 

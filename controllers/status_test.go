@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -85,5 +86,24 @@ func TestRetryAfter(t *testing.T) {
 	}
 	if got := retryAfter(v1alpha1.EHRIntegrationStatus{}, now); got != minBackoff {
 		t.Errorf("no condition: retry after %v, want %v", got, minBackoff)
+	}
+}
+
+// The checks of the spec alone need no client (the reconciler here has none).
+func TestPrerequisitesOfTheSpec(t *testing.T) {
+	for _, tt := range []struct {
+		name, tz, image, managerImage, reason string
+	}{
+		{"unknown zone", "Mars/Olympus_Mons", "", "img", v1alpha1.ReasonInvalidTimeZone},
+		{"Local", "Local", "", "img", v1alpha1.ReasonInvalidTimeZone},
+		{"no image anywhere", "Europe/Paris", "", "", v1alpha1.ReasonNoReceiverImage},
+	} {
+		r := &EHRIntegrationReconciler{ReceiverImage: tt.managerImage}
+		e := sample()
+		e.Spec.TimeZone, e.Spec.Image = tt.tz, tt.image
+		_, _, p, err := r.prerequisites(context.Background(), e)
+		if err != nil || p == nil || p.reason != tt.reason || p.retry {
+			t.Errorf("%s: problem %+v, err %v; want %s without retry", tt.name, p, err, tt.reason)
+		}
 	}
 }

@@ -226,9 +226,10 @@ type EHRIntegrationStatus struct {
 	// +patchMergeKey=type
 	Conditions []metav1.Condition `json:"conditions,omitempty" patchStrategy:"merge" patchMergeKey:"type"`
 
-	// readyReplicas is the number of receiver pods ready to serve.
+	// readyReplicas is the number of receiver pods ready to serve. Always
+	// written, so that `kubectl get` shows 0 rather than nothing.
 	// +optional
-	ReadyReplicas int32 `json:"readyReplicas,omitempty"`
+	ReadyReplicas int32 `json:"readyReplicas"`
 
 	// endpoint is the URL the EHR posts to: https://<ingress host>/v2/webhooks/<ehr>/sync-appointments
 	// with an Ingress, otherwise the receiver Service's in-cluster URL.

@@ -105,6 +105,8 @@ func TestEndToEnd(t *testing.T) {
 		{"ManagerRunsWithLeaderElection", s.managerRuns},
 		{"OnboardTwoReplicas", s.onboard},
 		{"SendSpecExample", s.sendSpecExample},
+		{"ReceiverMetrics", s.receiverMetrics},
+		{"MissingSecretThenReady", s.missingSecretThenReady},
 		{"RotateWebhookSecret", s.rotateSecret},
 		{"DeleteReceiverPodDuringStream", s.deletePodDuringStream},
 		{"SuspendAndResume", s.suspendResume},

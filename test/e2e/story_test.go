@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os/exec"
 	"path/filepath"
@@ -114,6 +115,62 @@ func (s *story) sendSpecExample(t *testing.T) {
 	if n := s.count(t, `SELECT count(*) FROM webhook_deliveries WHERE ehr = $1 AND status_code = 200`, name); n < 2 {
 		t.Errorf("webhook_deliveries with 200: got %d, want at least 2", n)
 	}
+}
+
+// receiverMetrics reads the receivers' Prometheus endpoint through the
+// Service's metrics port: the deliveries so far are counted there.
+func (s *story) receiverMetrics(t *testing.T) {
+	ip := get(t, ns, "service", receiver, "{.spec.clusterIP}")
+	port := get(t, ns, "service", receiver, `{.spec.ports[?(@.name=="metrics")].port}`)
+	want := fmt.Sprintf(`ehr_receiver_requests_total{code="200",ehr=%q}`, name)
+	// Each scrape reaches one of the two pods; between them they have
+	// answered the example's two deliveries.
+	wait(t, "a receiver to report its 200s", 30*time.Second, func(context.Context) error {
+		resp, err := client.Get(fmt.Sprintf("http://%s:%s/metrics", ip, port))
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(string(body), want) {
+			return fmt.Errorf("no %s in /metrics", want)
+		}
+		return nil
+	})
+}
+
+// missingSecretThenReady onboards a second EHR before its credentials
+// Secret exists: it must say SecretNotFound, not fail in a loop, and go
+// Ready by itself once the Secret appears.
+func (s *story) missingSecretThenReady(t *testing.T) {
+	const other = "medicat"
+	kubectl(t, fmt.Sprintf(`apiVersion: ehr.insighthealth.io/v1alpha1
+kind: EHRIntegration
+metadata: {name: %[1]s, namespace: %[2]s}
+spec:
+  ehr: %[1]s
+  credentialsSecretRef: {name: %[1]s-webhook}
+  database:
+    secretRef: {name: appointments-db}
+  replicas: 1
+`, other, ns), "apply", "-f", "-")
+	wait(t, "reason SecretNotFound", time.Minute, func(context.Context) error {
+		if r := get(t, ns, "ehrintegration", other, `{.status.conditions[?(@.type=="Ready")].reason}`); r != "SecretNotFound" {
+			return fmt.Errorf("Ready reason %q", r)
+		}
+		return nil
+	})
+	kubectl(t, secretYAML(other+"-webhook", map[string]string{"api-key": s.apiKey, "webhook-secret": s.newSecret}), "apply", "-f", "-")
+	wait(t, other+" to go Ready by itself", 2*time.Minute, func(context.Context) error {
+		if st := get(t, ns, "ehrintegration", other, `{.status.conditions[?(@.type=="Ready")].status}`); st != "True" {
+			return fmt.Errorf("Ready=%q", st)
+		}
+		return nil
+	})
+	kubectl(t, "", "-n", ns, "delete", "ehrintegration", other, "--wait=true", "--timeout=60s")
 }
 
 func (s *story) rotateSecret(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/insighthealth/ehr-operator/hack/bench/harness"
 	"github.com/insighthealth/ehr-operator/internal/pgtest"
@@ -91,6 +92,16 @@ func storedIDs(t *testing.T, d *sql.DB) map[string]bool {
 		t.Fatal(err)
 	}
 	return ids
+}
+
+// waitFor polls cond every 20ms until it holds, failing the test after d.
+func waitFor(t *testing.T, d time.Duration, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(d); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %s", d)
+		}
+	}
 }
 
 // version is one appointment's content as a sender sends it; notes and

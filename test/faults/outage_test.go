@@ -71,7 +71,18 @@ func TestDatabaseRestartUnderLoad(t *testing.T) {
 		})
 	}
 
-	time.Sleep(1 * time.Second)
+	// The load is on once a few requests were answered 200.
+	waitFor(t, 20*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for _, s := range all {
+			if s.a.Status == 200 {
+				n++
+			}
+		}
+		return n >= 20
+	})
 	if err := cluster.Stop(); err != nil {
 		t.Fatal(err)
 	}

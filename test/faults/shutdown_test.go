@@ -105,7 +105,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 		record(q)
 	})
 
-	time.Sleep(1 * time.Second)
+	waitFor(t, 20*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(all) >= 20 })
 	close(begin)
 	slowID, ok := <-halfSent
 	if !ok {
