@@ -41,6 +41,10 @@ help: ## Show this help.
 setup: ## Install what development and tests need (PostgreSQL via apt, tools in ./bin, envtest binaries).
 	hack/setup.sh
 
+.PHONY: postgres
+postgres: ## Install the PostgreSQL server binaries with apt when they are missing.
+	hack/setup.sh postgres
+
 .PHONY: manifests
 manifests: controller-gen ## Generate the CRD and RBAC manifests into config/ (and the chart's copy of the CRD).
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd webhook paths="./..." output:crd:artifacts:config=config/crd/bases
@@ -67,11 +71,11 @@ verify: golangci-lint controller-gen ## Check formatting, vet, lint and that gen
 	hack/verify.sh
 
 .PHONY: test
-test: setup-envtest helm ## Run all tests (real PostgreSQL, real API server); builds what they need on first use.
+test: setup ## Run all tests (real PostgreSQL, real API server); builds what they need on first use.
 	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" HELM="$(HELM)" go test ./... -count=1 -timeout 30m
 
 .PHONY: test-faults
-test-faults: ## Only the fault tests under load (PostgreSQL restart, SIGTERM, overlapping senders); `make test` runs them too.
+test-faults: postgres ## Only the fault tests under load (PostgreSQL restart, SIGTERM, overlapping senders); `make test` runs them too.
 	go test ./test/faults/ -count=1 -v -timeout 10m
 
 .PHONY: fuzz
@@ -79,7 +83,7 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 20s).
 	hack/fuzz.sh $(FUZZTIME)
 
 .PHONY: run
-run: ## Run a receiver for EHR nexus on a throwaway PostgreSQL and print a ready `send` command.
+run: postgres ## Run a receiver for EHR nexus on a throwaway PostgreSQL and print a ready `send` command.
 	go run ./hack/devrun
 
 ##@ Performance

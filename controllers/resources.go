@@ -202,6 +202,10 @@ func buildServiceAccount(e *v1alpha1.EHRIntegration) *corev1.ServiceAccount {
 
 // buildDeployment makes the receiver's Deployment running image, with the
 // pod template annotated with the Secrets' hash.
+// preStopSleepSeconds is how long a terminating receiver keeps serving
+// before SIGTERM, so that endpoint removal reaches every proxy first.
+const preStopSleepSeconds = 5
+
 func buildDeployment(e *v1alpha1.EHRIntegration, image, hash string) *appsv1.Deployment {
 	e = withDefaults(e)
 	s := e.Spec
@@ -242,6 +246,11 @@ func buildDeployment(e *v1alpha1.EHRIntegration, image, hash string) *appsv1.Dep
 		StartupProbe:   probe("/healthz", 2, 60),
 		LivenessProbe:  probe("/healthz", 10, 3),
 		ReadinessProbe: probe("/readyz", 5, 2),
+		// A terminating pod keeps serving while Services and Ingresses stop
+		// sending it traffic; only then does SIGTERM make it drain and exit.
+		Lifecycle: &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{
+			Sleep: &corev1.SleepAction{Seconds: preStopSleepSeconds},
+		}},
 		SecurityContext: &corev1.SecurityContext{
 			RunAsNonRoot:             ptr.To(true),
 			ReadOnlyRootFilesystem:   ptr.To(true),
@@ -272,8 +281,9 @@ func buildDeployment(e *v1alpha1.EHRIntegration, image, hash string) *appsv1.Dep
 					ServiceAccountName:           childName(e),
 					AutomountServiceAccountToken: ptr.To(false),
 					EnableServiceLinks:           ptr.To(false),
-					// The receiver drains in-flight requests on SIGTERM.
-					TerminationGracePeriodSeconds: ptr.To[int64](30),
+					// The preStop sleep, then the receiver's drain of in-flight
+					// requests (at most 30 s) on SIGTERM.
+					TerminationGracePeriodSeconds: ptr.To[int64](preStopSleepSeconds + 40),
 					SecurityContext: &corev1.PodSecurityContext{
 						RunAsNonRoot:   ptr.To(true),
 						RunAsUser:      ptr.To(receiverUID),

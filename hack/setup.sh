@@ -3,6 +3,9 @@
 # PostgreSQL server binaries, the pinned tools in ./bin and the envtest
 # binaries. Everything is cached outside the repository or in ./bin, so a
 # second run takes seconds.
+#
+#   hack/setup.sh            everything
+#   hack/setup.sh postgres   only the PostgreSQL server binaries
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +24,8 @@ if ! have_initdb; then
     exit 1
   fi
 fi
+
+[ "${1:-}" = postgres ] && exit 0
 
 make --no-print-directory controller-gen helm golangci-lint setup-envtest
 echo "setup: done"

@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/lib/pq"
+	"github.com/lib/pq/pqerror"
 )
 
 // ErrClosed is returned by Write after Close.
@@ -42,7 +43,7 @@ func IsUnavailable(err error) bool {
 	return false
 }
 
-func unavailableCode(code pq.ErrorCode) bool {
+func unavailableCode(code pqerror.Code) bool {
 	switch code.Class() {
 	case "08", // connection exception
 		"53": // insufficient resources: too many connections, out of memory, disk full

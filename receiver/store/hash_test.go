@@ -1,9 +1,10 @@
 package store
 
 import (
-	"github.com/insighthealth/ehr-operator/receiver/payload"
 	"testing"
 	"time"
+
+	"github.com/insighthealth/ehr-operator/receiver/payload"
 )
 
 func TestContentHash(t *testing.T) {
