@@ -119,7 +119,10 @@ func run(binary, out string, cell, warmup time.Duration, batches, senders []int,
 	}
 	fmt.Printf("\nWrote %s. Reproduce: BENCH_OUT=%s BENCH_CELL=%s BENCH_BATCHES=%s BENCH_SENDERS=%s make bench\n",
 		out, out, cell, join(batches), join(senders))
-	fmt.Printf("  (or: go run ./hack/bench -binary %s -out %s -cell %s -batches %s -senders %s)\n",
+	if strings.HasPrefix(binary, os.TempDir()) {
+		binary = "bin/ehr-operator" // bench.sh's temporary build; `make build` makes this one
+	}
+	fmt.Printf("  (or: make build && go run ./hack/bench -binary %s -out %s -cell %s -batches %s -senders %s)\n",
 		binary, out, cell, join(batches), join(senders))
 	return nil
 }

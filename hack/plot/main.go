@@ -66,6 +66,7 @@ func run(in, out string) error {
 	p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}
 	p.X.Tick.Marker, p.Y.Tick.Marker = plot.LogTicks{Prec: -1}, plot.LogTicks{Prec: -1}
 	p.Legend.Top, p.Legend.Left = true, true
+	p.Legend.XOffs = vg.Points(8)
 	p.Add(plotter.NewGrid())
 	palette := []color.Color{
 		color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
@@ -73,6 +74,13 @@ func run(in, out string) error {
 		color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff},
 		color.RGBA{R: 0x94, G: 0x67, B: 0xbd, A: 0xff},
 	}
+	lo, hi := cells[0].AppointmentsPerS, cells[0].AppointmentsPerS
+	for _, c := range cells {
+		lo = min(lo, c.AppointmentsPerS, c.LimitPerS)
+		hi = max(hi, c.AppointmentsPerS, c.LimitPerS)
+	}
+	// Room above the lines for the legend (log scale: a factor).
+	p.Y.Min, p.Y.Max = max(lo/1.5, 1), hi*6
 	for i, s := range senders {
 		cs := bySenders[s]
 		slices.SortFunc(cs, func(a, b cell) int { return a.Batch - b.Batch })
@@ -86,7 +94,7 @@ func run(in, out string) error {
 			xys    plotter.XYs
 			name   string
 			dashed bool
-		}{{rcv, fmt.Sprintf("receiver, %d senders", s), false}, {lim, fmt.Sprintf("limit, %d senders", s), true}} {
+		}{{rcv, "receiver, " + plural(s, "sender"), false}, {lim, "limit, " + plural(s, "sender"), true}} {
 			l, pts, err := plotter.NewLinePoints(line.xys)
 			if err != nil {
 				return err
@@ -106,4 +114,11 @@ func run(in, out string) error {
 	}
 	fmt.Println("Wrote", out)
 	return nil
+}
+
+func plural(n int, word string) string {
+	if n == 1 {
+		return fmt.Sprintf("%d %s", n, word)
+	}
+	return fmt.Sprintf("%d %ss", n, word)
 }

@@ -25,6 +25,11 @@ import (
 // entry's: that covers a concurrent identical delivery committed after this
 // statement's snapshot was taken (ON CONFLICT sees the latest row version).
 //
+// OFFSET 0 keeps the history check a per-entry index probe: without it the
+// planner may turn NOT EXISTS into a hash anti-join that reads every history
+// row of the EHR for every statement, so writes slow down as the history
+// grows (docs/performance.md, BenchmarkWriteLargeHistory).
+//
 // The caller dedupes appointments (last wins) and sorts by key; patients and
 // practitioners are deduped here (the latest entry naming them wins).
 const writeSQL = `
@@ -51,6 +56,7 @@ WITH delivery AS (
     WHERE NOT EXISTS (
         SELECT 1 FROM appointment_history h
         WHERE h.ehr = $1 AND h.appointment_external_id = u.id AND h.content_hash = u.content_hash
+        OFFSET 0
     )
 ), patient AS (
     INSERT INTO patients AS p (ehr, external_id, first_name, middle_name, last_name, birth_date, gender, phone, email)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -66,13 +67,15 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 		})
 	}
 
-	// The slow sender: headers and half the body, a pause, the rest.
+	// The slow sender, on one connection: a whole request first (so the
+	// receiver has accepted the connection: a connection still in the
+	// listen backlog at SIGTERM is reset, not cut off), then headers and
+	// half a body, a pause long enough for the receiver to read the
+	// headers (the request is then in flight), the signal, the rest.
 	begin, halfSent := make(chan struct{}), make(chan string, 1)
 	var slowErr error
 	wg.Go(func() {
 		<-begin // once the load is on
-		q := newReq(1)
-		b := gen.Body(q.first, 1)
 		conn, err := net.Dial("tcp", strings.TrimPrefix(strings.SplitN(r.URL, "/v2/", 2)[0], "http://"))
 		if err != nil {
 			slowErr = err
@@ -80,28 +83,46 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 			return
 		}
 		defer conn.Close()
-		hr, _ := http.NewRequest(http.MethodPost, r.URL, nil)
-		harness.SignRequest(hr, b)
-		fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: receiver\r\nContent-Length: %d\r\nX-Request-ID: %s\r\n", hr.URL.Path, len(b), q.id)
-		for k, v := range hr.Header {
-			fmt.Fprintf(conn, "%s: %s\r\n", k, v[0])
+		br := bufio.NewReader(conn)
+		send := func(q req, half bool) (req, bool) {
+			b := gen.Body(q.first, int(q.size))
+			hr, _ := http.NewRequest(http.MethodPost, r.URL, nil)
+			harness.SignRequest(hr, b)
+			fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: receiver\r\nContent-Length: %d\r\nX-Request-ID: %s\r\n", hr.URL.Path, len(b), q.id)
+			for k, v := range hr.Header {
+				fmt.Fprintf(conn, "%s: %s\r\n", k, v[0])
+			}
+			fmt.Fprint(conn, "\r\n")
+			rest := b
+			if half {
+				_, _ = conn.Write(b[:len(b)/2])
+				rest = b[len(b)/2:]
+				time.Sleep(300 * time.Millisecond)
+				halfSent <- q.id
+				time.Sleep(500 * time.Millisecond)
+			}
+			if _, err := conn.Write(rest); err != nil {
+				q.a.Err = err
+				return q, false
+			}
+			resp, err := http.ReadResponse(br, hr)
+			if err != nil {
+				q.a.Err = err
+				return q, false
+			}
+			q.a.Status, q.a.RequestID = resp.StatusCode, resp.Header.Get("X-Request-ID")
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			return q, true
 		}
-		fmt.Fprint(conn, "\r\n")
-		_, _ = conn.Write(b[:len(b)/2])
-		halfSent <- q.id
-		time.Sleep(500 * time.Millisecond)
-		if _, err := conn.Write(b[len(b)/2:]); err != nil {
-			q.a.Err = err
-			record(q)
+		q, ok := send(newReq(1), false)
+		record(q)
+		if !ok {
+			slowErr = q.a.Err
+			close(halfSent)
 			return
 		}
-		resp, err := http.ReadResponse(bufio.NewReader(conn), hr)
-		if err != nil {
-			q.a.Err = err
-		} else {
-			q.a.Status, q.a.RequestID = resp.StatusCode, resp.Header.Get("X-Request-ID")
-			resp.Body.Close()
-		}
+		q, _ = send(newReq(1), true)
 		record(q)
 	})
 
