@@ -191,7 +191,7 @@ func (w *copyWriter) write(ctx context.Context, rows []harness.Row, seq int64) (
 			_ = tx.Rollback()
 		}
 	}()
-	cp, err := tx.PrepareContext(ctx, pq.CopyIn("staging", stagingColumns...))
+	cp, err := tx.PrepareContext(ctx, "COPY staging ("+strings.Join(stagingColumns, ", ")+") FROM STDIN")
 	if err != nil {
 		return err
 	}

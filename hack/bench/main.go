@@ -163,7 +163,7 @@ func runCell(ctx context.Context, adminURL, binary string, batch, senders int, d
 	if err != nil {
 		return c, err
 	}
-	defer r.Stop()
+	defer func() { _ = r.Stop() }() // best effort: the figures are already printed
 	side := &receiverSide{r: r, url: r.URL, client: harness.NewClient(senders)}
 
 	limits := map[string]*recorder{}

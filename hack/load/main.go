@@ -70,7 +70,7 @@ func run(binary string, duration time.Duration, rate, limit int, sizes []int, ev
 	if err != nil {
 		return err
 	}
-	defer r.Stop()
+	defer func() { _ = r.Stop() }() // best effort: the figures are already printed
 	pid := r.Cmd.Process.Pid
 	fmt.Printf("Receiver pid %d, limit %d requests/s; sending %d requests/s for %s, batch sizes %s (size:weight)\n\n",
 		pid, limit, rate, duration, mix)
