@@ -42,8 +42,19 @@ func (e *RequestError) FieldErrors() []FieldError {
 // Decode reads body as exactly one JSON document and returns its entries:
 // the items of the top-level "appointments" array (1..maxBatchSize), or the
 // body itself when it is an object with a top-level "appointment" key (a
-// batch of one). When both keys are present, "appointments" wins.
+// batch of one). When both keys are present, "appointments" wins. Items
+// never alias body.
 func Decode(body []byte, maxBatchSize int) ([]Item, *RequestError) {
+	if items, rerr, ok := decodeFast(body, maxBatchSize); ok {
+		return items, rerr
+	}
+	return decodeSlow(body, maxBatchSize)
+}
+
+// decodeSlow is the reference implementation on encoding/json. Decode
+// falls back to it for every body the fast path does not handle itself,
+// malformed JSON above all: its error offsets are encoding/json's.
+func decodeSlow(body []byte, maxBatchSize int) ([]Item, *RequestError) {
 	doc, rerr := oneDocument(body)
 	if rerr != nil {
 		return nil, rerr

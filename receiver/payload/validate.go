@@ -37,6 +37,9 @@ func Validate(items []Item, loc *time.Location, now time.Time) (valid []Entry, i
 			invalid = append(invalid, Invalid{Item: it, Errors: errs})
 			continue
 		}
+		if valid == nil {
+			valid = make([]Entry, 0, len(items))
+		}
 		valid = append(valid, e)
 	}
 	return valid, invalid
@@ -46,6 +49,16 @@ func Validate(items []Item, loc *time.Location, now time.Time) (valid []Entry, i
 // stored trimmed of surrounding white space; optional ones that are absent,
 // null or blank become nil.
 func ValidateItem(it Item, loc *time.Location, now time.Time) (Entry, []FieldError) {
+	if e, errs, ok := validateFast(it, loc, now); ok {
+		return e, errs
+	}
+	return validateSlow(it, loc, now)
+}
+
+// validateSlow is the reference implementation on encoding/json, used for
+// the entries the fast path leaves to it (an entry that is not an object,
+// or not valid JSON when a caller builds the Item itself).
+func validateSlow(it Item, loc *time.Location, now time.Time) (Entry, []FieldError) {
 	w := walker{index: it.Index}
 	var e Entry
 	root, ok := w.object(it.Raw, it.Path, true)

@@ -24,9 +24,12 @@ import (
 // the whole group, in ascending order, before it touches any row: a single
 // global order. Above maxKeyLocks keys it takes one exclusive lock for the
 // EHR instead (bounded lock-table use for large batches); small groups hold
-// that EHR lock shared.
+// that EHR lock shared. 512 keys keep a lone 100-entry request (about 300
+// keys) on row locks, so parallel batches of one EHR do not serialise
+// (measured +8–17 % at 8 senders of 100 entries), and 4 workers × 512 locks
+// stay well inside the lock table (64 × max_connections entries).
 const (
-	maxKeyLocks = 64
+	maxKeyLocks = 512
 	maxAttempts = 3
 )
 
