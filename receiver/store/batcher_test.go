@@ -201,3 +201,53 @@ func TestCloseWaitsForQueuedWrites(t *testing.T) {
 		t.Errorf("%d appointments stored, %d writes succeeded", n, succeeded.Load())
 	}
 }
+
+// Groups above maxKeyLocks row keys take the EHR's lock exclusively instead
+// of one lock per row; small requests running beside them hold it shared.
+// Large and small overlapping requests at once: no error, no deadlock,
+// everything stored.
+func TestWriteLargeBatchesBesideSmallOnes(t *testing.T) {
+	t.Parallel()
+	s, db := newStore(t)
+	// An appointment and a patient key an entry: over the limit alone.
+	const large = maxKeyLocks/2 + 20
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for w := range 4 {
+		wg.Go(func() {
+			entries := make([]payload.Entry, large)
+			for i := range entries {
+				entries[i] = minimalEntry(fmt.Sprintf("big-%d-%04d", w, i))
+				entries[i].Patient.ID = fmt.Sprintf("pat-%d-%d", w, i)
+				if i < 50 {
+					entries[i].Patient.ID = fmt.Sprintf("pat-%d", i) // shared with the small writers
+				}
+			}
+			if _, err := s.Write(ctx, batch(entries...)); err != nil {
+				errs <- err
+			}
+		})
+	}
+	for w := range 8 {
+		wg.Go(func() {
+			for r := range 10 {
+				e := minimalEntry(fmt.Sprintf("small-%d-%d", w, r))
+				e.Patient.ID = fmt.Sprintf("pat-%d", (w+r)%50)
+				if _, err := s.Write(ctx, batch(e)); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("Write: %v", err)
+	}
+	if n, want := count(t, db, `SELECT count(*) FROM appointments`), 4*large+8*10; n != want {
+		t.Errorf("%d appointments stored, want %d", n, want)
+	}
+}
