@@ -210,10 +210,13 @@ func lockSQL(group []*request, savepoint bool) string {
 	exclusive := len(keys) > maxKeyLocks
 
 	var b strings.Builder
-	// The write statement's best plan depends on its arrays' sizes; a
-	// generic plan (chosen after five runs of a prepared statement) guesses
-	// them and measured several times slower.
-	b.WriteString("SET LOCAL plan_cache_mode = force_custom_plan;")
+	// A generic plan of the write statement: planning it per call (a
+	// custom plan) took 3.6 ms of an 8.4 ms statement at 100 entries.
+	// Its plan does not depend on the arrays' sizes: OFFSET 0 pins the
+	// history check to an index probe, and the rest is inserts and sorts.
+	// Forced rather than left to plan_cache_mode = auto, which may keep
+	// custom plans when small requests make them look cheap.
+	b.WriteString("SET LOCAL plan_cache_mode = force_generic_plan;")
 	for _, k := range ehrs {
 		if exclusive {
 			b.WriteString("SELECT pg_advisory_xact_lock(")
@@ -223,12 +226,19 @@ func lockSQL(group []*request, savepoint bool) string {
 		b.WriteString(strconv.FormatInt(k, 10))
 		b.WriteString(");")
 	}
-	if !exclusive {
-		for _, k := range keys {
-			b.WriteString("SELECT pg_advisory_xact_lock(")
+	// All row locks in one statement (one statement each cost ~1 ms per
+	// 300 keys). A function scan of an array yields its elements in array
+	// order and advisory-lock functions are parallel restricted, so the
+	// locks are taken in ascending order, one by one.
+	if !exclusive && len(keys) > 0 {
+		b.WriteString("SELECT count(pg_advisory_xact_lock(k)) FROM unnest('{")
+		for i, k := range keys {
+			if i > 0 {
+				b.WriteByte(',')
+			}
 			b.WriteString(strconv.FormatInt(k, 10))
-			b.WriteString(");")
 		}
+		b.WriteString("}'::bigint[]) AS k;")
 	}
 	if savepoint {
 		b.WriteString("SAVEPOINT request;")

@@ -251,3 +251,55 @@ func TestWriteLargeBatchesBesideSmallOnes(t *testing.T) {
 		t.Errorf("%d appointments stored, want %d", n, want)
 	}
 }
+
+// The group's lock statement takes every row key's lock (they are taken in
+// one array statement, which must not skip any) and holds the EHR lock
+// shared; the session then plans the write statement generically.
+func TestLockSQLTakesEveryRowLock(t *testing.T) {
+	t.Parallel()
+	_, db := newStore(t)
+	ctx := context.Background()
+	var group []*request
+	for i := range 3 {
+		e := minimalEntry(fmt.Sprintf("apt-%d", i))
+		e.Patient.ID = "pat-shared" // keys requests share are locked once
+		p, err := prepare(batch(e))
+		if err != nil {
+			t.Fatal(err)
+		}
+		group = append(group, &request{p: p})
+	}
+	const wantKeys = 3 + 1 + 1 // an appointment per request, one patient, one practitioner
+	tx, err := db.BeginTxx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	if _, err := tx.ExecContext(ctx, lockSQL(group, true)); err != nil {
+		t.Fatal(err)
+	}
+	var exclusive, shared int
+	if err := tx.QueryRowContext(ctx, `
+		SELECT count(*) FILTER (WHERE mode = 'ExclusiveLock'), count(*) FILTER (WHERE mode = 'ShareLock')
+		FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()`).Scan(&exclusive, &shared); err != nil {
+		t.Fatal(err)
+	}
+	if exclusive != wantKeys || shared != 1 {
+		t.Errorf("%d exclusive and %d shared advisory locks, want %d and 1", exclusive, shared, wantKeys)
+	}
+	var mode string
+	if err := tx.GetContext(ctx, &mode, `SHOW plan_cache_mode`); err != nil {
+		t.Fatal(err)
+	}
+	if mode != "force_generic_plan" {
+		t.Errorf("plan_cache_mode %q in the write transaction, want force_generic_plan", mode)
+	}
+	// Another transaction cannot take a row lock the group holds.
+	var got bool
+	if err := db.GetContext(ctx, &got, `SELECT pg_try_advisory_xact_lock($1)`, group[2].p.keys[2]); err != nil {
+		t.Fatal(err)
+	}
+	if got {
+		t.Error("another transaction took a row lock the group holds")
+	}
+}
