@@ -245,9 +245,8 @@ func (w *fast) patient(obj object, loc *time.Location, now time.Time) Patient {
 		Email:      w.optional(obj, p, "email", MaxNameLen),
 	}
 	if d, ok := w.date(obj, p, "birth_date"); ok {
-		today := now.In(loc)
-		if d.After(time.Date(today.Year(), today.Month(), today.Day(), 0, 0, 0, 0, time.UTC)) {
-			w.fail(p, "birth_date", "must not be in the future")
+		if inFuture(d, loc, now) {
+			w.fail(p, "birth_date", msgFuture)
 		} else {
 			pt.BirthDate = d
 		}
@@ -337,38 +336,26 @@ func (w *fast) date(obj object, p, key string) (time.Time, bool) {
 	if !ok {
 		return time.Time{}, false
 	}
-	y, m, d, msg := parseDate(s)
+	d, msg := calendarDate(s)
 	if msg != "" {
 		w.fail(p, key, msg)
 		return time.Time{}, false
 	}
-	return time.Date(y, time.Month(m), d, 0, 0, 0, 0, time.UTC), true
+	return d, true
 }
 
-// dateTime reads a required MM/DD/YYYY HH:MM in loc; see walker.dateTime.
+// dateTime reads a required MM/DD/YYYY HH:MM in loc (see wallTime).
 func (w *fast) dateTime(obj object, p, key string, loc *time.Location) (time.Time, bool) {
 	s, ok := w.str(obj, p, key, true, MaxNameLen)
 	if !ok {
 		return time.Time{}, false
 	}
-	if len(s) != 16 || s[10] != ' ' || s[13] != ':' {
-		w.fail(p, key, msgDateTime)
-		return time.Time{}, false
-	}
-	y, m, d, msg := parseDate(s[:10])
-	if msg == msgDate {
-		msg = msgDateTime
-	}
-	hh, okH := digits(s[11:13])
-	mm, okM := digits(s[14:16])
-	if msg == "" && (!okH || !okM || hh > 23 || mm > 59) {
-		msg = msgDateTime
-	}
+	t, msg := wallTime(s, loc)
 	if msg != "" {
 		w.fail(p, key, msg)
 		return time.Time{}, false
 	}
-	return time.Date(y, time.Month(m), d, hh, mm, 0, 0, loc), true
+	return t, true
 }
 
 // duration reads the optional appointment.duration; see walker.duration.
@@ -391,8 +378,8 @@ func (w *fast) duration(obj object, p string) *int {
 		w.fail(p, key, msgDuration)
 		return nil
 	}
-	n, ok := digits(s)
-	if !ok || len(s) > 5 || n > MaxDuration {
+	n, ok := minutes(s)
+	if !ok {
 		w.fail(p, key, msgDuration)
 		return nil
 	}

@@ -132,9 +132,8 @@ func (w *walker) patient(obj map[string]json.RawMessage, p string, loc *time.Loc
 		Email:      w.optional(obj, p, "email", MaxNameLen),
 	}
 	if d, ok := w.date(obj, p, "birth_date"); ok {
-		today := now.In(loc)
-		if d.After(time.Date(today.Year(), today.Month(), today.Day(), 0, 0, 0, 0, time.UTC)) {
-			w.fail(join(p, "birth_date"), "must not be in the future")
+		if inFuture(d, loc, now) {
+			w.fail(join(p, "birth_date"), msgFuture)
 		} else {
 			pt.BirthDate = d
 		}
@@ -231,6 +230,7 @@ const (
 	msgRealDate = "must be a real calendar date"
 	msgYear     = "year must be from 1800 to 9999"
 	msgDuration = "must be a whole number of minutes from 0 to 1440"
+	msgFuture   = "must not be in the future"
 )
 
 // date reads a required MM/DD/YYYY as midnight UTC.
@@ -239,25 +239,44 @@ func (w *walker) date(obj map[string]json.RawMessage, p, key string) (time.Time,
 	if !ok {
 		return time.Time{}, false
 	}
-	y, m, d, msg := parseDate(s)
+	d, msg := calendarDate(s)
 	if msg != "" {
 		w.fail(join(p, key), msg)
 		return time.Time{}, false
 	}
-	return time.Date(y, time.Month(m), d, 0, 0, 0, 0, time.UTC), true
+	return d, true
 }
 
-// dateTime reads a required MM/DD/YYYY HH:MM in loc. A wall time that does
-// not exist in loc (the hour skipped when clocks go forward) is resolved as
-// time.Date does; an ambiguous one (clocks going back) likewise.
+// dateTime reads a required MM/DD/YYYY HH:MM in loc.
 func (w *walker) dateTime(obj map[string]json.RawMessage, p, key string, loc *time.Location) (time.Time, bool) {
 	s, ok := w.str(obj, p, key, true, MaxNameLen)
 	if !ok {
 		return time.Time{}, false
 	}
-	if len(s) != 16 || s[10] != ' ' || s[13] != ':' {
-		w.fail(join(p, key), msgDateTime)
+	t, msg := wallTime(s, loc)
+	if msg != "" {
+		w.fail(join(p, key), msg)
 		return time.Time{}, false
+	}
+	return t, true
+}
+
+// calendarDate parses MM/DD/YYYY as midnight UTC; msg says what is wrong,
+// "" when nothing is.
+func calendarDate(s string) (time.Time, string) {
+	y, m, d, msg := parseDate(s)
+	if msg != "" {
+		return time.Time{}, msg
+	}
+	return time.Date(y, time.Month(m), d, 0, 0, 0, 0, time.UTC), ""
+}
+
+// wallTime parses MM/DD/YYYY HH:MM as a wall time in loc. A wall time that
+// does not exist in loc (the hour skipped when clocks go forward) is
+// resolved as time.Date does; an ambiguous one (clocks going back) likewise.
+func wallTime(s string, loc *time.Location) (time.Time, string) {
+	if len(s) != 16 || s[10] != ' ' || s[13] != ':' {
+		return time.Time{}, msgDateTime
 	}
 	y, m, d, msg := parseDate(s[:10])
 	if msg == msgDate {
@@ -269,10 +288,23 @@ func (w *walker) dateTime(obj map[string]json.RawMessage, p, key string, loc *ti
 		msg = msgDateTime
 	}
 	if msg != "" {
-		w.fail(join(p, key), msg)
-		return time.Time{}, false
+		return time.Time{}, msg
 	}
-	return time.Date(y, time.Month(m), d, hh, mm, 0, 0, loc), true
+	return time.Date(y, time.Month(m), d, hh, mm, 0, 0, loc), ""
+}
+
+// inFuture reports whether the calendar date d (midnight UTC) is after
+// today's date in loc.
+func inFuture(d time.Time, loc *time.Location, now time.Time) bool {
+	today := now.In(loc)
+	return d.After(time.Date(today.Year(), today.Month(), today.Day(), 0, 0, 0, 0, time.UTC))
+}
+
+// minutes parses a duration given as decimal digits (from a string or a
+// JSON number): a whole number of minutes from 0 to MaxDuration.
+func minutes(s string) (int, bool) {
+	n, ok := digits(s)
+	return n, ok && len(s) <= 5 && n <= MaxDuration
 }
 
 // parseDate parses exactly MM/DD/YYYY (two-digit month and day) and checks
@@ -338,8 +370,8 @@ func (w *walker) duration(obj map[string]json.RawMessage, p string) *int {
 		}
 		s = n.String()
 	}
-	n, ok := digits(s)
-	if !ok || len(s) > 5 || n > MaxDuration {
+	n, ok := minutes(s)
+	if !ok {
 		w.fail(path, msgDuration)
 		return nil
 	}

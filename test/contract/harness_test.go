@@ -24,6 +24,7 @@ import (
 
 	_ "github.com/lib/pq"
 
+	"github.com/insighthealth/ehr-operator/hack/bench/harness"
 	"github.com/insighthealth/ehr-operator/internal/pgtest"
 	"github.com/insighthealth/ehr-operator/receiver"
 	"github.com/insighthealth/ehr-operator/receiver/auth"
@@ -40,18 +41,9 @@ const (
 var binary string
 
 func TestMain(m *testing.M) {
-	// A fixed place, overwritten each run (go build is incremental): pgtest.Main
-	// exits the process, so nothing could remove a directory of our own.
-	dir := filepath.Join(os.TempDir(), "ehr-operator-contract-test")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	var err error
+	if binary, err = harness.BuildBinary("../..", "ehr-operator-contract-test"); err != nil {
 		fmt.Fprintln(os.Stderr, "contract:", err)
-		os.Exit(1)
-	}
-	binary = filepath.Join(dir, "ehr-operator")
-	build := exec.Command("go", "build", "-o", binary, "../..")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "contract: building ehr-operator failed:", err)
 		os.Exit(1)
 	}
 	pgtest.Main(m)

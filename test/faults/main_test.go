@@ -11,8 +11,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -24,18 +22,9 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
-	// A directory of our own (not the contract tests'): packages are tested
-	// in parallel. Overwritten each run; go build is incremental.
-	dir := filepath.Join(os.TempDir(), "ehr-operator-faults-test")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	var err error
+	if binary, err = harness.BuildBinary("../..", "ehr-operator-faults-test"); err != nil {
 		fmt.Fprintln(os.Stderr, "faults:", err)
-		os.Exit(1)
-	}
-	binary = filepath.Join(dir, "ehr-operator")
-	build := exec.Command("go", "build", "-o", binary, "../..")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "faults: building ehr-operator failed:", err)
 		os.Exit(1)
 	}
 	pgtest.Main(m)
