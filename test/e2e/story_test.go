@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -117,29 +118,71 @@ func (s *story) sendSpecExample(t *testing.T) {
 	}
 }
 
-// receiverMetrics reads the receivers' Prometheus endpoint through the
-// Service's metrics port: the deliveries so far are counted there.
+// receiverMetrics checks that the Service's metrics port serves /metrics,
+// then reads every receiver pod's endpoint: between them they count the
+// example's two deliveries as 200s. Pods are read one by one because a
+// kept-alive connection through the Service always reaches the same pod,
+// which may be the one that answered nothing.
 func (s *story) receiverMetrics(t *testing.T) {
 	ip := get(t, ns, "service", receiver, "{.spec.clusterIP}")
 	port := get(t, ns, "service", receiver, `{.spec.ports[?(@.name=="metrics")].port}`)
-	want := fmt.Sprintf(`ehr_receiver_requests_total{code="200",ehr=%q}`, name)
-	// Each scrape reaches one of the two pods; between them they have
-	// answered the example's two deliveries.
-	wait(t, "a receiver to report its 200s", 30*time.Second, func(context.Context) error {
-		resp, err := client.Get(fmt.Sprintf("http://%s:%s/metrics", ip, port))
-		if err != nil {
-			return err
+	if _, err := scrape(fmt.Sprintf("http://%s:%s/metrics", ip, port)); err != nil {
+		t.Fatalf("the Service's metrics port: %v", err)
+	}
+	series := fmt.Sprintf(`ehr_receiver_requests_total{code="200",ehr=%q}`, name)
+	sel := selectorOf(t, ns, receiver)
+	wait(t, "the receivers to count the example's two 200s", 30*time.Second, func(context.Context) error {
+		var total float64
+		for _, pod := range allPods(t, ns, sel) {
+			podIP := get(t, ns, "pod", pod, "{.status.podIP}")
+			podPort := get(t, ns, "pod", pod, `{.spec.containers[0].ports[?(@.name=="metrics")].containerPort}`)
+			body, err := scrape(fmt.Sprintf("http://%s:%s/metrics", podIP, podPort))
+			if err != nil {
+				return fmt.Errorf("pod %s: %w", pod, err)
+			}
+			total += metricValue(body, series)
 		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
-		if err != nil {
-			return err
-		}
-		if !strings.Contains(string(body), want) {
-			return fmt.Errorf("no %s in /metrics", want)
+		if total < 2 {
+			return fmt.Errorf("%s summed over the pods is %v, want at least 2", series, total)
 		}
 		return nil
 	})
+}
+
+// scrape GETs a Prometheus endpoint on a fresh connection.
+func scrape(url string) (string, error) {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	req.Close = true
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("GET %s: %d", url, resp.StatusCode)
+	}
+	return string(body), nil
+}
+
+// metricValue is the value of one series in a Prometheus text body, 0 when
+// the series is absent.
+func metricValue(body, series string) float64 {
+	for _, l := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(l, series+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err == nil {
+				return f
+			}
+		}
+	}
+	return 0
 }
 
 // missingSecretThenReady onboards a second EHR before its credentials
