@@ -220,7 +220,7 @@ func (w *copyWriter) close() { w.conn.Close() }
 
 // runLimit writes batches of gen's rows from senders goroutines, each on
 // its own connection, for warmup+d, and records the window after warmup.
-func runLimit(ctx context.Context, dbURL, method string, gen harness.Gen, batch, senders int, warmup, d time.Duration) (*recorder, error) {
+func runLimit(ctx context.Context, dbURL, method string, gen harness.Gen, batch, senders int, warmup, d time.Duration, meter *cpuMeter) (*recorder, error) {
 	db, err := sql.Open("postgres", dbURL)
 	if err != nil {
 		return nil, err
@@ -248,6 +248,7 @@ func runLimit(ctx context.Context, dbURL, method string, gen harness.Gen, batch,
 	}
 	start := time.Now()
 	rec.window(start.Add(warmup), start.Add(warmup+d))
+	defer meter.watch(rec.begin, rec.end)()
 	for s := range senders {
 		wg.Go(func() {
 			rows := make([]harness.Row, batch)

@@ -49,6 +49,9 @@ type Cell struct {
 	P50Ms            float64 `json:"p50_ms"`
 	P99Ms            float64 `json:"p99_ms"`
 	PeakRSSMiB       float64 `json:"peak_rss_mib"`
+	// Where the processor time went, per side (cpu.go).
+	CPU      CPU `json:"receiver_cpu"`
+	LimitCPU CPU `json:"limit_cpu"`
 }
 
 func main() {
@@ -91,6 +94,10 @@ func run(binary, out string, cell, warmup time.Duration, batches, senders []int,
 	if err := printMachine(ctx, cluster.URL()); err != nil {
 		return err
 	}
+	postmaster, err := cluster.PostmasterPID()
+	if err != nil {
+		return err
+	}
 
 	var cells []Cell
 	fmt.Printf("\n%5s %7s | %12s %9s %8s %8s %9s | %12s %-6s | %6s\n",
@@ -100,7 +107,7 @@ func run(binary, out string, cell, warmup time.Duration, batches, senders []int,
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			c, err := runCell(ctx, cluster.URL(), binary, b, s, cell, warmup, methods)
+			c, err := runCell(ctx, cluster.URL(), postmaster, binary, b, s, cell, warmup, methods)
 			if err != nil {
 				return fmt.Errorf("batch %d, %d senders: %w", b, s, err)
 			}
@@ -109,6 +116,13 @@ func run(binary, out string, cell, warmup time.Duration, batches, senders []int,
 				c.Batch, c.Senders, c.AppointmentsPerS, c.RequestsPerS, c.P50Ms, c.P99Ms, c.PeakRSSMiB,
 				c.LimitPerS, c.LimitMethod, 100*c.Ratio)
 		}
+	}
+	fmt.Printf("\nCPU milliseconds per 100 appointments (all cores; %d cores here):\n", runtime.NumCPU())
+	fmt.Printf("%5s %7s | %-26s | %-17s\n", "", "", "receiver side", "limit side")
+	fmt.Printf("%5s %7s | %8s %8s %8s | %8s %8s\n", "batch", "senders", "postgres", "receiver", "senders", "postgres", "client")
+	for _, c := range cells {
+		fmt.Printf("%5d %7d | %8.1f %8.1f %8.1f | %8.1f %8.1f\n", c.Batch, c.Senders,
+			c.CPU.Postgres, c.CPU.Receiver, c.CPU.Bench, c.LimitCPU.Postgres, c.LimitCPU.Bench)
 	}
 	j, err := json.MarshalIndent(cells, "", "  ")
 	if err != nil {
@@ -141,7 +155,7 @@ func newDB(ctx context.Context, adminURL, what string) (string, error) {
 // drifts: the sides take turns in rounds slices (limit methods, then the
 // receiver, again and again) and each side's figures are summed over its
 // slices, so that a busy moment weighs on both.
-func runCell(ctx context.Context, adminURL, binary string, batch, senders int, d, warmup time.Duration, methods []string) (Cell, error) {
+func runCell(ctx context.Context, adminURL string, postmaster int, binary string, batch, senders int, d, warmup time.Duration, methods []string) (Cell, error) {
 	const rounds = 3
 	c := Cell{Batch: batch, Senders: senders}
 	limitDBs := map[string]string{}
@@ -164,14 +178,19 @@ func runCell(ctx context.Context, adminURL, binary string, batch, senders int, d
 		return c, err
 	}
 	defer func() { _ = r.Stop() }() // best effort: the figures are already printed
-	side := &receiverSide{r: r, url: r.URL, client: harness.NewClient(senders)}
+	side := &receiverSide{r: r, url: r.URL, client: harness.NewClient(senders),
+		meter: &cpuMeter{postmaster: postmaster, receiver: r.Cmd.Process.Pid}}
+	limitMeters := map[string]*cpuMeter{}
+	for _, m := range methods {
+		limitMeters[m] = &cpuMeter{postmaster: postmaster}
+	}
 
 	limits := map[string]*recorder{}
 	var rcv *recorder
 	for round := range rounds {
 		gen := harness.NewGen(fmt.Sprintf("b%ds%dr%d", batch, senders, round))
 		for _, m := range methods {
-			rec, err := runLimit(ctx, limitDBs[m], m, gen, batch, senders, warmup, d/rounds)
+			rec, err := runLimit(ctx, limitDBs[m], m, gen, batch, senders, warmup, d/rounds, limitMeters[m])
 			if err != nil {
 				return c, err
 			}
@@ -186,6 +205,7 @@ func runCell(ctx context.Context, adminURL, binary string, batch, senders int, d
 	for _, m := range methods {
 		if res := limits[m].result(); res.appointmentsPerS > c.LimitPerS {
 			c.LimitPerS, c.LimitMethod = res.appointmentsPerS, m
+			c.LimitCPU = limitMeters[m].per100(res.appointmentsPerS * limits[m].secs)
 		}
 	}
 	rss, err := side.finish(ctx, u)
@@ -193,6 +213,7 @@ func runCell(ctx context.Context, adminURL, binary string, batch, senders int, d
 		return c, err
 	}
 	res := rcv.result()
+	c.CPU = side.meter.per100(res.appointmentsPerS * rcv.secs)
 	c.AppointmentsPerS, c.RequestsPerS = res.appointmentsPerS, res.requestsPerS
 	c.P50Ms, c.P99Ms, c.PeakRSSMiB = harness.Ms(res.p50), harness.Ms(res.p99), rss
 	if c.LimitPerS > 0 {
@@ -207,6 +228,7 @@ type receiverSide struct {
 	url    string
 	client *http.Client
 	ok     atomic.Int64 // appointments answered 200
+	meter  *cpuMeter    // nil in -profile
 }
 
 // run sends gen's batches from senders goroutines (closed loop) for
@@ -221,6 +243,7 @@ func (rs *receiverSide) run(ctx context.Context, gen harness.Gen, batch, senders
 	)
 	start := time.Now()
 	rec.window(start.Add(warmup), start.Add(warmup+d))
+	wait := rs.meter.watch(rec.begin, rec.end)
 	for s := range senders {
 		wg.Go(func() {
 			for time.Now().Before(rec.end) && ctx.Err() == nil {
@@ -242,6 +265,7 @@ func (rs *receiverSide) run(ctx context.Context, gen harness.Gen, batch, senders
 		})
 	}
 	wg.Wait()
+	wait()
 	if len(fails) > 0 {
 		log := ""
 		if rs.r != nil {

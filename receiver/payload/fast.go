@@ -110,6 +110,9 @@ type object struct {
 	src     string
 	members []member
 	parent  int
+	// lo and hi bound the indexes of its members: the scan appends an
+	// object's members right after the member holding it.
+	lo, hi int
 }
 
 func (o object) get(key string) string {
@@ -121,7 +124,7 @@ func (o object) get(key string) string {
 
 // find returns the index of key's member, -1 when it is absent.
 func (o object) find(key string) int {
-	for k := len(o.members) - 1; k >= 0; k-- {
+	for k := o.hi - 1; k >= o.lo; k-- {
 		m := o.members[k]
 		if m.parent != o.parent {
 			continue
@@ -163,20 +166,22 @@ func (w *fast) fail(obj, key, msg string) {
 }
 
 // validateFast is validateSlow for an entry that is a well-formed JSON
-// object; ok is false for anything else.
-func validateFast(it Item, loc *time.Location, now time.Time) (e Entry, errs []FieldError, ok bool) {
+// object; ok is false for anything else. scratch is reused for the
+// members: the entry returned refers only to its own copy of the text.
+func validateFast(it Item, loc *time.Location, now time.Time, scratch *[]member) (e Entry, errs []FieldError, ok bool) {
 	src := string(it.Raw)
 	i := skipSpace(src, 0)
 	if i == len(src) || src[i] != '{' {
 		return e, nil, false
 	}
-	w := fast{index: it.Index, base: it.Path, members: make([]member, 0, 32)}
+	w := fast{index: it.Index, base: it.Path, members: (*scratch)[:0]}
 	// One scan records the entry's members and those of its objects.
 	end, ok := scanObject(src, i, 1, &w.members, -1, 2)
+	*scratch = w.members
 	if !ok || skipSpace(src, end) != len(src) {
 		return e, nil, false
 	}
-	root := object{src: src, members: w.members, parent: -1}
+	root := object{src: src, members: w.members, parent: -1, hi: len(w.members)}
 	if obj, ok := w.object(root, "", "appointment", true); ok {
 		e.Appointment = w.appointment(obj, loc)
 	}
@@ -268,7 +273,11 @@ func (w *fast) object(parent object, p, key string, required bool) (object, bool
 		w.fail(p, key, "must be an object")
 		return object{}, false
 	}
-	return object{src: parent.src, members: parent.members, parent: k}, true
+	hi := k + 1
+	for hi < len(parent.members) && parent.members[hi].parent == k {
+		hi++
+	}
+	return object{src: parent.src, members: parent.members, parent: k, lo: k + 1, hi: hi}, true
 }
 
 // str reads obj[key] as a trimmed string; see walker.str.

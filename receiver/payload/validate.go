@@ -31,8 +31,9 @@ type Invalid struct {
 // decides what "in the future" means, as a date in loc. Valid entries come
 // back in batch order; every invalid entry comes back with all its errors.
 func Validate(items []Item, loc *time.Location, now time.Time) (valid []Entry, invalid []Invalid) {
+	var scratch []member // reused across entries: nothing validated keeps it
 	for _, it := range items {
-		e, errs := ValidateItem(it, loc, now)
+		e, errs := validateItem(it, loc, now, &scratch)
 		if len(errs) > 0 {
 			invalid = append(invalid, Invalid{Item: it, Errors: errs})
 			continue
@@ -49,7 +50,11 @@ func Validate(items []Item, loc *time.Location, now time.Time) (valid []Entry, i
 // stored trimmed of surrounding white space; optional ones that are absent,
 // null or blank become nil.
 func ValidateItem(it Item, loc *time.Location, now time.Time) (Entry, []FieldError) {
-	if e, errs, ok := validateFast(it, loc, now); ok {
+	return validateItem(it, loc, now, new([]member))
+}
+
+func validateItem(it Item, loc *time.Location, now time.Time, scratch *[]member) (Entry, []FieldError) {
+	if e, errs, ok := validateFast(it, loc, now, scratch); ok {
 		return e, errs
 	}
 	return validateSlow(it, loc, now)

@@ -60,7 +60,8 @@ type Result struct {
 //	    applies the embedded goose migrations under a Postgres advisory lock.
 //	(*Store).Write(ctx context.Context, b Batch) (Result, error)
 //	    stores b all-or-nothing and returns only after COMMIT. Concurrent calls
-//	    share one transaction through the batcher, each in its own savepoint.
+//	    share one statement (one transaction) through the batcher; a request
+//	    that makes it fail is retried alone, so it fails alone.
 //	    The Delivery row (outcome/status given by the caller) is written in
 //	    the same transaction and history rows refer to it.
 //	(*Store).RecordDelivery(ctx context.Context, d Delivery) error

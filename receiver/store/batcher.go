@@ -3,34 +3,29 @@ package store
 import (
 	"context"
 	"fmt"
-	"slices"
-	"strconv"
-	"strings"
-
-	"github.com/jmoiron/sqlx"
 )
 
 // The batcher (DESIGN §6). One transaction per request caps a receiver at a
 // few hundred requests per second, whatever the disk: the round trips are
 // the limit. So Write hands its request to a queue, and each of a few
-// workers takes whatever is queued when it is free (up to maxGroup; no timer:
-// under load the queue fills while the workers commit, at low load nothing
-// waits) and writes the group in ONE transaction, each request in its own
-// savepoint, answering every caller after the shared COMMIT.
+// workers takes whatever is queued when it is free (no timer: under load the
+// queue fills while the workers commit, at low load nothing waits) and
+// writes the group with ONE statement, which is one round trip and one
+// transaction, answering every caller after its commit.
 //
-// Lock order: concurrent transactions (other workers, other replicas) could
-// deadlock, since a group's requests each lock their own rows in turn. So a
-// transaction first takes a transaction-level advisory lock per row key of
-// the whole group, in ascending order, before it touches any row: a single
-// global order. Above maxKeyLocks keys it takes one exclusive lock for the
-// EHR instead (bounded lock-table use for large batches); small groups hold
-// that EHR lock shared. 512 keys keep a lone 100-entry request (about 300
-// keys) on row locks, so parallel batches of one EHR do not serialise
-// (measured +8–17 % at 8 senders of 100 entries), and 4 workers × 512 locks
-// stay well inside the lock table (64 × max_connections entries).
+// A failure is kept to the request that caused it without savepoints: if a
+// group's statement fails for a reason other than the database being away,
+// the group is rolled back whole and each of its requests is written again
+// alone, so only the culprit fails. That costs a round trip per request, but
+// only after a failure, where savepoints would cost two per request always.
+// Every transaction is then a single statement, whose lock order is fixed
+// (see writeSQL), so concurrent writers cannot deadlock.
 const (
-	maxKeyLocks = 512
-	maxAttempts = 3
+	maxGroup = 64
+	// maxGroupEntries bounds one statement's arrays; a larger request is
+	// written alone.
+	maxGroupEntries = 500
+	maxAttempts     = 3
 )
 
 type request struct {
@@ -72,23 +67,77 @@ func (s *Store) Write(ctx context.Context, b Batch) (Result, error) {
 	}
 }
 
+// group is the requests one statement writes: one EHR, distinct
+// appointments (an upsert cannot touch a row twice), bounded in size.
+type group struct {
+	reqs    []*request
+	entries int
+	appts   map[string]struct{}
+}
+
+// add puts r in g if it fits, and reports whether it did. An empty group
+// takes any request.
+func (g *group) add(r *request) bool {
+	if len(g.reqs) > 0 {
+		if len(g.reqs) >= maxGroup || r.p.delivery.EHR != g.reqs[0].p.delivery.EHR ||
+			g.entries+len(r.p.rows) > maxGroupEntries {
+			return false
+		}
+		for _, row := range r.p.rows {
+			if _, dup := g.appts[row.id]; dup {
+				return false
+			}
+		}
+	}
+	if g.appts == nil {
+		g.appts = make(map[string]struct{})
+	}
+	for _, row := range r.p.rows {
+		g.appts[row.id] = struct{}{}
+	}
+	g.reqs = append(g.reqs, r)
+	g.entries += len(r.p.rows)
+	return true
+}
+
+// work gathers groups and writes them. A request that does not fit the
+// group (it names an appointment already in it, or another EHR) is carried
+// over and leads the next group, so requests naming the same appointment are
+// written in the order they were queued.
 func (s *Store) work() {
 	defer s.wg.Done()
-	for first := range s.queue {
-		group := []*request{first}
+	var carry []*request
+	for {
+		var g group
+		held := carry
+		carry = nil
+		for _, r := range held {
+			if !g.add(r) {
+				carry = append(carry, r)
+			}
+		}
+		if len(g.reqs) == 0 {
+			r, ok := <-s.queue
+			if !ok {
+				return
+			}
+			g.add(r)
+		}
 	gather:
-		for len(group) < maxGroup {
+		for len(carry) == 0 && len(g.reqs) < maxGroup {
 			select {
 			case r, ok := <-s.queue:
 				if !ok {
 					break gather
 				}
-				group = append(group, r)
+				if !g.add(r) {
+					carry = append(carry, r)
+				}
 			default:
 				break gather
 			}
 		}
-		s.commit(group)
+		s.commit(g.reqs)
 	}
 }
 
@@ -109,15 +158,19 @@ func (s *Store) commit(group []*request) {
 	// not roll back its neighbours.
 	ctx, cancel := context.WithTimeout(context.Background(), txTimeout)
 	defer cancel()
-	var (
-		out []outcome
-		err error
-	)
-	for attempt := 1; attempt <= maxAttempts; attempt++ {
-		out, err = s.tryGroup(ctx, live)
-		if err == nil || !retryable(err) {
-			break
+	out, err := s.writeRetrying(ctx, live)
+	if err != nil && len(live) > 1 && !IsUnavailable(err) {
+		// One request's rows failed the statement: each alone, so the
+		// failure is its own.
+		for i, r := range live {
+			res, err := s.writeRetrying(ctx, []*request{r})
+			if err != nil {
+				out[i] = outcome{err: err}
+			} else {
+				out[i] = res[0]
+			}
 		}
+		err = nil
 	}
 	for i, r := range live {
 		if err != nil {
@@ -128,120 +181,56 @@ func (s *Store) commit(group []*request) {
 	}
 }
 
-// tryGroup runs one transaction for the group. A request's own failure is
-// in its outcome; an error returned fails the whole group (connection lost,
-// COMMIT failed).
-func (s *Store) tryGroup(ctx context.Context, group []*request) (_ []outcome, err error) {
+// writeRetrying writes a group, again on deadlock or serialization failure
+// (which the lock order makes unexpected, but a database may still report).
+// The outcomes are allocated even on error, for commit's fallback.
+func (s *Store) writeRetrying(ctx context.Context, group []*request) ([]outcome, error) {
+	out := make([]outcome, len(group))
+	var err error
+	for attempt := 1; attempt <= maxAttempts; attempt++ {
+		if err = s.writeGroup(ctx, group, out); err == nil || !retryable(err) || ctx.Err() != nil {
+			break
+		}
+		s.retries.Add(1)
+	}
+	return out, err
+}
+
+// writeGroup runs the group's statement in autocommit: the rows are read to
+// the end, which lib/pq reaches only after the server committed.
+func (s *Store) writeGroup(ctx context.Context, group []*request, out []outcome) error {
 	stmt, err := s.stmt(ctx)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	tx, err := s.db.BeginTxx(ctx, nil)
-	if err != nil {
-		return nil, wrap("Write: begin", err)
-	}
-	defer func() {
-		if err != nil {
-			_ = tx.Rollback()
-		}
-	}()
-	shared := len(group) > 1
-	if _, err := tx.ExecContext(ctx, lockSQL(group, shared)); err != nil {
-		return nil, wrap("Write: lock", err)
-	}
-	st := tx.StmtxContext(ctx, stmt)
-	out := make([]outcome, len(group))
+	ps := make([]*prepared, len(group))
 	for i, r := range group {
-		if shared && i > 0 {
-			if _, err := tx.ExecContext(ctx, `RELEASE SAVEPOINT request; SAVEPOINT request`); err != nil {
-				return nil, wrap("Write: savepoint", err)
-			}
-		}
-		res, reqErr, txErr := writeOne(ctx, tx, st, r.p, shared)
-		if txErr != nil {
-			return nil, txErr
-		}
-		out[i] = outcome{res: res, err: reqErr}
+		ps[i] = r.p
 	}
-	if err := tx.Commit(); err != nil {
-		return nil, wrap("Write: commit", err)
+	rows, err := stmt.QueryContext(ctx, writeArgs(ps)...)
+	if err != nil {
+		return wrap("Write", err)
+	}
+	defer rows.Close()
+	n := 0
+	for rows.Next() {
+		var req, written, quarantined int
+		if err := rows.Scan(&req, &written, &quarantined); err != nil {
+			return wrap("Write", err)
+		}
+		if req < 1 || req > len(group) {
+			return fmt.Errorf("Write: the statement answered for request %d of %d", req, len(group))
+		}
+		p := group[req-1].p
+		out[req-1] = outcome{res: Result{Written: written, Duplicates: p.entries - written, Quarantined: quarantined}}
+		n++
+	}
+	if err := rows.Err(); err != nil {
+		return wrap("Write", err)
+	}
+	if n != len(group) {
+		return fmt.Errorf("Write: the statement answered for %d of %d requests", n, len(group))
 	}
 	s.commits.Add(1)
-	return out, nil
-}
-
-// writeOne runs one request's statement. Without a savepoint (a group of
-// one) any failure is the transaction's. With one, a failure that leaves the
-// connection usable is rolled back to the savepoint and is this request's
-// alone; deadlock and serialization failures are retried there.
-func writeOne(ctx context.Context, tx *sqlx.Tx, st *sqlx.Stmt, p *prepared, shared bool) (res Result, reqErr, txErr error) {
-	for attempt := 1; ; attempt++ {
-		var written, quarantined int
-		err := st.QueryRowContext(ctx, p.args...).Scan(&written, &quarantined)
-		if err == nil {
-			return Result{Written: written, Duplicates: p.entries - written, Quarantined: quarantined}, nil, nil
-		}
-		err = wrap("Write", err)
-		if !shared || ctx.Err() != nil || (IsUnavailable(err) && !retryable(err)) {
-			return Result{}, nil, err
-		}
-		if _, rerr := tx.ExecContext(ctx, `ROLLBACK TO SAVEPOINT request`); rerr != nil {
-			return Result{}, nil, wrap("Write: rollback to savepoint", rerr)
-		}
-		if !retryable(err) || attempt == maxAttempts {
-			return Result{}, err, nil
-		}
-	}
-}
-
-// lockSQL is the group's advisory locks in one round trip: EHR locks first,
-// then row keys, each list ascending. Keys are integers we computed, never
-// input text, so formatting them into SQL is safe.
-func lockSQL(group []*request, savepoint bool) string {
-	var ehrs, keys []int64
-	for _, r := range group {
-		ehrs = append(ehrs, lockKey(r.p.ehr, "ehr", ""))
-		keys = append(keys, r.p.keys...)
-	}
-	slices.Sort(ehrs)
-	ehrs = slices.Compact(ehrs)
-	slices.Sort(keys)
-	keys = slices.Compact(keys)
-	exclusive := len(keys) > maxKeyLocks
-
-	var b strings.Builder
-	// A generic plan of the write statement: planning it per call (a
-	// custom plan) took 3.6 ms of an 8.4 ms statement at 100 entries.
-	// Its plan does not depend on the arrays' sizes: OFFSET 0 pins the
-	// history check to an index probe, and the rest is inserts and sorts.
-	// Forced rather than left to plan_cache_mode = auto, which may keep
-	// custom plans when small requests make them look cheap.
-	b.WriteString("SET LOCAL plan_cache_mode = force_generic_plan;")
-	for _, k := range ehrs {
-		if exclusive {
-			b.WriteString("SELECT pg_advisory_xact_lock(")
-		} else {
-			b.WriteString("SELECT pg_advisory_xact_lock_shared(")
-		}
-		b.WriteString(strconv.FormatInt(k, 10))
-		b.WriteString(");")
-	}
-	// All row locks in one statement (one statement each cost ~1 ms per
-	// 300 keys). A function scan of an array yields its elements in array
-	// order and advisory-lock functions are parallel restricted, so the
-	// locks are taken in ascending order, one by one.
-	if !exclusive && len(keys) > 0 {
-		b.WriteString("SELECT count(pg_advisory_xact_lock(k)) FROM unnest('{")
-		for i, k := range keys {
-			if i > 0 {
-				b.WriteByte(',')
-			}
-			b.WriteString(strconv.FormatInt(k, 10))
-		}
-		b.WriteString("}'::bigint[]) AS k;")
-	}
-	if savepoint {
-		b.WriteString("SAVEPOINT request;")
-	}
-	return b.String()
+	return nil
 }

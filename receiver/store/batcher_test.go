@@ -61,6 +61,9 @@ func TestWriteConcurrentOverlapping(t *testing.T) {
 		WHERE h.ehr = a.ehr AND h.appointment_external_id = a.external_id ORDER BY h.id DESC LIMIT 1)`); n != 0 {
 		t.Errorf("%d appointments differ from their latest history row", n)
 	}
+	if n := s.retries.Load(); n != 0 {
+		t.Errorf("%d deadlock or serialization retries, want none (the lock order is fixed)", n)
+	}
 	t.Logf("%d requests in %d transactions", writers*rounds, s.commits.Load())
 }
 
@@ -87,8 +90,9 @@ func TestWriteRequestsShareTransactions(t *testing.T) {
 	t.Logf("%d requests in %d transactions", requests, s.commits.Load())
 }
 
-// A request that fails inside a shared transaction is rolled back to its
-// savepoint alone: its neighbours commit, and its error names no value.
+// A request whose rows fail its group's statement fails alone: the group is
+// written again one request at a time, its neighbours commit, and its error
+// names no value.
 func TestWriteFailingRequestDoesNotFailNeighbours(t *testing.T) {
 	t.Parallel()
 	s, db := newStore(t)
@@ -137,8 +141,8 @@ func TestWriteFailingRequestDoesNotFailNeighbours(t *testing.T) {
 	if n := count(t, db, `SELECT count(*) FROM patients WHERE last_name = 'Secretname'`); n != 0 {
 		t.Error("the failed request left its patient row")
 	}
-	if c := s.commits.Load(); c != 1 {
-		t.Errorf("%d transactions, want 1", c)
+	if c := s.commits.Load(); c != 2 {
+		t.Errorf("%d transactions committed, want 2 (each neighbour alone, after the group failed)", c)
 	}
 }
 
@@ -202,15 +206,13 @@ func TestCloseWaitsForQueuedWrites(t *testing.T) {
 	}
 }
 
-// Groups above maxKeyLocks row keys take the EHR's lock exclusively instead
-// of one lock per row; small requests running beside them hold it shared.
-// Large and small overlapping requests at once: no error, no deadlock,
-// everything stored.
+// Requests too large to share a statement (over maxGroupEntries together)
+// run beside small ones that name the same patients: no error, no
+// deadlock, everything stored.
 func TestWriteLargeBatchesBesideSmallOnes(t *testing.T) {
 	t.Parallel()
 	s, db := newStore(t)
-	// An appointment and a patient key an entry: over the limit alone.
-	const large = maxKeyLocks/2 + 20
+	const large = maxGroupEntries/2 + 20
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -250,56 +252,116 @@ func TestWriteLargeBatchesBesideSmallOnes(t *testing.T) {
 	if n, want := count(t, db, `SELECT count(*) FROM appointments`), 4*large+8*10; n != want {
 		t.Errorf("%d appointments stored, want %d", n, want)
 	}
+	if n := s.retries.Load(); n != 0 {
+		t.Errorf("%d deadlock or serialization retries, want none (the lock order is fixed)", n)
+	}
 }
 
-// The group's lock statement takes every row key's lock (they are taken in
-// one array statement, which must not skip any) and holds the EHR lock
-// shared; the session then plans the write statement generically.
-func TestLockSQLTakesEveryRowLock(t *testing.T) {
+// A group holds one EHR's requests with distinct appointments, within its
+// bounds; an empty group takes anything.
+func TestGroupAdd(t *testing.T) {
 	t.Parallel()
-	_, db := newStore(t)
-	ctx := context.Background()
-	var group []*request
-	for i := range 3 {
-		e := minimalEntry(fmt.Sprintf("apt-%d", i))
-		e.Patient.ID = "pat-shared" // keys requests share are locked once
-		p, err := prepare(batch(e))
+	req := func(ehr string, ids ...string) *request {
+		var entries []payload.Entry
+		for _, id := range ids {
+			entries = append(entries, minimalEntry(id))
+		}
+		b := batch(entries...)
+		b.Delivery.EHR = ehr
+		p, err := prepare(b)
 		if err != nil {
 			t.Fatal(err)
 		}
-		group = append(group, &request{p: p})
+		return &request{p: p}
 	}
-	const wantKeys = 3 + 1 + 1 // an appointment per request, one patient, one practitioner
-	tx, err := db.BeginTxx(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
+	var g group
+	for _, step := range []struct {
+		r    *request
+		want bool
+	}{
+		{req("nexus", "apt-1", "apt-2"), true},
+		{req("nexus", "apt-3"), true},
+		{req("nexus", "apt-4", "apt-2"), false}, // apt-2 is already in the group
+		{req("medicat", "apt-9"), false},        // another EHR
+		{req("nexus"), true},                    // quarantined entries only
+	} {
+		if got := g.add(step.r); got != step.want {
+			t.Errorf("add(%v): %v, want %v", step.r.p.rows, got, step.want)
+		}
 	}
-	defer func() { _ = tx.Rollback() }()
-	if _, err := tx.ExecContext(ctx, lockSQL(group, true)); err != nil {
-		t.Fatal(err)
+	if len(g.reqs) != 3 || g.entries != 3 {
+		t.Errorf("group of %d requests, %d entries; want 3 and 3", len(g.reqs), g.entries)
 	}
-	var exclusive, shared int
-	if err := tx.QueryRowContext(ctx, `
-		SELECT count(*) FILTER (WHERE mode = 'ExclusiveLock'), count(*) FILTER (WHERE mode = 'ShareLock')
-		FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()`).Scan(&exclusive, &shared); err != nil {
-		t.Fatal(err)
+
+	big := make([]string, maxGroupEntries+1)
+	for i := range big {
+		big[i] = fmt.Sprintf("big-%d", i)
 	}
-	if exclusive != wantKeys || shared != 1 {
-		t.Errorf("%d exclusive and %d shared advisory locks, want %d and 1", exclusive, shared, wantKeys)
+	var alone group
+	if !alone.add(req("nexus", big...)) {
+		t.Error("an empty group refused a request larger than maxGroupEntries")
 	}
+	if alone.add(req("nexus", "apt-1")) {
+		t.Error("a group over maxGroupEntries took another request")
+	}
+
+	var full group
+	for i := range maxGroup {
+		full.add(req("nexus", fmt.Sprintf("apt-%d", i)))
+	}
+	if full.add(req("nexus", "apt-x")) {
+		t.Errorf("a group of %d requests took another", maxGroup)
+	}
+}
+
+// The store's sessions plan the write statement generically (set at
+// connection start; see Open).
+func TestSessionsUseGenericPlans(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t)
 	var mode string
-	if err := tx.GetContext(ctx, &mode, `SHOW plan_cache_mode`); err != nil {
+	if err := s.db.GetContext(context.Background(), &mode, `SHOW plan_cache_mode`); err != nil {
 		t.Fatal(err)
 	}
 	if mode != "force_generic_plan" {
-		t.Errorf("plan_cache_mode %q in the write transaction, want force_generic_plan", mode)
+		t.Errorf("plan_cache_mode %q, want force_generic_plan", mode)
 	}
-	// Another transaction cannot take a row lock the group holds.
-	var got bool
-	if err := db.GetContext(ctx, &got, `SELECT pg_try_advisory_xact_lock($1)`, group[2].p.keys[2]); err != nil {
-		t.Fatal(err)
+}
+
+// A queued request naming an appointment already in the group waits for
+// the next group, so requests for the same appointment commit in the order
+// they were queued, each as its own change.
+func TestWorkCarriesOverlappingRequestToNextGroup(t *testing.T) {
+	t.Parallel()
+	s, db := newStore(t)
+	v1, v2 := minimalEntry("apt-1"), minimalEntry("apt-1")
+	v2.Appointment.Status, v2.Appointment.StatusRaw = "cancelled", "Cancelled"
+	w := &Store{db: s.db, queue: make(chan *request, 3)} // a worker of our own, run to the end
+	var reqs []*request
+	for _, b := range []Batch{batch(v1), batch(v2), batch(minimalEntry("apt-2"))} {
+		p, err := prepare(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := &request{ctx: context.Background(), p: p, done: make(chan outcome, 1)}
+		reqs = append(reqs, r)
+		w.queue <- r
 	}
-	if got {
-		t.Error("another transaction took a row lock the group holds")
+	close(w.queue)
+	w.wg.Add(1)
+	w.work()
+	for i, r := range reqs {
+		if o := <-r.done; o.err != nil || o.res.Written != 1 {
+			t.Errorf("request %d: %+v, %v; want one written", i, o.res, o.err)
+		}
+	}
+	if c := w.commits.Load(); c != 2 {
+		t.Errorf("%d statements, want 2 (v1 alone, then v2 with apt-2)", c)
+	}
+	if got := getAppointment(t, db, "apt-1").Status; got != "cancelled" {
+		t.Errorf("apt-1 is %q, want the later request's cancelled", got)
+	}
+	if h := getHistory(t, db, "apt-1"); len(h) != 2 {
+		t.Errorf("apt-1 has %d history rows, want 2", len(h))
 	}
 }

@@ -17,11 +17,10 @@ import (
 	"github.com/insighthealth/ehr-operator/receiver/store/migrations"
 )
 
-// Tuning of the batcher and the pool. Workers transactions run at once;
-// each takes at most maxGroup waiting requests.
+// Tuning of the batcher and the pool: workers statements run at once (see
+// batcher.go for what each takes).
 const (
-	workers    = 4
-	maxGroup   = 64
+	workers    = 3
 	queueDepth = 4 * maxGroup
 	// txTimeout bounds one shared transaction: a database that does not
 	// answer fails its callers with context.DeadlineExceeded (unavailable).
@@ -48,6 +47,7 @@ type Store struct {
 	wg     sync.WaitGroup
 
 	commits atomic.Int64 // shared transactions committed (tests check that requests share them)
+	retries atomic.Int64 // statements run again after a deadlock or serialization failure
 }
 
 // Open sets up the pool for databaseURL (a postgres:// URL) and starts the
@@ -68,6 +68,18 @@ func Open(ctx context.Context, databaseURL string) (*Store, error) {
 	// worker forever.
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = defaultConnectTimeout
+	}
+	// A generic plan of the write statement: planning it per call (a custom
+	// plan) took 3.6 ms of an 8.4 ms statement at 100 entries, and its plan
+	// does not depend on the arrays' sizes (OFFSET 0 pins the history check
+	// to an index probe; the rest is inserts and sorts). Forced rather than
+	// left to plan_cache_mode = auto, which may keep custom plans when small
+	// groups make them look cheap. Set at connection start: no round trip.
+	if cfg.Runtime == nil {
+		cfg.Runtime = map[string]string{}
+	}
+	if _, set := cfg.Runtime["plan_cache_mode"]; !set {
+		cfg.Runtime["plan_cache_mode"] = "force_generic_plan"
 	}
 	connector, err := pq.NewConnectorConfig(cfg)
 	if err != nil {
