@@ -11,7 +11,8 @@ import (
 // hashScheme prefixes the hashed bytes, so a change of what is hashed is a
 // deliberate, visible step (it makes one redelivery of each appointment
 // apply once more, harmlessly). v1 hashed the entry's JSON encoding; v2
-// frames the fields directly, about ten times faster (docs/performance.md).
+// frames the fields directly: 0.3 µs per entry instead of 2.8 µs, no
+// allocation (measured with go test -bench, docs/performance.md).
 const hashScheme = "ehr-operator/entry/v2\n"
 
 // ContentHash identifies what an entry says: the SHA-256 of every field in
