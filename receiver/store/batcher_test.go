@@ -3,12 +3,16 @@ package store
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jmoiron/sqlx"
+
+	"github.com/insighthealth/ehr-operator/internal/pgtest"
 	"github.com/insighthealth/ehr-operator/receiver/payload"
 )
 
@@ -363,5 +367,115 @@ func TestWorkCarriesOverlappingRequestToNextGroup(t *testing.T) {
 	}
 	if h := getHistory(t, db, "apt-1"); len(h) != 2 {
 		t.Errorf("apt-1 has %d history rows, want 2", len(h))
+	}
+}
+
+// One statement writes several requests: each request's delivery row, and
+// only its own, is what its appointments, history and quarantined entries
+// refer to, and each request gets its own counts.
+func TestWriteGroupDeliveryIDs(t *testing.T) {
+	t.Parallel()
+	s, db := newStore(t)
+	var group []*request
+	for i := range 6 {
+		var entries []payload.Entry
+		for k := range i + 1 { // request i writes i+1 appointments
+			entries = append(entries, minimalEntry(fmt.Sprintf("apt-%d-%d", i, k)))
+		}
+		b := batch(entries...)
+		for k := range i % 3 { // and quarantines i%3 entries
+			b.Quarantined = append(b.Quarantined, Quarantined{Index: 10 + k, Raw: []byte(`{}`)})
+		}
+		p, err := prepare(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		group = append(group, &request{ctx: context.Background(), p: p, done: make(chan outcome, 1)})
+	}
+	s.commit(group)
+	if c := s.commits.Load(); c != 1 {
+		t.Fatalf("%d statements, want 1 for the group", c)
+	}
+	for i, r := range group {
+		o := <-r.done
+		if o.err != nil || o.res.Written != i+1 || o.res.Quarantined != i%3 {
+			t.Errorf("request %d: %+v, %v; want %d written, %d quarantined", i, o.res, o.err, i+1, i%3)
+		}
+		req := r.p.delivery.RequestID
+		for _, q := range []struct{ what, sql string }{
+			{"appointments", `SELECT count(*) FROM appointments a JOIN webhook_deliveries d ON d.id = a.delivery_id
+				WHERE d.request_id = $1 AND a.external_id LIKE $2`},
+			{"history rows", `SELECT count(*) FROM appointment_history h JOIN webhook_deliveries d ON d.id = h.delivery_id
+				WHERE d.request_id = $1 AND h.appointment_external_id LIKE $2`},
+		} {
+			if n := count(t, db, q.sql, req, fmt.Sprintf("apt-%d-%%", i)); n != i+1 {
+				t.Errorf("request %d: %d %s refer to its delivery, want %d", i, n, q.what, i+1)
+			}
+		}
+		if n := count(t, db, `SELECT count(*) FROM quarantined_entries q JOIN webhook_deliveries d ON d.id = q.delivery_id
+			WHERE d.request_id = $1`, req); n != i%3 {
+			t.Errorf("request %d: %d quarantined entries refer to its delivery, want %d", i, n, i%3)
+		}
+	}
+}
+
+// A role that may only read and write the tables (no sequence privileges,
+// no DDL) can start and write: what docs/operations.md suggests for
+// receivers when migrations run separately.
+func TestWriteAsReadWriteRole(t *testing.T) {
+	t.Parallel()
+	u := pgtest.NewDatabase(t)
+	admin, err := sqlx.Open("postgres", u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	role := fmt.Sprintf("writer_%d", deliverySeq.Add(1))
+	for _, stmt := range []string{
+		`CREATE ROLE ` + role + ` LOGIN`,
+		`GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO ` + role,
+	} {
+		if _, err := admin.Exec(stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		_, _ = admin.Exec(`DROP OWNED BY ` + role)
+		_, _ = admin.Exec(`DROP ROLE ` + role)
+	})
+	pu, err := url.Parse(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pu.User = url.User(role)
+	s, db := openStore(t, pu.String())
+	// A receiver started with --migrate=true (as the operator runs it)
+	// finds nothing to apply and becomes ready.
+	if err := s.Migrate(context.Background()); err != nil {
+		t.Fatalf("Migrate of a migrated database as a read-write role: %v", err)
+	}
+	if err := s.Ready(context.Background()); err != nil {
+		t.Fatalf("Ready as a read-write role: %v", err)
+	}
+	var res []outcome
+	var group []*request
+	for i := range 3 {
+		p, err := prepare(batch(minimalEntry(fmt.Sprintf("apt-%d", i))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		group = append(group, &request{ctx: context.Background(), p: p, done: make(chan outcome, 1)})
+	}
+	s.commit(group)
+	for _, r := range group {
+		res = append(res, <-r.done)
+	}
+	for i, o := range res {
+		if o.err != nil {
+			t.Errorf("request %d as a read-write role: %v", i, o.err)
+		}
+	}
+	if n := count(t, db, `SELECT count(*) FROM appointments`); n != 3 {
+		t.Errorf("%d appointments, want 3", n)
 	}
 }

@@ -20,43 +20,50 @@ import (
 // transaction). It returns, per request in group order, the appointments
 // written and the entries quarantined.
 //
-//   - A delivery row per request. Ids are drawn first so that each
-//     request's entries and quarantined entries refer to theirs by the
-//     request's ordinal.
-//   - The history row of each entry, unless the appointment's history
-//     already holds its content hash (ON CONFLICT DO NOTHING on the unique
-//     key): only the entries that insert one apply. So older or identical
-//     content is a no-op, a replayed old delivery cannot undo a newer
-//     change, and of two concurrent identical deliveries the second waits
-//     for the first and then applies nothing. One index insertion per entry
-//     does both the check and the write.
-//   - Patients, practitioners and appointments upserted as snapshots from
-//     the entries that apply, so a replay cannot roll a patient back
-//     either. A patient or practitioner named by several entries gets the
-//     latest entry's content, as writing the requests one by one would.
-//     The group's requests name distinct appointments (the batcher sees to
-//     it), so no appointment is upserted twice. The appointment upsert also
-//     skips a row whose hash is already the entry's (only possible if
-//     history rows were deleted).
+//   - A delivery row per request. The rows are inserted in request order,
+//     so their identity values ascend in that order and the n-th smallest
+//     id is the n-th request's (TestWriteGroupDeliveryIDs): each request's
+//     entries and quarantined entries find theirs by the request's ordinal.
+//     (Drawing the ids with nextval() first would need USAGE on the
+//     sequence, a privilege a least-privilege role may lack.)
+//   - The entries whose content hash the appointment's history lacks
+//     (older or identical content is a no-op, so a replayed old delivery
+//     cannot undo a newer change) are upserted as snapshots into patients,
+//     practitioners and appointments, with a history row per applied
+//     change. Patients and practitioners are only written from entries
+//     that apply, so a replay cannot roll a patient back either. A patient
+//     or practitioner named by several entries gets the latest entry's
+//     content, as writing the requests one by one would. The group's
+//     requests name distinct appointments (the batcher sees to it), so no
+//     appointment is upserted twice.
+//   - The appointment upsert also skips a row whose current hash equals
+//     the entry's: that covers a concurrent identical delivery committed
+//     after this statement's snapshot was taken (ON CONFLICT sees the
+//     latest row version). History rows are written after the
+//     appointment's row lock is held, so their order is the order in
+//     which changes were applied.
+//   - OFFSET 0 keeps the history check a per-entry index probe: without it
+//     the planner may turn NOT EXISTS into a hash anti-join that reads
+//     every history row of the EHR for every statement, so writes slow
+//     down as the history grows (BenchmarkWriteLargeHistory).
 //   - The quarantined entries.
 //
 // Lock order: every lock is taken inside this one statement, table by table
-// (history, patients, practitioners, appointments: patients read what the
-// history insert returned, and the appointment insert's one-time filter
-// runs the patient and practitioner inserts first) and in ascending key
-// order within each table. Two such statements can never wait for each
-// other in a cycle, so no advisory locks are needed.
+// (patients, practitioners, appointments: the appointment insert's one-time
+// filter runs the other two first; then history rows, whose appointments
+// this statement already holds) and in ascending key order within each
+// table. Two such statements can never wait for each other in a cycle, so
+// no advisory locks are needed.
 const writeSQL = `
-WITH delivery_in AS MATERIALIZED (
-    SELECT d.*, nextval(pg_get_serial_sequence('webhook_deliveries', 'id')) AS delivery_id
+WITH delivery AS (
+    INSERT INTO webhook_deliveries (ehr, request_id, received_at, body_sha256, item_count, outcome, status_code)
+    SELECT $1, request_id, received_at, body_sha256, item_count, outcome, status_code
     FROM unnest($2::text[], $3::timestamptz[], $4::bytea[], $5::integer[], $6::text[], $7::integer[])
         WITH ORDINALITY AS d(request_id, received_at, body_sha256, item_count, outcome, status_code, req)
-), delivery AS (
-    INSERT INTO webhook_deliveries (id, ehr, request_id, received_at, body_sha256, item_count, outcome, status_code)
-    OVERRIDING SYSTEM VALUE
-    SELECT delivery_id, $1, request_id, received_at, body_sha256, item_count, outcome, status_code
-    FROM delivery_in
     ORDER BY req
+    RETURNING id
+), delivery_in AS (
+    SELECT id AS delivery_id, row_number() OVER (ORDER BY id) AS req FROM delivery
 ), entry AS (
     SELECT u.*, d.delivery_id
     FROM unnest(
@@ -74,20 +81,16 @@ WITH delivery_in AS MATERIALIZED (
         ord
     )
     JOIN delivery_in d ON d.req = u.req
-), applied AS (
-    INSERT INTO appointment_history (ehr, appointment_external_id, status, start_time, content_hash, delivery_id)
-    SELECT $1, id, status, start_time, content_hash, delivery_id
-    FROM entry
-    ORDER BY id
-    ON CONFLICT DO NOTHING
-    RETURNING appointment_external_id AS id
-), change AS (
-    SELECT e.* FROM entry e JOIN applied USING (id)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM appointment_history h
+        WHERE h.ehr = $1 AND h.appointment_external_id = u.id AND h.content_hash = u.content_hash
+        OFFSET 0
+    )
 ), patient AS (
     INSERT INTO patients AS p (ehr, external_id, first_name, middle_name, last_name, birth_date, gender, phone, email)
     SELECT DISTINCT ON (patient_id)
         $1, patient_id, pat_first_name, pat_middle_name, pat_last_name, pat_birth_date, pat_gender, pat_phone, pat_email
-    FROM change
+    FROM entry
     ORDER BY patient_id, ord DESC
     ON CONFLICT (ehr, external_id) DO UPDATE SET
         first_name = EXCLUDED.first_name, middle_name = EXCLUDED.middle_name, last_name = EXCLUDED.last_name,
@@ -100,7 +103,7 @@ WITH delivery_in AS MATERIALIZED (
 ), practitioner AS (
     INSERT INTO practitioners AS r (ehr, external_id, first_name, last_name)
     SELECT DISTINCT ON (practitioner_id) $1, practitioner_id, pra_first_name, pra_last_name
-    FROM change
+    FROM entry
     ORDER BY practitioner_id, ord DESC
     ON CONFLICT (ehr, external_id) DO UPDATE SET
         first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name, updated_at = now()
@@ -115,7 +118,7 @@ WITH delivery_in AS MATERIALIZED (
         $1, id, patient_id, practitioner_id, status, status_raw,
         start_time, start_date, created_time, type, duration_minutes, reason, notes,
         location_name, encounter_id, encounter_reason, department_id, content_hash, delivery_id
-    FROM change
+    FROM entry
     WHERE (SELECT count(*) FROM patient) >= 0 AND (SELECT count(*) FROM practitioner) >= 0
     ORDER BY id
     ON CONFLICT (ehr, external_id) DO UPDATE SET
@@ -129,7 +132,13 @@ WITH delivery_in AS MATERIALIZED (
         department_id = EXCLUDED.department_id, content_hash = EXCLUDED.content_hash,
         delivery_id = EXCLUDED.delivery_id, updated_at = now()
     WHERE a.content_hash <> EXCLUDED.content_hash
-    RETURNING delivery_id
+    RETURNING external_id, status, start_time, content_hash, delivery_id
+), history AS (
+    INSERT INTO appointment_history (ehr, appointment_external_id, status, start_time, content_hash, delivery_id)
+    SELECT $1, external_id, status, start_time, content_hash, delivery_id
+    FROM appointment
+    ORDER BY external_id
+    ON CONFLICT DO NOTHING
 ), quarantine AS (
     INSERT INTO quarantined_entries (ehr, delivery_id, entry_index, raw, errors)
     SELECT $1, d.delivery_id, q.entry_index, q.raw, q.errors
