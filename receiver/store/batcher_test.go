@@ -107,11 +107,7 @@ func TestWriteFailingRequestDoesNotFailNeighbours(t *testing.T) {
 
 	var group []*request
 	for _, b := range []Batch{good1, bad, good2} {
-		p, err := prepare(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		group = append(group, &request{ctx: context.Background(), p: p, done: make(chan outcome, 1)})
+		group = append(group, queued(t, b))
 	}
 	s.commit(group) // one transaction, as the batcher would run it
 	var results []outcome
@@ -272,11 +268,7 @@ func TestGroupAdd(t *testing.T) {
 		}
 		b := batch(entries...)
 		b.Delivery.EHR = ehr
-		p, err := prepare(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return &request{p: p}
+		return queued(t, b)
 	}
 	var g group
 	for _, step := range []struct {
@@ -343,11 +335,7 @@ func TestWorkCarriesOverlappingRequestToNextGroup(t *testing.T) {
 	w := &Store{db: s.db, queue: make(chan *request, 3)} // a worker of our own, run to the end
 	var reqs []*request
 	for _, b := range []Batch{batch(v1), batch(v2), batch(minimalEntry("apt-2"))} {
-		p, err := prepare(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r := &request{ctx: context.Background(), p: p, done: make(chan outcome, 1)}
+		r := queued(t, b)
 		reqs = append(reqs, r)
 		w.queue <- r
 	}
@@ -386,11 +374,7 @@ func TestWriteGroupDeliveryIDs(t *testing.T) {
 		for k := range i % 3 { // and quarantines i%3 entries
 			b.Quarantined = append(b.Quarantined, Quarantined{Index: 10 + k, Raw: []byte(`{}`)})
 		}
-		p, err := prepare(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		group = append(group, &request{ctx: context.Background(), p: p, done: make(chan outcome, 1)})
+		group = append(group, queued(t, b))
 	}
 	s.commit(group)
 	if c := s.commits.Load(); c != 1 {
@@ -460,11 +444,7 @@ func TestWriteAsReadWriteRole(t *testing.T) {
 	var res []outcome
 	var group []*request
 	for i := range 3 {
-		p, err := prepare(batch(minimalEntry(fmt.Sprintf("apt-%d", i))))
-		if err != nil {
-			t.Fatal(err)
-		}
-		group = append(group, &request{ctx: context.Background(), p: p, done: make(chan outcome, 1)})
+		group = append(group, queued(t, batch(minimalEntry(fmt.Sprintf("apt-%d", i)))))
 	}
 	s.commit(group)
 	for _, r := range group {

@@ -242,3 +242,14 @@ func count(t testing.TB, db *sqlx.DB, query string, args ...any) int {
 	}
 	return n
 }
+
+// queued is b as the batcher's queue holds it, for tests that hand groups
+// to commit or work themselves.
+func queued(t testing.TB, b Batch) *request {
+	t.Helper()
+	p, err := prepare(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &request{ctx: context.Background(), p: p, done: make(chan outcome, 1)}
+}

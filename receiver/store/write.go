@@ -309,49 +309,49 @@ func writeArgs(group []*prepared) []any {
 type nullTextArray []sql.NullString
 
 func (a nullTextArray) Value() (driver.Value, error) {
-	n := 2
+	size := 0
 	for _, s := range a {
-		n += len(s.String) + 3
+		size += len(s.String) + 3
 	}
-	b := make([]byte, 0, n)
-	b = append(b, '{')
-	for i, s := range a {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		if !s.Valid {
-			b = append(b, "NULL"...)
-			continue
-		}
+	return arrayLiteral(len(a), size, func(i int) bool { return a[i].Valid }, func(b []byte, i int) []byte {
+		s := a[i].String
 		b = append(b, '"')
-		for j := 0; j < len(s.String); j++ {
-			if c := s.String[j]; c == '"' || c == '\\' {
+		for j := 0; j < len(s); j++ {
+			if c := s[j]; c == '"' || c == '\\' {
 				b = append(b, '\\')
 			}
-			b = append(b, s.String[j])
+			b = append(b, s[j])
 		}
-		b = append(b, '"')
-	}
-	return string(append(b, '}')), nil
+		return append(b, '"')
+	}), nil
 }
 
 // nullIntArray is an integer[] argument with NULL elements.
 type nullIntArray []sql.NullInt64
 
 func (a nullIntArray) Value() (driver.Value, error) {
-	b := make([]byte, 0, 2+4*len(a))
+	return arrayLiteral(len(a), 4*len(a), func(i int) bool { return a[i].Valid }, func(b []byte, i int) []byte {
+		return strconv.AppendInt(b, a[i].Int64, 10)
+	}), nil
+}
+
+// arrayLiteral is the text form of an n-element array, {e1,NULL,e3}: valid
+// tells which elements are not NULL, and elem appends element i. size is a
+// guess of the elements' bytes.
+func arrayLiteral(n, size int, valid func(int) bool, elem func(b []byte, i int) []byte) string {
+	b := make([]byte, 0, size+n+2)
 	b = append(b, '{')
-	for i, n := range a {
+	for i := range n {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		if !n.Valid {
+		if valid(i) {
+			b = elem(b, i)
+		} else {
 			b = append(b, "NULL"...)
-			continue
 		}
-		b = strconv.AppendInt(b, n.Int64, 10)
 	}
-	return string(append(b, '}')), nil
+	return string(append(b, '}'))
 }
 
 // timestamp keeps the instant exactly: the zone offset travels with it.
