@@ -20,7 +20,7 @@ import (
 // Tuning of the batcher and the pool: workers statements run at once (see
 // batcher.go for what each takes).
 const (
-	workers    = 3
+	workers    = 4
 	queueDepth = 4 * maxGroup
 	// txTimeout bounds one shared transaction: a database that does not
 	// answer fails its callers with context.DeadlineExceeded (unavailable).
