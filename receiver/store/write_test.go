@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql/driver"
 	"strings"
 	"testing"
 	"time"
@@ -355,5 +356,25 @@ func TestRecordDelivery(t *testing.T) {
 	}
 	if n := count(t, db, `SELECT count(*) FROM webhook_deliveries WHERE request_id = $1 AND outcome = 'rejected' AND status_code = 422 AND item_count = 3`, d.RequestID); n != 1 {
 		t.Errorf("%d matching delivery rows, want 1", n)
+	}
+}
+
+// The array arguments' text forms (TestWriteStoresTextVerbatim checks the
+// same through PostgreSQL).
+func TestArrayLiterals(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		v    interface{ Value() (driver.Value, error) }
+		want string
+	}{
+		{textArray{`a"b`, `c\d`, "", "NULL", "{x,y}"}, `{"a\"b","c\\d","","NULL","{x,y}"}`},
+		{textArray{}, `{}`},
+		{nullTextArray{{String: "x", Valid: true}, {}, {String: "", Valid: true}}, `{"x",NULL,""}`},
+		{nullIntArray{{Int64: -5, Valid: true}, {}, {Int64: 90, Valid: true}}, `{-5,NULL,90}`},
+	} {
+		got, err := c.v.Value()
+		if err != nil || got != c.want {
+			t.Errorf("%#v: %v, %v; want %s", c.v, got, err, c.want)
+		}
 	}
 }
