@@ -143,120 +143,32 @@ func (o object) find(key string) int {
 	return -1
 }
 
-// fast collects the field errors of one entry; paths are built by path
-// only for an error.
+// fast reads an entry's fields from its scanned members.
 type fast struct {
-	index int
-	base  string
-	errs  []FieldError
+	fieldErrors
 	// members holds the members of the entry and of its objects.
 	members []member
 }
 
-func (w *fast) path(obj, key string) string {
-	p := w.base
-	if obj != "" {
-		p = join(p, obj)
-	}
-	return join(p, key)
-}
-
-func (w *fast) fail(obj, key, msg string) {
-	w.errs = append(w.errs, FieldError{Index: w.index, Field: w.path(obj, key), Message: msg})
-}
-
 // validateFast is validateSlow for an entry that is a well-formed JSON
-// object; ok is false for anything else. scratch is reused for the
-// members: the entry returned refers only to its own copy of the text.
-func validateFast(it Item, loc *time.Location, now time.Time, scratch *[]member) (e Entry, errs []FieldError, ok bool) {
+// object; ok is false for anything else. w is reused from entry to entry
+// (its members' buffer above all): the entry and errors returned refer only
+// to their own memory.
+func validateFast(it Item, loc *time.Location, now time.Time, w *fast) (e Entry, errs []FieldError, ok bool) {
 	src := string(it.Raw)
 	i := skipSpace(src, 0)
 	if i == len(src) || src[i] != '{' {
 		return e, nil, false
 	}
-	w := fast{index: it.Index, base: it.Path, members: (*scratch)[:0]}
+	*w = fast{fieldErrors: fieldErrors{index: it.Index, base: it.Path}, members: w.members[:0]}
 	// One scan records the entry's members and those of its objects.
 	end, ok := scanObject(src, i, 1, &w.members, -1, 2)
-	*scratch = w.members
 	if !ok || skipSpace(src, end) != len(src) {
 		return e, nil, false
 	}
 	root := object{src: src, members: w.members, parent: -1, hi: len(w.members)}
-	if obj, ok := w.object(root, "", "appointment", true); ok {
-		e.Appointment = w.appointment(obj, loc)
-	}
-	if obj, ok := w.object(root, "", "patient", true); ok {
-		e.Patient = w.patient(obj, loc, now)
-	}
-	if obj, ok := w.object(root, "", "practitioner", true); ok {
-		const p = "practitioner"
-		e.Practitioner = Practitioner{
-			ID:        w.required(obj, p, "id", MaxNameLen),
-			FirstName: w.required(obj, p, "first_name", MaxNameLen),
-			LastName:  w.required(obj, p, "last_name", MaxNameLen),
-		}
-	}
-	if obj, ok := w.object(root, "", "location", false); ok {
-		e.LocationName = w.optional(obj, "location", "name", MaxNameLen)
-	}
-	if obj, ok := w.object(root, "", "encounter", false); ok {
-		e.EncounterID = w.optional(obj, "encounter", "id", MaxNameLen)
-		e.EncounterReason = w.optional(obj, "encounter", "reason", MaxReasonLen)
-	}
-	e.DepartmentID = w.optional(root, "", "department_id", MaxNameLen)
-	if len(w.errs) > 0 {
-		return Entry{}, w.errs, true
-	}
-	return e, nil, true
-}
-
-func (w *fast) appointment(obj object, loc *time.Location) Appointment {
-	const p = "appointment"
-	a := Appointment{
-		ID:   w.required(obj, p, "id", MaxNameLen),
-		Type: w.required(obj, p, "type", MaxNameLen),
-	}
-	if raw := w.required(obj, p, "status", MaxNameLen); raw != "" {
-		if code, ok := StatusCode(raw); ok {
-			a.Status, a.StatusRaw = code, raw
-		} else {
-			w.fail(p, "status", statusMessage)
-		}
-	}
-	start, startOK := w.dateTime(obj, p, "start_time", loc)
-	a.Start = start
-	a.Created, _ = w.dateTime(obj, p, "created_time", loc)
-	if d, ok := w.date(obj, p, "start_date"); ok {
-		a.StartDate = d
-		if startOK && !sameDate(d, start) {
-			w.fail(p, "start_date", "must be the date of "+w.path(p, "start_time"))
-		}
-	}
-	a.DurationMinutes = w.duration(obj, p)
-	a.Reason = w.optional(obj, p, "reason", MaxReasonLen)
-	a.Notes = w.optional(obj, p, "notes", MaxNotesLen)
-	return a
-}
-
-func (w *fast) patient(obj object, loc *time.Location, now time.Time) Patient {
-	const p = "patient"
-	pt := Patient{
-		ID:         w.required(obj, p, "id", MaxNameLen),
-		FirstName:  w.required(obj, p, "first_name", MaxNameLen),
-		MiddleName: w.optional(obj, p, "middle_name", MaxNameLen),
-		LastName:   w.required(obj, p, "last_name", MaxNameLen),
-		Gender:     w.required(obj, p, "gender", MaxNameLen),
-		Phone:      w.optional(obj, p, "phone", MaxNameLen),
-		Email:      w.optional(obj, p, "email", MaxNameLen),
-	}
-	if d, ok := w.date(obj, p, "birth_date"); ok {
-		if inFuture(d, loc, now) {
-			w.fail(p, "birth_date", msgFuture)
-		} else {
-			pt.BirthDate = d
-		}
-	}
-	return pt
+	e, errs = w.entry(readEntry[object](w, root, loc, now))
+	return e, errs, true
 }
 
 // object reads parent[key] as an object; see walker.object. The value was

@@ -31,7 +31,7 @@ type Invalid struct {
 // decides what "in the future" means, as a date in loc. Valid entries come
 // back in batch order; every invalid entry comes back with all its errors.
 func Validate(items []Item, loc *time.Location, now time.Time) (valid []Entry, invalid []Invalid) {
-	var scratch []member // reused across entries: nothing validated keeps it
+	var scratch fast // reused across entries: nothing validated keeps it
 	for _, it := range items {
 		e, errs := validateItem(it, loc, now, &scratch)
 		if len(errs) > 0 {
@@ -50,10 +50,10 @@ func Validate(items []Item, loc *time.Location, now time.Time) (valid []Entry, i
 // stored trimmed of surrounding white space; optional ones that are absent,
 // null or blank become nil.
 func ValidateItem(it Item, loc *time.Location, now time.Time) (Entry, []FieldError) {
-	return validateItem(it, loc, now, new([]member))
+	return validateItem(it, loc, now, new(fast))
 }
 
-func validateItem(it Item, loc *time.Location, now time.Time, scratch *[]member) (Entry, []FieldError) {
+func validateItem(it Item, loc *time.Location, now time.Time, scratch *fast) (Entry, []FieldError) {
 	if e, errs, ok := validateFast(it, loc, now, scratch); ok {
 		return e, errs
 	}
@@ -64,97 +64,16 @@ func validateItem(it Item, loc *time.Location, now time.Time, scratch *[]member)
 // the entries the fast path leaves to it (an entry that is not an object,
 // or not valid JSON when a caller builds the Item itself).
 func validateSlow(it Item, loc *time.Location, now time.Time) (Entry, []FieldError) {
-	w := walker{index: it.Index}
-	var e Entry
-	root, ok := w.object(it.Raw, it.Path, true)
+	w := walker{fieldErrors{index: it.Index, base: it.Path}}
+	root, ok := w.decode(it.Raw, it.Path, true)
 	if !ok {
-		return e, w.errs
-	}
-	if obj, ok := w.object(root["appointment"], join(it.Path, "appointment"), true); ok {
-		e.Appointment = w.appointment(obj, join(it.Path, "appointment"), loc)
-	}
-	if obj, ok := w.object(root["patient"], join(it.Path, "patient"), true); ok {
-		e.Patient = w.patient(obj, join(it.Path, "patient"), loc, now)
-	}
-	if obj, ok := w.object(root["practitioner"], join(it.Path, "practitioner"), true); ok {
-		p := join(it.Path, "practitioner")
-		e.Practitioner = Practitioner{
-			ID:        w.required(obj, p, "id", MaxNameLen),
-			FirstName: w.required(obj, p, "first_name", MaxNameLen),
-			LastName:  w.required(obj, p, "last_name", MaxNameLen),
-		}
-	}
-	if obj, ok := w.object(root["location"], join(it.Path, "location"), false); ok {
-		e.LocationName = w.optional(obj, join(it.Path, "location"), "name", MaxNameLen)
-	}
-	if obj, ok := w.object(root["encounter"], join(it.Path, "encounter"), false); ok {
-		p := join(it.Path, "encounter")
-		e.EncounterID = w.optional(obj, p, "id", MaxNameLen)
-		e.EncounterReason = w.optional(obj, p, "reason", MaxReasonLen)
-	}
-	e.DepartmentID = w.optional(root, it.Path, "department_id", MaxNameLen)
-	if len(w.errs) > 0 {
 		return Entry{}, w.errs
 	}
-	return e, nil
+	return w.entry(readEntry[map[string]json.RawMessage](&w, root, loc, now))
 }
 
-func (w *walker) appointment(obj map[string]json.RawMessage, p string, loc *time.Location) Appointment {
-	a := Appointment{
-		ID:   w.required(obj, p, "id", MaxNameLen),
-		Type: w.required(obj, p, "type", MaxNameLen),
-	}
-	if raw := w.required(obj, p, "status", MaxNameLen); raw != "" {
-		if code, ok := StatusCode(raw); ok {
-			a.Status, a.StatusRaw = code, raw
-		} else {
-			w.fail(join(p, "status"), statusMessage)
-		}
-	}
-	start, startOK := w.dateTime(obj, p, "start_time", loc)
-	a.Start = start
-	a.Created, _ = w.dateTime(obj, p, "created_time", loc)
-	if d, ok := w.date(obj, p, "start_date"); ok {
-		a.StartDate = d
-		if startOK && !sameDate(d, start) {
-			w.fail(join(p, "start_date"), "must be the date of "+join(p, "start_time"))
-		}
-	}
-	a.DurationMinutes = w.duration(obj, p)
-	a.Reason = w.optional(obj, p, "reason", MaxReasonLen)
-	a.Notes = w.optional(obj, p, "notes", MaxNotesLen)
-	return a
-}
-
-func (w *walker) patient(obj map[string]json.RawMessage, p string, loc *time.Location, now time.Time) Patient {
-	pt := Patient{
-		ID:         w.required(obj, p, "id", MaxNameLen),
-		FirstName:  w.required(obj, p, "first_name", MaxNameLen),
-		MiddleName: w.optional(obj, p, "middle_name", MaxNameLen),
-		LastName:   w.required(obj, p, "last_name", MaxNameLen),
-		Gender:     w.required(obj, p, "gender", MaxNameLen),
-		Phone:      w.optional(obj, p, "phone", MaxNameLen),
-		Email:      w.optional(obj, p, "email", MaxNameLen),
-	}
-	if d, ok := w.date(obj, p, "birth_date"); ok {
-		if inFuture(d, loc, now) {
-			w.fail(join(p, "birth_date"), msgFuture)
-		} else {
-			pt.BirthDate = d
-		}
-	}
-	return pt
-}
-
-// walker collects the field errors of one entry.
-type walker struct {
-	index int
-	errs  []FieldError
-}
-
-func (w *walker) fail(path, msg string) {
-	w.errs = append(w.errs, FieldError{Index: w.index, Field: path, Message: msg})
-}
+// walker reads an entry's fields from decoded maps.
+type walker struct{ fieldErrors }
 
 func join(prefix, key string) string {
 	if prefix == "" {
@@ -167,18 +86,23 @@ func isNull(raw json.RawMessage) bool {
 	return raw == nil || bytes.Equal(bytes.TrimSpace(raw), []byte("null"))
 }
 
-// object decodes raw as a JSON object. Absent or null is an error only when
+// object decodes parent[key] as a JSON object (see fieldReader).
+func (w *walker) object(parent map[string]json.RawMessage, p, key string, required bool) (map[string]json.RawMessage, bool) {
+	return w.decode(parent[key], w.path(p, key), required)
+}
+
+// decode decodes raw as a JSON object. Absent or null is an error only when
 // required; ok is false whenever there is nothing to look into.
-func (w *walker) object(raw json.RawMessage, path string, required bool) (map[string]json.RawMessage, bool) {
+func (w *walker) decode(raw json.RawMessage, path string, required bool) (map[string]json.RawMessage, bool) {
 	if isNull(raw) {
 		if required {
-			w.fail(path, "is required")
+			w.failAt(path, "is required")
 		}
 		return nil, false
 	}
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &obj); err != nil {
-		w.fail(path, "must be an object")
+		w.failAt(path, "must be an object")
 		return nil, false
 	}
 	return obj, true
@@ -187,31 +111,31 @@ func (w *walker) object(raw json.RawMessage, path string, required bool) (map[st
 // str reads obj[key] as a trimmed string; present is false when it is
 // absent, null or blank (blank required strings are an error).
 func (w *walker) str(obj map[string]json.RawMessage, p, key string, required bool, maxLen int) (s string, present bool) {
-	path := join(p, key)
+	path := w.path(p, key)
 	raw := obj[key]
 	if isNull(raw) {
 		if required {
-			w.fail(path, "is required")
+			w.failAt(path, "is required")
 		}
 		return "", false
 	}
 	if err := json.Unmarshal(raw, &s); err != nil {
-		w.fail(path, "must be a string")
+		w.failAt(path, "must be a string")
 		return "", false
 	}
 	s = strings.TrimSpace(s)
 	switch {
 	case s == "":
 		if required {
-			w.fail(path, "must not be empty")
+			w.failAt(path, "must not be empty")
 		}
 		return "", false
 	case utf8.RuneCountInString(s) > maxLen:
-		w.fail(path, fmt.Sprintf("must be at most %d characters", maxLen))
+		w.failAt(path, fmt.Sprintf("must be at most %d characters", maxLen))
 		return "", false
 	case strings.ContainsRune(s, 0):
 		// PostgreSQL text cannot hold NUL.
-		w.fail(path, "must not contain NUL characters")
+		w.failAt(path, "must not contain NUL characters")
 		return "", false
 	}
 	return s, true
@@ -246,7 +170,7 @@ func (w *walker) date(obj map[string]json.RawMessage, p, key string) (time.Time,
 	}
 	d, msg := calendarDate(s)
 	if msg != "" {
-		w.fail(join(p, key), msg)
+		w.fail(p, key, msg)
 		return time.Time{}, false
 	}
 	return d, true
@@ -260,7 +184,7 @@ func (w *walker) dateTime(obj map[string]json.RawMessage, p, key string, loc *ti
 	}
 	t, msg := wallTime(s, loc)
 	if msg != "" {
-		w.fail(join(p, key), msg)
+		w.fail(p, key, msg)
 		return time.Time{}, false
 	}
 	return t, true
@@ -356,7 +280,7 @@ func sameDate(date, t time.Time) bool {
 // duration reads the optional appointment.duration: a string of digits as
 // the spec shows ("30"), or, leniently, a JSON integer.
 func (w *walker) duration(obj map[string]json.RawMessage, p string) *int {
-	path := join(p, "duration")
+	path := w.path(p, "duration")
 	raw := bytes.TrimSpace(obj["duration"])
 	if isNull(raw) {
 		return nil
@@ -370,14 +294,14 @@ func (w *walker) duration(obj map[string]json.RawMessage, p string) *int {
 	} else {
 		var n json.Number
 		if json.Unmarshal(raw, &n) != nil {
-			w.fail(path, msgDuration)
+			w.failAt(path, msgDuration)
 			return nil
 		}
 		s = n.String()
 	}
 	n, ok := minutes(s)
 	if !ok {
-		w.fail(path, msgDuration)
+		w.failAt(path, msgDuration)
 		return nil
 	}
 	return &n
