@@ -11,14 +11,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -61,105 +56,31 @@ func specExample(t *testing.T) []byte {
 
 // rcv is one running receiver process.
 type rcv struct {
-	t          *testing.T
-	url        string // http://127.0.0.1:port of the webhook server
-	metricsURL string
-	dbURL      string
-	cmd        *exec.Cmd
-	logs       *syncBuffer
-	exited     chan struct{}
-	exitErr    error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
+	*harness.Receiver
+	t     *testing.T
+	url   string // http://127.0.0.1:port of the webhook server
+	dbURL string
 }
 
 // startReceiver runs the binary on dbURL with extra flags and waits until
 // /readyz answers 200. It is stopped with SIGTERM when the test ends.
 func startReceiver(t *testing.T, dbURL string, flags ...string) *rcv {
 	t.Helper()
-	creds := t.TempDir()
-	for name, v := range map[string]string{"api-key": apiKey + "\n", "webhook-secret": secret + "\n", "webhook-secret-previous": prevSecret} {
-		if err := os.WriteFile(filepath.Join(creds, name), []byte(v), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	listen, metricsListen := freeAddr(t), freeAddr(t)
-	r := &rcv{t: t, url: "http://" + listen, metricsURL: "http://" + metricsListen, dbURL: dbURL,
-		logs: &syncBuffer{}, exited: make(chan struct{})}
-	args := append([]string{"receiver", "--ehr", ehr, "--listen", listen, "--metrics-listen", metricsListen,
-		"--credentials-dir", creds, "--requests-per-second", "10000", "--burst", "10000"}, flags...)
-	r.cmd = exec.Command(binary, args...)
-	// The database URL through the environment: the fallback is part of the contract.
-	r.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "DATABASE_URL=" + dbURL}
-	r.cmd.Stdout, r.cmd.Stderr = r.logs, r.logs
-	if err := r.cmd.Start(); err != nil {
+	// The previous secret's file has no trailing newline, the others one.
+	creds := harness.Credentials{EHR: ehr, APIKey: apiKey + "\n", Secret: secret + "\n", PreviousSecret: prevSecret}
+	h, err := harness.StartReceiverAs(binary, dbURL, creds,
+		append([]string{"--requests-per-second", "10000", "--burst", "10000"}, flags...)...)
+	if err != nil {
 		t.Fatal(err)
 	}
-	go func() { r.exitErr = r.cmd.Wait(); close(r.exited) }()
+	r := &rcv{Receiver: h, t: t, url: h.BaseURL, dbURL: dbURL}
 	t.Cleanup(func() {
-		r.stop()
+		_ = r.Stop()
 		if t.Failed() {
-			t.Logf("receiver logs:\n%s", r.logs.String())
+			t.Logf("receiver logs:\n%s", r.Log())
 		}
 	})
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		select {
-		case <-r.exited:
-			t.Fatalf("receiver exited at start (%v):\n%s", r.exitErr, r.logs.String())
-		default:
-		}
-		if resp, err := http.Get(r.metricsURL + "/readyz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return r
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("receiver not ready after 60s:\n%s", r.logs.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func (r *rcv) stop() {
-	select {
-	case <-r.exited:
-		return
-	default:
-	}
-	_ = r.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-r.exited:
-	case <-time.After(45 * time.Second):
-		_ = r.cmd.Process.Kill()
-		<-r.exited
-	}
+	return r
 }
 
 // answer is a response as the tests see it.

@@ -68,7 +68,7 @@ func TestConcurrentSenders(t *testing.T) {
 func TestDatabaseOutage(t *testing.T) {
 	cluster := pgtest.NewCluster(t)
 	r := startReceiver(t, cluster.NewDatabase(t))
-	pid := r.cmd.Process.Pid
+	pid := r.Cmd.Process.Pid
 	expect(t, r.post(batch(t, entry(t, "before", nil))), 200)
 
 	if err := cluster.Stop(); err != nil {
@@ -79,10 +79,10 @@ func TestDatabaseOutage(t *testing.T) {
 	if a.header.Get("Retry-After") == "" {
 		t.Error("503 without Retry-After")
 	}
-	if code, err := probe(r.metricsURL + "/readyz"); err != nil || code != 503 {
+	if code, err := probe(r.MetricsURL + "/readyz"); err != nil || code != 503 {
 		t.Errorf("/readyz while the database is down: %d %v", code, err)
 	}
-	if code, err := probe(r.metricsURL + "/healthz"); err != nil || code != 200 {
+	if code, err := probe(r.MetricsURL + "/healthz"); err != nil || code != 200 {
 		t.Errorf("/healthz while the database is down: %d %v (it must not restart the pod)", code, err)
 	}
 
@@ -101,11 +101,11 @@ func TestDatabaseOutage(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	select {
-	case <-r.exited:
+	case <-r.Exited():
 		t.Fatal("the receiver exited during the outage")
 	default:
 	}
-	if r.cmd.Process.Pid != pid {
+	if r.Cmd.Process.Pid != pid {
 		t.Fatal("the receiver was restarted")
 	}
 	d := db(t, r.dbURL)
@@ -115,7 +115,7 @@ func TestDatabaseOutage(t *testing.T) {
 	if n := queryInt(t, d, `SELECT count(*) FROM appointments WHERE external_id = 'during'`); n != 0 {
 		t.Error("an entry answered 503 was stored")
 	}
-	metrics := get(t, r.metricsURL+"/metrics")
+	metrics := get(t, r.MetricsURL+"/metrics")
 	if !strings.Contains(metrics, `ehr_receiver_requests_total{code="503",ehr="nexus"}`) ||
 		strings.Contains(metrics, `ehr_receiver_database_errors_total{ehr="nexus"} 0`) {
 		t.Errorf("metrics do not show the outage:\n%s", grep(metrics, "ehr_receiver_"))
@@ -130,9 +130,9 @@ func TestLogsHoldNoPatientData(t *testing.T) {
 	expect(t, r.post(batch(t, bad, entry(t, "apt-12345", nil))), 200)
 	expect(t, r.post([]byte(`{"appointments":[{"patient":{"first_name":"Jane"}}]} trailing Jane`)), 400)
 	expect(t, r.post(body, withHeader("X-Webhook-Signature", "sha256=nope-Jane")), 401)
-	r.stop()
+	_ = r.Stop()
 
-	logs := r.logs.String()
+	logs := r.Log()
 	if !strings.Contains(logs, `"msg":"Request handled"`) || !strings.Contains(logs, `"items":1`) {
 		t.Fatalf("the request log lines are missing:\n%s", logs)
 	}
@@ -188,13 +188,13 @@ func TestGracefulShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(300 * time.Millisecond)
-	if err := r.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := r.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	// Readiness fails at once, while the request is still in flight.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		resp, err := http.Get(r.metricsURL + "/readyz")
+		resp, err := http.Get(r.MetricsURL + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 503 {
@@ -218,14 +218,14 @@ func TestGracefulShutdown(t *testing.T) {
 		t.Fatalf("the in-flight request got %d", resp.StatusCode)
 	}
 	select {
-	case <-r.exited:
+	case <-r.Exited():
 	case <-time.After(30 * time.Second):
 		t.Fatal("the receiver did not exit after SIGTERM")
 	}
-	if r.exitErr != nil {
-		t.Errorf("exit: %v", r.exitErr)
+	if r.ExitErr() != nil {
+		t.Errorf("exit: %v", r.ExitErr())
 	}
-	logs := r.logs.String()
+	logs := r.Log()
 	if i, j := strings.Index(logs, "Requests drained"), strings.Index(logs, "Store closed"); i < 0 || j < i {
 		t.Errorf("shutdown order not seen in logs:\n%s", logs)
 	}

@@ -20,23 +20,32 @@ import (
 	"github.com/insighthealth/ehr-operator/receiver/auth"
 )
 
-// Credentials of every receiver the harness starts (throwaway values).
+// Credentials of the receivers StartReceiver starts (throwaway values).
 const (
 	EHR    = "bench"
 	APIKey = "bench-api-key"
 	Secret = "bench-webhook-secret"
 )
 
+// Credentials are a receiver's EHR and the contents of the files of its
+// credentials directory (the receiver trims one trailing newline);
+// PreviousSecret is written only when set.
+type Credentials struct {
+	EHR, APIKey, Secret, PreviousSecret string
+}
+
 // Receiver is a running `ehr-operator receiver` process.
 type Receiver struct {
 	Cmd *exec.Cmd
-	// URL is the sync endpoint; MetricsURL the base of /readyz and /metrics.
-	URL, MetricsURL string
+	// BaseURL is the webhook server (http://127.0.0.1:port); URL its sync
+	// endpoint; MetricsURL the base of /readyz and /metrics.
+	BaseURL, URL, MetricsURL string
 	// LogPath holds the process's output (JSON lines without patient data).
 	LogPath string
 	dir     string
 	exited  chan struct{}
 	exitErr error
+	kept    *string // the output, kept when the directory is removed
 }
 
 // StartReceiver runs binary as a receiver of EHR on dbURL, listening on
@@ -44,12 +53,22 @@ type Receiver struct {
 // come last, so they override the defaults (a rate limit high enough not to
 // interfere).
 func StartReceiver(binary, dbURL string, extra ...string) (*Receiver, error) {
+	return StartReceiverAs(binary, dbURL, Credentials{EHR: EHR, APIKey: APIKey + "\n", Secret: Secret + "\n"}, extra...)
+}
+
+// StartReceiverAs is StartReceiver with other credentials. The database
+// URL reaches the process through DATABASE_URL.
+func StartReceiverAs(binary, dbURL string, c Credentials, extra ...string) (*Receiver, error) {
 	dir, err := os.MkdirTemp("", "ehr-receiver-")
 	if err != nil {
 		return nil, fmt.Errorf("while creating the receiver directory: %w", err)
 	}
-	for name, v := range map[string]string{"api-key": APIKey, "webhook-secret": Secret} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(v+"\n"), 0o600); err != nil {
+	files := map[string]string{"api-key": c.APIKey, "webhook-secret": c.Secret}
+	if c.PreviousSecret != "" {
+		files["webhook-secret-previous"] = c.PreviousSecret
+	}
+	for name, v := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(v), 0o600); err != nil {
 			return nil, fmt.Errorf("while writing %s: %w", name, err)
 		}
 	}
@@ -67,7 +86,7 @@ func StartReceiver(binary, dbURL string, extra ...string) (*Receiver, error) {
 		return nil, fmt.Errorf("while creating the receiver log: %w", err)
 	}
 	defer logf.Close()
-	args := append([]string{"receiver", "--ehr", EHR, "--listen", listen, "--metrics-listen", metricsListen,
+	args := append([]string{"receiver", "--ehr", c.EHR, "--listen", listen, "--metrics-listen", metricsListen,
 		"--credentials-dir", dir, "--requests-per-second", "1000000", "--burst", "1000000"}, extra...)
 	cmd := exec.Command(binary, args...)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "DATABASE_URL=" + dbURL}
@@ -77,7 +96,7 @@ func StartReceiver(binary, dbURL string, extra ...string) (*Receiver, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("while starting the receiver: %w", err)
 	}
-	r := &Receiver{Cmd: cmd, URL: "http://" + listen + "/v2/webhooks/" + EHR + "/sync-appointments",
+	r := &Receiver{Cmd: cmd, BaseURL: "http://" + listen, URL: "http://" + listen + "/v2/webhooks/" + c.EHR + "/sync-appointments",
 		MetricsURL: "http://" + metricsListen, LogPath: logPath, dir: dir, exited: make(chan struct{})}
 	go func() { r.exitErr = cmd.Wait(); close(r.exited) }()
 
@@ -109,8 +128,15 @@ func (r *Receiver) Exited() <-chan struct{} { return r.exited }
 func (r *Receiver) ExitErr() error { return r.exitErr }
 
 // Stop sends SIGTERM, waits up to 45s for the exit (then kills), and
-// removes the receiver's directory. It returns the exit error.
+// removes the receiver's directory. It returns the exit error; once the
+// process has exited, it only returns that.
 func (r *Receiver) Stop() error {
+	select {
+	case <-r.exited:
+		r.removeDir()
+		return r.exitErr
+	default:
+	}
 	_ = r.Cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-r.exited:
@@ -118,7 +144,7 @@ func (r *Receiver) Stop() error {
 		_ = r.Cmd.Process.Kill()
 		<-r.exited
 	}
-	_ = os.RemoveAll(r.dir)
+	r.removeDir()
 	return r.exitErr
 }
 
@@ -126,11 +152,23 @@ func (r *Receiver) Stop() error {
 func (r *Receiver) Kill() {
 	_ = r.Cmd.Process.Kill()
 	<-r.exited
+	r.removeDir()
+}
+
+// removeDir removes the credentials and the log file, keeping the output.
+func (r *Receiver) removeDir() {
+	if r.kept == nil {
+		out := r.Log()
+		r.kept = &out
+	}
 	_ = os.RemoveAll(r.dir)
 }
 
-// Log is the process's output so far.
+// Log is the process's output so far (all of it once stopped).
 func (r *Receiver) Log() string {
+	if r.kept != nil {
+		return *r.kept
+	}
 	b, _ := os.ReadFile(r.LogPath)
 	return string(b)
 }
