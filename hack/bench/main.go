@@ -24,17 +24,14 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/signal"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/insighthealth/ehr-operator/hack/bench/harness"
-	"github.com/insighthealth/ehr-operator/internal/pgtest"
 )
 
 // Cell is one line of the table, as written to the JSON file.
@@ -80,17 +77,11 @@ func main() {
 }
 
 func run(binary, out string, cell, warmup time.Duration, batches, senders []int, methods []string) error {
-	if _, err := os.Stat(binary); err != nil {
-		return fmt.Errorf("no receiver binary (build it with `make build`): %w", err)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	fmt.Println("Starting a throwaway PostgreSQL…")
-	cluster, err := pgtest.StartCluster()
+	ctx, cluster, done, err := harness.Start(binary)
 	if err != nil {
-		return fmt.Errorf("while starting PostgreSQL: %w", err)
+		return err
 	}
-	defer cluster.Destroy()
+	defer done()
 	if err := printMachine(ctx, cluster.URL()); err != nil {
 		return err
 	}

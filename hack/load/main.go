@@ -16,17 +16,14 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/signal"
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	vegeta "github.com/tsenart/vegeta/v12/lib"
 
 	"github.com/insighthealth/ehr-operator/hack/bench/harness"
-	"github.com/insighthealth/ehr-operator/internal/pgtest"
 )
 
 func main() {
@@ -51,17 +48,11 @@ func main() {
 }
 
 func run(binary string, duration time.Duration, rate, limit int, sizes []int, every time.Duration, mix string) error {
-	if _, err := os.Stat(binary); err != nil {
-		return fmt.Errorf("no receiver binary (build it with `make build`): %w", err)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	fmt.Println("Starting a throwaway PostgreSQL…")
-	cluster, err := pgtest.StartCluster()
+	ctx, cluster, done, err := harness.Start(binary)
 	if err != nil {
-		return fmt.Errorf("while starting PostgreSQL: %w", err)
+		return err
 	}
-	defer cluster.Destroy()
+	defer done()
 	dbURL, err := harness.NewDatabase(ctx, cluster.URL(), fmt.Sprintf("load_%d", os.Getpid()))
 	if err != nil {
 		return err

@@ -5,11 +5,15 @@ import (
 	"database/sql"
 	"fmt"
 	"net/url"
+	"os"
+	"os/signal"
 	"slices"
+	"syscall"
 	"time"
 
 	_ "github.com/lib/pq" // the driver the product uses
 
+	"github.com/insighthealth/ehr-operator/internal/pgtest"
 	"github.com/insighthealth/ehr-operator/receiver/store/migrations"
 )
 
@@ -55,3 +59,20 @@ func Percentile(d []time.Duration, p float64) time.Duration {
 
 // Ms is d in milliseconds.
 func Ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// Start is how the bench and load programs begin: it checks that binary
+// exists, starts a throwaway PostgreSQL and returns a context that Ctrl-C
+// or SIGTERM cancels. done stops both.
+func Start(binary string) (ctx context.Context, cluster *pgtest.Cluster, done func(), err error) {
+	if _, err := os.Stat(binary); err != nil {
+		return nil, nil, nil, fmt.Errorf("no receiver binary (build it with `make build`): %w", err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	fmt.Println("Starting a throwaway PostgreSQL…")
+	cluster, err = pgtest.StartCluster()
+	if err != nil {
+		stop()
+		return nil, nil, nil, fmt.Errorf("while starting PostgreSQL: %w", err)
+	}
+	return ctx, cluster, func() { cluster.Destroy(); stop() }, nil
+}
