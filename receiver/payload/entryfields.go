@@ -8,7 +8,10 @@ import "time"
 // what each must be and in what order errors come are written here alone.
 
 // fieldReader reads the fields of objects of type O, collecting errors. p
-// is the object's name in the entry ("" for the entry itself).
+// is the object's name in the entry ("" for the entry itself). The small
+// readers (required, optional, date, dateTime) stay methods of each reader
+// although they are alike: written once as generic helpers over str they
+// made validation 15–20 % slower (BenchmarkDecodeValidate/100entries).
 type fieldReader[O any] interface {
 	// object reads parent[key] as an object; ok is false when there is
 	// nothing to look into (absent or null, an error only when required).
