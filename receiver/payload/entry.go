@@ -57,13 +57,3 @@ type Practitioner struct {
 	FirstName string `json:"first_name"`
 	LastName  string `json:"last_name"`
 }
-
-// FieldError names one invalid field. Message never contains the field's
-// value: values are patient data and error bodies are logged by senders.
-type FieldError struct {
-	// Index is the entry's position in the batch.
-	Index int `json:"index"`
-	// Field is the full JSON path, e.g. "appointments[0].patient.birth_date".
-	Field   string `json:"field"`
-	Message string `json:"message"`
-}
