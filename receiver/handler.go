@@ -51,7 +51,7 @@ func errorBody(code int, msg string, errs []payload.FieldError) Response {
 type outcome struct {
 	resp          Response
 	retryAfter    int // seconds; 0 for none
-	word          string
+	word          store.Outcome
 	authenticated bool
 	items         int
 	bodySHA       [32]byte
@@ -59,7 +59,7 @@ type outcome struct {
 	err           error // a store error, logged (it holds no field value)
 }
 
-func fail(code int, word, msg string) outcome {
+func fail(code int, word store.Outcome, msg string) outcome {
 	return outcome{resp: errorBody(code, msg, nil), word: word}
 }
 
@@ -83,16 +83,16 @@ func (s *Server) sync(c *gin.Context) {
 func (s *Server) check(c *gin.Context, received time.Time) outcome {
 	r := c.Request
 	if c.Param("ehr") != s.cfg.EHR {
-		return fail(http.StatusNotFound, "not_found", "not found")
+		return fail(http.StatusNotFound, store.OutcomeNotFound, "not found")
 	}
 	if r.Method != http.MethodPost {
-		return fail(http.StatusMethodNotAllowed, "method_not_allowed", "method not allowed; use POST")
+		return fail(http.StatusMethodNotAllowed, store.OutcomeMethodNotAllowed, "method not allowed; use POST")
 	}
 	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
-		return fail(http.StatusUnsupportedMediaType, "unsupported_media_type", "Content-Type must be application/json")
+		return fail(http.StatusUnsupportedMediaType, store.OutcomeUnsupportedMediaType, "Content-Type must be application/json")
 	}
 	if !auth.KeyMatches(r.Header.Get("X-API-Key"), s.cfg.APIKey) {
-		return fail(http.StatusUnauthorized, "unauthorized", "missing or invalid X-API-Key")
+		return fail(http.StatusUnauthorized, store.OutcomeUnauthorized, "missing or invalid X-API-Key")
 	}
 	// From here on the request is the EHR's: failures go to the delivery log.
 	o := s.checkAuthenticated(c, received)
@@ -105,11 +105,11 @@ func (s *Server) checkAuthenticated(c *gin.Context, received time.Time) outcome 
 	if res := s.limiter.Reserve(); !res.OK() || res.Delay() > 0 {
 		wait := res.Delay()
 		res.Cancel()
-		o := fail(http.StatusTooManyRequests, "rate_limited", "too many requests; retry after the number of seconds in Retry-After")
+		o := fail(http.StatusTooManyRequests, store.OutcomeRateLimited, "too many requests; retry after the number of seconds in Retry-After")
 		o.retryAfter = max(1, int(math.Ceil(wait.Seconds())))
 		return o
 	}
-	tooLarge := fail(http.StatusRequestEntityTooLarge, "too_large",
+	tooLarge := fail(http.StatusRequestEntityTooLarge, store.OutcomeTooLarge,
 		fmt.Sprintf("the body is larger than %d bytes", s.cfg.MaxBodyBytes))
 	if r.ContentLength > s.cfg.MaxBodyBytes {
 		return tooLarge
@@ -119,7 +119,7 @@ func (s *Server) checkAuthenticated(c *gin.Context, received time.Time) outcome 
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
 			return tooLarge
 		}
-		return fail(http.StatusBadRequest, "unreadable", "the body could not be read")
+		return fail(http.StatusBadRequest, store.OutcomeUnreadable, "the body could not be read")
 	}
 	sum := sha256.Sum256(body)
 	withBody := func(o outcome) outcome { o.bodySHA = sum; return o }
@@ -131,12 +131,12 @@ func (s *Server) checkAuthenticated(c *gin.Context, received time.Time) outcome 
 		if _, err := auth.ParseSignature(sig); err != nil {
 			msg = "X-Webhook-Signature must be sha256=<64 hex digits>"
 		}
-		return withBody(fail(http.StatusUnauthorized, "bad_signature", msg))
+		return withBody(fail(http.StatusUnauthorized, store.OutcomeBadSignature, msg))
 	}
 
 	items, rerr := payload.Decode(body, s.cfg.MaxBatchSize)
 	if rerr != nil {
-		o := withBody(fail(rerr.Status, "invalid_body", rerr.Message))
+		o := withBody(fail(rerr.Status, store.OutcomeInvalidBody, rerr.Message))
 		if rerr.Status != http.StatusRequestEntityTooLarge {
 			o.resp.Errors = rerr.FieldErrors()
 		}
@@ -148,13 +148,13 @@ func (s *Server) checkAuthenticated(c *gin.Context, received time.Time) outcome 
 		o.resp = errorBody(http.StatusUnprocessableEntity,
 			fmt.Sprintf("%d of %d appointments are invalid; nothing was stored", len(invalid), len(items)),
 			allErrors(invalid))
-		o.word = "rejected"
+		o.word = store.OutcomeRejected
 		return o
 	}
 
-	o.word = "stored"
+	o.word = store.OutcomeStored
 	if len(invalid) > 0 {
-		o.word = "quarantined"
+		o.word = store.OutcomeQuarantined
 	}
 	batch := store.Batch{
 		Delivery:    s.delivery(c, o.word, http.StatusOK, len(items), sum, received),
@@ -174,11 +174,11 @@ func (s *Server) checkAuthenticated(c *gin.Context, received time.Time) outcome 
 		if store.IsUnavailable(err) {
 			o.resp = errorBody(http.StatusServiceUnavailable, msgUnavailable, nil)
 			o.retryAfter = retryAfterUnavailable
-			o.word = "unavailable"
+			o.word = store.OutcomeUnavailable
 			return o
 		}
 		o.resp = errorBody(http.StatusInternalServerError, msgInternal, nil)
-		o.word = "error"
+		o.word = store.OutcomeError
 		return o
 	}
 	o.result = res
@@ -194,7 +194,7 @@ func allErrors(invalid []payload.Invalid) []payload.FieldError {
 	return errs
 }
 
-func (s *Server) delivery(c *gin.Context, word string, code, items int, sum [32]byte, received time.Time) store.Delivery {
+func (s *Server) delivery(c *gin.Context, word store.Outcome, code, items int, sum [32]byte, received time.Time) store.Delivery {
 	return store.Delivery{
 		EHR: s.cfg.EHR, RequestID: c.GetString(ctxRequestID), ReceivedAt: received,
 		BodySHA256: sum, ItemCount: items, Outcome: word, StatusCode: code,
@@ -224,7 +224,7 @@ func (s *Server) finish(c *gin.Context, o outcome, start time.Time) {
 	s.metrics.quarantined.Add(float64(o.result.Quarantined))
 	attrs := []any{
 		"request_id", c.GetString(ctxRequestID), "ehr", s.cfg.EHR, "items", o.items,
-		"outcome", o.word, "status", o.resp.Code, "latency_ms", float64(latency.Microseconds()) / 1000,
+		"outcome", string(o.word), "status", o.resp.Code, "latency_ms", float64(latency.Microseconds()) / 1000,
 	}
 	if o.resp.Code == http.StatusOK {
 		attrs = append(attrs, "written", o.result.Written, "duplicates", o.result.Duplicates, "quarantined", o.result.Quarantined)
@@ -241,7 +241,7 @@ func (s *Server) finish(c *gin.Context, o outcome, start time.Time) {
 
 func (s *Server) notFound(c *gin.Context) {
 	start := s.now()
-	o := fail(http.StatusNotFound, "not_found", "not found")
+	o := fail(http.StatusNotFound, store.OutcomeNotFound, "not found")
 	writeJSON(c, o.resp.Code, o.resp)
 	s.finish(c, o, start)
 }
