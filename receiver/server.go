@@ -74,7 +74,7 @@ func (s *Server) Handler() http.Handler {
 	r.HandleMethodNotAllowed = false // the handler answers 405 itself, after the {ehr} check
 	r.Use(s.recoverer, requestID)
 	r.Any(SyncPath, s.sync)
-	r.NoRoute(s.notFound)
+	r.NoRoute(s.notFoundRoute)
 	return r
 }
 

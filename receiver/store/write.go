@@ -269,7 +269,7 @@ func writeArgs(group []*prepared) []any {
 	for i, p := range group {
 		n := int64(i + 1) // WITH ORDINALITY counts from 1
 		d := p.delivery
-		dReqID, dReceived, dOutcome = append(dReqID, d.RequestID), append(dReceived, timestamp(d.ReceivedAt)), append(dOutcome, d.Outcome)
+		dReqID, dReceived, dOutcome = append(dReqID, d.RequestID), append(dReceived, timestamp(d.ReceivedAt)), append(dOutcome, string(d.Outcome))
 		dSHA = append(dSHA, p.delivery.BodySHA256[:])
 		dItems, dStatus = append(dItems, int64(d.ItemCount)), append(dStatus, int64(d.StatusCode))
 		for _, r := range p.rows {
