@@ -3,11 +3,16 @@
 package main
 
 import (
+	"context"
+	"fmt"
 	"os"
 
 	"github.com/insighthealth/ehr-operator/cmd"
 )
 
 func main() {
-	os.Exit(cmd.Execute())
+	if err := cmd.NewRootCommand().ExecuteContext(context.Background()); err != nil {
+		fmt.Fprintln(os.Stderr, "error:", err)
+		os.Exit(1)
+	}
 }
