@@ -31,7 +31,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/insighthealth/ehr-operator/hack/bench/harness"
+	"github.com/insighthealth/ehr-operator/internal/harness"
 )
 
 // Cell is one line of the table, as written to the JSON file.

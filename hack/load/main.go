@@ -23,7 +23,7 @@ import (
 
 	vegeta "github.com/tsenart/vegeta/v12/lib"
 
-	"github.com/insighthealth/ehr-operator/hack/bench/harness"
+	"github.com/insighthealth/ehr-operator/internal/harness"
 )
 
 func main() {
