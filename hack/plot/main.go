@@ -2,7 +2,7 @@
 // appointments/s against batch size, one line per number of senders for
 // the receiver (solid) and for the limit (dashed), both axes logarithmic.
 //
-//	go run ./hack/plot -in bench-results.json -out docs/performance-throughput.png
+//	go -C hack run ./plot -in ../bench-results.json -out ../docs/performance-throughput.png
 package main
 
 import (
