@@ -43,7 +43,7 @@ help: ## Show this help.
 ##@ Development
 
 .PHONY: setup
-setup: ## Install what development and tests need (PostgreSQL via apt, tools in ./bin, envtest binaries).
+setup: ## Install what development, tests and verify need (PostgreSQL via apt, tools in ./bin, envtest binaries).
 	hack/setup.sh
 
 .PHONY: postgres
@@ -78,7 +78,7 @@ verify: golangci-lint controller-gen ## Check formatting, vet, lint and that gen
 	hack/verify.sh
 
 .PHONY: test
-test: setup ## Run all tests (real PostgreSQL, real API server); builds what they need on first use.
+test: postgres helm setup-envtest ## Run all tests (real PostgreSQL, real API server); installs what they need on first use.
 	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" HELM="$(HELM)" go test ./... -count=1 -timeout 30m
 	$(HACK_GO) test ./... -count=1
 
@@ -91,8 +91,9 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 20s).
 	hack/fuzz.sh $(FUZZTIME)
 
 .PHONY: run
-run: postgres ## Run a receiver for EHR nexus on a throwaway PostgreSQL and print a ready `send` command.
-	$(HACK_GO) run ./devrun
+run: postgres build ## Run bin/ehr-operator's receiver for EHR nexus on a throwaway PostgreSQL and print a ready `send` command.
+	$(HACK_GO) build -o $(LOCALBIN)/devrun ./devrun
+	$(LOCALBIN)/devrun -binary $(LOCALBIN)/ehr-operator
 
 ##@ Performance
 
