@@ -8,7 +8,8 @@ ARG VERSION=dev
 ARG TARGETOS=linux
 ARG TARGETARCH
 WORKDIR /src
-# Modules first, so source edits do not invalidate the download layer.
+# Modules first, so source edits do not invalidate the download layer; only
+# the product's (the tools' are in hack/go.mod, which is not copied).
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
