@@ -293,6 +293,7 @@ func TestDatabaseStateOneLinePerChange(t *testing.T) {
 	if code, _ := b.get("/readyz"); code != 200 {
 		t.Errorf("/readyz %d with the database down, want 200", code)
 	}
+	eventually(t, 3*time.Second, "the first ping's answer", func() bool { return b.dbz(t).Database != "unknown" })
 	for range 10 {
 		if w := b.post(batchOf(entry("x"))); w.Code != 503 || w.Header().Get("Retry-After") != "5" {
 			t.Errorf("%d %s", w.Code, w.Body)
