@@ -57,8 +57,8 @@ Every flag falls back to an environment variable named after it
 	fs.IntVar(&f.burst, "burst", 100, "requests allowed at once above the sustained rate")
 	fs.StringVar(&f.onInvalid, "on-invalid", string(receiver.Reject), "Reject (422, nothing stored) or Quarantine (200, invalid entries kept apart)")
 	fs.StringVar(&f.listen, "listen", ":8080", "address of the webhook server")
-	fs.StringVar(&f.metricsListen, "metrics-listen", ":9090", "address of /healthz, /readyz and /metrics")
-	fs.BoolVar(&f.migrate, "migrate", true, "apply the database migrations at start")
+	fs.StringVar(&f.metricsListen, "metrics-listen", ":9090", "address of /healthz, /readyz, /dbz and /metrics")
+	fs.BoolVar(&f.migrate, "migrate", true, "apply the database migrations in the background at start (the webhook answers 503 until done); false: assume they are applied")
 	return c
 }
 
@@ -84,17 +84,14 @@ func runReceiver(ctx context.Context, f receiverFlags) error {
 		}
 		log.Info("Store closed")
 	}()
-	if f.migrate {
-		mctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-		err := st.Migrate(mctx)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("while migrating the database: %w", err)
-		}
-	}
 	srv, err := receiver.New(cfg, st, log)
 	if err != nil {
 		return err
+	}
+	// In the background: a receiver started while the database is away
+	// serves 503 with Retry-After rather than exiting into CrashLoopBackOff.
+	if f.migrate {
+		srv.MigrateInBackground(st)
 	}
 	return srv.Run(ctx)
 }

@@ -104,7 +104,8 @@ func (s *Server) sync(c *gin.Context) {
 		c.Header("Allow", http.MethodPost)
 	}
 	writeJSON(c, a.resp.Code, a.resp)
-	if rq.authenticated && a.resp.Code != http.StatusOK {
+	// Before the migration the delivery table may not exist yet.
+	if rq.authenticated && a.resp.Code != http.StatusOK && s.db.migrated.Load() {
 		s.recordFailure(rq, a)
 	}
 	s.finish(rq, a)
@@ -232,6 +233,12 @@ func (s *Server) validate(rq *request) *answer {
 // commit writes the batch, delivery row included, and answers 200 only
 // once it is committed.
 func (s *Server) commit(rq *request) answer {
+	if !s.db.migrated.Load() {
+		// The same answer as an outage, without a connection attempt per
+		// request: the background migration is what waits for the database.
+		return answer{resp: errorBody(http.StatusServiceUnavailable, msgUnavailable, nil),
+			retryAfter: retryAfterUnavailable, outcome: store.OutcomeUnavailable}
+	}
 	a := answer{outcome: store.OutcomeStored}
 	if len(rq.invalid) > 0 {
 		a.outcome = store.OutcomeQuarantined
@@ -248,6 +255,7 @@ func (s *Server) commit(rq *request) answer {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(rq.c.Request.Context()), writeBatchTimeout)
 	defer cancel()
 	res, err := s.store.Write(ctx, batch)
+	s.db.observe(err)
 	if err != nil {
 		s.metrics.databaseErrors.Inc()
 		if store.IsUnavailable(err) {

@@ -101,7 +101,7 @@ type Result struct {
 //
 //	Open(ctx context.Context, databaseURL string) (*Store, error)
 //	    sets up the pool (sqlx + lib/pq, sized for the batcher) and starts the
-//	    batcher; does not contact the database (Ready tells when it answers)
+//	    batcher; does not contact the database (Ping tells when it answers)
 //	    and does not migrate. A URL without connect_timeout gets 10s.
 //	(*Store).Migrate(ctx context.Context) error
 //	    applies the embedded goose migrations under a Postgres advisory lock.
@@ -113,6 +113,8 @@ type Result struct {
 //	    the same transaction and history rows refer to it.
 //	(*Store).RecordDelivery(ctx context.Context, d Delivery) error
 //	    logs an authenticated request that was answered with an error.
+//	(*Store).Ping(ctx context.Context) error
+//	    nil when the database answers (the receiver's database monitor).
 //	(*Store).Ready(ctx context.Context) error
 //	    nil when the database answers and every migration is applied.
 //	(*Store).Close() error

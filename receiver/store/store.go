@@ -25,7 +25,7 @@ const (
 	// txTimeout bounds one shared transaction: a database that does not
 	// answer fails its callers with context.DeadlineExceeded (unavailable).
 	txTimeout = 15 * time.Second
-	// Besides the workers: RecordDelivery, Ready, Migrate.
+	// Besides the workers: RecordDelivery, Ping, Migrate.
 	maxConns = workers + 4
 	// defaultConnectTimeout applies unless the URL sets connect_timeout.
 	defaultConnectTimeout = 10 * time.Second
@@ -51,8 +51,8 @@ type Store struct {
 }
 
 // Open sets up the pool for databaseURL (a postgres:// URL) and starts the
-// batcher. It does not contact the database: a receiver starts while the
-// database is down and Ready tells when it can serve. It does not migrate.
+// batcher. It does not contact the database, so a receiver starts while the
+// database is down. It does not migrate.
 func Open(ctx context.Context, databaseURL string) (*Store, error) {
 	cfg, err := pq.NewConfig(databaseURL)
 	if err != nil {
@@ -107,6 +107,11 @@ func (s *Store) Migrate(ctx context.Context) error {
 		return wrap("Migrate", err)
 	}
 	return nil
+}
+
+// Ping is nil when the database answers; it says nothing of the schema.
+func (s *Store) Ping(ctx context.Context) error {
+	return wrap("Ping", s.db.PingContext(ctx))
 }
 
 // Ready is nil when the database answers and every migration is applied.
