@@ -193,7 +193,6 @@ func (s *Store) writeRetrying(ctx context.Context, group []*request) ([]outcome,
 		if err = s.writeGroup(ctx, group, out); err == nil || !retryable(err) || ctx.Err() != nil {
 			break
 		}
-		s.retries.Add(1)
 	}
 	return out, err
 }
@@ -233,6 +232,5 @@ func (s *Store) writeGroup(ctx context.Context, group []*request, out []outcome)
 	if n != len(group) {
 		return fmt.Errorf("Write: the statement answered for %d of %d requests", n, len(group))
 	}
-	s.commits.Add(1)
 	return nil
 }

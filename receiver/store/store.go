@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/url"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -45,9 +44,6 @@ type Store struct {
 	closed bool
 	queue  chan *request
 	wg     sync.WaitGroup
-
-	commits atomic.Int64 // shared transactions committed (tests check that requests share them)
-	retries atomic.Int64 // statements run again after a deadlock or serialization failure
 }
 
 // Open sets up the pool for databaseURL (a postgres:// URL) and starts the
