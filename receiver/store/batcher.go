@@ -82,11 +82,11 @@ type group struct {
 func (g *group) add(r *request) bool {
 	if len(g.reqs) > 0 {
 		if len(g.reqs) >= maxGroup || r.p.delivery.EHR != g.reqs[0].p.delivery.EHR ||
-			g.entries+len(r.p.rows) > maxGroupEntries {
+			g.entries+len(r.p.ids) > maxGroupEntries {
 			return false
 		}
-		for _, row := range r.p.rows {
-			if _, dup := g.appts[row.id]; dup {
+		for _, id := range r.p.ids {
+			if _, dup := g.appts[id]; dup {
 				return false
 			}
 		}
@@ -94,11 +94,11 @@ func (g *group) add(r *request) bool {
 	if g.appts == nil {
 		g.appts = make(map[string]struct{})
 	}
-	for _, row := range r.p.rows {
-		g.appts[row.id] = struct{}{}
+	for _, id := range r.p.ids {
+		g.appts[id] = struct{}{}
 	}
 	g.reqs = append(g.reqs, r)
-	g.entries += len(r.p.rows)
+	g.entries += len(r.p.ids)
 	return true
 }
 

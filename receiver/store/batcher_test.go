@@ -283,7 +283,7 @@ func TestGroupAdd(t *testing.T) {
 		{req("nexus"), true},                    // quarantined entries only
 	} {
 		if got := g.add(step.r); got != step.want {
-			t.Errorf("add(%v): %v, want %v", step.r.p.rows, got, step.want)
+			t.Errorf("add(%v): %v, want %v", step.r.p.ids, got, step.want)
 		}
 	}
 	if len(g.reqs) != 3 || g.entries != 3 {

@@ -122,10 +122,9 @@ func (s *Store) RecordDelivery(ctx context.Context, d Delivery) error {
 	if err := d.check(); err != nil {
 		return fmt.Errorf("RecordDelivery: %w", err)
 	}
-	_, err := s.db.ExecContext(ctx, `
-		INSERT INTO webhook_deliveries (ehr, request_id, received_at, body_sha256, item_count, outcome, status_code)
-		VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-		d.EHR, d.RequestID, d.ReceivedAt, d.BodySHA256[:], d.ItemCount, d.Outcome, d.StatusCode)
+	p := &prepared{deliveryRow: deliveryArrays.encode([]Delivery{d}, 128)}
+	args := appendArrays([]any{d.EHR}, []*prepared{p}, len(deliveryArrays.names), func(p *prepared) *elements { return &p.deliveryRow })
+	_, err := s.db.ExecContext(ctx, recordSQL, args...)
 	return wrap("RecordDelivery", err)
 }
 
