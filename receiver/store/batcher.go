@@ -24,8 +24,7 @@ const (
 	maxGroup = 64
 	// maxGroupEntries bounds one statement's arrays; a larger request is
 	// written alone. Small statements keep PostgreSQL busy while the
-	// receiver decodes the next requests: with 4 workers, 200 measured
-	// better than 500 at 8 senders of 100 entries (docs/performance.md).
+	// receiver decodes the next requests (measured: docs/performance.md).
 	maxGroupEntries = 200
 	maxAttempts     = 3
 )
