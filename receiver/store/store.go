@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/url"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -45,9 +44,6 @@ type Store struct {
 	closed bool
 	queue  chan *request
 	wg     sync.WaitGroup
-
-	commits atomic.Int64 // shared transactions committed (tests check that requests share them)
-	retries atomic.Int64 // statements run again after a deadlock or serialization failure
 }
 
 // Open sets up the pool for databaseURL (a postgres:// URL) and starts the
@@ -70,11 +66,12 @@ func Open(ctx context.Context, databaseURL string) (*Store, error) {
 		cfg.ConnectTimeout = defaultConnectTimeout
 	}
 	// A generic plan of the write statement: planning it per call (a custom
-	// plan) took 3.6 ms of an 8.4 ms statement at 100 entries, and its plan
-	// does not depend on the arrays' sizes (OFFSET 0 pins the history check
-	// to an index probe; the rest is inserts and sorts). Forced rather than
-	// left to plan_cache_mode = auto, which may keep custom plans when small
-	// groups make them look cheap. Set at connection start: no round trip.
+	// plan) costs a large part of the statement (docs/performance.md), and
+	// its plan does not depend on the arrays' sizes (OFFSET 0 pins the
+	// history check to an index probe; the rest is inserts and sorts).
+	// Forced rather than left to plan_cache_mode = auto, which may keep
+	// custom plans when small groups make them look cheap. Set at
+	// connection start: no round trip.
 	if cfg.Runtime == nil {
 		cfg.Runtime = map[string]string{}
 	}
@@ -131,10 +128,9 @@ func (s *Store) RecordDelivery(ctx context.Context, d Delivery) error {
 	if err := d.check(); err != nil {
 		return fmt.Errorf("RecordDelivery: %w", err)
 	}
-	_, err := s.db.ExecContext(ctx, `
-		INSERT INTO webhook_deliveries (ehr, request_id, received_at, body_sha256, item_count, outcome, status_code)
-		VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-		d.EHR, d.RequestID, d.ReceivedAt, d.BodySHA256[:], d.ItemCount, d.Outcome, d.StatusCode)
+	p := &prepared{deliveryRow: deliveryArrays.encode([]Delivery{d}, 128)}
+	args := appendArrays([]any{d.EHR}, []*prepared{p}, len(deliveryArrays.names), func(p *prepared) *elements { return &p.deliveryRow })
+	_, err := s.db.ExecContext(ctx, recordSQL, args...)
 	return wrap("RecordDelivery", err)
 }
 
