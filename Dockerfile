@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The one image of ehr-operator (DESIGN §2): the manager by default, and the
+# The one image of ehr-operator (architecture.md, "Parts"): the manager by default, and the
 # receiver, migrate and send subcommands from the same binary.
 # Build with `make docker-build` (passes VERSION).
 

@@ -1,5 +1,5 @@
 // Command ehr-operator is the operator, the webhook receiver it provisions,
-// and the tools around them, in one binary (DESIGN §2).
+// and the tools around them, in one binary (architecture.md, "Parts").
 package main
 
 import (

@@ -34,7 +34,7 @@ func NewRootCommand() *cobra.Command {
 // bindEnv gives every flag of fs that was not set on the command line the
 // value of its environment variable, when that is set: --database-url falls
 // back to DATABASE_URL, --max-body-bytes to MAX_BODY_BYTES, and so on
-// (DESIGN §7). Flags win over the environment.
+// (architecture.md, "Configuration and operation"). Flags win over the environment.
 func bindEnv(fs *pflag.FlagSet) error {
 	var err error
 	fs.VisitAll(func(f *pflag.Flag) {

@@ -1,5 +1,5 @@
-// Command bench is the receiver-versus-limit table of `make bench` (DESIGN
-// §6): on one throwaway PostgreSQL and the same generated appointments, for
+// Command bench is the receiver-versus-limit table of `make bench`
+// (docs/performance.md): on one throwaway PostgreSQL and the same generated appointments, for
 // each batch size and number of concurrent senders it measures
 //
 //   - the limit: the same rows written straight into the same schema from

@@ -1,5 +1,5 @@
 // Package payload decodes and validates Sync Appointments request bodies
-// (DESIGN §5). Everything here is pure: bytes in, entries and field errors
+// (architecture.md, "The request's path"). Everything here is pure: bytes in, entries and field errors
 // out, so it is table-tested and fuzzed without a server or a database.
 package payload
 

@@ -5,7 +5,7 @@ import (
 	"time"
 )
 
-// Length bounds in characters (DESIGN §5).
+// Length bounds in characters (architecture.md, "The request's path").
 const (
 	MaxNameLen   = 255   // ids, names and every other short string
 	MaxReasonLen = 1000  // appointment.reason, encounter.reason
@@ -17,7 +17,7 @@ const (
 	MaxYear = 9999
 )
 
-// Validate checks every item (DESIGN §5) and normalises the valid ones for
+// Validate checks every item (architecture.md, "The request's path") and normalises the valid ones for
 // storage: strings trimmed of surrounding white space, optional ones that
 // are absent, null or blank as nil. Times are read in loc; now decides what
 // "in the future" means, as a date in loc. Valid entries come back in batch

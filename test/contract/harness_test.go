@@ -1,4 +1,4 @@
-// Package contract tests the receiver's HTTP contract (DESIGN §5) from the
+// Package contract tests the receiver's HTTP contract (architecture.md, "The request's path") from the
 // outside: the real ehr-operator binary, started as a subprocess per
 // configuration against a real PostgreSQL, spoken to over real HTTP on
 // loopback.
