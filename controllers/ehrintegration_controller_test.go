@@ -16,8 +16,10 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -571,6 +573,106 @@ func TestOwnershipConflict(t *testing.T) {
 	}
 }
 
+func TestValuesRemovedFromTheSpecGo(t *testing.T) {
+	startSuite(t)
+	ns := newNamespace(t)
+	e := integration(ns, "nexus", "nexus")
+	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.example.com", Annotations: map[string]string{"a": "1", "b": "2"}}
+	e.Spec.Resources = &corev1.ResourceRequirements{Requests: corev1.ResourceList{
+		corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("64Mi")}}
+	create(t, credsSecret(ns), dbSecret(ns), e)
+	var ing networkingv1.Ingress
+	child(t, ns, "nexus", &ing)
+	update(t, &ing, func(i *networkingv1.Ingress) { i.Annotations["example.com/owner"] = "sre" })
+
+	update(t, e, func(e *v1alpha1.EHRIntegration) {
+		e.Spec.Ingress.Annotations = map[string]string{"a": "1"}
+		e.Spec.Resources.Requests = corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("64Mi")}
+	})
+	eventually(t, waitFor, "the removed annotation and request to go", func() error {
+		if err := suite.client.Get(ctx, key(ns, "nexus-receiver"), &ing); err != nil {
+			return err
+		}
+		if want := map[string]string{"a": "1", "example.com/owner": "sre"}; !cmp.Equal(ing.Annotations, want) {
+			return fmt.Errorf("ingress annotations %v, want %v", ing.Annotations, want)
+		}
+		var d appsv1.Deployment
+		if err := suite.client.Get(ctx, key(ns, "nexus-receiver"), &d); err != nil {
+			return err
+		}
+		if r := d.Spec.Template.Spec.Containers[0].Resources; len(r.Requests) != 1 || r.Requests.Memory().String() != "64Mi" {
+			return fmt.Errorf("resources %v", r)
+		}
+		return nil
+	})
+}
+
+// TestChildrenWrittenBeforeServerSideApply: children that an operator
+// from before server-side apply made with Create are taken over, and what
+// only it had set goes.
+func TestChildrenWrittenBeforeServerSideApply(t *testing.T) {
+	startSuite(t)
+	ns := newNamespace(t)
+	e := integration(ns, "nexus", "nexus")
+	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.example.com", Annotations: map[string]string{"keep": "1"}}
+	create(t, e) // no Secrets yet, so the operator makes nothing
+	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonSecretNotFound)
+
+	// That operator's manager name came from its binary's user agent.
+	cfg := rest.CopyConfig(suite.cfg)
+	cfg.UserAgent = "ehr-operator/v0.1.0 (linux/amd64) kubernetes/$Format"
+	legacy, err := client.New(cfg, client.Options{Scheme: suite.scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const appliedHash, managedAnnotations = "ehr.insighthealth.io/applied-hash", "ehr.insighthealth.io/managed-annotations"
+	dep := object(t, buildDeployment(e, testImage, secretsHash(credsSecret(ns), dbSecret(ns), "uri")), &appsv1.Deployment{})
+	dep.Annotations = map[string]string{appliedHash: "0123456789abcdef"}
+	svc := object(t, buildService(e), &corev1.Service{})
+	svc.Annotations = map[string]string{appliedHash: "0123456789abcdef"}
+	ing := object(t, buildIngress(e), &networkingv1.Ingress{})
+	ing.Annotations[appliedHash] = "0123456789abcdef"
+	ing.Annotations[managedAnnotations] = "gone,keep"
+	ing.Annotations["gone"] = "2" // since removed from the spec
+	for _, obj := range []client.Object{dep, svc, ing} {
+		if err := legacy.Create(ctx, obj); err != nil {
+			t.Fatalf("creating %T the old way: %v", obj, err)
+		}
+	}
+	update(t, ing, func(i *networkingv1.Ingress) { i.Annotations["example.com/owner"] = "sre" })
+	generation, clusterIP := dep.Generation, svc.Spec.ClusterIP
+
+	create(t, credsSecret(ns), dbSecret(ns))
+	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
+	eventually(t, waitFor, "the old scheme's annotations and manager to go", func() error {
+		for _, obj := range []client.Object{dep, svc, ing} {
+			if err := suite.client.Get(ctx, client.ObjectKeyFromObject(obj), obj); err != nil {
+				return err
+			}
+			for _, f := range obj.GetManagedFields() {
+				if f.Manager == legacyFieldManager && f.Operation == metav1.ManagedFieldsOperationUpdate {
+					return fmt.Errorf("%T still has the old manager's fields", obj)
+				}
+			}
+			if _, ok := obj.GetAnnotations()[appliedHash]; ok {
+				return fmt.Errorf("%T still has %s", obj, appliedHash)
+			}
+		}
+		if want := map[string]string{"keep": "1", "example.com/owner": "sre"}; !cmp.Equal(ing.Annotations, want) {
+			return fmt.Errorf("ingress annotations %v, want %v", ing.Annotations, want)
+		}
+		return nil
+	})
+	// The defaults the old manager owned were dropped and defaulted again:
+	// the same pod template, so no rollout.
+	if dep.Generation != generation {
+		t.Errorf("Deployment generation %d, was %d", dep.Generation, generation)
+	}
+	if svc.Spec.ClusterIP != clusterIP {
+		t.Errorf("Service clusterIP %s, was %s", svc.Spec.ClusterIP, clusterIP)
+	}
+}
+
 // TestIdleManagerMakesNoWrites runs last in this file: with every resource
 // of the earlier tests settled, resyncs must cause no write at all.
 func TestIdleManagerMakesNoWrites(t *testing.T) {
@@ -613,6 +715,7 @@ func TestIdleManagerMakesNoWrites(t *testing.T) {
 	if diff := cmp.Diff(before, versions()); diff != "" {
 		t.Errorf("resourceVersions changed while idle (-before +after):\n%s", diff)
 	}
+	t.Logf("idle over 3 resync periods of %v: %d writes (%s)", testSyncPeriod, total1-total0, diffCounts(by0, by1))
 	if total1 != total0 {
 		t.Errorf("the manager wrote %d times over %d resync periods while idle: %s",
 			total1-total0, 3, diffCounts(by0, by1))
