@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
+	"slices"
 
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -132,6 +133,13 @@ func asObject[O client.Object](ac runtime.ApplyConfiguration, like O) (O, error)
 // be dropped. Fields the legacy entry owned only because the API server
 // defaulted them are dropped by the next apply and defaulted again.
 func upgradeManagedFields(ctx context.Context, c client.Client, obj client.Object) error {
+	// csaupgrade decodes and encodes the apply entry even when there is
+	// nothing to hand over: look first.
+	if !slices.ContainsFunc(obj.GetManagedFields(), func(f metav1.ManagedFieldsEntry) bool {
+		return f.Manager == legacyFieldManager && f.Operation == metav1.ManagedFieldsOperationUpdate && f.Subresource == ""
+	}) {
+		return nil
+	}
 	patch, err := csaupgrade.UpgradeManagedFieldsPatch(obj, sets.New(legacyFieldManager), fieldOwner)
 	if err != nil || patch == nil {
 		return err

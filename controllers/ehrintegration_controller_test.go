@@ -418,6 +418,9 @@ func TestDriftIsPutBack(t *testing.T) {
 	child(t, ns, "nexus", &dep)
 	wantArgs := dep.Spec.Template.Spec.Containers[0].Args
 	update(t, &dep, func(d *appsv1.Deployment) {
+		if d.Annotations == nil {
+			d.Annotations = map[string]string{}
+		}
 		d.Annotations["example.com/owner"] = "sre"
 		d.Spec.Template.Annotations["kubectl.kubernetes.io/restartedAt"] = "2026-01-01T00:00:00Z"
 		d.Spec.Template.Spec.Containers[0].Image = "evil:latest"
@@ -459,21 +462,31 @@ func TestExternallyManagedReplicasAreKept(t *testing.T) {
 	if *dep.Spec.Replicas != 2 {
 		t.Fatalf("initial replicas = %d, want spec.replicas 2", *dep.Spec.Replicas)
 	}
-	// An autoscaler scales to 5; a hand edit of the image happens too, so we
-	// know a reconcile ran once the image is back.
+	// A hand edit of the image, so we know a reconcile ran once it is back.
+	imageBack := func() {
+		t.Helper()
+		eventually(t, waitFor, "the image to be put back", func() error {
+			if err := suite.client.Get(ctx, key(ns, "nexus-receiver"), &dep); err != nil {
+				return err
+			}
+			if dep.Spec.Template.Spec.Containers[0].Image != testImage {
+				return errors.New("image not put back yet")
+			}
+			return nil
+		})
+	}
+	// Before an autoscaler acts, a pass keeps the replicas the operator set.
+	update(t, &dep, func(d *appsv1.Deployment) { d.Spec.Template.Spec.Containers[0].Image = "other" })
+	imageBack()
+	if *dep.Spec.Replicas != 2 {
+		t.Errorf("replicas = %d before any autoscaling, want 2", *dep.Spec.Replicas)
+	}
+	// An autoscaler scales to 5.
 	update(t, &dep, func(d *appsv1.Deployment) {
 		d.Spec.Replicas = ptr.To[int32](5)
 		d.Spec.Template.Spec.Containers[0].Image = "other"
 	})
-	eventually(t, waitFor, "the image to be put back", func() error {
-		if err := suite.client.Get(ctx, key(ns, "nexus-receiver"), &dep); err != nil {
-			return err
-		}
-		if dep.Spec.Template.Spec.Containers[0].Image != testImage {
-			return errors.New("image not put back yet")
-		}
-		return nil
-	})
+	imageBack()
 	if *dep.Spec.Replicas != 5 {
 		t.Errorf("replicas = %d, want the autoscaler's 5", *dep.Spec.Replicas)
 	}
@@ -640,7 +653,7 @@ func TestChildrenWrittenBeforeServerSideApply(t *testing.T) {
 		}
 	}
 	update(t, ing, func(i *networkingv1.Ingress) { i.Annotations["example.com/owner"] = "sre" })
-	generation, clusterIP := dep.Generation, svc.Spec.ClusterIP
+	template, clusterIP := dep.Spec.Template.DeepCopy(), svc.Spec.ClusterIP
 
 	create(t, credsSecret(ns), dbSecret(ns))
 	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
@@ -665,8 +678,8 @@ func TestChildrenWrittenBeforeServerSideApply(t *testing.T) {
 	})
 	// The defaults the old manager owned were dropped and defaulted again:
 	// the same pod template, so no rollout.
-	if dep.Generation != generation {
-		t.Errorf("Deployment generation %d, was %d", dep.Generation, generation)
+	if diff := cmp.Diff(template, &dep.Spec.Template); diff != "" {
+		t.Errorf("pod template changed (-before +after):\n%s", diff)
 	}
 	if svc.Spec.ClusterIP != clusterIP {
 		t.Errorf("Service clusterIP %s, was %s", svc.Spec.ClusterIP, clusterIP)
