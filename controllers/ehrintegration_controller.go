@@ -26,8 +26,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
+	networkingv1ac "k8s.io/client-go/applyconfigurations/networking/v1"
+	policyv1ac "k8s.io/client-go/applyconfigurations/policy/v1"
 	"k8s.io/client-go/tools/events"
-	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -68,10 +71,11 @@ type EHRIntegrationReconciler struct {
 // +kubebuilder:rbac:groups=ehr.insighthealth.io,resources=ehrintegrations/status,verbs=update
 // +kubebuilder:rbac:groups=ehr.insighthealth.io,resources=ehrintegrations/finalizers,verbs=update
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
-// +kubebuilder:rbac:groups="",resources=serviceaccounts;services,verbs=get;list;watch;create;update
-// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;patch
-// +kubebuilder:rbac:groups=networking.k8s.io,resources=ingresses,verbs=get;list;watch;create;update;delete
-// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;update;delete
+// Server-side apply is a patch, and needs create too when the child is new.
+// +kubebuilder:rbac:groups="",resources=serviceaccounts;services,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups=networking.k8s.io,resources=ingresses,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile makes the children of one EHRIntegration match its spec and
@@ -232,38 +236,50 @@ func (r *EHRIntegrationReconciler) secret(ctx context.Context, ns, name, field s
 // and PodDisruptionBudget when the spec no longer asks for them.
 func (r *EHRIntegrationReconciler) applyChildren(ctx context.Context, e *v1alpha1.EHRIntegration, image, hash string,
 	obs *observation, written *[]string) error {
-	if _, err := r.apply(ctx, e, written, buildServiceAccount(e), "automountServiceAccountToken"); err != nil {
-		return err
-	}
-
-	dep := buildDeployment(e, image, hash)
-	if e.Annotations[v1alpha1.AnnotationExternalReplicas] == "true" {
-		// An autoscaler owns replicas: leave them, unless the Deployment
-		// is new or at zero (an autoscaler does not scale up from zero).
-		cur, err := r.currentDeployment(ctx, e)
-		if err != nil {
-			return err
-		}
-		if cur != nil && cur.Spec.Replicas != nil && *cur.Spec.Replicas > 0 {
-			dep.Spec.Replicas = nil
-			obs.wantReplicas = *cur.Spec.Replicas
-		}
-	}
-	obj, err := r.apply(ctx, e, written, dep, "spec")
+	sa, res, err := applyChild(ctx, r.Client, e, buildServiceAccount(e), &corev1.ServiceAccount{}, corev1ac.ExtractServiceAccount, nil)
 	if err != nil {
 		return err
 	}
-	obs.deployment = obj.(*appsv1.Deployment)
+	wrote(ctx, written, sa, res)
 
-	if _, err := r.apply(ctx, e, written, buildService(e), "spec"); err != nil {
+	dep := buildDeployment(e, image, hash)
+	var keepReplicas func(*appsv1.Deployment, *appsv1ac.DeploymentApplyConfiguration)
+	if e.Annotations[v1alpha1.AnnotationExternalReplicas] == "true" {
+		// An autoscaler owns replicas: leave them, unless the Deployment is
+		// new or at zero (an autoscaler does not scale up from zero). Their
+		// ownership stays as it is: dropping replicas the operator alone
+		// owns would reset them to the default, 1; an autoscaler's first
+		// change takes them over.
+		keepReplicas = func(live *appsv1.Deployment, owned *appsv1ac.DeploymentApplyConfiguration) {
+			if live.Spec.Replicas == nil || *live.Spec.Replicas == 0 {
+				return
+			}
+			dep.Spec.Replicas = nil
+			if owned.Spec != nil {
+				dep.Spec.Replicas = owned.Spec.Replicas
+			}
+			obs.wantReplicas = *live.Spec.Replicas
+		}
+	}
+	d, res, err := applyChild(ctx, r.Client, e, dep, &appsv1.Deployment{}, appsv1ac.ExtractDeployment, keepReplicas)
+	if err != nil {
 		return err
 	}
+	wrote(ctx, written, d, res)
+	obs.deployment = d
+
+	svc, res, err := applyChild(ctx, r.Client, e, buildService(e), &corev1.Service{}, corev1ac.ExtractService, nil)
+	if err != nil {
+		return err
+	}
+	wrote(ctx, written, svc, res)
 
 	if ing := buildIngress(e); ing != nil {
-		obj, err := r.apply(ctx, e, written, ing, "spec")
+		obj, res, err := applyChild(ctx, r.Client, e, ing, &networkingv1.Ingress{}, networkingv1ac.ExtractIngress, nil)
 		if err != nil {
 			return err
 		}
+		wrote(ctx, written, obj, res)
 		// One being deleted (an ingress controller's finalizer) will not serve.
 		obs.ingressMissing = obj.GetDeletionTimestamp() != nil
 	} else if err := r.deleteChild(ctx, e, written, &networkingv1.Ingress{}); err != nil {
@@ -271,29 +287,26 @@ func (r *EHRIntegrationReconciler) applyChildren(ctx context.Context, e *v1alpha
 	}
 
 	if pdb := buildPDB(e); pdb != nil {
-		if _, err := r.apply(ctx, e, written, pdb, "spec"); err != nil {
+		obj, res, err := applyChild(ctx, r.Client, e, pdb, &policyv1.PodDisruptionBudget{}, policyv1ac.ExtractPodDisruptionBudget, nil)
+		if err != nil {
 			return err
 		}
+		wrote(ctx, written, obj, res)
 	} else if err := r.deleteChild(ctx, e, written, &policyv1.PodDisruptionBudget{}); err != nil {
 		return err
 	}
 	return nil
 }
 
-// apply runs the create-or-update of one child, logs a write and adds it
-// to written (e.g. "updated Deployment nexus-receiver").
-func (r *EHRIntegrationReconciler) apply(ctx context.Context, e *v1alpha1.EHRIntegration, written *[]string,
-	desired client.Object, fields ...string) (client.Object, error) {
-	obj, res, err := apply(ctx, r.Client, r.Scheme, e, desired, fields...)
-	if err != nil {
-		return nil, err
+// wrote logs a write of obj and adds it to written (e.g. "updated
+// Deployment nexus-receiver").
+func wrote(ctx context.Context, written *[]string, obj client.Object, res applyResult) {
+	if res == applyUnchanged {
+		return
 	}
-	if res != applyUnchanged {
-		kind := reflect.TypeOf(desired).Elem().Name()
-		logf.FromContext(ctx).Info("Wrote child", "kind", kind, "child", desired.GetName(), "operation", res)
-		*written = append(*written, fmt.Sprintf("%s %s %s", res, kind, desired.GetName()))
-	}
-	return obj, nil
+	kind := reflect.TypeOf(obj).Elem().Name()
+	logf.FromContext(ctx).Info("Wrote child", "kind", kind, "child", obj.GetName(), "operation", res)
+	*written = append(*written, fmt.Sprintf("%s %s %s", res, kind, obj.GetName()))
 }
 
 // deleteChild deletes e's child of obj's kind when e controls it.
@@ -331,10 +344,13 @@ func (r *EHRIntegrationReconciler) suspend(ctx context.Context, e *v1alpha1.EHRI
 	if err != nil || d == nil || (d.Spec.Replicas != nil && *d.Spec.Replicas == 0) {
 		return d, err
 	}
-	patch := client.MergeFrom(d.DeepCopy())
-	d.Spec.Replicas = ptr.To[int32](0)
-	if err := r.Patch(ctx, d, patch); err != nil {
+	scale := appsv1ac.Deployment(d.Name, d.Namespace).WithSpec(appsv1ac.DeploymentSpec().WithReplicas(0))
+	if err := r.Apply(ctx, scale, client.FieldOwner(suspendFieldOwner), client.ForceOwnership); err != nil {
 		return nil, fmt.Errorf("while scaling Deployment %s to zero: %w", d.Name, err)
+	}
+	name := d.Name
+	if d, err = asObject(scale, d); err != nil {
+		return nil, fmt.Errorf("while reading Deployment %s scaled to zero: %w", name, err)
 	}
 	logf.FromContext(ctx).Info("Suspended receiver", "child", d.Name)
 	r.Recorder.Eventf(e, d, corev1.EventTypeNormal, v1alpha1.ReasonSuspended, "Suspend", "Scaled Deployment %s to zero", d.Name)

@@ -16,8 +16,10 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -416,6 +418,9 @@ func TestDriftIsPutBack(t *testing.T) {
 	child(t, ns, "nexus", &dep)
 	wantArgs := dep.Spec.Template.Spec.Containers[0].Args
 	update(t, &dep, func(d *appsv1.Deployment) {
+		if d.Annotations == nil {
+			d.Annotations = map[string]string{}
+		}
 		d.Annotations["example.com/owner"] = "sre"
 		d.Spec.Template.Annotations["kubectl.kubernetes.io/restartedAt"] = "2026-01-01T00:00:00Z"
 		d.Spec.Template.Spec.Containers[0].Image = "evil:latest"
@@ -457,21 +462,31 @@ func TestExternallyManagedReplicasAreKept(t *testing.T) {
 	if *dep.Spec.Replicas != 2 {
 		t.Fatalf("initial replicas = %d, want spec.replicas 2", *dep.Spec.Replicas)
 	}
-	// An autoscaler scales to 5; a hand edit of the image happens too, so we
-	// know a reconcile ran once the image is back.
+	// A hand edit of the image, so we know a reconcile ran once it is back.
+	imageBack := func() {
+		t.Helper()
+		eventually(t, waitFor, "the image to be put back", func() error {
+			if err := suite.client.Get(ctx, key(ns, "nexus-receiver"), &dep); err != nil {
+				return err
+			}
+			if dep.Spec.Template.Spec.Containers[0].Image != testImage {
+				return errors.New("image not put back yet")
+			}
+			return nil
+		})
+	}
+	// Before an autoscaler acts, a pass keeps the replicas the operator set.
+	update(t, &dep, func(d *appsv1.Deployment) { d.Spec.Template.Spec.Containers[0].Image = "other" })
+	imageBack()
+	if *dep.Spec.Replicas != 2 {
+		t.Errorf("replicas = %d before any autoscaling, want 2", *dep.Spec.Replicas)
+	}
+	// An autoscaler scales to 5.
 	update(t, &dep, func(d *appsv1.Deployment) {
 		d.Spec.Replicas = ptr.To[int32](5)
 		d.Spec.Template.Spec.Containers[0].Image = "other"
 	})
-	eventually(t, waitFor, "the image to be put back", func() error {
-		if err := suite.client.Get(ctx, key(ns, "nexus-receiver"), &dep); err != nil {
-			return err
-		}
-		if dep.Spec.Template.Spec.Containers[0].Image != testImage {
-			return errors.New("image not put back yet")
-		}
-		return nil
-	})
+	imageBack()
 	if *dep.Spec.Replicas != 5 {
 		t.Errorf("replicas = %d, want the autoscaler's 5", *dep.Spec.Replicas)
 	}
@@ -571,6 +586,106 @@ func TestOwnershipConflict(t *testing.T) {
 	}
 }
 
+func TestValuesRemovedFromTheSpecGo(t *testing.T) {
+	startSuite(t)
+	ns := newNamespace(t)
+	e := integration(ns, "nexus", "nexus")
+	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.example.com", Annotations: map[string]string{"a": "1", "b": "2"}}
+	e.Spec.Resources = &corev1.ResourceRequirements{Requests: corev1.ResourceList{
+		corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("64Mi")}}
+	create(t, credsSecret(ns), dbSecret(ns), e)
+	var ing networkingv1.Ingress
+	child(t, ns, "nexus", &ing)
+	update(t, &ing, func(i *networkingv1.Ingress) { i.Annotations["example.com/owner"] = "sre" })
+
+	update(t, e, func(e *v1alpha1.EHRIntegration) {
+		e.Spec.Ingress.Annotations = map[string]string{"a": "1"}
+		e.Spec.Resources.Requests = corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("64Mi")}
+	})
+	eventually(t, waitFor, "the removed annotation and request to go", func() error {
+		if err := suite.client.Get(ctx, key(ns, "nexus-receiver"), &ing); err != nil {
+			return err
+		}
+		if want := map[string]string{"a": "1", "example.com/owner": "sre"}; !cmp.Equal(ing.Annotations, want) {
+			return fmt.Errorf("ingress annotations %v, want %v", ing.Annotations, want)
+		}
+		var d appsv1.Deployment
+		if err := suite.client.Get(ctx, key(ns, "nexus-receiver"), &d); err != nil {
+			return err
+		}
+		if r := d.Spec.Template.Spec.Containers[0].Resources; len(r.Requests) != 1 || r.Requests.Memory().String() != "64Mi" {
+			return fmt.Errorf("resources %v", r)
+		}
+		return nil
+	})
+}
+
+// TestChildrenWrittenBeforeServerSideApply: children that an operator
+// from before server-side apply made with Create are taken over, and what
+// only it had set goes.
+func TestChildrenWrittenBeforeServerSideApply(t *testing.T) {
+	startSuite(t)
+	ns := newNamespace(t)
+	e := integration(ns, "nexus", "nexus")
+	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.example.com", Annotations: map[string]string{"keep": "1"}}
+	create(t, e) // no Secrets yet, so the operator makes nothing
+	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonSecretNotFound)
+
+	// That operator's manager name came from its binary's user agent.
+	cfg := rest.CopyConfig(suite.cfg)
+	cfg.UserAgent = "ehr-operator/v0.1.0 (linux/amd64) kubernetes/$Format"
+	legacy, err := client.New(cfg, client.Options{Scheme: suite.scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const appliedHash, managedAnnotations = "ehr.insighthealth.io/applied-hash", "ehr.insighthealth.io/managed-annotations"
+	dep := object(t, buildDeployment(e, testImage, secretsHash(credsSecret(ns), dbSecret(ns), "uri")), &appsv1.Deployment{})
+	dep.Annotations = map[string]string{appliedHash: "0123456789abcdef"}
+	svc := object(t, buildService(e), &corev1.Service{})
+	svc.Annotations = map[string]string{appliedHash: "0123456789abcdef"}
+	ing := object(t, buildIngress(e), &networkingv1.Ingress{})
+	ing.Annotations[appliedHash] = "0123456789abcdef"
+	ing.Annotations[managedAnnotations] = "gone,keep"
+	ing.Annotations["gone"] = "2" // since removed from the spec
+	for _, obj := range []client.Object{dep, svc, ing} {
+		if err := legacy.Create(ctx, obj); err != nil {
+			t.Fatalf("creating %T the old way: %v", obj, err)
+		}
+	}
+	update(t, ing, func(i *networkingv1.Ingress) { i.Annotations["example.com/owner"] = "sre" })
+	template, clusterIP := dep.Spec.Template.DeepCopy(), svc.Spec.ClusterIP
+
+	create(t, credsSecret(ns), dbSecret(ns))
+	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
+	eventually(t, waitFor, "the old scheme's annotations and manager to go", func() error {
+		for _, obj := range []client.Object{dep, svc, ing} {
+			if err := suite.client.Get(ctx, client.ObjectKeyFromObject(obj), obj); err != nil {
+				return err
+			}
+			for _, f := range obj.GetManagedFields() {
+				if f.Manager == legacyFieldManager && f.Operation == metav1.ManagedFieldsOperationUpdate {
+					return fmt.Errorf("%T still has the old manager's fields", obj)
+				}
+			}
+			if _, ok := obj.GetAnnotations()[appliedHash]; ok {
+				return fmt.Errorf("%T still has %s", obj, appliedHash)
+			}
+		}
+		if want := map[string]string{"keep": "1", "example.com/owner": "sre"}; !cmp.Equal(ing.Annotations, want) {
+			return fmt.Errorf("ingress annotations %v, want %v", ing.Annotations, want)
+		}
+		return nil
+	})
+	// The defaults the old manager owned were dropped and defaulted again:
+	// the same pod template, so no rollout.
+	if diff := cmp.Diff(template, &dep.Spec.Template); diff != "" {
+		t.Errorf("pod template changed (-before +after):\n%s", diff)
+	}
+	if svc.Spec.ClusterIP != clusterIP {
+		t.Errorf("Service clusterIP %s, was %s", svc.Spec.ClusterIP, clusterIP)
+	}
+}
+
 // TestIdleManagerMakesNoWrites runs last in this file: with every resource
 // of the earlier tests settled, resyncs must cause no write at all.
 func TestIdleManagerMakesNoWrites(t *testing.T) {
@@ -613,6 +728,7 @@ func TestIdleManagerMakesNoWrites(t *testing.T) {
 	if diff := cmp.Diff(before, versions()); diff != "" {
 		t.Errorf("resourceVersions changed while idle (-before +after):\n%s", diff)
 	}
+	t.Logf("idle over 3 resync periods of %v: %d writes (%s)", testSyncPeriod, total1-total0, diffCounts(by0, by1))
 	if total1 != total0 {
 		t.Errorf("the manager wrote %d times over %d resync periods while idle: %s",
 			total1-total0, 3, diffCounts(by0, by1))

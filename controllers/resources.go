@@ -7,22 +7,27 @@ import (
 	"path"
 	"sort"
 	"strconv"
-	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
+	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
+	networkingv1ac "k8s.io/client-go/applyconfigurations/networking/v1"
+	policyv1ac "k8s.io/client-go/applyconfigurations/policy/v1"
 	"k8s.io/utils/ptr"
 
 	"github.com/insighthealth/ehr-operator/api/v1alpha1"
 )
 
 // This file builds the desired child objects of an EHRIntegration (DESIGN
-// §4). Every function here is pure: same input, same output, no client.
+// §4) as apply configurations: exactly the fields the operator sets, which
+// it then owns (apply.go). Every function here is pure: same input, same
+// output, no client.
 
 // Ports, paths and files the receiver is started with (DESIGN §5, §7).
 const (
@@ -59,13 +64,6 @@ const (
 	// annotationSecretsHash on the pod template holds a hash of the data the
 	// receiver reads from its Secrets, so a rotation rolls the pods.
 	annotationSecretsHash = "ehr.insighthealth.io/secrets-hash"
-	// annotationManagedAnnotations on the Ingress lists the annotation keys
-	// that came from spec.ingress.annotations, so one removed from the spec
-	// is removed from the Ingress while annotations others add are kept.
-	annotationManagedAnnotations = "ehr.insighthealth.io/managed-annotations"
-	// annotationAppliedHash on every child is a hash of the fields the
-	// operator last wrote (see apply).
-	annotationAppliedHash = "ehr.insighthealth.io/applied-hash"
 )
 
 // childName is the name of every object made for e: stable, so Ingresses,
@@ -86,10 +84,6 @@ func commonLabels(e *v1alpha1.EHRIntegration) map[string]string {
 	l[labelManagedBy] = operatorName
 	l[labelEHR] = e.Spec.EHR
 	return l
-}
-
-func objectMeta(e *v1alpha1.EHRIntegration) metav1.ObjectMeta {
-	return metav1.ObjectMeta{Name: childName(e), Namespace: e.Namespace, Labels: commonLabels(e)}
 }
 
 // withDefaults returns a copy of e with the API's defaults filled in where a
@@ -191,150 +185,168 @@ func secretsHash(creds, db *corev1.Secret, dbKey string) string {
 	return hex.EncodeToString(h.Sum(nil))[:32]
 }
 
-// buildServiceAccount makes the receiver's ServiceAccount; the receiver
-// never talks to the Kubernetes API, so no token is mounted.
-func buildServiceAccount(e *v1alpha1.EHRIntegration) *corev1.ServiceAccount {
-	return &corev1.ServiceAccount{
-		ObjectMeta:                   objectMeta(e),
-		AutomountServiceAccountToken: ptr.To(false),
-	}
+// ownerReference makes e the controller of a child, as
+// controllerutil.SetControllerReference would.
+func ownerReference(e *v1alpha1.EHRIntegration) *metav1ac.OwnerReferenceApplyConfiguration {
+	return metav1ac.OwnerReference().
+		WithAPIVersion(v1alpha1.GroupVersion.String()).
+		WithKind("EHRIntegration").
+		WithName(e.Name).
+		WithUID(e.UID).
+		WithController(true).
+		WithBlockOwnerDeletion(true)
 }
 
-// buildDeployment makes the receiver's Deployment running image, with the
-// pod template annotated with the Secrets' hash.
+// buildServiceAccount makes the receiver's ServiceAccount; the receiver
+// never talks to the Kubernetes API, so no token is mounted.
+func buildServiceAccount(e *v1alpha1.EHRIntegration) *corev1ac.ServiceAccountApplyConfiguration {
+	return corev1ac.ServiceAccount(childName(e), e.Namespace).
+		WithLabels(commonLabels(e)).
+		WithOwnerReferences(ownerReference(e)).
+		WithAutomountServiceAccountToken(false)
+}
+
+// resourcesConfig is r as an apply configuration; an empty list is left
+// out, so that it is not owned.
+func resourcesConfig(r corev1.ResourceRequirements) *corev1ac.ResourceRequirementsApplyConfiguration {
+	out := corev1ac.ResourceRequirements()
+	if len(r.Limits) > 0 {
+		out.WithLimits(r.Limits.DeepCopy())
+	}
+	if len(r.Requests) > 0 {
+		out.WithRequests(r.Requests.DeepCopy())
+	}
+	for _, c := range r.Claims {
+		claim := corev1ac.ResourceClaim().WithName(c.Name)
+		if c.Request != "" {
+			claim.WithRequest(c.Request)
+		}
+		out.WithClaims(claim)
+	}
+	return out
+}
+
 // preStopSleepSeconds is how long a terminating receiver keeps serving
 // before SIGTERM, so that endpoint removal reaches every proxy first.
 const preStopSleepSeconds = 5
 
-func buildDeployment(e *v1alpha1.EHRIntegration, image, hash string) *appsv1.Deployment {
+// buildDeployment makes the receiver's Deployment running image, with the
+// pod template annotated with the Secrets' hash.
+func buildDeployment(e *v1alpha1.EHRIntegration, image, hash string) *appsv1ac.DeploymentApplyConfiguration {
 	e = withDefaults(e)
 	s := e.Spec
 	resources := defaultResources()
 	if s.Resources != nil {
-		resources = *s.Resources.DeepCopy()
+		resources = *s.Resources
 	}
-	secretMode := ptr.To[int32](0o440)
-	probe := func(path string, period, failures int32) *corev1.Probe {
-		return &corev1.Probe{
-			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
-				Path:   path,
-				Port:   intstr.FromString(metricsPortName),
-				Scheme: corev1.URISchemeHTTP,
-			}},
-			PeriodSeconds:    period,
-			TimeoutSeconds:   2,
-			SuccessThreshold: 1,
-			FailureThreshold: failures,
-		}
+	const secretMode int32 = 0o440
+	probe := func(path string, period, failures int32) *corev1ac.ProbeApplyConfiguration {
+		return corev1ac.Probe().
+			WithHTTPGet(corev1ac.HTTPGetAction().
+				WithPath(path).
+				WithPort(intstr.FromString(metricsPortName)).
+				WithScheme(corev1.URISchemeHTTP)).
+			WithPeriodSeconds(period).
+			WithTimeoutSeconds(2).
+			WithSuccessThreshold(1).
+			WithFailureThreshold(failures)
 	}
-	container := corev1.Container{
-		Name:  "receiver",
-		Image: image,
-		Args:  receiverArgs(e),
-		Ports: []corev1.ContainerPort{
-			{Name: httpPortName, ContainerPort: httpPort, Protocol: corev1.ProtocolTCP},
-			{Name: metricsPortName, ContainerPort: metricsPort, Protocol: corev1.ProtocolTCP},
-		},
-		Resources: resources,
-		VolumeMounts: []corev1.VolumeMount{
-			{Name: "credentials", MountPath: credentialsDir, ReadOnly: true},
-			{Name: "database", MountPath: databaseDir, ReadOnly: true},
-			{Name: "tmp", MountPath: "/tmp"},
-		},
+	container := corev1ac.Container().
+		WithName("receiver").
+		WithImage(image).
+		WithArgs(receiverArgs(e)...).
+		WithPorts(
+			corev1ac.ContainerPort().WithName(httpPortName).WithContainerPort(httpPort).WithProtocol(corev1.ProtocolTCP),
+			corev1ac.ContainerPort().WithName(metricsPortName).WithContainerPort(metricsPort).WithProtocol(corev1.ProtocolTCP),
+		).
+		WithResources(resourcesConfig(resources)).
+		WithVolumeMounts(
+			corev1ac.VolumeMount().WithName("credentials").WithMountPath(credentialsDir).WithReadOnly(true),
+			corev1ac.VolumeMount().WithName("database").WithMountPath(databaseDir).WithReadOnly(true),
+			corev1ac.VolumeMount().WithName("tmp").WithMountPath("/tmp"),
+		).
 		// The receiver migrates the database before it serves; give it two
 		// minutes before liveness counts.
-		StartupProbe:   probe("/healthz", 2, 60),
-		LivenessProbe:  probe("/healthz", 10, 3),
-		ReadinessProbe: probe("/readyz", 5, 2),
+		WithStartupProbe(probe("/healthz", 2, 60)).
+		WithLivenessProbe(probe("/healthz", 10, 3)).
+		WithReadinessProbe(probe("/readyz", 5, 2)).
 		// A terminating pod keeps serving while Services and Ingresses stop
 		// sending it traffic; only then does SIGTERM make it drain and exit.
-		Lifecycle: &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{
-			Sleep: &corev1.SleepAction{Seconds: preStopSleepSeconds},
-		}},
-		SecurityContext: &corev1.SecurityContext{
-			RunAsNonRoot:             ptr.To(true),
-			ReadOnlyRootFilesystem:   ptr.To(true),
-			AllowPrivilegeEscalation: ptr.To(false),
-			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
-			SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
-		},
-	}
-	return &appsv1.Deployment{
-		ObjectMeta: objectMeta(e),
-		Spec: appsv1.DeploymentSpec{
-			Replicas: ptr.To(desiredReplicas(e)),
-			Selector: &metav1.LabelSelector{MatchLabels: selectorLabels(e)},
+		WithLifecycle(corev1ac.Lifecycle().WithPreStop(corev1ac.LifecycleHandler().
+			WithSleep(corev1ac.SleepAction().WithSeconds(preStopSleepSeconds)))).
+		WithSecurityContext(corev1ac.SecurityContext().
+			WithRunAsNonRoot(true).
+			WithReadOnlyRootFilesystem(true).
+			WithAllowPrivilegeEscalation(false).
+			WithCapabilities(corev1ac.Capabilities().WithDrop("ALL")).
+			WithSeccompProfile(corev1ac.SeccompProfile().WithType(corev1.SeccompProfileTypeRuntimeDefault)))
+
+	pod := corev1ac.PodSpec().
+		WithServiceAccountName(childName(e)).
+		WithAutomountServiceAccountToken(false).
+		WithEnableServiceLinks(false).
+		// The preStop sleep, then the receiver's drain of in-flight
+		// requests (at most 30 s) on SIGTERM.
+		WithTerminationGracePeriodSeconds(preStopSleepSeconds+40).
+		WithSecurityContext(corev1ac.PodSecurityContext().
+			WithRunAsNonRoot(true).
+			WithRunAsUser(receiverUID).
+			WithRunAsGroup(receiverUID).
+			WithFSGroup(receiverUID).
+			WithSeccompProfile(corev1ac.SeccompProfile().WithType(corev1.SeccompProfileTypeRuntimeDefault))).
+		WithContainers(container).
+		WithVolumes(
+			corev1ac.Volume().WithName("credentials").WithSecret(corev1ac.SecretVolumeSource().
+				WithSecretName(s.CredentialsSecretRef.Name).
+				WithDefaultMode(secretMode)),
+			// Only the URL's key: a CloudNativePG app Secret also holds the
+			// password and more.
+			corev1ac.Volume().WithName("database").WithSecret(corev1ac.SecretVolumeSource().
+				WithSecretName(s.Database.SecretRef.Name).
+				WithItems(corev1ac.KeyToPath().WithKey(s.Database.SecretRef.Key).WithPath(s.Database.SecretRef.Key)).
+				WithDefaultMode(secretMode)),
+			corev1ac.Volume().WithName("tmp").WithEmptyDir(corev1ac.EmptyDirVolumeSource().
+				WithSizeLimit(resource.MustParse("16Mi"))),
+		).
+		// Spread the replicas over nodes when the cluster can.
+		WithTopologySpreadConstraints(corev1ac.TopologySpreadConstraint().
+			WithMaxSkew(1).
+			WithTopologyKey(corev1.LabelHostname).
+			WithWhenUnsatisfiable(corev1.ScheduleAnyway).
+			WithLabelSelector(metav1ac.LabelSelector().WithMatchLabels(selectorLabels(e))))
+
+	return appsv1ac.Deployment(childName(e), e.Namespace).
+		WithLabels(commonLabels(e)).
+		WithOwnerReferences(ownerReference(e)).
+		WithSpec(appsv1ac.DeploymentSpec().
+			WithReplicas(desiredReplicas(e)).
+			WithSelector(metav1ac.LabelSelector().WithMatchLabels(selectorLabels(e))).
 			// Keep every replica serving while new pods start.
-			Strategy: appsv1.DeploymentStrategy{
-				Type: appsv1.RollingUpdateDeploymentStrategyType,
-				RollingUpdate: &appsv1.RollingUpdateDeployment{
-					MaxUnavailable: ptr.To(intstr.FromInt32(0)),
-					MaxSurge:       ptr.To(intstr.FromInt32(1)),
-				},
-			},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{
-					Labels:      commonLabels(e),
-					Annotations: map[string]string{annotationSecretsHash: hash},
-				},
-				Spec: corev1.PodSpec{
-					ServiceAccountName:           childName(e),
-					AutomountServiceAccountToken: ptr.To(false),
-					EnableServiceLinks:           ptr.To(false),
-					// The preStop sleep, then the receiver's drain of in-flight
-					// requests (at most 30 s) on SIGTERM.
-					TerminationGracePeriodSeconds: ptr.To[int64](preStopSleepSeconds + 40),
-					SecurityContext: &corev1.PodSecurityContext{
-						RunAsNonRoot:   ptr.To(true),
-						RunAsUser:      ptr.To(receiverUID),
-						RunAsGroup:     ptr.To(receiverUID),
-						FSGroup:        ptr.To(receiverUID),
-						SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
-					},
-					Containers: []corev1.Container{container},
-					Volumes: []corev1.Volume{
-						{Name: "credentials", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
-							SecretName:  s.CredentialsSecretRef.Name,
-							DefaultMode: secretMode,
-						}}},
-						// Only the URL's key: a CloudNativePG app Secret also
-						// holds the password and more.
-						{Name: "database", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
-							SecretName:  s.Database.SecretRef.Name,
-							Items:       []corev1.KeyToPath{{Key: s.Database.SecretRef.Key, Path: s.Database.SecretRef.Key}},
-							DefaultMode: secretMode,
-						}}},
-						{Name: "tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
-							SizeLimit: ptr.To(resource.MustParse("16Mi")),
-						}}},
-					},
-					// Spread the replicas over nodes when the cluster can.
-					TopologySpreadConstraints: []corev1.TopologySpreadConstraint{{
-						MaxSkew:           1,
-						TopologyKey:       corev1.LabelHostname,
-						WhenUnsatisfiable: corev1.ScheduleAnyway,
-						LabelSelector:     &metav1.LabelSelector{MatchLabels: selectorLabels(e)},
-					}},
-				},
-			},
-		},
-	}
+			WithStrategy(appsv1ac.DeploymentStrategy().
+				WithType(appsv1.RollingUpdateDeploymentStrategyType).
+				WithRollingUpdate(appsv1ac.RollingUpdateDeployment().
+					WithMaxUnavailable(intstr.FromInt32(0)).
+					WithMaxSurge(intstr.FromInt32(1)))).
+			WithTemplate(corev1ac.PodTemplateSpec().
+				WithLabels(commonLabels(e)).
+				WithAnnotations(map[string]string{annotationSecretsHash: hash}).
+				WithSpec(pod)))
 }
 
 // buildService makes the receiver's ClusterIP Service: webhooks on http,
 // Prometheus on metrics.
-func buildService(e *v1alpha1.EHRIntegration) *corev1.Service {
-	return &corev1.Service{
-		ObjectMeta: objectMeta(e),
-		Spec: corev1.ServiceSpec{
-			Type:     corev1.ServiceTypeClusterIP,
-			Selector: selectorLabels(e),
-			Ports: []corev1.ServicePort{
-				{Name: httpPortName, Port: httpPort, TargetPort: intstr.FromString(httpPortName), Protocol: corev1.ProtocolTCP},
-				{Name: metricsPortName, Port: metricsPort, TargetPort: intstr.FromString(metricsPortName), Protocol: corev1.ProtocolTCP},
-			},
-		},
+func buildService(e *v1alpha1.EHRIntegration) *corev1ac.ServiceApplyConfiguration {
+	port := func(name string, number int32) *corev1ac.ServicePortApplyConfiguration {
+		return corev1ac.ServicePort().WithName(name).WithPort(number).
+			WithTargetPort(intstr.FromString(name)).WithProtocol(corev1.ProtocolTCP)
 	}
+	return corev1ac.Service(childName(e), e.Namespace).
+		WithLabels(commonLabels(e)).
+		WithOwnerReferences(ownerReference(e)).
+		WithSpec(corev1ac.ServiceSpec().
+			WithType(corev1.ServiceTypeClusterIP).
+			WithSelector(selectorLabels(e)).
+			WithPorts(port(httpPortName, httpPort), port(metricsPortName, metricsPort)))
 }
 
 // webhookPathPrefix is the only path the Ingress routes, so /metrics and
@@ -345,69 +357,53 @@ func webhookPathPrefix(e *v1alpha1.EHRIntegration) string {
 
 // buildIngress makes the receiver's Ingress, or returns nil when e asks
 // for none.
-func buildIngress(e *v1alpha1.EHRIntegration) *networkingv1.Ingress {
+func buildIngress(e *v1alpha1.EHRIntegration) *networkingv1ac.IngressApplyConfiguration {
 	in := e.Spec.Ingress
 	if in == nil {
 		return nil
 	}
-	meta := objectMeta(e)
-	meta.Annotations = map[string]string{annotationManagedAnnotations: managedAnnotationKeys(in.Annotations)}
-	for k, v := range in.Annotations {
-		meta.Annotations[k] = v
-	}
-	ing := &networkingv1.Ingress{
-		ObjectMeta: meta,
-		Spec: networkingv1.IngressSpec{
-			Rules: []networkingv1.IngressRule{{
-				Host: in.Host,
-				IngressRuleValue: networkingv1.IngressRuleValue{HTTP: &networkingv1.HTTPIngressRuleValue{
-					Paths: []networkingv1.HTTPIngressPath{{
-						Path:     webhookPathPrefix(e),
-						PathType: ptr.To(networkingv1.PathTypePrefix),
-						Backend: networkingv1.IngressBackend{Service: &networkingv1.IngressServiceBackend{
-							Name: childName(e),
-							Port: networkingv1.ServiceBackendPort{Name: httpPortName},
-						}},
-					}},
-				}},
-			}},
-		},
-	}
+	spec := networkingv1ac.IngressSpec().
+		WithRules(networkingv1ac.IngressRule().
+			WithHost(in.Host).
+			WithHTTP(networkingv1ac.HTTPIngressRuleValue().
+				WithPaths(networkingv1ac.HTTPIngressPath().
+					WithPath(webhookPathPrefix(e)).
+					WithPathType(networkingv1.PathTypePrefix).
+					WithBackend(networkingv1ac.IngressBackend().
+						WithService(networkingv1ac.IngressServiceBackend().
+							WithName(childName(e)).
+							WithPort(networkingv1ac.ServiceBackendPort().WithName(httpPortName)))))))
 	if in.ClassName != "" {
-		ing.Spec.IngressClassName = ptr.To(in.ClassName)
+		spec.WithIngressClassName(in.ClassName)
 	}
 	if in.TLSSecretName != "" {
-		ing.Spec.TLS = []networkingv1.IngressTLS{{Hosts: []string{in.Host}, SecretName: in.TLSSecretName}}
+		spec.WithTLS(networkingv1ac.IngressTLS().WithHosts(in.Host).WithSecretName(in.TLSSecretName))
+	}
+	ing := networkingv1ac.Ingress(childName(e), e.Namespace).
+		WithLabels(commonLabels(e)).
+		WithOwnerReferences(ownerReference(e)).
+		WithSpec(spec)
+	if len(in.Annotations) > 0 {
+		ing.WithAnnotations(in.Annotations)
 	}
 	return ing
-}
-
-// managedAnnotationKeys lists the keys of m, sorted, comma-separated.
-func managedAnnotationKeys(m map[string]string) string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return strings.Join(keys, ",")
 }
 
 // buildPDB keeps one receiver pod up during voluntary disruptions, or
 // returns nil when e asks for one replica or none (a PDB would then block
 // node drains).
-func buildPDB(e *v1alpha1.EHRIntegration) *policyv1.PodDisruptionBudget {
+func buildPDB(e *v1alpha1.EHRIntegration) *policyv1ac.PodDisruptionBudgetApplyConfiguration {
 	if desiredReplicas(e) <= 1 {
 		return nil
 	}
-	return &policyv1.PodDisruptionBudget{
-		ObjectMeta: objectMeta(e),
-		Spec: policyv1.PodDisruptionBudgetSpec{
-			MinAvailable: ptr.To(intstr.FromInt32(1)),
-			Selector:     &metav1.LabelSelector{MatchLabels: selectorLabels(e)},
+	return policyv1ac.PodDisruptionBudget(childName(e), e.Namespace).
+		WithLabels(commonLabels(e)).
+		WithOwnerReferences(ownerReference(e)).
+		WithSpec(policyv1ac.PodDisruptionBudgetSpec().
+			WithMinAvailable(intstr.FromInt32(1)).
+			WithSelector(metav1ac.LabelSelector().WithMatchLabels(selectorLabels(e))).
 			// A crash-looping pod must not block a node drain.
-			UnhealthyPodEvictionPolicy: ptr.To(policyv1.AlwaysAllow),
-		},
-	}
+			WithUnhealthyPodEvictionPolicy(policyv1.AlwaysAllow))
 }
 
 // endpointURL is where the EHR posts: through the Ingress when there is

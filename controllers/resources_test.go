@@ -1,15 +1,19 @@
 package controllers
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/insighthealth/ehr-operator/api/v1alpha1"
 )
@@ -24,6 +28,17 @@ func sample() *v1alpha1.EHRIntegration {
 			Database:             v1alpha1.DatabaseSpec{SecretRef: v1alpha1.SecretKeyReference{Name: "appointments-db"}},
 		},
 	}
+}
+
+// object is the object an apply configuration describes, so that
+// assertions read as on a stored object.
+func object[O client.Object](t *testing.T, ac runtime.ApplyConfiguration, like O) O {
+	t.Helper()
+	obj, err := asObject(ac, like)
+	if err != nil {
+		t.Fatalf("converting %T: %v", ac, err)
+	}
+	return obj
 }
 
 func TestReceiverArgs(t *testing.T) {
@@ -64,7 +79,18 @@ func TestReceiverArgs(t *testing.T) {
 
 func TestBuildDeployment(t *testing.T) {
 	e := sample()
-	d := buildDeployment(e, "registry.example.com/ehr-operator:v1", "abc")
+	ac := buildDeployment(e, "registry.example.com/ehr-operator:v1", "abc")
+	// Only what the operator sets is sent, so it owns nothing else.
+	b, err := json.Marshal(ac)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, unset := range []string{`"status"`, `"creationTimestamp"`, `"terminationMessagePath"`, `"claims"`} {
+		if strings.Contains(string(b), unset) {
+			t.Errorf("the Deployment's apply configuration sets %s", unset)
+		}
+	}
+	d := object(t, ac, &appsv1.Deployment{})
 	if d.Name != "nexus-receiver" || d.Namespace != "ehr" {
 		t.Errorf("name = %s/%s, want ehr/nexus-receiver", d.Namespace, d.Name)
 	}
@@ -139,7 +165,7 @@ func TestBuildDeployment(t *testing.T) {
 
 	e.Spec.Resources = &corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("1")}}
 	e.Spec.Replicas = ptr.To[int32](5)
-	d = buildDeployment(e, "img", "abc")
+	d = object(t, buildDeployment(e, "img", "abc"), &appsv1.Deployment{})
 	if got := d.Spec.Template.Spec.Containers[0].Resources; !cmp.Equal(got, *e.Spec.Resources) {
 		t.Errorf("resources = %+v, want the spec's", got)
 	}
@@ -158,14 +184,14 @@ func TestBuildIngress(t *testing.T) {
 		t.Fatal("an Ingress without spec.ingress")
 	}
 	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.webhooks.example.com"}
-	ing := buildIngress(e)
+	ing := object(t, buildIngress(e), &networkingv1.Ingress{})
 	if ing.Spec.IngressClassName != nil || ing.Spec.TLS != nil {
 		t.Errorf("class %v tls %v, want neither", ing.Spec.IngressClassName, ing.Spec.TLS)
 	}
 	e.Spec.Ingress.ClassName = "nginx"
 	e.Spec.Ingress.TLSSecretName = "nexus-tls"
 	e.Spec.Ingress.Annotations = map[string]string{"b": "2", "a": "1"}
-	ing = buildIngress(e)
+	ing = object(t, buildIngress(e), &networkingv1.Ingress{})
 	want := networkingv1.IngressSpec{
 		IngressClassName: ptr.To("nginx"),
 		TLS:              []networkingv1.IngressTLS{{Hosts: []string{"nexus.webhooks.example.com"}, SecretName: "nexus-tls"}},
@@ -185,7 +211,7 @@ func TestBuildIngress(t *testing.T) {
 	if diff := cmp.Diff(want, ing.Spec); diff != "" {
 		t.Errorf("ingress spec mismatch (-want +got):\n%s", diff)
 	}
-	wantAnn := map[string]string{"a": "1", "b": "2", annotationManagedAnnotations: "a,b"}
+	wantAnn := map[string]string{"a": "1", "b": "2"}
 	if diff := cmp.Diff(wantAnn, ing.Annotations); diff != "" {
 		t.Errorf("ingress annotations mismatch (-want +got):\n%s", diff)
 	}
@@ -207,7 +233,7 @@ func TestBuildPDBAndService(t *testing.T) {
 			t.Errorf("minAvailable = %v, want 1", pdb.Spec.MinAvailable)
 		}
 	}
-	svc := buildService(sample())
+	svc := object(t, buildService(sample()), &corev1.Service{})
 	if svc.Spec.Type != corev1.ServiceTypeClusterIP || len(svc.Spec.Ports) != 2 ||
 		svc.Spec.Ports[0].Name != "http" || svc.Spec.Ports[0].Port != 8080 ||
 		svc.Spec.Ports[1].Name != "metrics" || svc.Spec.Ports[1].Port != 9090 {
