@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The one image of ehr-operator (DESIGN §2): the manager by default, and the
+# The one image of ehr-operator (architecture.md, "Parts"): the manager by default, and the
 # receiver, migrate and send subcommands from the same binary.
 # Build with `make docker-build` (passes VERSION).
 
@@ -8,7 +8,8 @@ ARG VERSION=dev
 ARG TARGETOS=linux
 ARG TARGETARCH
 WORKDIR /src
-# Modules first, so source edits do not invalidate the download layer.
+# Modules first, so source edits do not invalidate the download layer; only
+# the product's (the tools' are in hack/go.mod, which is not copied).
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .

@@ -32,8 +32,8 @@ type managerFlags struct {
 	zap                     zap.Options
 }
 
-func init() {
-	f := managerFlags{zap: zap.Options{}}
+func newManagerCommand() *cobra.Command {
+	var f managerFlags
 	c := &cobra.Command{
 		Use:   "manager",
 		Short: "Run the operator: reconcile EHRIntegrations into receivers",
@@ -70,7 +70,7 @@ to OPERATOR_IMAGE, so receivers run the operator's own image.`,
 		gofs.Var(kc.Value, kc.Name, kc.Usage)
 	}
 	fs.AddGoFlagSet(gofs)
-	rootCmd.AddCommand(c)
+	return c
 }
 
 func runManager(c *cobra.Command, f managerFlags) error {

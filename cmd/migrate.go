@@ -2,7 +2,6 @@ package cmd
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -14,11 +13,11 @@ import (
 )
 
 type migrateFlags struct {
-	databaseURL, databaseURLFile string
-	timeout                      time.Duration
+	databaseURL *secretFlag
+	timeout     time.Duration
 }
 
-func init() {
+func newMigrateCommand() *cobra.Command {
 	var f migrateFlags
 	c := &cobra.Command{
 		Use:   "migrate",
@@ -37,21 +36,17 @@ it (--database-url → DATABASE_URL, --database-url-file → DATABASE_URL_FILE).
 		},
 	}
 	fs := c.Flags()
-	fs.StringVar(&f.databaseURL, "database-url", "", "postgres:// URL of the appointments database")
-	fs.StringVar(&f.databaseURLFile, "database-url-file", "", "file holding the database URL (instead of --database-url)")
+	f.databaseURL = addSecretFlag(fs, "database-url", "postgres:// URL of the appointments database", "the database URL")
 	fs.DurationVar(&f.timeout, "timeout", 5*time.Minute, "give up after this long (waiting for the migration lock included)")
-	rootCmd.AddCommand(c)
+	return c
 }
 
 func runMigrate(ctx context.Context, f migrateFlags) error {
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	slog.SetDefault(log)
-	dbURL, err := migrateDatabaseURL(f)
+	dbURL, err := f.databaseURL.get()
 	if err != nil {
 		return err
-	}
-	if ctx == nil {
-		ctx = context.Background()
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
@@ -68,16 +63,4 @@ func runMigrate(ctx context.Context, f migrateFlags) error {
 	}
 	log.Info("Database migrations applied")
 	return nil
-}
-
-func migrateDatabaseURL(f migrateFlags) (string, error) {
-	switch {
-	case f.databaseURL != "" && f.databaseURLFile != "":
-		return "", errors.New("set only one of --database-url (DATABASE_URL) and --database-url-file (DATABASE_URL_FILE)")
-	case f.databaseURLFile != "":
-		return readCredential(f.databaseURLFile)
-	case f.databaseURL == "":
-		return "", errors.New("--database-url (DATABASE_URL) or --database-url-file (DATABASE_URL_FILE) is required")
-	}
-	return f.databaseURL, nil
 }

@@ -8,8 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/spf13/pflag"
-
 	"github.com/insighthealth/ehr-operator/internal/pgtest"
 	"github.com/insighthealth/ehr-operator/receiver/store"
 )
@@ -78,21 +76,14 @@ func TestMigrateCommand(t *testing.T) {
 	}
 }
 
-// runRoot runs the command line with fresh flag values: cobra keeps a
-// flag's Changed state between Execute calls, so each run parses anew.
+// runRoot runs the command line on a fresh root command, its output
+// discarded into a buffer.
 func runRoot(t *testing.T, args ...string) error {
 	t.Helper()
-	c, _, err := rootCmd.Find(args)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Flags().VisitAll(func(f *pflag.Flag) {
-		_ = f.Value.Set(f.DefValue)
-		f.Changed = false
-	})
+	root := NewRootCommand()
 	var out bytes.Buffer
-	rootCmd.SetOut(&out)
-	rootCmd.SetErr(&out)
-	rootCmd.SetArgs(args)
-	return rootCmd.Execute()
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(args)
+	return root.ExecuteContext(t.Context())
 }

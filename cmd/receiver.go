@@ -20,15 +20,16 @@ import (
 
 // receiverFlags are DESIGN §7's flags, each with its environment fallback.
 type receiverFlags struct {
-	ehr, databaseURL, databaseURLFile, credentialsDir, timeZone string
-	maxBodyBytes                                                int64
-	maxBatchSize, burst                                         int
-	requestsPerSecond                                           float64
-	onInvalid, listen, metricsListen                            string
-	migrate                                                     bool
+	ehr, credentialsDir, timeZone    string
+	databaseURL                      *secretFlag
+	maxBodyBytes                     int64
+	maxBatchSize, burst              int
+	requestsPerSecond                float64
+	onInvalid, listen, metricsListen string
+	migrate                          bool
 }
 
-func init() {
+func newReceiverCommand() *cobra.Command {
 	var f receiverFlags
 	c := &cobra.Command{
 		Use:   "receiver",
@@ -47,8 +48,7 @@ Every flag falls back to an environment variable named after it
 	}
 	fs := c.Flags()
 	fs.StringVar(&f.ehr, "ehr", "", "the {ehr} path segment this receiver serves (required)")
-	fs.StringVar(&f.databaseURL, "database-url", "", "postgres:// URL of the appointments database")
-	fs.StringVar(&f.databaseURLFile, "database-url-file", "", "file holding the database URL (instead of --database-url)")
+	f.databaseURL = addSecretFlag(fs, "database-url", "postgres:// URL of the appointments database", "the database URL")
 	fs.StringVar(&f.credentialsDir, "credentials-dir", "", "directory with files api-key, webhook-secret and optionally webhook-secret-previous (required)")
 	fs.StringVar(&f.timeZone, "time-zone", "UTC", "IANA time zone the EHR's MM/DD/YYYY HH:MM times are in")
 	fs.Int64Var(&f.maxBodyBytes, "max-body-bytes", 4194304, "largest accepted body; larger answers 413")
@@ -57,9 +57,9 @@ Every flag falls back to an environment variable named after it
 	fs.IntVar(&f.burst, "burst", 100, "requests allowed at once above the sustained rate")
 	fs.StringVar(&f.onInvalid, "on-invalid", string(receiver.Reject), "Reject (422, nothing stored) or Quarantine (200, invalid entries kept apart)")
 	fs.StringVar(&f.listen, "listen", ":8080", "address of the webhook server")
-	fs.StringVar(&f.metricsListen, "metrics-listen", ":9090", "address of /healthz, /readyz and /metrics")
-	fs.BoolVar(&f.migrate, "migrate", true, "apply the database migrations at start")
-	rootCmd.AddCommand(c)
+	fs.StringVar(&f.metricsListen, "metrics-listen", ":9090", "address of /healthz, /readyz, /dbz and /metrics")
+	fs.BoolVar(&f.migrate, "migrate", true, "apply the database migrations in the background at start (the webhook answers 503 until done); false: assume they are applied")
+	return c
 }
 
 func runReceiver(ctx context.Context, f receiverFlags) error {
@@ -84,23 +84,22 @@ func runReceiver(ctx context.Context, f receiverFlags) error {
 		}
 		log.Info("Store closed")
 	}()
-	if f.migrate {
-		mctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-		err := st.Migrate(mctx)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("while migrating the database: %w", err)
-		}
-	}
 	srv, err := receiver.New(cfg, st, log)
 	if err != nil {
 		return err
+	}
+	// In the background: a receiver started while the database is away
+	// serves 503 with Retry-After rather than exiting into CrashLoopBackOff.
+	if f.migrate {
+		srv.MigrateInBackground(st)
 	}
 	return srv.Run(ctx)
 }
 
 // receiverConfig turns the flags into a checked configuration and the
 // database URL. It reports every mistake it finds, never a secret's value.
+// It reads the time zone and the credentials, reporting its own errors about
+// them, and leaves every other check to Config.ValidateSettings.
 func receiverConfig(f receiverFlags) (receiver.Config, string, error) {
 	var errs []error
 	cfg := receiver.Config{
@@ -113,26 +112,18 @@ func receiverConfig(f receiverFlags) (receiver.Config, string, error) {
 		Listen:            f.listen,
 		MetricsListen:     f.metricsListen,
 	}
-	if f.ehr == "" {
-		errs = append(errs, errors.New("--ehr (EHR) is required"))
-	}
+	// LoadLocation takes "" for UTC and "Local" for the machine's zone;
+	// a receiver names its zone.
 	loc, err := time.LoadLocation(f.timeZone)
 	if err != nil || f.timeZone == "" || strings.EqualFold(f.timeZone, "Local") {
 		errs = append(errs, fmt.Errorf("--time-zone %q is not an IANA time zone name", f.timeZone))
+	} else {
+		cfg.Location = loc
 	}
-	cfg.Location = loc
 
-	dbURL := f.databaseURL
-	switch {
-	case f.databaseURL != "" && f.databaseURLFile != "":
-		errs = append(errs, errors.New("set only one of --database-url (DATABASE_URL) and --database-url-file (DATABASE_URL_FILE)"))
-	case f.databaseURLFile != "":
-		dbURL, err = readCredential(f.databaseURLFile)
-		if err != nil {
-			errs = append(errs, err)
-		}
-	case f.databaseURL == "":
-		errs = append(errs, errors.New("--database-url (DATABASE_URL) or --database-url-file (DATABASE_URL_FILE) is required"))
+	dbURL, err := f.databaseURL.get()
+	if err != nil {
+		errs = append(errs, err)
 	}
 
 	if f.credentialsDir == "" {
@@ -155,35 +146,8 @@ func receiverConfig(f receiverFlags) (receiver.Config, string, error) {
 			cfg.PreviousSecret = []byte(prev)
 		}
 	}
-	// Check the rest; what was reported above is not reported twice.
-	v := cfg
-	if v.EHR == "" {
-		v.EHR = "x"
-	}
-	if v.Location == nil {
-		v.Location = time.UTC
-	}
-	if v.APIKey == "" || len(v.Secret) == 0 {
-		v.APIKey, v.Secret = "x", []byte("x")
-	}
-	if err := v.Validate(); err != nil {
+	if err := cfg.ValidateSettings(); err != nil {
 		errs = append(errs, err)
 	}
 	return cfg, dbURL, errors.Join(errs...)
-}
-
-var errEmptyCredential = errors.New("is empty")
-
-// readCredential reads a secret file (a mounted Secret key), dropping the
-// trailing newline an editor or `echo` adds.
-func readCredential(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("while reading %s: %w", path, err)
-	}
-	s := strings.TrimRight(string(b), "\r\n")
-	if s == "" {
-		return "", fmt.Errorf("%s: %w", path, errEmptyCredential)
-	}
-	return s, nil
 }

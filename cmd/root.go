@@ -1,10 +1,9 @@
 // Package cmd holds the ehr-operator subcommands: manager, receiver,
-// migrate, send and version. Each lives in its own file and registers itself
-// on the root command.
+// migrate, send and version. Each lives in its own file, built by a
+// constructor that keeps its flags in a local struct.
 package cmd
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -13,32 +12,29 @@ import (
 	"github.com/spf13/pflag"
 )
 
-var rootCmd = &cobra.Command{
-	Use:           "ehr-operator",
-	Short:         "Receive EHR appointment webhooks on Kubernetes",
-	SilenceUsage:  true,
-	SilenceErrors: true,
-}
-
-// Execute runs the command line and returns the process exit code.
-func Execute() int {
-	if err := rootCmd.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "error:", err)
-		var ec exitCoder
-		if errors.As(err, &ec) {
-			return ec.ExitCode()
-		}
-		return 1
+// NewRootCommand builds the command line. Every call builds fresh commands
+// and flags, so nothing carries over from one run to the next.
+func NewRootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "ehr-operator",
+		Short:         "Receive EHR appointment webhooks on Kubernetes",
+		SilenceUsage:  true,
+		SilenceErrors: true,
 	}
-	return 0
+	root.AddCommand(
+		newManagerCommand(),
+		newReceiverCommand(),
+		newMigrateCommand(),
+		newSendCommand(),
+		newVersionCommand(),
+	)
+	return root
 }
-
-type exitCoder interface{ ExitCode() int }
 
 // bindEnv gives every flag of fs that was not set on the command line the
 // value of its environment variable, when that is set: --database-url falls
 // back to DATABASE_URL, --max-body-bytes to MAX_BODY_BYTES, and so on
-// (DESIGN §7). Flags win over the environment.
+// (architecture.md, "Configuration and operation"). Flags win over the environment.
 func bindEnv(fs *pflag.FlagSet) error {
 	var err error
 	fs.VisitAll(func(f *pflag.Flag) {

@@ -17,12 +17,13 @@ import (
 )
 
 type sendFlags struct {
-	url, ehr, apiKey, apiKeyFile, secret, secretFile, requestID string
-	timeout                                                     time.Duration
-	dryRun                                                      bool
+	url, ehr, requestID string
+	apiKey, secret      *secretFlag
+	timeout             time.Duration
+	dryRun              bool
 }
 
-func init() {
+func newSendCommand() *cobra.Command {
 	var f sendFlags
 	c := &cobra.Command{
 		Use:   "send FILE|-",
@@ -53,14 +54,12 @@ Every flag falls back to an environment variable named after it
 	fs := c.Flags()
 	fs.StringVar(&f.url, "url", "", "receiver base URL (with --ehr) or the full endpoint URL (required)")
 	fs.StringVar(&f.ehr, "ehr", "", "EHR identifier, the {ehr} path segment")
-	fs.StringVar(&f.apiKey, "api-key", "", "API key sent as X-API-Key")
-	fs.StringVar(&f.apiKeyFile, "api-key-file", "", "file holding the API key")
-	fs.StringVar(&f.secret, "secret", "", "webhook secret the body is signed with")
-	fs.StringVar(&f.secretFile, "secret-file", "", "file holding the webhook secret")
+	f.apiKey = addSecretFlag(fs, "api-key", "API key sent as X-API-Key", "the API key")
+	f.secret = addSecretFlag(fs, "secret", "webhook secret the body is signed with", "the webhook secret")
 	fs.StringVar(&f.requestID, "request-id", "", "X-Request-ID to send (optional)")
 	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "time allowed for the whole request")
 	fs.BoolVar(&f.dryRun, "dry-run", false, "print the signature header and an equivalent curl command instead of sending")
-	rootCmd.AddCommand(c)
+	return c
 }
 
 func runSend(c *cobra.Command, f sendFlags, file string) error {
@@ -68,11 +67,11 @@ func runSend(c *cobra.Command, f sendFlags, file string) error {
 	if err != nil {
 		return err
 	}
-	key, err := flagOrFile("api-key", f.apiKey, f.apiKeyFile)
+	key, err := f.apiKey.get()
 	if err != nil {
 		return err
 	}
-	secret, err := flagOrFile("secret", f.secret, f.secretFile)
+	secret, err := f.secret.get()
 	if err != nil {
 		return err
 	}
@@ -157,19 +156,6 @@ func sendEndpoint(raw, ehr string) (string, error) {
 		return "", errors.New("--ehr (EHR) is required unless --url is the full endpoint")
 	}
 	return u.JoinPath("v2", "webhooks", ehr, "sync-appointments").String(), nil
-}
-
-// flagOrFile returns the value of --name or the content of --name-file.
-func flagOrFile(name, value, file string) (string, error) {
-	switch {
-	case value != "" && file != "":
-		return "", fmt.Errorf("set only one of --%s and --%s-file", name, name)
-	case file != "":
-		return readCredential(file)
-	case value == "":
-		return "", fmt.Errorf("--%s or --%s-file (or %s / %s) is required", name, name, envName(name), envName(name+"-file"))
-	}
-	return value, nil
 }
 
 // shellQuote quotes s for a POSIX shell.

@@ -9,8 +9,8 @@ import (
 	"github.com/insighthealth/ehr-operator/internal/version"
 )
 
-func init() {
-	rootCmd.AddCommand(&cobra.Command{
+func newVersionCommand() *cobra.Command {
+	return &cobra.Command{
 		Use:   "version",
 		Short: "Print the version of this binary",
 		Args:  cobra.NoArgs,
@@ -19,5 +19,5 @@ func init() {
 				version.Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 			return err
 		},
-	})
+	}
 }

@@ -17,15 +17,18 @@ echo "=== Go benchmarks (go test -run '^\$' -bench . -benchmem -benchtime $bench
 go test -run '^$' -bench . -benchmem -benchtime "$benchtime" \
 	./receiver/auth/ ./receiver/payload/ ./receiver/store/
 
-bin="$(mktemp -d)/ehr-operator"
-trap 'rm -rf "$(dirname "$bin")"' EXIT
+dir="$(mktemp -d)"
+trap 'rm -rf "$dir"' EXIT
+bin="$dir/ehr-operator"
 echo "=== Building the receiver ($bin)"
 CGO_ENABLED=0 go build -trimpath -o "$bin" .
-go build -o "$(dirname "$bin")/bench" ./hack/bench
+# The tools are in the hack module (hack/go.mod); they run from here, so
+# relative paths mean the same as for this script.
+go -C hack build -o "$dir/" ./bench ./plot
 
 echo "=== Receiver versus limit"
-"$(dirname "$bin")/bench" -binary "$bin" -out "$out"
+"$dir/bench" -binary "$bin" -out "$out"
 
 if [ -n "$plot" ]; then
-	go run ./hack/plot -in "$out" -out "$plot"
+	"$dir/plot" -in "$out" -out "$plot"
 fi

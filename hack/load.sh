@@ -11,5 +11,5 @@ cd "$(dirname "$0")/.."
 dir="$(mktemp -d)"
 trap 'rm -rf "$dir"' EXIT
 CGO_ENABLED=0 go build -trimpath -o "$dir/ehr-operator" .
-go build -o "$dir/load" ./hack/load
+go -C hack build -o "$dir/load" ./load # the hack module (hack/go.mod)
 "$dir/load" -binary "$dir/ehr-operator"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Puts kube-apiserver, etcd and kubectl for envtest into DEST (DESIGN §8).
+# Puts kube-apiserver, etcd and kubectl for envtest into DEST (architecture.md, "Development and tests").
 #
 #   hack/setup-envtest.sh VERSION DEST
 #

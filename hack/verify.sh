@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make verify` (and CI): formatting, go vet, golangci-lint, and generated
-# files (deepcopy, CRDs, RBAC, the chart's copies) current and committed.
+# `make verify` (and CI): formatting, go vet, golangci-lint and tidy go.mod
+# files in both modules (the product's and hack/'s), and generated files
+# (deepcopy, CRDs, RBAC, the chart's copies) current and committed.
 # Every check runs; the script fails at the end if any failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,12 +18,22 @@ unformatted="$(gofmt -l "${gofiles[@]}")"
 [ -z "$unformatted" ] || fail gofmt "not gofmt-ed (run \`make fmt\`):
 $unformatted"
 
-step "go vet ./..."
-go vet ./... || fail vet "go vet found problems"
+modules=(. hack)
+for m in "${modules[@]}"; do
+  step "go vet ./... ($m)"
+  go -C "$m" vet ./... || fail vet "go vet found problems in $m"
+done
+
+step "go.mod and go.sum tidy"
+for m in "${modules[@]}"; do
+  go -C "$m" mod tidy -diff || fail tidy "$m/go.mod or go.sum is not tidy (run \`go -C $m mod tidy\`)"
+done
 
 step "golangci-lint ($GOLANGCI_LINT)"
 if [ -x "$GOLANGCI_LINT" ]; then
-  "$GOLANGCI_LINT" run ./... || fail lint "golangci-lint found problems"
+  for m in "${modules[@]}"; do
+    (cd "$m" && "$GOLANGCI_LINT" run ./...) || fail lint "golangci-lint found problems in $m"
+  done
 else
   fail lint "no $GOLANGCI_LINT: run \`make golangci-lint\`"
 fi

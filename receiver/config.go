@@ -48,10 +48,7 @@ var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
 // Validate reports every configuration mistake at once.
 func (c Config) Validate() error {
-	var errs []error
-	if !dnsLabel.MatchString(c.EHR) {
-		errs = append(errs, errors.New("ehr must be a DNS label (lower-case letters, digits and '-', at most 63)"))
-	}
+	errs := []error{c.ValidateSettings()}
 	if c.Location == nil {
 		errs = append(errs, errors.New("time zone is not set"))
 	}
@@ -60,6 +57,20 @@ func (c Config) Validate() error {
 	}
 	if len(c.Secret) == 0 {
 		errs = append(errs, errors.New("the webhook secret is empty"))
+	}
+	return errors.Join(errs...)
+}
+
+// ValidateSettings is Validate without the time zone and the credentials,
+// for a caller that loads those itself and has reported its own errors
+// about them (which file, which zone name).
+func (c Config) ValidateSettings() error {
+	var errs []error
+	switch {
+	case c.EHR == "":
+		errs = append(errs, errors.New("ehr is required (a DNS label: lower-case letters, digits and '-', at most 63)"))
+	case !dnsLabel.MatchString(c.EHR):
+		errs = append(errs, errors.New("ehr must be a DNS label (lower-case letters, digits and '-', at most 63)"))
 	}
 	if c.MaxBodyBytes < 1 {
 		errs = append(errs, fmt.Errorf("max-body-bytes must be at least 1, not %d", c.MaxBodyBytes))

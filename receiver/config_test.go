@@ -42,6 +42,21 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
+// ValidateSettings leaves the time zone and the credentials to the caller
+// and checks the rest as Validate does.
+func TestConfigValidateSettings(t *testing.T) {
+	c := validConfig()
+	c.Location, c.APIKey, c.Secret = nil, "", nil
+	if err := c.ValidateSettings(); err != nil {
+		t.Fatalf("ValidateSettings() = %v, want nil without the time zone and the credentials", err)
+	}
+	c.EHR, c.Burst = "", 0
+	err := c.ValidateSettings()
+	if err == nil || !strings.Contains(err.Error(), "ehr is required") || !strings.Contains(err.Error(), "burst") {
+		t.Errorf("ValidateSettings() = %v, want errors about the missing ehr and the burst", err)
+	}
+}
+
 func TestValidRequestID(t *testing.T) {
 	for id, want := range map[string]bool{
 		"abc-123": true, "0b6e2c1a-3f1e-4c5e-9a59-1a2b3c4d5e6f": true, "trace:1/2+3=": true,

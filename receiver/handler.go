@@ -46,144 +46,228 @@ func errorBody(code int, msg string, errs []payload.FieldError) Response {
 	return Response{Message: msg, Code: code, Errors: errs}
 }
 
-// outcome is what one request came to, for the answer, the log line, the
-// metrics and the delivery log.
-type outcome struct {
-	resp          Response
-	retryAfter    int // seconds; 0 for none
-	word          string
+// request is one request as the checks learn about it: each step passes
+// what it found on to the next.
+type request struct {
+	c        *gin.Context
+	received time.Time
+	// authenticated: the API key matched, so the request is the EHR's and a
+	// failure goes to the delivery log.
 	authenticated bool
-	items         int
-	bodySHA       [32]byte
-	result        store.Result
-	err           error // a store error, logged (it holds no field value)
+	body          []byte
+	bodySHA       [32]byte       // zero until the body is read
+	items         []payload.Item // nil until the body decodes
+	valid         []payload.Entry
+	invalid       []payload.Invalid
 }
 
-func fail(code int, word, msg string) outcome {
-	return outcome{resp: errorBody(code, msg, nil), word: word}
+// answer is what a request came to, for the response, the log line, the
+// metrics and the delivery log.
+type answer struct {
+	resp       Response
+	retryAfter int // seconds; 0 for none
+	outcome    store.Outcome
+	result     store.Result
+	err        error // a store error, logged (it holds no field value)
 }
 
-// sync runs DESIGN §5's checks in order and answers.
+func fail(code int, outcome store.Outcome, msg string) *answer {
+	return &answer{resp: errorBody(code, msg, nil), outcome: outcome}
+}
+
+// A step is one check: it answers (the request fails there) or returns nil
+// and the next check runs.
+type step func(*Server, *request) *answer
+
+// checks are the checks of docs/architecture.md, "The request's path", in
+// its order; commit is the last.
+var checks = [...]step{
+	(*Server).matchEHR,        // 1. 404
+	(*Server).requirePOST,     // 2. 405
+	(*Server).requireJSON,     // 3. 415
+	(*Server).checkAPIKey,     // 4. 401; the request is the EHR's from here on
+	(*Server).rateLimit,       // 5. 429
+	(*Server).readBody,        // 6. 413 (400 when the body cannot be read)
+	(*Server).verifySignature, // 7. 401
+	(*Server).decode,          // 8. 400, 413, 422
+	(*Server).validate,        // 9. 422, or on to quarantine
+}
+
+// sync runs the checks in order, answers and logs.
 func (s *Server) sync(c *gin.Context) {
-	start := s.now()
-	o := s.check(c, start)
-	if o.retryAfter > 0 {
-		c.Header("Retry-After", strconv.Itoa(o.retryAfter))
+	rq := &request{c: c, received: s.now()}
+	a := s.check(rq)
+	if a.retryAfter > 0 {
+		c.Header("Retry-After", strconv.Itoa(a.retryAfter))
 	}
-	if o.resp.Code == http.StatusMethodNotAllowed {
+	if a.resp.Code == http.StatusMethodNotAllowed {
 		c.Header("Allow", http.MethodPost)
 	}
-	writeJSON(c, o.resp.Code, o.resp)
-	if o.authenticated && o.resp.Code != http.StatusOK {
-		s.recordFailure(c, o, start)
+	writeJSON(c, a.resp.Code, a.resp)
+	// Before the migration the delivery table may not exist yet.
+	if rq.authenticated && a.resp.Code != http.StatusOK && s.db.migrated.Load() {
+		s.recordFailure(rq, a)
 	}
-	s.finish(c, o, start)
+	s.finish(rq, a)
 }
 
-func (s *Server) check(c *gin.Context, received time.Time) outcome {
-	r := c.Request
-	if c.Param("ehr") != s.cfg.EHR {
-		return fail(http.StatusNotFound, "not_found", "not found")
+func (s *Server) check(rq *request) answer {
+	for _, check := range checks {
+		if a := check(s, rq); a != nil {
+			return *a
+		}
 	}
-	if r.Method != http.MethodPost {
-		return fail(http.StatusMethodNotAllowed, "method_not_allowed", "method not allowed; use POST")
-	}
-	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
-		return fail(http.StatusUnsupportedMediaType, "unsupported_media_type", "Content-Type must be application/json")
-	}
-	if !auth.KeyMatches(r.Header.Get("X-API-Key"), s.cfg.APIKey) {
-		return fail(http.StatusUnauthorized, "unauthorized", "missing or invalid X-API-Key")
-	}
-	// From here on the request is the EHR's: failures go to the delivery log.
-	o := s.checkAuthenticated(c, received)
-	o.authenticated = true
-	return o
+	return s.commit(rq) // 10. 200, 503, 500
 }
 
-func (s *Server) checkAuthenticated(c *gin.Context, received time.Time) outcome {
-	r := c.Request
-	if res := s.limiter.Reserve(); !res.OK() || res.Delay() > 0 {
-		wait := res.Delay()
-		res.Cancel()
-		o := fail(http.StatusTooManyRequests, "rate_limited", "too many requests; retry after the number of seconds in Retry-After")
-		o.retryAfter = max(1, int(math.Ceil(wait.Seconds())))
-		return o
+func notFound() *answer { return fail(http.StatusNotFound, store.OutcomeNotFound, "not found") }
+
+func (s *Server) matchEHR(rq *request) *answer {
+	if rq.c.Param("ehr") != s.cfg.EHR {
+		return notFound()
 	}
-	tooLarge := fail(http.StatusRequestEntityTooLarge, "too_large",
-		fmt.Sprintf("the body is larger than %d bytes", s.cfg.MaxBodyBytes))
+	return nil
+}
+
+func (s *Server) requirePOST(rq *request) *answer {
+	if rq.c.Request.Method != http.MethodPost {
+		return fail(http.StatusMethodNotAllowed, store.OutcomeMethodNotAllowed, "method not allowed; use POST")
+	}
+	return nil
+}
+
+func (s *Server) requireJSON(rq *request) *answer {
+	if mt, _, err := mime.ParseMediaType(rq.c.Request.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		return fail(http.StatusUnsupportedMediaType, store.OutcomeUnsupportedMediaType, "Content-Type must be application/json")
+	}
+	return nil
+}
+
+func (s *Server) checkAPIKey(rq *request) *answer {
+	if !auth.KeyMatches(rq.c.Request.Header.Get("X-API-Key"), s.cfg.APIKey) {
+		return fail(http.StatusUnauthorized, store.OutcomeUnauthorized, "missing or invalid X-API-Key")
+	}
+	rq.authenticated = true
+	return nil
+}
+
+// rateLimit comes after the API key so that strangers cannot spend the
+// EHR's budget.
+func (s *Server) rateLimit(*request) *answer {
+	res := s.limiter.Reserve()
+	if res.OK() && res.Delay() == 0 {
+		return nil
+	}
+	wait := res.Delay()
+	res.Cancel()
+	a := fail(http.StatusTooManyRequests, store.OutcomeRateLimited, "too many requests; retry after the number of seconds in Retry-After")
+	a.retryAfter = max(1, int(math.Ceil(wait.Seconds())))
+	return a
+}
+
+func (s *Server) readBody(rq *request) *answer {
+	r := rq.c.Request
+	tooLarge := func() *answer {
+		return fail(http.StatusRequestEntityTooLarge, store.OutcomeTooLarge,
+			fmt.Sprintf("the body is larger than %d bytes", s.cfg.MaxBodyBytes))
+	}
 	if r.ContentLength > s.cfg.MaxBodyBytes {
-		return tooLarge
+		return tooLarge()
 	}
-	body, err := readBody(http.MaxBytesReader(c.Writer, r.Body, s.cfg.MaxBodyBytes), r.ContentLength)
+	// A body sent without Content-Length (chunked) is cut at the limit.
+	body, err := readSized(http.MaxBytesReader(rq.c.Writer, r.Body, s.cfg.MaxBodyBytes), r.ContentLength)
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			return tooLarge
+			return tooLarge()
 		}
-		return fail(http.StatusBadRequest, "unreadable", "the body could not be read")
+		return fail(http.StatusBadRequest, store.OutcomeUnreadable, "the body could not be read")
 	}
-	sum := sha256.Sum256(body)
-	withBody := func(o outcome) outcome { o.bodySHA = sum; return o }
+	rq.body, rq.bodySHA = body, sha256.Sum256(body)
+	return nil
+}
 
-	sig := r.Header.Get("X-Webhook-Signature")
-	if !auth.Verify(body, sig, s.cfg.Secret, s.cfg.PreviousSecret) {
-		s.metrics.signatureFailures.Inc()
-		msg := "X-Webhook-Signature does not match the body"
-		if _, err := auth.ParseSignature(sig); err != nil {
-			msg = "X-Webhook-Signature must be sha256=<64 hex digits>"
-		}
-		return withBody(fail(http.StatusUnauthorized, "bad_signature", msg))
+func (s *Server) verifySignature(rq *request) *answer {
+	sig := rq.c.Request.Header.Get("X-Webhook-Signature")
+	if auth.Verify(rq.body, sig, s.cfg.Secret, s.cfg.PreviousSecret) {
+		return nil
 	}
+	s.metrics.signatureFailures.Inc()
+	msg := "X-Webhook-Signature does not match the body"
+	if _, err := auth.ParseSignature(sig); err != nil {
+		msg = "X-Webhook-Signature must be sha256=<64 hex digits>"
+	}
+	return fail(http.StatusUnauthorized, store.OutcomeBadSignature, msg)
+}
 
-	items, rerr := payload.Decode(body, s.cfg.MaxBatchSize)
+// decode refuses a body that is not a batch at all, whatever onInvalid
+// says.
+func (s *Server) decode(rq *request) *answer {
+	items, rerr := payload.Decode(rq.body, s.cfg.MaxBatchSize)
 	if rerr != nil {
-		o := withBody(fail(rerr.Status, "invalid_body", rerr.Message))
+		a := fail(rerr.Status, store.OutcomeInvalidBody, rerr.Message)
+		// 413 (too many entries) has no errors list, as the body-size 413.
 		if rerr.Status != http.StatusRequestEntityTooLarge {
-			o.resp.Errors = rerr.FieldErrors()
+			a.resp.Errors = rerr.FieldErrors()
 		}
-		return o
+		return a
 	}
-	valid, invalid := payload.Validate(items, s.cfg.Location, received)
-	o := withBody(outcome{items: len(items)})
-	if len(invalid) > 0 && s.cfg.OnInvalid == Reject {
-		o.resp = errorBody(http.StatusUnprocessableEntity,
-			fmt.Sprintf("%d of %d appointments are invalid; nothing was stored", len(invalid), len(items)),
-			allErrors(invalid))
-		o.word = "rejected"
-		return o
-	}
+	rq.items = items
+	return nil
+}
 
-	o.word = "stored"
-	if len(invalid) > 0 {
-		o.word = "quarantined"
+// validate refuses a batch with invalid entries under onInvalid: Reject;
+// under Quarantine it passes them on for commit to keep aside.
+func (s *Server) validate(rq *request) *answer {
+	rq.valid, rq.invalid = payload.Validate(rq.items, s.cfg.Location, rq.received)
+	if len(rq.invalid) == 0 || s.cfg.OnInvalid != Reject {
+		return nil
+	}
+	return &answer{
+		resp: errorBody(http.StatusUnprocessableEntity,
+			fmt.Sprintf("%d of %d appointments are invalid; nothing was stored", len(rq.invalid), len(rq.items)),
+			allErrors(rq.invalid)),
+		outcome: store.OutcomeRejected,
+	}
+}
+
+// commit writes the batch, delivery row included, and answers 200 only
+// once it is committed.
+func (s *Server) commit(rq *request) answer {
+	if !s.db.migrated.Load() {
+		// The same answer as an outage, without a connection attempt per
+		// request: the background migration is what waits for the database.
+		return answer{resp: errorBody(http.StatusServiceUnavailable, msgUnavailable, nil),
+			retryAfter: retryAfterUnavailable, outcome: store.OutcomeUnavailable}
+	}
+	a := answer{outcome: store.OutcomeStored}
+	if len(rq.invalid) > 0 {
+		a.outcome = store.OutcomeQuarantined
 	}
 	batch := store.Batch{
-		Delivery:    s.delivery(c, o.word, http.StatusOK, len(items), sum, received),
-		Entries:     valid,
-		Quarantined: make([]store.Quarantined, len(invalid)),
+		Delivery:    s.delivery(rq, a.outcome, http.StatusOK),
+		Entries:     rq.valid,
+		Quarantined: make([]store.Quarantined, len(rq.invalid)),
 	}
-	for i, inv := range invalid {
+	for i, inv := range rq.invalid {
 		batch.Quarantined[i] = store.Quarantined{Index: inv.Item.Index, Raw: inv.Item.Raw, Errors: inv.Errors}
 	}
 	// A sender that hangs up must not cancel a commit under way.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), writeBatchTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(rq.c.Request.Context()), writeBatchTimeout)
 	defer cancel()
 	res, err := s.store.Write(ctx, batch)
+	s.db.observe(err)
 	if err != nil {
 		s.metrics.databaseErrors.Inc()
-		o.err = err
 		if store.IsUnavailable(err) {
-			o.resp = errorBody(http.StatusServiceUnavailable, msgUnavailable, nil)
-			o.retryAfter = retryAfterUnavailable
-			o.word = "unavailable"
-			return o
+			return answer{resp: errorBody(http.StatusServiceUnavailable, msgUnavailable, nil),
+				retryAfter: retryAfterUnavailable, outcome: store.OutcomeUnavailable, err: err}
 		}
-		o.resp = errorBody(http.StatusInternalServerError, msgInternal, nil)
-		o.word = "error"
-		return o
+		return answer{resp: errorBody(http.StatusInternalServerError, msgInternal, nil),
+			outcome: store.OutcomeError, err: err}
 	}
-	o.result = res
-	o.resp = Response{Message: msgSuccess, Success: true, Code: http.StatusOK}
-	return o
+	a.result = res
+	a.resp = Response{Message: msgSuccess, Success: true, Code: http.StatusOK}
+	return a
 }
 
 func allErrors(invalid []payload.Invalid) []payload.FieldError {
@@ -194,19 +278,19 @@ func allErrors(invalid []payload.Invalid) []payload.FieldError {
 	return errs
 }
 
-func (s *Server) delivery(c *gin.Context, word string, code, items int, sum [32]byte, received time.Time) store.Delivery {
+func (s *Server) delivery(rq *request, outcome store.Outcome, code int) store.Delivery {
 	return store.Delivery{
-		EHR: s.cfg.EHR, RequestID: c.GetString(ctxRequestID), ReceivedAt: received,
-		BodySHA256: sum, ItemCount: items, Outcome: word, StatusCode: code,
+		EHR: s.cfg.EHR, RequestID: rq.c.GetString(ctxRequestID), ReceivedAt: rq.received,
+		BodySHA256: rq.bodySHA, ItemCount: len(rq.items), Outcome: outcome, StatusCode: code,
 	}
 }
 
 // recordFailure logs an authenticated request that failed in
 // webhook_deliveries, best effort: the answer has already been sent.
-func (s *Server) recordFailure(c *gin.Context, o outcome, received time.Time) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request.Context()), 2*time.Second)
+func (s *Server) recordFailure(rq *request, a answer) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(rq.c.Request.Context()), 2*time.Second)
 	defer cancel()
-	d := s.delivery(c, o.word, o.resp.Code, o.items, o.bodySHA, received)
+	d := s.delivery(rq, a.outcome, a.resp.Code)
 	if err := s.store.RecordDelivery(ctx, d); err != nil {
 		s.log.Warn("Could not record the failed delivery", "request_id", d.RequestID, "ehr", s.cfg.EHR, "error", err.Error())
 	}
@@ -214,36 +298,37 @@ func (s *Server) recordFailure(c *gin.Context, o outcome, received time.Time) {
 
 // finish logs the request and counts it. Never a field value: only the
 // request id, counts, the outcome and timings.
-func (s *Server) finish(c *gin.Context, o outcome, start time.Time) {
-	latency := s.now().Sub(start)
-	code := strconv.Itoa(o.resp.Code)
+func (s *Server) finish(rq *request, a answer) {
+	latency := s.now().Sub(rq.received)
+	code := strconv.Itoa(a.resp.Code)
 	s.metrics.requests.WithLabelValues(s.cfg.EHR, code).Inc()
 	s.metrics.duration.WithLabelValues(s.cfg.EHR, code).Observe(latency.Seconds())
-	s.metrics.written.Add(float64(o.result.Written))
-	s.metrics.duplicates.Add(float64(o.result.Duplicates))
-	s.metrics.quarantined.Add(float64(o.result.Quarantined))
+	s.metrics.written.Add(float64(a.result.Written))
+	s.metrics.duplicates.Add(float64(a.result.Duplicates))
+	s.metrics.quarantined.Add(float64(a.result.Quarantined))
 	attrs := []any{
-		"request_id", c.GetString(ctxRequestID), "ehr", s.cfg.EHR, "items", o.items,
-		"outcome", o.word, "status", o.resp.Code, "latency_ms", float64(latency.Microseconds()) / 1000,
+		"request_id", rq.c.GetString(ctxRequestID), "ehr", s.cfg.EHR, "items", len(rq.items),
+		"outcome", string(a.outcome), "status", a.resp.Code, "latency_ms", float64(latency.Microseconds()) / 1000,
 	}
-	if o.resp.Code == http.StatusOK {
-		attrs = append(attrs, "written", o.result.Written, "duplicates", o.result.Duplicates, "quarantined", o.result.Quarantined)
+	if a.resp.Code == http.StatusOK {
+		attrs = append(attrs, "written", a.result.Written, "duplicates", a.result.Duplicates, "quarantined", a.result.Quarantined)
 	}
 	switch {
-	case o.err != nil:
-		s.log.Error("Request failed", append(attrs, "error", o.err.Error())...)
-	case o.resp.Code >= 500:
+	case a.err != nil:
+		s.log.Error("Request failed", append(attrs, "error", a.err.Error())...)
+	case a.resp.Code >= 500:
 		s.log.Error("Request failed", attrs...)
 	default:
 		s.log.Info("Request handled", attrs...)
 	}
 }
 
-func (s *Server) notFound(c *gin.Context) {
-	start := s.now()
-	o := fail(http.StatusNotFound, "not_found", "not found")
-	writeJSON(c, o.resp.Code, o.resp)
-	s.finish(c, o, start)
+// notFoundRoute answers every path but the sync route, in the same shape.
+func (s *Server) notFoundRoute(c *gin.Context) {
+	rq := &request{c: c, received: s.now()}
+	a := *notFound()
+	writeJSON(c, a.resp.Code, a.resp)
+	s.finish(rq, a)
 }
 
 func writeJSON(c *gin.Context, code int, body Response) {
@@ -278,10 +363,10 @@ func validRequestID(id string) bool {
 	return true
 }
 
-// readBody reads r whole into one buffer sized from Content-Length (already
+// readSized reads r whole into one buffer sized from Content-Length (already
 // checked against the limit), where io.ReadAll would grow one from 512
 // bytes: a tenth of the allocation of a 100-entry request.
-func readBody(r io.Reader, contentLength int64) ([]byte, error) {
+func readSized(r io.Reader, contentLength int64) ([]byte, error) {
 	// bytes.Buffer.ReadFrom wants MinRead bytes free to read the end.
 	buf := bytes.NewBuffer(make([]byte, 0, max(contentLength, 0)+bytes.MinRead))
 	_, err := buf.ReadFrom(r)

@@ -21,7 +21,7 @@ import (
 type Store interface {
 	Write(ctx context.Context, b store.Batch) (store.Result, error)
 	RecordDelivery(ctx context.Context, d store.Delivery) error
-	Ready(ctx context.Context) error
+	Ping(ctx context.Context) error
 }
 
 // Server timeouts (DESIGN §7). WriteTimeout leaves room for writeTimeout,
@@ -44,6 +44,7 @@ type Server struct {
 	log      *slog.Logger
 	limiter  *rate.Limiter
 	metrics  *metrics
+	db       *dbState
 	stopping atomic.Bool
 	// now is the clock, for "birth date in the future" and received_at.
 	now func() time.Time
@@ -54,14 +55,17 @@ func New(cfg Config, st Store, log *slog.Logger) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("while checking the receiver configuration: %w", err)
 	}
-	return &Server{
+	s := &Server{
 		cfg:     cfg,
 		store:   st,
 		log:     log,
 		limiter: rate.NewLimiter(rate.Limit(cfg.RequestsPerSecond), cfg.Burst),
 		metrics: newMetrics(cfg.EHR),
+		db:      newDBState(cfg.EHR, log),
 		now:     time.Now,
-	}, nil
+	}
+	s.metrics.registry.MustRegister(s.db)
+	return s, nil
 }
 
 // Handler is the webhook server's handler: only the sync route exists;
@@ -74,32 +78,32 @@ func (s *Server) Handler() http.Handler {
 	r.HandleMethodNotAllowed = false // the handler answers 405 itself, after the {ehr} check
 	r.Use(s.recoverer, requestID)
 	r.Any(SyncPath, s.sync)
-	r.NoRoute(s.notFound)
+	r.NoRoute(s.notFoundRoute)
 	return r
 }
 
 // SyncPath is the only route of the webhook server.
 const SyncPath = "/v2/webhooks/:ehr/sync-appointments"
 
-// MetricsHandler serves /healthz, /readyz and /metrics.
+// MetricsHandler serves /healthz, /readyz, /dbz and /metrics. Neither probe
+// follows the database: while it is away the pod stays in its Service and
+// answers 503 with Retry-After itself; /dbz reports the database's state.
 func (s *Server) MetricsHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if s.stopping.Load() {
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		switch {
+		case s.stopping.Load():
 			http.Error(w, "shutting down", http.StatusServiceUnavailable)
-			return
+		case !s.db.started.Load():
+			http.Error(w, "starting", http.StatusServiceUnavailable)
+		default:
+			_, _ = w.Write([]byte("ok\n"))
 		}
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		if err := s.store.Ready(ctx); err != nil {
-			http.Error(w, "database not ready", http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ok\n"))
 	})
+	mux.HandleFunc("GET /dbz", s.db.serveDBZ)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
 	return mux
 }
@@ -133,6 +137,8 @@ func (s *Server) Run(ctx context.Context) error {
 	errc := make(chan error, 2)
 	go func() { errc <- api.Serve(apiLn) }()
 	go func() { errc <- met.Serve(metricsLn) }()
+	stopBackground := s.startBackground(ctx)
+	defer stopBackground()
 	s.log.Info("Receiver listening", "ehr", s.cfg.EHR, "listen", apiLn.Addr().String(),
 		"metrics_listen", metricsLn.Addr().String(), "on_invalid", string(s.cfg.OnInvalid),
 		"time_zone", s.cfg.Location.String())

@@ -15,7 +15,7 @@ limitations under the License.
 */
 
 // Package v1alpha1 contains the v1alpha1 API of the ehr.insighthealth.io
-// group: the EHRIntegration resource (DESIGN §3).
+// group: the EHRIntegration resource (architecture.md, "The EHRIntegration resource").
 // +kubebuilder:object:generate=true
 // +groupName=ehr.insighthealth.io
 package v1alpha1

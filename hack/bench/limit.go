@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -11,13 +12,17 @@ import (
 
 	"github.com/lib/pq"
 
-	"github.com/insighthealth/ehr-operator/hack/bench/harness"
+	"github.com/insighthealth/ehr-operator/internal/harness"
+	"github.com/insighthealth/ehr-operator/receiver/store"
 )
 
 // The limit writes the receiver's rows for a batch (a delivery row, then
 // patients, practitioners, appointments and a history row per appointment)
 // straight into the same schema: no HTTP, no validation, no content-hash
-// check, no advisory locks, no savepoints. Two set-based methods:
+// check, no quarantine, one request per statement. Its statements are built
+// from the store's own description of the columns (store.Tables,
+// store.EntryArrays), so it writes exactly the receiver's columns. Two
+// set-based methods:
 //
 //   - unnest: one prepared statement of data-modifying CTEs over unnest()
 //     of column arrays, in autocommit: one round trip per batch;
@@ -26,63 +31,180 @@ import (
 //     SELECT, COMMIT: four round trips, but no array encoding).
 //
 // The cell's limit is the faster of the two.
-const limitCTE = `
+var limitCTE = func() string {
+	t := store.Tables()
+	upsert := func(cte string, t store.Table) string {
+		return `, ` + cte + ` AS (
+    INSERT INTO ` + t.Name() + ` AS t (ehr, ` + list(t.Columns()) + `)
+    SELECT DISTINCT ON (` + t.Key() + `) $1, ` + list(t.Arrays()) + `
+    FROM e ORDER BY ` + t.Key() + `
+    ON CONFLICT (ehr, external_id) DO UPDATE SET ` + list(set(t.Values())) + `
+    WHERE (` + list(qualify("t", t.Values())) + `) IS DISTINCT FROM (` + list(qualify("EXCLUDED", t.Values())) + `)
+)`
+	}
+	a, h := t.Appointments, t.History
+	return `
 , d AS (
     INSERT INTO webhook_deliveries (ehr, request_id, received_at, body_sha256, item_count, outcome, status_code)
     VALUES ($1, $2, now(), $3, $4, 'stored', 200)
     RETURNING id AS delivery_id
-), p AS (
-    INSERT INTO patients AS t (ehr, external_id, first_name, middle_name, last_name, birth_date, gender, phone, email)
-    SELECT DISTINCT ON (patient_id) $1, patient_id, pat_first, pat_middle, pat_last, pat_birth, pat_gender, pat_phone, pat_email
-    FROM e ORDER BY patient_id
-    ON CONFLICT (ehr, external_id) DO UPDATE SET
-        first_name = EXCLUDED.first_name, middle_name = EXCLUDED.middle_name, last_name = EXCLUDED.last_name,
-        birth_date = EXCLUDED.birth_date, gender = EXCLUDED.gender, phone = EXCLUDED.phone, email = EXCLUDED.email
-    WHERE (t.first_name, t.middle_name, t.last_name, t.birth_date, t.gender, t.phone, t.email)
-        IS DISTINCT FROM (EXCLUDED.first_name, EXCLUDED.middle_name, EXCLUDED.last_name,
-        EXCLUDED.birth_date, EXCLUDED.gender, EXCLUDED.phone, EXCLUDED.email)
-), r AS (
-    INSERT INTO practitioners AS t (ehr, external_id, first_name, last_name)
-    SELECT DISTINCT ON (practitioner_id) $1, practitioner_id, pra_first, pra_last
-    FROM e ORDER BY practitioner_id
-    ON CONFLICT (ehr, external_id) DO UPDATE SET first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name
-    WHERE (t.first_name, t.last_name) IS DISTINCT FROM (EXCLUDED.first_name, EXCLUDED.last_name)
-), a AS (
-    INSERT INTO appointments AS t (ehr, external_id, patient_external_id, practitioner_external_id, status, status_raw,
-        start_time, start_date, created_time, type, duration_minutes, reason, location_name,
-        encounter_id, encounter_reason, department_id, content_hash, delivery_id)
-    SELECT $1, id, patient_id, practitioner_id, status, status_raw, start_time, start_date, created_time,
-        type, duration, reason, location_name, encounter_id, encounter_reason, department_id, content_hash,
-        (SELECT delivery_id FROM d)
-    FROM e ORDER BY id
-    ON CONFLICT (ehr, external_id) DO UPDATE SET status = EXCLUDED.status, content_hash = EXCLUDED.content_hash,
-        delivery_id = EXCLUDED.delivery_id
+)` + upsert("p", t.Patients) + upsert("r", t.Practitioners) + `, a AS (
+    INSERT INTO appointments AS t (ehr, ` + list(a.Columns()) + `, delivery_id)
+    SELECT $1, ` + list(a.Arrays()) + `, (SELECT delivery_id FROM d)
+    FROM e ORDER BY ` + a.Key() + `
+    ON CONFLICT (ehr, external_id) DO UPDATE SET ` + list(set(a.Values())) + `, delivery_id = EXCLUDED.delivery_id
     WHERE t.content_hash <> EXCLUDED.content_hash
-    RETURNING external_id, status, start_time, content_hash, delivery_id
+    RETURNING ` + list(h.Arrays()) + `
 )
-INSERT INTO appointment_history (ehr, appointment_external_id, status, start_time, content_hash, delivery_id)
-SELECT $1, external_id, status, start_time, content_hash, delivery_id FROM a`
+INSERT INTO appointment_history (ehr, ` + list(h.Columns()) + `)
+SELECT $1, ` + list(h.Arrays()) + ` FROM a`
+}()
 
-const columns = `id, patient_id, practitioner_id, status, status_raw, start_time, start_date, created_time, type,
-    duration, reason, location_name, encounter_id, encounter_reason, department_id,
-    pat_first, pat_middle, pat_last, pat_birth, pat_gender, pat_phone, pat_email, pra_first, pra_last, content_hash`
+// The statements, from the store's columns. The entry arrays' arguments
+// follow the delivery's four ($1 to $4).
+var (
+	entryArrays = store.EntryArrays()
+	unnestSQL   = "WITH e AS (SELECT * FROM unnest(" + list(each(entryArrays, func(i int, a store.Array) string {
+		return "$" + strconv.Itoa(5+i) + "::" + a.Type + "[]"
+	})) + ") AS u(" + list(each(entryArrays, func(_ int, a store.Array) string { return a.Name })) + "))" + limitCTE
+	stagingSQL = "CREATE TEMP TABLE IF NOT EXISTS staging (" + list(each(entryArrays, func(_ int, a store.Array) string {
+		return a.Name + " " + a.Type
+	})) + ") ON COMMIT DELETE ROWS"
+	copySQL = "WITH e AS (SELECT * FROM staging)" + limitCTE
+	copyIn  = "COPY staging (" + list(each(entryArrays, func(_ int, a store.Array) string { return a.Name })) + ") FROM STDIN"
+)
 
-var unnestSQL = `WITH e AS (SELECT * FROM unnest(
-    $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::date[], $12::timestamptz[],
-    $13::text[], $14::integer[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[],
-    $20::text[], $21::text[], $22::text[], $23::date[], $24::text[], $25::text[], $26::text[], $27::text[],
-    $28::text[], $29::bytea[]) AS u(` + columns + `))` + limitCTE
+func list(s []string) string { return strings.Join(s, ", ") }
 
-const stagingSQL = `CREATE TEMP TABLE IF NOT EXISTS staging (
-    id text, patient_id text, practitioner_id text, status text, status_raw text, start_time timestamptz,
-    start_date date, created_time timestamptz, type text, duration integer, reason text, location_name text,
-    encounter_id text, encounter_reason text, department_id text, pat_first text, pat_middle text, pat_last text,
-    pat_birth date, pat_gender text, pat_phone text, pat_email text, pra_first text, pra_last text, content_hash bytea
-) ON COMMIT DELETE ROWS`
+func set(cols []string) []string {
+	return each(cols, func(_ int, c string) string { return c + " = EXCLUDED." + c })
+}
 
-var copySQL = `WITH e AS (SELECT * FROM staging)` + limitCTE
+func qualify(alias string, cols []string) []string {
+	return each(cols, func(_ int, c string) string { return alias + "." + c })
+}
 
-var stagingColumns = strings.Split(strings.Join(strings.Fields(columns), ""), ",")
+func each[T any](in []T, f func(int, T) string) []string {
+	out := make([]string, len(in))
+	for i, v := range in {
+		out[i] = f(i, v)
+	}
+	return out
+}
+
+// rowArrays reads each of the store's entry arrays from the limit's rows,
+// by the array's name. The rows leave notes absent.
+var rowArrays = map[string]rowArray{
+	"id":               text(func(r *harness.Row) string { return r.ID }),
+	"status":           text(func(r *harness.Row) string { return r.Status }),
+	"status_raw":       text(func(r *harness.Row) string { return r.StatusRaw }),
+	"start_time":       timeOf(func(r *harness.Row) time.Time { return r.Start }, time.RFC3339Nano),
+	"start_date":       timeOf(func(r *harness.Row) time.Time { return r.StartDate }, time.DateOnly),
+	"created_time":     timeOf(func(r *harness.Row) time.Time { return r.Created }, time.RFC3339Nano),
+	"type":             text(func(r *harness.Row) string { return r.Type }),
+	"duration_minutes": integer(func(r *harness.Row) int64 { return int64(r.Duration) }),
+	"reason":           text(func(r *harness.Row) string { return r.Reason }),
+	"notes":            absent,
+	"location_name":    text(func(r *harness.Row) string { return r.LocationName }),
+	"encounter_id":     text(func(r *harness.Row) string { return r.EncounterID }),
+	"encounter_reason": text(func(r *harness.Row) string { return r.EncounterReason }),
+	"department_id":    text(func(r *harness.Row) string { return r.DepartmentID }),
+	"content_hash":     bytea(func(r *harness.Row) []byte { return r.ContentHash[:] }),
+	"patient_id":       text(func(r *harness.Row) string { return r.PatientID }),
+	"pat_first_name":   text(func(r *harness.Row) string { return r.PatFirst }),
+	"pat_middle_name":  text(func(r *harness.Row) string { return r.PatMiddle }),
+	"pat_last_name":    text(func(r *harness.Row) string { return r.PatLast }),
+	"pat_birth_date":   timeOf(func(r *harness.Row) time.Time { return r.PatBirth }, time.DateOnly),
+	"pat_gender":       text(func(r *harness.Row) string { return r.PatGender }),
+	"pat_phone":        text(func(r *harness.Row) string { return r.PatPhone }),
+	"pat_email":        text(func(r *harness.Row) string { return r.PatEmail }),
+	"practitioner_id":  text(func(r *harness.Row) string { return r.PractitionerID }),
+	"pra_first_name":   text(func(r *harness.Row) string { return r.PraFirst }),
+	"pra_last_name":    text(func(r *harness.Row) string { return r.PraLast }),
+}
+
+// rowArray is one entry array: the unnest method's argument for a batch,
+// and the copy method's value for one row.
+type rowArray struct {
+	array func(rows []harness.Row) any
+	value func(r *harness.Row) any
+}
+
+func text(get func(*harness.Row) string) rowArray {
+	return rowArray{
+		array: func(rows []harness.Row) any {
+			a := make(pq.StringArray, len(rows))
+			for i := range rows {
+				a[i] = get(&rows[i])
+			}
+			return a
+		},
+		value: func(r *harness.Row) any { return get(r) },
+	}
+}
+
+func timeOf(get func(*harness.Row) time.Time, layout string) rowArray {
+	return rowArray{
+		array: func(rows []harness.Row) any {
+			a := make(pq.StringArray, len(rows))
+			for i := range rows {
+				a[i] = get(&rows[i]).Format(layout)
+			}
+			return a
+		},
+		value: func(r *harness.Row) any { return get(r) },
+	}
+}
+
+func integer(get func(*harness.Row) int64) rowArray {
+	return rowArray{
+		array: func(rows []harness.Row) any {
+			a := make(pq.Int64Array, len(rows))
+			for i := range rows {
+				a[i] = get(&rows[i])
+			}
+			return a
+		},
+		value: func(r *harness.Row) any { return get(r) },
+	}
+}
+
+func bytea(get func(*harness.Row) []byte) rowArray {
+	return rowArray{
+		array: func(rows []harness.Row) any {
+			a := make(pq.ByteaArray, len(rows))
+			for i := range rows {
+				a[i] = get(&rows[i])
+			}
+			return a
+		},
+		value: func(r *harness.Row) any { return get(r) },
+	}
+}
+
+// absent is an array of NULLs.
+var absent = rowArray{
+	array: func(rows []harness.Row) any {
+		return "{" + strings.TrimSuffix(strings.Repeat("NULL,", len(rows)), ",") + "}"
+	},
+	value: func(*harness.Row) any { return nil },
+}
+
+// limitArrays are rowArrays in the order of the store's entry arrays.
+func limitArrays() ([]rowArray, error) {
+	out := make([]rowArray, len(entryArrays))
+	for i, a := range entryArrays {
+		ra, ok := rowArrays[a.Name]
+		if !ok {
+			return nil, fmt.Errorf("the limit does not fill the store's column array %s: add it to rowArrays", a.Name)
+		}
+		out[i] = ra
+	}
+	if len(rowArrays) != len(entryArrays) {
+		return nil, fmt.Errorf("rowArrays has %d arrays, the store %d: remove those the store no longer has", len(rowArrays), len(entryArrays))
+	}
+	return out, nil
+}
 
 // writer writes one batch of rows on its own connection.
 type writer interface {
@@ -95,11 +217,12 @@ func deliveryArgs(rows []harness.Row, seq int64) []any {
 }
 
 type unnestWriter struct {
-	conn *sql.Conn
-	stmt *sql.Stmt
+	conn   *sql.Conn
+	stmt   *sql.Stmt
+	arrays []rowArray
 }
 
-func newUnnestWriter(ctx context.Context, db *sql.DB) (writer, error) {
+func newUnnestWriter(ctx context.Context, db *sql.DB, arrays []rowArray) (writer, error) {
 	conn, err := db.Conn(ctx)
 	if err != nil {
 		return nil, err
@@ -109,67 +232,26 @@ func newUnnestWriter(ctx context.Context, db *sql.DB) (writer, error) {
 		conn.Close()
 		return nil, fmt.Errorf("while preparing the unnest statement: %w", err)
 	}
-	return &unnestWriter{conn: conn, stmt: stmt}, nil
+	return &unnestWriter{conn: conn, stmt: stmt, arrays: arrays}, nil
 }
 
 func (w *unnestWriter) write(ctx context.Context, rows []harness.Row, seq int64) error {
-	n := len(rows)
-	col := func(f func(r *harness.Row) string) pq.StringArray {
-		a := make(pq.StringArray, n)
-		for i := range rows {
-			a[i] = f(&rows[i])
-		}
-		return a
+	args := deliveryArgs(rows, seq)
+	for _, a := range w.arrays {
+		args = append(args, a.array(rows))
 	}
-	ts := func(f func(r *harness.Row) time.Time, layout string) pq.StringArray {
-		a := make(pq.StringArray, n)
-		for i := range rows {
-			a[i] = f(&rows[i]).Format(layout)
-		}
-		return a
-	}
-	dur := make(pq.Int64Array, n)
-	hashes := make(pq.ByteaArray, n)
-	for i := range rows {
-		dur[i] = int64(rows[i].Duration)
-		hashes[i] = rows[i].ContentHash[:]
-	}
-	args := append(deliveryArgs(rows, seq),
-		col(func(r *harness.Row) string { return r.ID }),
-		col(func(r *harness.Row) string { return r.PatientID }),
-		col(func(r *harness.Row) string { return r.PractitionerID }),
-		col(func(r *harness.Row) string { return r.Status }),
-		col(func(r *harness.Row) string { return r.StatusRaw }),
-		ts(func(r *harness.Row) time.Time { return r.Start }, time.RFC3339Nano),
-		ts(func(r *harness.Row) time.Time { return r.StartDate }, time.DateOnly),
-		ts(func(r *harness.Row) time.Time { return r.Created }, time.RFC3339Nano),
-		col(func(r *harness.Row) string { return r.Type }),
-		dur,
-		col(func(r *harness.Row) string { return r.Reason }),
-		col(func(r *harness.Row) string { return r.LocationName }),
-		col(func(r *harness.Row) string { return r.EncounterID }),
-		col(func(r *harness.Row) string { return r.EncounterReason }),
-		col(func(r *harness.Row) string { return r.DepartmentID }),
-		col(func(r *harness.Row) string { return r.PatFirst }),
-		col(func(r *harness.Row) string { return r.PatMiddle }),
-		col(func(r *harness.Row) string { return r.PatLast }),
-		ts(func(r *harness.Row) time.Time { return r.PatBirth }, time.DateOnly),
-		col(func(r *harness.Row) string { return r.PatGender }),
-		col(func(r *harness.Row) string { return r.PatPhone }),
-		col(func(r *harness.Row) string { return r.PatEmail }),
-		col(func(r *harness.Row) string { return r.PraFirst }),
-		col(func(r *harness.Row) string { return r.PraLast }),
-		hashes,
-	)
 	_, err := w.stmt.ExecContext(ctx, args...)
 	return err
 }
 
 func (w *unnestWriter) close() { w.stmt.Close(); w.conn.Close() }
 
-type copyWriter struct{ conn *sql.Conn }
+type copyWriter struct {
+	conn   *sql.Conn
+	arrays []rowArray
+}
 
-func newCopyWriter(ctx context.Context, db *sql.DB) (writer, error) {
+func newCopyWriter(ctx context.Context, db *sql.DB, arrays []rowArray) (writer, error) {
 	conn, err := db.Conn(ctx)
 	if err != nil {
 		return nil, err
@@ -178,7 +260,7 @@ func newCopyWriter(ctx context.Context, db *sql.DB) (writer, error) {
 		conn.Close()
 		return nil, fmt.Errorf("while creating the staging table: %w", err)
 	}
-	return &copyWriter{conn: conn}, nil
+	return &copyWriter{conn: conn, arrays: arrays}, nil
 }
 
 func (w *copyWriter) write(ctx context.Context, rows []harness.Row, seq int64) (err error) {
@@ -191,16 +273,16 @@ func (w *copyWriter) write(ctx context.Context, rows []harness.Row, seq int64) (
 			_ = tx.Rollback()
 		}
 	}()
-	cp, err := tx.PrepareContext(ctx, "COPY staging ("+strings.Join(stagingColumns, ", ")+") FROM STDIN")
+	cp, err := tx.PrepareContext(ctx, copyIn)
 	if err != nil {
 		return err
 	}
+	values := make([]any, len(w.arrays))
 	for i := range rows {
-		r := &rows[i]
-		if _, err := cp.ExecContext(ctx, r.ID, r.PatientID, r.PractitionerID, r.Status, r.StatusRaw,
-			r.Start, r.StartDate, r.Created, r.Type, r.Duration, r.Reason, r.LocationName, r.EncounterID,
-			r.EncounterReason, r.DepartmentID, r.PatFirst, r.PatMiddle, r.PatLast, r.PatBirth, r.PatGender,
-			r.PatPhone, r.PatEmail, r.PraFirst, r.PraLast, r.ContentHash[:]); err != nil {
+		for j, a := range w.arrays {
+			values[j] = a.value(&rows[i])
+		}
+		if _, err := cp.ExecContext(ctx, values...); err != nil {
 			return err
 		}
 	}
@@ -228,6 +310,10 @@ func runLimit(ctx context.Context, dbURL, method string, gen harness.Gen, batch,
 	defer db.Close()
 	db.SetMaxOpenConns(senders)
 	db.SetMaxIdleConns(senders)
+	arrays, err := limitArrays()
+	if err != nil {
+		return nil, err
+	}
 	newWriter := newUnnestWriter
 	if method == "copy" {
 		newWriter = newCopyWriter
@@ -241,7 +327,7 @@ func runLimit(ctx context.Context, dbURL, method string, gen harness.Gen, batch,
 	)
 	writers := make([]writer, senders)
 	for i := range writers {
-		if writers[i], err = newWriter(ctx, db); err != nil {
+		if writers[i], err = newWriter(ctx, db, arrays); err != nil {
 			return nil, err
 		}
 		defer writers[i].close()

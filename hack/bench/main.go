@@ -1,5 +1,5 @@
-// Command bench is the receiver-versus-limit table of `make bench` (DESIGN
-// §6): on one throwaway PostgreSQL and the same generated appointments, for
+// Command bench is the receiver-versus-limit table of `make bench`
+// (docs/performance.md): on one throwaway PostgreSQL and the same generated appointments, for
 // each batch size and number of concurrent senders it measures
 //
 //   - the limit: the same rows written straight into the same schema from
@@ -13,7 +13,7 @@
 // and prints appointments/s, requests/s, p50/p99 latency, the receiver's
 // peak RSS and receiver/limit, and writes the cells as JSON.
 //
-//	go run ./hack/bench -binary bin/ehr-operator [-out bench-results.json] [-cell 3s]
+//	go -C hack run ./bench -binary ../bin/ehr-operator [-out ../bench-results.json] [-cell 3s]
 package main
 
 import (
@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -31,7 +32,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/insighthealth/ehr-operator/hack/bench/harness"
+	"github.com/insighthealth/ehr-operator/internal/harness"
 )
 
 // Cell is one line of the table, as written to the JSON file.
@@ -127,8 +128,11 @@ func run(binary, out string, cell, warmup time.Duration, batches, senders []int,
 	if strings.HasPrefix(binary, os.TempDir()) {
 		binary = "bin/ehr-operator" // bench.sh's temporary build; `make build` makes this one
 	}
-	fmt.Printf("  (or: make build && go run ./hack/bench -binary %s -out %s -cell %s -batches %s -senders %s)\n",
-		binary, out, cell, join(batches), join(senders))
+	// Absolute, since `go -C hack run` runs the tool in hack/.
+	absBinary, _ := filepath.Abs(binary)
+	absOut, _ := filepath.Abs(out)
+	fmt.Printf("  (or: make build && go -C hack run ./bench -binary %s -out %s -cell %s -batches %s -senders %s)\n",
+		absBinary, absOut, cell, join(batches), join(senders))
 	return nil
 }
 

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/insighthealth/ehr-operator/hack/bench/harness"
+	"github.com/insighthealth/ehr-operator/internal/harness"
 	"github.com/insighthealth/ehr-operator/internal/pgtest"
 	"github.com/insighthealth/ehr-operator/receiver"
 	"github.com/insighthealth/ehr-operator/receiver/store"

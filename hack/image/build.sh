@@ -8,22 +8,25 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+# hack/image is in the hack module (hack/go.mod); it runs from here, so
+# relative paths mean the same as for this script.
+go -C hack build -o "$tmp/image" ./image
 
 case "${1:-}" in
   operator)
     bin=${2:?binary} tag=${3:?tag} out=${4:?out}
     file "$bin" 2>/dev/null | grep -q 'statically linked' ||
       { echo "error: $bin is not a static binary; build it with CGO_ENABLED=0 (make build)" >&2; exit 1; }
-    go run ./hack/image --binary "$bin" --path /ehr-operator --cmd manager --uid 65532 \
+    "$tmp/image" --binary "$bin" --path /ehr-operator --cmd manager --uid 65532 \
       --version "${tag##*:}" --tag "$tag" --out "$out" \
       --ca-certs /etc/ssl/certs/ca-certificates.crt --zoneinfo /usr/share/zoneinfo
     ;;
   pause)
     out=${2:-${EHR_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ehr-operator}/pause.tar}
-    tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-    CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/pause" ./hack/image/pause
+    CGO_ENABLED=0 go -C hack build -trimpath -ldflags "-s -w" -o "$tmp/pause" ./image/pause
     mkdir -p "$(dirname "$out")"
-    go run ./hack/image --binary "$tmp/pause" --path /pause --uid 65535 --version 1 \
+    "$tmp/image" --binary "$tmp/pause" --path /pause --uid 65535 --version 1 \
       --tag localhost/ehr-pause:1 --out "$out"
     ;;
   *) echo "usage: $0 operator BINARY TAG OUT | pause OUT" >&2; exit 2 ;;

@@ -7,8 +7,8 @@
 // certificates and the time-zone database, which receivers need for
 // spec.timeZone), and for the local cluster's pause image.
 //
-//	go run ./hack/image --binary bin/ehr-operator --path /ehr-operator \
-//	    --cmd manager --tag ehr-operator:dev --out bin/ehr-operator-image.tar
+//	go -C hack run ./image --binary ../bin/ehr-operator --path /ehr-operator \
+//	    --cmd manager --tag ehr-operator:dev --out ../bin/ehr-operator-image.tar
 package main
 
 import (

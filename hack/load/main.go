@@ -6,7 +6,7 @@
 // database, and exits 1 when any answer was not 2xx (the rate is meant to
 // stay under the receiver's configured limit) or a row is missing.
 //
-//	LOAD_DURATION=60s LOAD_RATE=100 go run ./hack/load -binary bin/ehr-operator
+//	LOAD_DURATION=60s LOAD_RATE=100 go -C hack run ./load -binary ../bin/ehr-operator
 package main
 
 import (
@@ -23,7 +23,7 @@ import (
 
 	vegeta "github.com/tsenart/vegeta/v12/lib"
 
-	"github.com/insighthealth/ehr-operator/hack/bench/harness"
+	"github.com/insighthealth/ehr-operator/internal/harness"
 )
 
 func main() {

@@ -2,7 +2,7 @@
 # Shared settings of the local single-node cluster (sourced by up.sh, down.sh,
 # check-clean.sh, load-images.sh). Every address below is routed onto bridges
 # this cluster creates and guarded by iptables DROP rules, so no packet for
-# them can leave through the host's real interface (LOCAL-CLUSTER.md).
+# them can leave through the host's real interface (README.md beside this file).
 
 K8S_VERSION="${K8S_VERSION:-1.37.2}"
 EHR_CACHE="${EHR_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ehr-operator}"

@@ -7,7 +7,7 @@
 #
 # Idempotent: a healthy cluster is left as it is; the remains of a run that
 # died half-way are torn down first. `hack/local-cluster/down.sh` removes
-# everything again. See docs/operations.md and LOCAL-CLUSTER.md.
+# everything again. See README.md beside this file and docs/operations.md.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)

@@ -2,7 +2,7 @@
 // appointments/s against batch size, one line per number of senders for
 // the receiver (solid) and for the limit (dashed), both axes logarithmic.
 //
-//	go run ./hack/plot -in bench-results.json -out docs/performance-throughput.png
+//	go -C hack run ./plot -in ../bench-results.json -out ../docs/performance-throughput.png
 package main
 
 import (
@@ -81,6 +81,13 @@ func run(in, out string) error {
 	}
 	// Room above the lines for the legend (log scale: a factor).
 	p.Y.Min, p.Y.Max = max(lo/1.5, 1), hi*6
+	// One batch size (BENCH_BATCHES=1) leaves the X axis no width, which a
+	// log scale cannot pad by itself (it panics).
+	oneBatch := !slices.ContainsFunc(cells, func(c cell) bool { return c.Batch != cells[0].Batch })
+	if oneBatch {
+		b := float64(cells[0].Batch)
+		p.X.Min, p.X.Max = b/2, b*2
+	}
 	for i, s := range senders {
 		cs := bySenders[s]
 		slices.SortFunc(cs, func(a, b cell) int { return a.Batch - b.Batch })

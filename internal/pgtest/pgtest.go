@@ -1,4 +1,4 @@
-// Package pgtest gives tests a real PostgreSQL (DESIGN §8).
+// Package pgtest gives tests a real PostgreSQL (architecture.md, "Development and tests").
 //
 // With TEST_DATABASE_URL set (a URL of a server where the user may CREATE
 // DATABASE), tests use that server. Otherwise the package starts a throwaway

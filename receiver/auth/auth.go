@@ -1,5 +1,5 @@
 // Package auth checks the two credentials of a Sync Appointments request
-// (DESIGN §5): the X-API-Key header and the X-Webhook-Signature HMAC of the
+// (architecture.md, "The request's path"): the X-API-Key header and the X-Webhook-Signature HMAC of the
 // raw body. Every comparison is constant-time and every check fails closed:
 // an empty configured key or secret matches nothing.
 package auth

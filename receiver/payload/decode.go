@@ -1,13 +1,11 @@
 package payload
 
 import (
-	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
+	"strings"
 )
 
 // Item is one entry of a batch as sent, before validation.
@@ -21,106 +19,91 @@ type Item struct {
 	Raw json.RawMessage
 }
 
-// RequestError is a body that is not a batch at all. Status is 400
-// (malformed JSON), 413 (too many entries) or 422 (neither accepted form).
-// Its message never contains a value from the body.
-type RequestError struct {
-	Status  int
-	Message string
-	// Field is the top-level key at fault, "" for the body as a whole.
-	Field string
-}
-
-func (e *RequestError) Error() string { return e.Message }
-
-// FieldErrors turns e into the errors list of a response: one item with
-// index -1, meaning the request as a whole rather than one entry.
-func (e *RequestError) FieldErrors() []FieldError {
-	return []FieldError{{Index: -1, Field: e.Field, Message: e.Message}}
-}
-
 // Decode reads body as exactly one JSON document and returns its entries:
 // the items of the top-level "appointments" array (1..maxBatchSize), or the
 // body itself when it is an object with a top-level "appointment" key (a
 // batch of one). When both keys are present, "appointments" wins. Items
 // never alias body.
 func Decode(body []byte, maxBatchSize int) ([]Item, *RequestError) {
-	if items, rerr, ok := decodeFast(body, maxBatchSize); ok {
-		return items, rerr
+	// One scan checks the whole body and records the top-level members.
+	var (
+		top []member
+		end int
+		ok  bool
+	)
+	i := skipSpace(body, 0)
+	switch {
+	case i == len(body):
+	case body[i] == '{':
+		end, ok = scanObject(body, i, 1, &top, -1, 1)
+	default:
+		end, ok = scanValue(body, i, 0)
 	}
-	return decodeSlow(body, maxBatchSize)
-}
-
-// decodeSlow is the reference implementation on encoding/json. Decode
-// falls back to it for every body the fast path does not handle itself,
-// malformed JSON above all: its error offsets are encoding/json's.
-func decodeSlow(body []byte, maxBatchSize int) ([]Item, *RequestError) {
-	doc, rerr := oneDocument(body)
-	if rerr != nil {
-		return nil, rerr
+	if !ok || skipSpace(body, end) != len(body) {
+		return nil, malformed(body)
 	}
-	var top map[string]json.RawMessage
-	if json.Unmarshal(doc, &top) != nil || top == nil {
-		return nil, &RequestError{Status: http.StatusUnprocessableEntity,
-			Message: "body must be a JSON object with an appointments array or an appointment object"}
+	if body[i] != '{' {
+		return nil, errNeither()
 	}
-	if arr, ok := top["appointments"]; ok {
-		var raws []json.RawMessage
-		if json.Unmarshal(arr, &raws) != nil || raws == nil {
-			return nil, &RequestError{Status: http.StatusUnprocessableEntity, Field: "appointments",
-				Message: "appointments must be an array"}
+	// A later duplicate key wins, as it does in a map.
+	arr, one := -1, false
+	for k, m := range top {
+		name := body[m.key+1 : m.keyEnd-1]
+		if m.keyEscaped {
+			name = []byte(unquote(string(body[m.key:m.keyEnd])))
 		}
-		if len(raws) == 0 {
-			return nil, &RequestError{Status: http.StatusUnprocessableEntity, Field: "appointments",
-				Message: "appointments must contain at least one entry"}
+		switch string(name) {
+		case "appointments":
+			arr = k
+		case "appointment":
+			one = true
 		}
-		if len(raws) > maxBatchSize {
-			return nil, &RequestError{Status: http.StatusRequestEntityTooLarge, Field: "appointments",
-				Message: fmt.Sprintf("appointments has %d entries; at most %d are accepted per request", len(raws), maxBatchSize)}
-		}
-		items := make([]Item, len(raws))
-		for i, r := range raws {
-			items[i] = Item{Index: i, Path: "appointments[" + strconv.Itoa(i) + "]", Raw: r}
-		}
-		return items, nil
 	}
-	if _, ok := top["appointment"]; ok {
+	switch {
+	case arr >= 0:
+		return arrayItems(body, top[arr], maxBatchSize)
+	case one:
+		doc := append(json.RawMessage(nil), body[i:end]...)
 		return []Item{{Index: 0, Path: "", Raw: doc}}, nil
 	}
-	return nil, &RequestError{Status: http.StatusUnprocessableEntity,
-		Message: "body must be a JSON object with an appointments array or an appointment object"}
+	return nil, errNeither()
 }
 
-// oneDocument checks that body holds exactly one JSON value (surrounding
-// whitespace allowed) and returns it.
-func oneDocument(body []byte) (json.RawMessage, *RequestError) {
-	dec := json.NewDecoder(bytes.NewReader(body))
-	var doc json.RawMessage
-	if err := dec.Decode(&doc); err != nil {
-		return nil, malformed(err, int64(len(body)))
+// arrayItems returns the elements of the appointments array, m.
+func arrayItems(body []byte, m member, maxBatchSize int) ([]Item, *RequestError) {
+	if body[m.start] != '[' {
+		return nil, &RequestError{Status: http.StatusUnprocessableEntity, Field: "appointments",
+			Message: "appointments must be an array"}
 	}
-	end := dec.InputOffset()
-	if _, err := dec.Token(); err != io.EOF {
-		// Whatever follows the first document, valid JSON or not, is trailing data.
-		off := end + int64(len(body[end:])-len(bytes.TrimLeft(body[end:], " \t\r\n")))
-		return nil, &RequestError{Status: http.StatusBadRequest,
-			Message: fmt.Sprintf("malformed JSON: unexpected data after the JSON document at byte offset %d", off)}
+	var elems [][2]int
+	scanArray(body[:m.end], m.start, 2, &elems) // checked by the body's scan
+	if len(elems) == 0 {
+		return nil, &RequestError{Status: http.StatusUnprocessableEntity, Field: "appointments",
+			Message: "appointments must contain at least one entry"}
 	}
-	return doc, nil
-}
-
-// malformed describes a decoding error by its byte offset only: the
-// decoder's own messages quote characters of the body.
-func malformed(err error, size int64) *RequestError {
-	var syn *json.SyntaxError
-	switch {
-	case errors.As(err, &syn):
-		return &RequestError{Status: http.StatusBadRequest,
-			Message: fmt.Sprintf("malformed JSON at byte offset %d", syn.Offset)}
-	case errors.Is(err, io.EOF) && size == 0:
-		return &RequestError{Status: http.StatusBadRequest, Message: "malformed JSON: the body is empty"}
-	default: // io.EOF on whitespace only, io.ErrUnexpectedEOF on a truncated document
-		return &RequestError{Status: http.StatusBadRequest,
-			Message: fmt.Sprintf("malformed JSON: unexpected end of the body at byte offset %d", size)}
+	if len(elems) > maxBatchSize {
+		return nil, &RequestError{Status: http.StatusRequestEntityTooLarge, Field: "appointments",
+			Message: fmt.Sprintf("appointments has %d entries; at most %d are accepted per request", len(elems), maxBatchSize)}
 	}
+	// One copy of the array and one string of all the paths, sliced per item.
+	first, last := elems[0][0], elems[len(elems)-1][1]
+	buf := append([]byte(nil), body[first:last]...)
+	var paths strings.Builder
+	paths.Grow(len(elems) * 20)
+	ends := make([]int, len(elems))
+	for k := range elems {
+		paths.WriteString("appointments[")
+		paths.WriteString(strconv.Itoa(k))
+		paths.WriteByte(']')
+		ends[k] = paths.Len()
+	}
+	all := paths.String()
+	items := make([]Item, len(elems))
+	from := 0
+	for k, e := range elems {
+		s, t := e[0]-first, e[1]-first
+		items[k] = Item{Index: k, Path: all[from:ends[k]], Raw: buf[s:t:t]}
+		from = ends[k]
+	}
+	return items, nil
 }

@@ -1,5 +1,5 @@
 // Package payload decodes and validates Sync Appointments request bodies
-// (DESIGN §5). Everything here is pure: bytes in, entries and field errors
+// (architecture.md, "The request's path"). Everything here is pure: bytes in, entries and field errors
 // out, so it is table-tested and fuzzed without a server or a database.
 package payload
 
@@ -56,14 +56,4 @@ type Practitioner struct {
 	ID        string `json:"id"`
 	FirstName string `json:"first_name"`
 	LastName  string `json:"last_name"`
-}
-
-// FieldError names one invalid field. Message never contains the field's
-// value: values are patient data and error bodies are logged by senders.
-type FieldError struct {
-	// Index is the entry's position in the batch.
-	Index int `json:"index"`
-	// Field is the full JSON path, e.g. "appointments[0].patient.birth_date".
-	Field   string `json:"field"`
-	Message string `json:"message"`
 }

@@ -60,7 +60,7 @@ func FuzzDecodeValidate(f *testing.F) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			again, errs := ValidateItem(Item{Raw: raw}, ny, now)
+			again, errs := validateOne(Item{Raw: raw}, ny, now)
 			if errs != nil {
 				t.Fatalf("re-encoded entry invalid: %+v", errs)
 			}

@@ -28,6 +28,11 @@ func mustZone(name string) *time.Location {
 
 func ptr[T any](v T) *T { return &v }
 
+// validateOne validates one item as Validate does.
+func validateOne(it Item, loc *time.Location, now time.Time) (Entry, []FieldError) {
+	return new(scanReader).validate(it, loc, now)
+}
+
 func TestDecodeSpecExample(t *testing.T) {
 	items, rerr := Decode([]byte(specExample), 1000)
 	if rerr != nil {
@@ -277,7 +282,7 @@ func TestValidateFieldErrors(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, got := ValidateItem(Item{Index: 3, Path: "appointments[3]", Raw: raw}, newYork, now)
+			_, got := validateOne(Item{Index: 3, Path: "appointments[3]", Raw: raw}, newYork, now)
 			var want []FieldError
 			for _, fe := range tc.want {
 				want = append(want, FieldError{Index: 3, Field: "appointments[3]." + fe.Field, Message: fe.Message})
@@ -373,7 +378,7 @@ func TestStatusReference(t *testing.T) {
 	e := entryMap(t)
 	sub(e, "appointment")["status"] = " No-Show "
 	raw, _ := json.Marshal(e)
-	got, errs := ValidateItem(Item{Raw: raw}, time.UTC, now)
+	got, errs := validateOne(Item{Raw: raw}, time.UTC, now)
 	if errs != nil || got.Appointment.Status != "noshow" || got.Appointment.StatusRaw != "No-Show" {
 		t.Errorf("got %q/%q %v, want noshow/No-Show", got.Appointment.Status, got.Appointment.StatusRaw, errs)
 	}
@@ -394,7 +399,7 @@ func TestValidateTimeZones(t *testing.T) {
 		sub(e, "appointment")["start_time"] = tc.start
 		sub(e, "appointment")["start_date"] = tc.start[:10]
 		raw, _ := json.Marshal(e)
-		got, errs := ValidateItem(Item{Raw: raw}, mustZone(tc.zoneName), now)
+		got, errs := validateOne(Item{Raw: raw}, mustZone(tc.zoneName), now)
 		if errs != nil || !got.Appointment.Start.Equal(tc.wantUTC) {
 			t.Errorf("%s in %s: got %v %v, want %v", tc.start, tc.zoneName, got.Appointment.Start.UTC(), errs, tc.wantUTC)
 		}
@@ -403,10 +408,10 @@ func TestValidateTimeZones(t *testing.T) {
 	e := entryMap(t)
 	sub(e, "patient")["birth_date"] = "03/06/2026"
 	raw, _ := json.Marshal(e)
-	if _, errs := ValidateItem(Item{Raw: raw}, newYork, time.Date(2026, 3, 6, 1, 0, 0, 0, time.UTC)); len(errs) != 1 {
+	if _, errs := validateOne(Item{Raw: raw}, newYork, time.Date(2026, 3, 6, 1, 0, 0, 0, time.UTC)); len(errs) != 1 {
 		t.Errorf("birth date of tomorrow in New York accepted: %v", errs)
 	}
-	if _, errs := ValidateItem(Item{Raw: raw}, time.UTC, time.Date(2026, 3, 6, 1, 0, 0, 0, time.UTC)); errs != nil {
+	if _, errs := validateOne(Item{Raw: raw}, time.UTC, time.Date(2026, 3, 6, 1, 0, 0, 0, time.UTC)); errs != nil {
 		t.Errorf("birth date of today in UTC refused: %v", errs)
 	}
 }

@@ -1,17 +1,21 @@
 package payload
 
-// A strict JSON scanner for the fast paths. It accepts only what
-// encoding/json accepts (RFC 8259, any byte from 0x20 up inside strings),
-// never more: whatever it refuses goes to the encoding/json reference
-// implementation, so its errors and offsets stay encoding/json's. It works
-// on string and []byte alike, so that entries are scanned as one string and
-// their fields are substrings of it, not copies.
+import (
+	"strings"
+	"unicode/utf16"
+	"unicode/utf8"
+)
+
+// A strict JSON scanner: it accepts exactly what encoding/json accepts
+// (RFC 8259, any byte from 0x20 up inside strings, nesting up to
+// encoding/json's limit), so that encoding/json is needed only to explain a
+// body it refuses. It works on string and []byte alike: entries are scanned
+// as one string, and their fields are substrings of it, not copies.
 
 type text interface{ ~string | ~[]byte }
 
-// maxDepth bounds the nesting the fast path follows; deeper documents go to
-// encoding/json, which has its own limit.
-const maxDepth = 256
+// maxDepth is encoding/json's nesting limit: deeper is malformed for both.
+const maxDepth = 10000
 
 func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
 
@@ -22,21 +26,26 @@ func skipSpace[T text](b T, i int) int {
 	return i
 }
 
-// scanValue checks the value starting at b[i] (no leading white space) and
-// returns the index just past it.
+// scanValue checks the value at b[i] (no leading white space), inside
+// depth containers, and returns the index just past it.
 func scanValue[T text](b T, i, depth int) (int, bool) {
 	if i >= len(b) {
 		return 0, false
 	}
-	switch c := b[i]; {
-	case c == '"':
+	switch b[i] {
+	case '"':
 		end, _, ok := scanString(b, i)
 		return end, ok
-	case c == '{':
-		return scanObject(b, i, depth+1, nil, 0, 0)
-	case c == '[':
-		return scanArray(b, i, depth+1, nil)
-	case c == '-' || (c >= '0' && c <= '9'):
+	case '{', '[':
+		return scanNested(b, i, depth)
+	}
+	return scanLiteral(b, i)
+}
+
+// scanLiteral checks the number, true, false or null at b[i].
+func scanLiteral[T text](b T, i int) (int, bool) {
+	switch c := b[i]; {
+	case c == '-' || isDigit(c):
 		return scanNumber(b, i)
 	case c == 't':
 		return scanWord(b, i, "true")
@@ -46,6 +55,87 @@ func scanValue[T text](b T, i, depth int) (int, bool) {
 		return scanWord(b, i, "null")
 	}
 	return 0, false
+}
+
+// scanNested checks the object or array at b[i] like scanValue. It follows
+// nested containers with a stack of their closing brackets, not by
+// recursion, so that deep nesting costs no goroutine stack.
+func scanNested[T text](b T, i, depth int) (int, bool) {
+	var buf [32]byte
+	open := buf[:0]
+	for {
+		// b[i] starts a value.
+		if i >= len(b) {
+			return 0, false
+		}
+		var ok bool
+		switch c := b[i]; c {
+		case '{', '[':
+			if depth+len(open) >= maxDepth {
+				return 0, false
+			}
+			closer := c + 2 // '}' and ']'
+			if i = skipSpace(b, i+1); i < len(b) && b[i] == closer {
+				i, ok = i+1, true
+				break
+			}
+			open = append(open, closer)
+			if c == '{' {
+				if i, ok = scanKey(b, i); !ok {
+					return 0, false
+				}
+			}
+			continue // to the container's first value
+		case '"':
+			i, _, ok = scanString(b, i)
+		default:
+			i, ok = scanLiteral(b, i)
+		}
+		if !ok {
+			return 0, false
+		}
+		// Past a value: close containers until one goes on.
+		for {
+			if len(open) == 0 {
+				return i, true
+			}
+			if i = skipSpace(b, i); i >= len(b) {
+				return 0, false
+			}
+			closer := open[len(open)-1]
+			if b[i] == closer {
+				open = open[:len(open)-1]
+				i++
+				continue
+			}
+			if b[i] != ',' {
+				return 0, false
+			}
+			i = skipSpace(b, i+1)
+			if closer == '}' {
+				if i, ok = scanKey(b, i); !ok {
+					return 0, false
+				}
+			}
+			break
+		}
+	}
+}
+
+// scanKey checks the `"key" :` at b[i] and returns the index of the value
+// after it.
+func scanKey[T text](b T, i int) (int, bool) {
+	if i >= len(b) || b[i] != '"' {
+		return 0, false
+	}
+	end, _, ok := scanString(b, i)
+	if !ok {
+		return 0, false
+	}
+	if i = skipSpace(b, end); i >= len(b) || b[i] != ':' {
+		return 0, false
+	}
+	return skipSpace(b, i+1), true
 }
 
 func scanWord[T text](b T, i int, w string) (int, bool) {
@@ -157,9 +247,9 @@ type member struct {
 	parent int
 }
 
-// scanObject checks the object at b[i] and, when members is not nil,
-// appends its members to it, with parent as their parent, and those of
-// objects nested in it down to levels objects deep in all.
+// scanObject checks the object at b[i], depth containers deep, and appends
+// its members to members, with parent as their parent, and those of objects
+// nested in it down to levels objects deep in all.
 func scanObject[T text](b T, i, depth int, members *[]member, parent, levels int) (int, bool) {
 	if depth > maxDepth {
 		return 0, false
@@ -182,15 +272,12 @@ func scanObject[T text](b T, i, depth int, members *[]member, parent, levels int
 			return 0, false
 		}
 		m.start = skipSpace(b, i+1)
-		switch {
-		case members == nil:
-			m.end, ok = scanValue(b, m.start, depth)
-		case levels > 1 && m.start < len(b) && b[m.start] == '{':
+		if levels > 1 && m.start < len(b) && b[m.start] == '{' {
 			k := len(*members)
 			*members = append(*members, m)
 			m.end, ok = scanObject(b, m.start, depth+1, members, k, levels-1)
 			(*members)[k].end = m.end
-		default:
+		} else {
 			m.end, ok = scanValue(b, m.start, depth)
 			*members = append(*members, m)
 		}
@@ -212,8 +299,8 @@ func scanObject[T text](b T, i, depth int, members *[]member, parent, levels int
 	}
 }
 
-// scanArray checks the array at b[i] and, when elems is not nil, appends
-// the spans of its elements to it.
+// scanArray checks the array at b[i], depth containers deep, and appends
+// the spans of its elements to elems.
 func scanArray[T text](b T, i, depth int, elems *[][2]int) (int, bool) {
 	if depth > maxDepth {
 		return 0, false
@@ -228,9 +315,7 @@ func scanArray[T text](b T, i, depth int, elems *[][2]int) (int, bool) {
 		if !ok {
 			return 0, false
 		}
-		if elems != nil {
-			*elems = append(*elems, [2]int{start, end})
-		}
+		*elems = append(*elems, [2]int{start, end})
 		i = skipSpace(b, end)
 		if i >= len(b) {
 			return 0, false
@@ -244,4 +329,62 @@ func scanArray[T text](b T, i, depth int, elems *[][2]int) (int, bool) {
 			return 0, false
 		}
 	}
+}
+
+// unquote decodes the JSON string s (quotes included), which the scanner
+// accepted, as encoding/json does: escapes resolved, invalid UTF-8 and
+// unpaired surrogates each replaced by U+FFFD.
+func unquote(s string) string {
+	s = s[1 : len(s)-1]
+	var b strings.Builder
+	b.Grow(len(s))
+	for i := 0; i < len(s); {
+		switch c := s[i]; {
+		case c == '\\' && s[i+1] == 'u':
+			r := hex4(s[i+2 : i+6])
+			i += 6
+			if utf16.IsSurrogate(r) {
+				r2 := rune(-1)
+				if len(s)-i >= 6 && s[i] == '\\' && s[i+1] == 'u' {
+					r2 = hex4(s[i+2 : i+6])
+				}
+				if r = utf16.DecodeRune(r, r2); r != utf8.RuneError {
+					i += 6 // the pair's second half
+				}
+			}
+			b.WriteRune(r)
+		case c == '\\':
+			b.WriteByte(unescape[s[i+1]])
+			i += 2
+		case c < utf8.RuneSelf:
+			b.WriteByte(c)
+			i++
+		default:
+			r, n := utf8.DecodeRuneInString(s[i:])
+			b.WriteRune(r)
+			i += n
+		}
+	}
+	return b.String()
+}
+
+// unescape maps the byte after a backslash to the byte it stands for.
+var unescape = [256]byte{'"': '"', '\\': '\\', '/': '/', 'b': '\b', 'f': '\f', 'n': '\n', 'r': '\r', 't': '\t'}
+
+// hex4 reads four hex digits the scanner checked.
+func hex4(s string) rune {
+	var r rune
+	for i := range 4 {
+		c := rune(s[i])
+		switch {
+		case c <= '9':
+			c -= '0'
+		case c >= 'a':
+			c -= 'a' - 10
+		default:
+			c -= 'A' - 10
+		}
+		r = r<<4 | c
+	}
+	return r
 }

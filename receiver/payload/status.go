@@ -3,7 +3,7 @@ package payload
 import "strings"
 
 // statusWords maps every accepted status word (lower case) to its FHIR R4
-// AppointmentStatus code (DESIGN §5, status reference).
+// AppointmentStatus code (architecture.md, "The request's path", status reference).
 var statusWords = map[string]string{
 	"proposed":         "proposed",
 	"pending":          "pending",

@@ -18,10 +18,57 @@ type Delivery struct {
 	ReceivedAt time.Time
 	BodySHA256 [32]byte
 	ItemCount  int
-	// Outcome is a short word: "stored", "rejected", "quarantined", "error".
-	Outcome    string
+	Outcome    Outcome
 	StatusCode int
 }
+
+// Outcome is what a request to the webhook came to, in one word: the
+// receiver's log line ("outcome") and webhook_deliveries.outcome carry it.
+// The words are stored and grepped for: add new ones, never rename one.
+// docs/operations.md lists the same words.
+type Outcome string
+
+// The outcomes, in the order of the checks (docs/architecture.md, "The
+// request's path"), with the status each is answered with. The first four
+// come before the API key matches: the caller may be anyone, so they are only
+// logged; every other one is also a row of webhook_deliveries.
+const (
+	// OutcomeNotFound: the path is not this EHR's sync route. 404.
+	OutcomeNotFound Outcome = "not_found"
+	// OutcomeMethodNotAllowed: the method is not POST. 405.
+	OutcomeMethodNotAllowed Outcome = "method_not_allowed"
+	// OutcomeUnsupportedMediaType: the Content-Type is not application/json. 415.
+	OutcomeUnsupportedMediaType Outcome = "unsupported_media_type"
+	// OutcomeUnauthorized: X-API-Key is missing or wrong. 401.
+	OutcomeUnauthorized Outcome = "unauthorized"
+
+	// OutcomeRateLimited: over the EHR's request rate. 429 with Retry-After.
+	OutcomeRateLimited Outcome = "rate_limited"
+	// OutcomeTooLarge: the body is over the byte limit. 413.
+	OutcomeTooLarge Outcome = "too_large"
+	// OutcomeUnreadable: reading the body failed (the sender hung up). 400.
+	OutcomeUnreadable Outcome = "unreadable"
+	// OutcomeBadSignature: X-Webhook-Signature is malformed or does not
+	// match the body. 401.
+	OutcomeBadSignature Outcome = "bad_signature"
+	// OutcomeInvalidBody: the body is not a batch: malformed JSON (400), too
+	// many entries (413) or neither accepted form (422).
+	OutcomeInvalidBody Outcome = "invalid_body"
+	// OutcomeRejected: some entries are invalid under onInvalid: Reject;
+	// nothing was stored. 422.
+	OutcomeRejected Outcome = "rejected"
+	// OutcomeStored: every entry was valid and the batch committed. 200.
+	OutcomeStored Outcome = "stored"
+	// OutcomeQuarantined: under onInvalid: Quarantine, the valid entries
+	// committed and the invalid ones are in quarantined_entries. 200.
+	OutcomeQuarantined Outcome = "quarantined"
+	// OutcomeUnavailable: the database could not be reached (IsUnavailable);
+	// nothing was stored. 503 with Retry-After.
+	OutcomeUnavailable Outcome = "unavailable"
+	// OutcomeError: the database failed the batch for any other reason;
+	// nothing was stored. 500.
+	OutcomeError Outcome = "error"
+)
 
 // Quarantined is an invalid entry kept under onInvalid: Quarantine.
 type Quarantined struct {
@@ -54,7 +101,7 @@ type Result struct {
 //
 //	Open(ctx context.Context, databaseURL string) (*Store, error)
 //	    sets up the pool (sqlx + lib/pq, sized for the batcher) and starts the
-//	    batcher; does not contact the database (Ready tells when it answers)
+//	    batcher; does not contact the database (Ping tells when it answers)
 //	    and does not migrate. A URL without connect_timeout gets 10s.
 //	(*Store).Migrate(ctx context.Context) error
 //	    applies the embedded goose migrations under a Postgres advisory lock.
@@ -66,6 +113,8 @@ type Result struct {
 //	    the same transaction and history rows refer to it.
 //	(*Store).RecordDelivery(ctx context.Context, d Delivery) error
 //	    logs an authenticated request that was answered with an error.
+//	(*Store).Ping(ctx context.Context) error
+//	    nil when the database answers (the receiver's database monitor).
 //	(*Store).Ready(ctx context.Context) error
 //	    nil when the database answers and every migration is applied.
 //	(*Store).Close() error

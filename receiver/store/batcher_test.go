@@ -65,10 +65,10 @@ func TestWriteConcurrentOverlapping(t *testing.T) {
 		WHERE h.ehr = a.ehr AND h.appointment_external_id = a.external_id ORDER BY h.id DESC LIMIT 1)`); n != 0 {
 		t.Errorf("%d appointments differ from their latest history row", n)
 	}
-	if n := s.retries.Load(); n != 0 {
-		t.Errorf("%d deadlock or serialization retries, want none (the lock order is fixed)", n)
+	t.Logf("%d requests in %d transactions", writers*rounds, transactions(t, db))
+	if n := deadlocks(t, s, db); n != 0 {
+		t.Errorf("%d deadlocks, want none (the lock order is fixed)", n)
 	}
-	t.Logf("%d requests in %d transactions", writers*rounds, s.commits.Load())
 }
 
 // Many single-entry requests at once share transactions.
@@ -88,10 +88,11 @@ func TestWriteRequestsShareTransactions(t *testing.T) {
 	if n := count(t, db, `SELECT count(*) FROM appointments`); n != requests {
 		t.Errorf("%d appointments, want %d", n, requests)
 	}
-	if c := s.commits.Load(); c >= requests {
+	c := transactions(t, db)
+	if c >= requests {
 		t.Errorf("%d transactions for %d concurrent requests: the batcher did not group them", c, requests)
 	}
-	t.Logf("%d requests in %d transactions", requests, s.commits.Load())
+	t.Logf("%d requests in %d transactions", requests, c)
 }
 
 // A request whose rows fail its group's statement fails alone: the group is
@@ -141,7 +142,7 @@ func TestWriteFailingRequestDoesNotFailNeighbours(t *testing.T) {
 	if n := count(t, db, `SELECT count(*) FROM patients WHERE last_name = 'Secretname'`); n != 0 {
 		t.Error("the failed request left its patient row")
 	}
-	if c := s.commits.Load(); c != 2 {
+	if c := transactions(t, db); c != 2 {
 		t.Errorf("%d transactions committed, want 2 (each neighbour alone, after the group failed)", c)
 	}
 }
@@ -252,8 +253,8 @@ func TestWriteLargeBatchesBesideSmallOnes(t *testing.T) {
 	if n, want := count(t, db, `SELECT count(*) FROM appointments`), 4*large+8*10; n != want {
 		t.Errorf("%d appointments stored, want %d", n, want)
 	}
-	if n := s.retries.Load(); n != 0 {
-		t.Errorf("%d deadlock or serialization retries, want none (the lock order is fixed)", n)
+	if n := deadlocks(t, s, db); n != 0 {
+		t.Errorf("%d deadlocks, want none (the lock order is fixed)", n)
 	}
 }
 
@@ -282,7 +283,7 @@ func TestGroupAdd(t *testing.T) {
 		{req("nexus"), true},                    // quarantined entries only
 	} {
 		if got := g.add(step.r); got != step.want {
-			t.Errorf("add(%v): %v, want %v", step.r.p.rows, got, step.want)
+			t.Errorf("add(%v): %v, want %v", step.r.p.ids, got, step.want)
 		}
 	}
 	if len(g.reqs) != 3 || g.entries != 3 {
@@ -347,7 +348,7 @@ func TestWorkCarriesOverlappingRequestToNextGroup(t *testing.T) {
 			t.Errorf("request %d: %+v, %v; want one written", i, o.res, o.err)
 		}
 	}
-	if c := w.commits.Load(); c != 2 {
+	if c := transactions(t, db); c != 2 {
 		t.Errorf("%d statements, want 2 (v1 alone, then v2 with apt-2)", c)
 	}
 	if got := getAppointment(t, db, "apt-1").Status; got != "cancelled" {
@@ -377,7 +378,7 @@ func TestWriteGroupDeliveryIDs(t *testing.T) {
 		group = append(group, queued(t, b))
 	}
 	s.commit(group)
-	if c := s.commits.Load(); c != 1 {
+	if c := transactions(t, db); c != 1 {
 		t.Fatalf("%d statements, want 1 for the group", c)
 	}
 	for i, r := range group {

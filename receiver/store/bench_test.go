@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql/driver"
 	"fmt"
 	"sync/atomic"
 	"testing"
@@ -33,7 +34,7 @@ func BenchmarkWrite(b *testing.B) {
 // BenchmarkWriteParallelSingles sends one-entry requests from many
 // goroutines, as most EHRs do: the batcher's case.
 func BenchmarkWriteParallelSingles(b *testing.B) {
-	s, _ := newStore(b)
+	s, db := newStore(b)
 	ctx := context.Background()
 	var n atomic.Int64
 	b.SetParallelism(32)
@@ -50,5 +51,43 @@ func BenchmarkWriteParallelSingles(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "requests/s")
-	b.ReportMetric(float64(b.N)/float64(s.commits.Load()), "requests/tx")
+	b.ReportMetric(float64(b.N)/float64(transactions(b, db)), "requests/tx")
+}
+
+// BenchmarkWriteLayout is the receiver's own part of a write, without the
+// database: hashing the entries and laying a group's requests out as the
+// statement's arguments, in their wire form. Groups of 8 one-entry
+// requests and one 100-entry request.
+func BenchmarkWriteLayout(b *testing.B) {
+	for _, c := range []struct{ requests, entries int }{{8, 1}, {1, 100}} {
+		b.Run(fmt.Sprintf("%dx%d", c.requests, c.entries), func(b *testing.B) {
+			batches := make([]Batch, c.requests)
+			for r := range batches {
+				entries := make([]payload.Entry, c.entries)
+				for i := range entries {
+					entries[i] = specEntry()
+					entries[i].Appointment.ID = fmt.Sprintf("apt-%d-%d", r, i)
+				}
+				batches[r] = batch(entries...)
+			}
+			for b.Loop() {
+				group := make([]*prepared, len(batches))
+				for i, bt := range batches {
+					p, err := prepare(bt)
+					if err != nil {
+						b.Fatal(err)
+					}
+					group[i] = p
+				}
+				for _, a := range writeArgs(group) {
+					if v, ok := a.(driver.Valuer); ok {
+						if _, err := v.Value(); err != nil {
+							b.Fatal(err)
+						}
+					}
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*c.requests*c.entries), "ns/entry")
+		})
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"net/url"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -40,7 +41,14 @@ func newStore(t testing.TB) (*Store, *sqlx.DB) {
 
 func openStore(t testing.TB, u string) (*Store, *sqlx.DB) {
 	t.Helper()
-	s, err := Open(context.Background(), u)
+	su, err := url.Parse(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := su.Query()
+	q.Set("application_name", storeSessions) // see deadlocks
+	su.RawQuery = q.Encode()
+	s, err := Open(context.Background(), su.String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -252,4 +260,37 @@ func queued(t testing.TB, b Batch) *request {
 		t.Fatal(err)
 	}
 	return &request{ctx: context.Background(), p: p, done: make(chan outcome, 1)}
+}
+
+// transactions is how many transactions wrote delivery rows: a write
+// statement is one transaction and writes a delivery row per request, so
+// in a database only Write wrote to, it is the number of statements
+// committed (xmin is the inserting transaction's id).
+func transactions(t testing.TB, db *sqlx.DB) int {
+	t.Helper()
+	return count(t, db, `SELECT count(DISTINCT xmin::text) FROM webhook_deliveries`)
+}
+
+// storeSessions is the application_name of a test store's sessions.
+const storeSessions = "store-under-test"
+
+// deadlocks closes s and returns how many deadlocks PostgreSQL detected in
+// its database. A session reports its statistics at the latest when it
+// ends, before it leaves pg_stat_activity, so this waits for the store's
+// sessions to leave. Every deadlock is a statement the store runs again
+// (serialization failures, its other retried error, cannot happen at READ
+// COMMITTED).
+func deadlocks(t testing.TB, s *Store, db *sqlx.DB) int {
+	t.Helper()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(time.Minute); count(t, db, `SELECT count(*) FROM pg_stat_activity
+		WHERE datname = current_database() AND application_name = $1`, storeSessions) > 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the store's sessions did not end after Close")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return count(t, db, `SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()`)
 }

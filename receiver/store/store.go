@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/url"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -25,7 +24,7 @@ const (
 	// txTimeout bounds one shared transaction: a database that does not
 	// answer fails its callers with context.DeadlineExceeded (unavailable).
 	txTimeout = 15 * time.Second
-	// Besides the workers: RecordDelivery, Ready, Migrate.
+	// Besides the workers: RecordDelivery, Ping, Migrate.
 	maxConns = workers + 4
 	// defaultConnectTimeout applies unless the URL sets connect_timeout.
 	defaultConnectTimeout = 10 * time.Second
@@ -45,14 +44,11 @@ type Store struct {
 	closed bool
 	queue  chan *request
 	wg     sync.WaitGroup
-
-	commits atomic.Int64 // shared transactions committed (tests check that requests share them)
-	retries atomic.Int64 // statements run again after a deadlock or serialization failure
 }
 
 // Open sets up the pool for databaseURL (a postgres:// URL) and starts the
-// batcher. It does not contact the database: a receiver starts while the
-// database is down and Ready tells when it can serve. It does not migrate.
+// batcher. It does not contact the database, so a receiver starts while the
+// database is down. It does not migrate.
 func Open(ctx context.Context, databaseURL string) (*Store, error) {
 	cfg, err := pq.NewConfig(databaseURL)
 	if err != nil {
@@ -70,11 +66,12 @@ func Open(ctx context.Context, databaseURL string) (*Store, error) {
 		cfg.ConnectTimeout = defaultConnectTimeout
 	}
 	// A generic plan of the write statement: planning it per call (a custom
-	// plan) took 3.6 ms of an 8.4 ms statement at 100 entries, and its plan
-	// does not depend on the arrays' sizes (OFFSET 0 pins the history check
-	// to an index probe; the rest is inserts and sorts). Forced rather than
-	// left to plan_cache_mode = auto, which may keep custom plans when small
-	// groups make them look cheap. Set at connection start: no round trip.
+	// plan) costs a large part of the statement (docs/performance.md), and
+	// its plan does not depend on the arrays' sizes (OFFSET 0 pins the
+	// history check to an index probe; the rest is inserts and sorts).
+	// Forced rather than left to plan_cache_mode = auto, which may keep
+	// custom plans when small groups make them look cheap. Set at
+	// connection start: no round trip.
 	if cfg.Runtime == nil {
 		cfg.Runtime = map[string]string{}
 	}
@@ -109,6 +106,11 @@ func (s *Store) Migrate(ctx context.Context) error {
 	return nil
 }
 
+// Ping is nil when the database answers; it says nothing of the schema.
+func (s *Store) Ping(ctx context.Context) error {
+	return wrap("Ping", s.db.PingContext(ctx))
+}
+
 // Ready is nil when the database answers and every migration is applied.
 func (s *Store) Ready(ctx context.Context) error {
 	if err := s.db.PingContext(ctx); err != nil {
@@ -126,10 +128,9 @@ func (s *Store) RecordDelivery(ctx context.Context, d Delivery) error {
 	if err := d.check(); err != nil {
 		return fmt.Errorf("RecordDelivery: %w", err)
 	}
-	_, err := s.db.ExecContext(ctx, `
-		INSERT INTO webhook_deliveries (ehr, request_id, received_at, body_sha256, item_count, outcome, status_code)
-		VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-		d.EHR, d.RequestID, d.ReceivedAt, d.BodySHA256[:], d.ItemCount, d.Outcome, d.StatusCode)
+	p := &prepared{deliveryRow: deliveryArrays.encode([]Delivery{d}, 128)}
+	args := appendArrays([]any{d.EHR}, []*prepared{p}, len(deliveryArrays.names), func(p *prepared) *elements { return &p.deliveryRow })
+	_, err := s.db.ExecContext(ctx, recordSQL, args...)
 	return wrap("RecordDelivery", err)
 }
 

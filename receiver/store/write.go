@@ -2,16 +2,11 @@ package store
 
 import (
 	"cmp"
-	"database/sql"
-	"database/sql/driver"
 	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
-	"time"
-
-	"github.com/lib/pq"
 
 	"github.com/insighthealth/ehr-operator/receiver/payload"
 )
@@ -19,7 +14,8 @@ import (
 // writeSQL stores a group of requests in one statement, and so in one
 // round trip and one implicit transaction (DESIGN §6: the batcher's shared
 // transaction). It returns, per request in group order, the appointments
-// written and the entries quarantined.
+// written and the entries quarantined. Its column lists come from
+// columns.go; testdata/write.sql is the statement as built.
 //
 //   - A delivery row per request. The rows are inserted in request order,
 //     so their identity values ascend in that order and the n-th smallest
@@ -55,12 +51,12 @@ import (
 // this statement already holds) and in ascending key order within each
 // table. Two such statements can never wait for each other in a cycle, so
 // no advisory locks are needed.
-const writeSQL = `
+const writeTemplate = `
 WITH delivery AS (
-    INSERT INTO webhook_deliveries (ehr, request_id, received_at, body_sha256, item_count, outcome, status_code)
-    SELECT $1, request_id, received_at, body_sha256, item_count, outcome, status_code
-    FROM unnest($2::text[], $3::timestamptz[], $4::bytea[], $5::integer[], $6::text[], $7::integer[])
-        WITH ORDINALITY AS d(request_id, received_at, body_sha256, item_count, outcome, status_code, req)
+    INSERT INTO webhook_deliveries (ehr, {{delivery}})
+    SELECT $1, {{delivery}}
+    FROM unnest({{delivery params}})
+        WITH ORDINALITY AS d({{delivery}}, req)
     ORDER BY req
     RETURNING id
 ), delivery_in AS (
@@ -68,82 +64,40 @@ WITH delivery AS (
 ), entry AS (
     SELECT u.*, d.delivery_id
     FROM unnest(
-        $8::integer[], $9::text[], $10::bytea[], $11::text[], $12::text[], $13::text[], $14::text[],
-        $15::timestamptz[], $16::date[], $17::timestamptz[], $18::text[], $19::integer[],
-        $20::text[], $21::text[], $22::text[], $23::text[], $24::text[], $25::text[],
-        $26::text[], $27::text[], $28::text[], $29::date[], $30::text[], $31::text[], $32::text[],
-        $33::text[], $34::text[]
+        {{entry req}}, {{entry params}}
     ) WITH ORDINALITY AS u(
-        req, id, content_hash, patient_id, practitioner_id, status, status_raw,
-        start_time, start_date, created_time, type, duration_minutes,
-        reason, notes, location_name, encounter_id, encounter_reason, department_id,
-        pat_first_name, pat_middle_name, pat_last_name, pat_birth_date, pat_gender, pat_phone, pat_email,
-        pra_first_name, pra_last_name,
+        req, {{entry}},
         ord
     )
     JOIN delivery_in d ON d.req = u.req
     WHERE NOT EXISTS (
         SELECT 1 FROM appointment_history h
-        WHERE h.ehr = $1 AND h.appointment_external_id = u.id AND h.content_hash = u.content_hash
+        WHERE h.ehr = $1 AND h.appointment_external_id = u.{{appointments key}} AND h.content_hash = u.content_hash
         OFFSET 0
     )
-), patient AS (
-    INSERT INTO patients AS p (ehr, external_id, first_name, middle_name, last_name, birth_date, gender, phone, email)
-    SELECT DISTINCT ON (patient_id)
-        $1, patient_id, pat_first_name, pat_middle_name, pat_last_name, pat_birth_date, pat_gender, pat_phone, pat_email
-    FROM entry
-    ORDER BY patient_id, ord DESC
-    ON CONFLICT (ehr, external_id) DO UPDATE SET
-        first_name = EXCLUDED.first_name, middle_name = EXCLUDED.middle_name, last_name = EXCLUDED.last_name,
-        birth_date = EXCLUDED.birth_date, gender = EXCLUDED.gender, phone = EXCLUDED.phone, email = EXCLUDED.email,
-        updated_at = now()
-    WHERE (p.first_name, p.middle_name, p.last_name, p.birth_date, p.gender, p.phone, p.email)
-        IS DISTINCT FROM (EXCLUDED.first_name, EXCLUDED.middle_name, EXCLUDED.last_name,
-        EXCLUDED.birth_date, EXCLUDED.gender, EXCLUDED.phone, EXCLUDED.email)
-    RETURNING 1
-), practitioner AS (
-    INSERT INTO practitioners AS r (ehr, external_id, first_name, last_name)
-    SELECT DISTINCT ON (practitioner_id) $1, practitioner_id, pra_first_name, pra_last_name
-    FROM entry
-    ORDER BY practitioner_id, ord DESC
-    ON CONFLICT (ehr, external_id) DO UPDATE SET
-        first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name, updated_at = now()
-    WHERE (r.first_name, r.last_name) IS DISTINCT FROM (EXCLUDED.first_name, EXCLUDED.last_name)
-    RETURNING 1
-), appointment AS (
+){{patient}}{{practitioner}}, appointment AS (
     INSERT INTO appointments AS a (
-        ehr, external_id, patient_external_id, practitioner_external_id, status, status_raw,
-        start_time, start_date, created_time, type, duration_minutes, reason, notes,
-        location_name, encounter_id, encounter_reason, department_id, content_hash, delivery_id)
+        ehr, {{appointments columns}}, delivery_id)
     SELECT
-        $1, id, patient_id, practitioner_id, status, status_raw,
-        start_time, start_date, created_time, type, duration_minutes, reason, notes,
-        location_name, encounter_id, encounter_reason, department_id, content_hash, delivery_id
+        $1, {{appointments arrays}}, delivery_id
     FROM entry
     WHERE (SELECT count(*) FROM patient) >= 0 AND (SELECT count(*) FROM practitioner) >= 0
-    ORDER BY id
+    ORDER BY {{appointments key}}
     ON CONFLICT (ehr, external_id) DO UPDATE SET
-        patient_external_id = EXCLUDED.patient_external_id,
-        practitioner_external_id = EXCLUDED.practitioner_external_id,
-        status = EXCLUDED.status, status_raw = EXCLUDED.status_raw,
-        start_time = EXCLUDED.start_time, start_date = EXCLUDED.start_date, created_time = EXCLUDED.created_time,
-        type = EXCLUDED.type, duration_minutes = EXCLUDED.duration_minutes,
-        reason = EXCLUDED.reason, notes = EXCLUDED.notes, location_name = EXCLUDED.location_name,
-        encounter_id = EXCLUDED.encounter_id, encounter_reason = EXCLUDED.encounter_reason,
-        department_id = EXCLUDED.department_id, content_hash = EXCLUDED.content_hash,
+        {{appointments set}},
         delivery_id = EXCLUDED.delivery_id, updated_at = now()
     WHERE a.content_hash <> EXCLUDED.content_hash
-    RETURNING external_id, status, start_time, content_hash, delivery_id
+    RETURNING {{history arrays}}
 ), history AS (
-    INSERT INTO appointment_history (ehr, appointment_external_id, status, start_time, content_hash, delivery_id)
-    SELECT $1, external_id, status, start_time, content_hash, delivery_id
+    INSERT INTO appointment_history (ehr, {{history columns}})
+    SELECT $1, {{history arrays}}
     FROM appointment
-    ORDER BY external_id
+    ORDER BY {{history key}}
     ON CONFLICT DO NOTHING
 ), quarantine AS (
-    INSERT INTO quarantined_entries (ehr, delivery_id, entry_index, raw, errors)
-    SELECT $1, d.delivery_id, q.entry_index, q.raw, q.errors
-    FROM unnest($35::integer[], $36::integer[], $37::bytea[], $38::jsonb[]) AS q(req, entry_index, raw, errors)
+    INSERT INTO quarantined_entries (ehr, delivery_id, {{quarantine}})
+    SELECT $1, d.delivery_id, {{q.quarantine}}
+    FROM unnest({{quarantine req}}, {{quarantine params}}) AS q(req, {{quarantine}})
     JOIN delivery_in d ON d.req = q.req
     RETURNING delivery_id
 )
@@ -154,34 +108,151 @@ FROM delivery_in d
 ORDER BY d.req
 `
 
-// prepared is one request turned into rows of the statement's arrays.
-// Built in the caller's goroutine, so hashing runs in parallel outside the
-// batcher.
+// snapshotTemplate is the patient and the practitioner upsert: one row
+// per patient (practitioner), the latest entry's.
+const snapshotTemplate = `, {{cte}} AS (
+    INSERT INTO {{table}} AS {{alias}} (ehr, {{columns}})
+    SELECT DISTINCT ON ({{key}})
+        $1, {{arrays}}
+    FROM entry
+    ORDER BY {{key}}, ord DESC
+    ON CONFLICT (ehr, external_id) DO UPDATE SET
+        {{set}},
+        updated_at = now()
+    WHERE ({{alias.values}})
+        IS DISTINCT FROM ({{EXCLUDED.values}})
+    RETURNING 1
+)`
+
+// recordTemplate is RecordDelivery's statement: one delivery row.
+const recordTemplate = `
+INSERT INTO webhook_deliveries (ehr, {{delivery}})
+SELECT $1, {{delivery}}
+FROM unnest({{delivery params}}) AS d({{delivery}})
+`
+
+var (
+	writeSQL  = fill(writeTemplate, writeVars())
+	recordSQL = fill(recordTemplate, writeVars())
+)
+
+// writeVars are the templates' {{names}}. The arguments are writeArgs':
+// the EHR, then the deliveries' arrays, the entries' request ordinals and
+// arrays, the quarantined entries' ordinals and arrays.
+func writeVars() map[string]string {
+	v := map[string]string{}
+	n := 2 // $1 is the EHR
+	addArrays := func(name string, names, types []string, req bool) {
+		if req {
+			v[name+" req"] = "$" + strconv.Itoa(n) + "::integer[]"
+			n++
+		}
+		ps := make([]string, len(types))
+		for i, t := range types {
+			ps[i] = "$" + strconv.Itoa(n) + "::" + t + "[]"
+			n++
+		}
+		v[name], v[name+" params"], v["q."+name] = list(names), list(ps), list(qualify("q", names))
+	}
+	addArrays("delivery", deliveryArrays.names, deliveryArrays.types, false)
+	addArrays("entry", entryArrays.names, entryArrays.types, true)
+	addArrays("quarantine", quarantineArrays.names, quarantineArrays.types, true)
+	for name, t := range map[string]Table{"appointments": appointments, "history": history} {
+		v[name+" columns"], v[name+" arrays"], v[name+" key"] = list(t.Columns()), list(t.Arrays()), t.Key()
+		v[name+" set"] = list(set(t.Values()))
+	}
+	for _, s := range []struct {
+		cte, alias string
+		t          Table
+	}{{"patient", "p", patients}, {"practitioner", "r", practitioners}} {
+		v[s.cte] = fill(snapshotTemplate, map[string]string{
+			"cte": s.cte, "table": s.t.name, "alias": s.alias,
+			"columns": list(s.t.Columns()), "arrays": list(s.t.Arrays()), "key": s.t.Key(),
+			"set":             list(set(s.t.Values())),
+			"alias.values":    list(qualify(s.alias, s.t.Values())),
+			"EXCLUDED.values": list(qualify("EXCLUDED", s.t.Values())),
+		})
+	}
+	return v
+}
+
+// fill replaces each {{name}} in src by vars[name]; a name without a value
+// is a mistake in this file, caught when the package starts.
+func fill(src string, vars map[string]string) string {
+	var b strings.Builder
+	for {
+		i := strings.Index(src, "{{")
+		if i < 0 {
+			b.WriteString(src)
+			return b.String()
+		}
+		j := strings.Index(src[i:], "}}")
+		if j < 0 {
+			panic("store: unterminated {{ in a statement template")
+		}
+		val, ok := vars[src[i+2:i+j]]
+		if !ok {
+			panic("store: no value for " + src[i:i+j+2] + " in a statement template")
+		}
+		b.WriteString(src[:i])
+		b.WriteString(val)
+		src = src[i+j+2:]
+	}
+}
+
+func set(cols []string) []string {
+	out := make([]string, len(cols))
+	for i, c := range cols {
+		out[i] = c + " = EXCLUDED." + c
+	}
+	return out
+}
+
+func qualify(alias string, cols []string) []string {
+	out := make([]string, len(cols))
+	for i, c := range cols {
+		out[i] = alias + "." + c
+	}
+	return out
+}
+
+// list joins items with commas, starting a new, indented line before one
+// would pass 100 columns, so the statement stays readable.
+func list(items []string) string {
+	const width, indent = 100, "        "
+	var b strings.Builder
+	col := len(indent)
+	for i, it := range items {
+		if i > 0 {
+			b.WriteByte(',')
+			if col+2+len(it) > width {
+				b.WriteString("\n" + indent)
+				col = len(indent)
+			} else {
+				b.WriteByte(' ')
+				col += 2
+			}
+		}
+		b.WriteString(it)
+		col += len(it)
+	}
+	return b.String()
+}
+
+// prepared is one request laid out as rows of the statement's arrays.
+// Built in the caller's goroutine, so hashing and encoding run in parallel
+// outside the batcher.
 type prepared struct {
 	delivery    Delivery
-	rows        []entryRow // deduped (last wins), sorted by appointment id
-	quarantined []quarantineRow
-	entries     int // len(Batch.Entries): written + duplicates
-}
+	ids         []string // the appointments written: deduped (last wins), sorted
+	entries     int      // len(Batch.Entries): written + duplicates
+	quarantined int
 
-type entryRow struct {
-	id, patientID, practitionerID, status, statusRaw, typ string
-	hash                                                  []byte
-	start, startDate, created, birth                      string
-	reason, notes, location, encID, encReason, dept       sql.NullString
-	duration                                              sql.NullInt64
-	patFirst, patLast, gender, praFirst, praLast          string
-	middle, phone, email                                  sql.NullString
-}
-
-type quarantineRow struct {
-	index  int64
-	raw    []byte
-	errors string // JSON
+	deliveryRow, entryRows, quarantineRows elements
 }
 
 // prepare dedupes appointments (the last entry wins, DESIGN §6), sorts them
-// by id and hashes each.
+// by id, hashes each and lays the request out for writeArgs.
 func prepare(b Batch) (*prepared, error) {
 	d := b.Delivery
 	if err := d.check(); err != nil {
@@ -200,23 +271,11 @@ func prepare(b Batch) (*prepared, error) {
 	})
 
 	rows := make([]entryRow, len(idx))
+	ids := make([]string, len(idx))
 	for k, i := range idx {
-		e := b.Entries[i]
-		a, p, r := e.Appointment, e.Patient, e.Practitioner
-		h := ContentHash(e)
-		rows[k] = entryRow{
-			id: a.ID, patientID: p.ID, practitionerID: r.ID,
-			status: a.Status, statusRaw: a.StatusRaw, typ: a.Type,
-			hash:  h[:],
-			start: timestamp(a.Start), startDate: date(a.StartDate), created: timestamp(a.Created), birth: date(p.BirthDate),
-			reason: nullString(a.Reason), notes: nullString(a.Notes),
-			location: nullString(e.LocationName), encID: nullString(e.EncounterID),
-			encReason: nullString(e.EncounterReason), dept: nullString(e.DepartmentID),
-			duration: nullInt(a.DurationMinutes),
-			patFirst: p.FirstName, patLast: p.LastName, gender: p.Gender,
-			praFirst: r.FirstName, praLast: r.LastName,
-			middle: nullString(p.MiddleName), phone: nullString(p.Phone), email: nullString(p.Email),
-		}
+		e := &b.Entries[i]
+		rows[k] = entryRow{Entry: e, hash: ContentHash(*e)}
+		ids[k] = e.Appointment.ID
 	}
 
 	quarantined := make([]quarantineRow, len(b.Quarantined))
@@ -235,165 +294,67 @@ func prepare(b Batch) (*prepared, error) {
 		}
 		quarantined[i] = quarantineRow{index: int64(q.Index), raw: raw, errors: string(j)}
 	}
-	return &prepared{delivery: d, rows: rows, quarantined: quarantined, entries: len(b.Entries)}, nil
+	return &prepared{
+		delivery: d, ids: ids, entries: len(b.Entries), quarantined: len(quarantined),
+		deliveryRow:    deliveryArrays.encode([]Delivery{d}, 128),
+		entryRows:      entryArrays.encode(rows, 512),
+		quarantineRows: quarantineArrays.encode(quarantined, 256),
+	}, nil
 }
 
-// writeArgs lays a group's requests out as writeSQL's arguments. Every
-// request must be for the same EHR.
+// writeArgs lays a group's requests out as writeSQL's arguments, each array
+// the text of an array literal. Every request must be for the same EHR.
 func writeArgs(group []*prepared) []any {
-	var (
-		nRows, nQuar int
-	)
-	for _, p := range group {
-		nRows += len(p.rows)
-		nQuar += len(p.quarantined)
-	}
-	g := len(group)
-	var (
-		dReqID, dReceived, dOutcome = make([]string, 0, g), make([]string, 0, g), make([]string, 0, g)
-		dSHA                        = make([][]byte, 0, g)
-		dItems, dStatus             = make([]int64, 0, g), make([]int64, 0, g)
-
-		req                                             = make([]int64, 0, nRows)
-		ids, patIDs, praIDs, status, statusRaw, typ     = make([]string, 0, nRows), make([]string, 0, nRows), make([]string, 0, nRows), make([]string, 0, nRows), make([]string, 0, nRows), make([]string, 0, nRows)
-		start, startDate, created, birth                = make([]string, 0, nRows), make([]string, 0, nRows), make([]string, 0, nRows), make([]string, 0, nRows)
-		patFirst, patLast, gender, praFirst, praLast    = make([]string, 0, nRows), make([]string, 0, nRows), make([]string, 0, nRows), make([]string, 0, nRows), make([]string, 0, nRows)
-		reason, notes, location, encID, encReason, dept = make([]sql.NullString, 0, nRows), make([]sql.NullString, 0, nRows), make([]sql.NullString, 0, nRows), make([]sql.NullString, 0, nRows), make([]sql.NullString, 0, nRows), make([]sql.NullString, 0, nRows)
-		middle, phone, email                            = make([]sql.NullString, 0, nRows), make([]sql.NullString, 0, nRows), make([]sql.NullString, 0, nRows)
-		duration                                        = make([]sql.NullInt64, 0, nRows)
-		hashes                                          = make([][]byte, 0, nRows)
-		qReq, qIndex                                    = make([]int64, 0, nQuar), make([]int64, 0, nQuar)
-		qRaw                                            = make([][]byte, 0, nQuar)
-		qErrors                                         = make([]string, 0, nQuar)
-	)
-	for i, p := range group {
-		n := int64(i + 1) // WITH ORDINALITY counts from 1
-		d := p.delivery
-		dReqID, dReceived, dOutcome = append(dReqID, d.RequestID), append(dReceived, timestamp(d.ReceivedAt)), append(dOutcome, d.Outcome)
-		dSHA = append(dSHA, p.delivery.BodySHA256[:])
-		dItems, dStatus = append(dItems, int64(d.ItemCount)), append(dStatus, int64(d.StatusCode))
-		for _, r := range p.rows {
-			req = append(req, n)
-			ids, patIDs, praIDs = append(ids, r.id), append(patIDs, r.patientID), append(praIDs, r.practitionerID)
-			status, statusRaw, typ = append(status, r.status), append(statusRaw, r.statusRaw), append(typ, r.typ)
-			hashes = append(hashes, r.hash)
-			start, startDate, created, birth = append(start, r.start), append(startDate, r.startDate), append(created, r.created), append(birth, r.birth)
-			reason, notes, location = append(reason, r.reason), append(notes, r.notes), append(location, r.location)
-			encID, encReason, dept = append(encID, r.encID), append(encReason, r.encReason), append(dept, r.dept)
-			duration = append(duration, r.duration)
-			patFirst, patLast, gender = append(patFirst, r.patFirst), append(patLast, r.patLast), append(gender, r.gender)
-			middle, phone, email = append(middle, r.middle), append(phone, r.phone), append(email, r.email)
-			praFirst, praLast = append(praFirst, r.praFirst), append(praLast, r.praLast)
-		}
-		for _, q := range p.quarantined {
-			qReq, qIndex, qRaw, qErrors = append(qReq, n), append(qIndex, q.index), append(qRaw, q.raw), append(qErrors, q.errors)
-		}
-	}
-	return []any{
-		group[0].delivery.EHR,
-		textArray(dReqID), textArray(dReceived), pq.ByteaArray(dSHA), pq.Int64Array(dItems), textArray(dOutcome), pq.Int64Array(dStatus),
-		pq.Int64Array(req), textArray(ids), pq.ByteaArray(hashes), textArray(patIDs), textArray(praIDs),
-		textArray(status), textArray(statusRaw),
-		textArray(start), textArray(startDate), textArray(created), textArray(typ),
-		nullIntArray(duration), nullTextArray(reason), nullTextArray(notes), nullTextArray(location),
-		nullTextArray(encID), nullTextArray(encReason), nullTextArray(dept),
-		textArray(patFirst), nullTextArray(middle), textArray(patLast), textArray(birth),
-		textArray(gender), nullTextArray(phone), nullTextArray(email),
-		textArray(praFirst), textArray(praLast),
-		pq.Int64Array(qReq), pq.Int64Array(qIndex), pq.ByteaArray(qRaw), textArray(qErrors),
-	}
+	args := make([]any, 0, 3+len(deliveryArrays.names)+len(entryArrays.names)+len(quarantineArrays.names))
+	args = append(args, group[0].delivery.EHR)
+	args = appendArrays(args, group, len(deliveryArrays.names), func(p *prepared) *elements { return &p.deliveryRow })
+	args = append(args, ordinals(group, func(p *prepared) int { return len(p.ids) }))
+	args = appendArrays(args, group, len(entryArrays.names), func(p *prepared) *elements { return &p.entryRows })
+	args = append(args, ordinals(group, func(p *prepared) int { return p.quarantined }))
+	return appendArrays(args, group, len(quarantineArrays.names), func(p *prepared) *elements { return &p.quarantineRows })
 }
 
-// textArray and nullTextArray are text[] arguments, the second with NULL
-// elements. pq.StringArray copies every element to a []byte and pq.Array
-// works by reflection: together they were about a sixth of the receiver's
-// CPU at 100-entry batches.
-type (
-	textArray     []string
-	nullTextArray []sql.NullString
-)
-
-func (a textArray) Value() (driver.Value, error) {
-	size := 0
-	for _, s := range a {
-		size += len(s) + 3
-	}
-	return arrayLiteral(len(a), size, func(int) bool { return true }, func(b []byte, i int) []byte {
-		return appendQuoted(b, a[i])
-	}), nil
-}
-
-func (a nullTextArray) Value() (driver.Value, error) {
-	size := 0
-	for _, s := range a {
-		size += len(s.String) + 3
-	}
-	return arrayLiteral(len(a), size, func(i int) bool { return a[i].Valid }, func(b []byte, i int) []byte {
-		return appendQuoted(b, a[i].String)
-	}), nil
-}
-
-// appendQuoted appends s as a quoted array element, with every double
-// quote and backslash escaped by a backslash.
-func appendQuoted(b []byte, s string) []byte {
-	b = append(b, '"')
-	for {
-		i := strings.IndexAny(s, "\"\\")
-		if i < 0 {
-			b = append(b, s...)
-			break
-		}
-		b = append(b, s[:i]...)
-		b = append(b, '\\', s[i])
-		s = s[i+1:]
-	}
-	return append(b, '"')
-}
-
-// nullIntArray is an integer[] argument with NULL elements.
-type nullIntArray []sql.NullInt64
-
-func (a nullIntArray) Value() (driver.Value, error) {
-	return arrayLiteral(len(a), 4*len(a), func(i int) bool { return a[i].Valid }, func(b []byte, i int) []byte {
-		return strconv.AppendInt(b, a[i].Int64, 10)
-	}), nil
-}
-
-// arrayLiteral is the text form of an n-element array, {e1,NULL,e3}: valid
-// tells which elements are not NULL, and elem appends element i. size is a
-// guess of the elements' bytes.
-func arrayLiteral(n, size int, valid func(int) bool, elem func(b []byte, i int) []byte) string {
-	b := make([]byte, 0, size+n+2)
-	b = append(b, '{')
+// appendArrays appends n arrays, each the group's requests' elements one
+// request after the other.
+func appendArrays(args []any, group []*prepared, n int, rows func(*prepared) *elements) []any {
 	for i := range n {
-		if i > 0 {
-			b = append(b, ',')
+		size := 2
+		for _, p := range group {
+			size += len(rows(p).run(i)) + 1
 		}
-		if valid(i) {
-			b = elem(b, i)
-		} else {
-			b = append(b, "NULL"...)
+		var b strings.Builder
+		b.Grow(size)
+		b.WriteByte('{')
+		empty := true
+		for _, p := range group {
+			run := rows(p).run(i)
+			if len(run) == 0 { // no rows: an element is never empty
+				continue
+			}
+			if !empty {
+				b.WriteByte(',')
+			}
+			b.Write(run)
+			empty = false
+		}
+		b.WriteByte('}')
+		args = append(args, b.String())
+	}
+	return args
+}
+
+// ordinals is the integer[] of each row's request: n(p) times p's ordinal,
+// counted from 1 as WITH ORDINALITY does.
+func ordinals(group []*prepared, n func(*prepared) int) string {
+	b := make([]byte, 0, 64)
+	b = append(b, '{')
+	for i, p := range group {
+		for range n(p) {
+			if len(b) > 1 {
+				b = append(b, ',')
+			}
+			b = strconv.AppendInt(b, int64(i+1), 10)
 		}
 	}
 	return string(append(b, '}'))
-}
-
-// timestamp keeps the instant exactly: the zone offset travels with it.
-func timestamp(t time.Time) string { return t.Format(time.RFC3339Nano) }
-
-// date is the calendar date of a midnight-UTC time (payload's convention).
-func date(t time.Time) string { return t.UTC().Format(time.DateOnly) }
-
-func nullString(s *string) sql.NullString {
-	if s == nil {
-		return sql.NullString{}
-	}
-	return sql.NullString{String: *s, Valid: true}
-}
-
-func nullInt(n *int) sql.NullInt64 {
-	if n == nil {
-		return sql.NullInt64{}
-	}
-	return sql.NullInt64{Int64: int64(*n), Valid: true}
 }

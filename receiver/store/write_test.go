@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"database/sql/driver"
 	"strings"
 	"testing"
 	"time"
@@ -360,21 +359,42 @@ func TestRecordDelivery(t *testing.T) {
 }
 
 // The array arguments' text forms (TestWriteStoresTextVerbatim checks the
-// same through PostgreSQL).
+// same through PostgreSQL), also when a group's requests are joined.
 func TestArrayLiterals(t *testing.T) {
 	t.Parallel()
-	for _, c := range []struct {
-		v    interface{ Value() (driver.Value, error) }
-		want string
-	}{
-		{textArray{`a"b`, `c\d`, "", "NULL", "{x,y}"}, `{"a\"b","c\\d","","NULL","{x,y}"}`},
-		{textArray{}, `{}`},
-		{nullTextArray{{String: "x", Valid: true}, {}, {String: "", Valid: true}}, `{"x",NULL,""}`},
-		{nullIntArray{{Int64: -5, Valid: true}, {}, {Int64: 90, Valid: true}}, `{-5,NULL,90}`},
+	str := func(s *string) string { return *s }
+	opt := func(s **string) *string { return *s }
+	for _, c := range []struct{ got, want string }{
+		{arrayOf(text(str), `a"b`, `c\d`, "", "NULL", "{x,y}"), `{"a\"b","c\\d","","NULL","{x,y}"}`},
+		{arrayOf(text(str)), `{}`},
+		{arrayOf(optText(opt), ptr("x"), nil, ptr("")), `{"x",NULL,""}`},
+		{arrayOf(optInteger(func(n **int) *int { return *n }), ptr(-5), nil, ptr(90)), `{-5,NULL,90}`},
+		{arrayOf(integer(func(n *int64) int64 { return *n }), 7, -1), `{7,-1}`},
+		{arrayOf(timestamptz(func(t *time.Time) time.Time { return *t }),
+			time.Date(2026, 3, 10, 14, 30, 0, 5000, newYork), time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)),
+			`{"2026-03-10T14:30:00.000005-04:00","2026-03-01T09:00:00Z"}`},
+		{arrayOf(date(func(t *time.Time) time.Time { return *t }), time.Date(1990, 5, 15, 0, 0, 0, 0, time.UTC)), `{"1990-05-15"}`},
+		{arrayOf(bytea(func(b *[]byte) []byte { return *b }), []byte{0, 0xff}, []byte{}), `{"\\x00ff","\\x"}`},
 	} {
-		got, err := c.v.Value()
-		if err != nil || got != c.want {
-			t.Errorf("%#v: %v, %v; want %s", c.v, got, err, c.want)
+		if c.got != c.want {
+			t.Errorf("got %s, want %s", c.got, c.want)
 		}
 	}
+}
+
+// arrayOf is the argument of one array for rows: the first two rows one
+// request's, each other row a request of its own, and a request without
+// rows after each.
+func arrayOf[R any](enc encoder[R], rows ...R) string {
+	a := arrays[R]{names: []string{"a"}, types: []string{enc.typ}, elems: []func([]byte, *R) []byte{enc.elem}}
+	var group []*prepared
+	for i := 0; i < len(rows); {
+		n := 1
+		if i == 0 && len(rows) > 1 {
+			n = 2
+		}
+		group = append(group, &prepared{entryRows: a.encode(rows[i:i+n], 16)}, &prepared{entryRows: a.encode(nil, 16)})
+		i += n
+	}
+	return appendArrays(nil, group, 1, func(p *prepared) *elements { return &p.entryRows })[0].(string)
 }

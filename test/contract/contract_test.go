@@ -76,7 +76,7 @@ func TestSpecExampleAndSingleObjectForm(t *testing.T) {
 	}
 }
 
-// TestCheckOrder walks DESIGN §5's table: each request fails the check
+// TestCheckOrder walks the check table of architecture.md, "The request's path": each request fails the check
 // under test and every later one, and must get that check's answer.
 func TestCheckOrder(t *testing.T) {
 	dbURL := pgtest.NewDatabase(t)

@@ -1,4 +1,4 @@
-// Package contract tests the receiver's HTTP contract (DESIGN §5) from the
+// Package contract tests the receiver's HTTP contract (architecture.md, "The request's path") from the
 // outside: the real ehr-operator binary, started as a subprocess per
 // configuration against a real PostgreSQL, spoken to over real HTTP on
 // loopback.
@@ -19,7 +19,7 @@ import (
 
 	_ "github.com/lib/pq"
 
-	"github.com/insighthealth/ehr-operator/hack/bench/harness"
+	"github.com/insighthealth/ehr-operator/internal/harness"
 	"github.com/insighthealth/ehr-operator/internal/pgtest"
 	"github.com/insighthealth/ehr-operator/receiver"
 	"github.com/insighthealth/ehr-operator/receiver/auth"

@@ -79,11 +79,27 @@ func TestDatabaseOutage(t *testing.T) {
 	if a.header.Get("Retry-After") == "" {
 		t.Error("503 without Retry-After")
 	}
-	if code, err := probe(r.MetricsURL + "/readyz"); err != nil || code != 503 {
-		t.Errorf("/readyz while the database is down: %d %v", code, err)
+	// Neither probe follows the database: the pod stays in its Service and
+	// keeps answering 503 with Retry-After itself.
+	if code, err := probe(r.MetricsURL + "/readyz"); err != nil || code != 200 {
+		t.Errorf("/readyz while the database is down: %d %v (it must not leave the Service)", code, err)
 	}
 	if code, err := probe(r.MetricsURL + "/healthz"); err != nil || code != 200 {
 		t.Errorf("/healthz while the database is down: %d %v (it must not restart the pod)", code, err)
+	}
+	// The failed write has the receiver ping the database at once.
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		dbz := get(t, r.MetricsURL+"/dbz")
+		if strings.Contains(dbz, `"database":"unreachable"`) && strings.Contains(dbz, `"migrated":true`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("/dbz while the database is down: %s", dbz)
+			break
+		}
+	}
+	if m := get(t, r.MetricsURL+"/metrics"); !strings.Contains(m, `ehr_receiver_database_up{ehr="nexus"} 0`) {
+		t.Errorf("metrics do not show the database down:\n%s", grep(m, "ehr_receiver_database"))
 	}
 
 	if err := cluster.Start(); err != nil {
@@ -117,8 +133,13 @@ func TestDatabaseOutage(t *testing.T) {
 	}
 	metrics := get(t, r.MetricsURL+"/metrics")
 	if !strings.Contains(metrics, `ehr_receiver_requests_total{code="503",ehr="nexus"}`) ||
-		strings.Contains(metrics, `ehr_receiver_database_errors_total{ehr="nexus"} 0`) {
-		t.Errorf("metrics do not show the outage:\n%s", grep(metrics, "ehr_receiver_"))
+		strings.Contains(metrics, `ehr_receiver_database_errors_total{ehr="nexus"} 0`) ||
+		!strings.Contains(metrics, `ehr_receiver_database_up{ehr="nexus"} 1`) {
+		t.Errorf("metrics do not show the outage and the recovery:\n%s", grep(metrics, "ehr_receiver_"))
+	}
+	logs := r.Log()
+	if strings.Count(logs, `"msg":"Database unreachable"`) != 1 || strings.Count(logs, `"msg":"Database reachable"`) != 2 {
+		t.Errorf("want one line per change of the database's state (reachable at start, down, back):\n%s", logs)
 	}
 }
 

@@ -1,5 +1,5 @@
 // Package faults tests the receiver under load when things go wrong
-// (DESIGN §6, §7): PostgreSQL stopped and started again, SIGTERM, and many
+// (architecture.md, "Schema and write path" and "Configuration and operation"): PostgreSQL stopped and started again, SIGTERM, and many
 // senders writing the same appointments. Each test runs the real
 // ehr-operator binary as a subprocess on a real PostgreSQL and speaks real
 // HTTP to it on loopback; load is bounded in count and time.
@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/insighthealth/ehr-operator/hack/bench/harness"
+	"github.com/insighthealth/ehr-operator/internal/harness"
 	"github.com/insighthealth/ehr-operator/internal/pgtest"
 )
 

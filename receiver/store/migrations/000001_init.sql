@@ -1,4 +1,4 @@
--- Schema of DESIGN §6. Every row carries ehr; natural keys are (ehr, external id).
+-- Schema of architecture.md, "Schema and write path". Every row carries ehr; natural keys are (ehr, external id).
 -- Patient data lives only in patients/appointments/quarantined_entries;
 -- webhook_deliveries holds none.
 
@@ -70,7 +70,7 @@ CREATE INDEX appointments_practitioner_start ON appointments (ehr, practitioner_
 
 -- One row per change applied to an appointment. (ehr, appointment, content
 -- hash) is unique: a content seen before is never applied again, which makes
--- redeliveries and replays of older versions no-ops (DESIGN §6).
+-- redeliveries and replays of older versions no-ops (architecture.md, "Schema and write path").
 -- No foreign key to appointments: rows are only made from the appointment
 -- upsert's RETURNING in the same statement, and that check was half the
 -- write statement's time (it locks each just-written appointment row again).

@@ -1,7 +1,9 @@
-// Package harness is what the benchmark (hack/bench), the load test
-// (hack/load) and the fault tests (test/faults) share: generated
-// appointments, a real receiver process, signed requests, fresh databases
-// and a few statistics.
+// Package harness is what the contract and fault tests (test/contract,
+// test/faults) and the benchmark and load tools (hack/bench, hack/load)
+// share: generated appointments, a real receiver process, signed requests,
+// fresh databases and a few statistics. It is test support, so it lives
+// under internal/; the hack module may import it because its module path
+// lies under this one's.
 package harness
 
 import (

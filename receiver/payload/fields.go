@@ -2,16 +2,17 @@ package payload
 
 import "time"
 
-// The entry's fields, read once for both validators: the fast scanner (O is
-// a scanned object) and the encoding/json reference (O is a decoded map)
-// differ only in how they find and read one field, so which fields exist,
-// what each must be and in what order errors come are written here alone.
+// The entry's fields, written once for both readers: scanReader (O is an
+// object the scanner recorded) and the tests' mapReader (O is a map decoded
+// by encoding/json, the fuzz oracle) differ only in how they find and read
+// one field. Which fields exist, what each must be and in what order errors
+// come are written here alone.
 
 // fieldReader reads the fields of objects of type O, collecting errors. p
 // is the object's name in the entry ("" for the entry itself). The small
 // readers (required, optional, date, dateTime) stay methods of each reader
-// although they are alike: written once as generic helpers over str they
-// made validation 15–20 % slower (BenchmarkDecodeValidate/100entries).
+// although they are alike: as generic helpers over str they slowed the hot
+// path (docs/performance.md).
 type fieldReader[O any] interface {
 	// object reads parent[key] as an object; ok is false when there is
 	// nothing to look into (absent or null, an error only when required).
@@ -100,34 +101,4 @@ func readPatient[O any, R fieldReader[O]](r R, obj O, loc *time.Location, now ti
 		}
 	}
 	return pt
-}
-
-// fieldErrors is the error list both readers keep: field paths are built
-// from the entry's path (base) only for an error.
-type fieldErrors struct {
-	index int
-	base  string
-	errs  []FieldError
-}
-
-func (f *fieldErrors) path(obj, key string) string {
-	p := f.base
-	if obj != "" {
-		p = join(p, obj)
-	}
-	return join(p, key)
-}
-
-func (f *fieldErrors) fail(obj, key, msg string) { f.failAt(f.path(obj, key), msg) }
-
-func (f *fieldErrors) failAt(path, msg string) {
-	f.errs = append(f.errs, FieldError{Index: f.index, Field: path, Message: msg})
-}
-
-// entry is what a reader found: the entry, or its errors.
-func (f *fieldErrors) entry(e Entry) (Entry, []FieldError) {
-	if len(f.errs) > 0 {
-		return Entry{}, f.errs
-	}
-	return e, nil
 }

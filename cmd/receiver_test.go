@@ -1,0 +1,89 @@
+package cmd
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/spf13/pflag"
+)
+
+// clearFlagEnv unsets, for this test, the environment variable of every flag
+// of the subcommand sub, so that only the test's own values count.
+func clearFlagEnv(t *testing.T, sub string) {
+	t.Helper()
+	c, _, err := NewRootCommand().Find([]string{sub})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Flags().VisitAll(func(f *pflag.Flag) {
+		t.Setenv(envName(f.Name), "") // restored after the test
+		os.Unsetenv(envName(f.Name))
+	})
+}
+
+// The receiver reports each mistake once: its own words for what it reads
+// (the time zone, the files), Config.ValidateSettings' for the rest.
+func TestReceiverConfigReportsEachMistakeOnce(t *testing.T) {
+	clearFlagEnv(t, "receiver")
+	err := runRoot(t, "receiver", "--time-zone", "Nowhere/City", "--on-invalid", "Maybe")
+	if err == nil {
+		t.Fatal("receiver started without a configuration")
+	}
+	msg := err.Error()
+	for _, want := range []string{
+		"ehr is required",
+		`--time-zone "Nowhere/City" is not an IANA time zone name`,
+		"--database-url (DATABASE_URL) or --database-url-file (DATABASE_URL_FILE) is required",
+		"--credentials-dir (CREDENTIALS_DIR) is required",
+		`on-invalid must be Reject or Quarantine, not "Maybe"`,
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error does not say %q:\n%s", want, msg)
+		}
+	}
+	for _, dup := range []string{"time zone is not set", "API key is empty", "webhook secret is empty"} {
+		if strings.Contains(msg, dup) {
+			t.Errorf("error repeats %q:\n%s", dup, msg)
+		}
+	}
+	if n := strings.Count(msg, "DNS label"); n != 1 {
+		t.Errorf("the EHR is reported %d times, want once:\n%s", n, msg)
+	}
+}
+
+func TestReceiverConfigKeepsSecretsOutOfErrors(t *testing.T) {
+	clearFlagEnv(t, "receiver")
+	dir := t.TempDir()
+	for name, content := range map[string]string{"api-key": "\n", "webhook-secret": "s3cret-value\n", "url": "postgres://u:hunter2@127.0.0.1:1/x\n"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("DATABASE_URL", "postgres://u:hunter2@127.0.0.1:1/x")
+	err := runRoot(t, "receiver", "--ehr", "nexus", "--credentials-dir", dir, "--database-url-file", filepath.Join(dir, "url"),
+		"--listen", ":8080", "--metrics-listen", ":8080")
+	if err == nil {
+		t.Fatal("receiver started with a bad configuration")
+	}
+	msg := err.Error()
+	// Every mistake is found before the store is opened.
+	if !strings.HasPrefix(msg, "while reading the receiver configuration") {
+		t.Errorf("error does not come from the configuration:\n%s", msg)
+	}
+	for _, want := range []string{
+		"set only one of --database-url (DATABASE_URL) and --database-url-file (DATABASE_URL_FILE)",
+		"api-key: is empty", "listen and metrics-listen must differ",
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error does not say %q:\n%s", want, msg)
+		}
+	}
+	// Neither a secret nor Validate's repeat of the empty key.
+	for _, unwanted := range []string{"hunter2", "s3cret-value", "API key is empty"} {
+		if strings.Contains(msg, unwanted) {
+			t.Errorf("error holds %q:\n%s", unwanted, msg)
+		}
+	}
+}

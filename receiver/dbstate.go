@@ -1,0 +1,231 @@
+package receiver
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/insighthealth/ehr-operator/receiver/store"
+)
+
+// The database monitor's ping: often enough that a database coming back is
+// seen within seconds, short enough that a silent one counts as down.
+// A failed write asks for a ping at once, at most once per checkGap however
+// many writes fail.
+const (
+	pingInterval = 5 * time.Second
+	pingTimeout  = 2 * time.Second
+	checkGap     = time.Second
+)
+
+// reachability is what the receiver last saw of its database.
+type reachability int
+
+const (
+	dbUnknown reachability = iota
+	dbReachable
+	dbUnreachable
+)
+
+func (r reachability) String() string {
+	switch r {
+	case dbReachable:
+		return "reachable"
+	case dbUnreachable:
+		return "unreachable"
+	}
+	return "unknown"
+}
+
+// dbState is what the receiver knows of its database, for metrics, the log
+// and GET /dbz, never for readiness: a database outage must not take every
+// pod out of its Service, or vendors get the ingress's bare 502/503 instead
+// of our 503 with Retry-After.
+type dbState struct {
+	ehr string
+	log *slog.Logger
+
+	mu    sync.Mutex
+	state reachability
+	since time.Time // the last change, or the start while unknown
+
+	up atomic.Bool // state == dbReachable, read without the lock on every write
+	// migrated: the schema is current; until then the webhook answers 503
+	// without touching the database.
+	migrated atomic.Bool
+	// started: readiness may pass (see Server.startBackground).
+	started atomic.Bool
+	// migrate, when set, is run in the background by Server.Run.
+	migrate func(context.Context) error
+	// wake gets a token when the database becomes reachable, so that a
+	// migration waiting out its back-off tries again at once.
+	wake chan struct{}
+	// check gets a token when a write or migration failed as if the
+	// database were away: the next ping runs at once.
+	check chan struct{}
+
+	upDesc, sinceDesc, migratedDesc *prometheus.Desc
+}
+
+func newDBState(ehr string, log *slog.Logger) *dbState {
+	labels := prometheus.Labels{"ehr": ehr}
+	d := &dbState{
+		ehr: ehr, log: log, since: time.Now(), wake: make(chan struct{}, 1), check: make(chan struct{}, 1),
+		upDesc: prometheus.NewDesc("ehr_receiver_database_up",
+			"1 when the database answered the last ping or write, 0 when it did not; absent until the first answer.", nil, labels),
+		sinceDesc: prometheus.NewDesc("ehr_receiver_database_state_change_timestamp_seconds",
+			"Unix time of the last change of ehr_receiver_database_up (the start while it is unknown).", nil, labels),
+		migratedDesc: prometheus.NewDesc("ehr_receiver_database_migrated",
+			"1 once the schema is current (migrated at start, or --migrate=false); until then the webhook answers 503.", nil, labels),
+	}
+	d.migrated.Store(true) // unless MigrateInBackground says otherwise
+	return d
+}
+
+// observePing records a ping's result: any error means down (a timeout
+// included: a database that does not answer in time cannot serve).
+func (d *dbState) observePing(err error) { d.set(err == nil, err) }
+
+// observe records a write's or a migration's result: success means up. An
+// unavailable error asks for a ping, which decides: after a restart the pool
+// still holds connections the old server closed, and a write on one fails
+// while the database is back; a timeout under load is no outage either.
+func (d *dbState) observe(err error) {
+	switch {
+	case err == nil:
+		d.set(true, nil)
+	case d.up.Load() && store.IsUnavailable(err):
+		select {
+		case d.check <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (d *dbState) set(reachable bool, err error) {
+	if reachable && d.up.Load() {
+		return // the common case: one atomic load per successful write
+	}
+	want := dbUnreachable
+	if reachable {
+		want = dbReachable
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.state == want {
+		return
+	}
+	prev, prevSince, now := d.state, d.since, time.Now()
+	d.state, d.since = want, now
+	d.up.Store(reachable)
+	// One line per change, never per request.
+	if reachable {
+		attrs := []any{"ehr", d.ehr}
+		if prev == dbUnreachable {
+			attrs = append(attrs, "down_for", now.Sub(prevSince).Round(time.Millisecond).String())
+		}
+		d.log.Info("Database reachable", attrs...)
+		select {
+		case d.wake <- struct{}{}:
+		default:
+		}
+		return
+	}
+	// Store errors name operations, addresses and SQLSTATEs, never values.
+	d.log.Warn("Database unreachable", "ehr", d.ehr, "since", now.UTC().Format(time.RFC3339), "error", err.Error())
+}
+
+func (d *dbState) snapshot() (reachability, time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.state, d.since
+}
+
+// watch pings the database now, every pingInterval and when asked, until
+// ctx is done.
+func (d *dbState) watch(ctx context.Context, ping func(context.Context) error) {
+	t := time.NewTicker(pingInterval)
+	defer t.Stop()
+	for {
+		last := time.Now()
+		pctx, cancel := context.WithTimeout(ctx, pingTimeout)
+		err := ping(pctx)
+		cancel()
+		if ctx.Err() != nil {
+			return // shutting down: not the database's fault
+		}
+		d.observePing(err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-d.check:
+			if !sleep(ctx, time.Until(last.Add(checkGap))) {
+				return
+			}
+		}
+	}
+}
+
+// sleep waits d, or less if ctx ends first (then it returns false).
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// dbReport is GET /dbz's body.
+type dbReport struct {
+	Database string `json:"database"`
+	Since    string `json:"since"`
+	Migrated bool   `json:"migrated"`
+}
+
+// serveDBZ reports the database's state; always 200: it is a report for the
+// operator, not a probe.
+func (d *dbState) serveDBZ(w http.ResponseWriter, _ *http.Request) {
+	state, since := d.snapshot()
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_ = json.NewEncoder(w).Encode(dbReport{
+		Database: state.String(), Since: since.UTC().Format(time.RFC3339), Migrated: d.migrated.Load(),
+	})
+}
+
+// Describe and Collect make dbState a Prometheus collector, so that
+// ehr_receiver_database_up is absent rather than 0 before the first answer.
+func (d *dbState) Describe(ch chan<- *prometheus.Desc) {
+	ch <- d.upDesc
+	ch <- d.sinceDesc
+	ch <- d.migratedDesc
+}
+
+func (d *dbState) Collect(ch chan<- prometheus.Metric) {
+	state, since := d.snapshot()
+	if state != dbUnknown {
+		ch <- prometheus.MustNewConstMetric(d.upDesc, prometheus.GaugeValue, boolFloat(state == dbReachable))
+	}
+	ch <- prometheus.MustNewConstMetric(d.sinceDesc, prometheus.GaugeValue, float64(since.UnixMilli())/1000)
+	ch <- prometheus.MustNewConstMetric(d.migratedDesc, prometheus.GaugeValue, boolFloat(d.migrated.Load()))
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,110 @@
+package payload
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+)
+
+// RequestError is a body that is not a batch at all. Status is 400
+// (malformed JSON), 413 (too many entries) or 422 (neither accepted form).
+// Its message never contains a value from the body.
+type RequestError struct {
+	Status  int
+	Message string
+	// Field is the top-level key at fault, "" for the body as a whole.
+	Field string
+}
+
+func (e *RequestError) Error() string { return e.Message }
+
+// FieldErrors turns e into the errors list of a response: one item with
+// index -1, meaning the request as a whole rather than one entry.
+func (e *RequestError) FieldErrors() []FieldError {
+	return []FieldError{{Index: -1, Field: e.Field, Message: e.Message}}
+}
+
+func errNeither() *RequestError {
+	return &RequestError{Status: http.StatusUnprocessableEntity,
+		Message: "body must be a JSON object with an appointments array or an appointment object"}
+}
+
+// malformed explains why the scanner refused body. encoding/json is kept
+// for this alone: senders get its byte offsets, not its messages, which
+// quote characters of the body.
+func malformed(body []byte) *RequestError {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	var doc json.RawMessage
+	err := dec.Decode(&doc)
+	var syn *json.SyntaxError
+	switch {
+	case err == nil:
+		// One document, then something else, valid JSON or not.
+		off := skipSpace(body, int(dec.InputOffset()))
+		return &RequestError{Status: http.StatusBadRequest,
+			Message: fmt.Sprintf("malformed JSON: unexpected data after the JSON document at byte offset %d", off)}
+	case errors.As(err, &syn):
+		return &RequestError{Status: http.StatusBadRequest,
+			Message: fmt.Sprintf("malformed JSON at byte offset %d", syn.Offset)}
+	case len(body) == 0:
+		return &RequestError{Status: http.StatusBadRequest, Message: "malformed JSON: the body is empty"}
+	default: // io.EOF on white space only, io.ErrUnexpectedEOF on a truncated document
+		return &RequestError{Status: http.StatusBadRequest,
+			Message: fmt.Sprintf("malformed JSON: unexpected end of the body at byte offset %d", len(body))}
+	}
+}
+
+// FieldError names one invalid field. Message never contains the field's
+// value: values are patient data and error bodies are logged by senders.
+type FieldError struct {
+	// Index is the entry's position in the batch.
+	Index int `json:"index"`
+	// Field is the full JSON path, e.g. "appointments[0].patient.birth_date".
+	Field   string `json:"field"`
+	Message string `json:"message"`
+}
+
+// Invalid is an entry that failed validation, with every error found in it.
+type Invalid struct {
+	Item   Item
+	Errors []FieldError
+}
+
+// fieldErrors collects an entry's errors; field paths are built from the
+// entry's path (base) only for an error.
+type fieldErrors struct {
+	index int
+	base  string
+	errs  []FieldError
+}
+
+func (f *fieldErrors) path(obj, key string) string {
+	p := f.base
+	if obj != "" {
+		p = join(p, obj)
+	}
+	return join(p, key)
+}
+
+func join(prefix, key string) string {
+	if prefix == "" {
+		return key
+	}
+	return prefix + "." + key
+}
+
+func (f *fieldErrors) fail(obj, key, msg string) { f.failAt(f.path(obj, key), msg) }
+
+func (f *fieldErrors) failAt(path, msg string) {
+	f.errs = append(f.errs, FieldError{Index: f.index, Field: path, Message: msg})
+}
+
+// entry is what a reader found: the entry, or its errors.
+func (f *fieldErrors) entry(e Entry) (Entry, []FieldError) {
+	if len(f.errs) > 0 {
+		return Entry{}, f.errs
+	}
+	return e, nil
+}

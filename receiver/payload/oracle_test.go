@@ -1,0 +1,347 @@
+package payload
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// The reference implementation on encoding/json: FuzzFastMatchesSlow holds
+// Decode and Validate to its answers. It reads an entry's fields through the
+// same list (fields.go), over decoded maps.
+
+// FuzzFastMatchesSlow checks the scanner-based code against the reference:
+// for any body, Decode must answer exactly as decodeSlow does, and
+// validation exactly as validateSlow does, for every item and for the whole
+// body taken as one item.
+func FuzzFastMatchesSlow(f *testing.F) {
+	for _, seed := range []string{
+		specExample,
+		`{"appointments":[1,null,{},[], "x" ,{"appointment":null}]}`,
+		`{"appointment":{"id":"a","status":"No-Show","start_time":"02/29/2028 23:59","start_date":"02/29/2028","created_time":"01/01/1800 00:00","type":"t","duration":1440},"patient":{"id":"p","first_name":"Zoë","last_name":"O'Brien","birth_date":"12/31/1999","gender":"Other"},"practitioner":{"id":"d","first_name":"a","last_name":"b"}}`,
+		`{"appointment":{"id":"a\u0000b","id":" x\n","type":"\ud800","status":"BOOKED","duration":-0.5e3},"patient":{"phone":12,"email":"\u00e9"},"pa\u0074ient":{},"location":[],"encounter":{"id":"","reason":null}}`,
+		"{\"appointment\":{\"id\":\"\xff\xfe\",\"notes\":\"a\xc3\"}}",
+		`{"appointments":{}, "appointments":[{"appointment":{}}]}`,
+		`{"appointments":[{"appointment":{}}], "appointments":null}`,
+		`{"appointmen\u0074s":[1]}`,
+		`{"appointments":[1]} x`,
+		" \n{\"appointment\":1}\t ", `{"appointments":[ 1 , {"a":2} ]}`,
+		`{"appointment":{"i\u0064":"x","\u0069d":7},"patient":{"birth_date":" 02/29/1992 "},"location":{"name":"\t"}}`,
+		` [1] `, `null`, `"x"`, `{}`, `{"appointments":[]}`, ``, `{`, `[[[[`, `{"a":1e}`, `{"a":01}`, `{"a":tru}`,
+		`{"appointments":[{"appointment":{"id":"\ud83d\ude00\udc00\ud800x\u00e9\/\b"}}]}`,
+		deep(300, `{"appointment":`, `}`),
+	} {
+		f.Add([]byte(seed))
+	}
+	ny, err := time.LoadLocation("America/New_York")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		orig := bytes.Clone(body)
+		items, rerr := Decode(body, 5)
+		wantItems, wantErr := decodeSlow(body, 5)
+		if diff := cmp.Diff(wantErr, rerr); diff != "" {
+			t.Fatalf("Decode error mismatch (-slow +fast):\n%s", diff)
+		}
+		if diff := cmp.Diff(wantItems, items); diff != "" {
+			t.Fatalf("Decode items mismatch (-slow +fast):\n%s", diff)
+		}
+		var r scanReader // reused, as Validate does
+		for _, it := range append(items, Item{Index: 7, Path: "x", Raw: body}) {
+			e, errs := r.validate(it, ny, now)
+			we, werrs := validateSlow(it, ny, now)
+			if diff := cmp.Diff(werrs, errs); diff != "" {
+				t.Fatalf("field errors mismatch (-slow +fast):\n%s", diff)
+			}
+			if diff := cmp.Diff(we, e); diff != "" {
+				t.Fatalf("entry mismatch (-slow +fast):\n%s", diff)
+			}
+		}
+		for _, it := range items {
+			it.Raw[0] = 'X' // items must not alias body
+		}
+		if !bytes.Equal(orig, body) {
+			t.Fatal("Decode's items alias the body")
+		}
+	})
+}
+
+// Inputs the fuzzer seldom builds get the reference's answers: escaped
+// top-level keys, nesting up to and past encoding/json's limit, entries
+// that are not objects.
+func TestRareInputsMatchTheReference(t *testing.T) {
+	entry := `{"appointment":{"id":"a"},"patient":` + deep(300, `{"x":`, `}`) + `}`
+	for _, body := range []string{
+		`{"appointmen\u0074s":[1,2]}`,
+		`{"appointment\u0073":{}}`,
+		`{"\u0061ppointment":{"id":"x"}}`,
+		`{"appointments":[` + entry + `,` + deep(maxDepth-2, "[", "]") + `]}`,
+		deep(maxDepth/2, `{"appointment":[`, `]}`),
+		deep(maxDepth+1, "[", "]"),
+		`{"a":` + deep(maxDepth, "[", "]") + `}`,
+		`{"appointments":[42,"x",null,[],{}]}`,
+	} {
+		items, rerr := Decode([]byte(body), 10)
+		wantItems, wantErr := decodeSlow([]byte(body), 10)
+		if diff := cmp.Diff(wantErr, rerr); diff != "" {
+			t.Fatalf("Decode(%.40q…) error (-reference +got):\n%s", body, diff)
+		}
+		if diff := cmp.Diff(wantItems, items); diff != "" {
+			t.Fatalf("Decode(%.40q…) items (-reference +got):\n%s", body, diff)
+		}
+		for _, it := range append(items, Item{Index: 1, Path: "p", Raw: []byte(body)}) {
+			e, errs := validateOne(it, newYork, now)
+			we, werrs := validateSlow(it, newYork, now)
+			if diff := cmp.Diff(werrs, errs); diff != "" {
+				t.Fatalf("validating %.40q…: errors (-reference +got):\n%s", it.Raw, diff)
+			}
+			if diff := cmp.Diff(we, e); diff != "" {
+				t.Fatalf("validating %.40q…: entry (-reference +got):\n%s", it.Raw, diff)
+			}
+		}
+	}
+	// Past encoding/json's nesting limit is malformed, at its offset.
+	_, rerr := Decode([]byte(deep(maxDepth+1, "[", "]")), 10)
+	if want := fmt.Sprintf("malformed JSON at byte offset %d", maxDepth+1); rerr == nil || rerr.Status != 400 || rerr.Message != want {
+		t.Errorf("too deep: %v, want 400 %q", rerr, want)
+	}
+	// Items a caller builds: nothing and null are a missing entry, other
+	// non-objects and malformed JSON are not an object.
+	for raw, want := range map[string]string{"": "must be an object", "\x00": "must be an object", " null ": "is required",
+		`{"appointment":{}`: "must be an object", `{} {}`: "must be an object", "[1]": "must be an object"} {
+		_, errs := validateOne(Item{Path: "p", Raw: []byte(raw)}, time.UTC, now)
+		if len(errs) != 1 || errs[0] != (FieldError{Field: "p", Message: want}) {
+			t.Errorf("validating %q: %+v, want %q", raw, errs, want)
+		}
+	}
+	if _, errs := validateOne(Item{Path: "p"}, time.UTC, now); len(errs) != 1 || errs[0].Message != "is required" {
+		t.Errorf("validating no bytes: %+v, want is required", errs)
+	}
+}
+
+// deep nests open and close n times around 1.
+func deep(n int, open, close string) string {
+	return strings.Repeat(open, n) + "1" + strings.Repeat(close, n)
+}
+
+// decodeSlow is Decode on encoding/json.
+func decodeSlow(body []byte, maxBatchSize int) ([]Item, *RequestError) {
+	doc, rerr := oneDocument(body)
+	if rerr != nil {
+		return nil, rerr
+	}
+	var top map[string]json.RawMessage
+	if json.Unmarshal(doc, &top) != nil || top == nil {
+		return nil, &RequestError{Status: http.StatusUnprocessableEntity,
+			Message: "body must be a JSON object with an appointments array or an appointment object"}
+	}
+	if arr, ok := top["appointments"]; ok {
+		var raws []json.RawMessage
+		if json.Unmarshal(arr, &raws) != nil || raws == nil {
+			return nil, &RequestError{Status: http.StatusUnprocessableEntity, Field: "appointments",
+				Message: "appointments must be an array"}
+		}
+		if len(raws) == 0 {
+			return nil, &RequestError{Status: http.StatusUnprocessableEntity, Field: "appointments",
+				Message: "appointments must contain at least one entry"}
+		}
+		if len(raws) > maxBatchSize {
+			return nil, &RequestError{Status: http.StatusRequestEntityTooLarge, Field: "appointments",
+				Message: fmt.Sprintf("appointments has %d entries; at most %d are accepted per request", len(raws), maxBatchSize)}
+		}
+		items := make([]Item, len(raws))
+		for i, r := range raws {
+			items[i] = Item{Index: i, Path: "appointments[" + strconv.Itoa(i) + "]", Raw: r}
+		}
+		return items, nil
+	}
+	if _, ok := top["appointment"]; ok {
+		return []Item{{Index: 0, Path: "", Raw: doc}}, nil
+	}
+	return nil, &RequestError{Status: http.StatusUnprocessableEntity,
+		Message: "body must be a JSON object with an appointments array or an appointment object"}
+}
+
+// oneDocument checks that body holds exactly one JSON value (surrounding
+// whitespace allowed) and returns it.
+func oneDocument(body []byte) (json.RawMessage, *RequestError) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	var doc json.RawMessage
+	if err := dec.Decode(&doc); err != nil {
+		return nil, malformedSlow(err, int64(len(body)))
+	}
+	end := dec.InputOffset()
+	if _, err := dec.Token(); err != io.EOF {
+		// Whatever follows the first document, valid JSON or not, is trailing data.
+		off := end + int64(len(body[end:])-len(bytes.TrimLeft(body[end:], " \t\r\n")))
+		return nil, &RequestError{Status: http.StatusBadRequest,
+			Message: fmt.Sprintf("malformed JSON: unexpected data after the JSON document at byte offset %d", off)}
+	}
+	return doc, nil
+}
+
+// malformedSlow describes a decoding error by its byte offset only.
+func malformedSlow(err error, size int64) *RequestError {
+	var syn *json.SyntaxError
+	switch {
+	case errors.As(err, &syn):
+		return &RequestError{Status: http.StatusBadRequest,
+			Message: fmt.Sprintf("malformed JSON at byte offset %d", syn.Offset)}
+	case errors.Is(err, io.EOF) && size == 0:
+		return &RequestError{Status: http.StatusBadRequest, Message: "malformed JSON: the body is empty"}
+	default: // io.EOF on whitespace only, io.ErrUnexpectedEOF on a truncated document
+		return &RequestError{Status: http.StatusBadRequest,
+			Message: fmt.Sprintf("malformed JSON: unexpected end of the body at byte offset %d", size)}
+	}
+}
+
+// validateSlow is scanReader.validate on encoding/json.
+func validateSlow(it Item, loc *time.Location, now time.Time) (Entry, []FieldError) {
+	r := mapReader{fieldErrors{index: it.Index, base: it.Path}}
+	root, ok := r.decode(it.Raw, it.Path, true)
+	if !ok {
+		return Entry{}, r.errs
+	}
+	return r.entry(readEntry[map[string]json.RawMessage](&r, root, loc, now))
+}
+
+// mapReader is the fieldReader over maps decoded by encoding/json.
+type mapReader struct{ fieldErrors }
+
+func isNull(raw json.RawMessage) bool {
+	return raw == nil || bytes.Equal(bytes.TrimSpace(raw), []byte("null"))
+}
+
+// object decodes parent[key] as a JSON object (see fieldReader).
+func (r *mapReader) object(parent map[string]json.RawMessage, p, key string, required bool) (map[string]json.RawMessage, bool) {
+	return r.decode(parent[key], r.path(p, key), required)
+}
+
+// decode decodes raw as a JSON object. Absent or null is an error only when
+// required; ok is false whenever there is nothing to look into.
+func (r *mapReader) decode(raw json.RawMessage, path string, required bool) (map[string]json.RawMessage, bool) {
+	if isNull(raw) {
+		if required {
+			r.failAt(path, "is required")
+		}
+		return nil, false
+	}
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &obj); err != nil {
+		r.failAt(path, "must be an object")
+		return nil, false
+	}
+	return obj, true
+}
+
+// str reads obj[key] as a trimmed string; present is false when it is
+// absent, null or blank (blank required strings are an error).
+func (r *mapReader) str(obj map[string]json.RawMessage, p, key string, required bool, maxLen int) (s string, present bool) {
+	path := r.path(p, key)
+	raw := obj[key]
+	if isNull(raw) {
+		if required {
+			r.failAt(path, "is required")
+		}
+		return "", false
+	}
+	if err := json.Unmarshal(raw, &s); err != nil {
+		r.failAt(path, "must be a string")
+		return "", false
+	}
+	s = strings.TrimSpace(s)
+	switch {
+	case s == "":
+		if required {
+			r.failAt(path, "must not be empty")
+		}
+		return "", false
+	case utf8.RuneCountInString(s) > maxLen:
+		r.failAt(path, fmt.Sprintf("must be at most %d characters", maxLen))
+		return "", false
+	case strings.ContainsRune(s, 0):
+		// PostgreSQL text cannot hold NUL.
+		r.failAt(path, "must not contain NUL characters")
+		return "", false
+	}
+	return s, true
+}
+
+func (r *mapReader) required(obj map[string]json.RawMessage, p, key string, maxLen int) string {
+	s, _ := r.str(obj, p, key, true, maxLen)
+	return s
+}
+
+func (r *mapReader) optional(obj map[string]json.RawMessage, p, key string, maxLen int) *string {
+	if s, ok := r.str(obj, p, key, false, maxLen); ok {
+		return &s
+	}
+	return nil
+}
+
+// date reads a required MM/DD/YYYY as midnight UTC.
+func (r *mapReader) date(obj map[string]json.RawMessage, p, key string) (time.Time, bool) {
+	s, ok := r.str(obj, p, key, true, MaxNameLen)
+	if !ok {
+		return time.Time{}, false
+	}
+	d, msg := calendarDate(s)
+	if msg != "" {
+		r.fail(p, key, msg)
+		return time.Time{}, false
+	}
+	return d, true
+}
+
+// dateTime reads a required MM/DD/YYYY HH:MM in loc.
+func (r *mapReader) dateTime(obj map[string]json.RawMessage, p, key string, loc *time.Location) (time.Time, bool) {
+	s, ok := r.str(obj, p, key, true, MaxNameLen)
+	if !ok {
+		return time.Time{}, false
+	}
+	t, msg := wallTime(s, loc)
+	if msg != "" {
+		r.fail(p, key, msg)
+		return time.Time{}, false
+	}
+	return t, true
+}
+
+func (r *mapReader) duration(obj map[string]json.RawMessage, p string) *int {
+	path := r.path(p, "duration")
+	raw := bytes.TrimSpace(obj["duration"])
+	if isNull(raw) {
+		return nil
+	}
+	var s string
+	if raw[0] == '"' {
+		var ok bool
+		if s, ok = r.str(obj, p, "duration", false, MaxNameLen); !ok {
+			return nil
+		}
+	} else {
+		var n json.Number
+		if json.Unmarshal(raw, &n) != nil {
+			r.failAt(path, msgDuration)
+			return nil
+		}
+		s = n.String()
+	}
+	n, ok := minutes(s)
+	if !ok {
+		r.failAt(path, msgDuration)
+		return nil
+	}
+	return &n
+}

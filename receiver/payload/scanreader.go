@@ -1,0 +1,176 @@
+package payload
+
+import (
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// object is one JSON object of an entry: the members of members whose
+// parent is parent. get scans from the end: the last of duplicate keys
+// wins, as it does in a map.
+type object struct {
+	src     string
+	members []member
+	parent  int
+	// lo and hi bound the indexes of its members: the scan appends an
+	// object's members right after the member holding it.
+	lo, hi int
+}
+
+func (o object) get(key string) string {
+	if k := o.find(key); k >= 0 {
+		return o.src[o.members[k].start:o.members[k].end]
+	}
+	return ""
+}
+
+// find returns the index of key's member, -1 when it is absent.
+func (o object) find(key string) int {
+	for k := o.hi - 1; k >= o.lo; k-- {
+		m := o.members[k]
+		if m.parent != o.parent {
+			continue
+		}
+		name := o.src[m.key+1 : m.keyEnd-1]
+		if m.keyEscaped {
+			name = unquote(o.src[m.key:m.keyEnd])
+		}
+		if name == key {
+			return k
+		}
+	}
+	return -1
+}
+
+// scanReader is the fieldReader over objects the scanner recorded.
+type scanReader struct {
+	fieldErrors
+	// members holds the members of the entry and of its objects.
+	members []member
+}
+
+// object reads parent[key] as an object (see fieldReader).
+func (r *scanReader) object(parent object, p, key string, required bool) (object, bool) {
+	k := parent.find(key)
+	if k < 0 || parent.src[parent.members[k].start:parent.members[k].end] == "null" {
+		if required {
+			r.fail(p, key, "is required")
+		}
+		return object{}, false
+	}
+	if parent.src[parent.members[k].start] != '{' {
+		r.fail(p, key, "must be an object")
+		return object{}, false
+	}
+	hi := k + 1
+	for hi < len(parent.members) && parent.members[hi].parent == k {
+		hi++
+	}
+	return object{src: parent.src, members: parent.members, parent: k, lo: k + 1, hi: hi}, true
+}
+
+// str reads obj[key] as a trimmed string; present is false when it is
+// absent, null or blank (blank required strings are an error).
+func (r *scanReader) str(obj object, p, key string, required bool, maxLen int) (s string, present bool) {
+	raw := obj.get(key)
+	if raw == "" || raw == "null" {
+		if required {
+			r.fail(p, key, "is required")
+		}
+		return "", false
+	}
+	if raw[0] != '"' {
+		r.fail(p, key, "must be a string")
+		return "", false
+	}
+	if s = raw[1 : len(raw)-1]; strings.IndexByte(s, '\\') >= 0 || !utf8.ValidString(s) {
+		s = unquote(raw)
+	}
+	s = strings.TrimSpace(s)
+	switch {
+	case s == "":
+		if required {
+			r.fail(p, key, "must not be empty")
+		}
+		return "", false
+	case len(s) > maxLen && utf8.RuneCountInString(s) > maxLen:
+		r.fail(p, key, fmt.Sprintf("must be at most %d characters", maxLen))
+		return "", false
+	case strings.IndexByte(s, 0) >= 0:
+		// PostgreSQL text cannot hold NUL.
+		r.fail(p, key, "must not contain NUL characters")
+		return "", false
+	}
+	return s, true
+}
+
+func (r *scanReader) required(obj object, p, key string, maxLen int) string {
+	s, _ := r.str(obj, p, key, true, maxLen)
+	return s
+}
+
+func (r *scanReader) optional(obj object, p, key string, maxLen int) *string {
+	if s, ok := r.str(obj, p, key, false, maxLen); ok {
+		return &s
+	}
+	return nil
+}
+
+// date reads a required MM/DD/YYYY as midnight UTC.
+func (r *scanReader) date(obj object, p, key string) (time.Time, bool) {
+	s, ok := r.str(obj, p, key, true, MaxNameLen)
+	if !ok {
+		return time.Time{}, false
+	}
+	d, msg := calendarDate(s)
+	if msg != "" {
+		r.fail(p, key, msg)
+		return time.Time{}, false
+	}
+	return d, true
+}
+
+// dateTime reads a required MM/DD/YYYY HH:MM in loc (see wallTime).
+func (r *scanReader) dateTime(obj object, p, key string, loc *time.Location) (time.Time, bool) {
+	s, ok := r.str(obj, p, key, true, MaxNameLen)
+	if !ok {
+		return time.Time{}, false
+	}
+	t, msg := wallTime(s, loc)
+	if msg != "" {
+		r.fail(p, key, msg)
+		return time.Time{}, false
+	}
+	return t, true
+}
+
+// duration reads the optional appointment.duration: a string of digits as
+// the spec shows ("30"), or, leniently, a JSON integer.
+func (r *scanReader) duration(obj object, p string) *int {
+	const key = "duration"
+	raw := obj.get(key)
+	if raw == "" || raw == "null" {
+		return nil
+	}
+	var s string
+	switch c := raw[0]; {
+	case c == '"':
+		var ok bool
+		if s, ok = r.str(obj, p, key, false, MaxNameLen); !ok {
+			return nil
+		}
+	case c == '-' || isDigit(c):
+		s = raw // a JSON number, as json.Number keeps it
+	default:
+		r.fail(p, key, msgDuration)
+		return nil
+	}
+	n, ok := minutes(s)
+	if !ok {
+		r.fail(p, key, msgDuration)
+		return nil
+	}
+	return &n
+}
