@@ -4,9 +4,11 @@
 package controllers
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"reflect"
 	"strings"
 	"time"
@@ -65,12 +67,22 @@ type EHRIntegrationReconciler struct {
 	ReceiverImage string
 	// MaxConcurrentReconciles defaults to 1.
 	MaxConcurrentReconciles int
+	// DBZPort is the port of the receivers' GET /dbz; 0 means the metrics
+	// port. Tests point it at their own server.
+	DBZPort int
+	// HTTPClient asks the receivers; nil means one without proxies.
+	HTTPClient *http.Client
+	// DatabasePollInterval is how often an integration with running pods
+	// is looked at again; 0 means DefaultDatabasePollInterval.
+	DatabasePollInterval time.Duration
 }
 
 // +kubebuilder:rbac:groups=ehr.insighthealth.io,resources=ehrintegrations,verbs=get;list;watch
 // +kubebuilder:rbac:groups=ehr.insighthealth.io,resources=ehrintegrations/status,verbs=update
 // +kubebuilder:rbac:groups=ehr.insighthealth.io,resources=ehrintegrations/finalizers,verbs=update
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
+// Pods are listed, uncached, to ask the receivers about their database.
+// +kubebuilder:rbac:groups="",resources=pods,verbs=list
 // Server-side apply is a patch, and needs create too when the child is new.
 // +kubebuilder:rbac:groups="",resources=serviceaccounts;services,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;patch
@@ -94,6 +106,11 @@ func (r *EHRIntegrationReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	if err != nil {
 		return ctrl.Result{}, err
 	}
+	if !obs.suspended && obs.problem == nil {
+		if obs.db, err = r.askDatabase(ctx, &e); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
 	st := computeStatus(&e, obs)
 	r.recordTransition(&e, st)
 	if !equality.Semantic.DeepEqual(e.Status, st) {
@@ -110,6 +127,10 @@ func (r *EHRIntegrationReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	}
 	if obs.problem != nil && obs.problem.retry {
 		return ctrl.Result{RequeueAfter: retryAfter(st, time.Now())}, nil
+	}
+	if obs.db != nil {
+		// Nothing tells us when a database goes away: ask again.
+		return ctrl.Result{RequeueAfter: cmp.Or(r.DatabasePollInterval, DefaultDatabasePollInterval)}, nil
 	}
 	return ctrl.Result{}, nil
 }

@@ -36,6 +36,10 @@ const (
 	httpPortName    = "http"
 	metricsPortName = "metrics"
 
+	receiverContainer = "receiver"
+	// envMemoryLimit is the receiver's --memory-limit, in bytes.
+	envMemoryLimit = "MEMORY_LIMIT"
+
 	credentialsDir = "/etc/ehr-operator/credentials"
 	databaseDir    = "/etc/ehr-operator/database"
 
@@ -252,7 +256,7 @@ func buildDeployment(e *v1alpha1.EHRIntegration, image, hash string) *appsv1ac.D
 			WithFailureThreshold(failures)
 	}
 	container := corev1ac.Container().
-		WithName("receiver").
+		WithName(receiverContainer).
 		WithImage(image).
 		WithArgs(receiverArgs(e)...).
 		WithPorts(
@@ -260,14 +264,22 @@ func buildDeployment(e *v1alpha1.EHRIntegration, image, hash string) *appsv1ac.D
 			corev1ac.ContainerPort().WithName(metricsPortName).WithContainerPort(metricsPort).WithProtocol(corev1.ProtocolTCP),
 		).
 		WithResources(resourcesConfig(resources)).
+		// The receiver sizes its Go memory limit and its in-flight body
+		// budget from the container's memory limit (the node's allocatable
+		// memory when the container has none).
+		WithEnv(corev1ac.EnvVar().WithName(envMemoryLimit).WithValueFrom(corev1ac.EnvVarSource().
+			WithResourceFieldRef(corev1ac.ResourceFieldSelector().
+				WithContainerName(receiverContainer).
+				WithResource("limits.memory").
+				WithDivisor(resource.MustParse("1"))))).
 		WithVolumeMounts(
 			corev1ac.VolumeMount().WithName("credentials").WithMountPath(credentialsDir).WithReadOnly(true),
 			corev1ac.VolumeMount().WithName("database").WithMountPath(databaseDir).WithReadOnly(true),
 			corev1ac.VolumeMount().WithName("tmp").WithMountPath("/tmp"),
 		).
-		// The receiver migrates the database before it serves; give it two
-		// minutes before liveness counts.
-		WithStartupProbe(probe("/healthz", 2, 60)).
+		// The receiver migrates in the background, so the startup probe
+		// covers only the process starting; liveness counts after 30 s.
+		WithStartupProbe(probe("/healthz", 1, 30)).
 		WithLivenessProbe(probe("/healthz", 10, 3)).
 		WithReadinessProbe(probe("/readyz", 5, 2)).
 		// A terminating pod keeps serving while Services and Ingresses stop

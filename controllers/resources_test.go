@@ -139,6 +139,19 @@ func TestBuildDeployment(t *testing.T) {
 		c.ReadinessProbe.HTTPGet.Path != "/readyz" || c.ReadinessProbe.HTTPGet.Port.StrVal != "metrics" {
 		t.Errorf("probes: liveness %+v readiness %+v", c.LivenessProbe.HTTPGet, c.ReadinessProbe.HTTPGet)
 	}
+	// Migrations run in the background: the startup probe covers only the
+	// process starting.
+	if sp := c.StartupProbe; sp == nil || sp.HTTPGet.Path != "/healthz" || sp.PeriodSeconds != 1 || sp.FailureThreshold != 30 {
+		t.Errorf("startup probe = %+v, want /healthz every 1 s, 30 failures", sp)
+	}
+	wantEnv := []corev1.EnvVar{{Name: "MEMORY_LIMIT", ValueFrom: &corev1.EnvVarSource{
+		ResourceFieldRef: &corev1.ResourceFieldSelector{
+			ContainerName: "receiver", Resource: "limits.memory", Divisor: resource.MustParse("1"),
+		},
+	}}}
+	if c.Name != "receiver" || !cmp.Equal(c.Env, wantEnv) {
+		t.Errorf("container %q env = %+v, want MEMORY_LIMIT from its own limits.memory in bytes", c.Name, c.Env)
+	}
 	mounts := map[string]corev1.VolumeMount{}
 	for _, m := range c.VolumeMounts {
 		mounts[m.Name] = m

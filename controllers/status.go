@@ -35,6 +35,9 @@ type observation struct {
 	// ingressMissing: the spec asks for an Ingress that is not there (or
 	// is being deleted).
 	ingressMissing bool
+	// db is what the running receivers said of their database; nil when
+	// none runs or they were not asked (suspended, a problem stands).
+	db *dbObservation
 }
 
 // computeStatus returns e's status for what was observed. It starts from
@@ -83,6 +86,13 @@ func computeStatus(e *v1alpha1.EHRIntegration, o observation) v1alpha1.EHRIntegr
 		} else {
 			set(v1alpha1.ConditionDegraded, metav1.ConditionFalse, v1alpha1.ReasonReconciled, "every receiver object is as the spec asks")
 		}
+	}
+	if o.db != nil {
+		s, reason, msg := databaseCondition(o.db)
+		set(v1alpha1.ConditionDatabaseReachable, s, reason, msg)
+	} else {
+		// No receiver to ask: a stale verdict would mislead.
+		meta.RemoveStatusCondition(&st.Conditions, v1alpha1.ConditionDatabaseReachable)
 	}
 	return st
 }

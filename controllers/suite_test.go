@@ -45,6 +45,9 @@ const (
 	// sees resyncs happen.
 	testSyncPeriod = 2 * time.Second
 	testImage      = "registry.example.com/ehr-operator:test"
+	// testDatabasePollInterval: short, so DatabaseReachable follows the
+	// fake receiver quickly.
+	testDatabasePollInterval = 300 * time.Millisecond
 )
 
 var (
@@ -58,6 +61,9 @@ var (
 		writes  *writeCounter
 		stopMgr context.CancelFunc
 		mgrDone chan error
+		// dbz answers the reconciler's GET /dbz for every pod: envtest
+		// runs none, so a test's pod points at 127.0.0.1 and this server.
+		dbz *fakeDBZ
 	}
 )
 
@@ -138,6 +144,7 @@ func setupSuite() error {
 	if err != nil {
 		return fmt.Errorf("while creating the manager: %w", err)
 	}
+	suite.dbz = newFakeDBZ()
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &EHRIntegrationReconciler{
 		Client:                  mgr.GetClient(),
@@ -146,6 +153,8 @@ func setupSuite() error {
 		Recorder:                mgr.GetEventRecorder("ehr-operator"),
 		ReceiverImage:           testImage,
 		MaxConcurrentReconciles: 2,
+		DBZPort:                 suite.dbz.port,
+		DatabasePollInterval:    testDatabasePollInterval,
 	}
 	if err := r.SetupWithManager(ctx, mgr); err != nil {
 		cancel()

@@ -218,7 +218,8 @@ type EHRIntegrationStatus struct {
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
-	// conditions are Ready, Progressing and Degraded.
+	// conditions are Ready, Progressing, Degraded and, while receiver pods
+	// run, DatabaseReachable.
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -247,6 +248,10 @@ const (
 	// ConditionDegraded is True when the operator cannot make the receiver
 	// the spec asks for, e.g. a referenced Secret is missing.
 	ConditionDegraded = "Degraded"
+	// ConditionDatabaseReachable is False when receivers report that they
+	// cannot reach their database, Unknown when none reports; present only
+	// while receiver pods run and the receiver can be made.
+	ConditionDatabaseReachable = "DatabaseReachable"
 )
 
 // Condition reasons.
@@ -278,6 +283,15 @@ const (
 	// ReasonOwnershipConflict: a child's name is taken by an object this
 	// EHRIntegration does not control.
 	ReasonOwnershipConflict = "OwnershipConflict"
+	// ReasonDatabaseReachable: every receiver that reported reaches the
+	// database.
+	ReasonDatabaseReachable = "DatabaseReachable"
+	// ReasonDatabaseUnreachable: at least one receiver cannot reach the
+	// database; the message says how many and since when.
+	ReasonDatabaseUnreachable = "DatabaseUnreachable"
+	// ReasonDatabaseStateUnknown: no receiver answered GET /dbz, or none
+	// has heard from the database yet.
+	ReasonDatabaseStateUnknown = "DatabaseStateUnknown"
 )
 
 // AnnotationExternalReplicas, set to "true" on an EHRIntegration, hands the
