@@ -231,9 +231,12 @@ func (s *Server) validate(rq *request) *answer {
 }
 
 // commit writes the batch, delivery row included, and answers 200 only
-// once it is committed.
+// once it is committed. The versions of a batch not stored are remembered,
+// so their retry cannot undo a newer version (versions.go).
 func (s *Server) commit(rq *request) answer {
+	versions, known := s.versions.lookup(rq.valid, rq.received)
 	if !s.db.migrated.Load() {
+		s.versions.remember(versions, s.now())
 		// The same answer as an outage, without a connection attempt per
 		// request: the background migration is what waits for the database.
 		return answer{resp: errorBody(http.StatusServiceUnavailable, msgUnavailable, nil),
@@ -246,6 +249,7 @@ func (s *Server) commit(rq *request) answer {
 	batch := store.Batch{
 		Delivery:    s.delivery(rq, a.outcome, http.StatusOK),
 		Entries:     rq.valid,
+		Versions:    versions,
 		Quarantined: make([]store.Quarantined, len(rq.invalid)),
 	}
 	for i, inv := range rq.invalid {
@@ -257,6 +261,7 @@ func (s *Server) commit(rq *request) answer {
 	res, err := s.store.Write(ctx, batch)
 	s.db.observe(err)
 	if err != nil {
+		s.versions.remember(versions, s.now())
 		s.metrics.databaseErrors.Inc()
 		if store.IsUnavailable(err) {
 			return answer{resp: errorBody(http.StatusServiceUnavailable, msgUnavailable, nil),
@@ -264,6 +269,9 @@ func (s *Server) commit(rq *request) answer {
 		}
 		return answer{resp: errorBody(http.StatusInternalServerError, msgInternal, nil),
 			outcome: store.OutcomeError, err: err}
+	}
+	if known {
+		s.versions.forget(versions)
 	}
 	a.result = res
 	a.resp = Response{Message: msgSuccess, Success: true, Code: http.StatusOK}
@@ -305,13 +313,15 @@ func (s *Server) finish(rq *request, a answer) {
 	s.metrics.duration.WithLabelValues(s.cfg.EHR, code).Observe(latency.Seconds())
 	s.metrics.written.Add(float64(a.result.Written))
 	s.metrics.duplicates.Add(float64(a.result.Duplicates))
+	s.metrics.superseded.Add(float64(a.result.Superseded))
 	s.metrics.quarantined.Add(float64(a.result.Quarantined))
 	attrs := []any{
 		"request_id", rq.c.GetString(ctxRequestID), "ehr", s.cfg.EHR, "items", len(rq.items),
 		"outcome", string(a.outcome), "status", a.resp.Code, "latency_ms", float64(latency.Microseconds()) / 1000,
 	}
 	if a.resp.Code == http.StatusOK {
-		attrs = append(attrs, "written", a.result.Written, "duplicates", a.result.Duplicates, "quarantined", a.result.Quarantined)
+		attrs = append(attrs, "written", a.result.Written, "duplicates", a.result.Duplicates,
+			"superseded", a.result.Superseded, "quarantined", a.result.Quarantined)
 	}
 	switch {
 	case a.err != nil:

@@ -14,6 +14,7 @@ type metrics struct {
 	duration          *prometheus.HistogramVec
 	written           prometheus.Counter
 	duplicates        prometheus.Counter
+	superseded        prometheus.Counter
 	quarantined       prometheus.Counter
 	signatureFailures prometheus.Counter
 	databaseErrors    prometheus.Counter
@@ -36,11 +37,12 @@ func newMetrics(ehr string) *metrics {
 		}, []string{"ehr", "code"}),
 		written:           counter("appointments_written_total", "Entries that changed an appointment."),
 		duplicates:        counter("appointments_duplicates_total", "Entries whose content was already applied (no-ops)."),
+		superseded:        counter("appointments_superseded_total", "Retried versions not applied: the appointment holds a version first received after them."),
 		quarantined:       counter("appointments_quarantined_total", "Invalid entries kept in quarantine (onInvalid: Quarantine)."),
 		signatureFailures: counter("signature_failures_total", "Requests with a valid API key whose signature was missing or wrong."),
 		databaseErrors:    counter("database_errors_total", "Batches the database failed to commit."),
 	}
-	m.registry.MustRegister(m.requests, m.duration, m.written, m.duplicates, m.quarantined,
+	m.registry.MustRegister(m.requests, m.duration, m.written, m.duplicates, m.superseded, m.quarantined,
 		m.signatureFailures, m.databaseErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

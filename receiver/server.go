@@ -45,6 +45,7 @@ type Server struct {
 	limiter  *rate.Limiter
 	metrics  *metrics
 	db       *dbState
+	versions *versionMemory
 	stopping atomic.Bool
 	// now is the clock, for "birth date in the future" and received_at.
 	now func() time.Time
@@ -65,6 +66,7 @@ func New(cfg Config, st Store, log *slog.Logger) (*Server, error) {
 		now:     time.Now,
 	}
 	s.metrics.registry.MustRegister(s.db)
+	s.versions = newVersionMemory(cfg.EHR, s.metrics.registry)
 	return s, nil
 }
 

@@ -121,7 +121,12 @@ var rowArrays = map[string]rowArray{
 	"practitioner_id":  text(func(r *harness.Row) string { return r.PractitionerID }),
 	"pra_first_name":   text(func(r *harness.Row) string { return r.PraFirst }),
 	"pra_last_name":    text(func(r *harness.Row) string { return r.PraLast }),
+
+	// The receiver writes each request's received time; one will do.
+	"version_received_at": timeOf(func(*harness.Row) time.Time { return limitStarted }, time.RFC3339Nano),
 }
+
+var limitStarted = time.Now()
 
 // rowArray is one entry array: the unnest method's argument for a batch,
 // and the copy method's value for one row.

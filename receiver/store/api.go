@@ -80,9 +80,25 @@ type Quarantined struct {
 
 // Batch is everything one request writes, in one all-or-nothing unit.
 type Batch struct {
-	Delivery    Delivery
-	Entries     []payload.Entry
+	Delivery Delivery
+	Entries  []payload.Entry
+	// Versions, when not nil, holds one Version per entry, in order. When
+	// nil, Write hashes the entries and takes each as first received with
+	// the delivery.
+	Versions    []Version
 	Quarantined []Quarantined
+}
+
+// Version is an entry's content as the receiver knows it.
+type Version struct {
+	// Hash is ContentHash of the entry.
+	Hash [32]byte
+	// FirstReceived is when this receiver first received this content:
+	// Delivery.ReceivedAt, or earlier for a retry it remembers. A retry
+	// (earlier than Delivery.ReceivedAt) first received before the
+	// appointment's stored version is superseded: written to the history
+	// as such, not applied (docs/architecture.md, "Schema and write path").
+	FirstReceived time.Time
 }
 
 // Result counts what a committed batch did.
@@ -92,8 +108,13 @@ type Result struct {
 	// Duplicates is the number of entries not applied: their content was
 	// already applied to the appointment at some time (a redelivery or a
 	// replay of an older version), or a later entry of the same batch names
-	// the same appointment. Written + Duplicates == len(Batch.Entries).
-	Duplicates  int
+	// the same appointment.
+	Duplicates int
+	// Superseded is the number of retried versions not applied because the
+	// appointment holds a version first received after them; each is in the
+	// history, marked superseded. Written + Duplicates + Superseded ==
+	// len(Batch.Entries).
+	Superseded  int
 	Quarantined int
 }
 

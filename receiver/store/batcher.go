@@ -214,15 +214,16 @@ func (s *Store) writeGroup(ctx context.Context, group []*request, out []outcome)
 	defer rows.Close()
 	n := 0
 	for rows.Next() {
-		var req, written, quarantined int
-		if err := rows.Scan(&req, &written, &quarantined); err != nil {
+		var req, written, superseded, quarantined int
+		if err := rows.Scan(&req, &written, &superseded, &quarantined); err != nil {
 			return wrap("Write", err)
 		}
 		if req < 1 || req > len(group) {
 			return fmt.Errorf("Write: the statement answered for request %d of %d", req, len(group))
 		}
 		p := group[req-1].p
-		out[req-1] = outcome{res: Result{Written: written, Duplicates: p.entries - written, Quarantined: quarantined}}
+		out[req-1] = outcome{res: Result{Written: written, Duplicates: p.entries - written - superseded,
+			Superseded: superseded, Quarantined: quarantined}}
 		n++
 	}
 	if err := rows.Err(); err != nil {

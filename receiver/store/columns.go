@@ -19,7 +19,8 @@ import (
 // entryRow is an entry as the statement's arrays read it.
 type entryRow struct {
 	*payload.Entry
-	hash [32]byte
+	hash     [32]byte
+	received time.Time // Version.FirstReceived
 }
 
 // shared marks a column whose array another column defines: both hold the
@@ -61,16 +62,19 @@ var appointments = Table{name: "appointments", columns: []column[entryRow]{
 	{"encounter_reason", "encounter_reason", optText(func(r *entryRow) *string { return r.EncounterReason })},
 	{"department_id", "department_id", optText(func(r *entryRow) *string { return r.DepartmentID })},
 	{"content_hash", "content_hash", bytea(func(r *entryRow) []byte { return r.hash[:] })},
+	{"version_received_at", "version_received_at", timestamptz(func(r *entryRow) time.Time { return r.received })},
 }}
 
-// history is written from what the appointment upsert returns: its
-// "arrays" are the appointment's columns.
+// history is written from what the appointment upsert returns, and from
+// the superseded entries: its "arrays" are the appointment's columns (for a
+// superseded entry, the entry's arrays of those columns).
 var history = Table{name: "appointment_history", columns: []column[entryRow]{
 	{"appointment_external_id", "external_id", shared},
 	{"status", "status", shared},
 	{"start_time", "start_time", shared},
 	{"content_hash", "content_hash", shared},
 	{"delivery_id", "delivery_id", shared},
+	{"version_received_at", "version_received_at", shared},
 }}
 
 // deliveryColumns are webhook_deliveries' columns besides ehr, one row per

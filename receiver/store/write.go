@@ -14,8 +14,8 @@ import (
 // writeSQL stores a group of requests in one statement, and so in one
 // round trip and one implicit transaction (DESIGN §6: the batcher's shared
 // transaction). It returns, per request in group order, the appointments
-// written and the entries quarantined. Its column lists come from
-// columns.go; testdata/write.sql is the statement as built.
+// written, the entries superseded and the entries quarantined. Its column
+// lists come from columns.go; testdata/write.sql is the statement as built.
 //
 //   - A delivery row per request. The rows are inserted in request order,
 //     so their identity values ascend in that order and the n-th smallest
@@ -23,7 +23,18 @@ import (
 //     entries and quarantined entries find theirs by the request's ordinal.
 //     (Drawing the ids with nextval() first would need USAGE on the
 //     sequence, a privilege a least-privilege role may lack.)
-//   - The entries whose content hash the appointment's history lacks
+//   - An entry whose content hash the appointment's history lacks is
+//     superseded when it is a retry the receiver remembers (its version
+//     was first received before its request) and the appointment's stored
+//     version was first received after it. It gets a history row
+//     marked superseded, so its redelivery is a no-op, and changes nothing
+//     else. A version first received with its request is never superseded:
+//     such an entry is applied as before, so the receivers' clocks decide
+//     nothing for versions arriving the first time. The check reads the
+//     statement's snapshot: a newer version committed while this statement
+//     runs is not seen, as before (concurrent deliveries are not ordered).
+//     AND evaluates left to right, so a first delivery skips the probe.
+//   - The other entries whose content hash the appointment's history lacks
 //     (older or identical content is a no-op, so a replayed old delivery
 //     cannot undo a newer change) are upserted as snapshots into patients,
 //     practitioners and appointments, with a history row per applied
@@ -38,7 +49,8 @@ import (
 //     after this statement's snapshot was taken (ON CONFLICT sees the
 //     latest row version). History rows are written after the
 //     appointment's row lock is held, so their order is the order in
-//     which changes were applied.
+//     which changes were applied. A superseded entry's history row is
+//     written with them (the sort reads every appointment row first).
 //   - OFFSET 0 keeps the history check a per-entry index probe: without it
 //     the planner may turn NOT EXISTS into a hash anti-join that reads
 //     every history row of the EHR for every statement, so writes slow
@@ -48,9 +60,9 @@ import (
 // Lock order: every lock is taken inside this one statement, table by table
 // (patients, practitioners, appointments: the appointment insert's one-time
 // filter runs the other two first; then history rows, whose appointments
-// this statement already holds) and in ascending key order within each
-// table. Two such statements can never wait for each other in a cycle, so
-// no advisory locks are needed.
+// this statement already holds or, for superseded entries, does not touch)
+// and in ascending key order within each table. Two such statements can
+// never wait for each other in a cycle, so no advisory locks are needed.
 const writeTemplate = `
 WITH delivery AS (
     INSERT INTO webhook_deliveries (ehr, {{delivery}})
@@ -58,11 +70,15 @@ WITH delivery AS (
     FROM unnest({{delivery params}})
         WITH ORDINALITY AS d({{delivery}}, req)
     ORDER BY req
-    RETURNING id
+    RETURNING id, received_at
 ), delivery_in AS (
-    SELECT id AS delivery_id, row_number() OVER (ORDER BY id) AS req FROM delivery
+    SELECT id AS delivery_id, received_at, row_number() OVER (ORDER BY id) AS req FROM delivery
 ), entry AS (
-    SELECT u.*, d.delivery_id
+    SELECT u.*, d.delivery_id,
+        COALESCE(u.version_received_at < d.received_at AND u.version_received_at < (
+            SELECT a.version_received_at FROM appointments a
+            WHERE a.ehr = $1 AND a.external_id = u.{{appointments key}}
+        ), false) AS superseded
     FROM unnest(
         {{entry req}}, {{entry params}}
     ) WITH ORDINALITY AS u(
@@ -81,7 +97,7 @@ WITH delivery AS (
     SELECT
         $1, {{appointments arrays}}, delivery_id
     FROM entry
-    WHERE (SELECT count(*) FROM patient) >= 0 AND (SELECT count(*) FROM practitioner) >= 0
+    WHERE NOT superseded AND (SELECT count(*) FROM patient) >= 0 AND (SELECT count(*) FROM practitioner) >= 0
     ORDER BY {{appointments key}}
     ON CONFLICT (ehr, external_id) DO UPDATE SET
         {{appointments set}},
@@ -89,9 +105,13 @@ WITH delivery AS (
     WHERE a.content_hash <> EXCLUDED.content_hash
     RETURNING {{history arrays}}
 ), history AS (
-    INSERT INTO appointment_history (ehr, {{history columns}})
-    SELECT $1, {{history arrays}}
+    INSERT INTO appointment_history (ehr, {{history columns}}, superseded)
+    SELECT $1, {{history arrays}}, false
     FROM appointment
+    UNION ALL
+    SELECT $1, {{history entry arrays}}, true
+    FROM entry
+    WHERE superseded
     ORDER BY {{history key}}
     ON CONFLICT DO NOTHING
 ), quarantine AS (
@@ -103,6 +123,7 @@ WITH delivery AS (
 )
 SELECT d.req,
     (SELECT count(*) FROM appointment a WHERE a.delivery_id = d.delivery_id),
+    (SELECT count(*) FROM entry e WHERE e.superseded AND e.delivery_id = d.delivery_id),
     (SELECT count(*) FROM quarantine q WHERE q.delivery_id = d.delivery_id)
 FROM delivery_in d
 ORDER BY d.req
@@ -115,6 +136,7 @@ const snapshotTemplate = `, {{cte}} AS (
     SELECT DISTINCT ON ({{key}})
         $1, {{arrays}}
     FROM entry
+    WHERE NOT superseded
     ORDER BY {{key}}, ord DESC
     ON CONFLICT (ehr, external_id) DO UPDATE SET
         {{set}},
@@ -161,6 +183,7 @@ func writeVars() map[string]string {
 		v[name+" columns"], v[name+" arrays"], v[name+" key"] = list(t.Columns()), list(t.Arrays()), t.Key()
 		v[name+" set"] = list(set(t.Values()))
 	}
+	v["history entry arrays"] = list(historyFromEntry())
 	for _, s := range []struct {
 		cte, alias string
 		t          Table
@@ -198,6 +221,24 @@ func fill(src string, vars map[string]string) string {
 		b.WriteString(val)
 		src = src[i+j+2:]
 	}
+}
+
+// historyFromEntry is a superseded entry's history row: for each history
+// column, the entry's array of the appointment column it is returned as.
+func historyFromEntry() []string {
+	arrayOf := map[string]string{"delivery_id": "delivery_id"} // not an entry array
+	for _, c := range appointments.columns {
+		arrayOf[c.name] = c.array
+	}
+	out := make([]string, len(history.columns))
+	for i, c := range history.columns {
+		a, ok := arrayOf[c.array]
+		if !ok {
+			panic("store: history column " + c.name + " is not an appointment column")
+		}
+		out[i] = a
+	}
+	return out
 }
 
 func set(cols []string) []string {
@@ -252,11 +293,20 @@ type prepared struct {
 }
 
 // prepare dedupes appointments (the last entry wins, DESIGN §6), sorts them
-// by id, hashes each and lays the request out for writeArgs.
+// by id, hashes each (unless b.Versions did) and lays the request out for
+// writeArgs.
 func prepare(b Batch) (*prepared, error) {
 	d := b.Delivery
 	if err := d.check(); err != nil {
 		return nil, err
+	}
+	if b.Versions != nil && len(b.Versions) != len(b.Entries) {
+		return nil, fmt.Errorf("%d versions for %d entries", len(b.Versions), len(b.Entries))
+	}
+	for i, v := range b.Versions {
+		if v.FirstReceived.IsZero() {
+			return nil, fmt.Errorf("entry %d: version without a received time", i)
+		}
 	}
 	last := make(map[string]int, len(b.Entries))
 	for i, e := range b.Entries {
@@ -274,7 +324,11 @@ func prepare(b Batch) (*prepared, error) {
 	ids := make([]string, len(idx))
 	for k, i := range idx {
 		e := &b.Entries[i]
-		rows[k] = entryRow{Entry: e, hash: ContentHash(*e)}
+		if b.Versions != nil {
+			rows[k] = entryRow{Entry: e, hash: b.Versions[i].Hash, received: b.Versions[i].FirstReceived}
+		} else {
+			rows[k] = entryRow{Entry: e, hash: ContentHash(*e), received: d.ReceivedAt}
+		}
 		ids[k] = e.Appointment.ID
 	}
 
