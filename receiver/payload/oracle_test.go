@@ -130,9 +130,9 @@ func TestRareInputsMatchTheReference(t *testing.T) {
 	}
 }
 
-// deep nests open and close n times around 1.
-func deep(n int, open, close string) string {
-	return strings.Repeat(open, n) + "1" + strings.Repeat(close, n)
+// deep nests opening and closing n times around 1.
+func deep(n int, opening, closing string) string {
+	return strings.Repeat(opening, n) + "1" + strings.Repeat(closing, n)
 }
 
 // decodeSlow is Decode on encoding/json.
