@@ -139,9 +139,11 @@ type deliveryRow struct {
 	sha     []byte
 }
 
-// deliveries returns the delivery log's rows for a request id.
+// deliveries returns the delivery log's rows for a request id, once the
+// delivery log has written what it holds.
 func (ts *testServer) deliveries(t *testing.T, id string) []deliveryRow {
 	t.Helper()
+	ts.srv.deliveries.flush(context.Background())
 	rows, err := ts.db.Query(`SELECT outcome, status_code, item_count, body_sha256 FROM webhook_deliveries WHERE request_id = $1`, id)
 	if err != nil {
 		t.Fatal(err)
@@ -407,6 +409,7 @@ func TestDatabaseUnavailable(t *testing.T) {
 	ts.expectAnswer(t, w, id, want{status: 503,
 		body:    `{"message":"the database is unavailable; the batch was not stored, retry later","success":false,"code":503}`,
 		headers: map[string]string{"Retry-After": "5"}, outcome: store.OutcomeUnavailable})
+	ts.srv.deliveries.flush(context.Background())
 	if !strings.Contains(ts.log.String(), `"msg":"Could not record the failed delivery","request_id":"`+id+`"`) {
 		t.Errorf("the lost delivery row is not logged:\n%s", ts.log)
 	}

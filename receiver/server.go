@@ -20,7 +20,7 @@ import (
 // Store is what the receiver needs of receiver/store.Store.
 type Store interface {
 	Write(ctx context.Context, b store.Batch) (store.Result, error)
-	RecordDelivery(ctx context.Context, d store.Delivery) error
+	RecordDeliveries(ctx context.Context, ds []store.Delivery) error
 	Ready(ctx context.Context) error
 }
 
@@ -45,6 +45,10 @@ type Server struct {
 	limiter  *rate.Limiter
 	metrics  *metrics
 	stopping atomic.Bool
+	// inflight bounds the bodies held at once; deliveries writes the
+	// delivery log of failed requests off the request path.
+	inflight   *inflight
+	deliveries *deliveryLog
 	// now is the clock, for "birth date in the future" and received_at.
 	now func() time.Time
 }
@@ -54,14 +58,17 @@ func New(cfg Config, st Store, log *slog.Logger) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("while checking the receiver configuration: %w", err)
 	}
-	return &Server{
+	s := &Server{
 		cfg:     cfg,
 		store:   st,
 		log:     log,
 		limiter: rate.NewLimiter(rate.Limit(cfg.RequestsPerSecond), cfg.Burst),
 		metrics: newMetrics(cfg.EHR),
 		now:     time.Now,
-	}, nil
+	}
+	s.inflight = newInflight(cfg, s.metrics.registry)
+	s.deliveries = newDeliveryLog(st.RecordDeliveries, log, cfg.EHR, s.metrics.registry)
+	return s, nil
 }
 
 // Handler is the webhook server's handler: only the sync route exists;
@@ -152,6 +159,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if merr := met.Shutdown(sctx); err == nil {
 		err = merr
 	}
+	s.deliveries.close(deliveryFlushTimeout) // before the caller closes the store
 	if err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("while shutting down: %w", err)
 	}

@@ -25,7 +25,7 @@ const (
 	// txTimeout bounds one shared transaction: a database that does not
 	// answer fails its callers with context.DeadlineExceeded (unavailable).
 	txTimeout = 15 * time.Second
-	// Besides the workers: RecordDelivery, Ready, Migrate.
+	// Besides the workers: the delivery log, Ready, Migrate.
 	maxConns = workers + 4
 	// defaultConnectTimeout applies unless the URL sets connect_timeout.
 	defaultConnectTimeout = 10 * time.Second
@@ -118,19 +118,6 @@ func (s *Store) Ready(ctx context.Context) error {
 		return wrap("Ready", err)
 	}
 	return nil
-}
-
-// RecordDelivery logs an authenticated request answered with an error (the
-// caller's best effort: it has already failed the request).
-func (s *Store) RecordDelivery(ctx context.Context, d Delivery) error {
-	if err := d.check(); err != nil {
-		return fmt.Errorf("RecordDelivery: %w", err)
-	}
-	_, err := s.db.ExecContext(ctx, `
-		INSERT INTO webhook_deliveries (ehr, request_id, received_at, body_sha256, item_count, outcome, status_code)
-		VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-		d.EHR, d.RequestID, d.ReceivedAt, d.BodySHA256[:], d.ItemCount, d.Outcome, d.StatusCode)
-	return wrap("RecordDelivery", err)
 }
 
 // Close stops taking writes, lets queued and in-flight writes finish, then
