@@ -370,6 +370,11 @@ func TestQuarantine(t *testing.T) {
 	if n := ts.count(t, `SELECT count(*) FROM quarantined_entries`); n != 1 {
 		t.Errorf("%d quarantined entries, want 1", n)
 	}
+	// The handler drops its copies of valid items, never an invalid one's.
+	var raw []byte
+	if err := ts.db.QueryRow(`SELECT raw FROM quarantined_entries`).Scan(&raw); err != nil || string(raw) != invalidEntry("q2") {
+		t.Errorf("quarantined raw entry %q, %v; want the entry as sent", raw, err)
+	}
 	if line := ts.logLine(t, id); line["written"] != 1.0 || line["quarantined"] != 1.0 {
 		t.Errorf("log line counts: %v", line)
 	}
