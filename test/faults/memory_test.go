@@ -38,7 +38,7 @@ func TestMemoryBoundedUnderLargeBodies(t *testing.T) {
 	r := startReceiver(t, dbURL, "--memory-limit", strconv.Itoa(memoryLimit), "--max-batch-size", "10000")
 	pid := r.Cmd.Process.Pid
 	limits := logLine(t, r, "Memory limits")
-	t.Logf("receiver limits: memory %v, Go memory limit %v, in-flight bodies %v bytes",
+	t.Logf("receiver limits: memory %.0f, Go memory limit %.0f, in-flight bodies %.0f bytes",
 		limits["memory_limit"], limits["go_memory_limit"], limits["max_inflight_body_bytes"])
 	if limits["go_memory_limit"] != float64(sizing.GoMemoryLimit(memoryLimit)) ||
 		limits["max_inflight_body_bytes"] != float64(sizing.InflightBudget(memoryLimit)) {
