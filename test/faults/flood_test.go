@@ -208,7 +208,10 @@ func TestBadSignatureFlood(t *testing.T) {
 		t.Errorf("only %d good requests answered 200 during the flood", len(floodLat))
 	}
 	if p99 >= p99Limit {
-		t.Errorf("good requests' p99 %.1f ms during the flood, want under %d ms", harness.Ms(p99), p99Limit.Milliseconds())
+		// The quiet seconds' figure tells a loaded machine from a receiver
+		// the flood slows down.
+		t.Errorf("good requests' p99 %.1f ms during the flood, want under %d ms (%.1f ms in the quiet seconds before it)",
+			harness.Ms(p99), p99Limit.Milliseconds(), harness.Ms(harness.Percentile(quietLat, 99)))
 	}
 }
 
