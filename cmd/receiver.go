@@ -27,6 +27,8 @@ type receiverFlags struct {
 	requestsPerSecond                float64
 	onInvalid, listen, metricsListen string
 	migrate                          bool
+	// memoryLimit is the container's (downward API); 0 is unknown.
+	memoryLimit, maxInflightBodyBytes int64
 }
 
 func newReceiverCommand() *cobra.Command {
@@ -59,6 +61,8 @@ Every flag falls back to an environment variable named after it
 	fs.StringVar(&f.listen, "listen", ":8080", "address of the webhook server")
 	fs.StringVar(&f.metricsListen, "metrics-listen", ":9090", "address of /healthz, /readyz, /dbz and /metrics")
 	fs.BoolVar(&f.migrate, "migrate", true, "apply the database migrations in the background at start (the webhook answers 503 until done); false: assume they are applied")
+	fs.Int64Var(&f.memoryLimit, "memory-limit", 0, "the container's memory limit in bytes, for the Go memory limit and the default of --max-inflight-body-bytes (0: unknown)")
+	fs.Int64Var(&f.maxInflightBodyBytes, "max-inflight-body-bytes", 0, "most bytes of request bodies held at once; past it requests are answered 503 (0: derived from --memory-limit)")
 	return c
 }
 
@@ -69,6 +73,7 @@ func runReceiver(ctx context.Context, f receiverFlags) error {
 	if err != nil {
 		return fmt.Errorf("while reading the receiver configuration: %w", err)
 	}
+	setGoMemoryLimit(f, cfg, log)
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	// After the first signal, a second one ends the process at once.
@@ -145,6 +150,9 @@ func receiverConfig(f receiverFlags) (receiver.Config, string, error) {
 		if prev != "" {
 			cfg.PreviousSecret = []byte(prev)
 		}
+	}
+	if err := memorySettings(f, &cfg); err != nil {
+		errs = append(errs, err)
 	}
 	if err := cfg.ValidateSettings(); err != nil {
 		errs = append(errs, err)

@@ -40,6 +40,11 @@ type Config struct {
 	Burst             int
 	OnInvalid         OnInvalid
 
+	// MaxInflightBodyBytes bounds the bytes of bodies held at once (past
+	// it requests are answered 503); 0 is sizing.DefaultInflight, or
+	// MaxBodyBytes when that is more.
+	MaxInflightBodyBytes int64
+
 	// Listen and MetricsListen are the two servers' addresses.
 	Listen, MetricsListen string
 }
@@ -74,6 +79,12 @@ func (c Config) ValidateSettings() error {
 	}
 	if c.MaxBodyBytes < 1 {
 		errs = append(errs, fmt.Errorf("max-body-bytes must be at least 1, not %d", c.MaxBodyBytes))
+	}
+	if c.MaxInflightBodyBytes < 0 {
+		errs = append(errs, fmt.Errorf("max-inflight-body-bytes must not be negative, not %d", c.MaxInflightBodyBytes))
+	} else if c.MaxInflightBodyBytes > 0 && c.MaxInflightBodyBytes < c.MaxBodyBytes {
+		errs = append(errs, fmt.Errorf("max-inflight-body-bytes (%d) must be at least max-body-bytes (%d): a body at the limit could never be read",
+			c.MaxInflightBodyBytes, c.MaxBodyBytes))
 	}
 	if c.MaxBatchSize < 1 {
 		errs = append(errs, fmt.Errorf("max-batch-size must be at least 1, not %d", c.MaxBatchSize))

@@ -27,6 +27,8 @@ func TestConfigValidate(t *testing.T) {
 		{func(c *Config) { c.APIKey = "" }, "API key is empty"},
 		{func(c *Config) { c.Secret = nil }, "webhook secret is empty"},
 		{func(c *Config) { c.MaxBodyBytes = 0 }, "max-body-bytes"},
+		{func(c *Config) { c.MaxInflightBodyBytes = -1 }, "max-inflight-body-bytes must not be negative"},
+		{func(c *Config) { c.MaxInflightBodyBytes = c.MaxBodyBytes - 1 }, "max-inflight-body-bytes (4194303) must be at least max-body-bytes"},
 		{func(c *Config) { c.MaxBatchSize = 0 }, "max-batch-size"},
 		{func(c *Config) { c.RequestsPerSecond = 0 }, "requests-per-second"},
 		{func(c *Config) { c.Burst = 0 }, "burst"},

@@ -59,6 +59,9 @@ type request struct {
 	items         []payload.Item // nil until the body decodes
 	valid         []payload.Entry
 	invalid       []payload.Invalid
+
+	// reserved is what the request holds of the in-flight budget.
+	reserved int64
 }
 
 // answer is what a request came to, for the response, the log line, the
@@ -96,7 +99,11 @@ var checks = [...]step{
 // sync runs the checks in order, answers and logs.
 func (s *Server) sync(c *gin.Context) {
 	rq := &request{c: c, received: s.now()}
+	defer func() { s.inflight.release(rq.reserved) }()
 	a := s.check(rq)
+	if a.outcome == store.OutcomeOverloaded {
+		defer s.discardBody(c) // once answered and logged
+	}
 	if a.retryAfter > 0 {
 		c.Header("Retry-After", strconv.Itoa(a.retryAfter))
 	}
@@ -174,8 +181,25 @@ func (s *Server) readBody(rq *request) *answer {
 	if r.ContentLength > s.cfg.MaxBodyBytes {
 		return tooLarge()
 	}
+	// The body's bytes are reserved before one is read; one sent without
+	// Content-Length (chunked) reserves the limit, and gives back what it
+	// did not use once read.
+	need := r.ContentLength
+	if need < 0 {
+		need = s.cfg.MaxBodyBytes
+	}
+	if !s.inflight.reserve(need) {
+		a := fail(http.StatusServiceUnavailable, store.OutcomeOverloaded, msgOverloaded)
+		a.retryAfter = retryAfterOverloaded
+		return a
+	}
+	rq.reserved = need
 	// A body sent without Content-Length (chunked) is cut at the limit.
 	body, err := readSized(http.MaxBytesReader(rq.c.Writer, r.Body, s.cfg.MaxBodyBytes), r.ContentLength)
+	if r.ContentLength < 0 {
+		s.inflight.release(need - int64(len(body)))
+		rq.reserved = int64(len(body))
+	}
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
 			return tooLarge()
@@ -211,7 +235,9 @@ func (s *Server) decode(rq *request) *answer {
 		}
 		return a
 	}
-	rq.items = items
+	// The items are copies: the body's memory can go (receiver/sizing
+	// counts on it).
+	rq.items, rq.body = items, nil
 	return nil
 }
 
@@ -219,6 +245,11 @@ func (s *Server) decode(rq *request) *answer {
 // under Quarantine it passes them on for commit to keep aside.
 func (s *Server) validate(rq *request) *answer {
 	rq.valid, rq.invalid = payload.Validate(rq.items, s.cfg.Location, rq.received)
+	// Valid entries do not refer to their items' bytes, and rq.invalid
+	// keeps its own: the copies can go.
+	for i := range rq.items {
+		rq.items[i].Raw = nil
+	}
 	if len(rq.invalid) == 0 || s.cfg.OnInvalid != Reject {
 		return nil
 	}
@@ -293,15 +324,11 @@ func (s *Server) delivery(rq *request, outcome store.Outcome, code int) store.De
 	}
 }
 
-// recordFailure logs an authenticated request that failed in
-// webhook_deliveries, best effort: the answer has already been sent.
+// recordFailure queues an authenticated request that failed for
+// webhook_deliveries, best effort: the delivery log writes it later, or
+// drops it when it cannot keep up.
 func (s *Server) recordFailure(rq *request, a answer) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(rq.c.Request.Context()), 2*time.Second)
-	defer cancel()
-	d := s.delivery(rq, a.outcome, a.resp.Code)
-	if err := s.store.RecordDelivery(ctx, d); err != nil {
-		s.log.Warn("Could not record the failed delivery", "request_id", d.RequestID, "ehr", s.cfg.EHR, "error", err.Error())
-	}
+	s.deliveries.add(s.delivery(rq, a.outcome, a.resp.Code))
 }
 
 // finish logs the request and counts it. Never a field value: only the
@@ -373,12 +400,36 @@ func validRequestID(id string) bool {
 	return true
 }
 
-// readSized reads r whole into one buffer sized from Content-Length (already
-// checked against the limit), where io.ReadAll would grow one from 512
-// bytes: a tenth of the allocation of a 100-entry request.
+// firstBodyBuffer caps the buffer allocated before a body's bytes arrive.
+const firstBodyBuffer = 64 << 10
+
+// readSized reads r whole. Its buffer starts at Content-Length (already
+// checked against the limit) up to firstBodyBuffer, and doubles as bytes
+// arrive, never past Content-Length: a sender that announces a large body
+// and sends nothing holds 64 KiB, and a small body is read in one
+// allocation where io.ReadAll would grow one from 512 bytes.
 func readSized(r io.Reader, contentLength int64) ([]byte, error) {
-	// bytes.Buffer.ReadFrom wants MinRead bytes free to read the end.
-	buf := bytes.NewBuffer(make([]byte, 0, max(contentLength, 0)+bytes.MinRead))
-	_, err := buf.ReadFrom(r)
-	return buf.Bytes(), err
+	// MinRead bytes free let the last Read see the end.
+	size := int64(firstBodyBuffer)
+	if contentLength >= 0 {
+		size = min(size, contentLength)
+	}
+	buf := make([]byte, 0, size+bytes.MinRead)
+	for {
+		if len(buf) == cap(buf) {
+			next := 2 * int64(cap(buf))
+			if contentLength >= 0 && int64(len(buf)) < contentLength+bytes.MinRead {
+				next = min(next, contentLength+bytes.MinRead)
+			}
+			buf = append(make([]byte, 0, next), buf...)
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
 }

@@ -139,9 +139,11 @@ type deliveryRow struct {
 	sha     []byte
 }
 
-// deliveries returns the delivery log's rows for a request id.
+// deliveries returns the delivery log's rows for a request id, once the
+// delivery log has written what it holds.
 func (ts *testServer) deliveries(t *testing.T, id string) []deliveryRow {
 	t.Helper()
+	ts.srv.deliveries.flush(context.Background())
 	rows, err := ts.db.Query(`SELECT outcome, status_code, item_count, body_sha256 FROM webhook_deliveries WHERE request_id = $1`, id)
 	if err != nil {
 		t.Fatal(err)
@@ -368,6 +370,11 @@ func TestQuarantine(t *testing.T) {
 	if n := ts.count(t, `SELECT count(*) FROM quarantined_entries`); n != 1 {
 		t.Errorf("%d quarantined entries, want 1", n)
 	}
+	// The handler drops its copies of valid items, never an invalid one's.
+	var raw []byte
+	if err := ts.db.QueryRow(`SELECT raw FROM quarantined_entries`).Scan(&raw); err != nil || string(raw) != invalidEntry("q2") {
+		t.Errorf("quarantined raw entry %q, %v; want the entry as sent", raw, err)
+	}
 	if line := ts.logLine(t, id); line["written"] != 1.0 || line["quarantined"] != 1.0 {
 		t.Errorf("log line counts: %v", line)
 	}
@@ -407,6 +414,7 @@ func TestDatabaseUnavailable(t *testing.T) {
 	ts.expectAnswer(t, w, id, want{status: 503,
 		body:    `{"message":"the database is unavailable; the batch was not stored, retry later","success":false,"code":503}`,
 		headers: map[string]string{"Retry-After": "5"}, outcome: store.OutcomeUnavailable})
+	ts.srv.deliveries.flush(context.Background())
 	if !strings.Contains(ts.log.String(), `"msg":"Could not record the failed delivery","request_id":"`+id+`"`) {
 		t.Errorf("the lost delivery row is not logged:\n%s", ts.log)
 	}

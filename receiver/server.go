@@ -20,7 +20,7 @@ import (
 // Store is what the receiver needs of receiver/store.Store.
 type Store interface {
 	Write(ctx context.Context, b store.Batch) (store.Result, error)
-	RecordDelivery(ctx context.Context, d store.Delivery) error
+	RecordDeliveries(ctx context.Context, ds []store.Delivery) error
 	Ping(ctx context.Context) error
 }
 
@@ -47,6 +47,10 @@ type Server struct {
 	db       *dbState
 	versions *versionMemory
 	stopping atomic.Bool
+	// inflight bounds the bodies held at once; deliveries writes the
+	// delivery log of failed requests off the request path.
+	inflight   *inflight
+	deliveries *deliveryLog
 	// now is the clock, for "birth date in the future" and received_at.
 	now func() time.Time
 }
@@ -67,6 +71,8 @@ func New(cfg Config, st Store, log *slog.Logger) (*Server, error) {
 	}
 	s.metrics.registry.MustRegister(s.db)
 	s.versions = newVersionMemory(cfg.EHR, s.metrics.registry)
+	s.inflight = newInflight(cfg, s.metrics.registry)
+	s.deliveries = newDeliveryLog(st.RecordDeliveries, log, cfg.EHR, s.metrics.registry)
 	return s, nil
 }
 
@@ -160,6 +166,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if merr := met.Shutdown(sctx); err == nil {
 		err = merr
 	}
+	s.deliveries.close(deliveryFlushTimeout) // before the caller closes the store
 	if err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("while shutting down: %w", err)
 	}

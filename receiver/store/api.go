@@ -46,6 +46,10 @@ const (
 	OutcomeRateLimited Outcome = "rate_limited"
 	// OutcomeTooLarge: the body is over the byte limit. 413.
 	OutcomeTooLarge Outcome = "too_large"
+	// OutcomeOverloaded: the receiver already holds as many bytes of
+	// bodies as its memory allows; the body was not read. 503 with
+	// Retry-After.
+	OutcomeOverloaded Outcome = "overloaded"
 	// OutcomeUnreadable: reading the body failed (the sender hung up). 400.
 	OutcomeUnreadable Outcome = "unreadable"
 	// OutcomeBadSignature: X-Webhook-Signature is malformed or does not
@@ -132,8 +136,9 @@ type Result struct {
 //	    that makes it fail is retried alone, so it fails alone.
 //	    The Delivery row (outcome/status given by the caller) is written in
 //	    the same transaction and history rows refer to it.
-//	(*Store).RecordDelivery(ctx context.Context, d Delivery) error
-//	    logs an authenticated request that was answered with an error.
+//	(*Store).RecordDeliveries(ctx context.Context, ds []Delivery) error
+//	    logs authenticated requests that were answered with an error, in one
+//	    statement.
 //	(*Store).Ping(ctx context.Context) error
 //	    nil when the database answers (the receiver's database monitor).
 //	(*Store).Ready(ctx context.Context) error

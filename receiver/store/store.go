@@ -24,7 +24,7 @@ const (
 	// txTimeout bounds one shared transaction: a database that does not
 	// answer fails its callers with context.DeadlineExceeded (unavailable).
 	txTimeout = 15 * time.Second
-	// Besides the workers: RecordDelivery, Ping, Migrate.
+	// Besides the workers: the delivery log, Ping, Migrate.
 	maxConns = workers + 4
 	// defaultConnectTimeout applies unless the URL sets connect_timeout.
 	defaultConnectTimeout = 10 * time.Second
@@ -120,18 +120,6 @@ func (s *Store) Ready(ctx context.Context) error {
 		return wrap("Ready", err)
 	}
 	return nil
-}
-
-// RecordDelivery logs an authenticated request answered with an error (the
-// caller's best effort: it has already failed the request).
-func (s *Store) RecordDelivery(ctx context.Context, d Delivery) error {
-	if err := d.check(); err != nil {
-		return fmt.Errorf("RecordDelivery: %w", err)
-	}
-	p := &prepared{deliveryRow: deliveryArrays.encode([]Delivery{d}, 128)}
-	args := appendArrays([]any{d.EHR}, []*prepared{p}, len(deliveryArrays.names), func(p *prepared) *elements { return &p.deliveryRow })
-	_, err := s.db.ExecContext(ctx, recordSQL, args...)
-	return wrap("RecordDelivery", err)
 }
 
 // Close stops taking writes, lets queued and in-flight writes finish, then

@@ -146,7 +146,7 @@ const snapshotTemplate = `, {{cte}} AS (
     RETURNING 1
 )`
 
-// recordTemplate is RecordDelivery's statement: one delivery row.
+// recordTemplate is RecordDeliveries' statement: delivery rows of one EHR.
 const recordTemplate = `
 INSERT INTO webhook_deliveries (ehr, {{delivery}})
 SELECT $1, {{delivery}}

@@ -345,19 +345,6 @@ func TestWriteRefusesDeliveryWithoutEHR(t *testing.T) {
 	}
 }
 
-func TestRecordDelivery(t *testing.T) {
-	t.Parallel()
-	s, db := newStore(t)
-	d := batch().Delivery
-	d.Outcome, d.StatusCode, d.ItemCount = "rejected", 422, 3
-	if err := s.RecordDelivery(context.Background(), d); err != nil {
-		t.Fatal(err)
-	}
-	if n := count(t, db, `SELECT count(*) FROM webhook_deliveries WHERE request_id = $1 AND outcome = 'rejected' AND status_code = 422 AND item_count = 3`, d.RequestID); n != 1 {
-		t.Errorf("%d matching delivery rows, want 1", n)
-	}
-}
-
 // The array arguments' text forms (TestWriteStoresTextVerbatim checks the
 // same through PostgreSQL), also when a group's requests are joined.
 func TestArrayLiterals(t *testing.T) {

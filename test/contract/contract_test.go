@@ -133,11 +133,11 @@ func TestCheckOrder(t *testing.T) {
 		t.Errorf("%d appointments written by failing requests", n)
 	}
 	// Authenticated failures are in the delivery log; the others are not.
-	got := queryInt(t, d, `SELECT count(*) FROM webhook_deliveries WHERE status_code <> 200`)
+	got := failedDeliveries(t, d, 12, `SELECT count(*) FROM webhook_deliveries WHERE status_code <> 200`)
 	if got != 12 { // 413 + 4×401 signature + 3×400 + 413 + 3×422
 		t.Errorf("%d failed deliveries recorded, want 12", got)
 	}
-	if n := queryInt(t, d, `SELECT count(*) FROM webhook_deliveries WHERE outcome = 'bad_signature' AND status_code = 401`); n != 4 {
+	if n := failedDeliveries(t, d, 4, `SELECT count(*) FROM webhook_deliveries WHERE outcome = 'bad_signature' AND status_code = 401`); n != 4 {
 		t.Errorf("%d bad_signature deliveries, want 4", n)
 	}
 
@@ -384,7 +384,7 @@ func TestInvalidEntriesRejectAndQuarantine(t *testing.T) {
 		if n := queryInt(t, d, `SELECT count(*) FROM appointments`) + queryInt(t, d, `SELECT count(*) FROM quarantined_entries`); n != 0 {
 			t.Errorf("%d rows written by a rejected batch", n)
 		}
-		if n := queryInt(t, d, `SELECT count(*) FROM webhook_deliveries WHERE outcome = 'rejected' AND status_code = 422 AND item_count = 4`); n != 1 {
+		if n := failedDeliveries(t, d, 1, `SELECT count(*) FROM webhook_deliveries WHERE outcome = 'rejected' AND status_code = 422 AND item_count = 4`); n != 1 {
 			t.Errorf("rejected delivery rows: %d", n)
 		}
 	})

@@ -175,6 +175,18 @@ func queryInt(t *testing.T, d *sql.DB, q string, args ...any) int {
 	return n
 }
 
+// failedDeliveries is queryInt for a count of failed requests' delivery
+// rows: the receiver writes those in batches a moment after answering, so
+// it waits up to 5 s for the count to reach want.
+func failedDeliveries(t *testing.T, d *sql.DB, want int, q string, args ...any) int {
+	t.Helper()
+	n := queryInt(t, d, q, args...)
+	for deadline := time.Now().Add(5 * time.Second); n < want && time.Now().Before(deadline); n = queryInt(t, d, q, args...) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	return n
+}
+
 // entry is the spec example's entry with the given appointment id, changed
 // by mutate.
 func entry(t *testing.T, id string, mutate func(e map[string]any)) map[string]any {

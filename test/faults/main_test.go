@@ -30,11 +30,11 @@ func TestMain(m *testing.M) {
 	pgtest.Main(m)
 }
 
-// startReceiver runs the binary on dbURL; it is stopped when the test ends
-// (its log is shown if the test failed).
-func startReceiver(t *testing.T, dbURL string) *harness.Receiver {
+// startReceiver runs the binary on dbURL with extra flags; it is stopped
+// when the test ends (its log is shown if the test failed).
+func startReceiver(t *testing.T, dbURL string, extra ...string) *harness.Receiver {
 	t.Helper()
-	r, err := harness.StartReceiver(binary, dbURL)
+	r, err := harness.StartReceiver(binary, dbURL, extra...)
 	if err != nil {
 		t.Fatal(err)
 	}

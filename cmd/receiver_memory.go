@@ -1,0 +1,45 @@
+package cmd
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime/debug"
+
+	"github.com/insighthealth/ehr-operator/receiver"
+	"github.com/insighthealth/ehr-operator/receiver/sizing"
+)
+
+// memorySettings fills cfg's in-flight budget from the flags: the one given,
+// or the one receiver/sizing derives from the container's memory limit. It
+// refuses a memory limit that cannot hold one body of the largest size.
+func memorySettings(f receiverFlags, cfg *receiver.Config) error {
+	if f.memoryLimit < 0 {
+		return fmt.Errorf("--memory-limit must not be negative, not %d", f.memoryLimit)
+	}
+	if err := sizing.CheckLimits(f.memoryLimit, cfg.MaxBodyBytes); err != nil {
+		return fmt.Errorf("--memory-limit and --max-body-bytes: %w", err)
+	}
+	cfg.MaxInflightBodyBytes = f.maxInflightBodyBytes
+	if cfg.MaxInflightBodyBytes == 0 && f.memoryLimit > 0 {
+		cfg.MaxInflightBodyBytes = sizing.InflightBudget(f.memoryLimit)
+	}
+	return nil
+}
+
+// setGoMemoryLimit gives the Go runtime its share of the container's memory
+// limit, unless GOMEMLIMIT says otherwise (the runtime read it at start),
+// and logs the limits in force.
+func setGoMemoryLimit(f receiverFlags, cfg receiver.Config, log *slog.Logger) {
+	if _, set := os.LookupEnv("GOMEMLIMIT"); !set && f.memoryLimit > 0 {
+		debug.SetMemoryLimit(sizing.GoMemoryLimit(f.memoryLimit))
+	}
+	goLimit := debug.SetMemoryLimit(-1) // reads it
+	attrs := []any{"memory_limit", f.memoryLimit, "max_inflight_body_bytes", cfg.InflightLimit()}
+	if goLimit != maxInt64 {
+		attrs = append(attrs, "go_memory_limit", goLimit)
+	}
+	log.Info("Memory limits", attrs...)
+}
+
+const maxInt64 = 1<<63 - 1

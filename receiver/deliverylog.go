@@ -1,0 +1,211 @@
+package receiver
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/insighthealth/ehr-operator/receiver/store"
+)
+
+// The delivery log of failed requests: a bounded queue and one writer that
+// writes what has gathered in one statement. A full queue or a failed write
+// drops records (counted), so a flood of rejected requests costs the
+// database a few writes a second and never delays an answer.
+const (
+	deliveryQueueSize = 4096
+	deliveryBatchMax  = 512
+	// deliveryGather is how long the writer gathers records after the
+	// first before it writes: a flood is at most 1/deliveryGather writes a
+	// second plus one per deliveryBatchMax records.
+	deliveryGather       = 100 * time.Millisecond
+	deliveryWriteTimeout = 2 * time.Second
+	// deliveryFlushTimeout bounds the last writes at shutdown.
+	deliveryFlushTimeout = 5 * time.Second
+	// deliveryFullLogEvery spaces the warnings about a full queue.
+	deliveryFullLogEvery = 10 * time.Second
+)
+
+type deliveryLog struct {
+	write   func(context.Context, []store.Delivery) error
+	log     *slog.Logger
+	queue   chan store.Delivery
+	flushes chan chan struct{}
+	stop    chan struct{}
+	done    chan struct{}
+	// final bounds the writes after stop.
+	final     context.Context
+	closeOnce sync.Once
+
+	written, batches, droppedFull, droppedDatabase prometheus.Counter
+	// fullDrops counts drops since the last warning, at lastFullLog (Unix ns).
+	fullDrops, lastFullLog atomic.Int64
+}
+
+func newDeliveryLog(write func(context.Context, []store.Delivery) error, log *slog.Logger,
+	ehr string, reg prometheus.Registerer) *deliveryLog {
+	labels := prometheus.Labels{"ehr": ehr}
+	counter := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ehr_receiver", Name: name, Help: help, ConstLabels: labels})
+	}
+	dropped := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "ehr_receiver", Name: "delivery_log_dropped_total", ConstLabels: labels,
+		Help: "Failed-request records not written to webhook_deliveries: the queue was full, or the database failed the write.",
+	}, []string{"reason"})
+	l := &deliveryLog{
+		write: write, log: log,
+		queue:   make(chan store.Delivery, deliveryQueueSize),
+		flushes: make(chan chan struct{}),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+		final:   context.Background(),
+
+		written:         counter("delivery_log_written_total", "Failed-request records written to webhook_deliveries."),
+		batches:         counter("delivery_log_batches_total", "Statements that wrote failed-request records (one per batch)."),
+		droppedFull:     dropped.WithLabelValues("full"),
+		droppedDatabase: dropped.WithLabelValues("database"),
+	}
+	reg.MustRegister(l.written, l.batches, dropped)
+	go l.run()
+	return l
+}
+
+// add queues d without waiting: a full queue drops it.
+func (l *deliveryLog) add(d store.Delivery) {
+	select {
+	case l.queue <- d:
+		return
+	default:
+	}
+	l.droppedFull.Inc()
+	n := l.fullDrops.Add(1)
+	now, last := time.Now().UnixNano(), l.lastFullLog.Load()
+	if now-last >= int64(deliveryFullLogEvery) && l.lastFullLog.CompareAndSwap(last, now) {
+		l.fullDrops.Add(-n)
+		l.log.Warn("Delivery log queue full; failed-request records dropped", "ehr", d.EHR, "dropped", n)
+	}
+}
+
+// flush writes everything queued before it was called, for tests.
+func (l *deliveryLog) flush(ctx context.Context) {
+	ack := make(chan struct{})
+	select {
+	case l.flushes <- ack:
+	case <-l.done:
+		return
+	case <-ctx.Done():
+		return
+	}
+	select {
+	case <-ack:
+	case <-ctx.Done():
+	}
+}
+
+// close writes what is queued, for at most timeout, and stops the writer.
+// Records added later stay unwritten.
+func (l *deliveryLog) close(timeout time.Duration) {
+	l.closeOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		l.final = ctx // read by run only after stop is closed
+		close(l.stop)
+		<-l.done
+	})
+}
+
+func (l *deliveryLog) run() {
+	defer close(l.done)
+	batch := make([]store.Delivery, 0, deliveryBatchMax)
+	for {
+		select {
+		case d := <-l.queue:
+			var (
+				ack  chan struct{}
+				stop bool
+			)
+			batch, ack, stop = l.gather(append(batch[:0], d))
+			l.writeBatch(context.Background(), batch)
+			switch {
+			case stop:
+				l.writeQueued(l.final)
+				return
+			case ack != nil:
+				l.writeQueued(context.Background())
+				close(ack)
+			}
+		case ack := <-l.flushes:
+			l.writeQueued(context.Background())
+			close(ack)
+		case <-l.stop:
+			l.writeQueued(l.final)
+			return
+		}
+	}
+}
+
+// gather adds queued records to batch until it is full or deliveryGather
+// has passed, or a flush (ack) or close (stop) cuts it short.
+func (l *deliveryLog) gather(batch []store.Delivery) (_ []store.Delivery, ack chan struct{}, stop bool) {
+	timer := time.NewTimer(deliveryGather)
+	defer timer.Stop()
+	for len(batch) < deliveryBatchMax {
+		select {
+		case d := <-l.queue:
+			batch = append(batch, d)
+		case <-timer.C:
+			return batch, nil, false
+		case ack = <-l.flushes:
+			return batch, ack, false
+		case <-l.stop:
+			return batch, nil, true
+		}
+	}
+	return batch, nil, false
+}
+
+// writeQueued writes what is queued now, a batch at a time; once ctx is done
+// the rest is dropped.
+func (l *deliveryLog) writeQueued(ctx context.Context) {
+	batch := make([]store.Delivery, 0, deliveryBatchMax)
+	for {
+		batch = batch[:0]
+	drain:
+		for len(batch) < deliveryBatchMax {
+			select {
+			case d := <-l.queue:
+				batch = append(batch, d)
+			default:
+				break drain
+			}
+		}
+		if len(batch) == 0 {
+			return
+		}
+		l.writeBatch(ctx, batch)
+	}
+}
+
+func (l *deliveryLog) writeBatch(parent context.Context, batch []store.Delivery) {
+	var err error
+	if err = parent.Err(); err == nil {
+		ctx, cancel := context.WithTimeout(parent, deliveryWriteTimeout)
+		err = l.write(ctx, batch)
+		cancel()
+	}
+	if err == nil {
+		l.batches.Inc()
+		l.written.Add(float64(len(batch)))
+		return
+	}
+	l.droppedDatabase.Add(float64(len(batch)))
+	// One line per record, as the request's own line: the request id tells
+	// which delivery has no row.
+	for _, d := range batch {
+		l.log.Warn("Could not record the failed delivery", "request_id", d.RequestID, "ehr", d.EHR, "error", err.Error())
+	}
+}

@@ -1,0 +1,92 @@
+package receiver
+
+import (
+	"io"
+	"net/http"
+	"sync/atomic"
+
+	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/insighthealth/ehr-operator/receiver/sizing"
+)
+
+// retryAfterOverloaded is the Retry-After of a 503 for a full in-flight
+// budget, in seconds: the bodies in flight are done within a second or two.
+const retryAfterOverloaded = 1
+
+const msgOverloaded = "the receiver is busy; the batch was not stored, retry later"
+
+// inflight bounds the bytes of request bodies held at once: a request
+// reserves its Content-Length before reading a byte of its body and gives
+// it back when it has been answered, so memory follows the budget and not
+// the number of senders (receiver/sizing derives the budget from the
+// container's memory).
+type inflight struct {
+	limit int64
+	used  atomic.Int64
+	// refused counts the requests answered 503 for want of budget.
+	refused prometheus.Counter
+}
+
+// InflightLimit is the in-flight budget in force: MaxInflightBodyBytes, or
+// by default sizing.DefaultInflight but never less than one body of
+// MaxBodyBytes.
+func (c Config) InflightLimit() int64 {
+	if c.MaxInflightBodyBytes > 0 {
+		return c.MaxInflightBodyBytes
+	}
+	return max(sizing.DefaultInflight, c.MaxBodyBytes)
+}
+
+func newInflight(cfg Config, reg prometheus.Registerer) *inflight {
+	limit := cfg.InflightLimit()
+	labels := prometheus.Labels{"ehr": cfg.EHR}
+	b := &inflight{limit: limit, refused: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "ehr_receiver", Name: "overloaded_total", ConstLabels: labels,
+		Help: "Requests answered 503 unread because the bodies in flight held the whole budget.",
+	})}
+	reg.MustRegister(b.refused,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "ehr_receiver", Name: "inflight_body_bytes", ConstLabels: labels,
+			Help: "Bytes of request bodies reserved by requests in flight.",
+		}, func() float64 { return float64(b.used.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "ehr_receiver", Name: "inflight_body_bytes_limit", ConstLabels: labels,
+			Help: "Most bytes of request bodies held at once; past it requests are answered 503.",
+		}, func() float64 { return float64(b.limit) }),
+	)
+	return b
+}
+
+// reserve takes n bytes from the budget, or none and returns false when
+// they are not there.
+func (b *inflight) reserve(n int64) bool {
+	for {
+		used := b.used.Load()
+		if used+n > b.limit {
+			b.refused.Inc()
+			return false
+		}
+		if b.used.CompareAndSwap(used, used+n) {
+			return true
+		}
+	}
+}
+
+func (b *inflight) release(n int64) { b.used.Add(-n) }
+
+// discardBody reads and drops the body of a request answered without
+// reading it, once the answer has gone out (a lingering close): a sender
+// that writes its whole body before it reads, as many HTTP clients do, then
+// gets the 503 instead of a reset connection. Nothing is kept: io.Discard
+// reads through a small shared buffer. The server's read timeout bounds it.
+func (s *Server) discardBody(c *gin.Context) {
+	rc := http.NewResponseController(c.Writer)
+	// HTTP/1 would otherwise stop the body once the answer is flushed.
+	_ = rc.EnableFullDuplex()
+	if rc.Flush() != nil {
+		return
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(c.Request.Body, s.cfg.MaxBodyBytes))
+}

@@ -1,0 +1,183 @@
+package receiver
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"testing/iotest"
+
+	"github.com/insighthealth/ehr-operator/internal/pgtest"
+	"github.com/insighthealth/ehr-operator/receiver/auth"
+	"github.com/insighthealth/ehr-operator/receiver/sizing"
+	"github.com/insighthealth/ehr-operator/receiver/store"
+)
+
+// heldBody is a request body that sends its first half, then waits for
+// release before the rest: the request stays in flight, holding its
+// reservation, until then.
+type heldBody struct {
+	data    []byte
+	half    chan struct{} // closed once the first half was read
+	release chan struct{}
+	off     int
+}
+
+func newHeldBody(data []byte) *heldBody {
+	return &heldBody{data: data, half: make(chan struct{}), release: make(chan struct{})}
+}
+
+func (b *heldBody) Read(p []byte) (int, error) {
+	mid := len(b.data) / 2
+	if b.off == mid {
+		close(b.half)
+		<-b.release
+	}
+	end := len(b.data)
+	if b.off < mid {
+		end = mid
+	}
+	if b.off == len(b.data) {
+		return 0, io.EOF
+	}
+	n := copy(p, b.data[b.off:end])
+	b.off += n
+	return n, nil
+}
+
+// lateReader records whether it was read before answered said so, and
+// whether it was read to the end.
+type lateReader struct {
+	r          io.Reader
+	answered   func() bool
+	early, eof atomic.Bool
+}
+
+func (l *lateReader) Read(p []byte) (int, error) {
+	if !l.answered() {
+		l.early.Store(true)
+	}
+	n, err := l.r.Read(p)
+	if err == io.EOF {
+		l.eof.Store(true)
+	}
+	return n, err
+}
+
+// TestOverloaded: while one request holds the whole in-flight budget, the
+// next answers 503 with Retry-After before reading its body (then drains
+// it), and goes to the delivery log; once the first is answered, its bytes
+// are free again.
+func TestOverloaded(t *testing.T) {
+	ts := newTestServer(t, pgtest.NewDatabase(t), func(c *Config) { c.MaxInflightBodyBytes = c.MaxBodyBytes })
+	first := batchOf(entry("held"))
+	held := newHeldBody(first)
+	done := make(chan *httptest.ResponseRecorder)
+	go func() {
+		w, _ := ts.post(t, first, func(r *http.Request) { r.Body = io.NopCloser(held) })
+		done <- w
+	}()
+	<-held.half
+	// The first (a Content-Length of its own size) leaves less than a
+	// streamed body reserves, the limit.
+	second := batchOf(entry("refused"))
+	w := httptest.NewRecorder()
+	unread := &lateReader{r: bytes.NewReader(second), answered: func() bool { return w.Flushed }}
+	id := t.Name() + "/refused"
+	req := httptest.NewRequest(http.MethodPost, syncURL, nil)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-API-Key", validConfig().APIKey)
+	req.Header.Set("X-Webhook-Signature", auth.Sign(validConfig().Secret, second))
+	req.Header.Set(headerID, id)
+	streamed(unread)(req)
+	ts.h.ServeHTTP(w, req)
+	ts.expect(t, w, id, second, want{status: 503,
+		body:    `{"message":"the receiver is busy; the batch was not stored, retry later","success":false,"code":503}`,
+		headers: map[string]string{"Retry-After": "1"}, outcome: store.OutcomeOverloaded, delivered: true})
+	if unread.early.Load() {
+		t.Error("the refused body was read before the answer went out")
+	}
+	if !unread.eof.Load() {
+		t.Error("the refused body was not drained after the answer")
+	}
+	if got := ts.srv.inflight.used.Load(); got != int64(len(first)) {
+		t.Errorf("%d bytes reserved while the first request reads its body, want its %d", got, len(first))
+	}
+	close(held.release)
+	if w := <-done; w.Code != 200 {
+		t.Fatalf("the request in flight: %d %s", w.Code, w.Body)
+	}
+	if got := ts.srv.inflight.used.Load(); got != 0 {
+		t.Errorf("%d bytes still reserved after every request was answered", got)
+	}
+	// A streamed body gives back what it did not use, then the rest.
+	w, _ = ts.post(t, second, streamed(bytes.NewReader(second)))
+	if w.Code != 200 {
+		t.Errorf("after the first was answered: %d %s", w.Code, w.Body)
+	}
+	if got := ts.srv.inflight.used.Load(); got != 0 {
+		t.Errorf("%d bytes still reserved after a streamed body", got)
+	}
+	metrics := httptest.NewRecorder()
+	ts.srv.MetricsHandler().ServeHTTP(metrics, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	for _, line := range []string{
+		`ehr_receiver_overloaded_total{ehr="nexus"} 1`,
+		`ehr_receiver_inflight_body_bytes{ehr="nexus"} 0`,
+		`ehr_receiver_inflight_body_bytes_limit{ehr="nexus"} 2000`,
+	} {
+		if !strings.Contains(metrics.Body.String(), line+"\n") {
+			t.Errorf("metrics lack %s", line)
+		}
+	}
+}
+
+// TestInflightLimitDefault: without a limit of its own, a receiver may hold
+// sizing's default, or one body of the largest size when that is more.
+func TestInflightLimitDefault(t *testing.T) {
+	c := validConfig()
+	if got := c.InflightLimit(); got != sizing.DefaultInflight {
+		t.Errorf("default %d, want %d", got, sizing.DefaultInflight)
+	}
+	c.MaxBodyBytes = 64 << 20
+	if got := c.InflightLimit(); got != 64<<20 {
+		t.Errorf("with 64 MiB bodies: %d, want 64 MiB", got)
+	}
+	c.MaxInflightBodyBytes = 100 << 20
+	if got := c.InflightLimit(); got != 100<<20 {
+		t.Errorf("set to 100 MiB: %d", got)
+	}
+}
+
+// TestReadSized: the buffer grows with the bytes that arrive, never past
+// Content-Length, and the bytes are exactly the body's.
+func TestReadSized(t *testing.T) {
+	body := bytes.Repeat([]byte("0123456789abcdef"), 100_000) // 1.6 MB
+	for _, tc := range []struct {
+		name          string
+		r             io.Reader
+		contentLength int64
+		want          []byte
+		maxCap        int
+	}{
+		{"announced and sent", bytes.NewReader(body), int64(len(body)), body, len(body) + bytes.MinRead},
+		{"one byte at a time", iotest.OneByteReader(bytes.NewReader(body[:100_000])), 100_000, body[:100_000], 100_000 + bytes.MinRead},
+		{"small", bytes.NewReader(body[:10]), 10, body[:10], 10 + bytes.MinRead},
+		{"announced, nothing sent", bytes.NewReader(nil), 4 << 20, []byte{}, firstBodyBuffer + bytes.MinRead},
+		{"chunked", bytes.NewReader(body), -1, body, 2 * len(body)},
+		{"empty", bytes.NewReader(nil), 0, []byte{}, bytes.MinRead},
+	} {
+		got, err := readSized(tc.r, tc.contentLength)
+		if err != nil || !bytes.Equal(got, tc.want) {
+			t.Errorf("%s: %d bytes, %v; want %d bytes", tc.name, len(got), err, len(tc.want))
+		}
+		if cap(got) > tc.maxCap {
+			t.Errorf("%s: buffer of %d bytes, want at most %d", tc.name, cap(got), tc.maxCap)
+		}
+	}
+	if _, err := readSized(iotest.ErrReader(io.ErrUnexpectedEOF), 100); err != io.ErrUnexpectedEOF {
+		t.Errorf("a failing reader: %v", err)
+	}
+}
