@@ -79,11 +79,13 @@ verify: golangci-lint controller-gen ## Check formatting, vet, lint and that gen
 
 .PHONY: test
 test: postgres helm setup-envtest ## Run all tests (real PostgreSQL, real API server); installs what they need on first use.
-	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" HELM="$(HELM)" go test ./... -count=1 -timeout 30m
+	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" HELM="$(HELM)" go test $$(go list ./... | grep -v /test/faults) -count=1 -timeout 30m
 	$(HACK_GO) test ./... -count=1
+	@# The fault tests measure latency under load: alone, not beside the other packages.
+	go test ./test/faults/ -count=1 -timeout 15m
 
 .PHONY: test-faults
-test-faults: postgres ## Only the fault tests under load (PostgreSQL restart, SIGTERM, overlapping senders); `make test` runs them too.
+test-faults: postgres ## Only the fault tests under load (outages, start without PostgreSQL, memory, floods, SIGTERM, overlapping senders); `make test` runs them too.
 	go test ./test/faults/ -count=1 -v -timeout 10m
 
 .PHONY: fuzz
