@@ -18,7 +18,7 @@ import (
 	"github.com/insighthealth/ehr-operator/receiver/store"
 )
 
-// receiverFlags are DESIGN §7's flags, each with its environment fallback.
+// receiverFlags are the flags of architecture.md, "Configuration and operation", each with its environment fallback.
 type receiverFlags struct {
 	ehr, credentialsDir, timeZone    string
 	databaseURL                      *secretFlag

@@ -1,4 +1,4 @@
-// Package controllers holds the EHRIntegration reconciler (DESIGN §4): it
+// Package controllers holds the EHRIntegration reconciler (architecture.md, "What the operator makes"): it
 // makes each EHRIntegration's receiver ServiceAccount, Deployment, Service,
 // Ingress and PodDisruptionBudget, and reports on them in its status.
 package controllers

@@ -24,12 +24,11 @@ import (
 	"github.com/insighthealth/ehr-operator/api/v1alpha1"
 )
 
-// This file builds the desired child objects of an EHRIntegration (DESIGN
-// §4) as apply configurations: exactly the fields the operator sets, which
+// This file builds the desired child objects of an EHRIntegration (architecture.md, "What the operator makes") as apply configurations: exactly the fields the operator sets, which
 // it then owns (apply.go). Every function here is pure: same input, same
 // output, no client.
 
-// Ports, paths and files the receiver is started with (DESIGN §5, §7).
+// Ports, paths and files the receiver is started with (architecture.md, "The request's path" and "Configuration and operation").
 const (
 	httpPort        = 8080
 	metricsPort     = 9090
@@ -134,7 +133,7 @@ func desiredReplicas(e *v1alpha1.EHRIntegration) int32 {
 	return *withDefaults(e).Spec.Replicas
 }
 
-// receiverArgs are the `ehr-operator receiver` flags (DESIGN §7), exactly
+// receiverArgs are the `ehr-operator receiver` flags (architecture.md, "Configuration and operation"), exactly
 // the receiver's own flag names.
 func receiverArgs(e *v1alpha1.EHRIntegration) []string {
 	e = withDefaults(e)

@@ -1,4 +1,4 @@
-// Package receiver is the webhook receiver's HTTP side (DESIGN §5, §7):
+// Package receiver is the webhook receiver's HTTP side (architecture.md, "The request's path" and "Configuration and operation"):
 // a gin server for POST /v2/webhooks/{ehr}/sync-appointments that runs the
 // checks in the design's order, and a second server for health probes and
 // Prometheus metrics.
@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-// OnInvalid says what a batch with invalid entries gets (DESIGN §5).
+// OnInvalid says what a batch with invalid entries gets (architecture.md, "The request's path").
 type OnInvalid string
 
 const (

@@ -25,7 +25,7 @@ import (
 // OpenAPI document must list the same (see the contract tests).
 var Statuses = []int{200, 400, 401, 404, 405, 413, 415, 422, 429, 500, 503}
 
-// Response is the body of every answer (DESIGN §5). Errors is present only
+// Response is the body of every answer (architecture.md, "The request's path"). Errors is present only
 // on 400 and 422.
 type Response struct {
 	Message string               `json:"message"`

@@ -5,7 +5,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
-// metrics are the receiver's Prometheus series (DESIGN §7), registered on
+// metrics are the receiver's Prometheus series (architecture.md, "Configuration and operation"), registered on
 // a registry of their own so tests and several servers in one process
 // never collide.
 type metrics struct {

@@ -24,7 +24,7 @@ type Store interface {
 	Ping(ctx context.Context) error
 }
 
-// Server timeouts (DESIGN §7). WriteTimeout leaves room for writeTimeout,
+// Server timeouts (architecture.md, "Configuration and operation"). WriteTimeout leaves room for writeTimeout,
 // the longest a batch may wait for its commit.
 const (
 	readHeaderTimeout = 10 * time.Second

@@ -1,5 +1,5 @@
 // Package store persists validated batches to PostgreSQL with sqlx and
-// lib/pq (DESIGN §6): embedded goose migrations, set-based snapshot upserts,
+// lib/pq (architecture.md, "Schema and write path"): embedded goose migrations, set-based snapshot upserts,
 // history, the delivery log and the quarantine table.
 package store
 

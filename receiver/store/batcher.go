@@ -5,7 +5,7 @@ import (
 	"fmt"
 )
 
-// The batcher (DESIGN §6). One transaction per request caps a receiver at a
+// The batcher (architecture.md, "Schema and write path"). One transaction per request caps a receiver at a
 // few hundred requests per second, whatever the disk: the round trips are
 // the limit. So Write hands its request to a queue, and each of a few
 // workers takes whatever is queued when it is free (no timer: under load the

@@ -12,7 +12,7 @@ import (
 )
 
 // writeSQL stores a group of requests in one statement, and so in one
-// round trip and one implicit transaction (DESIGN §6: the batcher's shared
+// round trip and one implicit transaction (architecture.md, "Schema and write path": the batcher's shared
 // transaction). It returns, per request in group order, the appointments
 // written, the entries superseded and the entries quarantined. Its column
 // lists come from columns.go; testdata/write.sql is the statement as built.
@@ -292,7 +292,7 @@ type prepared struct {
 	deliveryRow, entryRows, quarantineRows elements
 }
 
-// prepare dedupes appointments (the last entry wins, DESIGN §6), sorts them
+// prepare dedupes appointments (the last entry wins, architecture.md, "Schema and write path"), sorts them
 // by id, hashes each (unless b.Versions did) and lays the request out for
 // writeArgs.
 func prepare(b Batch) (*prepared, error) {
