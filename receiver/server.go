@@ -72,7 +72,10 @@ func New(cfg Config, st Store, log *slog.Logger) (*Server, error) {
 	s.metrics.registry.MustRegister(s.db)
 	s.versions = newVersionMemory(cfg.EHR, s.metrics.registry)
 	s.inflight = newInflight(cfg, s.metrics.registry)
-	s.deliveries = newDeliveryLog(st.RecordDeliveries, log, cfg.EHR, s.metrics.registry)
+	// A closure, not st.RecordDeliveries: a server built without a store
+	// (tests of the probes) must not panic here.
+	record := func(ctx context.Context, ds []store.Delivery) error { return s.store.RecordDeliveries(ctx, ds) }
+	s.deliveries = newDeliveryLog(record, log, cfg.EHR, s.metrics.registry)
 	return s, nil
 }
 
