@@ -293,29 +293,13 @@ func (r *mapReader) optional(obj map[string]json.RawMessage, p, key string, maxL
 // date reads a required MM/DD/YYYY as midnight UTC.
 func (r *mapReader) date(obj map[string]json.RawMessage, p, key string) (time.Time, bool) {
 	s, ok := r.str(obj, p, key, true, MaxNameLen)
-	if !ok {
-		return time.Time{}, false
-	}
-	d, msg := calendarDate(s)
-	if msg != "" {
-		r.fail(p, key, msg)
-		return time.Time{}, false
-	}
-	return d, true
+	return r.parsed(p, key, s, ok, calendarDate)
 }
 
 // dateTime reads a required MM/DD/YYYY HH:MM in loc.
 func (r *mapReader) dateTime(obj map[string]json.RawMessage, p, key string, loc *time.Location) (time.Time, bool) {
 	s, ok := r.str(obj, p, key, true, MaxNameLen)
-	if !ok {
-		return time.Time{}, false
-	}
-	t, msg := wallTime(s, loc)
-	if msg != "" {
-		r.fail(p, key, msg)
-		return time.Time{}, false
-	}
-	return t, true
+	return r.parsed(p, key, s, ok, func(s string) (time.Time, string) { return wallTime(s, loc) })
 }
 
 func (r *mapReader) duration(obj map[string]json.RawMessage, p string) *int {
