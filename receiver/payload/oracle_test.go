@@ -152,13 +152,8 @@ func decodeSlow(body []byte, maxBatchSize int) ([]Item, *RequestError) {
 			return nil, &RequestError{Status: http.StatusUnprocessableEntity, Field: "appointments",
 				Message: "appointments must be an array"}
 		}
-		if len(raws) == 0 {
-			return nil, &RequestError{Status: http.StatusUnprocessableEntity, Field: "appointments",
-				Message: "appointments must contain at least one entry"}
-		}
-		if len(raws) > maxBatchSize {
-			return nil, &RequestError{Status: http.StatusRequestEntityTooLarge, Field: "appointments",
-				Message: fmt.Sprintf("appointments has %d entries; at most %d are accepted per request", len(raws), maxBatchSize)}
+		if err := batchSize(len(raws), maxBatchSize); err != nil {
+			return nil, err
 		}
 		items := make([]Item, len(raws))
 		for i, r := range raws {
