@@ -135,56 +135,37 @@ type rowArray struct {
 	value func(r *harness.Row) any
 }
 
-func text(get func(*harness.Row) string) rowArray {
+// column is the rowArray of get's values: the batch's array is an A of
+// each row's value through elem (a pq array wants the element it encodes).
+func column[A ~[]E, E, V any](get func(*harness.Row) V, elem func(V) E) rowArray {
 	return rowArray{
 		array: func(rows []harness.Row) any {
-			a := make(pq.StringArray, len(rows))
+			a := make(A, len(rows))
 			for i := range rows {
-				a[i] = get(&rows[i])
+				a[i] = elem(get(&rows[i]))
 			}
 			return a
 		},
 		value: func(r *harness.Row) any { return get(r) },
 	}
+}
+
+func itself[V any](v V) V { return v }
+
+func text(get func(*harness.Row) string) rowArray {
+	return column[pq.StringArray](get, itself)
 }
 
 func timeOf(get func(*harness.Row) time.Time, layout string) rowArray {
-	return rowArray{
-		array: func(rows []harness.Row) any {
-			a := make(pq.StringArray, len(rows))
-			for i := range rows {
-				a[i] = get(&rows[i]).Format(layout)
-			}
-			return a
-		},
-		value: func(r *harness.Row) any { return get(r) },
-	}
+	return column[pq.StringArray](get, func(t time.Time) string { return t.Format(layout) })
 }
 
 func integer(get func(*harness.Row) int64) rowArray {
-	return rowArray{
-		array: func(rows []harness.Row) any {
-			a := make(pq.Int64Array, len(rows))
-			for i := range rows {
-				a[i] = get(&rows[i])
-			}
-			return a
-		},
-		value: func(r *harness.Row) any { return get(r) },
-	}
+	return column[pq.Int64Array](get, itself)
 }
 
 func bytea(get func(*harness.Row) []byte) rowArray {
-	return rowArray{
-		array: func(rows []harness.Row) any {
-			a := make(pq.ByteaArray, len(rows))
-			for i := range rows {
-				a[i] = get(&rows[i])
-			}
-			return a
-		},
-		value: func(r *harness.Row) any { return get(r) },
-	}
+	return column[pq.ByteaArray](get, itself)
 }
 
 // absent is an array of NULLs.

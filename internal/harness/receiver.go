@@ -127,6 +127,20 @@ func (r *Receiver) Exited() <-chan struct{} { return r.exited }
 // ExitErr is the process's exit error, once Exited is closed.
 func (r *Receiver) ExitErr() error { return r.exitErr }
 
+// Alive is an error unless the receiver still runs as process pid: it has
+// neither exited nor been restarted.
+func (r *Receiver) Alive(pid int) error {
+	select {
+	case <-r.exited:
+		return fmt.Errorf("the receiver exited: %v", r.exitErr)
+	default:
+	}
+	if r.Cmd.Process.Pid != pid {
+		return errors.New("the receiver was restarted")
+	}
+	return nil
+}
+
 // Stop sends SIGTERM, waits up to 45s for the exit (then kills), and
 // removes the receiver's directory. It returns the exit error; once the
 // process has exited, it only returns that.
@@ -260,6 +274,17 @@ func Post(ctx context.Context, c *http.Client, url string, body []byte, requestI
 		a.Err = errors.New("the answer's body is incomplete")
 	}
 	return a
+}
+
+// Get GETs url and returns the answer's status and body.
+func Get(url string) (status int, body string, err error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
 }
 
 // SignRequest sets the headers a sender sets: JSON, the API key and the

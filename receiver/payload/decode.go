@@ -77,13 +77,8 @@ func arrayItems(body []byte, m member, maxBatchSize int) ([]Item, *RequestError)
 	}
 	var elems [][2]int
 	scanArray(body[:m.end], m.start, 2, &elems) // checked by the body's scan
-	if len(elems) == 0 {
-		return nil, &RequestError{Status: http.StatusUnprocessableEntity, Field: "appointments",
-			Message: "appointments must contain at least one entry"}
-	}
-	if len(elems) > maxBatchSize {
-		return nil, &RequestError{Status: http.StatusRequestEntityTooLarge, Field: "appointments",
-			Message: fmt.Sprintf("appointments has %d entries; at most %d are accepted per request", len(elems), maxBatchSize)}
+	if err := batchSize(len(elems), maxBatchSize); err != nil {
+		return nil, err
 	}
 	// One copy of the array and one string of all the paths, sliced per item.
 	first, last := elems[0][0], elems[len(elems)-1][1]
@@ -106,4 +101,18 @@ func arrayItems(body []byte, m member, maxBatchSize int) ([]Item, *RequestError)
 		from = ends[k]
 	}
 	return items, nil
+}
+
+// batchSize is the error for an appointments array of n entries, nil when
+// n is within 1..maxBatchSize.
+func batchSize(n, maxBatchSize int) *RequestError {
+	switch {
+	case n == 0:
+		return &RequestError{Status: http.StatusUnprocessableEntity, Field: "appointments",
+			Message: "appointments must contain at least one entry"}
+	case n > maxBatchSize:
+		return &RequestError{Status: http.StatusRequestEntityTooLarge, Field: "appointments",
+			Message: fmt.Sprintf("appointments has %d entries; at most %d are accepted per request", n, maxBatchSize)}
+	}
+	return nil
 }

@@ -102,3 +102,18 @@ func readPatient[O any, R fieldReader[O]](r R, obj O, loc *time.Location, now ti
 	}
 	return pt
 }
+
+// parsed is what the readers' date and dateTime share once str has read s
+// (ok false: nothing to parse): parse's time, or its message as the
+// field's error. A plain method, not generic: the scanner's path stays fast.
+func (f *fieldErrors) parsed(p, key, s string, ok bool, parse func(string) (time.Time, string)) (time.Time, bool) {
+	if !ok {
+		return time.Time{}, false
+	}
+	t, msg := parse(s)
+	if msg != "" {
+		f.fail(p, key, msg)
+		return time.Time{}, false
+	}
+	return t, true
+}

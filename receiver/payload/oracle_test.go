@@ -152,13 +152,8 @@ func decodeSlow(body []byte, maxBatchSize int) ([]Item, *RequestError) {
 			return nil, &RequestError{Status: http.StatusUnprocessableEntity, Field: "appointments",
 				Message: "appointments must be an array"}
 		}
-		if len(raws) == 0 {
-			return nil, &RequestError{Status: http.StatusUnprocessableEntity, Field: "appointments",
-				Message: "appointments must contain at least one entry"}
-		}
-		if len(raws) > maxBatchSize {
-			return nil, &RequestError{Status: http.StatusRequestEntityTooLarge, Field: "appointments",
-				Message: fmt.Sprintf("appointments has %d entries; at most %d are accepted per request", len(raws), maxBatchSize)}
+		if err := batchSize(len(raws), maxBatchSize); err != nil {
+			return nil, err
 		}
 		items := make([]Item, len(raws))
 		for i, r := range raws {
@@ -293,29 +288,13 @@ func (r *mapReader) optional(obj map[string]json.RawMessage, p, key string, maxL
 // date reads a required MM/DD/YYYY as midnight UTC.
 func (r *mapReader) date(obj map[string]json.RawMessage, p, key string) (time.Time, bool) {
 	s, ok := r.str(obj, p, key, true, MaxNameLen)
-	if !ok {
-		return time.Time{}, false
-	}
-	d, msg := calendarDate(s)
-	if msg != "" {
-		r.fail(p, key, msg)
-		return time.Time{}, false
-	}
-	return d, true
+	return r.parsed(p, key, s, ok, calendarDate)
 }
 
 // dateTime reads a required MM/DD/YYYY HH:MM in loc.
 func (r *mapReader) dateTime(obj map[string]json.RawMessage, p, key string, loc *time.Location) (time.Time, bool) {
 	s, ok := r.str(obj, p, key, true, MaxNameLen)
-	if !ok {
-		return time.Time{}, false
-	}
-	t, msg := wallTime(s, loc)
-	if msg != "" {
-		r.fail(p, key, msg)
-		return time.Time{}, false
-	}
-	return t, true
+	return r.parsed(p, key, s, ok, func(s string) (time.Time, string) { return wallTime(s, loc) })
 }
 
 func (r *mapReader) duration(obj map[string]json.RawMessage, p string) *int {

@@ -121,29 +121,13 @@ func (r *scanReader) optional(obj object, p, key string, maxLen int) *string {
 // date reads a required MM/DD/YYYY as midnight UTC.
 func (r *scanReader) date(obj object, p, key string) (time.Time, bool) {
 	s, ok := r.str(obj, p, key, true, MaxNameLen)
-	if !ok {
-		return time.Time{}, false
-	}
-	d, msg := calendarDate(s)
-	if msg != "" {
-		r.fail(p, key, msg)
-		return time.Time{}, false
-	}
-	return d, true
+	return r.parsed(p, key, s, ok, calendarDate)
 }
 
 // dateTime reads a required MM/DD/YYYY HH:MM in loc (see wallTime).
 func (r *scanReader) dateTime(obj object, p, key string, loc *time.Location) (time.Time, bool) {
 	s, ok := r.str(obj, p, key, true, MaxNameLen)
-	if !ok {
-		return time.Time{}, false
-	}
-	t, msg := wallTime(s, loc)
-	if msg != "" {
-		r.fail(p, key, msg)
-		return time.Time{}, false
-	}
-	return t, true
+	return r.parsed(p, key, s, ok, func(s string) (time.Time, string) { return wallTime(s, loc) })
 }
 
 // duration reads the optional appointment.duration: a string of digits as

@@ -8,14 +8,14 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-var update = flag.Bool("update", false, "rewrite testdata/write.sql from the column lists")
+var update = flag.Bool("update", false, "rewrite testdata/write.sql.golden from the column lists")
 
 // The statements as columns.go and write.go build them, kept beside the
 // code for review: a change of the column lists shows up there as SQL.
 // After such a change: go test ./receiver/store -run TestStatementsGolden -update
 func TestStatementsGolden(t *testing.T) {
 	t.Parallel()
-	const path = "testdata/write.sql"
+	const path = "testdata/write.sql.golden"
 	got := "-- writeSQL (built by receiver/store/write.go from columns.go)\n" + writeSQL +
 		"\n-- recordSQL\n" + recordSQL
 	if *update {

@@ -15,7 +15,7 @@ import (
 // round trip and one implicit transaction (architecture.md, "Schema and write path": the batcher's shared
 // transaction). It returns, per request in group order, the appointments
 // written, the entries superseded and the entries quarantined. Its column
-// lists come from columns.go; testdata/write.sql is the statement as built.
+// lists come from columns.go; testdata/write.sql.golden is the statement as built.
 //
 //   - A delivery row per request. The rows are inserted in request order,
 //     so their identity values ascend in that order and the n-th smallest

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/insighthealth/ehr-operator/internal/harness"
 	"github.com/insighthealth/ehr-operator/internal/pgtest"
 	"github.com/insighthealth/ehr-operator/receiver/auth"
 )
@@ -116,13 +117,8 @@ func TestDatabaseOutage(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	select {
-	case <-r.Exited():
-		t.Fatal("the receiver exited during the outage")
-	default:
-	}
-	if r.Cmd.Process.Pid != pid {
-		t.Fatal("the receiver was restarted")
+	if err := r.Alive(pid); err != nil {
+		t.Fatalf("during the outage: %v", err)
 	}
 	d := db(t, r.dbURL)
 	if n := queryInt(t, d, `SELECT count(*) FROM appointments WHERE external_id IN ('before', 'after')`); n != 2 {
@@ -258,18 +254,11 @@ func TestGracefulShutdown(t *testing.T) {
 
 func get(t *testing.T, url string) string {
 	t.Helper()
-	resp, err := http.Get(url)
+	_, body, err := harness.Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	var b strings.Builder
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		b.WriteString(sc.Text() + "\n")
-	}
-	return b.String()
+	return body
 }
 
 func grep(s, sub string) string {
@@ -284,10 +273,6 @@ func grep(s, sub string) string {
 
 // probe GETs url and returns its status code.
 func probe(url string) (int, error) {
-	resp, err := http.Get(url)
-	if err != nil {
-		return 0, err
-	}
-	_ = resp.Body.Close()
-	return resp.StatusCode, nil
+	code, _, err := harness.Get(url)
+	return code, err
 }

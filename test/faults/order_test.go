@@ -90,7 +90,7 @@ func TestRetryAfterOutageDoesNotUndoNewerVersion(t *testing.T) {
 	if line := logLine(t, r, "order-a-2"); line["superseded"] != 1.0 || line["written"] != 0.0 {
 		t.Errorf("the retry's log line %v, want superseded 1, written 0", line)
 	}
-	if m := getBody(t, r.MetricsURL+"/metrics"); !strings.Contains(m, `ehr_receiver_appointments_superseded_total{ehr="bench"} 1`+"\n") {
+	if _, m := get(t, r.MetricsURL+"/metrics"); !strings.Contains(m, `ehr_receiver_appointments_superseded_total{ehr="bench"} 1`+"\n") {
 		t.Error("ehr_receiver_appointments_superseded_total is not 1")
 	}
 }

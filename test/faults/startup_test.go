@@ -3,8 +3,6 @@ package faults
 import (
 	"context"
 	"encoding/json"
-	"io"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -32,7 +30,7 @@ func TestStartWithoutDatabase(t *testing.T) {
 	defer cancel()
 
 	for _, p := range []string{"/readyz", "/healthz"} {
-		if code := getStatus(t, r.MetricsURL+p); code != 200 {
+		if code, _ := get(t, r.MetricsURL+p); code != 200 {
 			t.Errorf("%s while the database is down: %d, want 200", p, code)
 		}
 	}
@@ -60,10 +58,11 @@ func TestStartWithoutDatabase(t *testing.T) {
 		Database string `json:"database"`
 		Migrated bool   `json:"migrated"`
 	}
-	if err := json.Unmarshal([]byte(getBody(t, r.MetricsURL+"/dbz")), &dbz); err != nil || dbz.Database != "unreachable" || dbz.Migrated {
+	_, body := get(t, r.MetricsURL+"/dbz")
+	if err := json.Unmarshal([]byte(body), &dbz); err != nil || dbz.Database != "unreachable" || dbz.Migrated {
 		t.Errorf("/dbz while the database is down: %+v (%v)", dbz, err)
 	}
-	if m := getBody(t, r.MetricsURL+"/metrics"); !strings.Contains(m, `ehr_receiver_database_up{ehr="bench"} 0`) {
+	if _, m := get(t, r.MetricsURL+"/metrics"); !strings.Contains(m, `ehr_receiver_database_up{ehr="bench"} 0`) {
 		t.Error("ehr_receiver_database_up is not 0 while the database is down")
 	}
 
@@ -100,13 +99,8 @@ func TestStartWithoutDatabase(t *testing.T) {
 	if len(stored) != 3 {
 		t.Errorf("%d appointments stored, want only the 3 of the request answered 200", len(stored))
 	}
-	select {
-	case <-r.Exited():
-		t.Fatalf("the receiver exited: %v", r.ExitErr())
-	default:
-	}
-	if r.Cmd.Process.Pid != pid {
-		t.Fatal("the receiver was restarted")
+	if err := r.Alive(pid); err != nil {
+		t.Fatal(err)
 	}
 	logs := r.Log()
 	if strings.Count(logs, `"msg":"Database unreachable"`) != 1 || strings.Count(logs, `"msg":"Database reachable"`) != 1 ||
@@ -115,26 +109,12 @@ func TestStartWithoutDatabase(t *testing.T) {
 	}
 }
 
-func getStatus(t *testing.T, url string) int {
+// get GETs url; an error fails the test.
+func get(t *testing.T, url string) (status int, body string) {
 	t.Helper()
-	resp, err := http.Get(url)
+	status, body, err := harness.Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
-	return resp.StatusCode
-}
-
-func getBody(t *testing.T, url string) string {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
+	return status, body
 }
