@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/insighthealth/ehr-operator/hack/bench/harness"
+	"github.com/insighthealth/ehr-operator/internal/harness"
 	"github.com/insighthealth/ehr-operator/internal/pgtest"
 )
 

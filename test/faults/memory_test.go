@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/insighthealth/ehr-operator/hack/bench/harness"
+	"github.com/insighthealth/ehr-operator/internal/harness"
 	"github.com/insighthealth/ehr-operator/internal/pgtest"
 	"github.com/insighthealth/ehr-operator/receiver/sizing"
 )
@@ -37,7 +37,7 @@ func TestMemoryBoundedUnderLargeBodies(t *testing.T) {
 	// The operator's largest batch size, so that 4 MiB bodies are batches.
 	r := startReceiver(t, dbURL, "--memory-limit", strconv.Itoa(memoryLimit), "--max-batch-size", "10000")
 	pid := r.Cmd.Process.Pid
-	limits := logLine(t, r, "Memory limits")
+	limits := logLine(t, r, `the "Memory limits" line`, func(l map[string]any) bool { return l["msg"] == "Memory limits" })
 	t.Logf("receiver limits: memory %.0f, Go memory limit %.0f, in-flight bodies %.0f bytes",
 		limits["memory_limit"], limits["go_memory_limit"], limits["max_inflight_body_bytes"])
 	if limits["go_memory_limit"] != float64(sizing.GoMemoryLimit(memoryLimit)) ||
@@ -215,18 +215,19 @@ func (r *bodyReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// logLine is the first line of the receiver's log with message msg.
-func logLine(t *testing.T, r *harness.Receiver, msg string) map[string]any {
+// logLine is the first JSON line of the receiver's log that match accepts;
+// what names it in the failure.
+func logLine(t *testing.T, r *harness.Receiver, what string, match func(map[string]any) bool) map[string]any {
 	t.Helper()
 	sc := bufio.NewScanner(strings.NewReader(r.Log()))
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
 		var line map[string]any
-		if json.Unmarshal(sc.Bytes(), &line) == nil && line["msg"] == msg {
+		if json.Unmarshal(sc.Bytes(), &line) == nil && match(line) {
 			return line
 		}
 	}
-	t.Fatalf("no %q line in the receiver's log:\n%s", msg, r.LogTail())
+	t.Fatalf("%s is not in the receiver's log:\n%s", what, r.LogTail())
 	return nil
 }
 

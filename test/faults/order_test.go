@@ -1,7 +1,6 @@
 package faults
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"strconv"
@@ -87,7 +86,7 @@ func TestRetryAfterOutageDoesNotUndoNewerVersion(t *testing.T) {
 	if got := strings.Join(history, ", "); got != "cancelled, booked (superseded)" || lastRequest != "order-a-2" {
 		t.Errorf("history %q, the last row by %s; want cancelled, then booked (superseded) by the retry order-a-2", got, lastRequest)
 	}
-	if line := logLine(t, r, "order-a-2"); line["superseded"] != 1.0 || line["written"] != 0.0 {
+	if line := logLine(t, r, "request order-a-2", func(l map[string]any) bool { return l["request_id"] == "order-a-2" && l["outcome"] != nil }); line["superseded"] != 1.0 || line["written"] != 0.0 {
 		t.Errorf("the retry's log line %v, want superseded 1, written 0", line)
 	}
 	if _, m := get(t, r.MetricsURL+"/metrics"); !strings.Contains(m, `ehr_receiver_appointments_superseded_total{ehr="bench"} 1`+"\n") {
@@ -105,18 +104,4 @@ func statusBody(t *testing.T, status string) []byte {
 		t.Fatal(err)
 	}
 	return b
-}
-
-// logLine is the receiver's log line about request id.
-func logLine(t *testing.T, r *harness.Receiver, id string) map[string]any {
-	t.Helper()
-	sc := bufio.NewScanner(strings.NewReader(r.Log()))
-	for sc.Scan() {
-		var line map[string]any
-		if json.Unmarshal(sc.Bytes(), &line) == nil && line["request_id"] == id && line["outcome"] != nil {
-			return line
-		}
-	}
-	t.Fatalf("request %s is not in the receiver's log", id)
-	return nil
 }
