@@ -43,6 +43,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/insighthealth/ehr-operator/api/v1alpha1"
+	"github.com/insighthealth/ehr-operator/receiver/sizing"
 )
 
 // Field indexes on EHRIntegrations in the manager's cache.
@@ -181,6 +182,9 @@ func (r *EHRIntegrationReconciler) prerequisites(ctx context.Context, e *v1alpha
 		return "", "", &problem{reason: v1alpha1.ReasonInvalidTimeZone,
 			message: fmt.Sprintf("timeZone %q is not an IANA time zone name such as America/New_York", tz)}, nil
 	}
+	if p := memoryProblem(e); p != nil {
+		return "", "", p, nil
+	}
 	image := e.Spec.Image
 	if image == "" {
 		image = r.ReceiverImage
@@ -194,6 +198,19 @@ func (r *EHRIntegrationReconciler) prerequisites(ctx context.Context, e *v1alpha
 	}
 	hash, p, err := r.readSecrets(ctx, e)
 	return image, hash, p, err
+}
+
+// memoryProblem refuses limits whose worst case cannot fit the receiver's
+// memory: one body of maxBodyBytes in flight, by the rule the receiver itself
+// applies at start (receiver/sizing). Without a memory limit nothing is known.
+func memoryProblem(e *v1alpha1.EHRIntegration) *problem {
+	d := withDefaults(e)
+	limits := receiverResources(d).Limits
+	memory := limits.Memory().Value()
+	if err := sizing.CheckLimits(memory, d.Spec.Limits.MaxBodyBytes); err != nil {
+		return &problem{reason: v1alpha1.ReasonLimitsExceedMemory, message: err.Error()}
+	}
+	return nil
 }
 
 // duplicate reports DuplicateEHR when an older EHRIntegration in the

@@ -572,6 +572,26 @@ func TestInvalidTimeZone(t *testing.T) {
 	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
 }
 
+// TestLimitsExceedMemory: a body limit the receiver's memory cannot hold is
+// refused with a clear reason and no receiver; lowering it makes one.
+func TestLimitsExceedMemory(t *testing.T) {
+	startSuite(t)
+	ns := newNamespace(t)
+	e := integration(ns, "nexus", "nexus")
+	e.Spec.Resources = &corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("64Mi")}}
+	create(t, credsSecret(ns), dbSecret(ns), e)
+	got := waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonLimitsExceedMemory)
+	msg := meta.FindStatusCondition(got.Status.Conditions, v1alpha1.ConditionReady).Message
+	if !strings.Contains(msg, "64Mi") || !strings.Contains(msg, "maxBodyBytes 4194304") {
+		t.Errorf("message %q names neither the memory limit nor maxBodyBytes", msg)
+	}
+	if err := suite.client.Get(ctx, key(ns, "nexus-receiver"), &appsv1.Deployment{}); !apierrors.IsNotFound(err) {
+		t.Errorf("a Deployment with limits its memory cannot hold: err = %v", err)
+	}
+	update(t, e, func(e *v1alpha1.EHRIntegration) { e.Spec.Limits = &v1alpha1.LimitsSpec{MaxBodyBytes: 1 << 20} })
+	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
+}
+
 func TestOwnershipConflict(t *testing.T) {
 	startSuite(t)
 	ns := newNamespace(t)

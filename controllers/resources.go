@@ -169,6 +169,15 @@ func defaultResources() corev1.ResourceRequirements {
 	}
 }
 
+// receiverResources are the receiver container's resources: the spec's, or
+// the defaults.
+func receiverResources(e *v1alpha1.EHRIntegration) corev1.ResourceRequirements {
+	if e.Spec.Resources != nil {
+		return *e.Spec.Resources
+	}
+	return defaultResources()
+}
+
 // secretsHash hashes exactly the Secret data the receiver reads (keys in a
 // fixed order, each length-prefixed), so that rotating a credential or the
 // database URL changes it and unrelated keys do not.
@@ -238,10 +247,7 @@ const preStopSleepSeconds = 5
 func buildDeployment(e *v1alpha1.EHRIntegration, image, hash string) *appsv1ac.DeploymentApplyConfiguration {
 	e = withDefaults(e)
 	s := e.Spec
-	resources := defaultResources()
-	if s.Resources != nil {
-		resources = *s.Resources
-	}
+	resources := receiverResources(e)
 	const secretMode int32 = 0o440
 	probe := func(path string, period, failures int32) *corev1ac.ProbeApplyConfiguration {
 		return corev1ac.Probe().

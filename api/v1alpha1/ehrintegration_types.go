@@ -272,6 +272,9 @@ const (
 	ReasonSecretKeyMissing = "SecretKeyMissing"
 	// ReasonInvalidTimeZone: spec.timeZone is not a known IANA zone.
 	ReasonInvalidTimeZone = "InvalidTimeZone"
+	// ReasonLimitsExceedMemory: one request body of limits.maxBodyBytes
+	// cannot be held within the receiver container's memory limit.
+	ReasonLimitsExceedMemory = "LimitsExceedMemory"
 	// ReasonDuplicateEHR: an older EHRIntegration in the namespace has the
 	// same spec.ehr.
 	ReasonDuplicateEHR = "DuplicateEHR"
