@@ -103,7 +103,6 @@ func runManager(c *cobra.Command, f managerFlags) error {
 	if err := (&controllers.EHRIntegrationReconciler{
 		Client:                  mgr.GetClient(),
 		APIReader:               mgr.GetAPIReader(),
-		Scheme:                  mgr.GetScheme(),
 		Recorder:                mgr.GetEventRecorder("ehr-operator"),
 		ReceiverImage:           f.receiverImage,
 		MaxConcurrentReconciles: f.maxConcurrentReconciles,

@@ -26,7 +26,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
@@ -61,7 +60,6 @@ type EHRIntegrationReconciler struct {
 	// APIReader reads Secrets straight from the API server: the manager
 	// caches only Secrets' metadata (to watch them), not every Secret's data.
 	APIReader client.Reader
-	Scheme    *runtime.Scheme
 	Recorder  events.EventRecorder
 	// ReceiverImage is the receivers' image when spec.image is empty: the
 	// operator's own image, so operator and receivers are one version.

@@ -149,7 +149,6 @@ func setupSuite() error {
 	r := &EHRIntegrationReconciler{
 		Client:                  mgr.GetClient(),
 		APIReader:               mgr.GetAPIReader(),
-		Scheme:                  mgr.GetScheme(),
 		Recorder:                mgr.GetEventRecorder("ehr-operator"),
 		ReceiverImage:           testImage,
 		MaxConcurrentReconciles: 2,
