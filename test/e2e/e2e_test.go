@@ -109,6 +109,7 @@ func TestEndToEnd(t *testing.T) {
 		{"MissingSecretThenReady", s.missingSecretThenReady},
 		{"RotateWebhookSecret", s.rotateSecret},
 		{"DeleteReceiverPodDuringStream", s.deletePodDuringStream},
+		{"DatabaseOutageUnderLoad", s.databaseOutage},
 		{"SuspendAndResume", s.suspendResume},
 		{"HelmUpgradeKeepsReceiversServing", s.helmUpgrade},
 		{"DeleteCollectsChildren", s.deleteIntegration},

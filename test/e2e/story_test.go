@@ -10,6 +10,7 @@ import (
 	"crypto/sha256"
 	"database/sql"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -270,6 +271,93 @@ func (s *story) deletePodDuringStream(t *testing.T) {
 	s.checkStream(t, res)
 }
 
+// databaseOutage stops PostgreSQL under load from two senders. Every answer
+// a vendor sees must be 200 or the receiver's own 503 with Retry-After; a
+// receiver pod deleted during the outage must come back without restarts;
+// once PostgreSQL is back, every acknowledged appointment is stored and the
+// DatabaseReachable condition clears.
+func (s *story) databaseOutage(t *testing.T) {
+	ctx := context.Background()
+	sel := selectorOf(t, ns, receiver)
+	ld := startOutageLoad(receiverURL(t), s.apiKey, s.newSecret, "outage", 2)
+	stopped := false
+	defer func() {
+		if !stopped {
+			ld.stop()
+		}
+	}()
+	time.Sleep(2 * time.Second)
+	if err := pg.Pause(); err != nil {
+		t.Fatalf("while stopping PostgreSQL: %v", err)
+	}
+	paused := true
+	defer func() {
+		if paused { // leave the database up for the steps after a failure
+			_ = pg.Resume(ctx)
+		}
+	}()
+	waitDatabaseReachable(t, "False")
+
+	victim := readyPods(t, ns, sel)[0]
+	kubectl(t, "", "-n", ns, "delete", "pod", victim, "--wait=false")
+	wait(t, "the receiver pod deleted during the outage to be replaced and Ready", 3*time.Minute, func(context.Context) error {
+		pods, ready := allPods(t, ns, sel), readyPods(t, ns, sel)
+		if len(ready) != 2 || len(pods) != 2 || contains(pods, victim) {
+			return fmt.Errorf("pods %v, ready %v", pods, ready)
+		}
+		return nil
+	})
+	time.Sleep(3 * time.Second) // answers from the new pod while the database is still away
+	restarts := strings.Fields(kubectl(t, "", "-n", ns, "get", "pods", "-l", sel, "-o",
+		"jsonpath={.items[*].status.containerStatuses[*].restartCount}"))
+	for _, r := range restarts {
+		if r != "0" {
+			t.Errorf("a receiver container restarted during the outage: restart counts %v", restarts)
+			break
+		}
+	}
+
+	if err := pg.Resume(ctx); err != nil {
+		t.Fatalf("while starting PostgreSQL again: %v", err)
+	}
+	paused = false
+	waitDatabaseReachable(t, "True")
+	time.Sleep(2 * time.Second)
+	res := ld.stop()
+	stopped = true
+
+	t.Logf("outage: %d acknowledged, %d answered 503 with Retry-After, %d other answers", len(res.acked), res.unavailable, len(res.bad))
+	for i, b := range res.bad {
+		if i == 10 {
+			t.Errorf("... and %d more", len(res.bad)-10)
+			break
+		}
+		t.Errorf("a vendor saw something other than 200 or the receiver's 503: %s", b)
+	}
+	if res.unavailable == 0 {
+		t.Error("no delivery was answered 503 while PostgreSQL was stopped")
+	}
+	if len(res.acked) == 0 {
+		t.Fatal("no delivery was acknowledged")
+	}
+	if n := s.count(t, `SELECT count(*) FROM appointments WHERE ehr = $1 AND external_id = ANY($2)`, name, pq.Array(res.acked)); n != len(res.acked) {
+		t.Errorf("%d deliveries were answered 200 but only %d of their appointments are in the database", len(res.acked), n)
+	}
+}
+
+// waitDatabaseReachable waits for the EHRIntegration's DatabaseReachable
+// condition to have status want; the operator asks the receivers every 30 s.
+func waitDatabaseReachable(t *testing.T, want string) {
+	t.Helper()
+	wait(t, "DatabaseReachable="+want, 2*time.Minute, func(context.Context) error {
+		st := get(t, ns, "ehrintegration", name, `{.status.conditions[?(@.type=="DatabaseReachable")].status}`)
+		if st != want {
+			return fmt.Errorf("DatabaseReachable=%q", st)
+		}
+		return nil
+	})
+}
+
 func (s *story) suspendResume(t *testing.T) {
 	sel := selectorOf(t, ns, receiver)
 	kubectl(t, "", "-n", ns, "patch", "ehrintegration", name, "--type=merge", "-p", `{"spec":{"suspend":true}}`)
@@ -388,17 +476,26 @@ func payload(id string) []byte {
 
 var client = &http.Client{Timeout: 15 * time.Second}
 
-// deliver POSTs body signed with secret and returns the status code.
-func deliver(url, apiKey, secret string, body []byte) (int, error) {
+// signedRequest is a delivery of body signed with secret, as an EHR sends it.
+func signedRequest(url, apiKey, secret string, body []byte) (*http.Request, error) {
 	req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	mac := hmac.New(sha256.New, []byte(secret))
 	mac.Write(body)
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("X-API-Key", apiKey)
 	req.Header.Set("X-Webhook-Signature", "sha256="+hex.EncodeToString(mac.Sum(nil)))
+	return req, nil
+}
+
+// deliver POSTs body signed with secret and returns the status code.
+func deliver(url, apiKey, secret string, body []byte) (int, error) {
+	req, err := signedRequest(url, apiKey, secret, body)
+	if err != nil {
+		return 0, err
+	}
 	resp, err := client.Do(req)
 	if err != nil {
 		return 0, err
@@ -407,13 +504,29 @@ func deliver(url, apiKey, secret string, body []byte) (int, error) {
 	return resp.StatusCode, nil
 }
 
+// deliverOnce sends one delivery as a real EHR would, retrying a refused
+// connection or a 5xx (a receiver still reaching its database answers 503
+// with Retry-After), and returns the final status code.
 func deliverOnce(t *testing.T, url, apiKey, secret string, body []byte) int {
 	t.Helper()
-	code, err := deliver(url, apiKey, secret, body)
+	code, _, err := deliverAsSender(url, apiKey, secret, body)
 	if err != nil {
 		t.Fatalf("delivery to %s: %v", url, err)
 	}
 	return code
+}
+
+// deliverAsSender retries a refused connection or a 5xx up to 10 times,
+// 300 ms apart; it returns the last answer and the number of retries.
+func deliverAsSender(url, apiKey, secret string, body []byte) (code, retries int, err error) {
+	for attempt := 0; ; attempt++ {
+		code, err = deliver(url, apiKey, secret, body)
+		if (err == nil && code < 500) || attempt == 9 {
+			return code, retries, err
+		}
+		retries++
+		time.Sleep(300 * time.Millisecond)
+	}
 }
 
 type streamResult struct {
@@ -445,19 +558,8 @@ func startStream(url, apiKey, secret, tag string, workers int) *stream {
 				}
 				id := fmt.Sprintf("%s-%d-%d", tag, w, n)
 				body := payload(id)
-				ok, retries := false, 0
-				for attempt := 0; attempt < 10; attempt++ {
-					code, err := deliver(url, apiKey, secret, body)
-					if err == nil && code == http.StatusOK {
-						ok = true
-						break
-					}
-					if err == nil && code < 500 {
-						break
-					}
-					retries++
-					time.Sleep(300 * time.Millisecond)
-				}
+				code, retries, err := deliverAsSender(url, apiKey, secret, body)
+				ok := err == nil && code == http.StatusOK
 				st.mu.Lock()
 				st.res.retries += retries
 				if ok {
@@ -477,6 +579,95 @@ func (st *stream) stop() streamResult {
 	close(st.stopCh)
 	st.wg.Wait()
 	return st.res
+}
+
+type outageResult struct {
+	acked       []string
+	unavailable int      // the receiver's 503 with Retry-After
+	bad         []string // anything else, described without the body's data
+}
+
+type outageLoad struct {
+	stopCh chan struct{}
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	res    outageResult
+}
+
+// startOutageLoad sends fresh appointments from workers goroutines until
+// stopped, recording every answer. Like a real EHR it retries a delivery
+// answered 503 until it is acknowledged (500 ms apart, sooner than the
+// Retry-After so that the outage sees more requests).
+func startOutageLoad(url, apiKey, secret, tag string, workers int) *outageLoad {
+	ld := &outageLoad{stopCh: make(chan struct{})}
+	for w := 0; w < workers; w++ {
+		ld.wg.Add(1)
+		go func(w int) {
+			defer ld.wg.Done()
+			for n := 0; ; n++ {
+				id := fmt.Sprintf("%s-%d-%d", tag, w, n)
+				body := payload(id)
+				for {
+					select {
+					case <-ld.stopCh:
+						return
+					default:
+					}
+					verdict := receiverAnswer(url, apiKey, secret, body)
+					ld.mu.Lock()
+					switch verdict {
+					case "ok":
+						ld.res.acked = append(ld.res.acked, id)
+					case "unavailable":
+						ld.res.unavailable++
+					default:
+						ld.res.bad = append(ld.res.bad, verdict)
+					}
+					ld.mu.Unlock()
+					if verdict == "ok" {
+						break
+					}
+					time.Sleep(500 * time.Millisecond)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		}(w)
+	}
+	return ld
+}
+
+func (ld *outageLoad) stop() outageResult {
+	close(ld.stopCh)
+	ld.wg.Wait()
+	return ld.res
+}
+
+// receiverAnswer sends one delivery and classifies the answer: "ok" (200),
+// "unavailable" (the receiver's JSON 503 with Retry-After) or a description
+// of anything else.
+func receiverAnswer(url, apiKey, secret string, body []byte) string {
+	req, err := signedRequest(url, apiKey, secret, body)
+	if err != nil {
+		return err.Error()
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return "no answer: " + err.Error()
+	}
+	defer resp.Body.Close()
+	var ans struct {
+		Success *bool `json:"success"`
+		Code    int   `json:"code"`
+	}
+	jsonErr := json.NewDecoder(resp.Body).Decode(&ans)
+	switch {
+	case resp.StatusCode == http.StatusOK && jsonErr == nil && ans.Success != nil && *ans.Success:
+		return "ok"
+	case resp.StatusCode == http.StatusServiceUnavailable && jsonErr == nil && ans.Code == 503 &&
+		ans.Success != nil && !*ans.Success && resp.Header.Get("Retry-After") != "":
+		return "unavailable"
+	}
+	return fmt.Sprintf("status %d, Retry-After %q, JSON body %t", resp.StatusCode, resp.Header.Get("Retry-After"), jsonErr == nil)
 }
 
 // --- cluster helpers ---

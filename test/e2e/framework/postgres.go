@@ -34,6 +34,9 @@ type Postgres struct {
 	dir      string
 }
 
+// nobody is the unprivileged user the server runs as.
+const nobody = 65534
+
 type pgConn struct {
 	Port     int    `json:"port"`
 	Password string `json:"password"`
@@ -67,7 +70,6 @@ func (e *Env) StartPostgres(ctx context.Context) (*Postgres, error) {
 	if err := os.MkdirAll(p.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("while creating %s: %w", p.dir, err)
 	}
-	const nobody = 65534
 	if err := os.Chown(p.dir, nobody, nobody); err != nil {
 		return nil, fmt.Errorf("while giving %s to nobody: %w", p.dir, err)
 	}
@@ -95,25 +97,8 @@ func (e *Env) StartPostgres(ctx context.Context) (*Postgres, error) {
 	if p.Port, err = freePort(e.NodeIP); err != nil {
 		return nil, err
 	}
-	logf, err := os.OpenFile(filepath.Join(p.dir, "postgres.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("while opening the PostgreSQL log: %w", err)
-	}
-	defer logf.Close()
-	// A throwaway server: durability settings off for speed.
-	srv := exec.Command(filepath.Join(bin, "postgres"), "-D", data, "-p", strconv.Itoa(p.Port),
-		"-c", "listen_addresses="+e.NodeIP, "-c", "unix_socket_directories="+p.dir,
-		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-		"-c", "max_connections=200")
-	srv.Dir = p.dir
-	srv.Stdout, srv.Stderr = logf, logf
-	srv.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setsid: true}
-	if err := srv.Start(); err != nil {
-		return nil, fmt.Errorf("while starting postgres: %w", err)
-	}
-	go func() { _ = srv.Wait() }() // reap it if it exits while we run
-	if err := os.WriteFile(p.pidFile, []byte(strconv.Itoa(srv.Process.Pid)+"\n"), 0o644); err != nil {
-		return nil, fmt.Errorf("while recording the PostgreSQL PID: %w", err)
+	if err := p.launch(bin); err != nil {
+		return nil, err
 	}
 	conn, _ := json.Marshal(pgConn{Port: p.Port, Password: p.Password})
 	if err := os.WriteFile(filepath.Join(p.dir, "conn.json"), conn, 0o600); err != nil {
@@ -124,6 +109,63 @@ func (e *Env) StartPostgres(ctx context.Context) (*Postgres, error) {
 		return nil, fmt.Errorf("%w\n%s", err, log)
 	}
 	return p, nil
+}
+
+// launch starts the server on the data directory and port already set up.
+// A throwaway server: durability settings off for speed (a fast shutdown
+// still writes every committed transaction out).
+func (p *Postgres) launch(bin string) error {
+	logf, err := os.OpenFile(filepath.Join(p.dir, "postgres.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("while opening the PostgreSQL log: %w", err)
+	}
+	defer logf.Close()
+	srv := exec.Command(filepath.Join(bin, "postgres"), "-D", filepath.Join(p.dir, "data"), "-p", strconv.Itoa(p.Port),
+		"-c", "listen_addresses="+p.Host, "-c", "unix_socket_directories="+p.dir,
+		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+		"-c", "max_connections=200")
+	srv.Dir = p.dir
+	srv.Stdout, srv.Stderr = logf, logf
+	srv.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}, Setsid: true}
+	if err := srv.Start(); err != nil {
+		return fmt.Errorf("while starting postgres: %w", err)
+	}
+	go func() { _ = srv.Wait() }() // reap it if it exits while we run
+	if err := os.WriteFile(p.pidFile, []byte(strconv.Itoa(srv.Process.Pid)+"\n"), 0o644); err != nil {
+		return fmt.Errorf("while recording the PostgreSQL PID: %w", err)
+	}
+	return nil
+}
+
+// Pause shuts the server down (fast shutdown: clients are disconnected,
+// committed data is kept) for an outage; Resume starts it again on the same
+// port and data.
+func (p *Postgres) Pause() error {
+	pid, ok := p.pid()
+	if !ok {
+		return errors.New("PostgreSQL is not running")
+	}
+	if err := p.shutdown(pid); err != nil {
+		return err
+	}
+	return os.Remove(p.pidFile)
+}
+
+// Resume starts the server Pause stopped and waits until it accepts
+// connections.
+func (p *Postgres) Resume(ctx context.Context) error {
+	bin, err := pgBin()
+	if err != nil {
+		return err
+	}
+	if err := p.launch(bin); err != nil {
+		return err
+	}
+	if err := Eventually(ctx, "PostgreSQL to accept connections again", 30*time.Second, p.ping); err != nil {
+		log, _ := os.ReadFile(filepath.Join(p.dir, "postgres.log"))
+		return fmt.Errorf("%w\n%s", err, log)
+	}
+	return nil
 }
 
 // AdminURL is the superuser URL of the "postgres" database.
@@ -159,14 +201,23 @@ func (p *Postgres) CreateDatabase(ctx context.Context, name string) (string, err
 // Stop shuts the server down (fast shutdown) and removes its directory.
 func (p *Postgres) Stop() {
 	if pid, ok := p.pid(); ok {
-		_ = syscall.Kill(pid, syscall.SIGINT)
-		for i := 0; i < 300 && syscall.Kill(pid, 0) == nil; i++ {
-			time.Sleep(100 * time.Millisecond)
-		}
-		_ = syscall.Kill(pid, syscall.SIGKILL)
+		_ = p.shutdown(pid)
 	}
 	_ = os.Remove(p.pidFile)
 	_ = os.RemoveAll(p.dir)
+}
+
+// shutdown asks for a fast shutdown and waits up to 30 s for it, then kills.
+func (p *Postgres) shutdown(pid int) error {
+	_ = syscall.Kill(pid, syscall.SIGINT)
+	for i := 0; i < 300; i++ {
+		if syscall.Kill(pid, 0) != nil {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	return fmt.Errorf("PostgreSQL (pid %d) did not stop within 30s and was killed", pid)
 }
 
 func (p *Postgres) pid() (int, bool) {
