@@ -72,6 +72,11 @@ const (
 	// OutcomeError: the database failed the batch for any other reason;
 	// nothing was stored. 500.
 	OutcomeError Outcome = "error"
+
+	// OutcomeReplayed: not a request but `ehr-operator deliveries replay`
+	// storing quarantined entries of an earlier delivery (whose request id
+	// it carries) that are valid now. Status 200.
+	OutcomeReplayed Outcome = "replayed"
 )
 
 // Quarantined is an invalid entry kept under onInvalid: Quarantine.
@@ -91,6 +96,10 @@ type Batch struct {
 	// the delivery.
 	Versions    []Version
 	Quarantined []Quarantined
+	// Replayed are ids of quarantined_entries rows this batch stores again
+	// (a replay): the same statement marks them replayed, so an entry is
+	// marked exactly when its content was handled.
+	Replayed []int64
 }
 
 // Version is an entry's content as the receiver knows it.

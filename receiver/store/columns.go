@@ -103,6 +103,11 @@ var quarantineColumns = []column[quarantineRow]{
 	{"errors", "errors", jsonb(func(q *quarantineRow) string { return q.errors })},
 }
 
+// replayColumns are the quarantined_entries rows a replay marks.
+var replayColumns = []column[int64]{
+	{"id", "quarantine_id", bigint(func(id *int64) int64 { return *id })},
+}
+
 // Table is a table the write statement fills. Its lists are what the
 // statement and the benchmark's limit (hack/bench) build their SQL from.
 type Table struct {
@@ -210,6 +215,7 @@ var (
 	entryArrays      = arraysOf(appointments.columns, patients.columns, practitioners.columns)
 	deliveryArrays   = arraysOf(deliveryColumns)
 	quarantineArrays = arraysOf(quarantineColumns)
+	replayArrays     = arraysOf(replayColumns)
 )
 
 // elements are rows laid out for arrays, array by array: array i's
@@ -272,6 +278,10 @@ func jsonb[R any](get func(*R) string) encoder[R] {
 
 func integer[R any](get func(*R) int64) encoder[R] {
 	return encoder[R]{"integer", func(b []byte, r *R) []byte { return strconv.AppendInt(b, get(r), 10) }}
+}
+
+func bigint[R any](get func(*R) int64) encoder[R] {
+	return encoder[R]{"bigint", func(b []byte, r *R) []byte { return strconv.AppendInt(b, get(r), 10) }}
 }
 
 func optInteger[R any](get func(*R) *int) encoder[R] {

@@ -56,6 +56,8 @@ import (
 //     every history row of the EHR for every statement, so writes slow
 //     down as the history grows (BenchmarkWriteLargeHistory).
 //   - The quarantined entries.
+//   - A replay's quarantined entries are marked replayed (once: a
+//     concurrent replay of the same entry marks nothing).
 //
 // Lock order: every lock is taken inside this one statement, table by table
 // (patients, practitioners, appointments: the appointment insert's one-time
@@ -120,6 +122,11 @@ WITH delivery AS (
     FROM unnest({{quarantine req}}, {{quarantine params}}) AS q(req, {{quarantine}})
     JOIN delivery_in d ON d.req = q.req
     RETURNING delivery_id
+), replayed AS (
+    UPDATE quarantined_entries q SET replayed_at = d.received_at
+    FROM unnest({{replay req}}, {{replay params}}) AS r(req, {{replay}})
+    JOIN delivery_in d ON d.req = r.req
+    WHERE q.id = r.quarantine_id AND q.ehr = $1 AND q.replayed_at IS NULL
 )
 SELECT d.req,
     (SELECT count(*) FROM appointment a WHERE a.delivery_id = d.delivery_id),
@@ -160,7 +167,8 @@ var (
 
 // writeVars are the templates' {{names}}. The arguments are writeArgs':
 // the EHR, then the deliveries' arrays, the entries' request ordinals and
-// arrays, the quarantined entries' ordinals and arrays.
+// arrays, the quarantined entries' ordinals and arrays, the replayed
+// entries' ordinals and ids.
 func writeVars() map[string]string {
 	v := map[string]string{}
 	n := 2 // $1 is the EHR
@@ -179,6 +187,7 @@ func writeVars() map[string]string {
 	addArrays("delivery", deliveryArrays.names, deliveryArrays.types, false)
 	addArrays("entry", entryArrays.names, entryArrays.types, true)
 	addArrays("quarantine", quarantineArrays.names, quarantineArrays.types, true)
+	addArrays("replay", replayArrays.names, replayArrays.types, true)
 	for name, t := range map[string]Table{"appointments": appointments, "history": history} {
 		v[name+" columns"], v[name+" arrays"], v[name+" key"] = list(t.Columns()), list(t.Arrays()), t.Key()
 		v[name+" set"] = list(set(t.Values()))
@@ -288,8 +297,9 @@ type prepared struct {
 	ids         []string // the appointments written: deduped (last wins), sorted
 	entries     int      // len(Batch.Entries): written + duplicates
 	quarantined int
+	replayed    int
 
-	deliveryRow, entryRows, quarantineRows elements
+	deliveryRow, entryRows, quarantineRows, replayRows elements
 }
 
 // prepare dedupes appointments (the last entry wins, architecture.md, "Schema and write path"), sorts them
@@ -349,23 +359,26 @@ func prepare(b Batch) (*prepared, error) {
 		quarantined[i] = quarantineRow{index: int64(q.Index), raw: raw, errors: string(j)}
 	}
 	return &prepared{
-		delivery: d, ids: ids, entries: len(b.Entries), quarantined: len(quarantined),
+		delivery: d, ids: ids, entries: len(b.Entries), quarantined: len(quarantined), replayed: len(b.Replayed),
 		deliveryRow:    deliveryArrays.encode([]Delivery{d}, 128),
 		entryRows:      entryArrays.encode(rows, 512),
 		quarantineRows: quarantineArrays.encode(quarantined, 256),
+		replayRows:     replayArrays.encode(b.Replayed, 12),
 	}, nil
 }
 
 // writeArgs lays a group's requests out as writeSQL's arguments, each array
 // the text of an array literal. Every request must be for the same EHR.
 func writeArgs(group []*prepared) []any {
-	args := make([]any, 0, 3+len(deliveryArrays.names)+len(entryArrays.names)+len(quarantineArrays.names))
+	args := make([]any, 0, 4+len(deliveryArrays.names)+len(entryArrays.names)+len(quarantineArrays.names)+len(replayArrays.names))
 	args = append(args, group[0].delivery.EHR)
 	args = appendArrays(args, group, len(deliveryArrays.names), func(p *prepared) *elements { return &p.deliveryRow })
 	args = append(args, ordinals(group, func(p *prepared) int { return len(p.ids) }))
 	args = appendArrays(args, group, len(entryArrays.names), func(p *prepared) *elements { return &p.entryRows })
 	args = append(args, ordinals(group, func(p *prepared) int { return p.quarantined }))
-	return appendArrays(args, group, len(quarantineArrays.names), func(p *prepared) *elements { return &p.quarantineRows })
+	args = appendArrays(args, group, len(quarantineArrays.names), func(p *prepared) *elements { return &p.quarantineRows })
+	args = append(args, ordinals(group, func(p *prepared) int { return p.replayed }))
+	return appendArrays(args, group, len(replayArrays.names), func(p *prepared) *elements { return &p.replayRows })
 }
 
 // appendArrays appends n arrays, each the group's requests' elements one
