@@ -1,5 +1,5 @@
 // Package cmd holds the ehr-operator subcommands: manager, receiver,
-// migrate, send and version. Each lives in its own file, built by a
+// migrate, deliveries, send and version. Each lives in its own file, built by a
 // constructor that keeps its flags in a local struct.
 package cmd
 
@@ -25,6 +25,7 @@ func NewRootCommand() *cobra.Command {
 		newManagerCommand(),
 		newReceiverCommand(),
 		newMigrateCommand(),
+		newDeliveriesCommand(),
 		newSendCommand(),
 		newVersionCommand(),
 	)

@@ -1,0 +1,329 @@
+package cmd
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/insighthealth/ehr-operator/receiver/replay"
+	"github.com/insighthealth/ehr-operator/receiver/store"
+	"github.com/insighthealth/ehr-operator/receiver/store/migrations"
+)
+
+// deliveriesFlags are the flags every deliveries subcommand shares.
+type deliveriesFlags struct {
+	databaseURL        *secretFlag
+	output             string
+	ehr, requestID     string
+	outcome            string
+	since, until       string
+	limit              int
+	includePatientData bool
+	timeZone           string
+	dryRun             bool
+	timeout            time.Duration
+	now                func() time.Time // the clock of --since 24h and of a replay
+}
+
+func newDeliveriesCommand() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "deliveries",
+		Short: "Inspect the delivery log and replay quarantined entries",
+		Long: `Inspect what EHRs sent (webhook_deliveries and quarantined_entries) and
+replay quarantined entries that are valid now.
+
+Output is a table, or JSON with -o json. Nothing printed is patient data
+unless --include-patient-data is given. Every flag falls back to an
+environment variable named after it (--database-url → DATABASE_URL).`,
+	}
+	c.AddCommand(newDeliveriesListCommand(), newDeliveriesShowCommand(), newDeliveriesReplayCommand())
+	return c
+}
+
+// addCommon registers the database, output and filter flags.
+func (f *deliveriesFlags) addCommon(fs *pflag.FlagSet) {
+	f.databaseURL = addSecretFlag(fs, "database-url", "postgres:// URL of the appointments database", "the database URL")
+	fs.StringVarP(&f.output, "output", "o", "table", "table or json")
+	fs.StringVar(&f.ehr, "ehr", "", "only this EHR")
+	fs.StringVar(&f.requestID, "request-id", "", "only the deliveries with this request id (X-Request-ID)")
+	fs.StringVar(&f.outcome, "outcome", "", "only this outcome (stored, quarantined, rejected, unavailable, replayed, …)")
+	fs.StringVar(&f.since, "since", "", "only deliveries received at or after this time: RFC 3339, or a duration ago (24h)")
+	fs.StringVar(&f.until, "until", "", "only deliveries received before this time: RFC 3339, or a duration ago")
+	fs.DurationVar(&f.timeout, "timeout", time.Minute, "give up after this long")
+}
+
+func newDeliveriesListCommand() *cobra.Command {
+	var f deliveriesFlags
+	c := &cobra.Command{
+		Use:   "list",
+		Short: "List deliveries, newest first, with their quarantined entries' counts",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return f.run(c, func(ctx context.Context, st *store.Store, filter store.DeliveryFilter) error {
+				filter.Limit = f.limit
+				ds, err := st.Deliveries(ctx, filter)
+				if err != nil {
+					return err
+				}
+				return f.print(c.OutOrStdout(), orEmpty(ds), func(w io.Writer) { deliveryTable(w, ds) })
+			})
+		},
+	}
+	f.addCommon(c.Flags())
+	c.Flags().IntVar(&f.limit, "limit", 100, "at most this many deliveries (0: all)")
+	return c
+}
+
+// shownDelivery is a delivery with its quarantined entries, for show.
+type shownDelivery struct {
+	store.DeliveryRecord
+	QuarantinedEntries []store.QuarantineRecord `json:"quarantinedEntries"`
+}
+
+func newDeliveriesShowCommand() *cobra.Command {
+	var f deliveriesFlags
+	c := &cobra.Command{
+		Use:   "show [DELIVERY-ID...]",
+		Short: "Show deliveries and their quarantined entries: errors, replay; the entries themselves with --include-patient-data",
+		Long: `Show deliveries, chosen by id or by the filter flags (at least one), with
+each quarantined entry's field errors and replay state. The entries as sent
+are patient data: they are printed only with --include-patient-data.`,
+		RunE: func(c *cobra.Command, args []string) error {
+			return f.run(c, func(ctx context.Context, st *store.Store, filter store.DeliveryFilter) error {
+				for _, a := range args {
+					id, err := strconv.ParseInt(a, 10, 64)
+					if err != nil || id < 1 {
+						return fmt.Errorf("%q is not a delivery id (a positive number; use --request-id for a request id)", a)
+					}
+					filter.IDs = append(filter.IDs, id)
+				}
+				if len(filter.IDs) == 0 && filter.RequestID == "" && filter.Since.IsZero() && filter.Until.IsZero() {
+					return errors.New("name deliveries by id, --request-id, --since or --until")
+				}
+				filter.Limit = f.limit
+				ds, err := st.Deliveries(ctx, filter)
+				if err != nil {
+					return err
+				}
+				shown := make([]shownDelivery, len(ds))
+				byID := make(map[int64]int, len(ds))
+				ids := make([]int64, len(ds))
+				for i, d := range ds {
+					shown[i] = shownDelivery{DeliveryRecord: d, QuarantinedEntries: []store.QuarantineRecord{}}
+					byID[d.ID], ids[i] = i, d.ID
+				}
+				if len(ids) > 0 {
+					qs, err := st.QuarantinedEntries(ctx, store.QuarantineFilter{
+						Delivery: store.DeliveryFilter{IDs: ids}, WithContent: f.includePatientData,
+					})
+					if err != nil {
+						return err
+					}
+					for _, q := range qs {
+						i := byID[q.DeliveryID]
+						shown[i].QuarantinedEntries = append(shown[i].QuarantinedEntries, q)
+					}
+				}
+				return f.print(c.OutOrStdout(), shown, func(w io.Writer) { showTable(w, shown, f.includePatientData) })
+			})
+		},
+	}
+	f.addCommon(c.Flags())
+	c.Flags().IntVar(&f.limit, "limit", 20, "at most this many deliveries (0: all)")
+	c.Flags().BoolVar(&f.includePatientData, "include-patient-data", false, "also print each quarantined entry as sent (patient data)")
+	return c
+}
+
+func newDeliveriesReplayCommand() *cobra.Command {
+	var f deliveriesFlags
+	c := &cobra.Command{
+		Use:   "replay",
+		Short: "Store the quarantined entries that are valid by today's rules, and mark them replayed",
+		Long: `Validate every quarantined entry not yet replayed (of the deliveries the
+filter flags select) again, with today's rules, date and --time-zone, and
+store the valid ones exactly as a delivery would: the receiver's write,
+so content already stored is a no-op, every change gets a history row, and
+a newer version stored since is not undone. Each original delivery's
+valid entries become one delivery with outcome "replayed" and the original
+request id; the entries are marked replayed in the same statement. Running
+it again is safe. Entries still invalid are listed with their errors and
+stay in quarantine.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return f.run(c, func(ctx context.Context, st *store.Store, filter store.DeliveryFilter) error {
+				if filter.EHR == "" {
+					return errors.New("--ehr (EHR) is required: the time zone is the EHR's")
+				}
+				loc, err := loadZone(f.timeZone)
+				if err != nil {
+					return err
+				}
+				rep, err := replay.Run(ctx, st, replay.Options{Filter: filter, Location: loc, Now: f.now, DryRun: f.dryRun})
+				if err != nil {
+					return err
+				}
+				if rep.StillInvalid == nil {
+					rep.StillInvalid = []replay.Invalid{}
+				}
+				return f.print(c.OutOrStdout(), rep, func(w io.Writer) { replayTable(w, rep, f.dryRun) })
+			})
+		},
+	}
+	f.addCommon(c.Flags())
+	c.Flags().StringVar(&f.timeZone, "time-zone", "", "the EHR's IANA time zone today, its spec.timeZone (required)")
+	c.Flags().BoolVar(&f.dryRun, "dry-run", false, "validate and report, write nothing")
+	return c
+}
+
+// run binds the environment, opens the store, checks its schema and calls
+// do with the filter of the flags.
+func (f *deliveriesFlags) run(c *cobra.Command, do func(context.Context, *store.Store, store.DeliveryFilter) error) error {
+	if err := bindEnv(c.Flags()); err != nil {
+		return err
+	}
+	if f.output != "table" && f.output != "json" {
+		return fmt.Errorf("--output %q: want table or json", f.output)
+	}
+	if f.now == nil {
+		f.now = time.Now
+	}
+	filter := store.DeliveryFilter{EHR: f.ehr, RequestID: f.requestID, Outcome: store.Outcome(f.outcome)}
+	var err error
+	if filter.Since, err = parseWhen(f.since, f.now()); err != nil {
+		return fmt.Errorf("--since: %w", err)
+	}
+	if filter.Until, err = parseWhen(f.until, f.now()); err != nil {
+		return fmt.Errorf("--until: %w", err)
+	}
+	dbURL, err := f.databaseURL.get()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(c.Context(), f.timeout)
+	defer cancel()
+	st, err := store.Open(ctx, dbURL)
+	if err != nil {
+		return fmt.Errorf("while opening the database: %w", err)
+	}
+	defer st.Close()
+	if err := st.Ready(ctx); err != nil {
+		if errors.Is(err, migrations.ErrPending) {
+			return errors.New("the database's schema is older than this binary: run ehr-operator migrate first")
+		}
+		return fmt.Errorf("while checking the database: %w", err)
+	}
+	return do(ctx, st, filter)
+}
+
+// parseWhen reads RFC 3339 or a duration before now; "" is no bound.
+func parseWhen(s string, now time.Time) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return time.Time{}, fmt.Errorf("%q is neither an RFC 3339 time nor a duration ago such as 24h", s)
+	}
+	return now.Add(-d), nil
+}
+
+// loadZone reads an IANA zone name as the receiver does: "Local" and ""
+// are refused.
+func loadZone(name string) (*time.Location, error) {
+	loc, err := time.LoadLocation(name)
+	if err != nil || name == "" || strings.EqualFold(name, "Local") {
+		return nil, fmt.Errorf("--time-zone (TIME_ZONE) %q is not an IANA time zone name; give the EHR's spec.timeZone", name)
+	}
+	return loc, nil
+}
+
+func (f *deliveriesFlags) print(w io.Writer, v any, table func(io.Writer)) error {
+	if f.output == "json" {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	table(tw)
+	return tw.Flush()
+}
+
+func orEmpty[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
+func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+
+func deliveryTable(w io.Writer, ds []store.DeliveryRecord) {
+	fmt.Fprintln(w, "ID\tEHR\tREQUEST ID\tRECEIVED\tOUTCOME\tSTATUS\tITEMS\tQUARANTINED\tPENDING")
+	for _, d := range ds {
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\n", d.ID, d.EHR, d.RequestID, stamp(d.ReceivedAt),
+			d.Outcome, d.StatusCode, d.ItemCount, d.Quarantined, d.Pending)
+	}
+}
+
+func showTable(w io.Writer, ds []shownDelivery, content bool) {
+	for i, d := range ds {
+		if i > 0 {
+			fmt.Fprintln(w)
+		}
+		// Spaces, not tabs: the delivery's line is no row of the entries' table.
+		fmt.Fprintf(w, "Delivery %d  ehr %s  request %s  received %s  outcome %s  status %d  items %d  body sha256 %s\n",
+			d.ID, d.EHR, d.RequestID, stamp(d.ReceivedAt), d.Outcome, d.StatusCode, d.ItemCount, d.BodySHA256)
+		if len(d.QuarantinedEntries) == 0 {
+			continue
+		}
+		fmt.Fprintln(w, "  ENTRY\tQUARANTINE ID\tREPLAYED\tCONTENT\tERRORS")
+		for _, q := range d.QuarantinedEntries {
+			replayed, kept := "-", "kept"
+			if q.ReplayedAt != nil {
+				replayed = stamp(*q.ReplayedAt)
+			}
+			if q.ContentDropped {
+				kept = "dropped by retention"
+			}
+			errs := make([]string, len(q.Errors))
+			for k, e := range q.Errors {
+				errs[k] = e.Field + ": " + e.Message
+			}
+			fmt.Fprintf(w, "  %d\t%d\t%s\t%s\t%s\n", q.EntryIndex, q.ID, replayed, kept, strings.Join(errs, "; "))
+			if content && q.Raw != nil {
+				fmt.Fprintf(w, "    raw: %s\n", q.Raw)
+			}
+		}
+	}
+}
+
+func replayTable(w io.Writer, rep replay.Report, dry bool) {
+	if dry {
+		fmt.Fprintln(w, "Dry run: nothing written.")
+	}
+	fmt.Fprintf(w, "Examined\t%d\nValid now\t%d\nReplay deliveries\t%d\nWritten\t%d\nDuplicates\t%d\nSuperseded\t%d\nStill invalid\t%d\n",
+		rep.Examined, rep.Valid, rep.Deliveries, rep.Written, rep.Duplicates, rep.Superseded, len(rep.StillInvalid))
+	if len(rep.StillInvalid) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\nDELIVERY\tREQUEST ID\tENTRY\tQUARANTINE ID\tERRORS")
+	for _, inv := range rep.StillInvalid {
+		errs := make([]string, len(inv.Errors))
+		for k, e := range inv.Errors {
+			errs[k] = e.Field + ": " + e.Message
+		}
+		fmt.Fprintf(w, "%d\t%s\t%d\t%d\t%s\n", inv.DeliveryID, inv.RequestID, inv.EntryIndex, inv.ID, strings.Join(errs, "; "))
+	}
+}

@@ -1,0 +1,139 @@
+package cmd
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/insighthealth/ehr-operator/internal/pgtest"
+	"github.com/insighthealth/ehr-operator/receiver/payload"
+	"github.com/insighthealth/ehr-operator/receiver/replay"
+	"github.com/insighthealth/ehr-operator/receiver/store"
+)
+
+// A patient name that must only appear when asked for.
+const secretName = "Zebulon"
+
+func quarantinedEntry(id, birth string) json.RawMessage {
+	return json.RawMessage(fmt.Sprintf(`{"appointment":{"id":%q,"status":"booked","start_time":"03/10/2026 14:30",
+"start_date":"03/10/2026","created_time":"03/01/2026 09:00","type":"Follow-up"},
+"patient":{"id":"pat-1","first_name":%q,"last_name":"Doe","birth_date":%q,"gender":"Female"},
+"practitioner":{"id":"prov-1","first_name":"John","last_name":"Smith"}}`, id, secretName, birth))
+}
+
+// seedDeliveries writes a stored delivery and one with two quarantined
+// entries, one of which is valid by today's rules.
+func seedDeliveries(t *testing.T) string {
+	t.Helper()
+	u := pgtest.NewDatabase(t)
+	st, err := store.Open(context.Background(), u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	at := time.Now().Add(-time.Hour)
+	d := func(req string, o store.Outcome, n int) store.Delivery {
+		return store.Delivery{EHR: "nexus", RequestID: req, ReceivedAt: at, BodySHA256: sha256.Sum256([]byte(req)),
+			ItemCount: n, Outcome: o, StatusCode: 200}
+	}
+	if _, err := st.Write(context.Background(), store.Batch{Delivery: d("req-ok", store.OutcomeStored, 0)}); err != nil {
+		t.Fatal(err)
+	}
+	fe := func(i int) []payload.FieldError {
+		return []payload.FieldError{{Index: i, Field: fmt.Sprintf("appointments[%d].patient.gender", i), Message: "must be one of …"}}
+	}
+	_, err = st.Write(context.Background(), store.Batch{Delivery: d("req-q", store.OutcomeQuarantined, 2),
+		Quarantined: []store.Quarantined{
+			{Index: 0, Raw: quarantinedEntry("apt-1", "05/15/1990"), Errors: fe(0)},
+			{Index: 1, Raw: quarantinedEntry("apt-2", "05/15/2990"), Errors: fe(1)},
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// runOut runs the command line and returns what it printed.
+func runOut(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	root := NewRootCommand()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(args)
+	err := root.ExecuteContext(t.Context())
+	return out.String(), err
+}
+
+func TestDeliveriesCommands(t *testing.T) {
+	u := seedDeliveries(t)
+	db := []string{"--database-url", u}
+	mustRun := func(args ...string) string {
+		t.Helper()
+		out, err := runOut(t, append(args, db...)...)
+		if err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+		if strings.Contains(out, secretName) && !strings.Contains(strings.Join(args, " "), "--include-patient-data") {
+			t.Errorf("%v printed patient data:\n%s", args, out)
+		}
+		return out
+	}
+
+	var ds []store.DeliveryRecord
+	if err := json.Unmarshal([]byte(mustRun("deliveries", "list", "--ehr", "nexus", "--since", "2h", "-o", "json")), &ds); err != nil {
+		t.Fatal(err)
+	}
+	if len(ds) != 2 {
+		t.Fatalf("%d deliveries listed, want 2", len(ds))
+	}
+	byReq := map[string]store.DeliveryRecord{}
+	for _, d := range ds {
+		byReq[d.RequestID] = d
+	}
+	if q := byReq["req-q"]; q.Quarantined != 2 || q.Pending != 2 || q.Outcome != store.OutcomeQuarantined {
+		t.Errorf("req-q listed as %+v, want 2 quarantined, 2 pending", q)
+	}
+	if out := mustRun("deliveries", "list", "--outcome", "stored"); !strings.Contains(out, "req-ok") || strings.Contains(out, "req-q") {
+		t.Errorf("list --outcome stored:\n%s", out)
+	}
+	if out := mustRun("deliveries", "list", "--until", "2h"); strings.Contains(out, "req-") {
+		t.Errorf("list --until 2h ago shows deliveries of an hour ago:\n%s", out)
+	}
+
+	show := mustRun("deliveries", "show", "--request-id", "req-q")
+	if !strings.Contains(show, "appointments[1].patient.gender: must be one of") {
+		t.Errorf("show lacks the entries' errors:\n%s", show)
+	}
+	if show := mustRun("deliveries", "show", "--request-id", "req-q", "--include-patient-data"); !strings.Contains(show, secretName) {
+		t.Errorf("show --include-patient-data lacks the entries:\n%s", show)
+	}
+	if _, err := runOut(t, append([]string{"deliveries", "show"}, db...)...); err == nil {
+		t.Error("show without a selection was accepted")
+	}
+
+	if _, err := runOut(t, append([]string{"deliveries", "replay", "--ehr", "nexus"}, db...)...); err == nil ||
+		!strings.Contains(err.Error(), "--time-zone") {
+		t.Errorf("replay without a time zone: %v", err)
+	}
+	var rep replay.Report
+	if err := json.Unmarshal([]byte(mustRun("deliveries", "replay", "--ehr", "nexus", "--time-zone", "America/Chicago", "-o", "json")), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Examined != 2 || rep.Written != 1 || len(rep.StillInvalid) != 1 || rep.StillInvalid[0].EntryIndex != 1 {
+		t.Errorf("replay report %+v, want 2 examined, 1 written, entry 1 still invalid", rep)
+	}
+	if out := mustRun("deliveries", "list", "--request-id", "req-q"); !strings.Contains(out, "replayed") {
+		t.Errorf("the replay is not listed under its request id:\n%s", out)
+	}
+	show = mustRun("deliveries", "show", "--request-id", "req-q", "--outcome", "quarantined")
+	t.Logf("deliveries show --request-id req-q --outcome quarantined:\n%s", show)
+	if strings.Count(show, "kept") != 2 || strings.Count(show, "  -  ") != 1 {
+		t.Errorf("show after replay:\n%s", show)
+	}
+}
