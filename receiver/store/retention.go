@@ -1,0 +1,239 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Retention is how long a receiver keeps each kind of row of its EHR
+// (docs/architecture.md, "Retention"); 0 keeps it for ever. Patient
+// content and metadata have periods of their own: a quarantined entry's
+// raw body may go after a month while the row saying it happened stays a
+// year.
+type Retention struct {
+	// DeliveryLog: webhook_deliveries rows, by received_at. A row an
+	// appointment, a history row or a quarantined entry still refers to
+	// stays until that goes.
+	DeliveryLog time.Duration
+	// QuarantineContent: a quarantined entry's raw body (patient data),
+	// set to NULL, by created_at.
+	QuarantineContent time.Duration
+	// Quarantine: quarantined_entries rows (index, errors, times), by
+	// created_at.
+	Quarantine time.Duration
+	// History: appointment_history rows, by applied_at. A version whose
+	// history row went is no longer recognised as seen: keep the history
+	// longer than any sender may redeliver an old version.
+	History time.Duration
+}
+
+// Enabled reports whether any period is set.
+func (r Retention) Enabled() bool { return r != Retention{} }
+
+// Validate refuses negative periods and a content period longer than its
+// row's: the row takes the content with it.
+func (r Retention) Validate() error {
+	var errs []error
+	for _, p := range []struct {
+		name string
+		d    time.Duration
+	}{{"delivery log", r.DeliveryLog}, {"quarantine content", r.QuarantineContent}, {"quarantine", r.Quarantine}, {"history", r.History}} {
+		if p.d < 0 {
+			errs = append(errs, fmt.Errorf("retention of the %s must not be negative, not %s", p.name, p.d))
+		}
+	}
+	if r.Quarantine > 0 && r.QuarantineContent > r.Quarantine {
+		errs = append(errs, fmt.Errorf("retention of the quarantine content (%s) must not exceed the quarantine's (%s)",
+			r.QuarantineContent, r.Quarantine))
+	}
+	return errors.Join(errs...)
+}
+
+// Pruned counts the rows one Prune removed (for QuarantineContent, the
+// entries whose body it dropped).
+type Pruned struct {
+	DeliveryLog, QuarantineContent, Quarantine, History int64
+}
+
+const (
+	// pruneLockID is the session advisory lock one pruner holds per
+	// database: receivers of every EHR sharing it take turns.
+	pruneLockID int64 = 0x6568725f726574 // "ehr_ret"
+	// pruneBatch rows per statement, each its own short transaction, so
+	// row locks are held for milliseconds and the WAL comes in small
+	// pieces.
+	pruneBatch = 500
+	// prunePause between batches leaves the database to the writers.
+	prunePause = 10 * time.Millisecond
+)
+
+// pruneLockTimeout bounds a batch's wait for a lock: the pruner gives way
+// rather than queue writers behind it.
+const pruneLockTimeout = "1s"
+
+// The batches. Each picks old rows of the EHR, skipping rows another
+// transaction has locked, so it never waits for a writer.
+const (
+	pruneHistorySQL = `DELETE FROM appointment_history WHERE id IN (
+    SELECT id FROM appointment_history WHERE ehr = $1 AND applied_at < $2
+    LIMIT $3 FOR UPDATE SKIP LOCKED)`
+	pruneQuarantineSQL = `DELETE FROM quarantined_entries WHERE id IN (
+    SELECT id FROM quarantined_entries WHERE ehr = $1 AND created_at < $2
+    LIMIT $3 FOR UPDATE SKIP LOCKED)`
+	pruneQuarantineContentSQL = `UPDATE quarantined_entries SET raw = NULL WHERE id IN (
+    SELECT id FROM quarantined_entries WHERE ehr = $1 AND created_at < $2 AND raw IS NOT NULL
+    LIMIT $3 FOR UPDATE SKIP LOCKED)`
+	// A delivery row still referred to stays; the scan goes on from where
+	// the last batch ended, so such rows are not read again and again.
+	pruneDeliveriesSQL = `WITH scanned AS (
+    SELECT id, received_at FROM webhook_deliveries
+    WHERE ehr = $1 AND received_at < $2 AND (received_at, id) > ($4, $5)
+    ORDER BY received_at, id LIMIT $3 FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM webhook_deliveries d USING scanned s
+    WHERE d.id = s.id
+        AND NOT EXISTS (SELECT 1 FROM appointments a WHERE a.delivery_id = d.id)
+        AND NOT EXISTS (SELECT 1 FROM appointment_history h WHERE h.delivery_id = d.id)
+        AND NOT EXISTS (SELECT 1 FROM quarantined_entries q WHERE q.delivery_id = d.id)
+    RETURNING 1
+), last AS (
+    SELECT received_at, id FROM scanned ORDER BY received_at DESC, id DESC LIMIT 1
+)
+SELECT (SELECT count(*) FROM scanned), (SELECT count(*) FROM gone), last.received_at, last.id
+FROM (SELECT 1) one LEFT JOIN last ON true`
+)
+
+// Prune removes ehr's rows older than r's periods, as of now. It runs only
+// when it gets the database's pruning lock at once, and reports whether
+// it did: another receiver pruning is not waited for. Pruned counts what
+// was removed, also when it fails part way.
+func (s *Store) Prune(ctx context.Context, ehr string, r Retention, now time.Time) (Pruned, bool, error) {
+	var p Pruned
+	if err := r.Validate(); err != nil {
+		return p, false, err
+	}
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return p, false, wrap("Prune: connect", err)
+	}
+	defer conn.Close()
+	var got bool
+	if err := conn.QueryRowContext(ctx, `SELECT pg_try_advisory_lock($1)`, pruneLockID).Scan(&got); err != nil {
+		return p, false, wrap("Prune: lock", err)
+	}
+	if !got {
+		return p, false, nil
+	}
+	defer func() {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if _, err := conn.ExecContext(uctx, `SELECT pg_advisory_unlock($1)`, pruneLockID); err != nil {
+			// The lock lives as long as the session: drop the connection
+			// rather than return it to the pool still holding it.
+			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+		}
+	}()
+
+	steps := []struct {
+		op     string
+		period time.Duration
+		sql    string
+		n      *int64
+	}{
+		{"history", r.History, pruneHistorySQL, &p.History},
+		{"quarantine", r.Quarantine, pruneQuarantineSQL, &p.Quarantine},
+		{"quarantine content", r.QuarantineContent, pruneQuarantineContentSQL, &p.QuarantineContent},
+	}
+	for _, st := range steps {
+		if st.period <= 0 {
+			continue
+		}
+		cutoff := now.Add(-st.period)
+		for {
+			var n int64
+			err := inBatch(ctx, conn, func(tx *sql.Tx) error {
+				res, err := tx.ExecContext(ctx, st.sql, ehr, cutoff, pruneBatch)
+				if err != nil {
+					return err
+				}
+				n, err = res.RowsAffected()
+				return err
+			})
+			if err != nil {
+				return p, true, wrap("Prune: "+st.op, err)
+			}
+			*st.n += n
+			if n < pruneBatch {
+				break
+			}
+			if err := pause(ctx); err != nil {
+				return p, true, err
+			}
+		}
+	}
+	if r.DeliveryLog > 0 {
+		if err := pruneDeliveries(ctx, conn, ehr, now.Add(-r.DeliveryLog), &p.DeliveryLog); err != nil {
+			return p, true, err
+		}
+	}
+	return p, true, nil
+}
+
+func pruneDeliveries(ctx context.Context, conn *sql.Conn, ehr string, cutoff time.Time, n *int64) error {
+	afterAt, afterID := time.Time{}, int64(0)
+	for {
+		var (
+			scanned, gone int64
+			lastAt        sql.NullTime
+			lastID        sql.NullInt64
+		)
+		err := inBatch(ctx, conn, func(tx *sql.Tx) error {
+			return tx.QueryRowContext(ctx, pruneDeliveriesSQL, ehr, cutoff, pruneBatch, afterAt, afterID).
+				Scan(&scanned, &gone, &lastAt, &lastID)
+		})
+		if err != nil {
+			return wrap("Prune: delivery log", err)
+		}
+		*n += gone
+		if scanned < pruneBatch || !lastAt.Valid {
+			return nil
+		}
+		afterAt, afterID = lastAt.Time, lastID.Int64
+		if err := pause(ctx); err != nil {
+			return err
+		}
+	}
+}
+
+// inBatch runs one batch in a transaction of its own with the pruner's
+// lock timeout.
+func inBatch(ctx context.Context, conn *sql.Conn, f func(*sql.Tx) error) error {
+	tx, err := conn.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `SET LOCAL lock_timeout = '`+pruneLockTimeout+`'`); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	if err := f(tx); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+func pause(ctx context.Context) error {
+	t := time.NewTimer(prunePause)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
