@@ -29,6 +29,8 @@ type receiverFlags struct {
 	migrate                          bool
 	// memoryLimit is the container's (downward API); 0 is unknown.
 	memoryLimit, maxInflightBodyBytes int64
+	// retention periods (0: keep) and how often they are applied.
+	retainDeliveryLog, retainQuarantine, retainQuarantineContent, retainHistory, retentionInterval time.Duration
 }
 
 func newReceiverCommand() *cobra.Command {
@@ -63,6 +65,11 @@ Every flag falls back to an environment variable named after it
 	fs.BoolVar(&f.migrate, "migrate", true, "apply the database migrations in the background at start (the webhook answers 503 until done); false: assume they are applied")
 	fs.Int64Var(&f.memoryLimit, "memory-limit", 0, "the container's memory limit in bytes, for the Go memory limit and the default of --max-inflight-body-bytes (0: unknown)")
 	fs.Int64Var(&f.maxInflightBodyBytes, "max-inflight-body-bytes", 0, "most bytes of request bodies held at once; past it requests are answered 503 (0: derived from --memory-limit)")
+	fs.DurationVar(&f.retainDeliveryLog, "retain-delivery-log", 0, "delete delivery log rows older than this that nothing refers to (0: keep)")
+	fs.DurationVar(&f.retainQuarantine, "retain-quarantine", 0, "delete quarantined entries older than this (0: keep)")
+	fs.DurationVar(&f.retainQuarantineContent, "retain-quarantine-content", 0, "drop the raw body (patient data) of quarantined entries older than this, keeping the row (0: keep)")
+	fs.DurationVar(&f.retainHistory, "retain-history", 0, "delete appointment history rows older than this (0: keep)")
+	fs.DurationVar(&f.retentionInterval, "retention-interval", receiver.DefaultRetentionInterval, "how often the retention is applied")
 	return c
 }
 
@@ -98,6 +105,9 @@ func runReceiver(ctx context.Context, f receiverFlags) error {
 	if f.migrate {
 		srv.MigrateInBackground(st)
 	}
+	if cfg.Retention.Enabled() {
+		srv.PruneInBackground(st)
+	}
 	return srv.Run(ctx)
 }
 
@@ -116,6 +126,11 @@ func receiverConfig(f receiverFlags) (receiver.Config, string, error) {
 		OnInvalid:         receiver.OnInvalid(f.onInvalid),
 		Listen:            f.listen,
 		MetricsListen:     f.metricsListen,
+		Retention: store.Retention{
+			DeliveryLog: f.retainDeliveryLog, Quarantine: f.retainQuarantine,
+			QuarantineContent: f.retainQuarantineContent, History: f.retainHistory,
+		},
+		RetentionInterval: f.retentionInterval,
 	}
 	// LoadLocation takes "" for UTC and "Local" for the machine's zone;
 	// a receiver names its zone.

@@ -87,3 +87,22 @@ func TestReceiverConfigKeepsSecretsOutOfErrors(t *testing.T) {
 		}
 	}
 }
+
+// The retention flags, and their environment variables, reach the
+// receiver's configuration and its checks.
+func TestReceiverRetentionFlags(t *testing.T) {
+	clearFlagEnv(t, "receiver")
+	t.Setenv("RETAIN_QUARANTINE", "24h")
+	err := runRoot(t, "receiver", "--ehr", "nexus", "--retain-quarantine-content", "48h", "--retention-interval", "-1s")
+	if err == nil {
+		t.Fatal("receiver started with a bad configuration")
+	}
+	for _, want := range []string{
+		"retention of the quarantine content (48h0m0s) must not exceed the quarantine's (24h0m0s)",
+		"retention-interval must not be negative",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not say %q:\n%s", want, err)
+		}
+	}
+}

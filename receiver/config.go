@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"regexp"
 	"time"
+
+	"github.com/insighthealth/ehr-operator/receiver/store"
 )
 
 // OnInvalid says what a batch with invalid entries gets (architecture.md, "The request's path").
@@ -47,6 +49,11 @@ type Config struct {
 
 	// Listen and MetricsListen are the two servers' addresses.
 	Listen, MetricsListen string
+
+	// Retention is how long this EHR's rows are kept (zero: for ever);
+	// RetentionInterval how often it is applied (0: hourly).
+	Retention         store.Retention
+	RetentionInterval time.Duration
 }
 
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
@@ -97,6 +104,12 @@ func (c Config) ValidateSettings() error {
 	}
 	if c.OnInvalid != Reject && c.OnInvalid != Quarantine {
 		errs = append(errs, fmt.Errorf("on-invalid must be %s or %s, not %q", Reject, Quarantine, c.OnInvalid))
+	}
+	if err := c.Retention.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.RetentionInterval < 0 {
+		errs = append(errs, fmt.Errorf("retention-interval must not be negative, not %s", c.RetentionInterval))
 	}
 	if c.Listen == "" || c.MetricsListen == "" {
 		errs = append(errs, errors.New("listen and metrics-listen addresses must be set"))

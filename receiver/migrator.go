@@ -35,12 +35,15 @@ func (s *Server) MigrateInBackground(m Migrator) {
 }
 
 // startBackground starts the database monitor and, when asked, the
-// migration; stop ends them and waits. Readiness passes once the first
+// migration and the retention; stop ends them and waits. Readiness passes once the first
 // migration attempt is over, or after startGrace, or at once without one.
 func (s *Server) startBackground(ctx context.Context) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { s.db.watch(ctx, s.store.Ping) })
+	if s.pruner != nil && s.cfg.Retention.Enabled() {
+		wg.Go(func() { s.pruneEvery(ctx) })
+	}
 	if s.db.migrate == nil || s.db.migrated.Load() {
 		s.db.started.Store(true)
 		return func() { cancel(); wg.Wait() }

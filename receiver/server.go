@@ -53,6 +53,11 @@ type Server struct {
 	deliveries *deliveryLog
 	// now is the clock, for "birth date in the future" and received_at.
 	now func() time.Time
+	// pruner, when set, applies cfg.Retention in the background;
+	// retentionRegistered: the last-run gauge is on /metrics (after a run).
+	pruner              Pruner
+	retention           *retentionMetrics
+	retentionRegistered bool
 }
 
 // New checks cfg and returns a server writing to st and logging to log.
@@ -72,6 +77,7 @@ func New(cfg Config, st Store, log *slog.Logger) (*Server, error) {
 	s.metrics.registry.MustRegister(s.db)
 	s.versions = newVersionMemory(cfg.EHR, s.metrics.registry)
 	s.inflight = newInflight(cfg, s.metrics.registry)
+	s.retention = newRetentionMetrics(cfg.EHR, s.metrics.registry)
 	// A closure, not st.RecordDeliveries: a server built without a store
 	// (tests of the probes) must not panic here.
 	record := func(ctx context.Context, ds []store.Delivery) error { return s.store.RecordDeliveries(ctx, ds) }

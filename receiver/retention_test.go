@@ -1,0 +1,72 @@
+package receiver
+
+import (
+	"context"
+	"log/slog"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/insighthealth/ehr-operator/internal/pgtest"
+	"github.com/insighthealth/ehr-operator/receiver/store"
+)
+
+// A receiver with a retention applies it on its schedule: old delivery
+// log rows go, counted on /metrics, with one log line per run.
+func TestRetentionRunsOnSchedule(t *testing.T) {
+	dbURL := pgtest.NewDatabase(t)
+	st, err := store.Open(context.Background(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	old := make([]store.Delivery, 7)
+	for i := range old {
+		old[i] = store.Delivery{EHR: "nexus", RequestID: "old", ReceivedAt: time.Now().Add(-48 * time.Hour),
+			Outcome: store.OutcomeRejected, StatusCode: 422}
+	}
+	recent := old[0]
+	recent.ReceivedAt = time.Now()
+	if err := st.RecordDeliveries(context.Background(), append(old, recent)); err != nil {
+		t.Fatal(err)
+	}
+
+	cfg := validConfig()
+	cfg.Retention = store.Retention{DeliveryLog: 24 * time.Hour}
+	cfg.RetentionInterval = 50 * time.Millisecond
+	log := &syncBuffer{}
+	srv, err := New(cfg, st, slog.New(slog.NewJSONHandler(log, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.PruneInBackground(st)
+	t.Cleanup(srv.startBackground(context.Background()))
+
+	scrape := func() string {
+		w := httptest.NewRecorder()
+		srv.MetricsHandler().ServeHTTP(w, httptest.NewRequest("GET", "/metrics", nil))
+		return w.Body.String()
+	}
+	const removed = `ehr_receiver_retention_removed_rows_total{ehr="nexus",kind="delivery_log"} 7`
+	eventually(t, 10*time.Second, "the old deliveries removed and counted", func() bool {
+		return strings.Contains(scrape(), removed+"\n")
+	})
+	m := scrape()
+	for _, want := range []string{
+		`ehr_receiver_retention_removed_rows_total{ehr="nexus",kind="history"} 0`,
+		`ehr_receiver_retention_last_run_timestamp_seconds{ehr="nexus"}`,
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	eventually(t, 10*time.Second, "a second run", func() bool { return log.count("Retention applied") >= 2 })
+	if !strings.Contains(scrape(), removed+"\n") {
+		t.Error("a later run removed more rows than the 7 old ones")
+	}
+	left, err := st.Deliveries(context.Background(), store.DeliveryFilter{EHR: "nexus"})
+	if err != nil || len(left) != 1 || left[0].ReceivedAt.Sub(recent.ReceivedAt).Abs() > time.Microsecond {
+		t.Errorf("deliveries left: %+v (%v), want only the recent one", left, err)
+	}
+}
