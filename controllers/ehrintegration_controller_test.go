@@ -155,6 +155,13 @@ func TestAPIServerRefusesInvalidResources(t *testing.T) {
 		{"Local time zone", func(e *v1alpha1.EHRIntegration) { e.Spec.TimeZone = "Local" }, "spec.timeZone"},
 		{"bad ingress host", func(e *v1alpha1.EHRIntegration) { e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "Bad_Host.example.com"} }, "spec.ingress.host"},
 		{"database key ..", func(e *v1alpha1.EHRIntegration) { e.Spec.Database.SecretRef.Key = ".." }, "spec.database.secretRef.key"},
+		{"retention under an hour", func(e *v1alpha1.EHRIntegration) {
+			e.Spec.Retention = &v1alpha1.RetentionSpec{DeliveryLog: &metav1.Duration{Duration: 30 * time.Minute}}
+		}, "deliveryLog must be at least 1h"},
+		{"quarantine content kept longer than its row", func(e *v1alpha1.EHRIntegration) {
+			e.Spec.Retention = &v1alpha1.RetentionSpec{Quarantine: &v1alpha1.QuarantineRetention{
+				Content: &metav1.Duration{Duration: 48 * time.Hour}, Metadata: &metav1.Duration{Duration: 24 * time.Hour}}}
+		}, "quarantine.content must not be longer than quarantine.metadata"},
 		{"name starting with a digit", func(e *v1alpha1.EHRIntegration) { e.Name = "1nexus" }, "metadata.name"},
 		{"name too long for its Service", func(e *v1alpha1.EHRIntegration) { e.Name = strings.Repeat("n", 55) }, "metadata.name"},
 	}
@@ -604,6 +611,53 @@ func TestOwnershipConflict(t *testing.T) {
 	if msg := meta.FindStatusCondition(e.Status.Conditions, v1alpha1.ConditionReady).Message; !strings.Contains(msg, "ConfigMap someone") {
 		t.Errorf("message %q does not name the owner", msg)
 	}
+}
+
+// spec.retention reaches the receivers as --retain-* flags, and goes when
+// it is removed.
+func TestRetentionReachesTheReceiver(t *testing.T) {
+	startSuite(t)
+	ns := newNamespace(t)
+	e := integration(ns, "nexus", "nexus")
+	e.Spec.Retention = &v1alpha1.RetentionSpec{
+		DeliveryLog: &metav1.Duration{Duration: 2160 * time.Hour},
+		Quarantine: &v1alpha1.QuarantineRetention{Content: &metav1.Duration{Duration: 720 * time.Hour},
+			Metadata: &metav1.Duration{Duration: 8760 * time.Hour}},
+		History: &metav1.Duration{Duration: 8760 * time.Hour},
+	}
+	create(t, credsSecret(ns), dbSecret(ns), e)
+	retention := func(d *appsv1.Deployment) []string {
+		var out []string
+		for _, a := range d.Spec.Template.Spec.Containers[0].Args {
+			if strings.HasPrefix(a, "--retain") {
+				out = append(out, a)
+			}
+		}
+		return out
+	}
+	want := []string{"--retain-delivery-log=2160h0m0s", "--retain-quarantine-content=720h0m0s",
+		"--retain-quarantine=8760h0m0s", "--retain-history=8760h0m0s"}
+	eventually(t, waitFor, "the retention flags", func() error {
+		var d appsv1.Deployment
+		if err := suite.client.Get(ctx, key(ns, "nexus-receiver"), &d); err != nil {
+			return err
+		}
+		if got := retention(&d); !cmp.Equal(got, want) {
+			return fmt.Errorf("retention flags %v, want %v", got, want)
+		}
+		return nil
+	})
+	update(t, e, func(e *v1alpha1.EHRIntegration) { e.Spec.Retention = nil })
+	eventually(t, waitFor, "the retention flags to go", func() error {
+		var d appsv1.Deployment
+		if err := suite.client.Get(ctx, key(ns, "nexus-receiver"), &d); err != nil {
+			return err
+		}
+		if got := retention(&d); len(got) != 0 {
+			return fmt.Errorf("retention flags %v left", got)
+		}
+		return nil
+	})
 }
 
 func TestValuesRemovedFromTheSpecGo(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
@@ -138,7 +139,7 @@ func desiredReplicas(e *v1alpha1.EHRIntegration) int32 {
 func receiverArgs(e *v1alpha1.EHRIntegration) []string {
 	e = withDefaults(e)
 	s := e.Spec
-	return []string{
+	args := []string{
 		"receiver",
 		"--ehr=" + s.EHR,
 		"--database-url-file=" + path.Join(databaseDir, s.Database.SecretRef.Key),
@@ -153,6 +154,27 @@ func receiverArgs(e *v1alpha1.EHRIntegration) []string {
 		"--metrics-listen=:" + strconv.Itoa(metricsPort),
 		"--migrate=true",
 	}
+	return append(args, retentionArgs(s.Retention)...)
+}
+
+// retentionArgs are the receiver's --retain-* flags, one per period set.
+func retentionArgs(r *v1alpha1.RetentionSpec) []string {
+	if r == nil {
+		return nil
+	}
+	var args []string
+	add := func(flag string, d *metav1.Duration) {
+		if d != nil {
+			args = append(args, "--"+flag+"="+d.Duration.String())
+		}
+	}
+	add("retain-delivery-log", r.DeliveryLog)
+	if q := r.Quarantine; q != nil {
+		add("retain-quarantine-content", q.Content)
+		add("retain-quarantine", q.Metadata)
+	}
+	add("retain-history", r.History)
+	return args
 }
 
 // defaultResources fit one receiver handling a few hundred requests a

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	appsv1 "k8s.io/api/apps/v1"
@@ -65,6 +66,19 @@ func TestReceiverArgs(t *testing.T) {
 			"--credentials-dir=/etc/ehr-operator/credentials", "--time-zone=America/New_York", "--max-body-bytes=1024",
 			"--max-batch-size=5", "--requests-per-second=7", "--burst=9", "--on-invalid=Quarantine",
 			"--listen=:8080", "--metrics-listen=:9090", "--migrate=true"},
+	}, {
+		name: "retention",
+		modify: func(e *v1alpha1.EHRIntegration) {
+			e.Spec.Retention = &v1alpha1.RetentionSpec{
+				DeliveryLog: &metav1.Duration{Duration: 90 * 24 * time.Hour},
+				Quarantine:  &v1alpha1.QuarantineRetention{Content: &metav1.Duration{Duration: 720 * time.Hour}},
+			}
+		},
+		want: []string{"receiver", "--ehr=nexus", "--database-url-file=/etc/ehr-operator/database/uri",
+			"--credentials-dir=/etc/ehr-operator/credentials", "--time-zone=UTC", "--max-body-bytes=4194304",
+			"--max-batch-size=1000", "--requests-per-second=50", "--burst=100", "--on-invalid=Reject",
+			"--listen=:8080", "--metrics-listen=:9090", "--migrate=true",
+			"--retain-delivery-log=2160h0m0s", "--retain-quarantine-content=720h0m0s"},
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -92,6 +92,11 @@ type EHRIntegrationSpec struct {
 	// +kubebuilder:default=Reject
 	OnInvalid OnInvalidPolicy `json:"onInvalid,omitempty"`
 
+	// retention says how long this EHR's rows are kept in the database; the
+	// receivers apply it hourly. Unset (the default), everything is kept.
+	// +optional
+	Retention *RetentionSpec `json:"retention,omitempty"`
+
 	// suspend scales the receiver to zero pods and stops reconciling its
 	// other objects until it is set back to false.
 	// +optional
@@ -198,6 +203,48 @@ type LimitsSpec struct {
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=100000
 	Burst int32 `json:"burst,omitempty"`
+}
+
+// RetentionSpec is how long each kind of row is kept, as a duration such as
+// 720h (30 days), at least 1h; a period left unset keeps its rows for ever.
+type RetentionSpec struct {
+	// deliveryLog is how long rows of the delivery log (webhook_deliveries:
+	// request id, time, outcome; no patient data) are kept. A row that a
+	// stored appointment, a history row or a quarantined entry refers to is
+	// kept as long as they are.
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1h')",message="deliveryLog must be at least 1h"
+	DeliveryLog *metav1.Duration `json:"deliveryLog,omitempty"`
+
+	// quarantine says how long quarantined entries are kept: their content
+	// and the record that they happened, separately.
+	// +optional
+	Quarantine *QuarantineRetention `json:"quarantine,omitempty"`
+
+	// history is how long rows of the appointment history are kept. A
+	// version whose history row is gone is no longer recognised as seen, so
+	// keep it longer than a sender may redeliver an old version.
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1h')",message="history must be at least 1h"
+	History *metav1.Duration `json:"history,omitempty"`
+}
+
+// QuarantineRetention keeps a quarantined entry's content (patient data)
+// and its metadata for separate periods, e.g. the body 30 days and the
+// record that it happened a year.
+// +kubebuilder:validation:XValidation:rule="!has(self.content) || !has(self.metadata) || duration(self.content) <= duration(self.metadata)",message="quarantine.content must not be longer than quarantine.metadata"
+type QuarantineRetention struct {
+	// content is how long the entry as sent (patient data) is kept; then
+	// it is dropped and the entry can no longer be replayed.
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1h')",message="content must be at least 1h"
+	Content *metav1.Duration `json:"content,omitempty"`
+
+	// metadata is how long the entry's row (its index, field errors, times,
+	// delivery) is kept.
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1h')",message="metadata must be at least 1h"
+	Metadata *metav1.Duration `json:"metadata,omitempty"`
 }
 
 // OnInvalidPolicy says what the receiver does with invalid entries.
