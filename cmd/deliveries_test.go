@@ -121,6 +121,11 @@ func TestDeliveriesCommands(t *testing.T) {
 		!strings.Contains(err.Error(), "--time-zone") {
 		t.Errorf("replay without a time zone: %v", err)
 	}
+	dry := mustRun("deliveries", "replay", "--ehr", "nexus", "--time-zone", "America/Chicago", "--dry-run")
+	t.Logf("deliveries replay --dry-run:\n%s", dry)
+	if !strings.Contains(dry, "Dry run: nothing written.") || !strings.Contains(dry, "Valid now          1") {
+		t.Errorf("dry run:\n%s", dry)
+	}
 	var rep replay.Report
 	if err := json.Unmarshal([]byte(mustRun("deliveries", "replay", "--ehr", "nexus", "--time-zone", "America/Chicago", "-o", "json")), &rep); err != nil {
 		t.Fatal(err)
@@ -128,7 +133,9 @@ func TestDeliveriesCommands(t *testing.T) {
 	if rep.Examined != 2 || rep.Written != 1 || len(rep.StillInvalid) != 1 || rep.StillInvalid[0].EntryIndex != 1 {
 		t.Errorf("replay report %+v, want 2 examined, 1 written, entry 1 still invalid", rep)
 	}
-	if out := mustRun("deliveries", "list", "--request-id", "req-q"); !strings.Contains(out, "replayed") {
+	out := mustRun("deliveries", "list", "--request-id", "req-q")
+	t.Logf("deliveries list --request-id req-q:\n%s", out)
+	if !strings.Contains(out, "replayed") {
 		t.Errorf("the replay is not listed under its request id:\n%s", out)
 	}
 	show = mustRun("deliveries", "show", "--request-id", "req-q", "--outcome", "quarantined")
