@@ -10,7 +10,7 @@ import (
 )
 
 // Retention is how long a receiver keeps each kind of row of its EHR
-// (docs/architecture.md, "Retention"); 0 keeps it for ever. Patient
+// (docs/architecture.md, "Schema and write path"); 0 keeps it for ever. Patient
 // content and metadata have periods of their own: a quarantined entry's
 // raw body may go after a month while the row saying it happened stays a
 // year.

@@ -1,4 +1,4 @@
--- Indexes retention needs (docs/architecture.md, "Retention"), built
+-- Indexes retention needs (docs/architecture.md, "Schema and write path"), built
 -- without blocking writes. appointments.delivery_id: deleting a
 -- webhook_deliveries row checks the foreign key from appointments, which
 -- without it reads the whole table per row. appointment_history.applied_at
