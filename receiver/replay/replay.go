@@ -38,8 +38,9 @@ type Options struct {
 	DryRun bool
 }
 
-// pageSize is how many quarantined entries one query reads.
-const pageSize = 500
+// pageSize is how many quarantined entries one query reads (a variable
+// for the test of pages that cut a delivery).
+var pageSize = 500
 
 // Report is what a replay did. It holds no patient data: ids, counts and
 // field errors, whose messages never quote a value.

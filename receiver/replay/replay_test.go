@@ -204,3 +204,23 @@ func TestReplayNeedsEHRAndZone(t *testing.T) {
 		}
 	}
 }
+
+// Pages that cut a delivery: every pending entry is still replayed once.
+func TestReplayPages(t *testing.T) {
+	defer replay.SetPageSize(2)()
+	st, db := open(t)
+	for d := range 3 {
+		quarantine(t, st, fmt.Sprintf("req-%d", d), t0,
+			entry(fmt.Sprintf("apt-%d-0", d), "05/15/1990", ""),
+			entry(fmt.Sprintf("apt-%d-1", d), "05/15/1990", ""),
+			entry(fmt.Sprintf("apt-%d-2", d), "05/15/1990", ""))
+	}
+	rep := run(t, st, false)
+	// Pages of 2 over 3 deliveries of 3 (aa|ab|bb|cc|c): 6 pieces.
+	if rep.Examined != 9 || rep.Written != 9 || rep.Deliveries != 6 {
+		t.Errorf("report %+v, want 9 examined and written in 6 replay deliveries", rep)
+	}
+	if n := count(t, db, `SELECT count(*) FROM quarantined_entries WHERE replayed_at IS NULL`); n != 0 {
+		t.Errorf("%d entries left pending", n)
+	}
+}

@@ -1,0 +1,9 @@
+package replay
+
+// SetPageSize changes the page size for a test and returns a function
+// that restores it.
+func SetPageSize(n int) (restore func()) {
+	old := pageSize
+	pageSize = n
+	return func() { pageSize = old }
+}
