@@ -158,7 +158,7 @@ func TestPruneLockAndSkipLocked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tx.Rollback()
+	defer func() { _ = tx.Rollback() }()
 	if _, err := tx.Exec(`SELECT 1 FROM appointment_history FOR UPDATE`); err != nil {
 		t.Fatal(err)
 	}
