@@ -1,12 +1,29 @@
--- Indexes retention needs (docs/architecture.md, "Schema and write path"), built
--- without blocking writes. appointments.delivery_id: deleting a
+-- Indexes retention needs (docs/architecture.md, "Schema and write path"),
+-- built without blocking writes. appointments.delivery_id: deleting a
 -- webhook_deliveries row checks the foreign key from appointments, which
 -- without it reads the whole table per row. appointment_history.applied_at
 -- as BRIN: the history is appended in time order, so a few pages of
 -- summaries find the old rows, at almost no cost per insert.
+-- A build that was cancelled (a migration timeout) leaves an invalid index
+-- that IF NOT EXISTS would keep: it is dropped first, and built again.
 
 -- +goose NO TRANSACTION
 -- +goose Up
+-- +goose StatementBegin
+DO $$
+DECLARE
+    name text;
+BEGIN
+    FOR name IN
+        SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+        WHERE NOT i.indisvalid AND c.relname IN ('appointments_delivery', 'appointment_history_applied_at')
+            AND c.relnamespace = current_schema()::regnamespace
+    LOOP
+        EXECUTE format('DROP INDEX %I', name);
+    END LOOP;
+END
+$$;
+-- +goose StatementEnd
 CREATE INDEX CONCURRENTLY IF NOT EXISTS appointments_delivery ON appointments (delivery_id);
 CREATE INDEX CONCURRENTLY IF NOT EXISTS appointment_history_applied_at ON appointment_history USING brin (applied_at);
 

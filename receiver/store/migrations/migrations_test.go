@@ -94,3 +94,41 @@ func TestUpDownUp(t *testing.T) {
 		t.Fatalf("Check after up again: %v", err)
 	}
 }
+
+// A concurrent index build cancelled part way (a migration timeout) leaves
+// an invalid index; migrating again rebuilds it instead of keeping it.
+func TestInvalidIndexIsRebuilt(t *testing.T) {
+	ctx := context.Background()
+	db, err := sql.Open("postgres", pgtest.NewEmptyDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := migrations.Up(ctx, db, nil); err != nil {
+		t.Fatal(err)
+	}
+	p, err := goose.NewProvider(goose.DialectPostgres, db, migrations.FS,
+		goose.WithDisableGlobalRegistry(true), goose.WithTableName(migrations.VersionTable))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.DownTo(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	// What a cancelled CREATE INDEX CONCURRENTLY leaves behind.
+	for _, q := range []string{
+		`CREATE INDEX appointments_delivery ON appointments (delivery_id)`,
+		`UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'appointments_delivery'::regclass`,
+	} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	if err := migrations.Up(ctx, db, nil); err != nil {
+		t.Fatal(err)
+	}
+	var valid bool
+	if err := db.QueryRowContext(ctx, `SELECT indisvalid FROM pg_index WHERE indexrelid = 'appointments_delivery'::regclass`).Scan(&valid); err != nil || !valid {
+		t.Errorf("appointments_delivery valid = %v (%v), want rebuilt valid", valid, err)
+	}
+}
