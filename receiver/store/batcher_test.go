@@ -459,4 +459,16 @@ func TestWriteAsReadWriteRole(t *testing.T) {
 	if n := count(t, db, `SELECT count(*) FROM appointments`); n != 3 {
 		t.Errorf("%d appointments, want 3", n)
 	}
+	// The retention needs DELETE besides (docs/operations.md, "Retention").
+	all := Retention{DeliveryLog: time.Hour, Quarantine: time.Hour, QuarantineContent: time.Hour, History: time.Hour}
+	later := time.Now().Add(2 * time.Hour)
+	if _, _, err := s.Prune(context.Background(), ehr, all, later); err == nil {
+		t.Error("Prune without DELETE succeeded")
+	}
+	if _, err := admin.Exec(`GRANT DELETE ON ALL TABLES IN SCHEMA public TO ` + role); err != nil {
+		t.Fatal(err)
+	}
+	if p, _, err := s.Prune(context.Background(), ehr, all, later); err != nil || p.History != 3 || p.DeliveryLog != 0 {
+		t.Errorf("Prune with DELETE: %+v, %v; want the 3 history rows (the deliveries stay with their appointments)", p, err)
+	}
 }
