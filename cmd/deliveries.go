@@ -49,8 +49,9 @@ environment variable named after it (--database-url → DATABASE_URL).`,
 	return c
 }
 
-// addCommon registers the database, output and filter flags.
-func (f *deliveriesFlags) addCommon(fs *pflag.FlagSet) {
+// addCommon registers the database, output and filter flags; timeout is
+// --timeout's default.
+func (f *deliveriesFlags) addCommon(fs *pflag.FlagSet, timeout time.Duration) {
 	f.databaseURL = addSecretFlag(fs, "database-url", "postgres:// URL of the appointments database", "the database URL")
 	fs.StringVarP(&f.output, "output", "o", "table", "table or json")
 	fs.StringVar(&f.ehr, "ehr", "", "only this EHR")
@@ -58,7 +59,7 @@ func (f *deliveriesFlags) addCommon(fs *pflag.FlagSet) {
 	fs.StringVar(&f.outcome, "outcome", "", "only this outcome (stored, quarantined, rejected, unavailable, replayed, …)")
 	fs.StringVar(&f.since, "since", "", "only deliveries received at or after this time: RFC 3339, or a duration ago (24h)")
 	fs.StringVar(&f.until, "until", "", "only deliveries received before this time: RFC 3339, or a duration ago")
-	fs.DurationVar(&f.timeout, "timeout", time.Minute, "give up after this long")
+	fs.DurationVar(&f.timeout, "timeout", timeout, "give up after this long")
 }
 
 func newDeliveriesListCommand() *cobra.Command {
@@ -78,7 +79,7 @@ func newDeliveriesListCommand() *cobra.Command {
 			})
 		},
 	}
-	f.addCommon(c.Flags())
+	f.addCommon(c.Flags(), time.Minute)
 	c.Flags().IntVar(&f.limit, "limit", 100, "at most this many deliveries (0: all)")
 	return c
 }
@@ -137,7 +138,7 @@ are patient data: they are printed only with --include-patient-data.`,
 			})
 		},
 	}
-	f.addCommon(c.Flags())
+	f.addCommon(c.Flags(), time.Minute)
 	c.Flags().IntVar(&f.limit, "limit", 20, "at most this many deliveries (0: all)")
 	c.Flags().BoolVar(&f.includePatientData, "include-patient-data", false, "also print each quarantined entry as sent (patient data)")
 	return c
@@ -168,17 +169,23 @@ stay in quarantine.`,
 					return err
 				}
 				rep, err := replay.Run(ctx, st, replay.Options{Filter: filter, Location: loc, Now: f.now, DryRun: f.dryRun})
-				if err != nil {
-					return err
-				}
 				if rep.StillInvalid == nil {
 					rep.StillInvalid = []replay.Invalid{}
 				}
-				return f.print(c.OutOrStdout(), rep, func(w io.Writer) { replayTable(w, rep, f.dryRun) })
+				// What was done before a failure is committed: say so.
+				if err != nil && rep.Examined == 0 {
+					return err
+				}
+				if perr := f.print(c.OutOrStdout(), rep, func(w io.Writer) { replayTable(w, rep, f.dryRun) }); err == nil {
+					return perr
+				}
+				return fmt.Errorf("the replay stopped after the work above: %w", err)
 			})
 		},
 	}
-	f.addCommon(c.Flags())
+	// Entries already replayed are not read again: a replay cut short by
+	// its timeout goes on where it stopped when run again.
+	f.addCommon(c.Flags(), 30*time.Minute)
 	c.Flags().StringVar(&f.timeZone, "time-zone", "", "the EHR's IANA time zone today, its spec.timeZone (required)")
 	c.Flags().BoolVar(&f.dryRun, "dry-run", false, "validate and report, write nothing")
 	return c
