@@ -1,6 +1,10 @@
 # ehr-operator — see README.md. `make help` lists the targets.
 
-VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# Expanded once (:=), so every target of one run uses the same tag even if the
+# tree changes while it runs.
+ifeq ($(origin VERSION),undefined)
+VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+endif
 IMG ?= ehr-operator:$(VERSION)
 LDFLAGS := -s -w -X github.com/insighthealth/ehr-operator/internal/version.Version=$(VERSION)
 
