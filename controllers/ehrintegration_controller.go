@@ -275,8 +275,8 @@ func (r *EHRIntegrationReconciler) secret(ctx context.Context, ns, name, field s
 	return &s, nil, nil
 }
 
-// applyChildren creates or corrects every child, and deletes the Ingress
-// and PodDisruptionBudget when the spec no longer asks for them.
+// applyChildren creates or corrects every child, and deletes the Ingress,
+// HTTPRoute and PodDisruptionBudget when the spec no longer asks for them.
 func (r *EHRIntegrationReconciler) applyChildren(ctx context.Context, e *v1alpha1.EHRIntegration, image, hash string,
 	obs *observation, written *[]string) error {
 	sa, res, err := applyChild(ctx, r.Client, e, buildServiceAccount(e), &corev1.ServiceAccount{}, corev1ac.ExtractServiceAccount, nil)
@@ -328,17 +328,6 @@ func (r *EHRIntegrationReconciler) applyChildren(ctx context.Context, e *v1alpha
 	} else if err := r.deleteChild(ctx, e, written, &networkingv1.Ingress{}); err != nil {
 		return err
 	}
-	if e.Spec.Gateway != nil {
-		if err := r.reconcileRoute(ctx, e, obs, written); err != nil || obs.problem != nil {
-			return err
-		}
-	} else if r.gateways.known() {
-		// Without the Gateway API served there can be no route to delete,
-		// and asking would cost a discovery request on every pass.
-		if err := r.deleteChild(ctx, e, written, &gwv1.HTTPRoute{}); err != nil {
-			return err
-		}
-	}
 
 	if pdb := buildPDB(e); pdb != nil {
 		obj, res, err := applyChild(ctx, r.Client, e, pdb, &policyv1.PodDisruptionBudget{}, policyv1ac.ExtractPodDisruptionBudget, nil)
@@ -348,6 +337,17 @@ func (r *EHRIntegrationReconciler) applyChildren(ctx context.Context, e *v1alpha
 		wrote(ctx, written, obj, res)
 	} else if err := r.deleteChild(ctx, e, written, &policyv1.PodDisruptionBudget{}); err != nil {
 		return err
+	}
+
+	// The route comes last: its problems (no Gateway API, no Gateway, a
+	// plain HTTP listener) concern it alone.
+	if e.Spec.Gateway != nil {
+		return r.reconcileRoute(ctx, e, obs, written)
+	}
+	if r.gateways.known() {
+		// Without the Gateway API served there can be no route to delete,
+		// and asking would cost a discovery request on every pass.
+		return r.deleteChild(ctx, e, written, &gwv1.HTTPRoute{})
 	}
 	return nil
 }

@@ -272,7 +272,9 @@ func routeAcceptance(e *v1alpha1.EHRIntegration, route *gwv1.HTTPRoute) (metav1.
 				continue
 			}
 			c := meta.FindStatusCondition(ps.Conditions, string(gwv1.RouteConditionAccepted))
-			if c == nil || c.ObservedGeneration < route.Generation {
+			// A verdict on an older spec is no verdict; a controller that
+			// does not fill observedGeneration is taken at its word.
+			if c == nil || (c.ObservedGeneration != 0 && c.ObservedGeneration < route.Generation) {
 				continue
 			}
 			if c.Status == metav1.ConditionTrue {

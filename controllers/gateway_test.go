@@ -487,6 +487,7 @@ func TestRouteAcceptance(t *testing.T) {
 		{"one of two", route(parent("", "edge", "", "True", 2)), metav1.ConditionUnknown, v1alpha1.ReasonRoutePending},
 		{"both", route(parent("ehr", "edge", "", "True", 2), parent("infra", "edge2", "web", "True", 2)), metav1.ConditionTrue, v1alpha1.ReasonRouteAccepted},
 		{"stale generation", route(parent("", "edge", "", "True", 1), parent("infra", "edge2", "web", "True", 2)), metav1.ConditionUnknown, v1alpha1.ReasonRoutePending},
+		{"no observedGeneration", route(parent("", "edge", "", "True", 0), parent("infra", "edge2", "web", "True", 2)), metav1.ConditionTrue, v1alpha1.ReasonRouteAccepted},
 		{"wrong section", route(parent("", "edge", "", "True", 2), parent("infra", "edge2", "", "True", 2)), metav1.ConditionUnknown, v1alpha1.ReasonRoutePending},
 		{"refused", route(parent("", "edge", "", "True", 2), parent("infra", "edge2", "web", "False", 2)), metav1.ConditionFalse, v1alpha1.ReasonRouteNotAccepted},
 	} {
