@@ -1,6 +1,7 @@
 // Package controllers holds the EHRIntegration reconciler (architecture.md, "What the operator makes"): it
 // makes each EHRIntegration's receiver ServiceAccount, Deployment, Service,
-// Ingress and PodDisruptionBudget, and reports on them in its status.
+// Ingress or HTTPRoute, and PodDisruptionBudget, and reports on them in its
+// status.
 package controllers
 
 import (

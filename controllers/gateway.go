@@ -97,7 +97,7 @@ func (g *gatewayAPI) known() bool {
 }
 
 // setupGatewayAPI makes r's gatewayAPI for the built controller, watching
-// at once when the API is already served.
+// from the start when the API is already served.
 func (r *EHRIntegrationReconciler) setupGatewayAPI(ctx context.Context, mgr interface {
 	GetRESTMapper() meta.RESTMapper
 	GetCache() cache.Cache
@@ -108,8 +108,12 @@ func (r *EHRIntegrationReconciler) setupGatewayAPI(ctx context.Context, mgr inte
 		watch:      func(s source.TypedSource[reconcile.Request]) error { return c.Watch(s) },
 		forGateway: r.forGateway,
 	}
-	_, err := r.gateways.served(ctx)
-	return err
+	// A failed look is not fatal: the first resource with spec.gateway
+	// looks again.
+	if _, err := r.gateways.served(ctx); err != nil {
+		logf.FromContext(ctx).Error(err, "Cannot tell whether the cluster serves the Gateway API; will look again")
+	}
+	return nil
 }
 
 // forGateway maps a Gateway to the EHRIntegrations whose spec.gateway
