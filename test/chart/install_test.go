@@ -44,8 +44,10 @@ func TestInstallOnAPIServer(t *testing.T) {
 		readObjects(t, filepath.Join(chartDir, "examples/onboard-nexus.yaml")),
 		kustomize(t, filepath.Join(repoRoot, "config/samples")),
 	}
-	if len(ofKind(rendered[1], "ServiceMonitor")) != 1 {
-		t.Fatal("the every-option chart rendered no ServiceMonitor")
+	for _, kind := range []string{"ServiceMonitor", "PodMonitor", "PrometheusRule"} {
+		if len(ofKind(rendered[1], kind)) != 1 {
+			t.Fatalf("the every-option chart rendered no %s", kind)
+		}
 	}
 	if len(ofKind(rendered[3], "EHRIntegration")) != 1 || len(ofKind(rendered[4], "EHRIntegration")) != 1 {
 		t.Fatal("an onboarding example has no EHRIntegration")
@@ -58,6 +60,7 @@ func TestInstallOnAPIServer(t *testing.T) {
 	// The Prometheus Operator's ServiceMonitor kind, so the chart's
 	// ServiceMonitor is created rather than skipped.
 	createAll(t, ctx, c, warnings, "", readObjects(t, "testdata/servicemonitor-crd.yaml"))
+	createAll(t, ctx, c, warnings, "", readObjects(t, "testdata/monitoring-crds.yaml"))
 
 	t.Run("helm install, upgrade, uninstall", func(t *testing.T) { helmLifecycle(t, ctx, c, kubeconfig) })
 
