@@ -115,6 +115,7 @@ func helmLifecycle(t *testing.T, ctx context.Context, c client.Client, kubeconfi
 	if _, err := deployment("flow-ehr-operator"); err != nil {
 		t.Fatalf("helm install made no manager Deployment: %v", err)
 	}
+	t.Run("helm test hook", func(t *testing.T) { helmTestHook(t, ctx, c, kubeconfig, "flow", "helm-flow") })
 
 	// Every option, under another full name so as not to clash with the
 	// rendered every-option set created later.
