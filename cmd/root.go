@@ -27,6 +27,7 @@ func NewRootCommand() *cobra.Command {
 		newMigrateCommand(),
 		newSendCommand(),
 		newVersionCommand(),
+		newChartTestCommand(),
 	)
 	return root
 }

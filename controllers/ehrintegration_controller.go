@@ -103,9 +103,13 @@ func (r *EHRIntegrationReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	var e v1alpha1.EHRIntegration
 	if err := r.Get(ctx, req.NamespacedName, &e); err != nil {
 		// Deleted: the children go with it through their owner references.
+		if apierrors.IsNotFound(err) {
+			forgetMetrics(req.Namespace, req.Name)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !e.DeletionTimestamp.IsZero() {
+		forgetMetrics(req.Namespace, req.Name)
 		return ctrl.Result{}, nil
 	}
 
@@ -120,6 +124,7 @@ func (r *EHRIntegrationReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	}
 	st := computeStatus(&e, obs)
 	r.recordTransition(&e, st)
+	recordMetrics(&e, st)
 	if !equality.Semantic.DeepEqual(e.Status, st) {
 		updated := e.DeepCopy()
 		updated.Status = st

@@ -100,6 +100,9 @@ type EHRIntegrationSpec struct {
 	// +kubebuilder:default=Reject
 	OnInvalid OnInvalidPolicy `json:"onInvalid,omitempty"`
 
+	// monitoring tunes, for this integration, the alerts the chart ships.
+	// +optional
+	Monitoring *MonitoringSpec `json:"monitoring,omitempty"`
 	// suspend scales the receiver to zero pods and stops reconciling its
 	// other objects until it is set back to false.
 	// +optional
@@ -234,6 +237,16 @@ type GatewayParentReference struct {
 	// +kubebuilder:validation:MaxLength=253
 	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
 	SectionName string `json:"sectionName,omitempty"`
+}
+
+// MonitoringSpec tunes the shipped alerts for one integration.
+type MonitoringSpec struct {
+	// silenceAlertAfter is how long the EHR may send nothing that is
+	// answered 200 before the EHRSilent alert fires, e.g. 2h for a feed
+	// that posts all day long. Unset, the integration has no such alert.
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1m')",message="silenceAlertAfter must be at least 1m"
+	SilenceAlertAfter *metav1.Duration `json:"silenceAlertAfter,omitempty"`
 }
 
 // LimitsSpec bounds what one EHR may send.

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -57,6 +58,20 @@ func (s *story) managerRuns(t *testing.T) {
 		t.Fatalf("want 1 Ready manager pod, got %v", pods)
 	}
 	waitLeader(t, pods[0])
+
+	// What an SRE runs after an install: the chart's test hook.
+	out, err := env.HelmCmd(context.Background(), "test", framework.Release, "--namespace", operatorNS, "--logs", "--timeout", "3m")
+	if err != nil {
+		t.Fatalf("helm test: %v\n%s", err, out)
+	}
+	if !regexp.MustCompile(`Phase:\s+Succeeded`).MatchString(out) {
+		t.Errorf("helm test did not succeed:\n%s", out)
+	}
+	for _, want := range []string{"ok: a valid EHRIntegration is accepted (dry run)", "ok: an invalid EHRIntegration is refused (dry run)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("helm test output lacks %q:\n%s", want, out)
+		}
+	}
 }
 
 func (s *story) onboard(t *testing.T) {
