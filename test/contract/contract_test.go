@@ -146,6 +146,7 @@ func TestCheckOrder(t *testing.T) {
 			{withHeader("Content-Type", "application/json; charset=utf-8")},
 			{withHeader("Content-Type", "Application/JSON")},
 			{withHeader("X-Webhook-Signature", auth.Sign([]byte(prevSecret), good))},
+			{withHeader("X-API-Key", prevAPIKey)}, // api-key-previous, during a key rotation
 			{withHeader("X-Webhook-Signature", "sha256="+strings.ToUpper(auth.Sign([]byte(secret), good)[7:]))},
 		} {
 			if a := r.post(good, opts...); a.status != 200 {
