@@ -248,9 +248,14 @@ func (r *EHRIntegrationReconciler) duplicate(ctx context.Context, e *v1alpha1.EH
 			continue
 		}
 		if older(o, e) {
+			// Another tenant's namespace and names are not this one's to read.
+			which := "an EHRIntegration in another namespace (`kubectl get ehrintegrations -A` shows it)"
+			if o.Namespace == e.Namespace {
+				which = "EHRIntegration " + o.Name
+			}
 			return &problem{reason: v1alpha1.ReasonDuplicateEHR,
-				message: fmt.Sprintf("EHRIntegration %s/%s, created earlier, already serves ehr %q; this one runs no receiver until it is deleted",
-					o.Namespace, o.Name, e.Spec.EHR)}, nil
+				message: fmt.Sprintf("%s, created earlier, already serves ehr %q; this one runs no receiver until that one is deleted",
+					which, e.Spec.EHR)}, nil
 		}
 	}
 	return nil, nil

@@ -595,8 +595,9 @@ func TestDuplicateEHR(t *testing.T) {
 	second := integration(ns2, "second", "dup")
 	create(t, credsSecret(ns2), dbSecret(ns2), second)
 	e := waitCondition(t, ns2, "second", metav1.ConditionFalse, v1alpha1.ReasonDuplicateEHR)
-	if msg := meta.FindStatusCondition(e.Status.Conditions, v1alpha1.ConditionDegraded).Message; !strings.Contains(msg, ns1+"/first") {
-		t.Errorf("message %q does not name the older EHRIntegration", msg)
+	if msg := meta.FindStatusCondition(e.Status.Conditions, v1alpha1.ConditionDegraded).Message; !strings.Contains(msg, "another namespace") ||
+		strings.Contains(msg, ns1) || strings.Contains(msg, "first") {
+		t.Errorf("message %q should point at another namespace without naming it", msg)
 	}
 	if err := suite.client.Get(ctx, key(ns2, "second-receiver"), &appsv1.Deployment{}); !apierrors.IsNotFound(err) {
 		t.Errorf("the duplicate got a Deployment: err = %v", err)
@@ -632,6 +633,14 @@ func TestDuplicateEHR(t *testing.T) {
 	}
 	waitCondition(t, ns2, "second", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
 	replicas(ns2, "second", 2)
+
+	// In one namespace the message names the older one.
+	time.Sleep(1100 * time.Millisecond)
+	create(t, integration(ns2, "third", "dup"))
+	e = waitCondition(t, ns2, "third", metav1.ConditionFalse, v1alpha1.ReasonDuplicateEHR)
+	if msg := meta.FindStatusCondition(e.Status.Conditions, v1alpha1.ConditionDegraded).Message; !strings.Contains(msg, "EHRIntegration second,") {
+		t.Errorf("message %q does not name the older EHRIntegration", msg)
+	}
 }
 
 // TestShortCredentialsRefused: an API key or webhook secret under 32 bytes
