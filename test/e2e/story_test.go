@@ -243,9 +243,9 @@ func (s *story) rotateSecret(t *testing.T) {
 	s.replaceCredentials(t, map[string]string{"api-key": newKey, "api-key-previous": oldKey,
 		"webhook-secret": s.newSecret, "webhook-secret-previous": s.oldSecret})
 	for i := 0; i < 5; i++ {
-		for _, key := range []string{newKey, oldKey} {
-			if code := deliverOnce(t, url, key, s.newSecret, payload(fmt.Sprintf("rot-key-%d-%s", i, key[:6]))); code != http.StatusOK {
-				t.Fatalf("right after kubectl wait, a delivery with the %s API key got %d, want 200", map[bool]string{true: "new", false: "old"}[key == newKey], code)
+		for which, key := range map[string]string{"new": newKey, "old": oldKey} {
+			if code := deliverOnce(t, url, key, s.newSecret, payload(fmt.Sprintf("rot-key-%d-%s", i, which))); code != http.StatusOK {
+				t.Fatalf("right after kubectl wait, a delivery with the %s API key got %d, want 200", which, code)
 			}
 		}
 	}
