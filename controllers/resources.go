@@ -1,11 +1,8 @@
 package controllers
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"path"
-	"sort"
 	"strconv"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -44,6 +41,7 @@ const (
 
 	// Keys of the credentials Secret.
 	keyAPIKey                = "api-key"
+	keyAPIKeyPrevious        = "api-key-previous"
 	keyWebhookSecret         = "webhook-secret"
 	keyWebhookSecretPrevious = "webhook-secret-previous"
 
@@ -64,9 +62,12 @@ const (
 	receiverAppName = "ehr-receiver"
 	operatorName    = "ehr-operator"
 
-	// annotationSecretsHash on the pod template holds a hash of the data the
-	// receiver reads from its Secrets, so a rotation rolls the pods.
-	annotationSecretsHash = "ehr.insighthealth.io/secrets-hash"
+	// The pod template carries the resourceVersions of the Secrets its pods
+	// read, so that a change to one rolls the pods, and each pod says which
+	// versions it was started with (status.servedSecretVersions). Versions,
+	// not digests: nothing in them can be tested against a guessed secret.
+	annotationCredentialsVersion = "ehr.insighthealth.io/credentials-secret-version"
+	annotationDatabaseVersion    = "ehr.insighthealth.io/database-secret-version"
 )
 
 // childName is the name of every object made for e: stable, so Ingresses,
@@ -178,23 +179,17 @@ func receiverResources(e *v1alpha1.EHRIntegration) corev1.ResourceRequirements {
 	return defaultResources()
 }
 
-// secretsHash hashes exactly the Secret data the receiver reads (keys in a
-// fixed order, each length-prefixed), so that rotating a credential or the
-// database URL changes it and unrelated keys do not.
-func secretsHash(creds, db *corev1.Secret, dbKey string) string {
-	h := sha256.New()
-	write := func(secret *corev1.Secret, key string) {
-		v, ok := secret.Data[key]
-		_, _ = fmt.Fprintf(h, "%s/%s:%t:%d:", secret.Name, key, ok, len(v))
-		_, _ = h.Write(v)
-	}
-	keys := []string{keyAPIKey, keyWebhookSecret, keyWebhookSecretPrevious}
-	sort.Strings(keys)
-	for _, k := range keys {
-		write(creds, k)
-	}
-	write(db, dbKey)
-	return hex.EncodeToString(h.Sum(nil))[:32]
+// versionAnnotations are the pod template's annotations for Secrets at v.
+func versionAnnotations(v v1alpha1.SecretVersions) map[string]string {
+	return map[string]string{annotationCredentialsVersion: v.Credentials, annotationDatabaseVersion: v.Database}
+}
+
+// versionsOf reads the Secret versions from a pod's or template's
+// annotations; false when they are not there (made by an older operator).
+func versionsOf(annotations map[string]string) (v1alpha1.SecretVersions, bool) {
+	c, okC := annotations[annotationCredentialsVersion]
+	d, okD := annotations[annotationDatabaseVersion]
+	return v1alpha1.SecretVersions{Credentials: c, Database: d}, okC && okD
 }
 
 // ownerReference makes e the controller of a child, as
@@ -243,8 +238,8 @@ func resourcesConfig(r corev1.ResourceRequirements) *corev1ac.ResourceRequiremen
 const preStopSleepSeconds = 5
 
 // buildDeployment makes the receiver's Deployment running image, with the
-// pod template annotated with the Secrets' hash.
-func buildDeployment(e *v1alpha1.EHRIntegration, image, hash string) *appsv1ac.DeploymentApplyConfiguration {
+// pod template annotated with the versions of the Secrets it reads.
+func buildDeployment(e *v1alpha1.EHRIntegration, image string, versions v1alpha1.SecretVersions) *appsv1ac.DeploymentApplyConfiguration {
 	e = withDefaults(e)
 	s := e.Spec
 	resources := receiverResources(e)
@@ -346,7 +341,7 @@ func buildDeployment(e *v1alpha1.EHRIntegration, image, hash string) *appsv1ac.D
 					WithMaxSurge(intstr.FromInt32(1)))).
 			WithTemplate(corev1ac.PodTemplateSpec().
 				WithLabels(commonLabels(e)).
-				WithAnnotations(map[string]string{annotationSecretsHash: hash}).
+				WithAnnotations(versionAnnotations(versions)).
 				WithSpec(pod)))
 }
 

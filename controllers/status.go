@@ -63,6 +63,48 @@ type observation struct {
 	// scheme is the scheme the parent Gateways serve the route with; empty
 	// when they were not looked at.
 	scheme string
+	// served are the Secret versions every receiver pod runs; servedKnown
+	// is false while pods of different versions (or of an operator that
+	// set none) are left.
+	served      v1alpha1.SecretVersions
+	servedKnown bool
+}
+
+// rolloutPollInterval is how often an integration whose pods do not all
+// run its template's Secret versions is looked at again.
+const rolloutPollInterval = 2 * time.Second
+
+// servedVersions returns the Secret versions that every pod of pods was
+// started with, terminating ones included (they may still answer), and
+// false when they differ or a pod has none. Pods that ended serve nothing.
+// With no pod, the next one runs d's template.
+func servedVersions(pods []corev1.Pod, d *appsv1.Deployment) (v1alpha1.SecretVersions, bool) {
+	var v v1alpha1.SecretVersions
+	n := 0
+	for _, p := range pods {
+		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		pv, ok := versionsOf(p.Annotations)
+		if !ok || (n > 0 && pv != v) {
+			return v1alpha1.SecretVersions{}, false
+		}
+		v, n = pv, n+1
+	}
+	if n == 0 {
+		return versionsOf(d.Spec.Template.Annotations)
+	}
+	return v, true
+}
+
+// rotating: some receiver pod does not yet run the Secret versions of the
+// Deployment's template.
+func rotating(o observation) bool {
+	if o.deployment == nil {
+		return false
+	}
+	want, ok := versionsOf(o.deployment.Spec.Template.Annotations)
+	return ok && !stuck(o.deployment) && (!o.servedKnown || o.served != want)
 }
 
 // computeStatus returns e's status for what was observed. It starts from
@@ -75,6 +117,10 @@ func computeStatus(e *v1alpha1.EHRIntegration, o observation) v1alpha1.EHRIntegr
 	st.ReadyReplicas = 0
 	if o.deployment != nil {
 		st.ReadyReplicas = o.deployment.Status.ReadyReplicas
+	}
+	st.ServedSecretVersions = nil
+	if o.servedKnown {
+		st.ServedSecretVersions = &o.served
 	}
 	set := func(t string, s metav1.ConditionStatus, reason, msg string) {
 		meta.SetStatusCondition(&st.Conditions, metav1.Condition{

@@ -317,6 +317,13 @@ func newNamespace(t testing.TB) string {
 	if err := suite.client.Create(context.Background(), ns); err != nil {
 		t.Fatalf("creating a namespace: %v", err)
 	}
+	// spec.ehr is unique across namespaces: the next test's "nexus" must
+	// not be a duplicate of this one's (envtest deletes no namespace).
+	t.Cleanup(func() {
+		if err := suite.client.DeleteAllOf(context.Background(), &v1alpha1.EHRIntegration{}, client.InNamespace(ns.Name)); err != nil {
+			t.Errorf("deleting the EHRIntegrations of %s: %v", ns.Name, err)
+		}
+	})
 	return ns.Name
 }
 

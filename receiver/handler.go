@@ -151,7 +151,7 @@ func (s *Server) requireJSON(rq *request) *answer {
 }
 
 func (s *Server) checkAPIKey(rq *request) *answer {
-	if !auth.KeyMatches(rq.c.Request.Header.Get("X-API-Key"), s.cfg.APIKey) {
+	if !auth.KeyMatches(rq.c.Request.Header.Get("X-API-Key"), s.cfg.APIKey, s.cfg.PreviousAPIKey) {
 		return fail(http.StatusUnauthorized, store.OutcomeUnauthorized, "missing or invalid X-API-Key")
 	}
 	rq.authenticated = true

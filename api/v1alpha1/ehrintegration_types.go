@@ -27,8 +27,10 @@ import (
 type EHRIntegrationSpec struct {
 	// ehr is the EHR's identifier, the {ehr} segment of
 	// POST /v2/webhooks/{ehr}/sync-appointments, e.g. nexus or medicat.
-	// It is a DNS label and cannot be changed once set. Two EHRIntegrations
-	// in one namespace may not use the same ehr.
+	// It is a DNS label and cannot be changed once set. Only one
+	// EHRIntegration in the cluster (in the operator's watched namespaces)
+	// serves an ehr: a newer one with the same ehr says DuplicateEHR and
+	// runs no receiver pod until the older one is deleted.
 	// +required
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=63
@@ -38,7 +40,9 @@ type EHRIntegrationSpec struct {
 
 	// credentialsSecretRef names the Secret, in this namespace, that holds the
 	// EHR's credentials under the keys api-key and webhook-secret, and
-	// optionally webhook-secret-previous while a webhook secret is rotated.
+	// optionally api-key-previous and webhook-secret-previous while one is
+	// rotated (the receiver then accepts either). Each value must be at
+	// least 32 bytes.
 	// +required
 	CredentialsSecretRef SecretReference `json:"credentialsSecretRef"`
 
@@ -322,6 +326,25 @@ type EHRIntegrationStatus struct {
 	// otherwise the receiver Service's in-cluster URL.
 	// +optional
 	Endpoint string `json:"endpoint,omitempty"`
+
+	// servedSecretVersions are the versions (metadata.resourceVersion) of
+	// the referenced Secrets that every receiver pod was started with. It is
+	// set only once no pod of another version is left, terminating ones
+	// included, and absent while versions are mixed: after changing a
+	// Secret, wait until it shows the resourceVersion the change returned.
+	// +optional
+	ServedSecretVersions *SecretVersions `json:"servedSecretVersions,omitempty"`
+}
+
+// SecretVersions are resourceVersions of the Secrets an EHRIntegration
+// references.
+type SecretVersions struct {
+	// credentials is the credentials Secret's resourceVersion.
+	// +optional
+	Credentials string `json:"credentials,omitempty"`
+	// database is the database Secret's resourceVersion.
+	// +optional
+	Database string `json:"database,omitempty"`
 }
 
 // Condition types.
@@ -360,13 +383,16 @@ const (
 	ReasonSecretNotFound = "SecretNotFound"
 	// ReasonSecretKeyMissing: a referenced Secret lacks a required key.
 	ReasonSecretKeyMissing = "SecretKeyMissing"
+	// ReasonCredentialTooShort: an API key or webhook secret in the
+	// credentials Secret is shorter than MinCredentialBytes.
+	ReasonCredentialTooShort = "CredentialTooShort"
 	// ReasonInvalidTimeZone: spec.timeZone is not a known IANA zone.
 	ReasonInvalidTimeZone = "InvalidTimeZone"
 	// ReasonLimitsExceedMemory: one request body of limits.maxBodyBytes
 	// cannot be held within the receiver container's memory limit.
 	ReasonLimitsExceedMemory = "LimitsExceedMemory"
-	// ReasonDuplicateEHR: an older EHRIntegration in the namespace has the
-	// same spec.ehr.
+	// ReasonDuplicateEHR: an older EHRIntegration (in any watched namespace)
+	// has the same spec.ehr; this one's receiver is scaled to zero.
 	ReasonDuplicateEHR = "DuplicateEHR"
 	// ReasonNoReceiverImage: neither spec.image nor the manager's
 	// --receiver-image is set.
@@ -459,3 +485,8 @@ const (
 	DefaultRequestsPerSecond int32 = 50
 	DefaultBurst             int32 = 100
 )
+
+// MinCredentialBytes is the least length of an API key or webhook secret,
+// after the trailing newline the receiver drops (`openssl rand -hex 32`
+// gives 64).
+const MinCredentialBytes = 32
