@@ -1,6 +1,10 @@
 # ehr-operator — see README.md. `make help` lists the targets.
 
-VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# Expanded once (:=), so every target of one run uses the same tag even if the
+# tree changes while it runs.
+ifeq ($(origin VERSION),undefined)
+VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+endif
 IMG ?= ehr-operator:$(VERSION)
 LDFLAGS := -s -w -X github.com/insighthealth/ehr-operator/internal/version.Version=$(VERSION)
 
@@ -27,6 +31,11 @@ HELM ?= $(LOCALBIN)/helm
 HELM_K8S_LDFLAGS := $(foreach p,pkg/chartutil pkg/lint/rules,-X helm.sh/helm/v3/$(p).k8sVersionMajor=1 -X helm.sh/helm/v3/$(p).k8sVersionMinor=$(word 2,$(subst ., ,$(ENVTEST_K8S_VERSION))))
 
 FUZZTIME ?= 20s
+
+# promtool (Prometheus' rule tester) for the alert rules' unit tests, built
+# once from its Go module and cached outside the repository.
+PROMTOOL_VERSION ?= v0.316.0
+PROMTOOL ?= $(HOME)/.cache/ehr-operator/promtool-$(PROMTOOL_VERSION)/promtool
 
 SHELL := /usr/bin/env bash -o pipefail
 .SHELLFLAGS := -ec
@@ -78,8 +87,8 @@ verify: golangci-lint controller-gen ## Check formatting, vet, lint and that gen
 	hack/verify.sh
 
 .PHONY: test
-test: postgres helm setup-envtest ## Run all tests (real PostgreSQL, real API server); installs what they need on first use.
-	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" HELM="$(HELM)" go test $$(go list ./... | grep -v /test/faults) -count=1 -timeout 30m
+test: postgres helm setup-envtest promtool ## Run all tests (real PostgreSQL, real API server); installs what they need on first use.
+	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" HELM="$(HELM)" PROMTOOL="$(PROMTOOL)" go test $$(go list ./... | grep -v /test/faults) -count=1 -timeout 30m
 	$(HACK_GO) test ./... -count=1
 	@# The fault tests measure latency under load: alone, not beside the other packages.
 	go test ./test/faults/ -count=1 -timeout 15m
@@ -184,6 +193,10 @@ golangci-lint: $(LOCALBIN) ## Install golangci-lint into ./bin.
 helm: $(LOCALBIN) ## Install helm into ./bin.
 	@test -x $(HELM) && $(HELM) version --short 2>/dev/null | grep -q $(HELM_VERSION) || \
 		GOBIN=$(LOCALBIN) go install -ldflags "-X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) $(HELM_K8S_LDFLAGS)" helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+.PHONY: promtool
+promtool: ## Build promtool into ~/.cache/ehr-operator (once, ~3 min) for the alert rules' tests.
+	@test -x $(PROMTOOL) || hack/build-promtool.sh $(PROMTOOL_VERSION) $(PROMTOOL)
 
 .PHONY: setup-envtest
 setup-envtest: ## Get kube-apiserver and etcd for envtest (download, or build from Go modules: ~9 min once).

@@ -53,7 +53,7 @@ Every flag falls back to an environment variable named after it
 	fs := c.Flags()
 	fs.StringVar(&f.ehr, "ehr", "", "the {ehr} path segment this receiver serves (required)")
 	f.databaseURL = addSecretFlag(fs, "database-url", "postgres:// URL of the appointments database", "the database URL")
-	fs.StringVar(&f.credentialsDir, "credentials-dir", "", "directory with files api-key, webhook-secret and optionally webhook-secret-previous (required)")
+	fs.StringVar(&f.credentialsDir, "credentials-dir", "", "directory with files api-key, webhook-secret and optionally api-key-previous and webhook-secret-previous (required)")
 	fs.StringVar(&f.timeZone, "time-zone", "UTC", "IANA time zone the EHR's MM/DD/YYYY HH:MM times are in")
 	fs.Int64Var(&f.maxBodyBytes, "max-body-bytes", 4194304, "largest accepted body; larger answers 413")
 	fs.IntVar(&f.maxBatchSize, "max-batch-size", 1000, "most appointments accepted in one request; more answers 413")
@@ -157,11 +157,16 @@ func receiverConfig(f receiverFlags) (receiver.Config, string, error) {
 		if err != nil {
 			errs = append(errs, err)
 		}
-		prev, err := readCredential(filepath.Join(f.credentialsDir, "webhook-secret-previous"))
-		if err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, errEmptyCredential) {
-			errs = append(errs, err)
+		// The previous ones are optional: absent or empty, none.
+		optional := func(name string) string {
+			v, err := readCredential(filepath.Join(f.credentialsDir, name))
+			if err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, errEmptyCredential) {
+				errs = append(errs, err)
+			}
+			return v
 		}
-		cfg.APIKey, cfg.Secret = key, []byte(secret)
+		prevKey, prev := optional("api-key-previous"), optional("webhook-secret-previous")
+		cfg.APIKey, cfg.PreviousAPIKey, cfg.Secret = key, prevKey, []byte(secret)
 		if prev != "" {
 			cfg.PreviousSecret = []byte(prev)
 		}

@@ -106,3 +106,31 @@ func TestReceiverRetentionFlags(t *testing.T) {
 		}
 	}
 }
+
+// The previous API key and webhook secret are read when their files are
+// there (trailing newline dropped), and are optional.
+func TestReceiverConfigReadsThePreviousCredentials(t *testing.T) {
+	dir := t.TempDir()
+	files := map[string]string{"api-key": "key-new\n", "webhook-secret": "secret-new\n"}
+	write := func() {
+		for name, content := range files {
+			if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	write()
+	f := receiverFlags{ehr: "nexus", credentialsDir: dir, timeZone: "UTC", maxBodyBytes: 1 << 20, maxBatchSize: 10,
+		requestsPerSecond: 1, burst: 1, onInvalid: "Reject", listen: ":8080", metricsListen: ":9090",
+		databaseURL: &secretFlag{name: "database-url", value: "postgres://x"}}
+	cfg, _, err := receiverConfig(f)
+	if err != nil || cfg.APIKey != "key-new" || cfg.PreviousAPIKey != "" || cfg.PreviousSecret != nil {
+		t.Fatalf("without previous ones: %+v, %v", cfg, err)
+	}
+	files["api-key-previous"], files["webhook-secret-previous"] = "key-old\n", "secret-old"
+	write()
+	cfg, _, err = receiverConfig(f)
+	if err != nil || cfg.PreviousAPIKey != "key-old" || string(cfg.PreviousSecret) != "secret-old" {
+		t.Fatalf("with previous ones: previous key %q, previous secret %q, %v", cfg.PreviousAPIKey, cfg.PreviousSecret, err)
+	}
+}

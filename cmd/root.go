@@ -28,6 +28,7 @@ func NewRootCommand() *cobra.Command {
 		newDeliveriesCommand(),
 		newSendCommand(),
 		newVersionCommand(),
+		newChartTestCommand(),
 	)
 	return root
 }

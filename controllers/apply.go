@@ -30,8 +30,9 @@ import (
 // fieldOwner is the operator's field manager.
 const fieldOwner = "ehr-operator"
 
-// suspendFieldOwner owns a suspended Deployment's replicas, so that the
-// suspension touches no other field and the next apply takes them back.
+// suspendFieldOwner owns the replicas of a Deployment scaled to zero
+// (suspended, or a DuplicateEHR), so that this touches no other field and
+// the next apply takes them back.
 const suspendFieldOwner = "ehr-operator-suspend"
 
 // legacyFieldManager is the manager that children written by Create and

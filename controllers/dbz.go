@@ -55,30 +55,35 @@ type dbObservation struct {
 	reports []dbReport
 }
 
-// runningPods are e's receiver pods that run and have an address; a pod
-// being deleted is draining and left out. They are read from the API
-// server, not the cache, so the manager does not cache every pod of the
-// cluster for a request every poll interval.
-func (r *EHRIntegrationReconciler) runningPods(ctx context.Context, e *v1alpha1.EHRIntegration) ([]corev1.Pod, error) {
+// receiverPods are all of e's receiver pods, terminating ones included.
+// They are read from the API server, not the cache, so the manager does not
+// cache every pod of the cluster for a request every poll interval.
+func (r *EHRIntegrationReconciler) receiverPods(ctx context.Context, e *v1alpha1.EHRIntegration) ([]corev1.Pod, error) {
 	var list corev1.PodList
 	if err := r.APIReader.List(ctx, &list, client.InNamespace(e.Namespace), client.MatchingLabels(selectorLabels(e))); err != nil {
 		return nil, fmt.Errorf("while listing the receiver pods of %s: %w", e.Name, err)
 	}
-	pods := list.Items[:0]
-	for _, p := range list.Items {
-		if p.Status.Phase == corev1.PodRunning && p.Status.PodIP != "" && p.DeletionTimestamp.IsZero() {
-			pods = append(pods, p)
-		}
-	}
-	return pods, nil
+	return list.Items, nil
 }
 
-// askDatabase asks each running receiver pod of e for its database's state,
-// concurrently. It returns nil when no pod runs.
-func (r *EHRIntegrationReconciler) askDatabase(ctx context.Context, e *v1alpha1.EHRIntegration) (*dbObservation, error) {
-	pods, err := r.runningPods(ctx, e)
-	if err != nil || len(pods) == 0 {
-		return nil, err
+// running are the pods of pods that run and have an address; a pod being
+// deleted is draining and left out.
+func running(pods []corev1.Pod) []corev1.Pod {
+	var out []corev1.Pod
+	for _, p := range pods {
+		if p.Status.Phase == corev1.PodRunning && p.Status.PodIP != "" && p.DeletionTimestamp.IsZero() {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// askDatabase asks each running pod of pods for its database's state,
+// concurrently. It returns nil when none runs.
+func (r *EHRIntegrationReconciler) askDatabase(ctx context.Context, pods []corev1.Pod) *dbObservation {
+	pods = running(pods)
+	if len(pods) == 0 {
+		return nil
 	}
 	port := r.DBZPort
 	if port == 0 {
@@ -105,7 +110,7 @@ func (r *EHRIntegrationReconciler) askDatabase(ctx context.Context, e *v1alpha1.
 		})
 	}
 	wg.Wait()
-	return obs, nil
+	return obs
 }
 
 // getDBZ fetches one /dbz report; false when the pod did not answer with

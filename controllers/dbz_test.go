@@ -103,7 +103,7 @@ func TestDatabaseCondition(t *testing.T) {
 // and the receiver agree on the report's shape.
 func TestGetDBZFromTheReceiver(t *testing.T) {
 	srv, err := receiver.New(receiver.Config{
-		EHR: "nexus", Location: time.UTC, APIKey: "k", Secret: []byte("s"),
+		EHR: "nexus", Location: time.UTC, APIKey: testAPIKey, Secret: []byte(testSecret),
 		MaxBodyBytes: 4194304, MaxBatchSize: 1000, RequestsPerSecond: 50, Burst: 100,
 		OnInvalid: receiver.Reject, Listen: ":8080", MetricsListen: ":9090",
 	}, nil, slog.New(slog.DiscardHandler))
@@ -129,9 +129,13 @@ func TestGetDBZFromTheReceiver(t *testing.T) {
 // 127.0.0.1, where the suite's fake /dbz listens.
 func runningPod(t *testing.T, ns, name, pod string) *corev1.Pod {
 	t.Helper()
+	// Started from the Deployment's current template, as the ReplicaSet would.
+	var d appsv1.Deployment
+	child(t, ns, name, &d)
 	p := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: pod,
-			Labels: map[string]string{labelName: receiverAppName, labelInstance: name}},
+			Labels:      map[string]string{labelName: receiverAppName, labelInstance: name},
+			Annotations: d.Spec.Template.Annotations},
 		Spec: corev1.PodSpec{AutomountServiceAccountToken: ptr.To(false),
 			Containers: []corev1.Container{{Name: "receiver", Image: testImage}}},
 	}

@@ -1,6 +1,7 @@
 // Package controllers holds the EHRIntegration reconciler (architecture.md, "What the operator makes"): it
 // makes each EHRIntegration's receiver ServiceAccount, Deployment, Service,
-// Ingress and PodDisruptionBudget, and reports on them in its status.
+// Ingress or HTTPRoute, and PodDisruptionBudget, and reports on them in its
+// status.
 package controllers
 
 import (
@@ -40,6 +41,7 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/insighthealth/ehr-operator/api/v1alpha1"
 	"github.com/insighthealth/ehr-operator/receiver/sizing"
@@ -50,7 +52,7 @@ const (
 	// indexSecretNames: the Secrets an EHRIntegration references, so a
 	// Secret's change finds the EHRIntegrations to reconcile.
 	indexSecretNames = ".spec.secretNames"
-	// indexEHR: spec.ehr, to find duplicates in a namespace.
+	// indexEHR: spec.ehr, to find duplicates across namespaces.
 	indexEHR = ".spec.ehr"
 )
 
@@ -74,6 +76,9 @@ type EHRIntegrationReconciler struct {
 	// DatabasePollInterval is how often an integration with running pods
 	// is looked at again; 0 means DefaultDatabasePollInterval.
 	DatabasePollInterval time.Duration
+
+	// gateways watches the Gateway API once the cluster serves it.
+	gateways *gatewayAPI
 }
 
 // +kubebuilder:rbac:groups=ehr.insighthealth.io,resources=ehrintegrations,verbs=get;list;watch
@@ -87,6 +92,9 @@ type EHRIntegrationReconciler struct {
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=ingresses,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups=gateway.networking.k8s.io,resources=httproutes,verbs=get;list;watch;create;patch;delete
+// Gateways are read for their listeners' protocols, never written.
+// +kubebuilder:rbac:groups=gateway.networking.k8s.io,resources=gateways,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile makes the children of one EHRIntegration match its spec and
@@ -95,9 +103,13 @@ func (r *EHRIntegrationReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	var e v1alpha1.EHRIntegration
 	if err := r.Get(ctx, req.NamespacedName, &e); err != nil {
 		// Deleted: the children go with it through their owner references.
+		if apierrors.IsNotFound(err) {
+			forgetMetrics(req.Namespace, req.Name)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !e.DeletionTimestamp.IsZero() {
+		forgetMetrics(req.Namespace, req.Name)
 		return ctrl.Result{}, nil
 	}
 
@@ -105,17 +117,26 @@ func (r *EHRIntegrationReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	if !obs.suspended && obs.problem == nil {
-		if obs.db, err = r.askDatabase(ctx, &e); err != nil {
+	if obs.deployment != nil {
+		pods, err := r.receiverPods(ctx, &e)
+		if err != nil {
 			return ctrl.Result{}, err
+		}
+		obs.served, obs.servedKnown = servedVersions(pods, obs.deployment)
+		if !obs.suspended && obs.problem == nil {
+			obs.db = r.askDatabase(ctx, pods)
 		}
 	}
 	st := computeStatus(&e, obs)
 	r.recordTransition(&e, st)
+	recordMetrics(&e, st)
 	if !equality.Semantic.DeepEqual(e.Status, st) {
 		updated := e.DeepCopy()
 		updated.Status = st
 		if err := r.Status().Update(ctx, updated); err != nil {
+			if apierrors.IsNotFound(err) {
+				return ctrl.Result{}, nil // deleted meanwhile: nothing to report on
+			}
 			if apierrors.IsConflict(err) {
 				// Someone changed it since we read it; the change is on its
 				// way to us as an event, look again shortly.
@@ -126,6 +147,11 @@ func (r *EHRIntegrationReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	}
 	if obs.problem != nil && obs.problem.retry {
 		return ctrl.Result{RequeueAfter: retryAfter(st, time.Now())}, nil
+	}
+	if rotating(obs) {
+		// No event says the last old pod is gone: look until it is, so
+		// that servedSecretVersions follows within seconds.
+		return ctrl.Result{RequeueAfter: rolloutPollInterval}, nil
 	}
 	if obs.db != nil {
 		// Nothing tells us when a database goes away: ask again.
@@ -146,7 +172,19 @@ func (r *EHRIntegrationReconciler) reconcileChildren(ctx context.Context, e *v1a
 		return obs, err
 	}
 
-	image, hash, p, err := r.prerequisites(ctx, e)
+	// A duplicate comes first, whatever else is wrong with it: two
+	// receivers of one EHR would write the same rows, so the loser's stops
+	// serving, even one that ran before.
+	if p, err := r.duplicate(ctx, e); err != nil || p != nil {
+		obs.problem = p
+		if err == nil {
+			obs.wantReplicas = 0
+			obs.deployment, err = r.scaleToZero(ctx, e, p.reason)
+		}
+		return obs, err
+	}
+
+	image, versions, p, err := r.prerequisites(ctx, e)
 	if err != nil || p != nil {
 		obs.problem = p
 		if err == nil {
@@ -157,7 +195,7 @@ func (r *EHRIntegrationReconciler) reconcileChildren(ctx context.Context, e *v1a
 	}
 
 	var written []string
-	err = r.applyChildren(ctx, e, image, hash, &obs, &written)
+	err = r.applyChildren(ctx, e, image, versions, &obs, &written)
 	if len(written) > 0 {
 		// One Event per pass, not one per object: creating 200 receivers
 		// should not cost 1,000 Events.
@@ -171,31 +209,29 @@ func (r *EHRIntegrationReconciler) reconcileChildren(ctx context.Context, e *v1a
 	return obs, err
 }
 
-// prerequisites returns the receiver image and the Secrets' hash, or the
-// problem that stops the receiver from being made.
-func (r *EHRIntegrationReconciler) prerequisites(ctx context.Context, e *v1alpha1.EHRIntegration) (string, string, *problem, error) {
+// prerequisites returns the receiver image and the versions of the Secrets
+// it reads, or the problem that stops the receiver from being made.
+func (r *EHRIntegrationReconciler) prerequisites(ctx context.Context, e *v1alpha1.EHRIntegration) (string, v1alpha1.SecretVersions, *problem, error) {
+	var none v1alpha1.SecretVersions
 	// The checks of the spec alone come first: they need no API call.
 	tz := withDefaults(e).Spec.TimeZone
 	if _, err := time.LoadLocation(tz); err != nil || tz == "Local" {
-		return "", "", &problem{reason: v1alpha1.ReasonInvalidTimeZone,
+		return "", none, &problem{reason: v1alpha1.ReasonInvalidTimeZone,
 			message: fmt.Sprintf("timeZone %q is not an IANA time zone name such as America/New_York", tz)}, nil
 	}
 	if p := memoryProblem(e); p != nil {
-		return "", "", p, nil
+		return "", none, p, nil
 	}
 	image := e.Spec.Image
 	if image == "" {
 		image = r.ReceiverImage
 	}
 	if image == "" {
-		return "", "", &problem{reason: v1alpha1.ReasonNoReceiverImage,
+		return "", none, &problem{reason: v1alpha1.ReasonNoReceiverImage,
 			message: "spec.image is empty and the operator was started without --receiver-image (RECEIVER_IMAGE)"}, nil
 	}
-	if p, err := r.duplicate(ctx, e); err != nil || p != nil {
-		return "", "", p, err
-	}
-	hash, p, err := r.readSecrets(ctx, e)
-	return image, hash, p, err
+	versions, p, err := r.readSecrets(ctx, e)
+	return image, versions, p, err
 }
 
 // memoryProblem refuses limits whose worst case cannot fit the receiver's
@@ -211,12 +247,12 @@ func memoryProblem(e *v1alpha1.EHRIntegration) *problem {
 	return nil
 }
 
-// duplicate reports DuplicateEHR when an older EHRIntegration in the
-// namespace (by creationTimestamp, then name) has the same spec.ehr: both
-// would write the same rows.
+// duplicate reports DuplicateEHR when an older EHRIntegration anywhere the
+// manager's cache sees (the cluster, or the watched namespaces) has the
+// same spec.ehr: both would write the same rows.
 func (r *EHRIntegrationReconciler) duplicate(ctx context.Context, e *v1alpha1.EHRIntegration) (*problem, error) {
 	var list v1alpha1.EHRIntegrationList
-	if err := r.List(ctx, &list, client.InNamespace(e.Namespace), client.MatchingFields{indexEHR: e.Spec.EHR}); err != nil {
+	if err := r.List(ctx, &list, client.MatchingFields{indexEHR: e.Spec.EHR}); err != nil {
 		return nil, fmt.Errorf("while listing EHRIntegrations with ehr %q: %w", e.Spec.EHR, err)
 	}
 	for i := range list.Items {
@@ -224,30 +260,69 @@ func (r *EHRIntegrationReconciler) duplicate(ctx context.Context, e *v1alpha1.EH
 		if o.UID == e.UID || !o.DeletionTimestamp.IsZero() {
 			continue
 		}
-		if o.CreationTimestamp.Before(&e.CreationTimestamp) ||
-			(o.CreationTimestamp.Equal(&e.CreationTimestamp) && o.Name < e.Name) {
+		if older(o, e) {
+			// Another tenant's namespace and names are not this one's to read.
+			which := "an EHRIntegration in another namespace (`kubectl get ehrintegrations -A` shows it)"
+			if o.Namespace == e.Namespace {
+				which = "EHRIntegration " + o.Name
+			}
 			return &problem{reason: v1alpha1.ReasonDuplicateEHR,
-				message: fmt.Sprintf("EHRIntegration %s already serves ehr %q in this namespace", o.Name, e.Spec.EHR)}, nil
+				message: fmt.Sprintf("%s, created earlier, already serves ehr %q; this one runs no receiver until that one is deleted",
+					which, e.Spec.EHR)}, nil
 		}
 	}
 	return nil, nil
 }
 
-// readSecrets checks that the referenced Secrets and keys exist and are not
-// empty (an empty webhook secret would let anyone sign), and hashes them.
-func (r *EHRIntegrationReconciler) readSecrets(ctx context.Context, e *v1alpha1.EHRIntegration) (string, *problem, error) {
+// older orders EHRIntegrations by creationTimestamp, then namespace/name,
+// so that exactly one of a set with the same ehr wins.
+func older(a, b *v1alpha1.EHRIntegration) bool {
+	if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
+		return a.CreationTimestamp.Before(&b.CreationTimestamp)
+	}
+	return a.Namespace+"/"+a.Name < b.Namespace+"/"+b.Name
+}
+
+// readSecrets checks that the referenced Secrets and keys exist and that the
+// credentials are long enough (an empty webhook secret would let anyone
+// sign, a short one be guessed), and returns the Secrets' versions.
+func (r *EHRIntegrationReconciler) readSecrets(ctx context.Context, e *v1alpha1.EHRIntegration) (v1alpha1.SecretVersions, *problem, error) {
+	var none v1alpha1.SecretVersions
 	e = withDefaults(e)
 	ref := e.Spec.Database.SecretRef
-	creds, p, err := r.secret(ctx, e.Namespace, e.Spec.CredentialsSecretRef.Name, "credentialsSecretRef",
+	const credsField = "credentialsSecretRef"
+	creds, p, err := r.secret(ctx, e.Namespace, e.Spec.CredentialsSecretRef.Name, credsField,
 		keyAPIKey, keyWebhookSecret)
 	if err != nil || p != nil {
-		return "", p, err
+		return none, p, err
+	}
+	if p := credentialLengths(creds, credsField); p != nil {
+		return none, p, nil
 	}
 	db, p, err := r.secret(ctx, e.Namespace, ref.Name, "database.secretRef", ref.Key)
 	if err != nil || p != nil {
-		return "", p, err
+		return none, p, err
 	}
-	return secretsHash(creds, db, ref.Key), nil, nil
+	return v1alpha1.SecretVersions{Credentials: creds.ResourceVersion, Database: db.ResourceVersion}, nil, nil
+}
+
+// credentialLengths refuses an API key or webhook secret, current or
+// previous, shorter than MinCredentialBytes as the receiver reads it (one
+// trailing newline dropped). The message names the key, never the value
+// or its length.
+func credentialLengths(s *corev1.Secret, field string) *problem {
+	for _, k := range []string{keyAPIKey, keyAPIKeyPrevious, keyWebhookSecret, keyWebhookSecretPrevious} {
+		v, ok := s.Data[k]
+		if !ok || (len(v) == 0 && (k == keyAPIKeyPrevious || k == keyWebhookSecretPrevious)) {
+			continue // an absent or empty previous one is none
+		}
+		if len(strings.TrimRight(string(v), "\r\n")) < v1alpha1.MinCredentialBytes {
+			return &problem{reason: v1alpha1.ReasonCredentialTooShort, retry: true,
+				message: fmt.Sprintf("Secret %s (%s): the value of key %s is shorter than %d bytes; use a random one, e.g. `openssl rand -hex 32`",
+					s.Name, field, k, v1alpha1.MinCredentialBytes)}
+		}
+	}
+	return nil
 }
 
 func (r *EHRIntegrationReconciler) secret(ctx context.Context, ns, name, field string, keys ...string) (*corev1.Secret, *problem, error) {
@@ -268,17 +343,17 @@ func (r *EHRIntegrationReconciler) secret(ctx context.Context, ns, name, field s
 	return &s, nil, nil
 }
 
-// applyChildren creates or corrects every child, and deletes the Ingress
-// and PodDisruptionBudget when the spec no longer asks for them.
-func (r *EHRIntegrationReconciler) applyChildren(ctx context.Context, e *v1alpha1.EHRIntegration, image, hash string,
-	obs *observation, written *[]string) error {
+// applyChildren creates or corrects every child, and deletes the Ingress,
+// HTTPRoute and PodDisruptionBudget when the spec no longer asks for them.
+func (r *EHRIntegrationReconciler) applyChildren(ctx context.Context, e *v1alpha1.EHRIntegration, image string,
+	versions v1alpha1.SecretVersions, obs *observation, written *[]string) error {
 	sa, res, err := applyChild(ctx, r.Client, e, buildServiceAccount(e), &corev1.ServiceAccount{}, corev1ac.ExtractServiceAccount, nil)
 	if err != nil {
 		return err
 	}
 	wrote(ctx, written, sa, res)
 
-	dep := buildDeployment(e, image, hash)
+	dep := buildDeployment(e, image, versions)
 	var keepReplicas func(*appsv1.Deployment, *appsv1ac.DeploymentApplyConfiguration)
 	if e.Annotations[v1alpha1.AnnotationExternalReplicas] == "true" {
 		// An autoscaler owns replicas: leave them, unless the Deployment is
@@ -331,6 +406,17 @@ func (r *EHRIntegrationReconciler) applyChildren(ctx context.Context, e *v1alpha
 	} else if err := r.deleteChild(ctx, e, written, &policyv1.PodDisruptionBudget{}); err != nil {
 		return err
 	}
+
+	// The route comes last: its problems (no Gateway API, no Gateway, a
+	// plain HTTP listener) concern it alone.
+	if e.Spec.Gateway != nil {
+		return r.reconcileRoute(ctx, e, obs, written)
+	}
+	if r.gateways.known() {
+		// Without the Gateway API served there can be no route to delete,
+		// and asking would cost a discovery request on every pass.
+		return r.deleteChild(ctx, e, written, &gwv1.HTTPRoute{})
+	}
 	return nil
 }
 
@@ -376,6 +462,13 @@ func (r *EHRIntegrationReconciler) currentDeployment(ctx context.Context, e *v1a
 // suspend scales the receiver Deployment, if there is one, to zero and
 // touches nothing else.
 func (r *EHRIntegrationReconciler) suspend(ctx context.Context, e *v1alpha1.EHRIntegration) (*appsv1.Deployment, error) {
+	return r.scaleToZero(ctx, e, v1alpha1.ReasonSuspended)
+}
+
+// scaleToZero scales the receiver Deployment, if there is one, to zero as
+// its own field manager, touching nothing else; the next apply takes the
+// replicas back. reason names why in the Event.
+func (r *EHRIntegrationReconciler) scaleToZero(ctx context.Context, e *v1alpha1.EHRIntegration, reason string) (*appsv1.Deployment, error) {
 	d, err := r.currentDeployment(ctx, e)
 	if err != nil || d == nil || (d.Spec.Replicas != nil && *d.Spec.Replicas == 0) {
 		return d, err
@@ -388,8 +481,8 @@ func (r *EHRIntegrationReconciler) suspend(ctx context.Context, e *v1alpha1.EHRI
 	if d, err = asObject(scale, d); err != nil {
 		return nil, fmt.Errorf("while reading Deployment %s scaled to zero: %w", name, err)
 	}
-	logf.FromContext(ctx).Info("Suspended receiver", "child", d.Name)
-	r.Recorder.Eventf(e, d, corev1.EventTypeNormal, v1alpha1.ReasonSuspended, "Suspend", "Scaled Deployment %s to zero", d.Name)
+	logf.FromContext(ctx).Info("Scaled receiver to zero", "child", d.Name, "reason", reason)
+	r.Recorder.Eventf(e, d, corev1.EventTypeNormal, reason, "ScaleToZero", "Scaled Deployment %s to zero", d.Name)
 	return d, nil
 }
 
@@ -422,8 +515,13 @@ func (r *EHRIntegrationReconciler) SetupWithManager(ctx context.Context, mgr ctr
 	}); err != nil {
 		return fmt.Errorf("while indexing EHRIntegrations by ehr: %w", err)
 	}
+	if err := idx.IndexField(ctx, &v1alpha1.EHRIntegration{}, indexGateways, func(o client.Object) []string {
+		return gatewayKeys(o.(*v1alpha1.EHRIntegration))
+	}); err != nil {
+		return fmt.Errorf("while indexing EHRIntegrations by Gateway: %w", err)
+	}
 	changed := builder.WithPredicates(predicate.ResourceVersionChangedPredicate{})
-	return ctrl.NewControllerManagedBy(mgr).
+	c, err := ctrl.NewControllerManagedBy(mgr).
 		// A resync re-delivers every EHRIntegration, which is enough to put
 		// back drift nobody told us about; resyncs of the other kinds (same
 		// resourceVersion) would only repeat that, so they are dropped.
@@ -439,34 +537,40 @@ func (r *EHRIntegrationReconciler) SetupWithManager(ctx context.Context, mgr ctr
 		Watches(&v1alpha1.EHRIntegration{}, handler.EnqueueRequestsFromMapFunc(r.sameEHR), changed).
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.MaxConcurrentReconciles, 1)}).
 		Named("ehrintegration").
-		Complete(r)
+		Build(r)
+	if err != nil {
+		return err
+	}
+	// HTTPRoutes and Gateways are watched only once the cluster serves them.
+	return r.setupGatewayAPI(ctx, mgr, c)
 }
 
-// forSecret maps a Secret to the EHRIntegrations that reference it.
+// forSecret maps a Secret to the EHRIntegrations of its namespace that
+// reference it.
 func (r *EHRIntegrationReconciler) forSecret(ctx context.Context, s client.Object) []reconcile.Request {
-	return r.requestsFor(ctx, s.GetNamespace(), client.MatchingFields{indexSecretNames: s.GetName()}, "")
+	return r.requestsFor(ctx, client.MatchingFields{indexSecretNames: s.GetName()}, "", client.InNamespace(s.GetNamespace()))
 }
 
-// sameEHR maps an EHRIntegration to the others in its namespace with the
-// same spec.ehr.
+// sameEHR maps an EHRIntegration to the others with the same spec.ehr, in
+// every namespace: one's deletion lets a duplicate take over.
 func (r *EHRIntegrationReconciler) sameEHR(ctx context.Context, o client.Object) []reconcile.Request {
 	e, ok := o.(*v1alpha1.EHRIntegration)
 	if !ok {
 		return nil
 	}
-	return r.requestsFor(ctx, e.Namespace, client.MatchingFields{indexEHR: e.Spec.EHR}, e.Name)
+	return r.requestsFor(ctx, client.MatchingFields{indexEHR: e.Spec.EHR}, e.UID)
 }
 
-func (r *EHRIntegrationReconciler) requestsFor(ctx context.Context, ns string, match client.MatchingFields, except string) []reconcile.Request {
+func (r *EHRIntegrationReconciler) requestsFor(ctx context.Context, match client.MatchingFields, except types.UID, opts ...client.ListOption) []reconcile.Request {
 	var list v1alpha1.EHRIntegrationList
-	if err := r.List(ctx, &list, client.InNamespace(ns), match); err != nil {
-		logf.FromContext(ctx).Error(err, "Cannot list EHRIntegrations to enqueue", "namespace", ns)
+	if err := r.List(ctx, &list, append(opts, match)...); err != nil {
+		logf.FromContext(ctx).Error(err, "Cannot list EHRIntegrations to enqueue")
 		return nil
 	}
 	reqs := make([]reconcile.Request, 0, len(list.Items))
 	for _, e := range list.Items {
-		if e.Name != except {
-			reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: e.Name}})
+		if e.UID != except {
+			reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: e.Namespace, Name: e.Name}})
 		}
 	}
 	return reqs

@@ -28,6 +28,12 @@ import (
 
 const waitFor = 20 * time.Second
 
+// Credentials of the test Secrets: MinCredentialBytes long.
+const (
+	testAPIKey = "test-api-key-0123456789abcdef0123"
+	testSecret = "test-webhook-secret-0123456789abc"
+)
+
 var ctx = context.Background()
 
 // integration is a valid EHRIntegration referencing the Secrets made by
@@ -45,7 +51,7 @@ func integration(ns, name, ehr string) *v1alpha1.EHRIntegration {
 
 func credsSecret(ns string) *corev1.Secret {
 	return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "creds"},
-		Data: map[string][]byte{"api-key": []byte("k1"), "webhook-secret": []byte("s1")}}
+		Data: map[string][]byte{"api-key": []byte(testAPIKey), "webhook-secret": []byte(testSecret)}}
 }
 
 func dbSecret(ns string) *corev1.Secret {
@@ -153,7 +159,9 @@ func TestAPIServerRefusesInvalidResources(t *testing.T) {
 		{"negative replicas", func(e *v1alpha1.EHRIntegration) { e.Spec.Replicas = ptr.To[int32](-1) }, "spec.replicas"},
 		{"unknown onInvalid", func(e *v1alpha1.EHRIntegration) { e.Spec.OnInvalid = "Drop" }, "spec.onInvalid"},
 		{"Local time zone", func(e *v1alpha1.EHRIntegration) { e.Spec.TimeZone = "Local" }, "spec.timeZone"},
-		{"bad ingress host", func(e *v1alpha1.EHRIntegration) { e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "Bad_Host.example.com"} }, "spec.ingress.host"},
+		{"bad ingress host", func(e *v1alpha1.EHRIntegration) {
+			e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "Bad_Host.example.com", TLSSecretName: "tls"}
+		}, "spec.ingress.host"},
 		{"database key ..", func(e *v1alpha1.EHRIntegration) { e.Spec.Database.SecretRef.Key = ".." }, "spec.database.secretRef.key"},
 		{"retention under an hour", func(e *v1alpha1.EHRIntegration) {
 			e.Spec.Retention = &v1alpha1.RetentionSpec{DeliveryLog: &metav1.Duration{Duration: 30 * time.Minute}}
@@ -283,8 +291,17 @@ func TestChildrenOfAValidIntegration(t *testing.T) {
 	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken || pod.ServiceAccountName != "nexus-receiver" {
 		t.Errorf("pod service account %q automount %v", pod.ServiceAccountName, pod.AutomountServiceAccountToken)
 	}
-	if h := dep.Spec.Template.Annotations[annotationSecretsHash]; len(h) != 32 {
-		t.Errorf("secrets hash annotation = %q", h)
+	var creds, db corev1.Secret
+	if err := suite.client.Get(ctx, key(ns, "creds"), &creds); err != nil {
+		t.Fatal(err)
+	}
+	if err := suite.client.Get(ctx, key(ns, "db"), &db); err != nil {
+		t.Fatal(err)
+	}
+	// The Secrets' versions, nothing derived from their values.
+	if diff := cmp.Diff(map[string]string{annotationCredentialsVersion: creds.ResourceVersion, annotationDatabaseVersion: db.ResourceVersion},
+		dep.Spec.Template.Annotations); diff != "" {
+		t.Errorf("pod template annotations (-want +got):\n%s", diff)
 	}
 	if svc.Spec.Type != corev1.ServiceTypeClusterIP || svc.Spec.Ports[0].Name != "http" || svc.Spec.Ports[0].Port != 8080 ||
 		svc.Spec.Ports[1].Name != "metrics" || svc.Spec.Ports[1].Port != 9090 {
@@ -373,31 +390,99 @@ func TestMissingSecretsHealByThemselves(t *testing.T) {
 	if msg := meta.FindStatusCondition(e.Status.Conditions, v1alpha1.ConditionReady).Message; !strings.Contains(msg, "webhook-secret") {
 		t.Errorf("message %q does not name the key", msg)
 	}
-	update(t, creds, func(s *corev1.Secret) { s.Data["webhook-secret"] = []byte("s1") })
+	update(t, creds, func(s *corev1.Secret) { s.Data["webhook-secret"] = []byte(testSecret) })
 	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonSecretNotFound) // now the database's
 	create(t, dbSecret(ns))
 	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
 	child(t, ns, "nexus", &appsv1.Deployment{})
 }
 
+// TestSecretChangeRollsPods: a change to a referenced Secret rolls the
+// pods (the template names the Secret's new resourceVersion), a write that
+// changes nothing does not, and status.servedSecretVersions names the new
+// version only once no pod of the old one is left, draining ones included.
 func TestSecretChangeRollsPods(t *testing.T) {
 	startSuite(t)
 	ns := newNamespace(t)
 	creds := credsSecret(ns)
 	create(t, creds, dbSecret(ns), integration(ns, "nexus", "nexus"))
-	hash := func() string {
+	template := func() string {
 		var d appsv1.Deployment
 		child(t, ns, "nexus", &d)
-		return d.Spec.Template.Annotations[annotationSecretsHash]
+		return d.Spec.Template.Annotations[annotationCredentialsVersion]
 	}
-	before := hash()
-	update(t, creds, func(s *corev1.Secret) { s.Data["webhook-secret-previous"] = s.Data["webhook-secret"] })
-	eventually(t, waitFor, "the pod template hash to change", func() error {
-		if h := hash(); h == before {
-			return errors.New("hash unchanged")
+	served := func(want string) {
+		t.Helper()
+		eventually(t, waitFor, "servedSecretVersions.credentials "+want, func() error {
+			var e v1alpha1.EHRIntegration
+			if err := suite.client.Get(ctx, key(ns, "nexus"), &e); err != nil {
+				return err
+			}
+			got := ""
+			if v := e.Status.ServedSecretVersions; v != nil {
+				got = v.Credentials
+			}
+			if got != want {
+				return fmt.Errorf("servedSecretVersions %+v", e.Status.ServedSecretVersions)
+			}
+			return nil
+		})
+	}
+	eventually(t, waitFor, "the template to name the Secret's version", func() error {
+		if v := template(); v != creds.ResourceVersion {
+			return fmt.Errorf("template names %q, the Secret is at %q", v, creds.ResourceVersion)
 		}
 		return nil
 	})
+	v1 := creds.ResourceVersion
+	served(v1) // no pod yet: the next one runs the template
+
+	// A running pod of v1, held by a finalizer so that it can drain.
+	pod := func(name, version string) *corev1.Pod {
+		return &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: selectorLabels(integration(ns, "nexus", "nexus")),
+				Annotations: map[string]string{annotationCredentialsVersion: version, annotationDatabaseVersion: template2(t, ns)},
+				Finalizers:  []string{"ehr.insighthealth.io/test-hold"}},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "receiver", Image: testImage}}},
+		}
+	}
+	old := pod("old", v1)
+	create(t, old)
+
+	// A write that changes nothing keeps the version: no rollout.
+	update(t, creds, func(*corev1.Secret) {})
+	if creds.ResourceVersion != v1 || template() != v1 {
+		t.Errorf("a write that changed nothing moved the Secret to %s, the template to %s, from %s", creds.ResourceVersion, template(), v1)
+	}
+
+	update(t, creds, func(s *corev1.Secret) { s.Data["webhook-secret-previous"] = s.Data["webhook-secret"] })
+	v2 := creds.ResourceVersion
+	eventually(t, waitFor, "the template to name the new version", func() error {
+		if v := template(); v != v2 {
+			return fmt.Errorf("template names %q, want %q", v, v2)
+		}
+		return nil
+	})
+	served(v1) // the only pod still runs v1
+	create(t, pod("new", v2))
+	served("") // mixed
+	if err := suite.client.Delete(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * rolloutPollInterval)
+	served("") // the old pod drains: it may still answer
+	update(t, old, func(p *corev1.Pod) { p.Finalizers = nil })
+	served(v2)
+}
+
+// template2 is the database Secret's version, which these pods share.
+func template2(t *testing.T, ns string) string {
+	t.Helper()
+	var db corev1.Secret
+	if err := suite.client.Get(ctx, key(ns, "db"), &db); err != nil {
+		t.Fatal(err)
+	}
+	return db.ResourceVersion
 }
 
 func TestDriftIsPutBack(t *testing.T) {
@@ -504,27 +589,88 @@ func TestExternallyManagedReplicasAreKept(t *testing.T) {
 	}
 }
 
+// TestDuplicateEHR: spec.ehr is unique across namespaces. The newer of two
+// says DuplicateEHR and runs no receiver pod, even one whose Deployment
+// was running (as an operator that allowed it would have left it), and
+// takes over when the older one is deleted.
 func TestDuplicateEHR(t *testing.T) {
 	startSuite(t)
-	ns := newNamespace(t)
-	create(t, credsSecret(ns), dbSecret(ns), integration(ns, "first", "nexus"))
-	child(t, ns, "first", &appsv1.Deployment{})
-	create(t, integration(ns, "second", "nexus"))
-	e := waitCondition(t, ns, "second", metav1.ConditionFalse, v1alpha1.ReasonDuplicateEHR)
-	if msg := meta.FindStatusCondition(e.Status.Conditions, v1alpha1.ConditionDegraded).Message; !strings.Contains(msg, "first") {
-		t.Errorf("message %q does not name the older EHRIntegration", msg)
+	ns1, ns2 := newNamespace(t), newNamespace(t)
+	create(t, credsSecret(ns1), dbSecret(ns1), integration(ns1, "first", "dup"))
+	child(t, ns1, "first", &appsv1.Deployment{})
+	// creationTimestamp counts seconds: make "first" the older one whatever
+	// the namespaces' random names.
+	time.Sleep(1100 * time.Millisecond)
+	second := integration(ns2, "second", "dup")
+	create(t, credsSecret(ns2), dbSecret(ns2), second)
+	e := waitCondition(t, ns2, "second", metav1.ConditionFalse, v1alpha1.ReasonDuplicateEHR)
+	if msg := meta.FindStatusCondition(e.Status.Conditions, v1alpha1.ConditionDegraded).Message; !strings.Contains(msg, "another namespace") ||
+		strings.Contains(msg, ns1) || strings.Contains(msg, "first") {
+		t.Errorf("message %q should point at another namespace without naming it", msg)
 	}
-	if err := suite.client.Get(ctx, key(ns, "second-receiver"), &appsv1.Deployment{}); !apierrors.IsNotFound(err) {
+	if err := suite.client.Get(ctx, key(ns2, "second-receiver"), &appsv1.Deployment{}); !apierrors.IsNotFound(err) {
 		t.Errorf("the duplicate got a Deployment: err = %v", err)
 	}
-	waitCondition(t, ns, "first", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
+	waitCondition(t, ns1, "first", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
+
+	// A receiver the duplicate already ran stops serving.
+	running := object(t, buildDeployment(second, testImage, v1alpha1.SecretVersions{Credentials: "1", Database: "1"}), &appsv1.Deployment{})
+	create(t, running)
+	replicas := func(ns, name string, want int32) {
+		t.Helper()
+		eventually(t, waitFor, fmt.Sprintf("%s/%s-receiver at %d replicas", ns, name, want), func() error {
+			var d appsv1.Deployment
+			if err := suite.client.Get(ctx, key(ns, name+"-receiver"), &d); err != nil {
+				return err
+			}
+			if *d.Spec.Replicas != want {
+				return fmt.Errorf("replicas %d", *d.Spec.Replicas)
+			}
+			return nil
+		})
+	}
+	replicas(ns2, "second", 0)
+	e = waitCondition(t, ns2, "second", metav1.ConditionFalse, v1alpha1.ReasonDuplicateEHR)
+	if e.Status.ReadyReplicas != 0 {
+		t.Errorf("readyReplicas %d", e.Status.ReadyReplicas)
+	}
+	replicas(ns1, "first", 2)
 
 	// Once the first is gone the second takes over by itself.
-	if err := suite.client.Delete(ctx, &v1alpha1.EHRIntegration{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "first"}}); err != nil {
+	if err := suite.client.Delete(ctx, &v1alpha1.EHRIntegration{ObjectMeta: metav1.ObjectMeta{Namespace: ns1, Name: "first"}}); err != nil {
 		t.Fatal(err)
 	}
-	waitCondition(t, ns, "second", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
-	child(t, ns, "second", &appsv1.Deployment{})
+	waitCondition(t, ns2, "second", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
+	replicas(ns2, "second", 2)
+
+	// In one namespace the message names the older one.
+	time.Sleep(1100 * time.Millisecond)
+	create(t, integration(ns2, "third", "dup"))
+	e = waitCondition(t, ns2, "third", metav1.ConditionFalse, v1alpha1.ReasonDuplicateEHR)
+	if msg := meta.FindStatusCondition(e.Status.Conditions, v1alpha1.ConditionDegraded).Message; !strings.Contains(msg, "EHRIntegration second,") {
+		t.Errorf("message %q does not name the older EHRIntegration", msg)
+	}
+}
+
+// TestShortCredentialsRefused: an API key or webhook secret under 32 bytes
+// is a CredentialTooShort naming the key and nothing of the value; a
+// receiver is made once it is long enough.
+func TestShortCredentialsRefused(t *testing.T) {
+	startSuite(t)
+	ns := newNamespace(t)
+	creds := credsSecret(ns)
+	creds.Data["api-key-previous"] = []byte("old-key-of-31-bytes-0123456789a")
+	create(t, creds, dbSecret(ns), integration(ns, "nexus", "nexus"))
+	e := waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonCredentialTooShort)
+	msg := meta.FindStatusCondition(e.Status.Conditions, v1alpha1.ConditionReady).Message
+	if !strings.Contains(msg, "api-key-previous") || strings.Contains(msg, "old-key") || strings.Contains(msg, "31") {
+		t.Errorf("message %q should name the key and nothing of its value", msg)
+	}
+	if err := suite.client.Get(ctx, key(ns, "nexus-receiver"), &appsv1.Deployment{}); !apierrors.IsNotFound(err) {
+		t.Errorf("a Deployment with a short key: err = %v", err)
+	}
+	update(t, creds, func(s *corev1.Secret) { s.Data["api-key-previous"] = []byte(testAPIKey + "-old") })
+	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
 }
 
 func TestSuspend(t *testing.T) {
@@ -664,7 +810,7 @@ func TestValuesRemovedFromTheSpecGo(t *testing.T) {
 	startSuite(t)
 	ns := newNamespace(t)
 	e := integration(ns, "nexus", "nexus")
-	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.example.com", Annotations: map[string]string{"a": "1", "b": "2"}}
+	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.example.com", TLSSecretName: "nexus-tls", Annotations: map[string]string{"a": "1", "b": "2"}}
 	e.Spec.Resources = &corev1.ResourceRequirements{Requests: corev1.ResourceList{
 		corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("64Mi")}}
 	create(t, credsSecret(ns), dbSecret(ns), e)
@@ -701,9 +847,14 @@ func TestChildrenWrittenBeforeServerSideApply(t *testing.T) {
 	startSuite(t)
 	ns := newNamespace(t)
 	e := integration(ns, "nexus", "nexus")
-	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.example.com", Annotations: map[string]string{"keep": "1"}}
-	create(t, e) // no Secrets yet, so the operator makes nothing
-	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonSecretNotFound)
+	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.example.com", TLSSecretName: "nexus-tls", Annotations: map[string]string{"keep": "1"}}
+	e.Spec.TimeZone = "Mars/Olympus_Mons"
+	// The Secrets exist (the template names their versions), but with a
+	// zone it does not know the operator makes nothing.
+	create(t, credsSecret(ns), dbSecret(ns), e)
+	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonInvalidTimeZone)
+	fixed := e.DeepCopy()
+	fixed.Spec.TimeZone = "UTC"
 
 	// That operator's manager name came from its binary's user agent.
 	cfg := rest.CopyConfig(suite.cfg)
@@ -713,7 +864,15 @@ func TestChildrenWrittenBeforeServerSideApply(t *testing.T) {
 		t.Fatal(err)
 	}
 	const appliedHash, managedAnnotations = "ehr.insighthealth.io/applied-hash", "ehr.insighthealth.io/managed-annotations"
-	dep := object(t, buildDeployment(e, testImage, secretsHash(credsSecret(ns), dbSecret(ns), "uri")), &appsv1.Deployment{})
+	var creds, db corev1.Secret
+	if err := suite.client.Get(ctx, key(ns, "creds"), &creds); err != nil {
+		t.Fatal(err)
+	}
+	if err := suite.client.Get(ctx, key(ns, "db"), &db); err != nil {
+		t.Fatal(err)
+	}
+	versions := v1alpha1.SecretVersions{Credentials: creds.ResourceVersion, Database: db.ResourceVersion}
+	dep := object(t, buildDeployment(fixed, testImage, versions), &appsv1.Deployment{})
 	dep.Annotations = map[string]string{appliedHash: "0123456789abcdef"}
 	svc := object(t, buildService(e), &corev1.Service{})
 	svc.Annotations = map[string]string{appliedHash: "0123456789abcdef"}
@@ -729,7 +888,7 @@ func TestChildrenWrittenBeforeServerSideApply(t *testing.T) {
 	update(t, ing, func(i *networkingv1.Ingress) { i.Annotations["example.com/owner"] = "sre" })
 	template, clusterIP := dep.Spec.Template.DeepCopy(), svc.Spec.ClusterIP
 
-	create(t, credsSecret(ns), dbSecret(ns))
+	update(t, e, func(e *v1alpha1.EHRIntegration) { e.Spec.TimeZone = fixed.Spec.TimeZone })
 	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
 	eventually(t, waitFor, "the old scheme's annotations and manager to go", func() error {
 		for _, obj := range []client.Object{dep, svc, ing} {
@@ -766,7 +925,7 @@ func TestIdleManagerMakesNoWrites(t *testing.T) {
 	startSuite(t)
 	ns := newNamespace(t)
 	e := integration(ns, "nexus", "nexus")
-	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.example.com", Annotations: map[string]string{"a": "b"}}
+	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.example.com", TLSSecretName: "nexus-tls", Annotations: map[string]string{"a": "b"}}
 	create(t, credsSecret(ns), dbSecret(ns), e)
 	for _, obj := range []client.Object{&corev1.ServiceAccount{}, &appsv1.Deployment{}, &corev1.Service{}, &networkingv1.Ingress{}, &policyv1.PodDisruptionBudget{}} {
 		child(t, ns, "nexus", obj)

@@ -1,11 +1,8 @@
 package controllers
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"path"
-	"sort"
 	"strconv"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -45,6 +42,7 @@ const (
 
 	// Keys of the credentials Secret.
 	keyAPIKey                = "api-key"
+	keyAPIKeyPrevious        = "api-key-previous"
 	keyWebhookSecret         = "webhook-secret"
 	keyWebhookSecretPrevious = "webhook-secret-previous"
 
@@ -65,9 +63,12 @@ const (
 	receiverAppName = "ehr-receiver"
 	operatorName    = "ehr-operator"
 
-	// annotationSecretsHash on the pod template holds a hash of the data the
-	// receiver reads from its Secrets, so a rotation rolls the pods.
-	annotationSecretsHash = "ehr.insighthealth.io/secrets-hash"
+	// The pod template carries the resourceVersions of the Secrets its pods
+	// read, so that a change to one rolls the pods, and each pod says which
+	// versions it was started with (status.servedSecretVersions). Versions,
+	// not digests: nothing in them can be tested against a guessed secret.
+	annotationCredentialsVersion = "ehr.insighthealth.io/credentials-secret-version"
+	annotationDatabaseVersion    = "ehr.insighthealth.io/database-secret-version"
 )
 
 // childName is the name of every object made for e: stable, so Ingresses,
@@ -200,23 +201,17 @@ func receiverResources(e *v1alpha1.EHRIntegration) corev1.ResourceRequirements {
 	return defaultResources()
 }
 
-// secretsHash hashes exactly the Secret data the receiver reads (keys in a
-// fixed order, each length-prefixed), so that rotating a credential or the
-// database URL changes it and unrelated keys do not.
-func secretsHash(creds, db *corev1.Secret, dbKey string) string {
-	h := sha256.New()
-	write := func(secret *corev1.Secret, key string) {
-		v, ok := secret.Data[key]
-		_, _ = fmt.Fprintf(h, "%s/%s:%t:%d:", secret.Name, key, ok, len(v))
-		_, _ = h.Write(v)
-	}
-	keys := []string{keyAPIKey, keyWebhookSecret, keyWebhookSecretPrevious}
-	sort.Strings(keys)
-	for _, k := range keys {
-		write(creds, k)
-	}
-	write(db, dbKey)
-	return hex.EncodeToString(h.Sum(nil))[:32]
+// versionAnnotations are the pod template's annotations for Secrets at v.
+func versionAnnotations(v v1alpha1.SecretVersions) map[string]string {
+	return map[string]string{annotationCredentialsVersion: v.Credentials, annotationDatabaseVersion: v.Database}
+}
+
+// versionsOf reads the Secret versions from a pod's or template's
+// annotations; false when they are not there (made by an older operator).
+func versionsOf(annotations map[string]string) (v1alpha1.SecretVersions, bool) {
+	c, okC := annotations[annotationCredentialsVersion]
+	d, okD := annotations[annotationDatabaseVersion]
+	return v1alpha1.SecretVersions{Credentials: c, Database: d}, okC && okD
 }
 
 // ownerReference makes e the controller of a child, as
@@ -265,8 +260,8 @@ func resourcesConfig(r corev1.ResourceRequirements) *corev1ac.ResourceRequiremen
 const preStopSleepSeconds = 5
 
 // buildDeployment makes the receiver's Deployment running image, with the
-// pod template annotated with the Secrets' hash.
-func buildDeployment(e *v1alpha1.EHRIntegration, image, hash string) *appsv1ac.DeploymentApplyConfiguration {
+// pod template annotated with the versions of the Secrets it reads.
+func buildDeployment(e *v1alpha1.EHRIntegration, image string, versions v1alpha1.SecretVersions) *appsv1ac.DeploymentApplyConfiguration {
 	e = withDefaults(e)
 	s := e.Spec
 	resources := receiverResources(e)
@@ -368,7 +363,7 @@ func buildDeployment(e *v1alpha1.EHRIntegration, image, hash string) *appsv1ac.D
 					WithMaxSurge(intstr.FromInt32(1)))).
 			WithTemplate(corev1ac.PodTemplateSpec().
 				WithLabels(commonLabels(e)).
-				WithAnnotations(map[string]string{annotationSecretsHash: hash}).
+				WithAnnotations(versionAnnotations(versions)).
 				WithSpec(pod)))
 }
 
@@ -445,12 +440,16 @@ func buildPDB(e *v1alpha1.EHRIntegration) *policyv1ac.PodDisruptionBudgetApplyCo
 			WithUnhealthyPodEvictionPolicy(policyv1.AlwaysAllow))
 }
 
-// endpointURL is where the EHR posts: through the Ingress when there is
-// one, otherwise the Service's in-cluster address.
-func endpointURL(e *v1alpha1.EHRIntegration) string {
+// endpointURL is where the EHR posts: through the Ingress or the Gateway
+// (its first hostname) with scheme when there is one, otherwise the
+// Service's in-cluster address.
+func endpointURL(e *v1alpha1.EHRIntegration, scheme string) string {
 	p := webhookPathPrefix(e) + "sync-appointments"
 	if e.Spec.Ingress != nil {
-		return "https://" + e.Spec.Ingress.Host + p
+		return scheme + "://" + e.Spec.Ingress.Host + p
+	}
+	if e.Spec.Gateway != nil && len(e.Spec.Gateway.Hostnames) > 0 {
+		return scheme + "://" + e.Spec.Gateway.Hostnames[0] + p
 	}
 	return fmt.Sprintf("http://%s.%s.svc:%d%s", childName(e), e.Namespace, httpPort, p)
 }

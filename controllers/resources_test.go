@@ -93,7 +93,7 @@ func TestReceiverArgs(t *testing.T) {
 
 func TestBuildDeployment(t *testing.T) {
 	e := sample()
-	ac := buildDeployment(e, "registry.example.com/ehr-operator:v1", "abc")
+	ac := buildDeployment(e, "registry.example.com/ehr-operator:v1", v1alpha1.SecretVersions{Credentials: "41", Database: "7"})
 	// Only what the operator sets is sent, so it owns nothing else.
 	b, err := json.Marshal(ac)
 	if err != nil {
@@ -120,8 +120,8 @@ func TestBuildDeployment(t *testing.T) {
 			t.Errorf("pod label %s = %q, want %q (selector must match the template)", k, pod.Labels[k], v)
 		}
 	}
-	if pod.Annotations[annotationSecretsHash] != "abc" {
-		t.Errorf("secrets hash annotation = %q, want abc", pod.Annotations[annotationSecretsHash])
+	if v, ok := versionsOf(pod.Annotations); !ok || v != (v1alpha1.SecretVersions{Credentials: "41", Database: "7"}) {
+		t.Errorf("pod template annotations %v, want the Secrets' versions 41 and 7", pod.Annotations)
 	}
 	ps := pod.Spec
 	if ps.ServiceAccountName != "nexus-receiver" || ps.AutomountServiceAccountToken == nil || *ps.AutomountServiceAccountToken {
@@ -192,7 +192,7 @@ func TestBuildDeployment(t *testing.T) {
 
 	e.Spec.Resources = &corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("1")}}
 	e.Spec.Replicas = ptr.To[int32](5)
-	d = object(t, buildDeployment(e, "img", "abc"), &appsv1.Deployment{})
+	d = object(t, buildDeployment(e, "img", v1alpha1.SecretVersions{Credentials: "41", Database: "7"}), &appsv1.Deployment{})
 	if got := d.Spec.Template.Spec.Containers[0].Resources; !cmp.Equal(got, *e.Spec.Resources) {
 		t.Errorf("resources = %+v, want the spec's", got)
 	}
@@ -200,7 +200,7 @@ func TestBuildDeployment(t *testing.T) {
 		t.Errorf("replicas = %d, want 5", *d.Spec.Replicas)
 	}
 	e.Spec.Suspend = true
-	if got := *buildDeployment(e, "img", "abc").Spec.Replicas; got != 0 {
+	if got := *buildDeployment(e, "img", v1alpha1.SecretVersions{Credentials: "41", Database: "7"}).Spec.Replicas; got != 0 {
 		t.Errorf("suspended replicas = %d, want 0", got)
 	}
 }
@@ -210,7 +210,7 @@ func TestBuildIngress(t *testing.T) {
 	if buildIngress(e) != nil {
 		t.Fatal("an Ingress without spec.ingress")
 	}
-	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.webhooks.example.com"}
+	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.webhooks.example.com", AllowInsecureHTTP: true}
 	ing := object(t, buildIngress(e), &networkingv1.Ingress{})
 	if ing.Spec.IngressClassName != nil || ing.Spec.TLS != nil {
 		t.Errorf("class %v tls %v, want neither", ing.Spec.IngressClassName, ing.Spec.TLS)
@@ -270,34 +270,92 @@ func TestBuildPDBAndService(t *testing.T) {
 
 func TestEndpointURL(t *testing.T) {
 	e := sample()
-	if got, want := endpointURL(e), "http://nexus-receiver.ehr.svc:8080/v2/webhooks/nexus/sync-appointments"; got != want {
-		t.Errorf("endpoint = %s, want %s", got, want)
+	check := func(o observation, want string) {
+		t.Helper()
+		if got := endpointURL(e, endpointScheme(e, o)); got != want {
+			t.Errorf("endpoint = %s, want %s", got, want)
+		}
 	}
-	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.webhooks.example.com"}
-	if got, want := endpointURL(e), "https://nexus.webhooks.example.com/v2/webhooks/nexus/sync-appointments"; got != want {
-		t.Errorf("endpoint = %s, want %s", got, want)
+	check(observation{}, "http://nexus-receiver.ehr.svc:8080/v2/webhooks/nexus/sync-appointments")
+	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.webhooks.example.com", TLSSecretName: "nexus-tls"}
+	check(observation{}, "https://nexus.webhooks.example.com/v2/webhooks/nexus/sync-appointments")
+	// Without a TLS Secret the Ingress serves plain HTTP, and says so.
+	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.webhooks.example.com", AllowInsecureHTTP: true}
+	check(observation{}, "http://nexus.webhooks.example.com/v2/webhooks/nexus/sync-appointments")
+
+	e.Spec.Ingress = nil
+	e.Spec.Gateway = &v1alpha1.GatewaySpec{ParentRefs: []v1alpha1.GatewayParentReference{{Name: "edge"}},
+		Hostnames: []string{"a.example.test", "b.example.test"}}
+	check(observation{scheme: "https"}, "https://a.example.test/v2/webhooks/nexus/sync-appointments")
+	check(observation{scheme: "http"}, "http://a.example.test/v2/webhooks/nexus/sync-appointments")
+	// Not looked at: https unless plain HTTP is allowed and was last seen.
+	check(observation{}, "https://a.example.test/v2/webhooks/nexus/sync-appointments")
+	e.Spec.Gateway.AllowInsecureHTTP = true
+	e.Status.Endpoint = "http://a.example.test/v2/webhooks/nexus/sync-appointments"
+	check(observation{}, "http://a.example.test/v2/webhooks/nexus/sync-appointments")
+}
+
+func TestServedVersions(t *testing.T) {
+	v1, v2 := v1alpha1.SecretVersions{Credentials: "10", Database: "3"}, v1alpha1.SecretVersions{Credentials: "12", Database: "3"}
+	dep := &appsv1.Deployment{Spec: appsv1.DeploymentSpec{Template: corev1.PodTemplateSpec{
+		ObjectMeta: metav1.ObjectMeta{Annotations: versionAnnotations(v2)}}}}
+	pod := func(v *v1alpha1.SecretVersions, phase corev1.PodPhase, terminating bool) corev1.Pod {
+		p := corev1.Pod{Status: corev1.PodStatus{Phase: phase}}
+		if v != nil {
+			p.Annotations = versionAnnotations(*v)
+		}
+		if terminating {
+			p.DeletionTimestamp = &metav1.Time{}
+		}
+		return p
+	}
+	for _, tc := range []struct {
+		name   string
+		pods   []corev1.Pod
+		want   v1alpha1.SecretVersions
+		wantOK bool
+	}{
+		{"no pod: the template's", nil, v2, true},
+		{"all old", []corev1.Pod{pod(&v1, corev1.PodRunning, false), pod(&v1, corev1.PodRunning, false)}, v1, true},
+		{"rolling", []corev1.Pod{pod(&v1, corev1.PodRunning, false), pod(&v2, corev1.PodPending, false)}, v1alpha1.SecretVersions{}, false},
+		{"an old pod draining", []corev1.Pod{pod(&v2, corev1.PodRunning, false), pod(&v1, corev1.PodRunning, true)}, v1alpha1.SecretVersions{}, false},
+		{"a pod of an older operator", []corev1.Pod{pod(&v2, corev1.PodRunning, false), pod(nil, corev1.PodRunning, false)}, v1alpha1.SecretVersions{}, false},
+		{"all new, an old one ended", []corev1.Pod{pod(&v2, corev1.PodRunning, false), pod(&v1, corev1.PodFailed, false)}, v2, true},
+	} {
+		got, ok := servedVersions(tc.pods, dep)
+		if got != tc.want || ok != tc.wantOK {
+			t.Errorf("%s: %+v %v, want %+v %v", tc.name, got, ok, tc.want, tc.wantOK)
+		}
 	}
 }
 
-func TestSecretsHash(t *testing.T) {
-	creds := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "c"}, Data: map[string][]byte{
-		"api-key": []byte("k"), "webhook-secret": []byte("s"), "unrelated": []byte("x")}}
-	db := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "d"}, Data: map[string][]byte{"uri": []byte("postgres://a"), "password": []byte("p")}}
-	base := secretsHash(creds, db, "uri")
-	if len(base) != 32 || strings.Trim(base, "0123456789abcdef") != "" {
-		t.Fatalf("hash %q is not 32 hex digits", base)
-	}
-	mutate := func(name string, f func(c, d *corev1.Secret), wantChange bool) {
-		c, d := creds.DeepCopy(), db.DeepCopy()
-		f(c, d)
-		if changed := secretsHash(c, d, "uri") != base; changed != wantChange {
-			t.Errorf("%s: hash changed = %v, want %v", name, changed, wantChange)
+func TestCredentialLengths(t *testing.T) {
+	long := strings.Repeat("k", v1alpha1.MinCredentialBytes)
+	for _, tc := range []struct {
+		name string
+		data map[string]string
+		bad  string // the key named, "" for none
+	}{
+		{"both long", map[string]string{"api-key": long, "webhook-secret": long}, ""},
+		{"trailing newline not counted", map[string]string{"api-key": long[1:] + "\n", "webhook-secret": long}, "api-key"},
+		{"short secret", map[string]string{"api-key": long, "webhook-secret": "s3cret"}, "webhook-secret"},
+		{"short previous key", map[string]string{"api-key": long, "webhook-secret": long, "api-key-previous": "old"}, "api-key-previous"},
+		{"short previous secret", map[string]string{"api-key": long, "webhook-secret": long, "webhook-secret-previous": "old"}, "webhook-secret-previous"},
+		{"empty previous ones are none", map[string]string{"api-key": long, "webhook-secret": long, "api-key-previous": "", "webhook-secret-previous": ""}, ""},
+		{"other keys not checked", map[string]string{"api-key": long, "webhook-secret": long, "note": "x"}, ""},
+	} {
+		s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "creds"}, Data: map[string][]byte{}}
+		for k, v := range tc.data {
+			s.Data[k] = []byte(v)
+		}
+		p := credentialLengths(s, "credentialsSecretRef")
+		switch {
+		case tc.bad == "" && p != nil:
+			t.Errorf("%s: refused: %v", tc.name, p)
+		case tc.bad != "" && (p == nil || p.reason != v1alpha1.ReasonCredentialTooShort || !strings.Contains(p.message, "key "+tc.bad+" ")):
+			t.Errorf("%s: %v, want CredentialTooShort naming %s", tc.name, p, tc.bad)
+		case p != nil && (strings.Contains(p.message, "s3cret") || strings.Contains(p.message, "old") || strings.Contains(p.message, "6")):
+			t.Errorf("%s: the message tells something of the value: %q", tc.name, p.message)
 		}
 	}
-	mutate("rotate webhook-secret", func(c, _ *corev1.Secret) { c.Data["webhook-secret"] = []byte("s2") }, true)
-	mutate("add previous secret", func(c, _ *corev1.Secret) { c.Data["webhook-secret-previous"] = []byte("s") }, true)
-	mutate("change database URL", func(_, d *corev1.Secret) { d.Data["uri"] = []byte("postgres://b") }, true)
-	mutate("move bytes between keys", func(c, _ *corev1.Secret) { c.Data["api-key"] = []byte("ks"); c.Data["webhook-secret"] = nil }, true)
-	mutate("unrelated credentials key", func(c, _ *corev1.Secret) { c.Data["unrelated"] = []byte("y") }, false)
-	mutate("unrelated database key", func(_, d *corev1.Secret) { d.Data["password"] = []byte("q") }, false)
 }

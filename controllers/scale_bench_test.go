@@ -31,8 +31,8 @@ func BenchmarkReconcile200(b *testing.B) {
 		w0, by0 := suite.writes.snapshot()
 		start := time.Now()
 		for j := range n {
-			e := integration(ns, fmt.Sprintf("ehr-%03d", j), fmt.Sprintf("ehr-%03d", j))
-			e.Spec.Ingress = &v1alpha1.IngressSpec{Host: fmt.Sprintf("ehr-%03d.example.com", j)}
+			e := integration(ns, fmt.Sprintf("ehr-%03d", j), fmt.Sprintf("%s-%03d", ns, j)) // spec.ehr is unique cluster-wide
+			e.Spec.Ingress = &v1alpha1.IngressSpec{Host: fmt.Sprintf("ehr-%03d.example.com", j), TLSSecretName: "ehr-tls"}
 			create(b, e)
 		}
 		created := time.Since(start)

@@ -27,5 +27,5 @@ fi
 
 [ "${1:-}" = postgres ] && exit 0
 
-make --no-print-directory controller-gen helm golangci-lint setup-envtest
+make --no-print-directory controller-gen helm golangci-lint setup-envtest promtool
 echo "setup: done"

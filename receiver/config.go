@@ -30,8 +30,9 @@ type Config struct {
 	EHR string
 	// Location is the time zone the EHR's MM/DD/YYYY HH:MM times are in.
 	Location *time.Location
-	// APIKey is the expected X-API-Key.
-	APIKey string
+	// APIKey is the expected X-API-Key; PreviousAPIKey, optional, is also
+	// accepted while a key is rotated.
+	APIKey, PreviousAPIKey string
 	// Secret and PreviousSecret sign the bodies; PreviousSecret is optional
 	// (rotation).
 	Secret, PreviousSecret []byte

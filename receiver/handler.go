@@ -151,7 +151,7 @@ func (s *Server) requireJSON(rq *request) *answer {
 }
 
 func (s *Server) checkAPIKey(rq *request) *answer {
-	if !auth.KeyMatches(rq.c.Request.Header.Get("X-API-Key"), s.cfg.APIKey) {
+	if !auth.KeyMatches(rq.c.Request.Header.Get("X-API-Key"), s.cfg.APIKey, s.cfg.PreviousAPIKey) {
 		return fail(http.StatusUnauthorized, store.OutcomeUnauthorized, "missing or invalid X-API-Key")
 	}
 	rq.authenticated = true
@@ -338,6 +338,9 @@ func (s *Server) finish(rq *request, a answer) {
 	code := strconv.Itoa(a.resp.Code)
 	s.metrics.requests.WithLabelValues(s.cfg.EHR, code).Inc()
 	s.metrics.duration.WithLabelValues(s.cfg.EHR, code).Observe(latency.Seconds())
+	if a.resp.Code == http.StatusOK {
+		s.metrics.lastSuccess.Set(float64(s.now().UnixNano()) / 1e9)
+	}
 	s.metrics.written.Add(float64(a.result.Written))
 	s.metrics.duplicates.Add(float64(a.result.Duplicates))
 	s.metrics.superseded.Add(float64(a.result.Superseded))

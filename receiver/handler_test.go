@@ -24,6 +24,9 @@ import (
 	"strings"
 	"testing"
 	"testing/iotest"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/insighthealth/ehr-operator/internal/pgtest"
 	"github.com/insighthealth/ehr-operator/receiver/auth"
@@ -304,6 +307,9 @@ func TestEachCheck(t *testing.T) {
 		{"invalid entry", reject, nil,
 			want{status: 422, body: `{"message":"1 of 2 appointments are invalid; nothing was stored","success":false,"code":422,"errors":[{"index":1,"field":"appointments[1].patient","message":"is required"}]}`,
 				outcome: store.OutcomeRejected, delivered: true, items: 2, hashed: true}},
+		{"invalid UTF-8", batchOf(strings.Replace(entry("u1"), `"Jane"`, "\"Ja\xffne\"", 1)), nil,
+			want{status: 422, body: `{"message":"1 of 1 appointments are invalid; nothing was stored","success":false,"code":422,"errors":[{"index":0,"field":"appointments[0].patient.first_name","message":"must be valid UTF-8 (no invalid bytes, no unpaired \\u surrogate escapes)"}]}`,
+				outcome: store.OutcomeRejected, delivered: true, items: 1, hashed: true}},
 		{"stored", good, nil,
 			want{status: 200, body: `{"message":"Appointments synced successfully","success":true,"code":200}`,
 				outcome: store.OutcomeStored, delivered: true, items: 1, hashed: true}},
@@ -515,5 +521,29 @@ func TestOperationsListsEveryOutcome(t *testing.T) {
 	slices.Sort(documented)
 	if want := outcomeConstants(t); !slices.Equal(documented, want) {
 		t.Errorf("docs/operations.md lists the outcomes %v, the constants are %v", documented, want)
+	}
+}
+
+// TestLastSuccessGauge: the "EHR silent" alert's series starts at the
+// process's start and moves only on a 200.
+func TestLastSuccessGauge(t *testing.T) {
+	ts := newTestServer(t, pgtest.NewDatabase(t), nil)
+	clock := time.Unix(1_900_000_000, 0)
+	ts.srv.now = func() time.Time { return clock }
+	start := testutil.ToFloat64(ts.srv.metrics.lastSuccess)
+	if start <= 0 {
+		t.Fatalf("last success %v before any delivery, want the start time", start)
+	}
+	if w, _ := ts.post(t, batchOf(entry("a")), badSignature()); w.Code != http.StatusUnauthorized {
+		t.Fatalf("bad signature: %d", w.Code)
+	}
+	if got := testutil.ToFloat64(ts.srv.metrics.lastSuccess); got != start {
+		t.Errorf("a 401 moved the last success from %v to %v", start, got)
+	}
+	if w, _ := ts.post(t, batchOf(entry("b"))); w.Code != http.StatusOK {
+		t.Fatalf("good delivery: %d %s", w.Code, w.Body)
+	}
+	if got := testutil.ToFloat64(ts.srv.metrics.lastSuccess); got != 1_900_000_000 {
+		t.Errorf("last success after a 200 is %v, want 1900000000", got)
 	}
 }

@@ -18,6 +18,10 @@ type metrics struct {
 	quarantined       prometheus.Counter
 	signatureFailures prometheus.Counter
 	databaseErrors    prometheus.Counter
+	// lastSuccess is when a delivery was last answered 200, for the "EHR
+	// silent" alert; it starts at the process's start, so a feed that
+	// stops while receivers restart still alerts after its threshold.
+	lastSuccess prometheus.Gauge
 }
 
 func newMetrics(ehr string) *metrics {
@@ -41,9 +45,12 @@ func newMetrics(ehr string) *metrics {
 		quarantined:       counter("appointments_quarantined_total", "Invalid entries kept in quarantine (onInvalid: Quarantine)."),
 		signatureFailures: counter("signature_failures_total", "Requests with a valid API key whose signature was missing or wrong."),
 		databaseErrors:    counter("database_errors_total", "Batches the database failed to commit."),
+		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "last_success_timestamp_seconds",
+			Help: "Unix time of the last delivery answered 200 (the process's start until the first).", ConstLabels: labels}),
 	}
+	m.lastSuccess.SetToCurrentTime()
 	m.registry.MustRegister(m.requests, m.duration, m.written, m.duplicates, m.superseded, m.quarantined,
-		m.signatureFailures, m.databaseErrors,
+		m.signatureFailures, m.databaseErrors, m.lastSuccess,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -29,9 +29,9 @@ const (
 
 // Credentials are a receiver's EHR and the contents of the files of its
 // credentials directory (the receiver trims one trailing newline);
-// PreviousSecret is written only when set.
+// PreviousAPIKey and PreviousSecret are written only when set.
 type Credentials struct {
-	EHR, APIKey, Secret, PreviousSecret string
+	EHR, APIKey, Secret, PreviousAPIKey, PreviousSecret string
 }
 
 // Receiver is a running `ehr-operator receiver` process.
@@ -66,6 +66,9 @@ func StartReceiverAs(binary, dbURL string, c Credentials, extra ...string) (*Rec
 	files := map[string]string{"api-key": c.APIKey, "webhook-secret": c.Secret}
 	if c.PreviousSecret != "" {
 		files["webhook-secret-previous"] = c.PreviousSecret
+	}
+	if c.PreviousAPIKey != "" {
+		files["api-key-previous"] = c.PreviousAPIKey
 	}
 	for name, v := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(v), 0o600); err != nil {

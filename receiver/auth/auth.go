@@ -19,16 +19,22 @@ const SignaturePrefix = "sha256="
 // ErrSignatureFormat is a signature header that is not sha256=<64 hex>.
 var ErrSignatureFormat = errors.New("signature must be sha256=<64 hex digits>")
 
-// KeyMatches reports whether the API key a request presented equals the
-// configured one. Both are hashed first so that the comparison takes the
-// same time whatever their lengths.
-func KeyMatches(presented, configured string) bool {
-	if configured == "" {
-		return false
-	}
+// KeyMatches reports whether the API key a request presented equals one of
+// the configured ones (the current and, during a rotation, the previous).
+// Empty configured keys are ignored. Keys are hashed first so that the
+// comparison takes the same time whatever their lengths.
+func KeyMatches(presented string, configured ...string) bool {
 	p := sha256.Sum256([]byte(presented))
-	c := sha256.Sum256([]byte(configured))
-	return subtle.ConstantTimeCompare(p[:], c[:]) == 1
+	ok := 0
+	for _, k := range configured {
+		if k == "" {
+			continue
+		}
+		c := sha256.Sum256([]byte(k))
+		// No early return: the time taken does not say which key matched.
+		ok |= subtle.ConstantTimeCompare(p[:], c[:])
+	}
+	return ok == 1
 }
 
 // ParseSignature decodes an X-Webhook-Signature value: the lower-case

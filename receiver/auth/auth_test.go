@@ -26,6 +26,21 @@ func TestKeyMatches(t *testing.T) {
 			t.Errorf("KeyMatches(%q, %q) = %v, want %v", tc.presented, tc.configured, got, tc.want)
 		}
 	}
+	// During a rotation either key matches; an empty previous one matches nothing.
+	for _, tc := range []struct {
+		presented string
+		want      bool
+	}{{"k-new", true}, {"k-old", true}, {"k-other", false}, {"", false}} {
+		if got := KeyMatches(tc.presented, "k-new", "k-old"); got != tc.want {
+			t.Errorf("KeyMatches(%q, new, old) = %v, want %v", tc.presented, got, tc.want)
+		}
+		if got := KeyMatches(tc.presented, "k-new", ""); got != (tc.presented == "k-new") {
+			t.Errorf("KeyMatches(%q, new, \"\") = %v", tc.presented, got)
+		}
+	}
+	if KeyMatches("") || KeyMatches("x", "", "") {
+		t.Error("no configured key matched something")
+	}
 }
 
 func TestParseSignature(t *testing.T) {

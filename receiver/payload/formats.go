@@ -12,6 +12,7 @@ const (
 	msgYear     = "year must be from 1800 to 9999"
 	msgDuration = "must be a whole number of minutes from 0 to 1440"
 	msgFuture   = "must not be in the future"
+	msgUTF8     = "must be valid UTF-8 (no invalid bytes, no unpaired \\u surrogate escapes)"
 )
 
 // calendarDate parses MM/DD/YYYY as midnight UTC; msg says what is wrong,

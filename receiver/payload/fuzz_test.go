@@ -1,6 +1,7 @@
 package payload
 
 import (
+	"bytes"
 	"encoding/json"
 	"strconv"
 	"testing"
@@ -22,6 +23,8 @@ func FuzzDecodeValidate(f *testing.F) {
 		`{"appointments":[{"appointment":{"start_time":"03/08/2026 02:30"}}]} x`,
 		`[`,
 		``,
+		"{\"appointments\":[{\"appointment\":{\"id\":\"a\xff\"},\"patient\":{\"first_name\":\"\\ud800\"}}]}",
+		"{\"appointment\":{\"id\":\"a\",\"status\":\"booked\",\"start_time\":\"02/29/2028 23:59\",\"start_date\":\"02/29/2028\",\"created_time\":\"01/01/1800 00:00\",\"type\":\"t\",\"notes\":\"\\udc00\"},\"patient\":{\"id\":\"p\",\"first_name\":\"Zo\xff\",\"last_name\":\"O'Brien\",\"birth_date\":\"12/31/1999\",\"gender\":\"Other\"},\"practitioner\":{\"id\":\"d\",\"first_name\":\"a\",\"last_name\":\"b\"}}",
 	} {
 		f.Add([]byte(seed))
 	}
@@ -53,6 +56,26 @@ func FuzzDecodeValidate(f *testing.F) {
 					t.Fatalf("bad field error %+v for item %d", fe, inv.Item.Index)
 				}
 			}
+		}
+		invalidAt := map[int]bool{}
+		for _, inv := range invalid {
+			invalidAt[inv.Item.Index] = true
+		}
+		k := 0
+		for _, it := range items {
+			if invalidAt[it.Index] {
+				continue
+			}
+			// Nothing sent is replaced: U+FFFD in a valid entry was sent.
+			stored, err := json.Marshal(valid[k])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if bytes.ContainsRune(stored, utf8.RuneError) &&
+				!bytes.Contains(it.Raw, []byte("\xef\xbf\xbd")) && !bytes.Contains(bytes.ToLower(it.Raw), []byte(`\ufffd`)) {
+				t.Fatalf("entry %d holds U+FFFD that was not sent", it.Index)
+			}
+			k++
 		}
 		for _, e := range valid {
 			checkInvariants(t, e)

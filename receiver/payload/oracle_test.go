@@ -255,6 +255,12 @@ func (r *mapReader) str(obj map[string]json.RawMessage, p, key string, required 
 		r.failAt(path, "must be a string")
 		return "", false
 	}
+	// encoding/json replaces what is not valid text with U+FFFD: look at
+	// the bytes as sent.
+	if !validText(raw) {
+		r.failAt(path, msgUTF8)
+		return "", false
+	}
 	s = strings.TrimSpace(s)
 	switch {
 	case s == "":
@@ -323,4 +329,51 @@ func (r *mapReader) duration(obj map[string]json.RawMessage, p string) *int {
 		return nil
 	}
 	return &n
+}
+
+// validText reports whether the JSON string raw (which encoding/json
+// accepted) is valid UTF-8 with every \u surrogate escape in a pair.
+func validText(raw json.RawMessage) bool {
+	if !utf8.Valid(raw) {
+		return false
+	}
+	t := string(bytes.TrimSpace(raw))
+	high := false // the previous escape was a high surrogate awaiting its low half
+	for i := 1; i < len(t)-1; i++ {
+		if t[i] != '\\' {
+			if high {
+				return false
+			}
+			continue
+		}
+		i++
+		if t[i] != 'u' {
+			if high {
+				return false
+			}
+			continue
+		}
+		v, err := strconv.ParseUint(t[i+1:i+5], 16, 32)
+		if err != nil {
+			return false
+		}
+		i += 4
+		switch {
+		case v >= 0xD800 && v <= 0xDBFF:
+			if high {
+				return false
+			}
+			high = true
+		case v >= 0xDC00 && v <= 0xDFFF:
+			if !high {
+				return false
+			}
+			high = false
+		default:
+			if high {
+				return false
+			}
+		}
+	}
+	return !high
 }

@@ -1,6 +1,7 @@
 package payload
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
 	"strings"
@@ -453,5 +454,60 @@ func TestExampleCopiesMatchTheSpec(t *testing.T) {
 		if string(b) != specExample+"\n" {
 			t.Errorf("%s differs from the spec's full example", p)
 		}
+	}
+}
+
+// Text that is not valid UTF-8, as bytes or as \u escapes, is refused in
+// every field the receiver reads, naming the field: encoding/json would
+// store it with U+FFFD in place of what was sent.
+func TestValidateInvalidUTF8(t *testing.T) {
+	const mark = "\x01MARK"
+	fields := map[string][]string{
+		"appointment":  {"id", "status", "start_time", "start_date", "created_time", "type", "duration", "reason", "notes"},
+		"patient":      {"id", "first_name", "middle_name", "last_name", "birth_date", "gender", "phone", "email"},
+		"practitioner": {"id", "first_name", "last_name"},
+		"location":     {"name"},
+		"encounter":    {"id", "reason"},
+		"":             {"department_id"},
+	}
+	bad := []string{"\"Jo\xffe\"", "\"\xc3\"", "\"\xc0\xaf\"", "\"\xed\xa0\x80\"", `"a\ud800b"`, `"\udc00"`, `"\ud83dx"`, `"\ud83d\ud83d"`, `" \ud800"`}
+	good := []string{`"\ufffd"`, "\"\xef\xbf\xbd\"", `"\ud83d\ude00"`, `"Zoë"`}
+	raw := func(t *testing.T, obj, key, value string) []byte {
+		e := entryMap(t)
+		m := e
+		if obj != "" {
+			m = sub(e, obj)
+		}
+		m[key] = mark
+		b, err := json.Marshal(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return bytes.Replace(b, []byte(`"\u0001MARK"`), []byte(value), 1)
+	}
+	for obj, keys := range fields {
+		for _, key := range keys {
+			field := join(obj, key)
+			for _, v := range bad {
+				_, errs := validateOne(Item{Index: 2, Path: "appointments[2]", Raw: raw(t, obj, key, v)}, newYork, now)
+				want := []FieldError{{Index: 2, Field: "appointments[2]." + field, Message: msgUTF8}}
+				if diff := cmp.Diff(want, errs); diff != "" {
+					t.Errorf("%s = %q (-want +got):\n%s", field, v, diff)
+				}
+			}
+			for _, v := range good {
+				_, errs := validateOne(Item{Index: 2, Path: "appointments[2]", Raw: raw(t, obj, key, v)}, newYork, now)
+				for _, fe := range errs {
+					if fe.Message == msgUTF8 {
+						t.Errorf("%s = %q: valid text refused: %+v", field, v, errs)
+					}
+				}
+			}
+		}
+	}
+	// Valid text that is not ASCII is stored as sent.
+	e, errs := validateOne(Item{Raw: raw(t, "patient", "first_name", `"Zo\u00eb \ud83d\ude00 \ufffd"`)}, newYork, now)
+	if errs != nil || e.Patient.FirstName != "Zoë 😀 \ufffd" {
+		t.Errorf("first_name %q, errors %+v", e.Patient.FirstName, errs)
 	}
 }

@@ -335,7 +335,15 @@ func scanArray[T text](b T, i, depth int, elems *[][2]int) (int, bool) {
 // accepted, as encoding/json does: escapes resolved, invalid UTF-8 and
 // unpaired surrogates each replaced by U+FFFD.
 func unquote(s string) string {
+	u, _ := unquoteValid(s)
+	return u
+}
+
+// unquoteValid is unquote that also reports whether s was valid text: no
+// invalid UTF-8 and no unpaired \u surrogate, so nothing was replaced.
+func unquoteValid(s string) (string, bool) {
 	s = s[1 : len(s)-1]
+	valid := true
 	var b strings.Builder
 	b.Grow(len(s))
 	for i := 0; i < len(s); {
@@ -350,6 +358,8 @@ func unquote(s string) string {
 				}
 				if r = utf16.DecodeRune(r, r2); r != utf8.RuneError {
 					i += 6 // the pair's second half
+				} else {
+					valid = false
 				}
 			}
 			b.WriteRune(r)
@@ -361,11 +371,14 @@ func unquote(s string) string {
 			i++
 		default:
 			r, n := utf8.DecodeRuneInString(s[i:])
+			if r == utf8.RuneError && n == 1 {
+				valid = false
+			}
 			b.WriteRune(r)
 			i += n
 		}
 	}
-	return b.String()
+	return b.String(), valid
 }
 
 // unescape maps the byte after a backslash to the byte it stands for.

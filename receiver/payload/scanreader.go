@@ -86,7 +86,12 @@ func (r *scanReader) str(obj object, p, key string, required bool, maxLen int) (
 		return "", false
 	}
 	if s = raw[1 : len(raw)-1]; strings.IndexByte(s, '\\') >= 0 || !utf8.ValidString(s) {
-		s = unquote(raw)
+		var valid bool
+		// Replacing bytes with U+FFFD would store altered patient data.
+		if s, valid = unquoteValid(raw); !valid {
+			r.fail(p, key, msgUTF8)
+			return "", false
+		}
 	}
 	s = strings.TrimSpace(s)
 	switch {

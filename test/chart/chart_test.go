@@ -235,6 +235,7 @@ func TestTemplateEveryOption(t *testing.T) {
 	if len(eps) != 1 || eps[0].(map[string]any)["interval"] != "15s" || eps[0].(map[string]any)["port"] != "metrics" {
 		t.Errorf("ServiceMonitor endpoints = %v, want port metrics every 15s", eps)
 	}
+	checkMonitoring(t, objs)
 	svc := find(t, objs, "Service", "all-on-metrics")
 	ports, _, _ := unstructured.NestedSlice(svc.Object, "spec", "ports")
 	if len(ports) != 1 || ports[0].(map[string]any)["port"] != int64(9090) {
@@ -362,5 +363,44 @@ func TestDockerfileStampsVersionLikeMakefile(t *testing.T) {
 		if !strings.Contains(string(dockerfile), s) {
 			t.Errorf("Dockerfile lacks %s", s)
 		}
+	}
+}
+
+// checkMonitoring: the PodMonitor selects the receivers the operator makes,
+// and the PrometheusRule and the dashboard ConfigMap carry the shipped files
+// unchanged.
+func checkMonitoring(t *testing.T, objs []*unstructured.Unstructured) {
+	t.Helper()
+	pm := find(t, objs, "PodMonitor", "all-on-receivers")
+	sel, _, _ := unstructured.NestedStringMap(pm.Object, "spec", "selector", "matchLabels")
+	if want := map[string]string{"app.kubernetes.io/name": "ehr-receiver", "app.kubernetes.io/managed-by": "ehr-operator"}; !reflect.DeepEqual(sel, want) {
+		t.Errorf("PodMonitor selector %v, want the receivers' labels %v", sel, want)
+	}
+	if any, _, _ := unstructured.NestedBool(pm.Object, "spec", "namespaceSelector", "any"); !any || pm.GetLabels()["release"] != "prometheus" {
+		t.Errorf("PodMonitor should look in every namespace and carry its labels: %v", pm.Object)
+	}
+	var rules map[string]any
+	raw, err := os.ReadFile(filepath.Join(chartDir, "files/prometheus-rules.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(raw, &rules); err != nil {
+		t.Fatal(err)
+	}
+	pr := find(t, objs, "PrometheusRule", "all-on")
+	if got, _, _ := unstructured.NestedSlice(pr.Object, "spec", "groups"); !reflect.DeepEqual(got, rules["groups"]) {
+		t.Errorf("the PrometheusRule's groups differ from files/prometheus-rules.yaml")
+	}
+	dash, err := os.ReadFile(filepath.Join(chartDir, "files/dashboard.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm := find(t, objs, "ConfigMap", "all-on-dashboard")
+	if got, _, _ := unstructured.NestedString(cm.Object, "data", "ehr-operator.json"); got != strings.TrimSpace(string(dash)) || cm.GetLabels()["grafana_dashboard"] != "1" {
+		t.Errorf("the dashboard ConfigMap does not hold files/dashboard.json with label grafana_dashboard=1")
+	}
+	other := helmTemplate(t, "x", "ops", "--set", "monitoring.dashboard.enabled=true", "--set", "monitoring.dashboard.namespace=grafana")
+	if ns := find(t, other, "ConfigMap", "x-ehr-operator-dashboard").GetNamespace(); ns != "grafana" {
+		t.Errorf("monitoring.dashboard.namespace=grafana put the ConfigMap in %q", ns)
 	}
 }

@@ -44,8 +44,10 @@ func TestInstallOnAPIServer(t *testing.T) {
 		readObjects(t, filepath.Join(chartDir, "examples/onboard-nexus.yaml")),
 		kustomize(t, filepath.Join(repoRoot, "config/samples")),
 	}
-	if len(ofKind(rendered[1], "ServiceMonitor")) != 1 {
-		t.Fatal("the every-option chart rendered no ServiceMonitor")
+	for _, kind := range []string{"ServiceMonitor", "PodMonitor", "PrometheusRule"} {
+		if len(ofKind(rendered[1], kind)) != 1 {
+			t.Fatalf("the every-option chart rendered no %s", kind)
+		}
 	}
 	if len(ofKind(rendered[3], "EHRIntegration")) != 1 || len(ofKind(rendered[4], "EHRIntegration")) != 1 {
 		t.Fatal("an onboarding example has no EHRIntegration")
@@ -58,6 +60,7 @@ func TestInstallOnAPIServer(t *testing.T) {
 	// The Prometheus Operator's ServiceMonitor kind, so the chart's
 	// ServiceMonitor is created rather than skipped.
 	createAll(t, ctx, c, warnings, "", readObjects(t, "testdata/servicemonitor-crd.yaml"))
+	createAll(t, ctx, c, warnings, "", readObjects(t, "testdata/monitoring-crds.yaml"))
 
 	t.Run("helm install, upgrade, uninstall", func(t *testing.T) { helmLifecycle(t, ctx, c, kubeconfig) })
 
@@ -112,6 +115,7 @@ func helmLifecycle(t *testing.T, ctx context.Context, c client.Client, kubeconfi
 	if _, err := deployment("flow-ehr-operator"); err != nil {
 		t.Fatalf("helm install made no manager Deployment: %v", err)
 	}
+	t.Run("helm test hook", func(t *testing.T) { helmTestHook(t, ctx, c, kubeconfig, "flow", "helm-flow") })
 
 	// Every option, under another full name so as not to clash with the
 	// rendered every-option set created later.

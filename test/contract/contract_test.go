@@ -146,6 +146,7 @@ func TestCheckOrder(t *testing.T) {
 			{withHeader("Content-Type", "application/json; charset=utf-8")},
 			{withHeader("Content-Type", "Application/JSON")},
 			{withHeader("X-Webhook-Signature", auth.Sign([]byte(prevSecret), good))},
+			{withHeader("X-API-Key", prevAPIKey)}, // api-key-previous, during a key rotation
 			{withHeader("X-Webhook-Signature", "sha256="+strings.ToUpper(auth.Sign([]byte(secret), good)[7:]))},
 		} {
 			if a := r.post(good, opts...); a.status != 200 {
@@ -504,5 +505,41 @@ func TestValuesStoredVerbatim(t *testing.T) {
 	}
 	if n := queryInt(t, d, `SELECT count(*) FROM patients`); n != 1 {
 		t.Errorf("patients table: %d rows", n)
+	}
+}
+
+// TestInvalidUTF8Refused: text that is not valid UTF-8, as raw bytes or as
+// an unpaired \u surrogate, is answered 422 naming the field, and nothing
+// of the batch is stored (encoding/json would have stored U+FFFD instead).
+func TestInvalidUTF8Refused(t *testing.T) {
+	r := startReceiver(t, pgtest.NewDatabase(t))
+	d := db(t, r.dbURL)
+	const mark = "\x01MARK"
+	for _, tc := range []struct{ obj, key, value string }{
+		{"patient", "first_name", "\"Ja\xffne\""},
+		{"patient", "last_name", "\"\xc3\""},
+		{"appointment", "notes", `"note \ud800"`},
+		{"practitioner", "last_name", `"\udc00\ud83d"`},
+		{"encounter", "reason", "\"\xed\xa0\x80\""},
+	} {
+		e := entry(t, "utf8", func(e map[string]any) { sub(e, tc.obj)[tc.key] = mark })
+		body := bytes.Replace(batch(t, entry(t, "utf8-ok", nil), e), []byte(`"\u0001MARK"`), []byte(tc.value), 1)
+		a := r.post(body)
+		expect(t, a, 422)
+		want := []string{"1 appointments[1]." + tc.obj + "." + tc.key + ": must be valid UTF-8 (no invalid bytes, no unpaired \\u surrogate escapes)"}
+		if diff := cmp.Diff(want, fieldsOf(a)); diff != "" {
+			t.Errorf("%s.%s = %q: mismatch (-want +got):\n%s", tc.obj, tc.key, tc.value, diff)
+		}
+	}
+	if n := queryInt(t, d, `SELECT count(*) FROM appointments`); n != 0 {
+		t.Errorf("%d appointments stored from refused batches, want 0", n)
+	}
+	// Valid text that is not ASCII, and U+FFFD sent as such, is stored as sent.
+	e := entry(t, "utf8-ok", func(e map[string]any) { sub(e, "patient")["first_name"] = mark })
+	body := bytes.Replace(batch(t, e), []byte(`"\u0001MARK"`), []byte(`"Zo\u00eb \ud83d\ude00 \ufffd"`), 1)
+	expect(t, r.post(body), 200)
+	var got string
+	if err := d.QueryRow(`SELECT first_name FROM patients`).Scan(&got); err != nil || got != "Zoë 😀 \ufffd" {
+		t.Errorf("first_name stored as %q (%v)", got, err)
 	}
 }

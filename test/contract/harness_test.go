@@ -30,6 +30,7 @@ const (
 	apiKey     = "contract-api-key"
 	secret     = "contract-webhook-secret"
 	prevSecret = "contract-previous-secret"
+	prevAPIKey = "contract-previous-api-key"
 )
 
 // binary is the ehr-operator built once by TestMain.
@@ -67,7 +68,8 @@ type rcv struct {
 func startReceiver(t *testing.T, dbURL string, flags ...string) *rcv {
 	t.Helper()
 	// The previous secret's file has no trailing newline, the others one.
-	creds := harness.Credentials{EHR: ehr, APIKey: apiKey + "\n", Secret: secret + "\n", PreviousSecret: prevSecret}
+	creds := harness.Credentials{EHR: ehr, APIKey: apiKey + "\n", Secret: secret + "\n", PreviousSecret: prevSecret,
+		PreviousAPIKey: prevAPIKey + "\n"}
 	h, err := harness.StartReceiverAs(binary, dbURL, creds,
 		append([]string{"--requests-per-second", "10000", "--burst", "10000"}, flags...)...)
 	if err != nil {

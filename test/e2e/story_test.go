@@ -11,12 +11,12 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -57,6 +57,20 @@ func (s *story) managerRuns(t *testing.T) {
 		t.Fatalf("want 1 Ready manager pod, got %v", pods)
 	}
 	waitLeader(t, pods[0])
+
+	// What an SRE runs after an install: the chart's test hook.
+	out, err := env.HelmCmd(context.Background(), "test", framework.Release, "--namespace", operatorNS, "--logs", "--timeout", "3m")
+	if err != nil {
+		t.Fatalf("helm test: %v\n%s", err, out)
+	}
+	if !regexp.MustCompile(`Phase:\s+Succeeded`).MatchString(out) {
+		t.Errorf("helm test did not succeed:\n%s", out)
+	}
+	for _, want := range []string{"ok: a valid EHRIntegration is accepted (dry run)", "ok: an invalid EHRIntegration is refused (dry run)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("helm test output lacks %q:\n%s", want, out)
+		}
+	}
 }
 
 func (s *story) onboard(t *testing.T) {
@@ -217,38 +231,87 @@ spec:
 	kubectl(t, "", "-n", ns, "delete", "ehrintegration", other, "--wait=true", "--timeout=60s")
 }
 
+// rotateSecret rotates the webhook secret, then the API key, with the
+// commands of docs/onboarding.md, "Rotate credentials": replace the Secret,
+// keeping the resourceVersion `kubectl replace` prints, and `kubectl wait`
+// until status.servedSecretVersions.credentials shows it. The moment that
+// returns, the new values must work on every pod (200, no retry of a 401),
+// and once the overlap has ended the old ones must be refused (401).
 func (s *story) rotateSecret(t *testing.T) {
 	url := receiverURL(t)
-	gen := get(t, ns, "deployment", receiver, "{.metadata.generation}")
-	kubectl(t, secretYAML("nexus-webhook", map[string]string{
-		"api-key": s.apiKey, "webhook-secret": s.newSecret, "webhook-secret-previous": s.oldSecret,
-	}), "replace", "-f", "-")
-	waitRolledPast(t, gen)
-	// Old-signed and new-signed deliveries both succeed during the overlap.
+	oldKey, newKey := s.apiKey, randHex(t)
+
+	// 1. The webhook secret's overlap.
+	s.replaceCredentials(t, map[string]string{"api-key": oldKey, "webhook-secret": s.newSecret, "webhook-secret-previous": s.oldSecret})
 	for i := 0; i < 5; i++ {
-		for _, sec := range []string{s.oldSecret, s.newSecret} {
-			if code := deliverOnce(t, url, s.apiKey, sec, payload(fmt.Sprintf("rot-overlap-%d-%s", i, sec[:6]))); code != http.StatusOK {
-				t.Fatalf("during the overlap a delivery signed with the %s secret got %d, want 200", which(s, sec), code)
+		for _, sec := range []string{s.newSecret, s.oldSecret} {
+			if code := deliverOnce(t, url, oldKey, sec, payload(fmt.Sprintf("rot-overlap-%d-%s", i, sec[:6]))); code != http.StatusOK {
+				t.Fatalf("right after kubectl wait, a delivery signed with the %s secret got %d, want 200", which(s, sec), code)
 			}
 		}
 	}
-	if code := deliverOnce(t, url, s.apiKey, "not-the-secret", payload("rot-wrong")); code != http.StatusUnauthorized {
+	if code := deliverOnce(t, url, oldKey, "not-the-secret", payload("rot-wrong")); code != http.StatusUnauthorized {
 		t.Errorf("a delivery signed with a wrong secret got %d, want 401", code)
 	}
-	gen = get(t, ns, "deployment", receiver, "{.metadata.generation}")
-	kubectl(t, secretYAML("nexus-webhook", map[string]string{"api-key": s.apiKey, "webhook-secret": s.newSecret}), "replace", "-f", "-")
-	waitRolledPast(t, gen)
+
+	// 2. The API key's overlap, the webhook secret's still on.
+	s.replaceCredentials(t, map[string]string{"api-key": newKey, "api-key-previous": oldKey,
+		"webhook-secret": s.newSecret, "webhook-secret-previous": s.oldSecret})
 	for i := 0; i < 5; i++ {
-		if code := deliverOnce(t, url, s.apiKey, s.oldSecret, payload(fmt.Sprintf("rot-old-%d", i))); code != http.StatusUnauthorized {
-			t.Fatalf("after removing webhook-secret-previous an old-signed delivery got %d, want 401", code)
-		}
-		if code := deliverOnce(t, url, s.apiKey, s.newSecret, payload(fmt.Sprintf("rot-new-%d", i))); code != http.StatusOK {
-			t.Fatalf("after removing webhook-secret-previous a new-signed delivery got %d, want 200", code)
+		for which, key := range map[string]string{"new": newKey, "old": oldKey} {
+			if code := deliverOnce(t, url, key, s.newSecret, payload(fmt.Sprintf("rot-key-%d-%s", i, which))); code != http.StatusOK {
+				t.Fatalf("right after kubectl wait, a delivery with the %s API key got %d, want 200", which, code)
+			}
 		}
 	}
-	if n := s.count(t, `SELECT count(*) FROM appointments WHERE ehr = $1 AND external_id LIKE 'rot-old-%'`, name); n != 0 {
-		t.Errorf("%d old-signed deliveries were stored after the rotation, want 0", n)
+
+	// 3. Both overlaps end.
+	s.replaceCredentials(t, map[string]string{"api-key": newKey, "webhook-secret": s.newSecret})
+	s.apiKey = newKey
+	for i := 0; i < 5; i++ {
+		if code := deliverOnce(t, url, newKey, s.oldSecret, payload(fmt.Sprintf("rot-old-%d", i))); code != http.StatusUnauthorized {
+			t.Fatalf("after the overlap an old-signed delivery got %d, want 401", code)
+		}
+		if code := deliverOnce(t, url, oldKey, s.newSecret, payload(fmt.Sprintf("rot-oldkey-%d", i))); code != http.StatusUnauthorized {
+			t.Fatalf("after the overlap a delivery with the old API key got %d, want 401", code)
+		}
+		if code := deliverOnce(t, url, newKey, s.newSecret, payload(fmt.Sprintf("rot-new-%d", i))); code != http.StatusOK {
+			t.Fatalf("after the overlap a delivery with the new credentials got %d, want 200", code)
+		}
 	}
+	if n := s.count(t, `SELECT count(*) FROM appointments WHERE ehr = $1 AND (external_id LIKE 'rot-old-%' OR external_id LIKE 'rot-oldkey-%')`, name); n != 0 {
+		t.Errorf("%d deliveries with old credentials were stored after the overlap, want 0", n)
+	}
+}
+
+// replaceCredentials is one change of docs/onboarding.md, "Rotate
+// credentials": the Secret made with `kubectl create secret generic
+// --dry-run=client -o yaml` is replaced, and `kubectl wait` waits for the
+// resourceVersion `kubectl replace` printed in servedSecretVersions.
+func (s *story) replaceCredentials(t *testing.T, data map[string]string) {
+	t.Helper()
+	args := []string{"-n", ns, "create", "secret", "generic", "nexus-webhook", "--dry-run=client", "-o", "yaml"}
+	for _, k := range sortedKeys(data) {
+		args = append(args, "--from-literal="+k+"="+data[k])
+	}
+	manifest := kubectl(t, "", args...)
+	rv := strings.TrimSpace(kubectl(t, manifest, "-n", ns, "replace", "-f", "-", "-o", "jsonpath={.metadata.resourceVersion}"))
+	if rv == "" {
+		t.Fatal("kubectl replace printed no resourceVersion")
+	}
+	t0 := time.Now()
+	kubectl(t, "", "-n", ns, "wait", "ehrintegration/"+name, "--timeout=10m",
+		"--for=jsonpath={.status.servedSecretVersions.credentials}="+rv)
+	t.Logf("every receiver pod ran credentials version %s %s after the replace", rv, time.Since(t0).Round(100*time.Millisecond))
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 func (s *story) deletePodDuringStream(t *testing.T) {
@@ -740,30 +803,6 @@ func waitIntegrationReady(t *testing.T, replicas int) {
 		}
 		return nil
 	})
-}
-
-// waitRolledPast waits until the operator has changed the receiver
-// Deployment (generation past gen), the rollout has finished and only the
-// new pods remain, so every pod serves the new configuration.
-func waitRolledPast(t *testing.T, gen string) {
-	t.Helper()
-	wait(t, "the operator to roll the receivers", time.Minute, func(context.Context) error {
-		if g := get(t, ns, "deployment", receiver, "{.metadata.generation}"); g == gen {
-			return errors.New("deployment generation unchanged")
-		}
-		return nil
-	})
-	kubectl(t, "", "-n", ns, "rollout", "status", "deployment/"+receiver, "--timeout=180s")
-	sel := selectorOf(t, ns, receiver)
-	wait(t, "the old receiver pods to be gone", 2*time.Minute, func(context.Context) error {
-		pods, ready := allPods(t, ns, sel), readyPods(t, ns, sel)
-		if len(pods) != 2 || len(ready) != 2 {
-			return fmt.Errorf("pods %v, ready %v", pods, ready)
-		}
-		return nil
-	})
-	// kube-proxy applies endpoint changes within about a second.
-	time.Sleep(2 * time.Second)
 }
 
 // waitLeader waits until pod holds the manager's leader-election Lease.

@@ -37,6 +37,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: manager
 {{- end }}
 
+{{/* Labels of the `helm test` objects: not the manager's selector, or its ReplicaSet would adopt the test pod. */}}
+{{- define "ehr-operator.testLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "ehr-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: chart-test
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
 {{/* ServiceAccount the manager runs as. */}}
 {{- define "ehr-operator.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}

@@ -1,0 +1,55 @@
+package controllers
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+
+	"github.com/insighthealth/ehr-operator/api/v1alpha1"
+)
+
+// The manager's own series, served with controller-runtime's on its metrics
+// endpoint, so that the shipped alerts need nothing but the two binaries.
+// Labels: ehr (unique per cluster, the join key with the receivers' series),
+// and the resource's namespace and name under names that cannot collide
+// with the scrape target's own namespace label.
+var (
+	integrationReady = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "ehr_operator_integration_ready",
+		Help: "1 when the EHRIntegration's Ready condition is True, else 0; suspended says whether spec.suspend is set.",
+	}, []string{"ehrintegration_namespace", "ehrintegration", "ehr", "suspended"})
+	silenceAlertAfter = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "ehr_operator_integration_silence_alert_seconds",
+		Help: "spec.monitoring.silenceAlertAfter in seconds: the EHRSilent alert fires when the EHR had no delivery answered 200 for longer. Absent when unset or suspended.",
+	}, []string{"ehrintegration_namespace", "ehrintegration", "ehr"})
+)
+
+func init() {
+	metrics.Registry.MustRegister(integrationReady, silenceAlertAfter)
+}
+
+// recordMetrics sets the series of one integration from its spec and the
+// status just computed, replacing any it had (suspended may have changed).
+func recordMetrics(e *v1alpha1.EHRIntegration, st v1alpha1.EHRIntegrationStatus) {
+	forgetMetrics(e.Namespace, e.Name)
+	ready := 0.0
+	for _, c := range st.Conditions {
+		if c.Type == v1alpha1.ConditionReady && c.Status == "True" {
+			ready = 1
+		}
+	}
+	suspended := "false"
+	if e.Spec.Suspend {
+		suspended = "true"
+	}
+	integrationReady.WithLabelValues(e.Namespace, e.Name, e.Spec.EHR, suspended).Set(ready)
+	if m := e.Spec.Monitoring; m != nil && m.SilenceAlertAfter != nil && !e.Spec.Suspend {
+		silenceAlertAfter.WithLabelValues(e.Namespace, e.Name, e.Spec.EHR).Set(m.SilenceAlertAfter.Seconds())
+	}
+}
+
+// forgetMetrics removes the series of a deleted integration.
+func forgetMetrics(namespace, name string) {
+	labels := prometheus.Labels{"ehrintegration_namespace": namespace, "ehrintegration": name}
+	integrationReady.DeletePartialMatch(labels)
+	silenceAlertAfter.DeletePartialMatch(labels)
+}
