@@ -83,7 +83,7 @@ func runManager(c *cobra.Command, f managerFlags) error {
 	utilruntime.Must(v1alpha1.AddToScheme(scheme))
 	// Registering the types needs no Gateway API on the cluster; the
 	// reconciler watches it only once it is served.
-	utilruntime.Must(gwv1.AddToScheme(scheme))
+	utilruntime.Must(gwv1.Install(scheme))
 
 	cfg, err := ctrl.GetConfig()
 	if err != nil {

@@ -112,7 +112,7 @@ func setupSuite() error {
 	scheme := runtime.NewScheme()
 	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
 	utilruntime.Must(v1alpha1.AddToScheme(scheme))
-	utilruntime.Must(gwv1.AddToScheme(scheme))
+	utilruntime.Must(gwv1.Install(scheme))
 	// The Gateway API's CRDs are not installed here: the manager must start
 	// without them, and TestGatewayAPI installs them while it runs.
 	env := &envtest.Environment{
