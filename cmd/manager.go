@@ -2,6 +2,7 @@ package cmd
 
 import (
 	"cmp"
+	"crypto/tls"
 	goflag "flag"
 	"fmt"
 	"os"
@@ -148,6 +149,9 @@ func metricsOptions(f managerFlags) metricsserver.Options {
 	o := metricsserver.Options{BindAddress: f.metricsAddr, SecureServing: f.metricsSecure}
 	if f.metricsSecure {
 		o.FilterProvider = filters.WithAuthenticationAndAuthorization
+		// HTTP/1.1 only, as kubebuilder's scaffold: HTTP/2's stream resets
+		// let one client exhaust the server (CVE-2023-44487).
+		o.TLSOpts = []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }}
 		// Without a directory controller-runtime makes a self-signed
 		// certificate in memory; the scrape then needs insecureSkipVerify.
 		if f.metricsCertDir != "" {
