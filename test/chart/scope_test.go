@@ -186,6 +186,7 @@ type manager struct {
 	out         *syncBuffer
 	metricsAddr string
 	done        chan error
+	exitErr     error // the process's exit, once stopped
 	stopOnce    sync.Once
 }
 
@@ -227,10 +228,10 @@ func (m *manager) stop(t *testing.T) {
 	m.stopOnce.Do(func() {
 		_ = m.cmd.Process.Signal(os.Interrupt)
 		select {
-		case <-m.done:
+		case m.exitErr = <-m.done:
 		case <-time.After(15 * time.Second):
 			_ = m.cmd.Process.Kill()
-			<-m.done
+			m.exitErr = <-m.done
 			t.Error("the manager did not stop within 15s of SIGINT")
 		}
 	})
