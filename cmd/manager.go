@@ -1,10 +1,13 @@
 package cmd
 
 import (
+	"cmp"
+	"crypto/tls"
 	goflag "flag"
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -12,8 +15,10 @@ import (
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
@@ -26,6 +31,9 @@ import (
 // environment variable named after it (--receiver-image → RECEIVER_IMAGE).
 type managerFlags struct {
 	metricsAddr, probeAddr  string
+	metricsSecure           bool
+	metricsCertDir          string
+	watchNamespaces         []string
 	leaderElect             bool
 	leaderElectionNamespace string
 	receiverImage           string
@@ -59,7 +67,10 @@ to OPERATOR_IMAGE, so receivers run the operator's own image.`,
 		},
 	}
 	fs := c.Flags()
-	fs.StringVar(&f.metricsAddr, "metrics-bind-address", ":8080", `address of the Prometheus metrics endpoint (plain HTTP); "0" turns it off`)
+	fs.StringVar(&f.metricsAddr, "metrics-bind-address", ":8443", `address of the Prometheus metrics endpoint; "0" turns it off`)
+	fs.BoolVar(&f.metricsSecure, "metrics-secure", true, "serve metrics over HTTPS to callers the API server authenticates (TokenReview) and authorizes for GET /metrics (SubjectAccessReview); false serves plain HTTP to anyone, for local development only")
+	fs.StringVar(&f.metricsCertDir, "metrics-cert-dir", "", "directory holding tls.crt and tls.key of the metrics endpoint, reloaded when they change; empty means a self-signed certificate made at start")
+	fs.StringSliceVar(&f.watchNamespaces, "watch-namespaces", nil, "namespaces whose EHRIntegrations (and Secrets) the manager watches, comma-separated; empty means every namespace")
 	fs.StringVar(&f.probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	fs.BoolVar(&f.leaderElect, "leader-elect", false, "elect a leader, so that only one of several replicas reconciles")
 	fs.StringVar(&f.leaderElectionNamespace, "leader-election-namespace", "", "namespace of the leader election Lease (default: POD_NAMESPACE, else the pod's own namespace)")
@@ -91,7 +102,8 @@ func runManager(c *cobra.Command, f managerFlags) error {
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                        scheme,
-		Metrics:                       metricsserver.Options{BindAddress: f.metricsAddr},
+		Metrics:                       metricsOptions(f),
+		Cache:                         cacheOptions(f.watchNamespaces),
 		HealthProbeBindAddress:        f.probeAddr,
 		LeaderElection:                f.leaderElect,
 		LeaderElectionID:              "ehr-operator.insighthealth.io",
@@ -123,9 +135,47 @@ func runManager(c *cobra.Command, f managerFlags) error {
 	if f.receiverImage == "" {
 		log.Info("No receiver image: EHRIntegrations without spec.image will be Degraded (NoReceiverImage); set --receiver-image or RECEIVER_IMAGE")
 	}
-	log.Info("Starting manager", "version", version.Version, "receiverImage", f.receiverImage)
+	if !f.metricsSecure && f.metricsAddr != "0" {
+		log.Info("Metrics are served over plain HTTP to anyone (--metrics-secure=false): for local development only")
+	}
+	log.Info("Starting manager", "version", version.Version, "receiverImage", f.receiverImage,
+		"watchNamespaces", cmp.Or(strings.Join(f.watchNamespaces, ","), "(all)"))
 	if err := mgr.Start(ctx); err != nil {
 		return fmt.Errorf("while running the manager: %w", err)
 	}
 	return nil
+}
+
+// metricsOptions serves metrics as kubebuilder's scaffold does: HTTPS, and
+// only to callers the API server says may GET /metrics, so the endpoint
+// shows nothing to a pod that merely reaches the port.
+func metricsOptions(f managerFlags) metricsserver.Options {
+	o := metricsserver.Options{BindAddress: f.metricsAddr, SecureServing: f.metricsSecure}
+	if f.metricsSecure {
+		o.FilterProvider = filters.WithAuthenticationAndAuthorization
+		// HTTP/1.1 only, as kubebuilder's scaffold: HTTP/2's stream resets
+		// let one client exhaust the server (CVE-2023-44487).
+		o.TLSOpts = []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }}
+		// Without a directory controller-runtime makes a self-signed
+		// certificate in memory; the scrape then needs insecureSkipVerify.
+		if f.metricsCertDir != "" {
+			o.CertDir, o.CertName, o.KeyName = f.metricsCertDir, "tls.crt", "tls.key"
+		}
+	}
+	return o
+}
+
+// cacheOptions limits the manager's caches (and so its watches and lists)
+// to the watched namespaces, so that RoleBindings in those alone suffice.
+func cacheOptions(namespaces []string) cache.Options {
+	var o cache.Options
+	for _, ns := range namespaces {
+		if ns = strings.TrimSpace(ns); ns != "" {
+			if o.DefaultNamespaces == nil {
+				o.DefaultNamespaces = map[string]cache.Config{}
+			}
+			o.DefaultNamespaces[ns] = cache.Config{}
+		}
+	}
+	return o
 }

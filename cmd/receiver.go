@@ -22,6 +22,7 @@ import (
 type receiverFlags struct {
 	ehr, credentialsDir, timeZone    string
 	databaseURL                      *secretFlag
+	databaseCAFile                   string
 	maxBodyBytes                     int64
 	maxBatchSize, burst              int
 	requestsPerSecond                float64
@@ -53,6 +54,7 @@ Every flag falls back to an environment variable named after it
 	fs := c.Flags()
 	fs.StringVar(&f.ehr, "ehr", "", "the {ehr} path segment this receiver serves (required)")
 	f.databaseURL = addSecretFlag(fs, "database-url", "postgres:// URL of the appointments database", "the database URL")
+	fs.StringVar(&f.databaseCAFile, "database-ca-file", "", "PEM file of the CA that signs the database server's certificate; set, the URL's sslrootcert points at it and a missing sslmode becomes verify-full")
 	fs.StringVar(&f.credentialsDir, "credentials-dir", "", "directory with files api-key, webhook-secret and optionally api-key-previous and webhook-secret-previous (required)")
 	fs.StringVar(&f.timeZone, "time-zone", "UTC", "IANA time zone the EHR's MM/DD/YYYY HH:MM times are in")
 	fs.Int64Var(&f.maxBodyBytes, "max-body-bytes", 4194304, "largest accepted body; larger answers 413")
@@ -144,6 +146,12 @@ func receiverConfig(f receiverFlags) (receiver.Config, string, error) {
 	dbURL, err := f.databaseURL.get()
 	if err != nil {
 		errs = append(errs, err)
+	} else if f.databaseCAFile != "" {
+		if err := checkCAFile(f.databaseCAFile); err != nil {
+			errs = append(errs, err)
+		} else if dbURL, err = withDatabaseCA(dbURL, f.databaseCAFile); err != nil {
+			errs = append(errs, err)
+		}
 	}
 
 	if f.credentialsDir == "" {

@@ -39,6 +39,9 @@ const (
 
 	credentialsDir = "/etc/ehr-operator/credentials"
 	databaseDir    = "/etc/ehr-operator/database"
+	// databaseCADir holds spec.database.ca's certificate as databaseCAFile.
+	databaseCADir  = "/etc/ehr-operator/database-ca"
+	databaseCAFile = "ca.crt"
 
 	// Keys of the credentials Secret.
 	keyAPIKey                = "api-key"
@@ -105,6 +108,13 @@ func withDefaults(e *v1alpha1.EHRIntegration) *v1alpha1.EHRIntegration {
 	if s.Database.SecretRef.Key == "" {
 		s.Database.SecretRef.Key = v1alpha1.DefaultDatabaseKey
 	}
+	if ca := s.Database.CA; ca != nil {
+		for _, ref := range []*v1alpha1.CAKeyReference{ca.SecretKeyRef, ca.ConfigMapKeyRef} {
+			if ref != nil && ref.Key == "" {
+				ref.Key = v1alpha1.DefaultCAKey
+			}
+		}
+	}
 	if s.OnInvalid == "" {
 		s.OnInvalid = v1alpha1.OnInvalidReject
 	}
@@ -155,6 +165,9 @@ func receiverArgs(e *v1alpha1.EHRIntegration) []string {
 		"--metrics-listen=:" + strconv.Itoa(metricsPort),
 		"--migrate=true",
 	}
+	if s.Database.CA != nil {
+		args = append(args, "--database-ca-file="+path.Join(databaseCADir, databaseCAFile))
+	}
 	return append(args, retentionArgs(s.Retention)...)
 }
 
@@ -176,6 +189,32 @@ func retentionArgs(r *v1alpha1.RetentionSpec) []string {
 	}
 	add("retain-history", r.History)
 	return args
+}
+
+// databaseCAVolume mounts only the CA's key, as databaseCAFile; nil
+// without spec.database.ca. A change of the certificate reaches the
+// mounted file without a restart, and each new connection reads it.
+func databaseCAVolume(e *v1alpha1.EHRIntegration) *corev1ac.VolumeApplyConfiguration {
+	ca := withDefaults(e).Spec.Database.CA
+	if ca == nil {
+		return nil
+	}
+	// A certificate, not a secret: readable to the receiver's user.
+	const caMode int32 = 0o444
+	v := corev1ac.Volume().WithName("database-ca")
+	switch {
+	case ca.SecretKeyRef != nil:
+		return v.WithSecret(corev1ac.SecretVolumeSource().
+			WithSecretName(ca.SecretKeyRef.Name).
+			WithItems(corev1ac.KeyToPath().WithKey(ca.SecretKeyRef.Key).WithPath(databaseCAFile)).
+			WithDefaultMode(caMode))
+	case ca.ConfigMapKeyRef != nil:
+		return v.WithConfigMap(corev1ac.ConfigMapVolumeSource().
+			WithName(ca.ConfigMapKeyRef.Name).
+			WithItems(corev1ac.KeyToPath().WithKey(ca.ConfigMapKeyRef.Key).WithPath(databaseCAFile)).
+			WithDefaultMode(caMode))
+	}
+	return nil
 }
 
 // defaultResources fit one receiver handling a few hundred requests a
@@ -315,6 +354,11 @@ func buildDeployment(e *v1alpha1.EHRIntegration, image string, versions v1alpha1
 			WithCapabilities(corev1ac.Capabilities().WithDrop("ALL")).
 			WithSeccompProfile(corev1ac.SeccompProfile().WithType(corev1.SeccompProfileTypeRuntimeDefault)))
 
+	caVolume := databaseCAVolume(e)
+	if caVolume != nil {
+		container.WithVolumeMounts(corev1ac.VolumeMount().WithName(*caVolume.Name).WithMountPath(databaseCADir).WithReadOnly(true))
+	}
+
 	pod := corev1ac.PodSpec().
 		WithServiceAccountName(childName(e)).
 		WithAutomountServiceAccountToken(false).
@@ -348,6 +392,9 @@ func buildDeployment(e *v1alpha1.EHRIntegration, image string, versions v1alpha1
 			WithTopologyKey(corev1.LabelHostname).
 			WithWhenUnsatisfiable(corev1.ScheduleAnyway).
 			WithLabelSelector(metav1ac.LabelSelector().WithMatchLabels(selectorLabels(e))))
+	if caVolume != nil {
+		pod.WithVolumes(caVolume)
+	}
 
 	return appsv1ac.Deployment(childName(e), e.Namespace).
 		WithLabels(commonLabels(e)).

@@ -155,6 +155,46 @@ type DatabaseSpec struct {
 	// e.g. the uri key of a CloudNativePG "<cluster>-app" Secret.
 	// +required
 	SecretRef SecretKeyReference `json:"secretRef"`
+
+	// ca names the PEM certificate of the CA that signs the database
+	// server's certificate, in a Secret or a ConfigMap. It is mounted into
+	// the receiver, which verifies the server against it: the URL's
+	// sslmode must then be verify-full (the default when it has none),
+	// verify-ca or require.
+	// +optional
+	CA *DatabaseCA `json:"ca,omitempty"`
+}
+
+// DatabaseCA names one key of a Secret or of a ConfigMap in the
+// EHRIntegration's namespace.
+// +kubebuilder:validation:XValidation:rule="has(self.secretKeyRef) != has(self.configMapKeyRef)",message="set exactly one of secretKeyRef and configMapKeyRef"
+type DatabaseCA struct {
+	// secretKeyRef names the Secret key holding the CA certificate.
+	// +optional
+	SecretKeyRef *CAKeyReference `json:"secretKeyRef,omitempty"`
+
+	// configMapKeyRef names the ConfigMap key holding the CA certificate.
+	// +optional
+	ConfigMapKeyRef *CAKeyReference `json:"configMapKeyRef,omitempty"`
+}
+
+// CAKeyReference names the key of a CA certificate in a Secret or ConfigMap.
+type CAKeyReference struct {
+	// name is the Secret's or ConfigMap's name.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	Name string `json:"name"`
+
+	// key is the key holding the PEM certificate.
+	// +optional
+	// +kubebuilder:default=ca.crt
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z0-9]+$`
+	// +kubebuilder:validation:XValidation:rule="self != '.' && self != '..'",message="key may not be . or .."
+	Key string `json:"key,omitempty"`
 }
 
 // IngressSpec describes the receiver's Ingress.
@@ -528,6 +568,7 @@ const (
 	DefaultTimeZone                = "UTC"
 	DefaultReplicas          int32 = 2
 	DefaultDatabaseKey             = "uri"
+	DefaultCAKey                   = "ca.crt"
 	DefaultMaxBodyBytes      int64 = 4194304
 	DefaultMaxBatchSize      int32 = 1000
 	DefaultRequestsPerSecond int32 = 50

@@ -25,6 +25,7 @@ type Cluster struct {
 	dir  string // temporary directory: data/, socket, log
 	port int
 	cred *syscall.Credential // nil unless running as root
+	tls  bool                // ssl=on with server.crt/server.key in the data directory
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -38,7 +39,7 @@ type Cluster struct {
 // installed binaries, TEST_DATABASE_URL or not.
 func NewCluster(t testing.TB) *Cluster {
 	t.Helper()
-	c, err := startCluster()
+	c, err := startCluster(nil)
 	if err != nil {
 		t.Fatalf("pgtest: %v", err)
 	}
@@ -96,7 +97,9 @@ func (c *Cluster) Start() error {
 	return c.startLocked()
 }
 
-func startCluster() (*Cluster, error) {
+// startCluster makes and starts a cluster; with a CA, it also serves TLS
+// with a server certificate that CA signs.
+func startCluster(ca *CA) (*Cluster, error) {
 	bin, err := findBinaries()
 	if err != nil {
 		return nil, err
@@ -124,6 +127,12 @@ func startCluster() (*Cluster, error) {
 	if out, err := initdb.CombinedOutput(); err != nil {
 		c.destroy()
 		return nil, fmt.Errorf("initdb failed: %w\n%s", err, out)
+	}
+	if ca != nil {
+		if err := c.writeServerCert(ca); err != nil {
+			c.destroy()
+			return nil, err
+		}
 	}
 	srv := &server{cluster: c}
 	c.srv = srv
@@ -157,16 +166,20 @@ func (c *Cluster) startLocked() error {
 		return fmt.Errorf("while opening the server log: %w", err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(filepath.Join(c.bin, "postgres"),
+	args := []string{
 		"-D", c.dataDir(),
 		"-p", strconv.Itoa(c.port),
 		"-c", "listen_addresses=127.0.0.1",
-		"-c", "unix_socket_directories="+c.dir,
+		"-c", "unix_socket_directories=" + c.dir,
 		"-c", "fsync=off", // durability is not under test; speed is welcome
 		"-c", "full_page_writes=off",
 		"-c", "max_connections=200",
 		"-c", "shared_buffers=32MB",
-	)
+	}
+	if c.tls {
+		args = append(args, "-c", "ssl=on")
+	}
+	cmd := exec.Command(filepath.Join(c.bin, "postgres"), args...)
 	cmd.Dir = c.dir
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Pdeathsig: a test binary killed by its timeout takes the server

@@ -99,3 +99,34 @@ func TestFindBinaries(t *testing.T) {
 		t.Errorf("without PostgreSQL: %v; want advice naming apt-get install postgresql and %s", err, EnvURL)
 	}
 }
+
+// A TLS cluster is verified against its own CA with verify-full, and a
+// client holding another CA refuses it.
+func TestTLSClusterVerifyFull(t *testing.T) {
+	c, caPEM := NewTLSCluster(t)
+	dir := t.TempDir()
+	other, err := NewCA("another CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string][]byte{"right.crt": caPEM, "wrong.crt": other.CertPEM}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base := strings.Replace(c.NewDatabase(t), "sslmode=disable", "sslmode=verify-full", 1)
+	ctx := context.Background()
+	var ssl bool
+	db := open(t, base+"&sslrootcert="+filepath.Join(dir, "right.crt"))
+	if err := db.QueryRowContext(ctx, `SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()`).Scan(&ssl); err != nil {
+		t.Fatalf("verify-full with the cluster's CA: %v", err)
+	}
+	if !ssl {
+		t.Error("the verify-full connection is not encrypted")
+	}
+	err = open(t, base+"&sslrootcert="+filepath.Join(dir, "wrong.crt")).PingContext(ctx)
+	if err == nil || !strings.Contains(err.Error(), "certificate signed by unknown authority") {
+		t.Errorf("verify-full with another CA: %v, want an unknown-authority error", err)
+	}
+}

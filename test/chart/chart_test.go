@@ -128,7 +128,7 @@ func TestTemplateDefaults(t *testing.T) {
 		}
 	}
 	wantKinds := map[string]int{
-		"CustomResourceDefinition": 1, "ServiceAccount": 1, "ClusterRole": 3, "ClusterRoleBinding": 1,
+		"CustomResourceDefinition": 1, "ServiceAccount": 1, "ClusterRole": 5, "ClusterRoleBinding": 2,
 		"Role": 1, "RoleBinding": 1, "Deployment": 1, "Service": 1,
 	}
 	if !reflect.DeepEqual(kinds, wantKinds) {
@@ -152,7 +152,7 @@ func TestTemplateDefaults(t *testing.T) {
 		t.Errorf("image = %v, want %s", c["image"], wantImage)
 	}
 	args := stringsOf(c["args"])
-	for _, want := range []string{"manager", "--leader-elect", "--metrics-bind-address=:8080",
+	for _, want := range []string{"manager", "--leader-elect", "--metrics-bind-address=:8443",
 		"--health-probe-bind-address=:8081", "--receiver-image=" + wantImage} {
 		if !slices.Contains(args, want) {
 			t.Errorf("args %q lack %q", args, want)
@@ -259,8 +259,8 @@ func TestTemplateToggles(t *testing.T) {
 			t.Errorf("%d %s objects rendered, want none", n, kind)
 		}
 	}
-	if n := len(ofKind(objs, "ClusterRole")); n != 1 {
-		t.Errorf("%d ClusterRoles, want only the manager's", n)
+	if n := len(ofKind(objs, "ClusterRole")); n != 3 {
+		t.Errorf("%d ClusterRoles, want only the manager's and the metrics endpoint's two", n)
 	}
 	d := find(t, objs, "Deployment", "ehr-operator")
 	if args := stringsOf(managerContainer(t, d)["args"]); slices.Contains(args, "--leader-elect") {

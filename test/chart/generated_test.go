@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -87,20 +88,34 @@ func TestChartClusterRoleIsGeneratedRole(t *testing.T) {
 	if len(want) == 0 {
 		t.Fatal("config/rbac/role.yaml has no rules")
 	}
-	for _, tc := range []struct {
-		name, role string
-		args       []string
-	}{
-		{"default values", "rbac-ehr-operator-manager", nil},
-		{"every option", "all-on-manager", []string{"-f", allOnValues}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			manager := find(t, helmTemplate(t, "rbac", "ops", tc.args...), "ClusterRole", tc.role).Object
-			if diff := cmp.Diff(want, rulesOf(t, manager)); diff != "" {
-				t.Errorf("chart ClusterRole rules differ from config/rbac/role.yaml (-want +got):\n%s", diff)
+	t.Run("default values", func(t *testing.T) {
+		manager := find(t, helmTemplate(t, "rbac", "ops"), "ClusterRole", "rbac-ehr-operator-manager").Object
+		if diff := cmp.Diff(want, rulesOf(t, manager)); diff != "" {
+			t.Errorf("chart ClusterRole rules differ from config/rbac/role.yaml (-want +got):\n%s", diff)
+		}
+	})
+	// Namespaced mode: the same rules, in a Role in each watched namespace.
+	t.Run("every option", func(t *testing.T) {
+		objs := helmTemplate(t, "rbac", "ops", "-f", allOnValues)
+		var namespaces []string
+		for _, r := range ofKind(objs, "Role") {
+			if r.GetName() != "all-on-manager" {
+				continue
 			}
-		})
-	}
+			namespaces = append(namespaces, r.GetNamespace())
+			if diff := cmp.Diff(want, rulesOf(t, r.Object)); diff != "" {
+				t.Errorf("chart Role %s rules differ from config/rbac/role.yaml (-want +got):\n%s", r.GetNamespace(), diff)
+			}
+		}
+		if !slices.Equal(namespaces, []string{"ehr-a", "ehr-b"}) {
+			t.Errorf("manager Roles in %q, want the watched namespaces ehr-a and ehr-b", namespaces)
+		}
+		for _, r := range ofKind(objs, "ClusterRole") {
+			if r.GetName() == "all-on-manager" {
+				t.Error("namespaced mode rendered the manager's ClusterRole")
+			}
+		}
+	})
 }
 
 func rulesOf(t *testing.T, obj map[string]any) []rbacv1.PolicyRule {

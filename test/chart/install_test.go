@@ -118,7 +118,11 @@ func helmLifecycle(t *testing.T, ctx context.Context, c client.Client, kubeconfi
 	t.Run("helm test hook", func(t *testing.T) { helmTestHook(t, ctx, c, kubeconfig, "flow", "helm-flow") })
 
 	// Every option, under another full name so as not to clash with the
-	// rendered every-option set created later.
+	// rendered every-option set created later. Its Roles go into the
+	// watched namespaces, which helm does not create.
+	for _, ns := range []string{"ehr-a", "ehr-b"} {
+		ensureNamespace(t, ctx, c, ns)
+	}
 	if _, err := run(helm, append([]string{"upgrade", "flow", chartDir, "-f", allOnValues, "--set", "fullnameOverride=flow-all-on"}, common...)...); err != nil {
 		t.Fatalf("helm upgrade to every option: %v", err)
 	}
@@ -211,6 +215,7 @@ func startAPIServer(t *testing.T) (client.Client, *warningRecorder, string) {
 	if err != nil {
 		t.Fatalf("while creating a client: %v", err)
 	}
+	adminConfigs.Store(c, cfg)
 	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
 	if err := os.WriteFile(kubeconfig, env.KubeConfig, 0o600); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,420 @@
+package chart
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// TestManagerRunsAsTheChartsRBAC runs the real `ehr-operator manager`, with
+// the args of the chart's Deployment, as the chart's ServiceAccount (a token
+// from the TokenRequest API, as in a pod) holding exactly the RBAC the chart
+// renders, in each mode: cluster-wide (watchNamespaces empty) and namespaced.
+// It shows what the manager reconciles, which Secrets its identity can read,
+// and that its metrics answer only an authenticated, authorized scraper.
+func TestManagerRunsAsTheChartsRBAC(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "ehr-operator")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	build.Dir = repoRoot
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("while building ehr-operator: %v\n%s", err, out)
+	}
+	modes := []struct {
+		name, release, operatorNS, watched, other string
+		namespaced                                bool
+	}{
+		{name: "cluster-wide", release: "wide", operatorNS: "op-wide", watched: "wide-a", other: "wide-b"},
+		{name: "namespaced", release: "scoped", operatorNS: "op-scoped", watched: "scoped-a", other: "scoped-b", namespaced: true},
+	}
+	// Render before starting the API server: a template error needs none.
+	rendered := make([][]*unstructured.Unstructured, len(modes))
+	for i, m := range modes {
+		args := []string{"--set", "metrics.readers[0].name=prometheus", "--set", "metrics.readers[0].namespace=monitoring"}
+		if m.namespaced {
+			args = append(args, "--set", "watchNamespaces={"+m.watched+"}")
+		}
+		rendered[i] = helmTemplate(t, m.release, m.operatorNS, args...)
+	}
+	c, warnings, _ := startAPIServer(t)
+	cfg := adminConfig(t, c)
+	ctx := context.Background()
+
+	for i, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			objs := rendered[i]
+			// The identity and rights, as the chart grants them; nothing else.
+			var rbac []*unstructured.Unstructured
+			for _, o := range objs {
+				switch o.GetKind() {
+				case "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding":
+					rbac = append(rbac, o)
+				}
+			}
+			if got := len(ofKind(objs, "Role")); m.namespaced != (got > 1) {
+				t.Fatalf("%d Roles rendered (the leader election's and the watched namespaces')", got)
+			}
+			createAll(t, ctx, c, warnings, m.operatorNS, rbac)
+			saName := find(t, objs, "ServiceAccount", m.release+"-ehr-operator").GetName()
+			for _, ns := range []string{"monitoring", m.watched, m.other} {
+				ensureNamespace(t, ctx, c, ns)
+			}
+			for _, sa := range []types.NamespacedName{{Namespace: "monitoring", Name: "prometheus"}, {Namespace: "monitoring", Name: "stranger"}} {
+				if err := c.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: sa.Namespace, Name: sa.Name}}); err != nil && !apierrors.IsAlreadyExists(err) {
+					t.Fatal(err)
+				}
+			}
+			managerToken := serviceAccountToken(t, cfg, m.operatorNS, saName)
+
+			args := managerContainer(t, find(t, objs, "Deployment", m.release+"-ehr-operator"))["args"]
+			mgr := startManager(t, bin, stringsOf(args), cfg, managerToken, m.operatorNS)
+
+			for _, ns := range []string{m.watched, m.other} {
+				createIntegration(t, ctx, c, ns)
+			}
+			waitReconciled(t, ctx, c, m.watched, mgr)
+			if m.namespaced {
+				// The watched one was reconciled; give the other as long again.
+				time.Sleep(3 * time.Second)
+				if st := statusOf(t, ctx, c, m.other); st != nil {
+					t.Errorf("the EHRIntegration in unwatched namespace %s got a status: %v", m.other, st)
+				}
+				if err := c.Get(ctx, types.NamespacedName{Namespace: m.other, Name: "nexus-receiver"}, &unstructured.Unstructured{Object: map[string]any{"apiVersion": "apps/v1", "kind": "Deployment"}}); !apierrors.IsNotFound(err) {
+					t.Errorf("a receiver Deployment in unwatched namespace %s: %v", m.other, err)
+				}
+			} else {
+				waitReconciled(t, ctx, c, m.other, mgr)
+			}
+
+			// What the manager's identity can read: a real get with its token,
+			// and the API server's own answer for the same question.
+			asManager, err := kubernetes.NewForConfig(tokenConfig(cfg, managerToken))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for ns, want := range map[string]bool{m.watched: true, m.other: !m.namespaced, m.operatorNS: !m.namespaced} {
+				// The operator's namespace has no such Secret: NotFound is allowed.
+				_, err := asManager.CoreV1().Secrets(ns).Get(ctx, "nexus-webhook", metav1.GetOptions{})
+				if allowed := err == nil || apierrors.IsNotFound(err); allowed != want || (!want && !apierrors.IsForbidden(err)) {
+					t.Errorf("get Secret %s/nexus-webhook with the manager's token: err %v, want allowed=%v", ns, err, want)
+				}
+				for _, verb := range []string{"get", "list", "watch"} {
+					if got := canI(t, cfg, m.operatorNS, saName, verb, ns); got != want {
+						t.Errorf("SubjectAccessReview: manager may %s Secrets in %s = %v, want %v", verb, ns, got, want)
+					}
+				}
+			}
+			if got := canI(t, cfg, m.operatorNS, saName, "list", ""); got != !m.namespaced {
+				t.Errorf("SubjectAccessReview: manager may list Secrets in every namespace = %v, want %v", got, !m.namespaced)
+			}
+
+			checkMetricsAuth(t, cfg, mgr)
+			mgr.stop(t)
+		})
+	}
+}
+
+// checkMetricsAuth scrapes the manager's HTTPS metrics with no token, with
+// the token of a ServiceAccount the chart does not bind, and with that of
+// the one in metrics.readers.
+func checkMetricsAuth(t *testing.T, cfg *rest.Config, mgr *manager) {
+	t.Helper()
+	scrape := func(token string) (int, string) {
+		req, err := http.NewRequest(http.MethodGet, "https://"+mgr.metricsAddr+"/metrics", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		// The chart's default: a self-signed certificate made at start.
+		hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+			TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, Proxy: nil}} //nolint:gosec // the test scrapes the self-signed default
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatalf("scraping %s: %v", req.URL, err)
+		}
+		defer func() { _ = resp.Body.Close() }()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	// Plain HTTP is not served at all.
+	if resp, err := (&http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}).Get("http://" + mgr.metricsAddr + "/metrics"); err == nil {
+		_ = resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			t.Error("the metrics endpoint answered 200 over plain HTTP")
+		}
+	}
+	if code, body := scrape(""); code != http.StatusUnauthorized {
+		t.Errorf("scrape without a token: %d, want 401\n%.300s", code, body)
+	}
+	if code, body := scrape(serviceAccountToken(t, cfg, "monitoring", "stranger")); code != http.StatusForbidden {
+		t.Errorf("scrape as a ServiceAccount without metrics-reader: %d, want 403\n%.300s", code, body)
+	}
+	code, body := scrape(serviceAccountToken(t, cfg, "monitoring", "prometheus"))
+	if code != http.StatusOK || !strings.Contains(body, "controller_runtime_reconcile_total") {
+		t.Errorf("scrape as metrics.readers' ServiceAccount: %d, want 200 with controller_runtime_reconcile_total\n%.300s", code, body)
+	}
+}
+
+// manager is a running `ehr-operator manager` process.
+type manager struct {
+	cmd         *exec.Cmd
+	out         *syncBuffer
+	metricsAddr string
+	done        chan error
+	exitErr     error // the process's exit, once stopped
+	stopOnce    sync.Once
+}
+
+// startManager runs the binary with the Deployment's args, its listeners
+// moved to free local ports, as the holder of token.
+func startManager(t *testing.T, bin string, args []string, admin *rest.Config, token, podNamespace string) *manager {
+	t.Helper()
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	writeTokenKubeconfig(t, kubeconfig, admin, token)
+	m := &manager{out: &syncBuffer{}, done: make(chan error, 1), metricsAddr: freeAddr(t)}
+	var final []string
+	for _, a := range args {
+		switch {
+		case strings.HasPrefix(a, "--metrics-bind-address="):
+			a = "--metrics-bind-address=" + m.metricsAddr
+		case strings.HasPrefix(a, "--health-probe-bind-address="):
+			a = "--health-probe-bind-address=" + freeAddr(t)
+		}
+		final = append(final, a)
+	}
+	final = append(final, "--kubeconfig="+kubeconfig)
+	m.cmd = exec.Command(bin, final...)
+	m.cmd.Env = append(os.Environ(), "POD_NAMESPACE="+podNamespace)
+	m.cmd.Stdout, m.cmd.Stderr = m.out, m.out
+	if err := m.cmd.Start(); err != nil {
+		t.Fatalf("starting the manager: %v", err)
+	}
+	go func() { m.done <- m.cmd.Wait() }()
+	t.Cleanup(func() {
+		m.stop(t)
+		if t.Failed() {
+			t.Logf("manager args %q; its log:\n%s", final, m.out.String())
+		}
+	})
+	return m
+}
+
+func (m *manager) stop(t *testing.T) {
+	m.stopOnce.Do(func() {
+		_ = m.cmd.Process.Signal(os.Interrupt)
+		select {
+		case m.exitErr = <-m.done:
+		case <-time.After(15 * time.Second):
+			_ = m.cmd.Process.Kill()
+			m.exitErr = <-m.done
+			t.Error("the manager did not stop within 15s of SIGINT")
+		}
+	})
+}
+
+// createIntegration makes the Secrets and the EHRIntegration "nexus" in ns.
+func createIntegration(t *testing.T, ctx context.Context, c client.Client, ns string) {
+	t.Helper()
+	objs, err := decodeObjects([]byte(fmt.Sprintf(`
+apiVersion: v1
+kind: Secret
+metadata: {name: nexus-webhook, namespace: %[1]s}
+stringData:
+  api-key: 0123456789abcdef0123456789abcdef-api-key
+  webhook-secret: 0123456789abcdef0123456789abcdef-secret
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: appointments-db, namespace: %[1]s}
+stringData:
+  uri: postgres://appointments@appointments-rw.%[1]s.svc:5432/appointments?sslmode=require
+---
+apiVersion: ehr.insighthealth.io/v1alpha1
+kind: EHRIntegration
+metadata: {name: nexus, namespace: %[1]s}
+spec:
+  ehr: nexus-%[1]s
+  credentialsSecretRef: {name: nexus-webhook}
+  database:
+    secretRef: {name: appointments-db, key: uri}
+`, ns)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		if err := c.Create(ctx, o); err != nil {
+			t.Fatalf("creating %s %s/%s: %v", o.GetKind(), ns, o.GetName(), err)
+		}
+	}
+}
+
+// waitReconciled waits until the manager has made the receiver's children
+// and written a status for the current generation: as far as Ready goes
+// without pods (envtest runs no kubelet).
+func waitReconciled(t *testing.T, ctx context.Context, c client.Client, ns string, mgr *manager) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		var missing []string
+		for _, kind := range []struct{ apiVersion, kind string }{{"apps/v1", "Deployment"}, {"v1", "Service"}, {"v1", "ServiceAccount"}} {
+			o := &unstructured.Unstructured{}
+			o.SetAPIVersion(kind.apiVersion)
+			o.SetKind(kind.kind)
+			if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: "nexus-receiver"}, o); err != nil {
+				missing = append(missing, kind.kind+": "+err.Error())
+			}
+		}
+		st := statusOf(t, ctx, c, ns)
+		if st == nil {
+			missing = append(missing, "no status")
+		} else if conds, _ := st["conditions"].([]any); len(conds) == 0 {
+			missing = append(missing, "no conditions")
+		}
+		if len(missing) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after a minute the EHRIntegration in %s is not reconciled: %s\nmanager log:\n%s", ns, strings.Join(missing, "; "), mgr.out.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// statusOf returns the status of EHRIntegration nexus in ns, nil if none.
+func statusOf(t *testing.T, ctx context.Context, c client.Client, ns string) map[string]any {
+	t.Helper()
+	e := &unstructured.Unstructured{}
+	e.SetAPIVersion("ehr.insighthealth.io/v1alpha1")
+	e.SetKind("EHRIntegration")
+	if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: "nexus"}, e); err != nil {
+		t.Fatalf("reading EHRIntegration %s/nexus: %v", ns, err)
+	}
+	st, _, _ := unstructured.NestedMap(e.Object, "status")
+	if len(st) == 0 {
+		return nil
+	}
+	return st
+}
+
+// canI asks the API server whether ServiceAccount ns/name may verb Secrets
+// in secretsNS ("" for every namespace).
+func canI(t *testing.T, admin *rest.Config, ns, name, verb, secretsNS string) bool {
+	t.Helper()
+	cs, err := kubernetes.NewForConfig(admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sar, err := cs.AuthorizationV1().SubjectAccessReviews().Create(context.Background(), &authorizationv1.SubjectAccessReview{
+		Spec: authorizationv1.SubjectAccessReviewSpec{
+			User:   "system:serviceaccount:" + ns + ":" + name,
+			Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+			ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Namespace: secretsNS, Verb: verb, Resource: "secrets",
+			},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("SubjectAccessReview: %v", err)
+	}
+	return sar.Status.Allowed
+}
+
+// serviceAccountToken asks the TokenRequest API for a token of ns/name, as
+// the kubelet does for a pod.
+func serviceAccountToken(t *testing.T, admin *rest.Config, ns, name string) string {
+	t.Helper()
+	cs, err := kubernetes.NewForConfig(admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(context.Background(), name, &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("TokenRequest for %s/%s (envtest's API server signs ServiceAccount tokens): %v", ns, name, err)
+	}
+	return tr.Status.Token
+}
+
+// tokenConfig is admin's server and CA with a bearer token instead of its
+// client certificate.
+func tokenConfig(admin *rest.Config, token string) *rest.Config {
+	return &rest.Config{Host: admin.Host, BearerToken: token, TLSClientConfig: rest.TLSClientConfig{CAData: admin.CAData}}
+}
+
+func writeTokenKubeconfig(t *testing.T, path string, admin *rest.Config, token string) {
+	t.Helper()
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["envtest"] = &clientcmdapi.Cluster{Server: admin.Host, CertificateAuthorityData: admin.CAData}
+	kc.AuthInfos["manager"] = &clientcmdapi.AuthInfo{Token: token}
+	kc.Contexts["manager"] = &clientcmdapi.Context{Cluster: "envtest", AuthInfo: "manager"}
+	kc.CurrentContext = "manager"
+	if err := clientcmd.WriteToFile(*kc, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// adminConfig is the rest.Config of the envtest client c was made from.
+func adminConfig(t *testing.T, c client.Client) *rest.Config {
+	t.Helper()
+	cfg, ok := adminConfigs.Load(c)
+	if !ok {
+		t.Fatal("no rest.Config recorded for the API server's client")
+	}
+	return cfg.(*rest.Config)
+}
+
+// adminConfigs maps the clients startAPIServer returns to their config.
+var adminConfigs sync.Map
+
+// freeAddr returns a 127.0.0.1 address with a port nothing listens on now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = l.Close() }()
+	return l.Addr().String()
+}
+
+// syncBuffer is a bytes.Buffer safe for a process' output and the test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
