@@ -27,6 +27,9 @@ type Env struct {
 	NodeIP     string
 	PGDir      string
 	Helm       string // helm binary
+	// ChartSets are `--set key=value` pairs every InstallOperator passes,
+	// before its own (e.g. the receivers' database in their NetworkPolicy).
+	ChartSets []string
 	// StartedHere is true when Setup brought the cluster up (so the caller
 	// should tear it down), false when it was already running.
 	StartedHere bool
