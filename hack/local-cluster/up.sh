@@ -387,17 +387,17 @@ main() {
   start kubelet "$K8S_BIN/kubelet" --config "$c/kubelet.yaml" --kubeconfig "$c/kubelet.kubeconfig" \
     --root-dir "$STATE/kubelet" --node-ip "$NODE_IP" --hostname-override "$NODE_NAME" --v=1
   start kube-proxy "$K8S_BIN/kube-proxy" --config "$c/kube-proxy.yaml" --v=1
+
+  step "waiting for node $NODE_NAME to be Ready"
+  wait_for 120 "node $NODE_NAME" kubectl_ get node "$NODE_NAME"
   # NetworkPolicies are enforced by kube-router's firewall alone: no routing
   # (the CNI bridge does that), no service proxy (kube-proxy does that), no
-  # health or metrics listener.
+  # health or metrics listener. It exits if the node is not registered yet.
   step "starting kube-router (NetworkPolicy firewall only)"
   start kube-router "$KUBE_ROUTER_BIN" --run-firewall=true --run-router=false --run-service-proxy=false \
     --kubeconfig "$c/kube-router.kubeconfig" --hostname-override "$NODE_NAME" \
     --service-cluster-ip-range "$SERVICE_CIDR" --enable-cni=false --enable-ipv6=false \
     --health-port=0 --metrics-port=0 --v=1
-
-  step "waiting for node $NODE_NAME to be Ready"
-  wait_for 120 "node $NODE_NAME" kubectl_ get node "$NODE_NAME"
   wait_for 120 "node $NODE_NAME Ready" kubectl_ wait --for=condition=Ready "node/$NODE_NAME" --timeout=1s
   # Its first sync puts the jump into KUBE-ROUTER-FORWARD; from then on a
   # NetworkPolicy is enforced.

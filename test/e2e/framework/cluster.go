@@ -64,7 +64,11 @@ func Setup(ctx context.Context) (*Env, error) {
 		cmd := exec.CommandContext(ctx, filepath.Join(root, "hack/local-cluster/up.sh"))
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {
-			return nil, fmt.Errorf("while bringing the local cluster up (hack/local-cluster/up.sh): %w", err)
+			// A half-up cluster would outlive the caller's lock otherwise.
+			down := exec.CommandContext(ctx, filepath.Join(root, "hack/local-cluster/down.sh"))
+			down.Stdout, down.Stderr = os.Stderr, os.Stderr
+			_ = down.Run()
+			return nil, fmt.Errorf("while bringing the local cluster up (hack/local-cluster/up.sh; torn down again): %w", err)
 		}
 		fmt.Fprintf(os.Stderr, "e2e: cluster up in %s\n", time.Since(start).Round(time.Second))
 	}
