@@ -145,9 +145,10 @@ func (s *story) networkPolicy(t *testing.T) {
 	t.Logf("from %s/e2e-edge: %s and %s open", edgeNS, web, svcWeb)
 
 	// Egress: a debug container shares the receiver pod's network, so it
-	// may connect only where the receiver may. Every target listens: the
-	// database, the API server on the node, the API's ClusterIP, the edge
-	// pod and the manager's health port.
+	// may connect only where the receiver may. Every target listens, as
+	// the outsider (no policy of its own) shows first: the API server on
+	// the node, the API's ClusterIP, the edge pod and the manager's health
+	// port; then the database.
 	edgeIP := get(t, edgeNS, "pod", "e2e-edge", "{.status.podIP}")
 	mgr := readyPods(t, operatorNS, "app.kubernetes.io/name=ehr-operator")
 	if len(mgr) == 0 {
@@ -160,6 +161,18 @@ func (s *story) networkPolicy(t *testing.T) {
 	targets := make([]string, 0, len(want))
 	for a := range want {
 		targets = append(targets, a)
+	}
+	control, err := probeFrom(ctx, outsideNS, "e2e-outsider", targets...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("from %s/e2e-outsider: %v", outsideNS, control)
+	all := map[string]bool{}
+	for a := range want {
+		all[a] = true
+	}
+	if err := expectProbe("the outsider", control, all); err != nil {
+		t.Fatalf("a target does not listen, so its refusal below would prove nothing: %v", err)
 	}
 	container := "probe-" + strconv.FormatInt(time.Now().Unix(), 36)
 	kubectl(t, "", append([]string{"-n", ns, "debug", "pod/" + rpod, "--image=" + probeImage, "--image-pull-policy=Never",
