@@ -18,7 +18,7 @@ if [ ! -x "$bin" ]; then
   command -v go >/dev/null || { echo "error: go is not on PATH; install Go 1.26 first" >&2; exit 1; }
   mkdir -p "$dest"
   log() { printf '[build-kube-router %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-  log "building kube-router $KUBE_ROUTER_VERSION (a few minutes cold on 2 cores)"
+  log "building kube-router $KUBE_ROUTER_VERSION (once; it pulls in large modules such as the AWS SDK, so it takes a while cold)"
   start=$SECONDS
   # go install @version builds the module with its own go.mod (it has no
   # replace directives), outside any workspace of ours.

@@ -100,7 +100,7 @@ binaries() {
     K8S_VERSION="$K8S_VERSION" "$ROOT/hack/build-k8s-binaries.sh" "$K8S_BIN" "${missing[@]}"
   fi
   if [ ! -x "$KUBE_ROUTER_BIN" ]; then
-    step "building kube-router $KUBE_ROUTER_VERSION (once; a few minutes on 2 cores from empty caches)"
+    step "building kube-router $KUBE_ROUTER_VERSION (once; it pulls in large modules such as the AWS SDK, so it takes a while cold)"
     KUBE_ROUTER_VERSION="$KUBE_ROUTER_VERSION" "$ROOT/hack/build-kube-router.sh" "$(dirname "$KUBE_ROUTER_BIN")" >/dev/null
   fi
   if [ ! -f "$EHR_CACHE/pause.tar" ]; then
