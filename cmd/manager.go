@@ -38,6 +38,7 @@ type managerFlags struct {
 	leaderElectionNamespace string
 	receiverImage           string
 	maxConcurrentReconciles int
+	networkPolicyFile       string
 	zap                     zap.Options
 }
 
@@ -47,7 +48,8 @@ func newManagerCommand() *cobra.Command {
 		Use:   "manager",
 		Short: "Run the operator: reconcile EHRIntegrations into receivers",
 		Long: `Run the controller manager that turns each EHRIntegration into a receiver
-Deployment, Service, ServiceAccount, Ingress and PodDisruptionBudget.
+Deployment, Service, ServiceAccount, NetworkPolicy, Ingress and
+PodDisruptionBudget.
 
 Every flag falls back to an environment variable named after it
 (--receiver-image → RECEIVER_IMAGE). The receiver image falls back further
@@ -76,6 +78,8 @@ to OPERATOR_IMAGE, so receivers run the operator's own image.`,
 	fs.StringVar(&f.leaderElectionNamespace, "leader-election-namespace", "", "namespace of the leader election Lease (default: POD_NAMESPACE, else the pod's own namespace)")
 	fs.StringVar(&f.receiverImage, "receiver-image", "", "image of the receivers when an EHRIntegration sets no spec.image (default: OPERATOR_IMAGE)")
 	fs.IntVar(&f.maxConcurrentReconciles, "max-concurrent-reconciles", 2, "EHRIntegrations reconciled at once")
+	fs.StringVar(&f.networkPolicyFile, "receiver-network-policy", "", "YAML file of what each receiver's NetworkPolicy admits "+
+		"(the chart writes it from receiverNetworkPolicy); empty means the operator makes no NetworkPolicy")
 	gofs := goflag.NewFlagSet("manager", goflag.ContinueOnError)
 	f.zap.BindFlags(gofs)
 	if kc := goflag.CommandLine.Lookup("kubeconfig"); kc != nil {
@@ -113,6 +117,12 @@ func runManager(c *cobra.Command, f managerFlags) error {
 	if err != nil {
 		return fmt.Errorf("while creating the manager: %w", err)
 	}
+	var netpol *controllers.NetworkPolicyConfig
+	if f.networkPolicyFile != "" {
+		if netpol, err = controllers.LoadNetworkPolicyConfig(f.networkPolicyFile); err != nil {
+			return err
+		}
+	}
 	ctx, stop := signal.NotifyContext(c.Context(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
@@ -122,6 +132,7 @@ func runManager(c *cobra.Command, f managerFlags) error {
 		Recorder:                mgr.GetEventRecorder("ehr-operator"),
 		ReceiverImage:           f.receiverImage,
 		MaxConcurrentReconciles: f.maxConcurrentReconciles,
+		NetworkPolicy:           netpol,
 	}).SetupWithManager(ctx, mgr); err != nil {
 		return fmt.Errorf("while setting up the EHRIntegration controller: %w", err)
 	}
@@ -138,8 +149,12 @@ func runManager(c *cobra.Command, f managerFlags) error {
 	if !f.metricsSecure && f.metricsAddr != "0" {
 		log.Info("Metrics are served over plain HTTP to anyone (--metrics-secure=false): for local development only")
 	}
+	if netpol == nil || !netpol.Enabled {
+		log.Info("Receiver NetworkPolicies are off: receivers accept connections from anywhere and may connect anywhere; set --receiver-network-policy")
+	}
 	log.Info("Starting manager", "version", version.Version, "receiverImage", f.receiverImage,
-		"watchNamespaces", cmp.Or(strings.Join(f.watchNamespaces, ","), "(all)"))
+		"watchNamespaces", cmp.Or(strings.Join(f.watchNamespaces, ","), "(all)"),
+		"receiverNetworkPolicy", netpol != nil && netpol.Enabled)
 	if err := mgr.Start(ctx); err != nil {
 		return fmt.Errorf("while running the manager: %w", err)
 	}

@@ -1,7 +1,7 @@
 // Package controllers holds the EHRIntegration reconciler (architecture.md, "What the operator makes"): it
-// makes each EHRIntegration's receiver ServiceAccount, Deployment, Service,
-// Ingress or HTTPRoute, and PodDisruptionBudget, and reports on them in its
-// status.
+// makes each EHRIntegration's receiver ServiceAccount, NetworkPolicy,
+// Deployment, Service, Ingress or HTTPRoute, and PodDisruptionBudget, and
+// reports on them in its status.
 package controllers
 
 import (
@@ -79,6 +79,9 @@ type EHRIntegrationReconciler struct {
 
 	// gateways watches the Gateway API once the cluster serves it.
 	gateways *gatewayAPI
+	// NetworkPolicy is what each receiver's NetworkPolicy admits; nil or
+	// not Enabled means no NetworkPolicy (and those made before are deleted).
+	NetworkPolicy *NetworkPolicyConfig
 }
 
 // +kubebuilder:rbac:groups=ehr.insighthealth.io,resources=ehrintegrations,verbs=get;list;watch
@@ -95,6 +98,7 @@ type EHRIntegrationReconciler struct {
 // +kubebuilder:rbac:groups=gateway.networking.k8s.io,resources=httproutes,verbs=get;list;watch;create;patch;delete
 // Gateways are read for their listeners' protocols, never written.
 // +kubebuilder:rbac:groups=gateway.networking.k8s.io,resources=gateways,verbs=get;list;watch
+// +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile makes the children of one EHRIntegration match its spec and
@@ -343,8 +347,9 @@ func (r *EHRIntegrationReconciler) secret(ctx context.Context, ns, name, field s
 	return &s, nil, nil
 }
 
-// applyChildren creates or corrects every child, and deletes the Ingress,
-// HTTPRoute and PodDisruptionBudget when the spec no longer asks for them.
+// applyChildren creates or corrects every child, and deletes the
+// NetworkPolicy, Ingress, HTTPRoute and PodDisruptionBudget when they are no
+// longer wanted.
 func (r *EHRIntegrationReconciler) applyChildren(ctx context.Context, e *v1alpha1.EHRIntegration, image string,
 	versions v1alpha1.SecretVersions, obs *observation, written *[]string) error {
 	sa, res, err := applyChild(ctx, r.Client, e, buildServiceAccount(e), &corev1.ServiceAccount{}, corev1ac.ExtractServiceAccount, nil)
@@ -352,6 +357,18 @@ func (r *EHRIntegrationReconciler) applyChildren(ctx context.Context, e *v1alpha
 		return err
 	}
 	wrote(ctx, written, sa, res)
+
+	// The NetworkPolicy comes before the Deployment, so that no receiver pod
+	// runs unfenced.
+	if np := buildNetworkPolicy(e, r.NetworkPolicy); np != nil {
+		obj, res, err := applyChild(ctx, r.Client, e, np, &networkingv1.NetworkPolicy{}, networkingv1ac.ExtractNetworkPolicy, nil)
+		if err != nil {
+			return err
+		}
+		wrote(ctx, written, obj, res)
+	} else if err := r.deleteChild(ctx, e, written, &networkingv1.NetworkPolicy{}); err != nil {
+		return err
+	}
 
 	dep := buildDeployment(e, image, versions)
 	var keepReplicas func(*appsv1.Deployment, *appsv1ac.DeploymentApplyConfiguration)
@@ -531,6 +548,7 @@ func (r *EHRIntegrationReconciler) SetupWithManager(ctx context.Context, mgr ctr
 		Owns(&corev1.Service{}, changed).
 		Owns(&networkingv1.Ingress{}, changed).
 		Owns(&policyv1.PodDisruptionBudget{}, changed).
+		Owns(&networkingv1.NetworkPolicy{}, changed).
 		// Only Secrets' metadata is cached: enough to notice a change.
 		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.forSecret), builder.OnlyMetadata, changed).
 		// A change to one EHRIntegration may settle another's DuplicateEHR.

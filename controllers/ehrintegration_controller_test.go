@@ -927,7 +927,8 @@ func TestIdleManagerMakesNoWrites(t *testing.T) {
 	e := integration(ns, "nexus", "nexus")
 	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.example.com", TLSSecretName: "nexus-tls", Annotations: map[string]string{"a": "b"}}
 	create(t, credsSecret(ns), dbSecret(ns), e)
-	for _, obj := range []client.Object{&corev1.ServiceAccount{}, &appsv1.Deployment{}, &corev1.Service{}, &networkingv1.Ingress{}, &policyv1.PodDisruptionBudget{}} {
+	for _, obj := range []client.Object{&corev1.ServiceAccount{}, &appsv1.Deployment{}, &corev1.Service{}, &networkingv1.Ingress{},
+		&policyv1.PodDisruptionBudget{}, &networkingv1.NetworkPolicy{}} {
 		child(t, ns, "nexus", obj)
 	}
 	markAvailable(t, ns, "nexus")
@@ -936,7 +937,8 @@ func TestIdleManagerMakesNoWrites(t *testing.T) {
 	versions := func() map[string]string {
 		out := map[string]string{}
 		objs := map[string]client.Object{"EHRIntegration": &v1alpha1.EHRIntegration{}, "ServiceAccount": &corev1.ServiceAccount{},
-			"Deployment": &appsv1.Deployment{}, "Service": &corev1.Service{}, "Ingress": &networkingv1.Ingress{}, "PDB": &policyv1.PodDisruptionBudget{}}
+			"Deployment": &appsv1.Deployment{}, "Service": &corev1.Service{}, "Ingress": &networkingv1.Ingress{}, "PDB": &policyv1.PodDisruptionBudget{},
+			"NetworkPolicy": &networkingv1.NetworkPolicy{}}
 		for kind, obj := range objs {
 			name := "nexus-receiver"
 			if kind == "EHRIntegration" {

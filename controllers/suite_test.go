@@ -149,6 +149,10 @@ func setupSuite() error {
 		return fmt.Errorf("while creating the manager: %w", err)
 	}
 	suite.dbz = newFakeDBZ()
+	netpol, err := loadTestNetworkPolicy()
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &EHRIntegrationReconciler{
 		Client:                  mgr.GetClient(),
@@ -158,6 +162,7 @@ func setupSuite() error {
 		MaxConcurrentReconciles: 2,
 		DBZPort:                 suite.dbz.port,
 		DatabasePollInterval:    testDatabasePollInterval,
+		NetworkPolicy:           netpol,
 	}
 	if err := r.SetupWithManager(ctx, mgr); err != nil {
 		cancel()

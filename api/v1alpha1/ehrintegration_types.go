@@ -525,6 +525,15 @@ const (
 // creates the Deployment, resumes it from suspend, or suspends it.
 const AnnotationExternalReplicas = "ehr.insighthealth.io/external-replicas"
 
+// AnnotationNetworkPolicy, set to NetworkPolicyDisabled on an
+// EHRIntegration, keeps the operator from making the receiver's
+// NetworkPolicy (and deletes the one it made), for a namespace whose own
+// policies already govern the receiver.
+const AnnotationNetworkPolicy = "ehr.insighthealth.io/network-policy"
+
+// NetworkPolicyDisabled is the value of AnnotationNetworkPolicy that opts out.
+const NetworkPolicyDisabled = "disabled"
+
 // EHRIntegration provisions a webhook receiver for one EHR vendor: a
 // Deployment running `ehr-operator receiver`, its Service, ServiceAccount,
 // optional Ingress or HTTPRoute, and PodDisruptionBudget.

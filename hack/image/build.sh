@@ -5,6 +5,7 @@
 #   build.sh operator BINARY TAG OUT   the project image from a static bin/ehr-operator
 #   build.sh pause [OUT]               the pod sandbox (pause) image, tagged localhost/ehr-pause:1,
 #                                      by default into the local cluster's cache (hack/local-cluster/env.sh)
+#   build.sh probe OUT                 the e2e tests' network prober (hack/image/probe), tagged localhost/ehr-probe:1
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
@@ -29,6 +30,12 @@ case "${1:-}" in
     "$tmp/image" --binary "$tmp/pause" --path /pause --uid 65535 --version 1 \
       --tag localhost/ehr-pause:1 --out "$out"
     ;;
-  *) echo "usage: $0 operator BINARY TAG OUT | pause OUT" >&2; exit 2 ;;
+  probe)
+    out=${2:?out}
+    CGO_ENABLED=0 go -C hack build -trimpath -ldflags "-s -w" -o "$tmp/probe" ./image/probe
+    "$tmp/image" --binary "$tmp/probe" --path /probe --uid 65532 --version 1 \
+      --tag localhost/ehr-probe:1 --out "$out"
+    ;;
+  *) echo "usage: $0 operator BINARY TAG OUT | pause OUT | probe OUT" >&2; exit 2 ;;
 esac
 echo "wrote $out" >&2

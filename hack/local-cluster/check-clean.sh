@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks that the host is as it was before the local cluster's first
 # bring-up: no process of ours, and the same iptables rules (IPv4 and IPv6),
-# links, routes, mounts, kubepods cgroups, host paths and sysctls as the
+# ipsets, links, routes, mounts, kubepods cgroups, host paths and sysctls as the
 # baseline up.sh recorded. Prints each difference and exits 1 if any.
 #
 #   check-clean.sh              compare the host with the baseline
@@ -24,6 +24,7 @@ snapshot() {
   # Counters and comments are not state.
   iptables-save 2>/dev/null | grep -v '^#' | sed 's/ \[[0-9]*:[0-9]*\]$//' >"$d/iptables-v4"
   ip6tables-save 2>/dev/null | grep -v '^#' | sed 's/ \[[0-9]*:[0-9]*\]$//' >"$d/iptables-v6"
+  { ipset list -n 2>/dev/null || true; } | sort >"$d/ipsets"
   ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | sort >"$d/links"
   { ip -4 route show table all; ip -6 route show table all | sed 's/ expires [0-9]*sec//'; } | sort >"$d/routes"
   ip -4 -o addr show | awk '{print $2, $4}' | sort >"$d/addresses"
@@ -67,7 +68,7 @@ procs=$(our_processes)
 $procs"
 [ -e "$STATE" ] && report "state directory $STATE still exists"
 [ -e "$PG_DIR" ] && report "PostgreSQL directory $PG_DIR still exists"
-for f in iptables-v4 iptables-v6 links routes addresses mounts cgroups paths; do
+for f in iptables-v4 iptables-v6 ipsets links routes addresses mounts cgroups paths; do
   if ! out=$(diff -u "$BASELINE/$f" "$now/$f"); then
     report "$f differs from the baseline (- before the cluster, + now):
 $(echo "$out" | tail -n +3)"
@@ -79,6 +80,6 @@ $(echo "$out" | tail -n +3)"
 fi
 
 if [ $dirty = 0 ]; then
-  echo "clean: no process, mount, cgroup, link, address, route, iptables rule (v4/v6), host path or sysctl of the local cluster remains"
+  echo "clean: no process, mount, cgroup, link, address, route, iptables rule (v4/v6), ipset, host path or sysctl of the local cluster remains"
 fi
 exit $dirty

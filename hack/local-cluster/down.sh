@@ -167,6 +167,18 @@ iptables_cleanup() {
   return 0
 }
 
+# kube-router's ipsets (its iptables chains are KUBE-*, gone above): every
+# set that was not there before the cluster, once no rule refers to it.
+ipset_cleanup() {
+  command -v ipset >/dev/null || return 0
+  local s
+  for s in $(ipset list -n 2>/dev/null); do
+    grep -qx -- "$s" "$BASELINE/ipsets" 2>/dev/null && continue
+    ipset destroy "$s" 2>/dev/null || log "warning: could not destroy ipset $s"
+  done
+  return 0
+}
+
 network_down() {
   local l
   for l in "$CNI_BRIDGE" "$NODE_BRIDGE"; do ip link del "$l" 2>/dev/null; done
@@ -204,8 +216,8 @@ main() {
     return 0
   fi
   delete_workloads
-  step "stopping kubelet and kube-proxy"
-  stop kubelet kube-proxy kube-controller-manager kube-scheduler
+  step "stopping kubelet, kube-proxy and kube-router"
+  stop kubelet kube-proxy kube-router kube-controller-manager kube-scheduler
   step "stopping containers"
   kill_tasks
   step "stopping containerd, kube-apiserver, etcd and PostgreSQL"
@@ -225,6 +237,7 @@ main() {
   remove_cgroups
   step "removing network, iptables rules and host changes"
   iptables_cleanup
+  ipset_cleanup
   network_down
   restore_host
   rm -rf "$STATE"

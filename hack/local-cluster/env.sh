@@ -9,6 +9,10 @@ EHR_CACHE="${EHR_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ehr-operator}"
 # Built Kubernetes binaries live outside the repository, so a second bring-up
 # (and every clone) reuses them.
 K8S_BIN="${K8S_BIN:-$EHR_CACHE/k8s-$K8S_VERSION}"
+# kube-router, run only as the NetworkPolicy controller (its firewall), is
+# built from its Go module by hack/build-kube-router.sh into the cache.
+KUBE_ROUTER_VERSION="${KUBE_ROUTER_VERSION:-v2.1.0}"
+KUBE_ROUTER_BIN="$EHR_CACHE/bin/kube-router-$KUBE_ROUTER_VERSION"
 ENVTEST_STORE="${ENVTEST_ASSETS:-$HOME/.local/share/kubebuilder-envtest/k8s/$K8S_VERSION-linux-amd64}"
 # Everything a running cluster writes: certificates, kubeconfig, etcd data,
 # containerd root/state, kubelet root, logs, PIDs, and the host baseline.
@@ -45,7 +49,7 @@ SYSCTLS=(net.ipv4.ip_forward vm.overcommit_memory vm.panic_on_oom kernel.panic k
   net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables)
 
 # Order matters: teardown stops them in reverse.
-COMPONENTS=(etcd containerd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+COMPONENTS=(etcd containerd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kube-router)
 
 log() { printf '[local-cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }

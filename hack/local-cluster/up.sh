@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Brings up a real single-node Kubernetes cluster on this machine
 # (`make cluster-up`): etcd, containerd, kube-apiserver,
-# kube-controller-manager, kube-scheduler, kubelet and kube-proxy, from
-# binaries built from Kubernetes' Go modules (cached outside the repository),
+# kube-controller-manager, kube-scheduler, kubelet, kube-proxy and kube-router
+# (NetworkPolicies), from binaries built from their Go modules (cached
+# outside the repository),
 # with a bridge CNI network that cannot reach beyond this machine.
 #
 # Idempotent: a healthy cluster is left as it is; the remains of a run that
@@ -62,12 +63,12 @@ EOF
 
 check_tools() {
   local t missing=()
-  for t in containerd runc ctr iptables iptables-save ip6tables-save ip openssl conntrack curl setsid nft; do
+  for t in containerd runc ctr iptables iptables-save ip6tables-save ip openssl conntrack curl setsid nft ipset; do
     command -v "$t" >/dev/null || missing+=("$t")
   done
   for t in bridge host-local loopback; do [ -x "/usr/lib/cni/$t" ] || missing+=("/usr/lib/cni/$t"); done
   [ ${#missing[@]} -eq 0 ] && return 0
-  local pkgs=(containerd runc containernetworking-plugins iptables nftables conntrack socat openssl curl)
+  local pkgs=(containerd runc containernetworking-plugins iptables nftables conntrack socat openssl curl ipset)
   # A fresh machine (CI's included) gets them from Debian; containerd is not
   # started as a service (there is no systemd): up.sh runs its own.
   if command -v apt-get >/dev/null; then
@@ -97,6 +98,10 @@ binaries() {
   if [ ${#missing[@]} -gt 0 ]; then
     step "building ${missing[*]} into $K8S_BIN (once; about 12 minutes on 2 cores from empty caches)"
     K8S_VERSION="$K8S_VERSION" "$ROOT/hack/build-k8s-binaries.sh" "$K8S_BIN" "${missing[@]}"
+  fi
+  if [ ! -x "$KUBE_ROUTER_BIN" ]; then
+    step "building kube-router $KUBE_ROUTER_VERSION (once; it pulls in large modules such as the AWS SDK, so it takes a while cold)"
+    KUBE_ROUTER_VERSION="$KUBE_ROUTER_VERSION" "$ROOT/hack/build-kube-router.sh" "$(dirname "$KUBE_ROUTER_BIN")" >/dev/null
   fi
   if [ ! -f "$EHR_CACHE/pause.tar" ]; then
     step "building the pause image"
@@ -166,6 +171,9 @@ certs() {
   mk controller-manager system:kube-controller-manager "" clientAuth
   mk scheduler system:kube-scheduler "" clientAuth
   mk kube-proxy system:kube-proxy "" clientAuth
+  # kube-router watches pods, namespaces, policies, nodes and services, and
+  # writes nothing: an admin of this throwaway cluster under its own name.
+  mk kube-router kube-router system:masters clientAuth
   mk kubelet-client "system:node:$NODE_NAME" system:nodes clientAuth
   mk kubelet "$NODE_NAME" "" serverAuth "IP:$NODE_IP,DNS:$NODE_NAME"
   chmod 600 ./*.key
@@ -203,6 +211,7 @@ configs() {
   kubeconfig "$c/controller-manager.kubeconfig" controller-manager
   kubeconfig "$c/scheduler.kubeconfig" scheduler
   kubeconfig "$c/kube-proxy.kubeconfig" kube-proxy
+  kubeconfig "$c/kube-router.kubeconfig" kube-router
   kubeconfig "$c/kubelet.kubeconfig" kubelet-client
 
   cat >"$STATE/containerd/config.toml" <<EOF
@@ -381,7 +390,18 @@ main() {
 
   step "waiting for node $NODE_NAME to be Ready"
   wait_for 120 "node $NODE_NAME" kubectl_ get node "$NODE_NAME"
+  # NetworkPolicies are enforced by kube-router's firewall alone: no routing
+  # (the CNI bridge does that), no service proxy (kube-proxy does that), no
+  # health or metrics listener. It exits if the node is not registered yet.
+  step "starting kube-router (NetworkPolicy firewall only)"
+  start kube-router "$KUBE_ROUTER_BIN" --run-firewall=true --run-router=false --run-service-proxy=false \
+    --kubeconfig "$c/kube-router.kubeconfig" --hostname-override "$NODE_NAME" \
+    --service-cluster-ip-range "$SERVICE_CIDR" --enable-cni=false --enable-ipv6=false \
+    --health-port=0 --metrics-port=0 --v=1
   wait_for 120 "node $NODE_NAME Ready" kubectl_ wait --for=condition=Ready "node/$NODE_NAME" --timeout=1s
+  # Its first sync puts the jump into KUBE-ROUTER-FORWARD; from then on a
+  # NetworkPolicy is enforced.
+  wait_for 60 "kube-router's firewall" iptables -S KUBE-ROUTER-FORWARD
   step "waiting for the default ServiceAccount"
   wait_for 60 "ServiceAccount default" kubectl_ -n default get serviceaccount default
   step "up"

@@ -72,6 +72,7 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
 	}
+	env.ChartSets = pg.NetworkPolicySets()
 	if dbURL, err = pg.CreateDatabase(ctx, "e2e_appointments"); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
@@ -106,6 +107,7 @@ func TestEndToEnd(t *testing.T) {
 		{"OnboardTwoReplicas", s.onboard},
 		{"SendSpecExample", s.sendSpecExample},
 		{"ReceiverMetrics", s.receiverMetrics},
+		{"NetworkPolicyFencesReceivers", s.networkPolicy},
 		{"MissingSecretThenReady", s.missingSecretThenReady},
 		{"RotateWebhookSecret", s.rotateSecret},
 		{"DeleteReceiverPodDuringStream", s.deletePodDuringStream},

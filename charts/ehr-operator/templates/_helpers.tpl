@@ -80,3 +80,18 @@ wants strings, and `--set podAnnotations.revision=2` gives a number.
 {{- end }}
 {{- join "\n" $lines }}
 {{- end }}
+
+{{/*
+The manager's --receiver-network-policy file. The operator's own pods are
+added to metricsFrom (it reads the receivers' GET /dbz on that port), unless
+metricsFrom is empty, which already admits any source.
+*/}}
+{{- define "ehr-operator.receiverNetworkPolicy" -}}
+{{- $p := .Values.receiverNetworkPolicy -}}
+{{- $metricsFrom := $p.metricsFrom -}}
+{{- if $metricsFrom }}
+{{- $operator := dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" .Release.Namespace)) "podSelector" (dict "matchLabels" (include "ehr-operator.selectorLabels" . | fromYaml)) }}
+{{- $metricsFrom = append $metricsFrom $operator }}
+{{- end }}
+{{- dict "enabled" $p.enabled "webhookFrom" $p.webhookFrom "metricsFrom" $metricsFrom "dns" $p.dns "database" $p.database | toYaml }}
+{{- end }}

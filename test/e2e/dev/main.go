@@ -47,6 +47,7 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	env.ChartSets = pg.NetworkPolicySets()
 	dbURL, err := pg.CreateDatabase(ctx, "appointments")
 	if err != nil {
 		return err

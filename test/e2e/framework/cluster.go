@@ -27,6 +27,9 @@ type Env struct {
 	NodeIP     string
 	PGDir      string
 	Helm       string // helm binary
+	// ChartSets are `--set key=value` pairs every InstallOperator passes,
+	// before its own (e.g. the receivers' database in their NetworkPolicy).
+	ChartSets []string
 	// StartedHere is true when Setup brought the cluster up (so the caller
 	// should tear it down), false when it was already running.
 	StartedHere bool
@@ -61,7 +64,11 @@ func Setup(ctx context.Context) (*Env, error) {
 		cmd := exec.CommandContext(ctx, filepath.Join(root, "hack/local-cluster/up.sh"))
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {
-			return nil, fmt.Errorf("while bringing the local cluster up (hack/local-cluster/up.sh): %w", err)
+			// A half-up cluster would outlive the caller's lock otherwise.
+			down := exec.CommandContext(ctx, filepath.Join(root, "hack/local-cluster/down.sh"))
+			down.Stdout, down.Stderr = os.Stderr, os.Stderr
+			_ = down.Run()
+			return nil, fmt.Errorf("while bringing the local cluster up (hack/local-cluster/up.sh; torn down again): %w", err)
 		}
 		fmt.Fprintf(os.Stderr, "e2e: cluster up in %s\n", time.Since(start).Round(time.Second))
 	}

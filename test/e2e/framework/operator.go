@@ -31,7 +31,7 @@ func (e *Env) InstallOperator(ctx context.Context, ns, image string, set ...stri
 	args := []string{"upgrade", "--install", Release, filepath.Join(e.Root, "charts/ehr-operator"),
 		"--namespace", ns, "--create-namespace", "--wait", "--timeout", "3m",
 		"--set", "image.repository=" + repo, "--set", "image.tag=" + tag, "--set", "image.pullPolicy=Never"}
-	for _, s := range set {
+	for _, s := range append(append([]string(nil), e.ChartSets...), set...) {
 		args = append(args, "--set", s)
 	}
 	start := time.Now()

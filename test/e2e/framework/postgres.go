@@ -285,3 +285,14 @@ func randomHex(n int) string {
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }
+
+// NetworkPolicySets are the chart values that let the receivers' NetworkPolicy
+// reach this server, and only it: its address and port (for
+// Env.ChartSets).
+func (p *Postgres) NetworkPolicySets() []string {
+	return []string{
+		"receiverNetworkPolicy.database.to[0].ipBlock.cidr=" + p.Host + "/32",
+		"receiverNetworkPolicy.database.ports[0].port=" + strconv.Itoa(p.Port),
+		"receiverNetworkPolicy.database.ports[0].protocol=TCP",
+	}
+}

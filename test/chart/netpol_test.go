@@ -1,0 +1,107 @@
+package chart
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/insighthealth/ehr-operator/controllers"
+)
+
+const netpolFlag = "--receiver-network-policy=/etc/ehr-operator/receiver-network-policy/policy.yaml"
+
+// receiverNetworkPolicy renders the chart with args and reads the receivers'
+// network policy the way the manager does, from the file its flag names.
+func receiverNetworkPolicy(t *testing.T, args ...string) (*controllers.NetworkPolicyConfig, *unstructured.Unstructured) {
+	t.Helper()
+	objs := helmTemplate(t, "ehr-operator", "ops", args...)
+	cm := find(t, objs, "ConfigMap", "ehr-operator-receiver-network-policy")
+	text, _, _ := unstructured.NestedString(cm.Object, "data", "policy.yaml")
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := controllers.LoadNetworkPolicyConfig(path)
+	if err != nil {
+		t.Fatalf("the manager refuses the chart's policy file: %v\n%s", err, text)
+	}
+	return c, find(t, objs, "Deployment", "ehr-operator")
+}
+
+// The chart hands the manager a policy file it accepts, mounted where the
+// flag says, with the operator's own pods among the metrics peers.
+func TestReceiverNetworkPolicyFile(t *testing.T) {
+	c, d := receiverNetworkPolicy(t)
+	if !c.Enabled {
+		t.Error("receiver NetworkPolicies are off by default")
+	}
+	mc := managerContainer(t, d)
+	if !slices.Contains(stringsOf(mc["args"]), netpolFlag) {
+		t.Errorf("manager args %q lack %s", stringsOf(mc["args"]), netpolFlag)
+	}
+	mounts, _ := mc["volumeMounts"].([]any)
+	vols, _, _ := unstructured.NestedSlice(d.Object, "spec", "template", "spec", "volumes")
+	if len(mounts) != 1 || mounts[0].(map[string]any)["mountPath"] != "/etc/ehr-operator/receiver-network-policy" ||
+		len(vols) != 1 || vols[0].(map[string]any)["configMap"].(map[string]any)["name"] != "ehr-operator-receiver-network-policy" {
+		t.Errorf("the policy ConfigMap is not mounted at the flag's directory: mounts %v, volumes %v", mounts, vols)
+	}
+	if len(c.WebhookFrom) != 1 || c.WebhookFrom[0].NamespaceSelector.MatchLabels["kubernetes.io/metadata.name"] != "traefik" ||
+		c.WebhookFrom[0].PodSelector.MatchLabels["app.kubernetes.io/name"] != "traefik" {
+		t.Errorf("webhookFrom = %+v, want Traefik's pods in namespace traefik", c.WebhookFrom)
+	}
+	if len(c.MetricsFrom) != 2 {
+		t.Fatalf("metricsFrom = %+v, want monitoring and the operator", c.MetricsFrom)
+	}
+	op := c.MetricsFrom[1]
+	if op.NamespaceSelector.MatchLabels["kubernetes.io/metadata.name"] != "ops" {
+		t.Errorf("operator peer namespace %v, want the release namespace ops", op.NamespaceSelector)
+	}
+	if sel := op.PodSelector.MatchLabels; !reflect.DeepEqual(sel, podLabels(t, d, sel)) {
+		t.Errorf("operator peer %v does not select the manager pods", sel)
+	}
+	if len(c.Database.Ports) != 1 || c.Database.Ports[0].Port.IntValue() != 5432 || len(c.Database.To) != 0 {
+		t.Errorf("database = %+v, want port 5432 to any address", c.Database)
+	}
+
+	// Turned off, the file still goes to the manager, so it deletes the
+	// policies it made.
+	off, d := receiverNetworkPolicy(t, "--set", "receiverNetworkPolicy.enabled=false")
+	if off.Enabled || !slices.Contains(stringsOf(managerContainer(t, d)["args"]), netpolFlag) {
+		t.Errorf("enabled=false: config %+v, args %q", off, stringsOf(managerContainer(t, d)["args"]))
+	}
+	// Empty metricsFrom admits any source: no operator peer narrows it.
+	anyone, _ := receiverNetworkPolicy(t, "--set-json", "receiverNetworkPolicy.metricsFrom=[]")
+	if len(anyone.MetricsFrom) != 0 {
+		t.Errorf("metricsFrom=[] rendered %+v, want empty (any source)", anyone.MetricsFrom)
+	}
+	// A change of the policy rolls the manager, which reads it at start.
+	checksum := func(d *unstructured.Unstructured) string {
+		a, _, _ := unstructured.NestedStringMap(d.Object, "spec", "template", "metadata", "annotations")
+		return a["checksum/receiver-network-policy"]
+	}
+	if _, d2 := receiverNetworkPolicy(t, "--set", "receiverNetworkPolicy.database.to[0].ipBlock.cidr=10.0.0.5/32"); checksum(d2) == "" || checksum(d2) == checksum(d) {
+		t.Errorf("pod template checksum %q did not change with the policy (was %q)", checksum(d2), checksum(d))
+	}
+}
+
+// The schema refuses an egress target without ports (such a rule would
+// admit every port), an unknown protocol and a misspelt peer field.
+func TestReceiverNetworkPolicySchema(t *testing.T) {
+	for _, set := range []string{
+		`receiverNetworkPolicy.database.ports=[]`,
+		`receiverNetworkPolicy.database.ports=[{"port":5432,"protocol":"ICMP"}]`,
+		`receiverNetworkPolicy.dns={"to":[],"ports":[]}`,
+		`receiverNetworkPolicy.webhookFrom=[{"podSelektor":{}}]`,
+	} {
+		if _, err := run(helmBin(t), "template", "x", chartDir, "--set-json", set); err == nil {
+			t.Errorf("helm accepted --set-json %s", set)
+		} else if !strings.Contains(err.Error(), "receiverNetworkPolicy") {
+			t.Errorf("--set-json %s refused for another reason: %v", set, err)
+		}
+	}
+}
