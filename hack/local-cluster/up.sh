@@ -336,9 +336,10 @@ edge_up() {
     -e "s|@HTTPS_PORT@|$EDGE_HTTPS_PORT|g" -e "s|@HTTP_PORT@|$EDGE_HTTP_PORT|g" "$HERE/traefik.yaml" |
     kubectl_ apply -f - >/dev/null
   wait_for 120 "Traefik to be Ready" kubectl_ -n "$EDGE_NS" rollout status deployment/traefik --timeout=1s
-  # No route yet, so Traefik's own 404 over its default certificate.
+  # Nothing routes /, so the answer is Traefik's own 404 (over its default
+  # certificate) once kube-proxy forwards the node address to it.
   wait_for 30 "Traefik at https://$NODE_IP:$EDGE_HTTPS_PORT" \
-    bash -c "[ \"\$(curl -sk -o /dev/null -w '%{http_code}' https://$NODE_IP:$EDGE_HTTPS_PORT/)\" = 404 ]"
+    bash -c "[ \"\$(curl -sk -m 5 -o /dev/null -w '%{http_code}' https://$NODE_IP:$EDGE_HTTPS_PORT/)\" = 404 ]"
 }
 
 main() {
