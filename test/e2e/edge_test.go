@@ -47,6 +47,9 @@ func (s *story) onboardRouteTenant(t *testing.T) {
 		if st != "True" || ctrl != "traefik.io/gateway-controller" {
 			return fmt.Errorf("Accepted=%q by %q", st, ctrl)
 		}
+		if c := get(t, nsB, "ehrintegration", nameB, `{.status.conditions[?(@.type=="RouteAccepted")].status}`); c != "True" {
+			return fmt.Errorf("the EHRIntegration's RouteAccepted=%q", c)
+		}
 		return nil
 	})
 	endpoint := get(t, nsB, "ehrintegration", nameB, "{.status.endpoint}")
