@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/insighthealth/ehr-operator/api/v1alpha1"
 	"github.com/insighthealth/ehr-operator/controllers"
@@ -80,6 +81,9 @@ func runManager(c *cobra.Command, f managerFlags) error {
 	scheme := runtime.NewScheme()
 	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
 	utilruntime.Must(v1alpha1.AddToScheme(scheme))
+	// Registering the types needs no Gateway API on the cluster; the
+	// reconciler watches it only once it is served.
+	utilruntime.Must(gwv1.AddToScheme(scheme))
 
 	cfg, err := ctrl.GetConfig()
 	if err != nil {

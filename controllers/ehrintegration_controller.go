@@ -40,6 +40,7 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/insighthealth/ehr-operator/api/v1alpha1"
 	"github.com/insighthealth/ehr-operator/receiver/sizing"
@@ -74,6 +75,9 @@ type EHRIntegrationReconciler struct {
 	// DatabasePollInterval is how often an integration with running pods
 	// is looked at again; 0 means DefaultDatabasePollInterval.
 	DatabasePollInterval time.Duration
+
+	// gateways watches the Gateway API once the cluster serves it.
+	gateways *gatewayAPI
 }
 
 // +kubebuilder:rbac:groups=ehr.insighthealth.io,resources=ehrintegrations,verbs=get;list;watch
@@ -87,6 +91,9 @@ type EHRIntegrationReconciler struct {
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=ingresses,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups=gateway.networking.k8s.io,resources=httproutes,verbs=get;list;watch;create;patch;delete
+// Gateways are read for their listeners' protocols, never written.
+// +kubebuilder:rbac:groups=gateway.networking.k8s.io,resources=gateways,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile makes the children of one EHRIntegration match its spec and
@@ -268,8 +275,8 @@ func (r *EHRIntegrationReconciler) secret(ctx context.Context, ns, name, field s
 	return &s, nil, nil
 }
 
-// applyChildren creates or corrects every child, and deletes the Ingress
-// and PodDisruptionBudget when the spec no longer asks for them.
+// applyChildren creates or corrects every child, and deletes the Ingress,
+// HTTPRoute and PodDisruptionBudget when the spec no longer asks for them.
 func (r *EHRIntegrationReconciler) applyChildren(ctx context.Context, e *v1alpha1.EHRIntegration, image, hash string,
 	obs *observation, written *[]string) error {
 	sa, res, err := applyChild(ctx, r.Client, e, buildServiceAccount(e), &corev1.ServiceAccount{}, corev1ac.ExtractServiceAccount, nil)
@@ -330,6 +337,17 @@ func (r *EHRIntegrationReconciler) applyChildren(ctx context.Context, e *v1alpha
 		wrote(ctx, written, obj, res)
 	} else if err := r.deleteChild(ctx, e, written, &policyv1.PodDisruptionBudget{}); err != nil {
 		return err
+	}
+
+	// The route comes last: its problems (no Gateway API, no Gateway, a
+	// plain HTTP listener) concern it alone.
+	if e.Spec.Gateway != nil {
+		return r.reconcileRoute(ctx, e, obs, written)
+	}
+	if r.gateways.known() {
+		// Without the Gateway API served there can be no route to delete,
+		// and asking would cost a discovery request on every pass.
+		return r.deleteChild(ctx, e, written, &gwv1.HTTPRoute{})
 	}
 	return nil
 }
@@ -422,8 +440,13 @@ func (r *EHRIntegrationReconciler) SetupWithManager(ctx context.Context, mgr ctr
 	}); err != nil {
 		return fmt.Errorf("while indexing EHRIntegrations by ehr: %w", err)
 	}
+	if err := idx.IndexField(ctx, &v1alpha1.EHRIntegration{}, indexGateways, func(o client.Object) []string {
+		return gatewayKeys(o.(*v1alpha1.EHRIntegration))
+	}); err != nil {
+		return fmt.Errorf("while indexing EHRIntegrations by Gateway: %w", err)
+	}
 	changed := builder.WithPredicates(predicate.ResourceVersionChangedPredicate{})
-	return ctrl.NewControllerManagedBy(mgr).
+	c, err := ctrl.NewControllerManagedBy(mgr).
 		// A resync re-delivers every EHRIntegration, which is enough to put
 		// back drift nobody told us about; resyncs of the other kinds (same
 		// resourceVersion) would only repeat that, so they are dropped.
@@ -439,7 +462,12 @@ func (r *EHRIntegrationReconciler) SetupWithManager(ctx context.Context, mgr ctr
 		Watches(&v1alpha1.EHRIntegration{}, handler.EnqueueRequestsFromMapFunc(r.sameEHR), changed).
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.MaxConcurrentReconciles, 1)}).
 		Named("ehrintegration").
-		Complete(r)
+		Build(r)
+	if err != nil {
+		return err
+	}
+	// HTTPRoutes and Gateways are watched only once the cluster serves them.
+	return r.setupGatewayAPI(ctx, mgr, c)
 }
 
 // forSecret maps a Secret to the EHRIntegrations that reference it.

@@ -153,7 +153,9 @@ func TestAPIServerRefusesInvalidResources(t *testing.T) {
 		{"negative replicas", func(e *v1alpha1.EHRIntegration) { e.Spec.Replicas = ptr.To[int32](-1) }, "spec.replicas"},
 		{"unknown onInvalid", func(e *v1alpha1.EHRIntegration) { e.Spec.OnInvalid = "Drop" }, "spec.onInvalid"},
 		{"Local time zone", func(e *v1alpha1.EHRIntegration) { e.Spec.TimeZone = "Local" }, "spec.timeZone"},
-		{"bad ingress host", func(e *v1alpha1.EHRIntegration) { e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "Bad_Host.example.com"} }, "spec.ingress.host"},
+		{"bad ingress host", func(e *v1alpha1.EHRIntegration) {
+			e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "Bad_Host.example.com", TLSSecretName: "tls"}
+		}, "spec.ingress.host"},
 		{"database key ..", func(e *v1alpha1.EHRIntegration) { e.Spec.Database.SecretRef.Key = ".." }, "spec.database.secretRef.key"},
 		{"name starting with a digit", func(e *v1alpha1.EHRIntegration) { e.Name = "1nexus" }, "metadata.name"},
 		{"name too long for its Service", func(e *v1alpha1.EHRIntegration) { e.Name = strings.Repeat("n", 55) }, "metadata.name"},
@@ -610,7 +612,7 @@ func TestValuesRemovedFromTheSpecGo(t *testing.T) {
 	startSuite(t)
 	ns := newNamespace(t)
 	e := integration(ns, "nexus", "nexus")
-	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.example.com", Annotations: map[string]string{"a": "1", "b": "2"}}
+	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.example.com", TLSSecretName: "nexus-tls", Annotations: map[string]string{"a": "1", "b": "2"}}
 	e.Spec.Resources = &corev1.ResourceRequirements{Requests: corev1.ResourceList{
 		corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("64Mi")}}
 	create(t, credsSecret(ns), dbSecret(ns), e)
@@ -647,7 +649,7 @@ func TestChildrenWrittenBeforeServerSideApply(t *testing.T) {
 	startSuite(t)
 	ns := newNamespace(t)
 	e := integration(ns, "nexus", "nexus")
-	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.example.com", Annotations: map[string]string{"keep": "1"}}
+	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.example.com", TLSSecretName: "nexus-tls", Annotations: map[string]string{"keep": "1"}}
 	create(t, e) // no Secrets yet, so the operator makes nothing
 	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonSecretNotFound)
 
@@ -712,7 +714,7 @@ func TestIdleManagerMakesNoWrites(t *testing.T) {
 	startSuite(t)
 	ns := newNamespace(t)
 	e := integration(ns, "nexus", "nexus")
-	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.example.com", Annotations: map[string]string{"a": "b"}}
+	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.example.com", TLSSecretName: "nexus-tls", Annotations: map[string]string{"a": "b"}}
 	create(t, credsSecret(ns), dbSecret(ns), e)
 	for _, obj := range []client.Object{&corev1.ServiceAccount{}, &appsv1.Deployment{}, &corev1.Service{}, &networkingv1.Ingress{}, &policyv1.PodDisruptionBudget{}} {
 		child(t, ns, "nexus", obj)

@@ -423,12 +423,16 @@ func buildPDB(e *v1alpha1.EHRIntegration) *policyv1ac.PodDisruptionBudgetApplyCo
 			WithUnhealthyPodEvictionPolicy(policyv1.AlwaysAllow))
 }
 
-// endpointURL is where the EHR posts: through the Ingress when there is
-// one, otherwise the Service's in-cluster address.
-func endpointURL(e *v1alpha1.EHRIntegration) string {
+// endpointURL is where the EHR posts: through the Ingress or the Gateway
+// (its first hostname) with scheme when there is one, otherwise the
+// Service's in-cluster address.
+func endpointURL(e *v1alpha1.EHRIntegration, scheme string) string {
 	p := webhookPathPrefix(e) + "sync-appointments"
 	if e.Spec.Ingress != nil {
-		return "https://" + e.Spec.Ingress.Host + p
+		return scheme + "://" + e.Spec.Ingress.Host + p
+	}
+	if e.Spec.Gateway != nil && len(e.Spec.Gateway.Hostnames) > 0 {
+		return scheme + "://" + e.Spec.Gateway.Hostnames[0] + p
 	}
 	return fmt.Sprintf("http://%s.%s.svc:%d%s", childName(e), e.Namespace, httpPort, p)
 }

@@ -196,7 +196,7 @@ func TestBuildIngress(t *testing.T) {
 	if buildIngress(e) != nil {
 		t.Fatal("an Ingress without spec.ingress")
 	}
-	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.webhooks.example.com"}
+	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.webhooks.example.com", AllowInsecureHTTP: true}
 	ing := object(t, buildIngress(e), &networkingv1.Ingress{})
 	if ing.Spec.IngressClassName != nil || ing.Spec.TLS != nil {
 		t.Errorf("class %v tls %v, want neither", ing.Spec.IngressClassName, ing.Spec.TLS)
@@ -256,13 +256,29 @@ func TestBuildPDBAndService(t *testing.T) {
 
 func TestEndpointURL(t *testing.T) {
 	e := sample()
-	if got, want := endpointURL(e), "http://nexus-receiver.ehr.svc:8080/v2/webhooks/nexus/sync-appointments"; got != want {
-		t.Errorf("endpoint = %s, want %s", got, want)
+	check := func(o observation, want string) {
+		t.Helper()
+		if got := endpointURL(e, endpointScheme(e, o)); got != want {
+			t.Errorf("endpoint = %s, want %s", got, want)
+		}
 	}
-	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.webhooks.example.com"}
-	if got, want := endpointURL(e), "https://nexus.webhooks.example.com/v2/webhooks/nexus/sync-appointments"; got != want {
-		t.Errorf("endpoint = %s, want %s", got, want)
-	}
+	check(observation{}, "http://nexus-receiver.ehr.svc:8080/v2/webhooks/nexus/sync-appointments")
+	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.webhooks.example.com", TLSSecretName: "nexus-tls"}
+	check(observation{}, "https://nexus.webhooks.example.com/v2/webhooks/nexus/sync-appointments")
+	// Without a TLS Secret the Ingress serves plain HTTP, and says so.
+	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.webhooks.example.com", AllowInsecureHTTP: true}
+	check(observation{}, "http://nexus.webhooks.example.com/v2/webhooks/nexus/sync-appointments")
+
+	e.Spec.Ingress = nil
+	e.Spec.Gateway = &v1alpha1.GatewaySpec{ParentRefs: []v1alpha1.GatewayParentReference{{Name: "edge"}},
+		Hostnames: []string{"a.example.test", "b.example.test"}}
+	check(observation{scheme: "https"}, "https://a.example.test/v2/webhooks/nexus/sync-appointments")
+	check(observation{scheme: "http"}, "http://a.example.test/v2/webhooks/nexus/sync-appointments")
+	// Not looked at: https unless plain HTTP is allowed and was last seen.
+	check(observation{}, "https://a.example.test/v2/webhooks/nexus/sync-appointments")
+	e.Spec.Gateway.AllowInsecureHTTP = true
+	e.Status.Endpoint = "http://a.example.test/v2/webhooks/nexus/sync-appointments"
+	check(observation{}, "http://a.example.test/v2/webhooks/nexus/sync-appointments")
 }
 
 func TestSecretsHash(t *testing.T) {

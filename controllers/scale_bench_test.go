@@ -32,7 +32,7 @@ func BenchmarkReconcile200(b *testing.B) {
 		start := time.Now()
 		for j := range n {
 			e := integration(ns, fmt.Sprintf("ehr-%03d", j), fmt.Sprintf("ehr-%03d", j))
-			e.Spec.Ingress = &v1alpha1.IngressSpec{Host: fmt.Sprintf("ehr-%03d.example.com", j)}
+			e.Spec.Ingress = &v1alpha1.IngressSpec{Host: fmt.Sprintf("ehr-%03d.example.com", j), TLSSecretName: "ehr-tls"}
 			create(b, e)
 		}
 		created := time.Since(start)

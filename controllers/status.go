@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -9,8 +10,26 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
+
 	"github.com/insighthealth/ehr-operator/api/v1alpha1"
 )
+
+// endpointScheme is the scheme the edge serves e's host with: for an
+// Ingress, https exactly when it has a TLS Secret; for a Gateway, what its
+// listeners were seen to serve. Not looked at (a problem stood), a Gateway
+// that may serve plain HTTP keeps the scheme last reported.
+func endpointScheme(e *v1alpha1.EHRIntegration, o observation) string {
+	switch {
+	case e.Spec.Ingress != nil && e.Spec.Ingress.TLSSecretName == "":
+		return "http"
+	case e.Spec.Gateway != nil && o.scheme != "":
+		return o.scheme
+	case e.Spec.Gateway != nil && e.Spec.Gateway.AllowInsecureHTTP && strings.HasPrefix(e.Status.Endpoint, "http://"):
+		return "http"
+	}
+	return "https"
+}
 
 // problem is a reason the operator cannot make the receiver the spec asks
 // for. While one stands, the children are left as they are.
@@ -38,6 +57,12 @@ type observation struct {
 	// db is what the running receivers said of their database; nil when
 	// none runs or they were not asked (suspended, a problem stands).
 	db *dbObservation
+	// route is the receiver HTTPRoute as stored, nil when absent or not
+	// looked at.
+	route *gwv1.HTTPRoute
+	// scheme is the scheme the parent Gateways serve the route with; empty
+	// when they were not looked at.
+	scheme string
 }
 
 // computeStatus returns e's status for what was observed. It starts from
@@ -46,7 +71,7 @@ type observation struct {
 func computeStatus(e *v1alpha1.EHRIntegration, o observation) v1alpha1.EHRIntegrationStatus {
 	st := *e.Status.DeepCopy()
 	st.ObservedGeneration = e.Generation
-	st.Endpoint = endpointURL(e)
+	st.Endpoint = endpointURL(e, endpointScheme(e, o))
 	st.ReadyReplicas = 0
 	if o.deployment != nil {
 		st.ReadyReplicas = o.deployment.Status.ReadyReplicas
@@ -69,7 +94,7 @@ func computeStatus(e *v1alpha1.EHRIntegration, o observation) v1alpha1.EHRIntegr
 		set(v1alpha1.ConditionProgressing, metav1.ConditionFalse, p.reason, p.message)
 		set(v1alpha1.ConditionDegraded, metav1.ConditionTrue, p.reason, p.message)
 	default:
-		ready, readyReason, readyMsg := deploymentReady(o)
+		ready, readyReason, readyMsg := deploymentReady(e, o)
 		if ready {
 			set(v1alpha1.ConditionReady, metav1.ConditionTrue, readyReason, readyMsg)
 		} else {
@@ -87,6 +112,12 @@ func computeStatus(e *v1alpha1.EHRIntegration, o observation) v1alpha1.EHRIntegr
 			set(v1alpha1.ConditionDegraded, metav1.ConditionFalse, v1alpha1.ReasonReconciled, "every receiver object is as the spec asks")
 		}
 	}
+	if o.route != nil && o.problem == nil && !o.suspended {
+		s, reason, msg := routeAcceptance(e, o.route)
+		set(v1alpha1.ConditionRouteAccepted, s, reason, msg)
+	} else {
+		meta.RemoveStatusCondition(&st.Conditions, v1alpha1.ConditionRouteAccepted)
+	}
 	if o.db != nil {
 		s, reason, msg := databaseCondition(o.db)
 		set(v1alpha1.ConditionDatabaseReachable, s, reason, msg)
@@ -98,8 +129,9 @@ func computeStatus(e *v1alpha1.EHRIntegration, o observation) v1alpha1.EHRIntegr
 }
 
 // deploymentReady: Ready means the Deployment has seen its current spec and
-// has the desired replicas available, and the Ingress, if any, exists.
-func deploymentReady(o observation) (bool, string, string) {
+// has the desired replicas available, the Ingress, if any, exists, and the
+// HTTPRoute, if any, is accepted by its Gateways.
+func deploymentReady(e *v1alpha1.EHRIntegration, o observation) (bool, string, string) {
 	d := o.deployment
 	switch {
 	case d == nil:
@@ -113,6 +145,10 @@ func deploymentReady(o observation) (bool, string, string) {
 			fmt.Sprintf("%d of %d receiver pods available", d.Status.AvailableReplicas, o.wantReplicas)
 	case o.ingressMissing:
 		return false, v1alpha1.ReasonDeploymentUnavailable, "the receiver Ingress does not exist yet"
+	case o.route != nil:
+		if s, reason, msg := routeAcceptance(e, o.route); s != metav1.ConditionTrue {
+			return false, reason, msg
+		}
 	}
 	return true, v1alpha1.ReasonAvailable, fmt.Sprintf("%d of %d receiver pods available", d.Status.AvailableReplicas, o.wantReplicas)
 }

@@ -29,6 +29,7 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/insighthealth/ehr-operator/api/v1alpha1"
@@ -111,6 +112,9 @@ func setupSuite() error {
 	scheme := runtime.NewScheme()
 	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
 	utilruntime.Must(v1alpha1.AddToScheme(scheme))
+	utilruntime.Must(gwv1.AddToScheme(scheme))
+	// The Gateway API's CRDs are not installed here: the manager must start
+	// without them, and TestGatewayAPI installs them while it runs.
 	env := &envtest.Environment{
 		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
@@ -238,6 +242,9 @@ type writeCounter struct {
 	by    map[string]int
 	// reads counts GETs and LISTs (not watches).
 	reads int
+	// gatewayAPIReads counts the GETs and LISTs under the Gateway API's
+	// group, discovery included.
+	gatewayAPIReads int
 }
 
 func (w *writeCounter) wrap(rt http.RoundTripper) http.RoundTripper {
@@ -251,6 +258,9 @@ func (w *writeCounter) wrap(rt http.RoundTripper) http.RoundTripper {
 			w.by[req.Method+" "+resourceOf(req.URL.Path)]++
 		} else if req.URL.Query().Get("watch") != "true" {
 			w.reads++
+			if strings.HasPrefix(req.URL.Path, "/apis/gateway.networking.k8s.io") {
+				w.gatewayAPIReads++
+			}
 		}
 		w.mu.Unlock()
 		return rt.RoundTrip(req)

@@ -23,6 +23,7 @@ import (
 
 // EHRIntegrationSpec is what the platform team asks for: one webhook receiver
 // for one EHR vendor, with its credentials, database and limits.
+// +kubebuilder:validation:XValidation:rule="!(has(self.ingress) && has(self.gateway))",message="spec.ingress and spec.gateway are mutually exclusive: expose the receiver by an Ingress or by a Gateway API HTTPRoute, not both"
 type EHRIntegrationSpec struct {
 	// ehr is the EHR's identifier, the {ehr} segment of
 	// POST /v2/webhooks/{ehr}/sync-appointments, e.g. nexus or medicat.
@@ -75,10 +76,17 @@ type EHRIntegrationSpec struct {
 	// +optional
 	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
 
-	// ingress exposes the receiver at its own host. Without it no Ingress is
-	// made and the receiver is reachable only inside the cluster.
+	// ingress exposes the receiver at its own host through an Ingress.
+	// Without it (or gateway) the receiver is reachable only inside the
+	// cluster. Mutually exclusive with gateway.
 	// +optional
 	Ingress *IngressSpec `json:"ingress,omitempty"`
+
+	// gateway exposes the receiver through Gateway API Gateways: the
+	// operator makes an HTTPRoute attached to them. Mutually exclusive with
+	// ingress.
+	// +optional
+	Gateway *GatewaySpec `json:"gateway,omitempty"`
 
 	// limits bound what one EHR may send.
 	// +optional
@@ -137,6 +145,7 @@ type DatabaseSpec struct {
 }
 
 // IngressSpec describes the receiver's Ingress.
+// +kubebuilder:validation:XValidation:rule="(has(self.tlsSecretName) && self.tlsSecretName.size() > 0) || (has(self.allowInsecureHTTP) && self.allowInsecureHTTP)",message="spec.ingress.tlsSecretName is required: name the Secret holding the host's certificate (cert-manager can fill it), or set spec.ingress.allowInsecureHTTP: true to serve plain HTTP"
 type IngressSpec struct {
 	// host is the DNS name the EHR posts to, e.g. nexus.webhooks.example.com.
 	// +required
@@ -158,11 +167,73 @@ type IngressSpec struct {
 	Annotations map[string]string `json:"annotations,omitempty"`
 
 	// tlsSecretName names the Secret with the TLS certificate for host. The
-	// Ingress terminates TLS only when it is set.
+	// Ingress terminates TLS only when it is set; it is required unless
+	// allowInsecureHTTP is true.
 	// +optional
 	// +kubebuilder:validation:MaxLength=253
 	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
 	TLSSecretName string `json:"tlsSecretName,omitempty"`
+
+	// allowInsecureHTTP allows an Ingress without tlsSecretName, which
+	// serves the webhooks over plain HTTP. Meant for tests only: the
+	// requests carry patient data.
+	// +optional
+	AllowInsecureHTTP bool `json:"allowInsecureHTTP,omitempty"`
+}
+
+// GatewaySpec describes the receiver's HTTPRoute.
+type GatewaySpec struct {
+	// parentRefs are the Gateways (or some of their listeners) the route
+	// attaches to.
+	// +required
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=8
+	// +listType=atomic
+	ParentRefs []GatewayParentReference `json:"parentRefs"`
+
+	// hostnames are the DNS names the EHR posts to, e.g.
+	// nexus.webhooks.example.com; the first is the one status.endpoint shows.
+	// +required
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=16
+	// +listType=set
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=253
+	// +kubebuilder:validation:items:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	Hostnames []string `json:"hostnames"`
+
+	// allowInsecureHTTP allows the route to attach to a Gateway listener
+	// whose protocol is HTTP. Without it the operator makes no route while a
+	// listener it would attach to serves plain HTTP, and says so in the
+	// conditions (reason InsecureListener). Meant for tests only.
+	// +optional
+	AllowInsecureHTTP bool `json:"allowInsecureHTTP,omitempty"`
+}
+
+// GatewayParentReference names a Gateway, or one of its listeners.
+type GatewayParentReference struct {
+	// name is the Gateway's name.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	Name string `json:"name"`
+
+	// namespace is the Gateway's namespace; the EHRIntegration's when unset.
+	// The Gateway's listeners must allow routes from this namespace.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
+	Namespace string `json:"namespace,omitempty"`
+
+	// sectionName is the name of one listener of the Gateway; every
+	// listener that accepts the route when unset.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	SectionName string `json:"sectionName,omitempty"`
 }
 
 // LimitsSpec bounds what one EHR may send.
@@ -218,8 +289,8 @@ type EHRIntegrationStatus struct {
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
-	// conditions are Ready, Progressing, Degraded and, while receiver pods
-	// run, DatabaseReachable.
+	// conditions are Ready, Progressing, Degraded, while receiver pods run
+	// DatabaseReachable, and with spec.gateway RouteAccepted.
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -232,8 +303,10 @@ type EHRIntegrationStatus struct {
 	// +optional
 	ReadyReplicas int32 `json:"readyReplicas"`
 
-	// endpoint is the URL the EHR posts to: https://<ingress host>/v2/webhooks/<ehr>/sync-appointments
-	// with an Ingress, otherwise the receiver Service's in-cluster URL.
+	// endpoint is the URL the EHR posts to: <scheme>://<host>/v2/webhooks/<ehr>/sync-appointments
+	// with an Ingress (its host) or a Gateway (the first hostname), where the
+	// scheme is https only when the edge terminates TLS for that host;
+	// otherwise the receiver Service's in-cluster URL.
 	// +optional
 	Endpoint string `json:"endpoint,omitempty"`
 }
@@ -252,6 +325,10 @@ const (
 	// cannot reach their database, Unknown when none reports; present only
 	// while receiver pods run and the receiver can be made.
 	ConditionDatabaseReachable = "DatabaseReachable"
+	// ConditionRouteAccepted is True when every parent Gateway of
+	// spec.gateway accepted the receiver's HTTPRoute; present only with
+	// spec.gateway once the route exists.
+	ConditionRouteAccepted = "RouteAccepted"
 )
 
 // Condition reasons.
@@ -295,6 +372,24 @@ const (
 	// ReasonDatabaseStateUnknown: no receiver answered GET /dbz, or none
 	// has heard from the database yet.
 	ReasonDatabaseStateUnknown = "DatabaseStateUnknown"
+	// ReasonGatewayAPINotInstalled: spec.gateway is set but the cluster
+	// serves no Gateway API (gateway.networking.k8s.io/v1 Gateway and
+	// HTTPRoute); the operator looks again with a backoff.
+	ReasonGatewayAPINotInstalled = "GatewayAPINotInstalled"
+	// ReasonGatewayNotFound: a Gateway of spec.gateway.parentRefs does not
+	// exist.
+	ReasonGatewayNotFound = "GatewayNotFound"
+	// ReasonInsecureListener: a Gateway listener the route would attach to
+	// serves plain HTTP and spec.gateway.allowInsecureHTTP is not true.
+	ReasonInsecureListener = "InsecureListener"
+	// ReasonRouteAccepted: every parent Gateway accepted the HTTPRoute.
+	ReasonRouteAccepted = "Accepted"
+	// ReasonRouteNotAccepted: a parent Gateway refused the HTTPRoute; the
+	// message gives the Gateway's reason.
+	ReasonRouteNotAccepted = "RouteNotAccepted"
+	// ReasonRoutePending: a parent Gateway's controller has not reported
+	// on the HTTPRoute yet.
+	ReasonRoutePending = "RoutePending"
 )
 
 // AnnotationExternalReplicas, set to "true" on an EHRIntegration, hands the
@@ -305,7 +400,7 @@ const AnnotationExternalReplicas = "ehr.insighthealth.io/external-replicas"
 
 // EHRIntegration provisions a webhook receiver for one EHR vendor: a
 // Deployment running `ehr-operator receiver`, its Service, ServiceAccount,
-// optional Ingress and PodDisruptionBudget.
+// optional Ingress or HTTPRoute, and PodDisruptionBudget.
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:validation:XValidation:rule="self.metadata.name.size() <= 54 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",message="metadata.name must be a DNS label that starts with a letter and has at most 54 characters (its Service is named <name>-receiver)"
