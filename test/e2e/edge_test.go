@@ -68,7 +68,7 @@ func (s *story) onboardRouteTenant(t *testing.T) {
 // in PostgreSQL.
 func (s *story) sendThroughEdge(t *testing.T) {
 	for _, tn := range []struct{ host, ehr, key, secret string }{
-		{hostA, name, s.apiKey, s.newSecret},
+		{hostA, name, s.apiKey, s.oldSecret}, // the secret before RotateWebhookSecret
 		{hostB, nameB, s.apiKeyB, s.secretB},
 	} {
 		waitEdgeRoutes(t, tn.host, tn.ehr, s.ca.PEM)
@@ -97,7 +97,7 @@ func (s *story) sendThroughEdge(t *testing.T) {
 func (s *story) edgeKeepsTenantsApart(t *testing.T) {
 	for _, c := range []struct{ host, ehr, key, secret string }{
 		{hostA, nameB, s.apiKeyB, s.secretB}, // A's hostname, B's path
-		{hostB, name, s.apiKey, s.newSecret}, // B's hostname, A's path
+		{hostB, name, s.apiKey, s.oldSecret}, // B's hostname, A's path
 	} {
 		id := "cross-" + c.host + "-" + c.ehr
 		out, err := s.send(t, env.EdgeURL(c.host, c.ehr), s.caFile, c.host, c.key, c.secret, id)
@@ -111,7 +111,7 @@ func (s *story) edgeKeepsTenantsApart(t *testing.T) {
 	for _, host := range []string{hostA, hostB} {
 		ehr := map[string]string{hostA: name, hostB: nameB}[host]
 		id := "wrong-ca-" + ehr
-		out, err := s.send(t, env.EdgeURL(host, ehr), s.otherCAFile, host, s.apiKey, s.newSecret, id)
+		out, err := s.send(t, env.EdgeURL(host, ehr), s.otherCAFile, host, s.apiKey, s.oldSecret, id)
 		if err == nil || !strings.Contains(out+err.Error(), "certificate signed by unknown authority") {
 			t.Errorf("send to %s trusting another CA: %v, want the certificate refused\n%s", host, err, out)
 		}
