@@ -52,7 +52,7 @@ help: ## Show this help.
 ##@ Development
 
 .PHONY: setup
-setup: ## Install what development, tests and verify need (PostgreSQL via apt, tools in ./bin, envtest binaries).
+setup: ## Install what development, tests and verify need (PostgreSQL via apt, tools in ./bin, envtest binaries, the local cluster's Traefik).
 	hack/setup.sh
 
 .PHONY: postgres

@@ -2,12 +2,17 @@ package cmd
 
 import (
 	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -19,6 +24,8 @@ import (
 type sendFlags struct {
 	url, ehr, requestID string
 	apiKey, secret      *secretFlag
+	caCert              string
+	resolve             []string
 	timeout             time.Duration
 	dryRun              bool
 }
@@ -37,12 +44,21 @@ non-zero when the answer is not 2xx.
 <url>/v2/webhooks/<ehr>/sync-appointments, or the full endpoint (a path
 ending in /sync-appointments), used as it is.
 
+--cacert trusts only the CA certificates in FILE (PEM) for an https://
+URL, e.g. the local cluster's test CA; --resolve HOST:PORT:ADDR connects to
+ADDR whenever the URL names HOST:PORT, like curl's, while the TLS server
+name and the Host header stay HOST: how to reach a tenant's hostname at an
+ingress controller before DNS points at it.
+
 Every flag falls back to an environment variable named after it
 (--api-key → API_KEY, --secret-file → SECRET_FILE, …).`,
 		Example: `  ehr-operator send --url http://127.0.0.1:8080 --ehr nexus \
       --api-key-file creds/api-key --secret-file creds/webhook-secret example.json
   ehr-operator send --dry-run --url https://nexus.webhooks.example.com/v2/webhooks/nexus/sync-appointments \
-      --api-key "$KEY" --secret "$SECRET" example.json`,
+      --api-key "$KEY" --secret "$SECRET" example.json
+  ehr-operator send --url https://a.example.test:8443/v2/webhooks/nexus/sync-appointments \
+      --cacert ca.crt --resolve a.example.test:8443:10.231.0.1 \
+      --api-key-file creds/api-key --secret-file creds/webhook-secret example.json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			if err := bindEnv(c.Flags()); err != nil {
@@ -58,6 +74,8 @@ Every flag falls back to an environment variable named after it
 	f.secret = addSecretFlag(fs, "secret", "webhook secret the body is signed with", "the webhook secret")
 	fs.StringVar(&f.requestID, "request-id", "", "X-Request-ID to send (optional)")
 	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "time allowed for the whole request")
+	fs.StringVar(&f.caCert, "cacert", "", "PEM file of the CA certificates to trust instead of the system's (https:// only)")
+	fs.StringArrayVar(&f.resolve, "resolve", nil, "HOST:PORT:ADDR: connect to ADDR when the URL names HOST:PORT (repeatable)")
 	fs.BoolVar(&f.dryRun, "dry-run", false, "print the signature header and an equivalent curl command instead of sending")
 	return c
 }
@@ -86,6 +104,10 @@ func runSend(c *cobra.Command, f sendFlags, file string) error {
 	}
 	sig := auth.Sign([]byte(secret), body)
 	out := c.OutOrStdout()
+	client, err := sendClient(f.timeout, f.caCert, f.resolve)
+	if err != nil {
+		return err
+	}
 
 	if f.dryRun {
 		data := "@" + file
@@ -93,8 +115,15 @@ func runSend(c *cobra.Command, f sendFlags, file string) error {
 			data = "@- < FILE  # the same bytes that were signed"
 		}
 		fmt.Fprintf(out, "X-Webhook-Signature: %s\n\n", sig)
-		fmt.Fprintf(out, "curl -sS -X POST %s \\\n  -H 'Content-Type: application/json' \\\n  -H %s \\\n  -H %s \\\n",
-			shellQuote(endpoint), shellQuote("X-API-Key: "+key), shellQuote("X-Webhook-Signature: "+sig))
+		fmt.Fprintf(out, "curl -sS -X POST %s \\\n", shellQuote(endpoint))
+		if f.caCert != "" {
+			fmt.Fprintf(out, "  --cacert %s \\\n", shellQuote(f.caCert))
+		}
+		for _, r := range f.resolve {
+			fmt.Fprintf(out, "  --resolve %s \\\n", shellQuote(r))
+		}
+		fmt.Fprintf(out, "  -H 'Content-Type: application/json' \\\n  -H %s \\\n  -H %s \\\n",
+			shellQuote("X-API-Key: "+key), shellQuote("X-Webhook-Signature: "+sig))
 		if f.requestID != "" {
 			fmt.Fprintf(out, "  -H %s \\\n", shellQuote("X-Request-ID: "+f.requestID))
 		}
@@ -116,7 +145,7 @@ func runSend(c *cobra.Command, f sendFlags, file string) error {
 	if f.requestID != "" {
 		req.Header.Set("X-Request-ID", f.requestID)
 	}
-	resp, err := (&http.Client{Timeout: f.timeout}).Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return fmt.Errorf("while sending to %s: %w", endpoint, err)
 	}
@@ -156,6 +185,67 @@ func sendEndpoint(raw, ehr string) (string, error) {
 		return "", errors.New("--ehr (EHR) is required unless --url is the full endpoint")
 	}
 	return u.JoinPath("v2", "webhooks", ehr, "sync-appointments").String(), nil
+}
+
+// sendClient is the HTTP client of send: the default transport, trusting
+// only the CAs of caCert when it is set, and dialling the addresses resolve
+// names instead of looking hosts up.
+func sendClient(timeout time.Duration, caCert string, resolve []string) (*http.Client, error) {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	if caCert != "" {
+		pem, err := os.ReadFile(caCert)
+		if err != nil {
+			return nil, fmt.Errorf("--cacert: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--cacert: %s holds no PEM certificate", caCert)
+		}
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	if len(resolve) > 0 {
+		to := make(map[string]string, len(resolve))
+		for _, r := range resolve {
+			from, addr, err := parseResolve(r)
+			if err != nil {
+				return nil, err
+			}
+			to[from] = addr
+		}
+		dial := tr.DialContext
+		tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if a, ok := to[strings.ToLower(addr)]; ok {
+				addr = a
+			}
+			return dial(ctx, network, addr)
+		}
+		// A proxy would be dialled instead of the address asked for.
+		tr.Proxy = nil
+	}
+	return &http.Client{Timeout: timeout, Transport: tr}, nil
+}
+
+// parseResolve reads curl's HOST:PORT:ADDR and returns the dial address it
+// replaces ("host:port", lower case) and the one to dial instead
+// ("addr:port"). ADDR may be an IPv6 address in brackets.
+func parseResolve(s string) (from, to string, err error) {
+	bad := fmt.Errorf("--resolve %q: want HOST:PORT:ADDR, e.g. a.example.test:8443:10.231.0.1", s)
+	host, rest, ok := strings.Cut(s, ":")
+	if !ok || host == "" {
+		return "", "", bad
+	}
+	port, addr, ok := strings.Cut(rest, ":")
+	if !ok || addr == "" {
+		return "", "", bad
+	}
+	if n, perr := strconv.Atoi(port); perr != nil || n < 1 || n > 65535 {
+		return "", "", bad
+	}
+	addr = strings.TrimSuffix(strings.TrimPrefix(addr, "["), "]")
+	if net.ParseIP(addr) == nil {
+		return "", "", fmt.Errorf("--resolve %q: %q is not an IP address", s, addr)
+	}
+	return net.JoinHostPort(strings.ToLower(host), port), net.JoinHostPort(addr, port), nil
 }
 
 // shellQuote quotes s for a POSIX shell.

@@ -3,6 +3,7 @@
 # go-containerregistry (hack/image/main.go); no Docker engine is needed.
 #
 #   build.sh operator BINARY TAG OUT   the project image from a static bin/ehr-operator
+#   build.sh traefik BINARY TAG OUT    the local cluster's ingress controller from a static traefik
 #   build.sh pause [OUT]               the pod sandbox (pause) image, tagged localhost/ehr-pause:1,
 #                                      by default into the local cluster's cache (hack/local-cluster/env.sh)
 #   build.sh probe OUT                 the e2e tests' network prober (hack/image/probe), tagged localhost/ehr-probe:1
@@ -23,6 +24,12 @@ case "${1:-}" in
       --version "${tag##*:}" --tag "$tag" --out "$out" \
       --ca-certs /etc/ssl/certs/ca-certificates.crt --zoneinfo /usr/share/zoneinfo
     ;;
+  traefik)
+    bin=${2:?binary} tag=${3:?tag} out=${4:?out}
+    mkdir -p "$(dirname "$out")"
+    "$tmp/image" --binary "$bin" --path /traefik --uid 65532 \
+      --version "${tag##*:}" --tag "$tag" --out "$out" --source https://github.com/traefik/traefik
+    ;;
   pause)
     out=${2:-${EHR_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ehr-operator}/pause.tar}
     CGO_ENABLED=0 go -C hack build -trimpath -ldflags "-s -w" -o "$tmp/pause" ./image/pause
@@ -36,6 +43,6 @@ case "${1:-}" in
     "$tmp/image" --binary "$tmp/probe" --path /probe --uid 65532 --version 1 \
       --tag localhost/ehr-probe:1 --out "$out"
     ;;
-  *) echo "usage: $0 operator BINARY TAG OUT | pause OUT | probe OUT" >&2; exit 2 ;;
+  *) echo "usage: $0 operator BINARY TAG OUT | traefik BINARY TAG OUT | pause OUT | probe OUT" >&2; exit 2 ;;
 esac
 echo "wrote $out" >&2

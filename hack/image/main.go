@@ -40,6 +40,7 @@ type options struct {
 	out     string
 	uid     int
 	version string
+	source  string // org.opencontainers.image.source
 	caCerts string // CA bundle to copy to /etc/ssl/certs/ca-certificates.crt; empty: none
 	tzdata  string // zoneinfo directory to copy to /usr/share/zoneinfo; empty: none
 }
@@ -53,6 +54,7 @@ func main() {
 	flag.StringVar(&o.out, "out", "", "output tar file (required)")
 	flag.IntVar(&o.uid, "uid", 65532, "numeric user and group the image runs as")
 	flag.StringVar(&o.version, "version", "dev", "value of the org.opencontainers.image.version label")
+	flag.StringVar(&o.source, "source", "https://github.com/insighthealth/ehr-operator", "value of the org.opencontainers.image.source label")
 	flag.StringVar(&o.caCerts, "ca-certs", "", "CA bundle to include as /etc/ssl/certs/ca-certificates.crt")
 	flag.StringVar(&o.tzdata, "zoneinfo", "", "time-zone database directory to include as /usr/share/zoneinfo")
 	flag.Parse()
@@ -113,7 +115,7 @@ func build(o options) error {
 		Labels: map[string]string{
 			"org.opencontainers.image.title":   strings.TrimPrefix(o.path, "/"),
 			"org.opencontainers.image.version": o.version,
-			"org.opencontainers.image.source":  "https://github.com/insighthealth/ehr-operator",
+			"org.opencontainers.image.source":  o.source,
 		},
 	}
 	if img, err = mutate.ConfigFile(img, cf); err != nil {

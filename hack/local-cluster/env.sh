@@ -39,6 +39,18 @@ GUARD_CHAIN=EHR-LOCAL-GUARD
 # down.sh stops it with the cluster.
 PG_DIR="${EHR_CLUSTER_PG_DIR:-/var/tmp/ehr-local-cluster-postgres}"
 
+# The edge: Traefik, the cluster's ingress controller (README.md, "The
+# edge"), built by hack/build-traefik.sh into the cache; the Gateway API CRDs
+# (standard channel) come from the Go module cache. HTTPS (and plain HTTP for
+# Gateway listeners that ask for it) is reachable at the node address only.
+TRAEFIK_VERSION="${TRAEFIK_VERSION:-v3.6.12}"
+TRAEFIK_IMAGE="localhost/traefik:$TRAEFIK_VERSION"
+TRAEFIK_TAR="$EHR_CACHE/traefik-$TRAEFIK_VERSION/traefik-image.tar"
+GATEWAY_API_VERSION="${GATEWAY_API_VERSION:-v1.4.1}"
+EDGE_NS=traefik
+EDGE_HTTPS_PORT=8443
+EDGE_HTTP_PORT=8000
+
 CONTAINERD_SOCK="$STATE/containerd/containerd.sock"
 PAUSE_IMAGE="localhost/ehr-pause:1"
 

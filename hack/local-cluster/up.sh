@@ -3,8 +3,9 @@
 # (`make cluster-up`): etcd, containerd, kube-apiserver,
 # kube-controller-manager, kube-scheduler, kubelet, kube-proxy and kube-router
 # (NetworkPolicies), from binaries built from their Go modules (cached
-# outside the repository),
-# with a bridge CNI network that cannot reach beyond this machine.
+# outside the repository), with a bridge CNI network that cannot reach
+# beyond this machine, and Traefik as its ingress controller (Ingress and
+# Gateway API) at the node address.
 #
 # Idempotent: a healthy cluster is left as it is; the remains of a run that
 # died half-way are torn down first. `hack/local-cluster/down.sh` removes
@@ -53,6 +54,7 @@ print_access() {
   cat >&2 <<EOF
 
 Local cluster ready (Kubernetes v$K8S_VERSION, node $NODE_NAME at $NODE_IP).
+Edge: Traefik $TRAEFIK_VERSION (IngressClass and GatewayClass traefik) at https://$NODE_IP:$EDGE_HTTPS_PORT
   export KUBECONFIG=$KUBECONFIG_PATH
   export PATH=$K8S_BIN:\$PATH     # kubectl v$K8S_VERSION
   kubectl get nodes,pods -A
@@ -102,6 +104,12 @@ binaries() {
   if [ ! -x "$KUBE_ROUTER_BIN" ]; then
     step "building kube-router $KUBE_ROUTER_VERSION (once; it pulls in large modules such as the AWS SDK, so it takes a while cold)"
     KUBE_ROUTER_VERSION="$KUBE_ROUTER_VERSION" "$ROOT/hack/build-kube-router.sh" "$(dirname "$KUBE_ROUTER_BIN")" >/dev/null
+  fi
+  if [ ! -f "$TRAEFIK_TAR" ]; then
+    local traefik
+    traefik=$(TRAEFIK_VERSION="$TRAEFIK_VERSION" "$ROOT/hack/build-traefik.sh")
+    step "packing Traefik $TRAEFIK_VERSION into image $TRAEFIK_IMAGE"
+    "$ROOT/hack/image/build.sh" traefik "$traefik" "$TRAEFIK_IMAGE" "$TRAEFIK_TAR"
   fi
   if [ ! -f "$EHR_CACHE/pause.tar" ]; then
     step "building the pause image"
@@ -321,6 +329,27 @@ iptables: {localhostNodePorts: false, masqueradeAll: false}
 EOF
 }
 
+# The edge: the Gateway API CRDs of the version Traefik speaks, then Traefik
+# itself (traefik.yaml), Ready and answering at the node address.
+edge_up() {
+  local crds
+  crds=$(cd / && go mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  [ -d "$crds/config/crd/standard" ] || die "no Gateway API CRDs: go mod download sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION failed"
+  step "installing the Gateway API $GATEWAY_API_VERSION CRDs (standard channel)"
+  kubectl_ apply --server-side -f "$crds/config/crd/standard" >/dev/null
+  kubectl_ wait --for=condition=Established --timeout=60s -f "$crds/config/crd/standard" >/dev/null
+  step "starting Traefik $TRAEFIK_VERSION (namespace $EDGE_NS)"
+  ctr_ images import "$TRAEFIK_TAR" >/dev/null
+  sed -e "s|@NODE_IP@|$NODE_IP|g" -e "s|@IMAGE@|$TRAEFIK_IMAGE|g" \
+    -e "s|@HTTPS_PORT@|$EDGE_HTTPS_PORT|g" -e "s|@HTTP_PORT@|$EDGE_HTTP_PORT|g" "$HERE/traefik.yaml" |
+    kubectl_ apply -f - >/dev/null
+  wait_for 120 "Traefik to be Ready" kubectl_ -n "$EDGE_NS" rollout status deployment/traefik --timeout=1s
+  # Nothing routes /, so the answer is Traefik's own 404 (over its default
+  # certificate) once kube-proxy forwards the node address to it.
+  wait_for 30 "Traefik at https://$NODE_IP:$EDGE_HTTPS_PORT" \
+    bash -c "[ \"\$(curl -sk -m 5 -o /dev/null -w '%{http_code}' https://$NODE_IP:$EDGE_HTTPS_PORT/)\" = 404 ]"
+}
+
 main() {
   check_tools
   if healthy; then
@@ -404,6 +433,7 @@ main() {
   wait_for 60 "kube-router's firewall" iptables -S KUBE-ROUTER-FORWARD
   step "waiting for the default ServiceAccount"
   wait_for 60 "ServiceAccount default" kubectl_ -n default get serviceaccount default
+  edge_up
   step "up"
   print_access
 }

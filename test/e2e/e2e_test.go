@@ -23,6 +23,13 @@ const (
 	ns         = "ehr-e2e" // not "ehr", which `make dev` uses
 	name       = "nexus"   // the EHRIntegration, and its spec.ehr
 	receiver   = name + "-receiver"
+	// The second tenant, exposed by an HTTPRoute on the edge Gateway while
+	// nexus is exposed by an Ingress; each has its own hostname.
+	nsB       = "ehr-e2e-b"
+	nameB     = "cedar"
+	receiverB = nameB + "-receiver"
+	hostA     = name + ".ehr-e2e.test"
+	hostB     = nameB + ".ehr-e2e.test"
 )
 
 var (
@@ -78,7 +85,8 @@ func run(m *testing.M) int {
 		return 1
 	}
 	// A previous run's leftovers (a kept cluster) must not leak into this one.
-	_, _ = env.Kubectl(ctx, "", "delete", "namespace", ns, "--ignore-not-found", "--wait=true", "--timeout=120s")
+	_, _ = env.Kubectl(ctx, "", "delete", "namespace", ns, nsB, "--ignore-not-found", "--wait=true", "--timeout=120s")
+	_, _ = env.Kubectl(ctx, "", "-n", env.EdgeNamespace, "delete", "gateway/"+framework.EdgeGateway, "secret/"+nameB+"-tls", "--ignore-not-found")
 	out, err := env.InstallOperator(ctx, operatorNS, image)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err, "\n", out)
@@ -96,7 +104,7 @@ func TestEndToEnd(t *testing.T) {
 	s := newStory(t)
 	defer func() {
 		if t.Failed() {
-			env.Dump(ctx, os.Stderr, operatorNS, ns)
+			env.Dump(ctx, os.Stderr, operatorNS, ns, nsB, env.EdgeNamespace)
 		}
 	}()
 	steps := []struct {
@@ -108,12 +116,16 @@ func TestEndToEnd(t *testing.T) {
 		{"SendSpecExample", s.sendSpecExample},
 		{"ReceiverMetrics", s.receiverMetrics},
 		{"NetworkPolicyFencesReceivers", s.networkPolicy},
+		{"OnboardRouteTenant", s.onboardRouteTenant},
+		{"SendThroughEdge", s.sendThroughEdge},
+		{"EdgeKeepsTenantsApart", s.edgeKeepsTenantsApart},
 		{"MissingSecretThenReady", s.missingSecretThenReady},
 		{"RotateWebhookSecret", s.rotateSecret},
 		{"DeleteReceiverPodDuringStream", s.deletePodDuringStream},
 		{"DatabaseOutageUnderLoad", s.databaseOutage},
 		{"SuspendAndResume", s.suspendResume},
 		{"HelmUpgradeKeepsReceiversServing", s.helmUpgrade},
+		{"DeleteRouteTenant", s.deleteRouteTenant},
 		{"DeleteCollectsChildren", s.deleteIntegration},
 	}
 	for _, st := range steps {

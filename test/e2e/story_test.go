@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -29,11 +30,16 @@ import (
 	"github.com/insighthealth/ehr-operator/test/e2e/framework"
 )
 
-// story holds what the steps share: the credentials the "EHR" signs with
-// and the receivers' database.
+// story holds what the steps share: the credentials the "EHR" signs with,
+// the receivers' database, and the edge's throwaway CA (its certificate in
+// caFile, for `send --cacert`) with the two tenants' certificates.
 type story struct {
 	apiKey, oldSecret, newSecret string
+	apiKeyB, secretB             string
 	db                           *sql.DB
+	ca                           *framework.CA
+	certA, certB                 framework.Cert
+	dir, caFile, otherCAFile     string
 }
 
 func newStory(t *testing.T) *story {
@@ -42,7 +48,32 @@ func newStory(t *testing.T) *story {
 		t.Fatalf("while opening the receivers' database: %v", err)
 	}
 	t.Cleanup(func() { _ = db.Close() })
-	return &story{apiKey: randHex(t), oldSecret: randHex(t), newSecret: randHex(t), db: db}
+	s := &story{apiKey: randHex(t), oldSecret: randHex(t), newSecret: randHex(t), apiKeyB: randHex(t), secretB: randHex(t),
+		db: db, dir: t.TempDir()}
+	if s.ca, err = framework.NewCA("ehr-e2e edge CA"); err != nil {
+		t.Fatal(err)
+	}
+	other, err := framework.NewCA("a CA that signed nothing here")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.certA, err = s.ca.Issue(hostA); err != nil {
+		t.Fatal(err)
+	}
+	if s.certB, err = s.ca.Issue(hostB); err != nil {
+		t.Fatal(err)
+	}
+	s.caFile, s.otherCAFile = s.writeFile(t, "ca.crt", s.ca.PEM), s.writeFile(t, "other-ca.crt", other.PEM)
+	return s
+}
+
+func (s *story) writeFile(t *testing.T, name string, b []byte) string {
+	t.Helper()
+	p := filepath.Join(s.dir, name)
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 func (s *story) managerRuns(t *testing.T) {
@@ -75,14 +106,15 @@ func (s *story) managerRuns(t *testing.T) {
 
 func (s *story) onboard(t *testing.T) {
 	kubectl(t, framework.Onboarding{Namespace: ns, Name: name, DatabaseURL: dbURL, APIKey: s.apiKey,
-		WebhookSecret: s.oldSecret, TimeZone: "America/New_York", Replicas: 2}.YAML(), "apply", "-f", "-")
+		WebhookSecret: s.oldSecret, TimeZone: "America/New_York", Replicas: 2,
+		Edge: &framework.Exposure{Host: hostA, Cert: s.certA}}.YAML(), "apply", "-f", "-")
 	waitIntegrationReady(t, 2)
 	endpoint := get(t, ns, "ehrintegration", name, "{.status.endpoint}")
-	if !strings.HasSuffix(endpoint, "/v2/webhooks/"+name+"/sync-appointments") {
-		t.Errorf("status.endpoint = %q, want a URL ending in /v2/webhooks/%s/sync-appointments", endpoint, name)
+	if want := "https://" + hostA + "/v2/webhooks/" + name + "/sync-appointments"; endpoint != want {
+		t.Errorf("status.endpoint = %q, want %q", endpoint, want)
 	}
 	uid := get(t, ns, "ehrintegration", name, "{.metadata.uid}")
-	for _, kind := range []string{"deployment", "service", "serviceaccount", "poddisruptionbudget"} {
+	for _, kind := range []string{"deployment", "service", "serviceaccount", "poddisruptionbudget", "ingress"} {
 		if owner := get(t, ns, kind, receiver, "{.metadata.ownerReferences[0].uid}"); owner != uid {
 			t.Errorf("%s/%s is owned by %q, want the EHRIntegration %q", kind, receiver, owner, uid)
 		}
@@ -334,15 +366,16 @@ func (s *story) deletePodDuringStream(t *testing.T) {
 	s.checkStream(t, res)
 }
 
-// databaseOutage stops PostgreSQL under load from two senders. Every answer
-// a vendor sees must be 200 or the receiver's own 503 with Retry-After; a
-// receiver pod deleted during the outage must come back without restarts;
-// once PostgreSQL is back, every acknowledged appointment is stored and the
-// DatabaseReachable condition clears.
+// databaseOutage stops PostgreSQL under load from two senders that post
+// over HTTPS through the edge, as vendors do. Every answer a vendor sees
+// must be 200 or the receiver's own 503 with Retry-After (never an error of
+// the proxy); a receiver pod deleted during the outage must come back
+// without restarts; once PostgreSQL is back, every acknowledged appointment
+// is stored and the DatabaseReachable condition clears.
 func (s *story) databaseOutage(t *testing.T) {
 	ctx := context.Background()
 	sel := selectorOf(t, ns, receiver)
-	ld := startOutageLoad(receiverURL(t), s.apiKey, s.newSecret, "outage", 2)
+	ld := startOutageLoad(env.EdgeClient(s.ca.PEM), env.EdgeURL(hostA, name), s.apiKey, s.newSecret, "outage", 2)
 	stopped := false
 	defer func() {
 		if !stopped {
@@ -482,7 +515,8 @@ func (s *story) deleteIntegration(t *testing.T) {
 	kubectl(t, "", "-n", ns, "delete", "ehrintegration", name, "--wait=true", "--timeout=60s")
 	wait(t, "the receiver's children to be garbage-collected", 2*time.Minute, func(ctx context.Context) error {
 		out, err := env.Kubectl(ctx, "", "-n", ns, "get", "--ignore-not-found", "-o", "name",
-			"deployment/"+receiver, "service/"+receiver, "serviceaccount/"+receiver, "poddisruptionbudget/"+receiver)
+			"deployment/"+receiver, "service/"+receiver, "serviceaccount/"+receiver, "poddisruptionbudget/"+receiver,
+			"ingress/"+receiver)
 		if err != nil {
 			return err
 		}
@@ -492,6 +526,13 @@ func (s *story) deleteIntegration(t *testing.T) {
 		}
 		return nil
 	})
+	// The certificate went with the Ingress, so the edge now shows its own
+	// default certificate for the hostname, which the tenant's CA did not
+	// sign; without checking it, the answer is the edge's 404.
+	waitEdge404(t, hostA, name, nil)
+	if _, err := edgeGet(env.EdgeClient(s.ca.PEM), env.EdgeURL(hostA, name)); err == nil || !strings.Contains(err.Error(), "x509") {
+		t.Errorf("after the Ingress went, a client trusting only the tenant's CA got %v, want a certificate error", err)
+	}
 }
 
 // checkStream asserts that every delivery a receiver answered 200 is in the
@@ -661,7 +702,7 @@ type outageLoad struct {
 // stopped, recording every answer. Like a real EHR it retries a delivery
 // answered 503 until it is acknowledged (500 ms apart, sooner than the
 // Retry-After so that the outage sees more requests).
-func startOutageLoad(url, apiKey, secret, tag string, workers int) *outageLoad {
+func startOutageLoad(c *http.Client, url, apiKey, secret, tag string, workers int) *outageLoad {
 	ld := &outageLoad{stopCh: make(chan struct{})}
 	for w := 0; w < workers; w++ {
 		ld.wg.Add(1)
@@ -676,7 +717,7 @@ func startOutageLoad(url, apiKey, secret, tag string, workers int) *outageLoad {
 						return
 					default:
 					}
-					verdict := receiverAnswer(url, apiKey, secret, body)
+					verdict := receiverAnswer(c, url, apiKey, secret, body)
 					ld.mu.Lock()
 					switch verdict {
 					case "ok":
@@ -708,12 +749,12 @@ func (ld *outageLoad) stop() outageResult {
 // receiverAnswer sends one delivery and classifies the answer: "ok" (200),
 // "unavailable" (the receiver's JSON 503 with Retry-After) or a description
 // of anything else.
-func receiverAnswer(url, apiKey, secret string, body []byte) string {
+func receiverAnswer(c *http.Client, url, apiKey, secret string, body []byte) string {
 	req, err := signedRequest(url, apiKey, secret, body)
 	if err != nil {
 		return err.Error()
 	}
-	resp, err := client.Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
 		return "no answer: " + err.Error()
 	}
@@ -794,10 +835,15 @@ func podUIDs(t *testing.T, namespace, sel string) []string {
 
 func waitIntegrationReady(t *testing.T, replicas int) {
 	t.Helper()
-	wait(t, "the EHRIntegration to be Ready", 3*time.Minute, func(context.Context) error {
-		st := get(t, ns, "ehrintegration", name, `{.status.conditions[?(@.type=="Ready")].status}`)
-		reason := get(t, ns, "ehrintegration", name, `{.status.conditions[?(@.type=="Ready")].reason}`)
-		rr := get(t, ns, "ehrintegration", name, "{.status.readyReplicas}")
+	waitReady(t, ns, name, replicas)
+}
+
+func waitReady(t *testing.T, namespace, obj string, replicas int) {
+	t.Helper()
+	wait(t, "EHRIntegration "+namespace+"/"+obj+" to be Ready", 3*time.Minute, func(context.Context) error {
+		st := get(t, namespace, "ehrintegration", obj, `{.status.conditions[?(@.type=="Ready")].status}`)
+		reason := get(t, namespace, "ehrintegration", obj, `{.status.conditions[?(@.type=="Ready")].reason}`)
+		rr := get(t, namespace, "ehrintegration", obj, "{.status.readyReplicas}")
 		if st != "True" || rr != fmt.Sprint(replicas) {
 			return fmt.Errorf("Ready=%q (%s), readyReplicas=%q", st, reason, rr)
 		}

@@ -1,8 +1,11 @@
 // Command dev is `make dev`: the end-to-end set-up left running for a
 // person. It brings the local cluster up (if needed), loads the image,
 // starts PostgreSQL on the node address, installs the operator with Helm,
-// onboards EHR "nexus" with two receivers and prints how to look around and
-// a ready `ehr-operator send` command. `make cluster-down` removes it all.
+// onboards EHR "nexus" with two receivers, exposed at the local edge
+// (Traefik) by an Ingress with a certificate from a throwaway CA, and prints
+// how to look around and ready `ehr-operator send` commands, through the
+// edge over HTTPS and straight to the Service. `make cluster-down` removes
+// it all.
 package main
 
 import (
@@ -10,7 +13,9 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -21,6 +26,9 @@ const (
 	operatorNS = "ehr-system"
 	ns         = "ehr"
 	ehr        = "nexus"
+	// host is the tenant's hostname at the edge; `send --resolve` takes it
+	// there, so no DNS is involved.
+	host = ehr + ".ehr.test"
 )
 
 func main() {
@@ -57,8 +65,22 @@ func run(ctx context.Context) error {
 		env.Dump(ctx, os.Stderr, operatorNS)
 		return fmt.Errorf("%w\n%s", err, out)
 	}
+	// The CA's certificate lives in the cluster's state directory, which
+	// `make cluster-down` removes.
+	ca, err := framework.NewCA("ehr-operator make dev edge CA")
+	if err != nil {
+		return err
+	}
+	cert, err := ca.Issue(host)
+	if err != nil {
+		return err
+	}
+	caFile := filepath.Join(env.State, "dev-edge-ca.crt")
+	if err := os.WriteFile(caFile, ca.PEM, 0o644); err != nil {
+		return err
+	}
 	o := framework.Onboarding{Namespace: ns, Name: ehr, DatabaseURL: dbURL, APIKey: randHex(), WebhookSecret: randHex(),
-		TimeZone: "America/New_York", Replicas: 2}
+		TimeZone: "America/New_York", Replicas: 2, Edge: &framework.Exposure{Host: host, Cert: cert}}
 	step("onboarding EHR " + ehr + " in namespace " + ns)
 	if _, err := env.Kubectl(ctx, o.YAML(), "apply", "-f", "-"); err != nil {
 		return err
@@ -69,6 +91,14 @@ func run(ctx context.Context) error {
 	}
 	url, err := env.ReceiverURL(ctx, ns, ehr)
 	if err != nil {
+		return err
+	}
+	edgeURL := env.EdgeURL(host, ehr)
+	step("waiting for the edge to route " + host)
+	if err := framework.Eventually(ctx, "the edge to route "+host, time.Minute, func(context.Context) error {
+		return edgeRoutes(env.EdgeClient(ca.PEM), edgeURL)
+	}); err != nil {
+		env.Dump(ctx, os.Stderr, ns, env.EdgeNamespace)
 		return err
 	}
 	k := "kubectl"
@@ -85,7 +115,12 @@ Look around:
   %[4]s -n %[7]s logs deploy/%[8]s              # the operator (JSON)
   %[4]s -n %[5]s logs deploy/%[6]s-receiver     # a receiver (JSON, no patient data)
 
-Send the spec's example, signed (the Service's ClusterIP is reachable from this host):
+Send the spec's example, signed, as the EHR does: over HTTPS through the edge (Traefik at
+%[13]s), to the tenant's hostname (--resolve instead of DNS), trusting the throwaway CA:
+  bin/ehr-operator send --url %[14]s \
+    --cacert %[15]s --resolve %[16]s \
+    --api-key %[10]s --secret %[11]s test/e2e/testdata/spec-example.json
+or straight to the receiver Service (its ClusterIP is reachable from this host):
   bin/ehr-operator send --url %[9]s --api-key %[10]s --secret %[11]s test/e2e/testdata/spec-example.json
 
 Read what was stored:
@@ -93,7 +128,23 @@ Read what was stored:
 
 Tear everything down: make cluster-down
 `, time.Since(start).Round(time.Second), env.Kubeconfig, env.KubeBin, k, ns, ehr, operatorNS,
-		managerDeployment(ctx, env), url, o.APIKey, o.WebhookSecret, dbURL)
+		managerDeployment(ctx, env), url, o.APIKey, o.WebhookSecret, dbURL,
+		fmt.Sprintf("%s:%d", env.NodeIP, env.EdgeHTTPSPort), edgeURL, caFile, env.EdgeResolve(host))
+	return nil
+}
+
+// edgeRoutes is nil once the edge routes url to the receiver: a GET gets the
+// receiver's own 405, not the edge's 404.
+func edgeRoutes(c *http.Client, url string) error {
+	defer c.CloseIdleConnections()
+	resp, err := c.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		return fmt.Errorf("GET %s answered %d", url, resp.StatusCode)
+	}
 	return nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -30,6 +31,9 @@ type Env struct {
 	// ChartSets are `--set key=value` pairs every InstallOperator passes,
 	// before its own (e.g. the receivers' database in their NetworkPolicy).
 	ChartSets []string
+	// The edge (Traefik): its namespace and HTTPS port at NodeIP.
+	EdgeNamespace string
+	EdgeHTTPSPort int
 	// StartedHere is true when Setup brought the cluster up (so the caller
 	// should tear it down), false when it was already running.
 	StartedHere bool
@@ -53,11 +57,14 @@ func Setup(ctx context.Context) (*Env, error) {
 	if _, err := os.Stat(e.Helm); err != nil {
 		return nil, fmt.Errorf("helm not found at %s (set HELM or run `make helm`): %w", e.Helm, err)
 	}
-	vars, err := e.envVars(ctx, "STATE", "K8S_BIN", "KUBECONFIG_PATH", "NODE_IP", "PG_DIR")
+	vars, err := e.envVars(ctx, "STATE", "K8S_BIN", "KUBECONFIG_PATH", "NODE_IP", "PG_DIR", "EDGE_NS", "EDGE_HTTPS_PORT")
 	if err != nil {
 		return nil, err
 	}
-	e.State, e.KubeBin, e.Kubeconfig, e.NodeIP, e.PGDir = vars[0], vars[1], vars[2], vars[3], vars[4]
+	e.State, e.KubeBin, e.Kubeconfig, e.NodeIP, e.PGDir, e.EdgeNamespace = vars[0], vars[1], vars[2], vars[3], vars[4], vars[5]
+	if e.EdgeHTTPSPort, err = strconv.Atoi(vars[6]); err != nil {
+		return nil, fmt.Errorf("hack/local-cluster/env.sh: EDGE_HTTPS_PORT %q: %w", vars[6], err)
+	}
 	wasUp := e.healthy(ctx)
 	if !wasUp {
 		start := time.Now()

@@ -58,7 +58,8 @@ func (e *Env) Dump(ctx context.Context, w io.Writer, namespaces ...string) {
 	section("events", out, err)
 	for _, ns := range namespaces {
 		out, err = e.Kubectl(ctx, "", "-n", ns, "get",
-			"ehrintegrations,deployments,replicasets,services,endpointslices,poddisruptionbudgets,leases,pods", "-o", "yaml")
+			"ehrintegrations,deployments,replicasets,services,endpointslices,poddisruptionbudgets,leases,pods,"+
+				"ingresses,gateways.gateway.networking.k8s.io,httproutes.gateway.networking.k8s.io", "-o", "yaml")
 		section("resources in "+ns, out, err)
 		names, err := e.Kubectl(ctx, "", "-n", ns, "get", "pods", "-o", "jsonpath={.items[*].metadata.name}")
 		if err != nil {
@@ -77,14 +78,45 @@ func (e *Env) Dump(ctx context.Context, w io.Writer, namespaces ...string) {
 
 // Onboarding is what a platform team applies to onboard one EHR: a
 // namespace (Pod Security "restricted", which the receivers must meet), the
-// database Secret, the credentials Secret and the EHRIntegration.
+// database Secret, the credentials Secret and the EHRIntegration, and, when
+// Edge is set, what exposes it at the local edge.
 type Onboarding struct {
 	Namespace, Name, DatabaseURL, APIKey, WebhookSecret, TimeZone string
 	Replicas                                                      int
+	Edge                                                          *Exposure
+}
+
+// Exposure puts a receiver at Host on the edge: by an Ingress of class
+// traefik whose TLS Secret (<name>-tls, in the tenant's namespace) holds
+// Cert, or, with Listener set, by an HTTPRoute on that listener of the edge
+// Gateway, which holds the certificate itself.
+type Exposure struct {
+	Host     string
+	Cert     Cert   // Ingress only
+	Listener string // HTTPRoute: the edge Gateway's listener (sectionName)
+	// GatewayNamespace is the edge Gateway's namespace (Env.EdgeNamespace).
+	GatewayNamespace string
 }
 
 // YAML renders o as one multi-document manifest for `kubectl apply -f -`.
 func (o Onboarding) YAML() string {
+	var tlsSecret, expose string
+	switch x := o.Edge; {
+	case x == nil:
+	case x.Listener != "":
+		expose = fmt.Sprintf(`  gateway:
+    parentRefs:
+    - {name: %s, namespace: %s, sectionName: %s}
+    hostnames: [%s]
+`, EdgeGateway, x.GatewayNamespace, x.Listener, x.Host)
+	default:
+		tlsSecret = "---\n" + TLSSecretYAML(o.Namespace, o.Name+"-tls", x.Cert)
+		expose = fmt.Sprintf(`  ingress:
+    host: %s
+    className: %s
+    tlsSecretName: %s-tls
+`, x.Host, EdgeClass, o.Name)
+	}
 	return fmt.Sprintf(`apiVersion: v1
 kind: Namespace
 metadata:
@@ -106,7 +138,7 @@ type: Opaque
 stringData:
   api-key: %[4]q
   webhook-secret: %[5]q
----
+%[8]s---
 apiVersion: ehr.insighthealth.io/v1alpha1
 kind: EHRIntegration
 metadata: {name: %[2]s, namespace: %[1]s}
@@ -117,7 +149,7 @@ spec:
     secretRef: {name: appointments-db, key: uri}
   timeZone: %[6]s
   replicas: %[7]d
-`, o.Namespace, o.Name, o.DatabaseURL, o.APIKey, o.WebhookSecret, o.TimeZone, o.Replicas)
+%[9]s`, o.Namespace, o.Name, o.DatabaseURL, o.APIKey, o.WebhookSecret, o.TimeZone, o.Replicas, tlsSecret, expose)
 }
 
 // ReceiverURL is the webhook URL of EHRIntegration name at its receiver
