@@ -89,8 +89,19 @@ func TestManagerRunsAsTheChartsRBAC(t *testing.T) {
 			}
 			managerToken := serviceAccountToken(t, cfg, m.operatorNS, saName)
 
-			args := managerContainer(t, find(t, objs, "Deployment", m.release+"-ehr-operator"))["args"]
-			mgr := startManager(t, bin, stringsOf(args), cfg, managerToken, m.operatorNS)
+			args := stringsOf(managerContainer(t, find(t, objs, "Deployment", m.release+"-ehr-operator"))["args"])
+			// The receivers' NetworkPolicy file, as the chart's ConfigMap mounts it.
+			policy, _, _ := unstructured.NestedString(find(t, objs, "ConfigMap", m.release+"-ehr-operator-receiver-network-policy").Object, "data", "policy.yaml")
+			policyFile := filepath.Join(t.TempDir(), "policy.yaml")
+			if err := os.WriteFile(policyFile, []byte(policy), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			for i, a := range args {
+				if strings.HasPrefix(a, "--receiver-network-policy=") {
+					args[i] = "--receiver-network-policy=" + policyFile
+				}
+			}
+			mgr := startManager(t, bin, args, cfg, managerToken, m.operatorNS)
 
 			for _, ns := range []string{m.watched, m.other} {
 				createIntegration(t, ctx, c, ns)
