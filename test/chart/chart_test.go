@@ -376,7 +376,7 @@ func checkMonitoring(t *testing.T, objs []*unstructured.Unstructured) {
 	if want := map[string]string{"app.kubernetes.io/name": "ehr-receiver", "app.kubernetes.io/managed-by": "ehr-operator"}; !reflect.DeepEqual(sel, want) {
 		t.Errorf("PodMonitor selector %v, want the receivers' labels %v", sel, want)
 	}
-	if any, _, _ := unstructured.NestedBool(pm.Object, "spec", "namespaceSelector", "any"); !any || pm.GetLabels()["release"] != "prometheus" {
+	if anyNS, _, _ := unstructured.NestedBool(pm.Object, "spec", "namespaceSelector", "any"); !anyNS || pm.GetLabels()["release"] != "prometheus" {
 		t.Errorf("PodMonitor should look in every namespace and carry its labels: %v", pm.Object)
 	}
 	var rules map[string]any
