@@ -37,6 +37,7 @@ type managerFlags struct {
 	leaderElect             bool
 	leaderElectionNamespace string
 	receiverImage           string
+	receiverLogLevel        string
 	maxConcurrentReconciles int
 	networkPolicyFile       string
 	zap                     zap.Options
@@ -65,6 +66,11 @@ to OPERATOR_IMAGE, so receivers run the operator's own image.`,
 			if f.leaderElectionNamespace == "" {
 				f.leaderElectionNamespace = os.Getenv("POD_NAMESPACE")
 			}
+			if f.receiverLogLevel != "" {
+				if _, err := parseLogLevel(f.receiverLogLevel); err != nil {
+					return fmt.Errorf("--receiver-%s", strings.TrimPrefix(err.Error(), "--"))
+				}
+			}
 			return runManager(c, f)
 		},
 	}
@@ -77,6 +83,7 @@ to OPERATOR_IMAGE, so receivers run the operator's own image.`,
 	fs.BoolVar(&f.leaderElect, "leader-elect", false, "elect a leader, so that only one of several replicas reconciles")
 	fs.StringVar(&f.leaderElectionNamespace, "leader-election-namespace", "", "namespace of the leader election Lease (default: POD_NAMESPACE, else the pod's own namespace)")
 	fs.StringVar(&f.receiverImage, "receiver-image", "", "image of the receivers when an EHRIntegration sets no spec.image (default: OPERATOR_IMAGE)")
+	fs.StringVar(&f.receiverLogLevel, "receiver-log-level", "", "--log-level of the receivers when an EHRIntegration sets no spec.logLevel (debug, info, warn, error; empty: the receiver's default, info)")
 	fs.IntVar(&f.maxConcurrentReconciles, "max-concurrent-reconciles", 2, "EHRIntegrations reconciled at once")
 	fs.StringVar(&f.networkPolicyFile, "receiver-network-policy", "", "YAML file of what each receiver's NetworkPolicy admits "+
 		"(the chart writes it from receiverNetworkPolicy); empty means the operator makes no NetworkPolicy")
@@ -131,6 +138,7 @@ func runManager(c *cobra.Command, f managerFlags) error {
 		APIReader:               mgr.GetAPIReader(),
 		Recorder:                mgr.GetEventRecorder("ehr-operator"),
 		ReceiverImage:           f.receiverImage,
+		ReceiverLogLevel:        f.receiverLogLevel,
 		MaxConcurrentReconciles: f.maxConcurrentReconciles,
 		NetworkPolicy:           netpol,
 	}).SetupWithManager(ctx, mgr); err != nil {

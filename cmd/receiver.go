@@ -32,6 +32,7 @@ type receiverFlags struct {
 	memoryLimit, maxInflightBodyBytes int64
 	// retention periods (0: keep) and how often they are applied.
 	retainDeliveryLog, retainQuarantine, retainQuarantineContent, retainHistory, retentionInterval time.Duration
+	logLevel                                                                                       string
 }
 
 func newReceiverCommand() *cobra.Command {
@@ -65,6 +66,7 @@ Every flag falls back to an environment variable named after it
 	fs.StringVar(&f.listen, "listen", ":8080", "address of the webhook server")
 	fs.StringVar(&f.metricsListen, "metrics-listen", ":9090", "address of /healthz, /readyz, /dbz and /metrics")
 	fs.BoolVar(&f.migrate, "migrate", true, "apply the database migrations in the background at start (the webhook answers 503 until done); false: assume they are applied")
+	fs.StringVar(&f.logLevel, "log-level", "info", "least severe log lines written: debug, info (one line per request), warn or error")
 	fs.Int64Var(&f.memoryLimit, "memory-limit", 0, "the container's memory limit in bytes, for the Go memory limit and the default of --max-inflight-body-bytes (0: unknown)")
 	fs.Int64Var(&f.maxInflightBodyBytes, "max-inflight-body-bytes", 0, "most bytes of request bodies held at once; past it requests are answered 503 (0: derived from --memory-limit)")
 	fs.DurationVar(&f.retainDeliveryLog, "retain-delivery-log", 0, "delete delivery log rows older than this that nothing refers to (0: keep)")
@@ -76,7 +78,11 @@ Every flag falls back to an environment variable named after it
 }
 
 func runReceiver(ctx context.Context, f receiverFlags) error {
-	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	level, err := parseLogLevel(f.logLevel)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	slog.SetDefault(log)
 	cfg, dbURL, err := receiverConfig(f)
 	if err != nil {
@@ -186,4 +192,14 @@ func receiverConfig(f receiverFlags) (receiver.Config, string, error) {
 		errs = append(errs, err)
 	}
 	return cfg, dbURL, errors.Join(errs...)
+}
+
+// parseLogLevel reads a --log-level value: debug, info, warn or error.
+func parseLogLevel(s string) (slog.Level, error) {
+	switch s {
+	case "debug", "info", "warn", "error":
+		var l slog.Level
+		return l, l.UnmarshalText([]byte(s))
+	}
+	return 0, fmt.Errorf("--log-level %q: want debug, info, warn or error", s)
 }

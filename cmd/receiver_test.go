@@ -1,6 +1,7 @@
 package cmd
 
 import (
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -132,5 +133,23 @@ func TestReceiverConfigReadsThePreviousCredentials(t *testing.T) {
 	cfg, _, err = receiverConfig(f)
 	if err != nil || cfg.PreviousAPIKey != "key-old" || string(cfg.PreviousSecret) != "secret-old" {
 		t.Fatalf("with previous ones: previous key %q, previous secret %q, %v", cfg.PreviousAPIKey, cfg.PreviousSecret, err)
+	}
+}
+
+func TestParseLogLevel(t *testing.T) {
+	for in, want := range map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError} {
+		if got, err := parseLogLevel(in); err != nil || got != want {
+			t.Errorf("parseLogLevel(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "INFO", "warning", "trace"} {
+		if _, err := parseLogLevel(bad); err == nil {
+			t.Errorf("parseLogLevel(%q) accepted", bad)
+		}
+	}
+	c := NewRootCommand()
+	c.SetArgs([]string{"manager", "--receiver-log-level=loud"})
+	if err := c.Execute(); err == nil || !strings.Contains(err.Error(), "--receiver-log-level") {
+		t.Errorf("manager --receiver-log-level=loud: %v, want it refused by name", err)
 	}
 }

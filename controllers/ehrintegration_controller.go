@@ -63,6 +63,9 @@ type EHRIntegrationReconciler struct {
 	// caches only Secrets' metadata (to watch them), not every Secret's data.
 	APIReader client.Reader
 	Recorder  events.EventRecorder
+	// ReceiverLogLevel is the receivers' --log-level when spec.logLevel is
+	// empty; empty means the receiver's default.
+	ReceiverLogLevel string
 	// ReceiverImage is the receivers' image when spec.image is empty: the
 	// operator's own image, so operator and receivers are one version.
 	ReceiverImage string
@@ -370,7 +373,7 @@ func (r *EHRIntegrationReconciler) applyChildren(ctx context.Context, e *v1alpha
 		return err
 	}
 
-	dep := buildDeployment(e, image, versions)
+	dep := buildDeployment(r.withManagerDefaults(e), image, versions)
 	var keepReplicas func(*appsv1.Deployment, *appsv1ac.DeploymentApplyConfiguration)
 	if e.Annotations[v1alpha1.AnnotationExternalReplicas] == "true" {
 		// An autoscaler owns replicas: leave them, unless the Deployment is
@@ -592,4 +595,15 @@ func (r *EHRIntegrationReconciler) requestsFor(ctx context.Context, match client
 		}
 	}
 	return reqs
+}
+
+// withManagerDefaults fills what the spec leaves to the manager's
+// chart-wide settings; the resource's own settings win.
+func (r *EHRIntegrationReconciler) withManagerDefaults(e *v1alpha1.EHRIntegration) *v1alpha1.EHRIntegration {
+	if e.Spec.LogLevel != "" || r.ReceiverLogLevel == "" {
+		return e
+	}
+	e = e.DeepCopy()
+	e.Spec.LogLevel = r.ReceiverLogLevel
+	return e
 }

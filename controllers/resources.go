@@ -168,6 +168,9 @@ func receiverArgs(e *v1alpha1.EHRIntegration) []string {
 	if s.Database.CA != nil {
 		args = append(args, "--database-ca-file="+path.Join(databaseCADir, databaseCAFile))
 	}
+	if s.LogLevel != "" {
+		args = append(args, "--log-level="+s.LogLevel)
+	}
 	return append(args, retentionArgs(s.Retention)...)
 }
 

@@ -67,6 +67,13 @@ func TestReceiverArgs(t *testing.T) {
 			"--max-batch-size=5", "--requests-per-second=7", "--burst=9", "--on-invalid=Quarantine",
 			"--listen=:8080", "--metrics-listen=:9090", "--migrate=true"},
 	}, {
+		name:   "log level",
+		modify: func(e *v1alpha1.EHRIntegration) { e.Spec.LogLevel = "warn" },
+		want: []string{"receiver", "--ehr=nexus", "--database-url-file=/etc/ehr-operator/database/uri",
+			"--credentials-dir=/etc/ehr-operator/credentials", "--time-zone=UTC", "--max-body-bytes=4194304",
+			"--max-batch-size=1000", "--requests-per-second=50", "--burst=100", "--on-invalid=Reject",
+			"--listen=:8080", "--metrics-listen=:9090", "--migrate=true", "--log-level=warn"},
+	}, {
 		name: "retention",
 		modify: func(e *v1alpha1.EHRIntegration) {
 			e.Spec.Retention = &v1alpha1.RetentionSpec{
@@ -356,6 +363,21 @@ func TestCredentialLengths(t *testing.T) {
 			t.Errorf("%s: %v, want CredentialTooShort naming %s", tc.name, p, tc.bad)
 		case p != nil && (strings.Contains(p.message, "s3cret") || strings.Contains(p.message, "old") || strings.Contains(p.message, "6")):
 			t.Errorf("%s: the message tells something of the value: %q", tc.name, p.message)
+		}
+	}
+}
+
+// TestManagerDefaults: the manager's --receiver-log-level fills an unset
+// spec.logLevel; the resource's own setting wins; the input is not changed.
+func TestManagerDefaults(t *testing.T) {
+	e := &v1alpha1.EHRIntegration{}
+	for _, tt := range []struct{ manager, spec, want string }{
+		{"", "", ""}, {"warn", "", "warn"}, {"warn", "debug", "debug"}, {"", "error", "error"},
+	} {
+		e.Spec.LogLevel = tt.spec
+		r := &EHRIntegrationReconciler{ReceiverLogLevel: tt.manager}
+		if got := r.withManagerDefaults(e).Spec.LogLevel; got != tt.want || e.Spec.LogLevel != tt.spec {
+			t.Errorf("manager %q, spec %q: log level %q (input now %q), want %q", tt.manager, tt.spec, got, e.Spec.LogLevel, tt.want)
 		}
 	}
 }

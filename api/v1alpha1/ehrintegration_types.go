@@ -109,6 +109,12 @@ type EHRIntegrationSpec struct {
 	// +optional
 	Retention *RetentionSpec `json:"retention,omitempty"`
 
+	// logLevel is the receivers' log level (debug, info, warn, error). Unset,
+	// the manager's --receiver-log-level applies (the chart's
+	// receiverLogLevel), else info.
+	// +optional
+	// +kubebuilder:validation:Enum=debug;info;warn;error
+	LogLevel string `json:"logLevel,omitempty"`
 	// monitoring tunes, for this integration, the alerts the chart ships.
 	// +optional
 	Monitoring *MonitoringSpec `json:"monitoring,omitempty"`
