@@ -1,7 +1,6 @@
 package cmd
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -77,13 +76,9 @@ func TestMigrateCommand(t *testing.T) {
 }
 
 // runRoot runs the command line on a fresh root command, its output
-// discarded into a buffer.
+// discarded.
 func runRoot(t *testing.T, args ...string) error {
 	t.Helper()
-	root := NewRootCommand()
-	var out bytes.Buffer
-	root.SetOut(&out)
-	root.SetErr(&out)
-	root.SetArgs(args)
-	return root.ExecuteContext(t.Context())
+	_, err := runOut(t, args...)
+	return err
 }

@@ -84,6 +84,19 @@ func update[T client.Object](t testing.TB, obj T, f func(T)) {
 	})
 }
 
+// createRefused creates e and expects the API server to refuse it as
+// Invalid with a message that contains want.
+func createRefused(t *testing.T, e *v1alpha1.EHRIntegration, want string) {
+	t.Helper()
+	err := suite.client.Create(ctx, e)
+	if !apierrors.IsInvalid(err) {
+		t.Fatalf("create: err = %v, want Invalid", err)
+	}
+	if !strings.Contains(err.Error(), want) {
+		t.Errorf("error %q\ndoes not say %q", err, want)
+	}
+}
+
 // waitCondition waits until the EHRIntegration's Ready condition has status
 // and reason, for its current generation, and returns it.
 func waitCondition(t testing.TB, ns, name string, status metav1.ConditionStatus, reason string) *v1alpha1.EHRIntegration {
@@ -177,13 +190,7 @@ func TestAPIServerRefusesInvalidResources(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			e := integration(ns, fmt.Sprintf("bad-%d", i), "nexus")
 			tt.modify(e)
-			err := suite.client.Create(ctx, e)
-			if !apierrors.IsInvalid(err) {
-				t.Fatalf("create: err = %v, want Invalid", err)
-			}
-			if !strings.Contains(err.Error(), tt.message) {
-				t.Errorf("error %q does not name %s", err, tt.message)
-			}
+			createRefused(t, e, tt.message)
 		})
 	}
 

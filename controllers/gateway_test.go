@@ -102,13 +102,7 @@ func TestExposureRules(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			e := integration(ns, fmt.Sprintf("bad-%d", i), fmt.Sprintf("bad%d", i))
 			tt.modify(e)
-			err := suite.client.Create(ctx, e)
-			if !apierrors.IsInvalid(err) {
-				t.Fatalf("create: err = %v, want Invalid", err)
-			}
-			if !strings.Contains(err.Error(), tt.want) {
-				t.Errorf("error %q\ndoes not say %q", err, tt.want)
-			}
+			createRefused(t, e, tt.want)
 		})
 	}
 
