@@ -85,6 +85,9 @@ type EHRIntegrationReconciler struct {
 	// NetworkPolicy is what each receiver's NetworkPolicy admits; nil or
 	// not Enabled means no NetworkPolicy (and those made before are deleted).
 	NetworkPolicy *NetworkPolicyConfig
+	// ReceiverPodDefaults are the receivers' pod settings where
+	// spec.podTemplate says nothing (mergePodTemplate); nil means none.
+	ReceiverPodDefaults *v1alpha1.ReceiverPodTemplate
 }
 
 // +kubebuilder:rbac:groups=ehr.insighthealth.io,resources=ehrintegrations,verbs=get;list;watch
@@ -355,7 +358,7 @@ func (r *EHRIntegrationReconciler) secret(ctx context.Context, ns, name, field s
 // longer wanted.
 func (r *EHRIntegrationReconciler) applyChildren(ctx context.Context, e *v1alpha1.EHRIntegration, image string,
 	versions v1alpha1.SecretVersions, obs *observation, written *[]string) error {
-	sa, res, err := applyChild(ctx, r.Client, e, buildServiceAccount(e), &corev1.ServiceAccount{}, corev1ac.ExtractServiceAccount, nil)
+	sa, res, err := applyChild(ctx, r.Client, e, buildServiceAccount(r.withManagerDefaults(e)), &corev1.ServiceAccount{}, corev1ac.ExtractServiceAccount, nil)
 	if err != nil {
 		return err
 	}
@@ -600,10 +603,14 @@ func (r *EHRIntegrationReconciler) requestsFor(ctx context.Context, match client
 // withManagerDefaults fills what the spec leaves to the manager's
 // chart-wide settings; the resource's own settings win.
 func (r *EHRIntegrationReconciler) withManagerDefaults(e *v1alpha1.EHRIntegration) *v1alpha1.EHRIntegration {
-	if e.Spec.LogLevel != "" || r.ReceiverLogLevel == "" {
+	logLevel := e.Spec.LogLevel == "" && r.ReceiverLogLevel != ""
+	if !logLevel && r.ReceiverPodDefaults == nil {
 		return e
 	}
 	e = e.DeepCopy()
-	e.Spec.LogLevel = r.ReceiverLogLevel
+	if logLevel {
+		e.Spec.LogLevel = r.ReceiverLogLevel
+	}
+	e.Spec.PodTemplate = mergePodTemplate(r.ReceiverPodDefaults, e.Spec.PodTemplate)
 	return e
 }
