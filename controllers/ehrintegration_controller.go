@@ -28,6 +28,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	networkingv1ac "k8s.io/client-go/applyconfigurations/networking/v1"
@@ -228,6 +229,11 @@ func (r *EHRIntegrationReconciler) prerequisites(ctx context.Context, e *v1alpha
 	if _, err := time.LoadLocation(tz); err != nil || tz == "Local" {
 		return "", none, &problem{reason: v1alpha1.ReasonInvalidTimeZone,
 			message: fmt.Sprintf("timeZone %q is not an IANA time zone name such as America/New_York", tz)}, nil
+	}
+	// Its syntax, which the CRD does not check, before the API server
+	// refuses the Deployment with an error only the operator's log shows.
+	if err := validatePodTemplate(e.Spec.PodTemplate, field.NewPath("spec", "podTemplate")); err != nil {
+		return "", none, &problem{reason: v1alpha1.ReasonInvalidPodTemplate, message: err.Error()}, nil
 	}
 	if p := memoryProblem(e); p != nil {
 		return "", none, p, nil

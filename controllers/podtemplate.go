@@ -40,7 +40,7 @@ func LoadReceiverPodDefaults(path string) (*v1alpha1.ReceiverPodTemplate, error)
 	if err := yaml.UnmarshalStrict(bytes.TrimSpace(b), &t); err != nil {
 		return nil, fmt.Errorf("while parsing the receivers' pod defaults %s (the shape of spec.podTemplate): %w", path, err)
 	}
-	if err := validatePodTemplate(&t); err != nil {
+	if err := validatePodTemplate(&t, nil); err != nil {
 		return nil, fmt.Errorf("receivers' pod defaults %s: %w", path, err)
 	}
 	return &t, nil
@@ -48,24 +48,28 @@ func LoadReceiverPodDefaults(path string) (*v1alpha1.ReceiverPodTemplate, error)
 
 // validatePodTemplate refuses what the CRD refuses in spec.podTemplate,
 // for the manager's defaults, which no API server checks, and what the
-// API server would refuse on the Deployment.
-func validatePodTemplate(t *v1alpha1.ReceiverPodTemplate) error {
+// API server would refuse on the Deployment. Field paths start at root
+// (nil: at the template itself).
+func validatePodTemplate(t *v1alpha1.ReceiverPodTemplate, root *field.Path) error {
+	if t == nil {
+		return nil
+	}
 	var errs field.ErrorList
 	for _, k := range slices.Sorted(maps.Keys(t.Labels)) {
 		if slices.Contains(operatorLabels, k) || strings.HasPrefix(k, operatorKeyPrefix) {
-			errs = append(errs, field.Forbidden(field.NewPath("labels").Key(k), "set by the operator (it selects or identifies the receiver pods)"))
+			errs = append(errs, field.Forbidden(root.Child("labels").Key(k), "set by the operator (it selects or identifies the receiver pods)"))
 		}
 	}
 	for _, k := range slices.Sorted(maps.Keys(t.Annotations)) {
 		if strings.HasPrefix(k, operatorKeyPrefix) {
-			errs = append(errs, field.Forbidden(field.NewPath("annotations").Key(k), "the "+operatorKeyPrefix+" prefix is the operator's"))
+			errs = append(errs, field.Forbidden(root.Child("annotations").Key(k), "the "+operatorKeyPrefix+" prefix is the operator's"))
 		}
 	}
-	errs = append(errs, metav1validation.ValidateLabels(t.Labels, field.NewPath("labels"))...)
-	errs = append(errs, metav1validation.ValidateLabels(t.NodeSelector, field.NewPath("nodeSelector"))...)
-	errs = append(errs, apivalidation.ValidateAnnotations(t.Annotations, field.NewPath("annotations"))...)
+	errs = append(errs, metav1validation.ValidateLabels(t.Labels, root.Child("labels"))...)
+	errs = append(errs, metav1validation.ValidateLabels(t.NodeSelector, root.Child("nodeSelector"))...)
+	errs = append(errs, apivalidation.ValidateAnnotations(t.Annotations, root.Child("annotations"))...)
 	if t.ServiceAccount != nil {
-		errs = append(errs, apivalidation.ValidateAnnotations(t.ServiceAccount.Annotations, field.NewPath("serviceAccount", "annotations"))...)
+		errs = append(errs, apivalidation.ValidateAnnotations(t.ServiceAccount.Annotations, root.Child("serviceAccount", "annotations"))...)
 	}
 	return errs.ToAggregate()
 }

@@ -10,6 +10,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
@@ -176,7 +178,7 @@ func TestBuildDeploymentWithPodTemplate(t *testing.T) {
 }
 
 func TestValidatePodTemplate(t *testing.T) {
-	if err := validatePodTemplate(fullPodTemplate()); err != nil {
+	if err := validatePodTemplate(fullPodTemplate(), nil); err != nil {
 		t.Errorf("a valid podTemplate refused: %v", err)
 	}
 	for _, tt := range []struct {
@@ -194,7 +196,7 @@ func TestValidatePodTemplate(t *testing.T) {
 		{"malformed ServiceAccount annotation", v1alpha1.ReceiverPodTemplate{ServiceAccount: &v1alpha1.ReceiverServiceAccount{
 			Annotations: map[string]string{"/nope": "x"}}}, "serviceAccount.annotations"},
 	} {
-		err := validatePodTemplate(&tt.t)
+		err := validatePodTemplate(&tt.t, nil)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: %v, want an error naming %s", tt.name, err, tt.want)
 		}
@@ -267,7 +269,7 @@ func TestPodTemplateRefusesOperatorKeys(t *testing.T) {
 		e.Spec.PodTemplate = &v1alpha1.ReceiverPodTemplate{Labels: map[string]string{"team": "a", k: "x"}}
 		createRefused(t, e, "label "+k+" is set by the operator")
 		// The manager's defaults are checked the same.
-		if err := validatePodTemplate(e.Spec.PodTemplate); err == nil {
+		if err := validatePodTemplate(e.Spec.PodTemplate, nil); err == nil {
 			t.Errorf("validatePodTemplate accepted label %s", k)
 		}
 	}
@@ -275,7 +277,7 @@ func TestPodTemplateRefusesOperatorKeys(t *testing.T) {
 		e := integration(ns, fmt.Sprintf("annotation-%d", i), "nexus")
 		e.Spec.PodTemplate = &v1alpha1.ReceiverPodTemplate{Annotations: map[string]string{k: "1"}}
 		createRefused(t, e, "annotation "+k+" is in the ehr.insighthealth.io/ prefix")
-		if err := validatePodTemplate(e.Spec.PodTemplate); err == nil {
+		if err := validatePodTemplate(e.Spec.PodTemplate, nil); err == nil {
 			t.Errorf("validatePodTemplate accepted annotation %s", k)
 		}
 	}
@@ -452,4 +454,23 @@ func TestPodDefaultsOnTheAPIServer(t *testing.T) {
 	if want := map[string]string{"pool": "receivers"}; !cmp.Equal(s.NodeSelector, want) {
 		t.Errorf("nodeSelector %v, want %v", s.NodeSelector, want)
 	}
+}
+
+// TestInvalidPodTemplate: a label the API server would refuse on the pods
+// is refused with a clear reason and no receiver; fixing it makes one.
+func TestInvalidPodTemplate(t *testing.T) {
+	startSuite(t)
+	ns := newNamespace(t)
+	e := integration(ns, "nexus", "nexus")
+	e.Spec.PodTemplate = &v1alpha1.ReceiverPodTemplate{Labels: map[string]string{"team": "not a label value"}}
+	create(t, credsSecret(ns), dbSecret(ns), e)
+	got := waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonInvalidPodTemplate)
+	if c := meta.FindStatusCondition(got.Status.Conditions, v1alpha1.ConditionReady); !strings.Contains(c.Message, "spec.podTemplate.labels") {
+		t.Errorf("message %q does not name spec.podTemplate.labels", c.Message)
+	}
+	if err := suite.client.Get(ctx, key(ns, "nexus-receiver"), &appsv1.Deployment{}); !apierrors.IsNotFound(err) {
+		t.Errorf("a Deployment with an invalid podTemplate: err = %v", err)
+	}
+	update(t, e, func(e *v1alpha1.EHRIntegration) { e.Spec.PodTemplate.Labels["team"] = "integrations" })
+	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
 }

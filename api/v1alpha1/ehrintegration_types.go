@@ -559,6 +559,9 @@ const (
 	ReasonCredentialTooShort = "CredentialTooShort"
 	// ReasonInvalidTimeZone: spec.timeZone is not a known IANA zone.
 	ReasonInvalidTimeZone = "InvalidTimeZone"
+	// ReasonInvalidPodTemplate: spec.podTemplate has a label, annotation or
+	// node selector the API server would refuse on the receiver's pods.
+	ReasonInvalidPodTemplate = "InvalidPodTemplate"
 	// ReasonLimitsExceedMemory: one request body of limits.maxBodyBytes
 	// cannot be held within the receiver container's memory limit.
 	ReasonLimitsExceedMemory = "LimitsExceedMemory"
