@@ -1,10 +1,7 @@
 package controllers
 
 import (
-	"cmp"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,7 +13,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/insighthealth/ehr-operator/api/v1alpha1"
@@ -44,10 +40,6 @@ var scaleChildKinds = []schema.GroupVersionKind{
 //
 //	KUBEBUILDER_ASSETS=$HOME/.local/share/kubebuilder-envtest/k8s/1.37.2-linux-amd64 \
 //	  go test ./controllers/ -run '^$' -bench 'ReconcileScale/1000$' -benchtime 1x -timeout 30m -v
-//
-// With SCALE_APISERVER_CPUPROFILE=<file> it also writes a CPU profile of
-// kube-apiserver over the first SCALE_APISERVER_PROFILE_SECONDS (default
-// 30) of making the children (`go tool pprof -top <file>`).
 func BenchmarkReconcileScale(b *testing.B) {
 	for _, n := range []int{200, 1000} {
 		b.Run(strconv.Itoa(n), func(b *testing.B) { benchmarkReconcile(b, n) })
@@ -63,7 +55,6 @@ func benchmarkReconcile(b *testing.B, n int) {
 		cpu0 := processCPU(b)
 		w0, by0 := suite.writes.snapshot()
 		rc0, busy0 := suite.reconciles.total()
-		profiled := profileAPIServer(b)
 		names := make([]string, n)
 		start := time.Now()
 		for j := range n {
@@ -101,9 +92,6 @@ func benchmarkReconcile(b *testing.B, n int) {
 			return nil
 		})
 		cpu1 := processCPU(b)
-		if err := <-profiled; err != nil {
-			b.Fatalf("profiling the API server: %v", err)
-		}
 		load1 := loadAverage(b)
 		w1, by1 := suite.writes.snapshot()
 		rc1, busy1 := suite.reconciles.total()
@@ -115,9 +103,9 @@ func benchmarkReconcile(b *testing.B, n int) {
 		w2, by2 := suite.writes.snapshot()
 		r2 := suite.writes.readCount()
 		rc2, _ := suite.reconciles.total()
-		passStart := time.Now()
+		cpu2, passStart := processCPU(b), time.Now()
 		awaitPass(b, ns, names, passStart)
-		pass := time.Since(passStart)
+		pass, cpu3 := time.Since(passStart), processCPU(b)
 		w3, by3 := suite.writes.snapshot()
 		r3 := suite.writes.readCount()
 		rc3, _ := suite.reconciles.total()
@@ -134,6 +122,7 @@ func benchmarkReconcile(b *testing.B, n int) {
 		b.Logf("CPU to get there: %s", cpuDiff(cpu0, cpu1))
 		b.Logf("idle pass over all %d (resync every %v), done %v after it began: %d writes (%s), %d reads, %d reconciles, %d of %d objects changed",
 			n, testSyncPeriod, pass.Round(time.Millisecond), w3-w2, diffCounts(by2, by3), r3-r2, rc3-rc2, len(changed), len(before))
+		b.Logf("CPU of the idle pass: %s", cpuDiff(cpu2, cpu3))
 		b.ReportMetric(childrenAt.Seconds(), "s-to-children")
 		b.ReportMetric(statusAt.Seconds(), "s-to-status")
 		b.ReportMetric(float64(w1-w0)/float64(n), "writes/integration")
@@ -293,39 +282,4 @@ func cpuDiff(before, after map[string]time.Duration) string {
 		out = append(out, fmt.Sprintf("%s %.1f s", k, d.Seconds()))
 	}
 	return fmt.Sprintf("%s; together %.1f s", strings.Join(out, ", "), sum.Seconds())
-}
-
-// profileAPIServer starts a CPU profile of kube-apiserver when
-// SCALE_APISERVER_CPUPROFILE names a file; the channel gets its outcome.
-func profileAPIServer(b *testing.B) <-chan error {
-	b.Helper()
-	done := make(chan error, 1)
-	path := os.Getenv("SCALE_APISERVER_CPUPROFILE")
-	if path == "" {
-		done <- nil
-		return done
-	}
-	seconds := cmp.Or(os.Getenv("SCALE_APISERVER_PROFILE_SECONDS"), "30")
-	hc, err := rest.HTTPClientFor(suite.cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	go func() {
-		resp, err := hc.Get(suite.cfg.Host + "/debug/pprof/profile?seconds=" + seconds)
-		if err != nil {
-			done <- err
-			return
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			done <- fmt.Errorf("GET /debug/pprof/profile: %s", resp.Status)
-			return
-		}
-		raw, err := io.ReadAll(resp.Body)
-		if err == nil {
-			err = os.WriteFile(path, raw, 0o644)
-		}
-		done <- err
-	}()
-	return done
 }
