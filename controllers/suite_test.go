@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -47,13 +48,20 @@ const (
 	// testSyncPeriod is the manager's resync period: short, so the idle test
 	// sees resyncs happen.
 	testSyncPeriod = 2 * time.Second
-	// testWorkers is the manager's MaxConcurrentReconciles.
-	testWorkers = 2
-	testImage   = "registry.example.com/ehr-operator:test"
+	testImage      = "registry.example.com/ehr-operator:test"
 	// testDatabasePollInterval: short, so DatabaseReachable follows the
 	// fake receiver quickly.
 	testDatabasePollInterval = 300 * time.Millisecond
 )
+
+// testWorkers is the manager's MaxConcurrentReconciles: the manager's
+// default, or TEST_WORKERS, to compare worker counts in the scale benchmark.
+var testWorkers = func() int {
+	if n, err := strconv.Atoi(os.Getenv("TEST_WORKERS")); err == nil && n > 0 {
+		return n
+	}
+	return 2
+}()
 
 var (
 	suiteOnce sync.Once
