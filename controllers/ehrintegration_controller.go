@@ -532,6 +532,12 @@ func (r *EHRIntegrationReconciler) recordTransition(e *v1alpha1.EHRIntegration, 
 
 // SetupWithManager registers the reconciler, its indexes and its watches.
 func (r *EHRIntegrationReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager) error {
+	return r.setupWithManager(ctx, mgr, r)
+}
+
+// setupWithManager registers do as the controller's reconciler: r itself,
+// or r wrapped by a test that watches each reconcile.
+func (r *EHRIntegrationReconciler) setupWithManager(ctx context.Context, mgr ctrl.Manager, do reconcile.Reconciler) error {
 	idx := mgr.GetFieldIndexer()
 	if err := idx.IndexField(ctx, &v1alpha1.EHRIntegration{}, indexSecretNames, func(o client.Object) []string {
 		e := o.(*v1alpha1.EHRIntegration)
@@ -567,7 +573,7 @@ func (r *EHRIntegrationReconciler) SetupWithManager(ctx context.Context, mgr ctr
 		Watches(&v1alpha1.EHRIntegration{}, handler.EnqueueRequestsFromMapFunc(r.sameEHR), changed).
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.MaxConcurrentReconciles, 1)}).
 		Named("ehrintegration").
-		Build(r)
+		Build(do)
 	if err != nil {
 		return err
 	}

@@ -29,21 +29,26 @@ func init() {
 
 // recordMetrics sets the series of one integration from its spec and the
 // status just computed, replacing any it had (suspended may have changed).
+// It deletes by exact labels (spec.ehr is immutable): a partial match scans
+// every series, once per reconcile, which grows with the square of the
+// integrations.
 func recordMetrics(e *v1alpha1.EHRIntegration, st v1alpha1.EHRIntegrationStatus) {
-	forgetMetrics(e.Namespace, e.Name)
 	ready := 0.0
 	for _, c := range st.Conditions {
 		if c.Type == v1alpha1.ConditionReady && c.Status == "True" {
 			ready = 1
 		}
 	}
-	suspended := "false"
+	suspended, other := "false", "true"
 	if e.Spec.Suspend {
-		suspended = "true"
+		suspended, other = other, suspended
 	}
+	integrationReady.DeleteLabelValues(e.Namespace, e.Name, e.Spec.EHR, other)
 	integrationReady.WithLabelValues(e.Namespace, e.Name, e.Spec.EHR, suspended).Set(ready)
 	if m := e.Spec.Monitoring; m != nil && m.SilenceAlertAfter != nil && !e.Spec.Suspend {
 		silenceAlertAfter.WithLabelValues(e.Namespace, e.Name, e.Spec.EHR).Set(m.SilenceAlertAfter.Seconds())
+	} else {
+		silenceAlertAfter.DeleteLabelValues(e.Namespace, e.Name, e.Spec.EHR)
 	}
 }
 

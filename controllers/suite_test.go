@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +20,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -29,6 +31,7 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"sigs.k8s.io/yaml"
 
@@ -51,17 +54,28 @@ const (
 	testDatabasePollInterval = 300 * time.Millisecond
 )
 
+// testWorkers is the manager's MaxConcurrentReconciles: the manager's
+// default, or TEST_WORKERS, to compare worker counts in the scale benchmark.
+var testWorkers = func() int {
+	if n, err := strconv.Atoi(os.Getenv("TEST_WORKERS")); err == nil && n > 0 {
+		return n
+	}
+	return 2
+}()
+
 var (
 	suiteOnce sync.Once
 	suiteErr  error
 	suite     struct {
-		env     *envtest.Environment
-		cfg     *rest.Config
-		client  client.Client
-		scheme  *runtime.Scheme
-		writes  *writeCounter
-		stopMgr context.CancelFunc
-		mgrDone chan error
+		env    *envtest.Environment
+		cfg    *rest.Config
+		client client.Client
+		scheme *runtime.Scheme
+		writes *writeCounter
+		// reconciles records when each request was last reconciled.
+		reconciles *reconcileLog
+		stopMgr    context.CancelFunc
+		mgrDone    chan error
 		// dbz answers the reconciler's GET /dbz for every pod: envtest
 		// runs none, so a test's pod points at 127.0.0.1 and this server.
 		dbz *fakeDBZ
@@ -120,6 +134,9 @@ func setupSuite() error {
 		ErrorIfCRDPathMissing: true,
 		Scheme:                scheme,
 	}
+	// envtest's default, a /24, has room for 254 Services; the scale
+	// benchmark makes 1,000.
+	env.ControlPlane.GetAPIServer().Configure().Set("service-cluster-ip-range", "10.0.0.0/16")
 	cfg, err := env.Start()
 	if err != nil {
 		return fmt.Errorf("while starting envtest from %s: %w", assets, err)
@@ -159,12 +176,13 @@ func setupSuite() error {
 		APIReader:               mgr.GetAPIReader(),
 		Recorder:                mgr.GetEventRecorder("ehr-operator"),
 		ReceiverImage:           testImage,
-		MaxConcurrentReconciles: 2,
+		MaxConcurrentReconciles: testWorkers,
 		DBZPort:                 suite.dbz.port,
 		DatabasePollInterval:    testDatabasePollInterval,
 		NetworkPolicy:           netpol,
 	}
-	if err := r.SetupWithManager(ctx, mgr); err != nil {
+	suite.reconciles = &reconcileLog{}
+	if err := r.setupWithManager(ctx, mgr, suite.reconciles.wrap(r)); err != nil {
 		cancel()
 		return fmt.Errorf("while setting up the reconciler: %w", err)
 	}
@@ -309,6 +327,52 @@ func resourceOf(path string) string {
 		}
 	}
 	return path
+}
+
+// reconcileLog records, for each request, when its latest finished
+// reconcile began, and counts reconciles: enough to wait for a full pass.
+type reconcileLog struct {
+	mu    sync.Mutex
+	began map[types.NamespacedName]time.Time
+	count int
+	// busy is the time spent in reconciles, summed over the workers.
+	busy time.Duration
+}
+
+func (l *reconcileLog) wrap(r reconcile.Reconciler) reconcile.Reconciler {
+	return reconcile.Func(func(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+		start := time.Now()
+		res, err := r.Reconcile(ctx, req)
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if l.began == nil {
+			l.began = map[types.NamespacedName]time.Time{}
+		}
+		l.began[req.NamespacedName] = start
+		l.count++
+		l.busy += time.Since(start)
+		return res, err
+	})
+}
+
+// total is the number of reconciles finished so far, and the time they took.
+func (l *reconcileLog) total() (int, time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.count, l.busy
+}
+
+// notSince returns the first of names in ns whose latest reconcile began
+// before t, or "" when every one was reconciled by a pass begun after t.
+func (l *reconcileLog) notSince(t time.Time, ns string, names []string) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, n := range names {
+		if !l.began[types.NamespacedName{Namespace: ns, Name: n}].After(t) {
+			return n
+		}
+	}
+	return ""
 }
 
 type roundTripperFunc func(*http.Request) (*http.Response, error)
