@@ -35,7 +35,7 @@ func printDisk(ctx context.Context, cluster *pgtest.Cluster) error {
 	if err := syscall.Statfs(dir, &st); err != nil {
 		return fmt.Errorf("while reading the data directory's filesystem: %w", err)
 	}
-	fs, ok := fsNames[int64(st.Type)]
+	fs, ok := fsNames[st.Type]
 	if !ok {
 		fs = fmt.Sprintf("filesystem type %#x", st.Type)
 	}
@@ -66,8 +66,8 @@ func printDisk(ctx context.Context, cluster *pgtest.Cluster) error {
 // section, stopping it there (the other sections are not needed here).
 func testFsync(ctx context.Context, binDir, dir string) ([]string, error) {
 	// postgres may be a link on PATH: pg_test_fsync is in its real directory.
-	if real, err := filepath.EvalSymlinks(filepath.Join(binDir, "postgres")); err == nil {
-		binDir = filepath.Dir(real)
+	if target, err := filepath.EvalSymlinks(filepath.Join(binDir, "postgres")); err == nil {
+		binDir = filepath.Dir(target)
 	}
 	bin := filepath.Join(binDir, "pg_test_fsync")
 	if _, err := os.Stat(bin); err != nil {
