@@ -109,7 +109,7 @@ run: postgres build ## Run bin/ehr-operator's receiver for EHR nexus on a throwa
 ##@ Performance
 
 .PHONY: bench
-bench: ## Benchmarks and the receiver-vs-limit table (prints figures; writes BENCH_OUT).
+bench: ## Benchmarks and the receiver-vs-limit tables, durable and fast PostgreSQL (prints figures; writes BENCH_OUT).
 	hack/bench.sh
 
 .PHONY: load

@@ -5,7 +5,9 @@
 #   BENCH_CELL      measured time per side of each cell (default 3s)
 #   BENCH_BATCHES   batch sizes (default 1,10,100)
 #   BENCH_SENDERS   concurrent senders (default 1,8,32)
-#   BENCH_PLOT      PNG written from BENCH_OUT (default docs/performance-throughput.png; "" for none)
+#   BENCH_MODES     PostgreSQL modes, in order (default durable,fast: fsync on, then off)
+#   BENCH_PLOT      PNG of the durable cells (default docs/performance-throughput.png; "" for none);
+#                   the fast cells go to the same name with -fast before .png
 #   BENCHTIME       -benchtime of the Go benchmarks (default 1s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,5 +32,12 @@ echo "=== Receiver versus limit"
 "$dir/bench" -binary "$bin" -out "$out"
 
 if [ -n "$plot" ]; then
-	"$dir/plot" -in "$out" -out "$plot"
+	modes="${BENCH_MODES:-durable,fast}"
+	for mode in ${modes//,/ }; do
+		if [ "$mode" = durable ]; then
+			"$dir/plot" -in "$out" -out "$plot" -mode durable
+		else
+			"$dir/plot" -in "$out" -out "${plot%.png}-fast.png" -mode fast
+		fi
+	done
 fi

@@ -47,18 +47,26 @@ func (m *cpuMeter) watch(begin, end time.Time) (wait func()) {
 	go func() {
 		defer close(done)
 		time.Sleep(time.Until(begin))
-		a := m.sample()
+		a, pgA := m.sample()
 		time.Sleep(time.Until(end))
-		b := m.sample()
+		b, pgB := m.sample()
 		for i := range m.ticks {
 			m.ticks[i] += b[i] - a[i]
+		}
+		// Per backend: one that exits inside the window (the other
+		// side's connections closing) must not take its whole lifetime's
+		// time off the sum; one that starts inside it counts from zero.
+		for pid, t := range pgB {
+			m.ticks[0] += t - pgA[pid]
 		}
 	}()
 	return func() { <-done }
 }
 
-func (m *cpuMeter) sample() [3]int64 {
-	var pg int64
+// sample returns the receiver's and this process's ticks (index 1, 2) and
+// the PostgreSQL processes' ticks by pid.
+func (m *cpuMeter) sample() ([3]int64, map[int]int64) {
+	pg := map[int]int64{}
 	// The postmaster's children are found by their parent pid.
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
@@ -68,7 +76,7 @@ func (m *cpuMeter) sample() [3]int64 {
 		}
 		ppid, t, ok := procTimes(pid)
 		if ok && (pid == m.postmaster || ppid == m.postmaster) {
-			pg += t
+			pg[pid] = t
 		}
 	}
 	var rcv int64
@@ -76,7 +84,7 @@ func (m *cpuMeter) sample() [3]int64 {
 		_, rcv, _ = procTimes(m.receiver)
 	}
 	_, self, _ := procTimes(os.Getpid())
-	return [3]int64{pg, rcv, self}
+	return [3]int64{0, rcv, self}, pg
 }
 
 // per100 turns the ticks counted into milliseconds per 100 appointments.

@@ -11,9 +11,13 @@
 //     appointment, the rate limit raised out of the way;
 //
 // and prints appointments/s, requests/s, p50/p99 latency, the receiver's
-// peak RSS and receiver/limit, and writes the cells as JSON.
+// peak RSS and receiver/limit, and writes the cells as JSON. It does so in
+// two modes, each on a PostgreSQL of its own: durable (the production
+// defaults: fsync, full_page_writes and synchronous_commit on, data and WAL
+// on the disk, whose fsync cost pg_test_fsync measures first) and fast
+// (fsync and full_page_writes off: statements and round trips only).
 //
-//	go -C hack run ./bench -binary ../bin/ehr-operator [-out ../bench-results.json] [-cell 3s]
+//	go -C hack run ./bench -binary ../bin/ehr-operator [-out ../bench-results.json] [-cell 3s] [-modes durable,fast]
 package main
 
 import (
@@ -37,6 +41,9 @@ import (
 
 // Cell is one line of the table, as written to the JSON file.
 type Cell struct {
+	// Durable: taken on a PostgreSQL with fsync, full_page_writes and
+	// synchronous_commit on; else with fsync and full_page_writes off.
+	Durable          bool    `json:"durable"`
 	Batch            int     `json:"batch"`
 	Senders          int     `json:"senders"`
 	AppointmentsPerS float64 `json:"appointments_per_s"`
@@ -47,6 +54,9 @@ type Cell struct {
 	P50Ms            float64 `json:"p50_ms"`
 	P99Ms            float64 `json:"p99_ms"`
 	PeakRSSMiB       float64 `json:"peak_rss_mib"`
+	// Requests answered 200 per transaction committed in the receiver's
+	// database over the whole cell: the batcher's mean group size.
+	RequestsPerCommit float64 `json:"requests_per_commit"`
 	// Where the processor time went, per side (cpu.go).
 	CPU      CPU `json:"receiver_cpu"`
 	LimitCPU CPU `json:"limit_cpu"`
@@ -60,6 +70,7 @@ func main() {
 	warmup := flag.Duration("warmup", 300*time.Millisecond, "unmeasured time before each slice")
 	batches := flag.String("batches", envOr("BENCH_BATCHES", "1,10,100"), "batch sizes (env BENCH_BATCHES)")
 	senders := flag.String("senders", envOr("BENCH_SENDERS", "1,8,32"), "numbers of concurrent senders (env BENCH_SENDERS)")
+	modes := flag.String("modes", envOr("BENCH_MODES", "durable,fast"), "PostgreSQL modes to run, in order: durable, fast (env BENCH_MODES)")
 	methods := flag.String("limit-methods", "unnest,copy", "limit methods to try; the faster counts")
 	flag.StringVar(&dbParams, "receiver-db-params", "", "extra query parameters of the receiver's database URL, for experiments (e.g. plan_cache_mode=force_custom_plan)")
 	profile := flag.String("profile", "", "instead of the table: BATCH,SENDERS,FILE runs the receiver in this process under the CPU profiler for one cell and writes the profile to FILE")
@@ -71,51 +82,27 @@ func main() {
 		}
 		return
 	}
-	if err := run(*binary, out, *cell, *warmup, ints(*batches), ints(*senders), strings.Split(*methods, ",")); err != nil {
+	durables, err := parseModes(*modes)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
+	if err := run(*binary, out, *cell, *warmup, durables, ints(*batches), ints(*senders), strings.Split(*methods, ",")); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(binary, out string, cell, warmup time.Duration, batches, senders []int, methods []string) error {
-	ctx, cluster, done, err := harness.Start(binary)
-	if err != nil {
-		return err
-	}
-	defer done()
-	if err := printMachine(ctx, cluster.URL()); err != nil {
-		return err
-	}
-	postmaster, err := cluster.PostmasterPID()
-	if err != nil {
-		return err
-	}
-
+func run(binary, out string, cell, warmup time.Duration, durables []bool, batches, senders []int, methods []string) error {
 	var cells []Cell
-	fmt.Printf("\n%5s %7s | %12s %9s %8s %8s %9s | %12s %-6s | %6s\n",
-		"batch", "senders", "appts/s", "req/s", "p50 ms", "p99 ms", "RSS MiB", "limit appt/s", "method", "ratio")
-	for _, b := range batches {
-		for _, s := range senders {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			c, err := runCell(ctx, cluster.URL(), postmaster, binary, b, s, cell, warmup, methods)
-			if err != nil {
-				return fmt.Errorf("batch %d, %d senders: %w", b, s, err)
-			}
-			cells = append(cells, c)
-			fmt.Printf("%5d %7d | %12.0f %9.0f %8.2f %8.2f %9.1f | %12.0f %-6s | %5.0f%%\n",
-				c.Batch, c.Senders, c.AppointmentsPerS, c.RequestsPerS, c.P50Ms, c.P99Ms, c.PeakRSSMiB,
-				c.LimitPerS, c.LimitMethod, 100*c.Ratio)
+	for _, durable := range durables {
+		cs, err := runMode(binary, durable, cell, warmup, batches, senders, methods)
+		cells = append(cells, cs...)
+		if err != nil {
+			return err
 		}
 	}
-	fmt.Printf("\nCPU milliseconds per 100 appointments (all cores; %d cores here):\n", runtime.NumCPU())
-	fmt.Printf("%5s %7s | %-26s | %-17s\n", "", "", "receiver side", "limit side")
-	fmt.Printf("%5s %7s | %8s %8s %8s | %8s %8s\n", "batch", "senders", "postgres", "receiver", "senders", "postgres", "client")
-	for _, c := range cells {
-		fmt.Printf("%5d %7d | %8.1f %8.1f %8.1f | %8.1f %8.1f\n", c.Batch, c.Senders,
-			c.CPU.Postgres, c.CPU.Receiver, c.CPU.Bench, c.LimitCPU.Postgres, c.LimitCPU.Bench)
-	}
+	printTargets(cells)
 	j, err := json.MarshalIndent(cells, "", "  ")
 	if err != nil {
 		return err
@@ -123,17 +110,105 @@ func run(binary, out string, cell, warmup time.Duration, batches, senders []int,
 	if err := os.WriteFile(out, append(j, '\n'), 0o644); err != nil {
 		return fmt.Errorf("while writing %s: %w", out, err)
 	}
-	fmt.Printf("\nWrote %s. Reproduce: BENCH_OUT=%s BENCH_CELL=%s BENCH_BATCHES=%s BENCH_SENDERS=%s make bench\n",
-		out, out, cell, join(batches), join(senders))
+	fmt.Printf("\nWrote %s. Reproduce: BENCH_OUT=%s BENCH_CELL=%s BENCH_BATCHES=%s BENCH_SENDERS=%s BENCH_MODES=%s make bench\n",
+		out, out, cell, join(batches), join(senders), modeNames(durables))
 	if strings.HasPrefix(binary, os.TempDir()) {
 		binary = "bin/ehr-operator" // bench.sh's temporary build; `make build` makes this one
 	}
 	// Absolute, since `go -C hack run` runs the tool in hack/.
 	absBinary, _ := filepath.Abs(binary)
 	absOut, _ := filepath.Abs(out)
-	fmt.Printf("  (or: make build && go -C hack run ./bench -binary %s -out %s -cell %s -batches %s -senders %s)\n",
-		absBinary, absOut, cell, join(batches), join(senders))
+	fmt.Printf("  (or: make build && go -C hack run ./bench -binary %s -out %s -cell %s -batches %s -senders %s -modes %s)\n",
+		absBinary, absOut, cell, join(batches), join(senders), modeNames(durables))
 	return nil
+}
+
+// runMode measures every cell on a PostgreSQL of the mode's own, and
+// prints the mode's two tables.
+func runMode(binary string, durable bool, cell, warmup time.Duration, batches, senders []int, methods []string) ([]Cell, error) {
+	fmt.Printf("\n=== %s\n", modeTitle(durable))
+	ctx, cluster, done, err := harness.StartMode(binary, durable)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	if err := printMachine(ctx, cluster.URL()); err != nil {
+		return nil, err
+	}
+	if durable {
+		if err := printDisk(ctx, cluster); err != nil {
+			return nil, err
+		}
+	}
+	postmaster, err := cluster.PostmasterPID()
+	if err != nil {
+		return nil, err
+	}
+
+	var cells []Cell
+	fmt.Printf("\n%5s %7s | %12s %9s %8s %8s %9s %8s | %12s %-6s | %6s\n",
+		"batch", "senders", "appts/s", "req/s", "p50 ms", "p99 ms", "RSS MiB", "req/tx", "limit appt/s", "method", "ratio")
+	for _, b := range batches {
+		for _, s := range senders {
+			if ctx.Err() != nil {
+				return cells, ctx.Err()
+			}
+			c, err := runCell(ctx, cluster.URL(), postmaster, binary, b, s, cell, warmup, methods)
+			if err != nil {
+				return cells, fmt.Errorf("%s, batch %d, %d senders: %w", modeName(durable), b, s, err)
+			}
+			c.Durable = durable
+			cells = append(cells, c)
+			fmt.Printf("%5d %7d | %12.0f %9.0f %8.2f %8.2f %9.1f %8.1f | %12.0f %-6s | %5.0f%%\n",
+				c.Batch, c.Senders, c.AppointmentsPerS, c.RequestsPerS, c.P50Ms, c.P99Ms, c.PeakRSSMiB,
+				c.RequestsPerCommit, c.LimitPerS, c.LimitMethod, 100*c.Ratio)
+		}
+	}
+	fmt.Printf("\nCPU milliseconds per 100 appointments, %s (all cores; %d cores here):\n", modeName(durable), runtime.NumCPU())
+	fmt.Printf("%5s %7s | %-26s | %-17s\n", "", "", "receiver side", "limit side")
+	fmt.Printf("%5s %7s | %8s %8s %8s | %8s %8s\n", "batch", "senders", "postgres", "receiver", "senders", "postgres", "client")
+	for _, c := range cells {
+		fmt.Printf("%5d %7d | %8.1f %8.1f %8.1f | %8.1f %8.1f\n", c.Batch, c.Senders,
+			c.CPU.Postgres, c.CPU.Receiver, c.CPU.Bench, c.LimitCPU.Postgres, c.LimitCPU.Bench)
+	}
+	return cells, nil
+}
+
+func parseModes(s string) ([]bool, error) {
+	var out []bool
+	for _, f := range strings.Split(s, ",") {
+		switch strings.TrimSpace(f) {
+		case "durable":
+			out = append(out, true)
+		case "fast":
+			out = append(out, false)
+		default:
+			return nil, fmt.Errorf("mode %q: want durable or fast", f)
+		}
+	}
+	return out, nil
+}
+
+func modeName(durable bool) string {
+	if durable {
+		return "durable"
+	}
+	return "fast"
+}
+
+func modeNames(durables []bool) string {
+	s := make([]string, len(durables))
+	for i, d := range durables {
+		s[i] = modeName(d)
+	}
+	return strings.Join(s, ",")
+}
+
+func modeTitle(durable bool) string {
+	if durable {
+		return "Durable: fsync, full_page_writes and synchronous_commit on, data and WAL on the disk"
+	}
+	return "Fast: fsync and full_page_writes off (statements and round trips, not the disk)"
 }
 
 var (
@@ -180,6 +255,9 @@ func runCell(ctx context.Context, adminURL string, postmaster int, binary string
 		limitMeters[m] = &cpuMeter{postmaster: postmaster}
 	}
 
+	if side.commits0, err = commits(ctx, u); err != nil {
+		return c, err
+	}
 	limits := map[string]*recorder{}
 	var rcv *recorder
 	for round := range rounds {
@@ -203,10 +281,11 @@ func runCell(ctx context.Context, adminURL string, postmaster int, binary string
 			c.LimitCPU = limitMeters[m].per100(res.appointmentsPerS * limits[m].secs)
 		}
 	}
-	rss, err := side.finish(ctx, u)
+	rss, perCommit, err := side.finish(ctx, u)
 	if err != nil {
 		return c, err
 	}
+	c.RequestsPerCommit = perCommit
 	res := rcv.result()
 	c.CPU = side.meter.per100(res.appointmentsPerS * rcv.secs)
 	c.AppointmentsPerS, c.RequestsPerS = res.appointmentsPerS, res.requestsPerS
@@ -223,7 +302,11 @@ type receiverSide struct {
 	url    string
 	client *http.Client
 	ok     atomic.Int64 // appointments answered 200
-	meter  *cpuMeter    // nil in -profile
+	reqs   atomic.Int64 // requests answered 200
+	// commits0 is the database's committed transactions before the first
+	// request (migrations, the receiver's start).
+	commits0 int64
+	meter    *cpuMeter // nil in -profile
 }
 
 // run sends gen's batches from senders goroutines (closed loop) for
@@ -256,6 +339,7 @@ func (rs *receiverSide) run(ctx context.Context, gen harness.Gen, batch, senders
 				}
 				rec.add(s, t0, time.Now(), batch)
 				rs.ok.Add(int64(batch))
+				rs.reqs.Add(1)
 			}
 		})
 	}
@@ -271,29 +355,51 @@ func (rs *receiverSide) run(ctx context.Context, gen harness.Gen, batch, senders
 	return rec, nil
 }
 
-// finish reads the receiver's peak RSS, stops it, and checks that every
-// appointment answered 200 is in the database.
-func (rs *receiverSide) finish(ctx context.Context, dbURL string) (float64, error) {
-	rss, err := harness.ProcStatus(rs.r.Cmd.Process.Pid, "VmHWM")
+// finish reads the receiver's peak RSS, stops it, checks that every
+// appointment answered 200 is in the database, and counts the requests
+// answered 200 per transaction committed in its database (a backend's
+// statistics reach pg_stat_database when its session ends, so after Stop).
+func (rs *receiverSide) finish(ctx context.Context, dbURL string) (rss, perCommit float64, err error) {
+	rss, err = harness.ProcStatus(rs.r.Cmd.Process.Pid, "VmHWM")
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	if err := rs.r.Stop(); err != nil {
-		return 0, fmt.Errorf("the receiver did not exit cleanly: %w", err)
+		return 0, 0, fmt.Errorf("the receiver did not exit cleanly: %w", err)
 	}
+	db, err := sql.Open("postgres", dbURL)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer db.Close()
+	var n int64
+	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM appointments`).Scan(&n); err != nil {
+		return 0, 0, err
+	}
+	if n != rs.ok.Load() {
+		return 0, 0, fmt.Errorf("%d appointments answered 200 but %d in the database", rs.ok.Load(), n)
+	}
+	c, err := commits(ctx, dbURL)
+	if err != nil {
+		return 0, 0, err
+	}
+	if c > rs.commits0 {
+		perCommit = float64(rs.reqs.Load()) / float64(c-rs.commits0)
+	}
+	return rss, perCommit, nil
+}
+
+// commits is the number of transactions committed in the database of
+// dbURL, as far as the sessions that ended have reported them.
+func commits(ctx context.Context, dbURL string) (int64, error) {
 	db, err := sql.Open("postgres", dbURL)
 	if err != nil {
 		return 0, err
 	}
 	defer db.Close()
 	var n int64
-	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM appointments`).Scan(&n); err != nil {
-		return 0, err
-	}
-	if n != rs.ok.Load() {
-		return 0, fmt.Errorf("%d appointments answered 200 but %d in the database", rs.ok.Load(), n)
-	}
-	return rss, nil
+	err = db.QueryRowContext(ctx, `SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()`).Scan(&n)
+	return n, err
 }
 
 // measure is one side of a cell.

@@ -21,6 +21,7 @@ import (
 
 // cell is the part of hack/bench's JSON the plot needs.
 type cell struct {
+	Durable          bool    `json:"durable"`
 	Batch            int     `json:"batch"`
 	Senders          int     `json:"senders"`
 	AppointmentsPerS float64 `json:"appointments_per_s"`
@@ -30,24 +31,31 @@ type cell struct {
 func main() {
 	in := flag.String("in", "bench-results.json", "hack/bench's JSON")
 	out := flag.String("out", "docs/performance-throughput.png", "PNG to write")
+	mode := flag.String("mode", "durable", "which cells to draw: durable or fast (hack/bench's two tables)")
 	flag.Parse()
-	if err := run(*in, *out); err != nil {
+	if *mode != "durable" && *mode != "fast" {
+		fmt.Fprintf(os.Stderr, "plot: -mode %q: want durable or fast\n", *mode)
+		os.Exit(2)
+	}
+	if err := run(*in, *out, *mode == "durable"); err != nil {
 		fmt.Fprintln(os.Stderr, "plot:", err)
 		os.Exit(1)
 	}
 }
 
-func run(in, out string) error {
+func run(in, out string, durable bool) error {
 	b, err := os.ReadFile(in)
 	if err != nil {
 		return fmt.Errorf("while reading the results: %w", err)
 	}
-	var cells []cell
-	if err := json.Unmarshal(b, &cells); err != nil {
+	var all []cell
+	if err := json.Unmarshal(b, &all); err != nil {
 		return fmt.Errorf("while decoding %s: %w", in, err)
 	}
+	mode := map[bool]string{true: "durable", false: "fast"}[durable]
+	cells := slices.DeleteFunc(all, func(c cell) bool { return c.Durable != durable })
 	if len(cells) == 0 {
-		return fmt.Errorf("%s has no cells", in)
+		return fmt.Errorf("%s has no %s cells", in, mode)
 	}
 	bySenders := map[int][]cell{}
 	var senders []int
@@ -60,7 +68,8 @@ func run(in, out string) error {
 	slices.Sort(senders)
 
 	p := plot.New()
-	p.Title.Text = "Appointments written per second (2 cores, loopback)"
+	p.Title.Text = "Appointments written per second (2 cores, loopback, " + map[bool]string{
+		true: "durable: fsync on", false: "fast: fsync off"}[durable] + ")"
 	p.X.Label.Text = "appointments per request (batch size)"
 	p.Y.Label.Text = "appointments/s"
 	p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}

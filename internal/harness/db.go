@@ -64,12 +64,22 @@ func Ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // exists, starts a throwaway PostgreSQL and returns a context that Ctrl-C
 // or SIGTERM cancels. done stops both.
 func Start(binary string) (ctx context.Context, cluster *pgtest.Cluster, done func(), err error) {
+	return StartMode(binary, false)
+}
+
+// StartMode is Start with a durable PostgreSQL (pgtest.StartDurableCluster)
+// when durable is set.
+func StartMode(binary string, durable bool) (ctx context.Context, cluster *pgtest.Cluster, done func(), err error) {
 	if _, err := os.Stat(binary); err != nil {
 		return nil, nil, nil, fmt.Errorf("no receiver binary (build it with `make build`): %w", err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	start := pgtest.StartCluster
+	if durable {
+		start = pgtest.StartDurableCluster
+	}
 	fmt.Println("Starting a throwaway PostgreSQL…")
-	cluster, err = pgtest.StartCluster()
+	cluster, err = start()
 	if err != nil {
 		stop()
 		return nil, nil, nil, fmt.Errorf("while starting PostgreSQL: %w", err)

@@ -26,6 +26,10 @@ type Cluster struct {
 	port int
 	cred *syscall.Credential // nil unless running as root
 	tls  bool                // ssl=on with server.crt/server.key in the data directory
+	// durable keeps PostgreSQL's production defaults for durability
+	// (fsync, full_page_writes, synchronous_commit on) instead of the
+	// tests' fast settings.
+	durable bool
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -39,7 +43,7 @@ type Cluster struct {
 // installed binaries, TEST_DATABASE_URL or not.
 func NewCluster(t testing.TB) *Cluster {
 	t.Helper()
-	c, err := startCluster(nil)
+	c, err := startCluster(nil, false)
 	if err != nil {
 		t.Fatalf("pgtest: %v", err)
 	}
@@ -99,12 +103,12 @@ func (c *Cluster) Start() error {
 
 // startCluster makes and starts a cluster; with a CA, it also serves TLS
 // with a server certificate that CA signs.
-func startCluster(ca *CA) (*Cluster, error) {
+func startCluster(ca *CA, durable bool) (*Cluster, error) {
 	bin, err := findBinaries()
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{bin: bin}
+	c := &Cluster{bin: bin, durable: durable}
 	if os.Geteuid() == 0 {
 		if c.cred, err = unprivileged(); err != nil {
 			return nil, err
@@ -171,10 +175,15 @@ func (c *Cluster) startLocked() error {
 		"-p", strconv.Itoa(c.port),
 		"-c", "listen_addresses=127.0.0.1",
 		"-c", "unix_socket_directories=" + c.dir,
-		"-c", "fsync=off", // durability is not under test; speed is welcome
-		"-c", "full_page_writes=off",
 		"-c", "max_connections=200",
 		"-c", "shared_buffers=32MB",
+		"-c", "synchronous_commit=on",
+	}
+	if c.durable {
+		args = append(args, "-c", "fsync=on", "-c", "full_page_writes=on")
+	} else {
+		// Durability is not under test; speed is welcome.
+		args = append(args, "-c", "fsync=off", "-c", "full_page_writes=off")
 	}
 	if c.tls {
 		args = append(args, "-c", "ssl=on")

@@ -111,7 +111,7 @@ func newSharedServer() (*server, error) {
 	if u := os.Getenv(EnvURL); u != "" {
 		return &server{adminURL: u, external: true}, nil
 	}
-	c, err := startCluster(nil)
+	c, err := startCluster(nil, false)
 	if err != nil {
 		return nil, err
 	}

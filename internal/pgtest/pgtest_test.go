@@ -130,3 +130,34 @@ func TestTLSClusterVerifyFull(t *testing.T) {
 		t.Errorf("verify-full with another CA: %v, want an unknown-authority error", err)
 	}
 }
+
+// TestDurableCluster: the bench's durable cluster runs with PostgreSQL's
+// production durability settings, and the fast one without.
+func TestDurableCluster(t *testing.T) {
+	ctx := context.Background()
+	for _, durable := range []bool{true, false} {
+		start := StartCluster
+		want := "off"
+		if durable {
+			start, want = StartDurableCluster, "on"
+		}
+		c, err := start()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Destroy)
+		db := open(t, c.URL())
+		for name, want := range map[string]string{"fsync": want, "full_page_writes": want, "synchronous_commit": "on"} {
+			var got string
+			if err := db.QueryRowContext(ctx, "SHOW "+name).Scan(&got); err != nil {
+				t.Fatal(err)
+			}
+			if got != want {
+				t.Errorf("durable %v: %s = %s, want %s", durable, name, got, want)
+			}
+		}
+		if _, err := os.Stat(filepath.Join(c.DataDir(), "pg_wal")); err != nil {
+			t.Errorf("durable %v: no WAL in the data directory: %v", durable, err)
+		}
+	}
+}

@@ -10,7 +10,19 @@ import (
 
 // StartCluster starts a throwaway cluster outside of tests (hack/devrun,
 // `make run`). The caller must call Destroy.
-func StartCluster() (*Cluster, error) { return startCluster(nil) }
+func StartCluster() (*Cluster, error) { return startCluster(nil, false) }
+
+// StartDurableCluster is StartCluster with PostgreSQL's production defaults
+// for durability (fsync, full_page_writes and synchronous_commit on), the
+// data directory and its WAL on the disk of the temporary directory: the
+// bench's durable table.
+func StartDurableCluster() (*Cluster, error) { return startCluster(nil, true) }
+
+// DataDir is the cluster's data directory (its WAL is in pg_wal inside it).
+func (c *Cluster) DataDir() string { return c.dataDir() }
+
+// BinDir is the directory of the cluster's PostgreSQL binaries.
+func (c *Cluster) BinDir() string { return c.bin }
 
 // Destroy stops the cluster and removes its directory.
 func (c *Cluster) Destroy() { c.destroy() }

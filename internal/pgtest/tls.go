@@ -28,7 +28,7 @@ func NewTLSCluster(t testing.TB) (*Cluster, []byte) {
 	if err != nil {
 		t.Fatalf("pgtest: %v", err)
 	}
-	c, err := startCluster(ca)
+	c, err := startCluster(ca, false)
 	if err != nil {
 		t.Fatalf("pgtest: %v", err)
 	}
