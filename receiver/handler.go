@@ -224,9 +224,10 @@ func (s *Server) verifySignature(rq *request) *answer {
 }
 
 // decode refuses a body that is not a batch at all, whatever onInvalid
-// says.
+// says. It validates the entries too, in the same scan of the body
+// (payload.DecodeValidate); validate decides what their errors come to.
 func (s *Server) decode(rq *request) *answer {
-	items, rerr := payload.Decode(rq.body, s.cfg.MaxBatchSize)
+	batch, rerr := payload.DecodeValidate(rq.body, s.cfg.MaxBatchSize, s.cfg.Location, rq.received)
 	if rerr != nil {
 		a := fail(rerr.Status, store.OutcomeInvalidBody, rerr.Message)
 		// 413 (too many entries) has no errors list, as the body-size 413.
@@ -237,14 +238,14 @@ func (s *Server) decode(rq *request) *answer {
 	}
 	// The items are copies: the body's memory can go (receiver/sizing
 	// counts on it).
-	rq.items, rq.body = items, nil
+	rq.items, rq.valid, rq.invalid, rq.body = batch.Items, batch.Valid, batch.Invalid, nil
 	return nil
 }
 
-// validate refuses a batch with invalid entries under onInvalid: Reject;
-// under Quarantine it passes them on for commit to keep aside.
+// validate refuses a batch with invalid entries (decode found them) under
+// onInvalid: Reject; under Quarantine it passes them on for commit to keep
+// aside.
 func (s *Server) validate(rq *request) *answer {
-	rq.valid, rq.invalid = payload.Validate(rq.items, s.cfg.Location, rq.received)
 	// Valid entries do not refer to their items' bytes, and rq.invalid
 	// keeps its own: the copies can go.
 	for i := range rq.items {
