@@ -2,15 +2,16 @@ package payload
 
 import (
 	"encoding/json"
-	"strconv"
 	"time"
 )
 
-// Batch is a body decoded and validated: its items, and what Validate says
-// of them.
+// Batch is a body decoded and validated: how many entries it has, and
+// what Validate says of them.
 type Batch struct {
-	Items   []Item
-	Valid   []Entry
+	Len   int
+	Valid []Entry
+	// Invalid holds the invalid entries' items, as Decode makes them. The
+	// valid entries' items are not made: nothing reads them.
 	Invalid []Invalid
 }
 
@@ -47,20 +48,20 @@ func DecodeValidate(body []byte, maxBatchSize int, loc *time.Location, now time.
 	}
 	switch {
 	case arr >= 0 && arr == s.arr:
-		return s.arrayBatch(body)
+		return s.arrayBatch()
 	case arr >= 0 || !one:
 		// Not an array, an escaped key the scan did not follow, or
 		// neither form: rare, so Decode and Validate as they are.
 		return decodeThenValidate(body, maxBatchSize, loc, now)
 	}
 	// The single form: the body's members are the entry's.
-	it := Item{Index: 0, Path: "", Raw: append(json.RawMessage(nil), body[i:end]...)}
 	r := scanReader{fieldErrors: fieldErrors{index: 0, base: ""}}
 	e, errs := r.entry(readEntry[object](&r, object{src: text, members: s.top, parent: -1, hi: len(s.top)}, loc, now))
 	if len(errs) > 0 {
-		return Batch{Items: []Item{it}, Invalid: []Invalid{{Item: it, Errors: errs}}}, nil
+		it := Item{Index: 0, Path: "", Raw: append(json.RawMessage(nil), body[i:end]...)}
+		return Batch{Len: 1, Invalid: []Invalid{{Item: it, Errors: errs}}}, nil
 	}
-	return Batch{Items: []Item{it}, Valid: []Entry{e}}, nil
+	return Batch{Len: 1, Valid: []Entry{e}}, nil
 }
 
 func decodeThenValidate(body []byte, maxBatchSize int, loc *time.Location, now time.Time) (Batch, *RequestError) {
@@ -69,7 +70,7 @@ func decodeThenValidate(body []byte, maxBatchSize int, loc *time.Location, now t
 		return Batch{}, rerr
 	}
 	valid, invalid := Validate(items, loc, now)
-	return Batch{Items: items, Valid: valid, Invalid: invalid}, nil
+	return Batch{Len: len(items), Valid: valid, Invalid: invalid}, nil
 }
 
 // keyName is member m's key, unescaped.
@@ -94,18 +95,11 @@ type bodyScan struct {
 	// last array of a key spelled "appointments" without escapes, -1 for
 	// none.
 	arr     int
-	elems   [][2]int
-	paths   []string
+	n       int // the array's elements
 	valid   []Entry
-	invalid []invalidAt
+	invalid []Invalid
 	// members is the entry being validated's, reused from entry to entry.
 	members []member
-}
-
-// invalidAt is the k-th entry's errors, until its Item exists.
-type invalidAt struct {
-	k    int
-	errs []FieldError
 }
 
 // scanTop checks the object at text[i] as scanObject(text, i, 1, &s.top,
@@ -166,7 +160,7 @@ func (s *bodyScan) scanTop(i int) (int, bool) {
 // s.max elements. A later array replaces an earlier one's results.
 func (s *bodyScan) scanEntries(i int) (int, bool) {
 	b := s.text
-	s.elems, s.paths, s.valid, s.invalid = s.elems[:0], s.paths[:0], s.valid[:0], s.invalid[:0]
+	s.n, s.valid, s.invalid = 0, s.valid[:0], s.invalid[:0]
 	i = skipSpace(b, i+1)
 	if i < len(b) && b[i] == ']' {
 		return i + 1, true
@@ -187,10 +181,10 @@ func (s *bodyScan) scanEntries(i int) (int, bool) {
 		if !ok {
 			return 0, false
 		}
-		if k := len(s.elems); k < s.max {
-			s.validate(k, start, end, isObject)
+		if s.n < s.max {
+			s.validate(s.n, start, end, isObject)
 		}
-		s.elems = append(s.elems, [2]int{start, end})
+		s.n++
 		i = skipSpace(b, end)
 		if i >= len(b) {
 			return 0, false
@@ -209,22 +203,22 @@ func (s *bodyScan) scanEntries(i int) (int, bool) {
 // validate validates element k, text[start:end], as Validate does; an
 // object from the members just recorded.
 func (s *bodyScan) validate(k, start, end int, isObject bool) {
-	path := "appointments[" + strconv.Itoa(k) + "]"
-	s.paths = append(s.paths, path)
 	var (
 		e    Entry
 		errs []FieldError
 	)
 	if isObject {
-		s.r = scanReader{fieldErrors: fieldErrors{index: k, base: path}}
+		s.r = scanReader{fieldErrors: fieldErrors{index: k, inArray: true}, strs: s.r.strs}
 		root := object{src: s.text, members: s.members, parent: -1, hi: len(s.members)}
 		e, errs = s.r.entry(readEntry[object](&s.r, root, s.loc, s.now))
-	} else {
-		// null or another value: validate says which error.
-		e, errs = s.r.validate(Item{Index: k, Path: path, Raw: []byte(s.text[start:end])}, s.loc, s.now)
 	}
-	if len(errs) > 0 {
-		s.invalid = append(s.invalid, invalidAt{k, errs})
+	if !isObject || len(errs) > 0 {
+		it := Item{Index: k, Path: arrayPath(k), Raw: []byte(s.text[start:end])}
+		if !isObject {
+			// null or another value: validate says which error.
+			_, errs = s.r.validate(it, s.loc, s.now)
+		}
+		s.invalid = append(s.invalid, Invalid{Item: it, Errors: errs})
 		return
 	}
 	if s.valid == nil {
@@ -235,27 +229,13 @@ func (s *bodyScan) validate(k, start, end int, isObject bool) {
 }
 
 // arrayBatch is the batch of the appointments array the scan followed.
-func (s *bodyScan) arrayBatch(body []byte) (Batch, *RequestError) {
-	if err := batchSize(len(s.elems), s.max); err != nil {
+func (s *bodyScan) arrayBatch() (Batch, *RequestError) {
+	if err := batchSize(s.n, s.max); err != nil {
 		return Batch{}, err
 	}
-	// One copy of the array, sliced per item.
-	first, last := s.elems[0][0], s.elems[len(s.elems)-1][1]
-	buf := append([]byte(nil), body[first:last]...)
-	items := make([]Item, len(s.elems))
-	for k, e := range s.elems {
-		from, to := e[0]-first, e[1]-first
-		items[k] = Item{Index: k, Path: s.paths[k], Raw: buf[from:to:to]}
-	}
-	b := Batch{Items: items}
+	b := Batch{Len: s.n, Invalid: s.invalid}
 	if len(s.valid) > 0 { // nil for none, as Validate's
 		b.Valid = s.valid
-	}
-	if len(s.invalid) > 0 {
-		b.Invalid = make([]Invalid, len(s.invalid))
-		for j, inv := range s.invalid {
-			b.Invalid[j] = Invalid{Item: items[inv.k], Errors: inv.errs}
-		}
 	}
 	return b, nil
 }

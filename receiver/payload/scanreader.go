@@ -49,6 +49,8 @@ type scanReader struct {
 	fieldErrors
 	// members holds the members of the entry and of its objects.
 	members []member
+	// strs holds optional fields' values (keep).
+	strs []string
 }
 
 // object reads parent[key] as an object (see fieldReader).
@@ -118,9 +120,21 @@ func (r *scanReader) required(obj object, p, key string, maxLen int) string {
 
 func (r *scanReader) optional(obj object, p, key string, maxLen int) *string {
 	if s, ok := r.str(obj, p, key, false, maxLen); ok {
-		return &s
+		return r.keep(s)
 	}
 	return nil
+}
+
+// keep returns a pointer to s in a chunk of strings, so that an entry's
+// optional fields cost one allocation per chunk, not one each. Entries
+// point into a chunk, never append to it, so chunks are shared across
+// entries and requests' entries go together anyway.
+func (r *scanReader) keep(s string) *string {
+	if len(r.strs) == cap(r.strs) {
+		r.strs = make([]string, 0, 64)
+	}
+	r.strs = append(r.strs, s)
+	return &r.strs[len(r.strs)-1]
 }
 
 // date reads a required MM/DD/YYYY as midnight UTC.
