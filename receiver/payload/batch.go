@@ -222,8 +222,10 @@ func (s *bodyScan) validate(k, start, end int, isObject bool) {
 		return
 	}
 	if s.valid == nil {
-		// About 700 bytes an entry in practice; a low guess only grows.
-		s.valid = make([]Entry, 0, min(s.max, len(s.text)/512+1))
+		// As many as entries of this one's size would fill the body, and an
+		// eighth more: entries of a batch are alike, and a low guess grows.
+		n := len(s.text) / (end - start + 1)
+		s.valid = make([]Entry, 0, min(s.max, n+n/8+1))
 	}
 	s.valid = append(s.valid, e)
 }
