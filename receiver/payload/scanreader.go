@@ -31,6 +31,9 @@ func (o object) find(key string) int {
 	for k := o.hi - 1; k >= o.lo; k-- {
 		m := o.members[k]
 		if m.parent != o.parent {
+			// A member of a nested object: they all sit right after the
+			// member holding it, so go on from that one.
+			k = m.parent + 1
 			continue
 		}
 		name := o.src[m.key+1 : m.keyEnd-1]
