@@ -8,6 +8,7 @@ import (
 // Batch is a body decoded and validated: how many entries it has, and
 // what Validate says of them.
 type Batch struct {
+	// Len is the number of entries, valid or not.
 	Len   int
 	Valid []Entry
 	// Invalid holds the invalid entries' items, as Decode makes them. The
