@@ -128,10 +128,10 @@ func (r *scanReader) optional(obj object, p, key string, maxLen int) *string {
 	return nil
 }
 
-// keep returns a pointer to s in a chunk of strings, so that an entry's
-// optional fields cost one allocation per chunk, not one each. Entries
-// point into a chunk, never append to it, so chunks are shared across
-// entries and requests' entries go together anyway.
+// keep returns a pointer to s in a chunk of strings, so that optional
+// fields cost one allocation per chunk, not one each. Nothing writes
+// through the pointers, so entries can share a chunk; it lives as long as
+// any of them, and a request's entries go together anyway.
 func (r *scanReader) keep(s string) *string {
 	if len(r.strs) == cap(r.strs) {
 		r.strs = make([]string, 0, 64)
