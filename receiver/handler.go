@@ -55,8 +55,8 @@ type request struct {
 	// failure goes to the delivery log.
 	authenticated bool
 	body          []byte
-	bodySHA       [32]byte       // zero until the body is read
-	items         []payload.Item // nil until the body decodes
+	bodySHA       [32]byte // zero until the body is read
+	items         int      // the batch's entries, 0 until the body decodes
 	valid         []payload.Entry
 	invalid       []payload.Invalid
 
@@ -224,9 +224,10 @@ func (s *Server) verifySignature(rq *request) *answer {
 }
 
 // decode refuses a body that is not a batch at all, whatever onInvalid
-// says.
+// says. It validates the entries too, in the same scan of the body
+// (payload.DecodeValidate); validate decides what their errors come to.
 func (s *Server) decode(rq *request) *answer {
-	items, rerr := payload.Decode(rq.body, s.cfg.MaxBatchSize)
+	batch, rerr := payload.DecodeValidate(rq.body, s.cfg.MaxBatchSize, s.cfg.Location, rq.received)
 	if rerr != nil {
 		a := fail(rerr.Status, store.OutcomeInvalidBody, rerr.Message)
 		// 413 (too many entries) has no errors list, as the body-size 413.
@@ -235,27 +236,22 @@ func (s *Server) decode(rq *request) *answer {
 		}
 		return a
 	}
-	// The items are copies: the body's memory can go (receiver/sizing
-	// counts on it).
-	rq.items, rq.body = items, nil
+	// The entries and the invalid items hold copies: the body's memory can
+	// go (receiver/sizing counts on it).
+	rq.items, rq.valid, rq.invalid, rq.body = batch.Len, batch.Valid, batch.Invalid, nil
 	return nil
 }
 
-// validate refuses a batch with invalid entries under onInvalid: Reject;
-// under Quarantine it passes them on for commit to keep aside.
+// validate refuses a batch with invalid entries (decode found them) under
+// onInvalid: Reject; under Quarantine it passes them on for commit to keep
+// aside.
 func (s *Server) validate(rq *request) *answer {
-	rq.valid, rq.invalid = payload.Validate(rq.items, s.cfg.Location, rq.received)
-	// Valid entries do not refer to their items' bytes, and rq.invalid
-	// keeps its own: the copies can go.
-	for i := range rq.items {
-		rq.items[i].Raw = nil
-	}
 	if len(rq.invalid) == 0 || s.cfg.OnInvalid != Reject {
 		return nil
 	}
 	return &answer{
 		resp: errorBody(http.StatusUnprocessableEntity,
-			fmt.Sprintf("%d of %d appointments are invalid; nothing was stored", len(rq.invalid), len(rq.items)),
+			fmt.Sprintf("%d of %d appointments are invalid; nothing was stored", len(rq.invalid), rq.items),
 			allErrors(rq.invalid)),
 		outcome: store.OutcomeRejected,
 	}
@@ -320,7 +316,7 @@ func allErrors(invalid []payload.Invalid) []payload.FieldError {
 func (s *Server) delivery(rq *request, outcome store.Outcome, code int) store.Delivery {
 	return store.Delivery{
 		EHR: s.cfg.EHR, RequestID: rq.c.GetString(ctxRequestID), ReceivedAt: rq.received,
-		BodySHA256: rq.bodySHA, ItemCount: len(rq.items), Outcome: outcome, StatusCode: code,
+		BodySHA256: rq.bodySHA, ItemCount: rq.items, Outcome: outcome, StatusCode: code,
 	}
 }
 
@@ -346,7 +342,7 @@ func (s *Server) finish(rq *request, a answer) {
 	s.metrics.superseded.Add(float64(a.result.Superseded))
 	s.metrics.quarantined.Add(float64(a.result.Quarantined))
 	attrs := []any{
-		"request_id", rq.c.GetString(ctxRequestID), "ehr", s.cfg.EHR, "items", len(rq.items),
+		"request_id", rq.c.GetString(ctxRequestID), "ehr", s.cfg.EHR, "items", rq.items,
 		"outcome", string(a.outcome), "status", a.resp.Code, "latency_ms", float64(latency.Microseconds()) / 1000,
 	}
 	if a.resp.Code == http.StatusOK {

@@ -10,7 +10,7 @@ import (
 
 // BenchmarkDecodeValidate decodes and validates a batch of 100 distinct
 // entries (the spec example's, with their own ids), as the receiver does
-// for each request.
+// for each request (DecodeValidate).
 func BenchmarkDecodeValidate(b *testing.B) {
 	example, err := os.ReadFile("testdata/spec-example.json")
 	if err != nil {
@@ -33,11 +33,11 @@ func BenchmarkDecodeValidate(b *testing.B) {
 		b.Run(fmt.Sprintf("%dentries", n), func(b *testing.B) {
 			b.SetBytes(int64(len(raw)))
 			for b.Loop() {
-				items, rerr := Decode(raw, 1000)
+				batch, rerr := DecodeValidate(raw, 1000, time.UTC, now)
 				if rerr != nil {
 					b.Fatal(rerr)
 				}
-				valid, invalid := Validate(items, time.UTC, now)
+				valid, invalid := batch.Valid, batch.Invalid
 				if len(valid) != n || len(invalid) != 0 {
 					b.Fatalf("%d valid, %d invalid, want %d valid", len(valid), len(invalid), n)
 				}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 )
 
 // RequestError is a body that is not a batch at all. Status is 400
@@ -77,16 +78,25 @@ type Invalid struct {
 type fieldErrors struct {
 	index int
 	base  string
-	errs  []FieldError
+	// inArray: the entry is appointments[index] and base is made from it
+	// when an error first needs it, so that a valid entry costs no path.
+	inArray bool
+	errs    []FieldError
 }
 
 func (f *fieldErrors) path(obj, key string) string {
+	if f.inArray {
+		f.base, f.inArray = arrayPath(f.index), false
+	}
 	p := f.base
 	if obj != "" {
 		p = join(p, obj)
 	}
 	return join(p, key)
 }
+
+// arrayPath is the path of the k-th entry of the appointments array.
+func arrayPath(k int) string { return "appointments[" + strconv.Itoa(k) + "]" }
 
 func join(prefix, key string) string {
 	if prefix == "" {

@@ -68,6 +68,7 @@ func FuzzFastMatchesSlow(f *testing.F) {
 				t.Fatalf("entry mismatch (-slow +fast):\n%s", diff)
 			}
 		}
+		batchMatches(t, body, 5, ny)
 		for _, it := range items {
 			it.Raw[0] = 'X' // items must not alias body
 		}
@@ -91,6 +92,14 @@ func TestRareInputsMatchTheReference(t *testing.T) {
 		deep(maxDepth+1, "[", "]"),
 		`{"a":` + deep(maxDepth, "[", "]") + `}`,
 		`{"appointments":[42,"x",null,[],{}]}`,
+		// Duplicate keys: the last wins, whether the body's scan recorded
+		// its array (plain key) or not (escaped key).
+		`{"appointments":[{"appointment":{"id":"a"}}],"appointmen\u0074s":[{"patient":{"id":1}}]}`,
+		`{"appointmen\u0074s":[{"patient":{"id":1}}],"appointments":[1,{"appointment":{"id":"a"}}]}`,
+		`{"appointment":{"id":"a"},"appointment":{"id":"b"},"patient":{"x":{"y":[]}},"patient":null}`,
+		// Invalid entries beside valid ones, errors whose messages name a path.
+		`{"appointments":[{"appointment":{"start_time":"03/10/2026 14:30","start_date":"03/11/2026"}},null,` +
+			strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(specExample), `{ "appointments": [`), `] }`) + `,7]}`,
 	} {
 		items, rerr := Decode([]byte(body), 10)
 		wantItems, wantErr := decodeSlow([]byte(body), 10)
@@ -100,6 +109,7 @@ func TestRareInputsMatchTheReference(t *testing.T) {
 		if diff := cmp.Diff(wantItems, items); diff != "" {
 			t.Fatalf("Decode(%.40q…) items (-reference +got):\n%s", body, diff)
 		}
+		batchMatches(t, []byte(body), 10, newYork)
 		for _, it := range append(items, Item{Index: 1, Path: "p", Raw: []byte(body)}) {
 			e, errs := validateOne(it, newYork, now)
 			we, werrs := validateSlow(it, newYork, now)
@@ -376,4 +386,37 @@ func validText(raw json.RawMessage) bool {
 		}
 	}
 	return !high
+}
+
+// batchMatches checks that DecodeValidate, which validates entries from
+// the body's one scan, answers as Decode and then Validate.
+func batchMatches(t *testing.T, body []byte, maxBatchSize int, loc *time.Location) {
+	t.Helper()
+	items, rerr := Decode(body, maxBatchSize)
+	b, berr := DecodeValidate(body, maxBatchSize, loc, now)
+	if diff := cmp.Diff(rerr, berr); diff != "" {
+		t.Fatalf("DecodeValidate error (-Decode +DecodeValidate):\n%s", diff)
+	}
+	if rerr != nil {
+		return
+	}
+	if b.Len != len(items) {
+		t.Fatalf("DecodeValidate: %d entries, Decode %d", b.Len, len(items))
+	}
+	valid, invalid := Validate(items, loc, now)
+	if diff := cmp.Diff(valid, b.Valid); diff != "" {
+		t.Fatalf("DecodeValidate entries (-Validate +DecodeValidate):\n%s", diff)
+	}
+	if diff := cmp.Diff(invalid, b.Invalid); diff != "" {
+		t.Fatalf("DecodeValidate errors (-Validate +DecodeValidate):\n%s", diff)
+	}
+	orig := bytes.Clone(body)
+	for _, inv := range b.Invalid {
+		if len(inv.Item.Raw) > 0 {
+			inv.Item.Raw[0] = 'X' // items must not alias body
+		}
+	}
+	if !bytes.Equal(orig, body) {
+		t.Fatal("DecodeValidate's items alias the body")
+	}
 }

@@ -31,6 +31,9 @@ func (o object) find(key string) int {
 	for k := o.hi - 1; k >= o.lo; k-- {
 		m := o.members[k]
 		if m.parent != o.parent {
+			// A member of a nested object: they all sit right after the
+			// member holding it, so go on from that one.
+			k = m.parent + 1
 			continue
 		}
 		name := o.src[m.key+1 : m.keyEnd-1]
@@ -49,6 +52,8 @@ type scanReader struct {
 	fieldErrors
 	// members holds the members of the entry and of its objects.
 	members []member
+	// strs holds optional fields' values (keep).
+	strs []string
 }
 
 // object reads parent[key] as an object (see fieldReader).
@@ -118,9 +123,21 @@ func (r *scanReader) required(obj object, p, key string, maxLen int) string {
 
 func (r *scanReader) optional(obj object, p, key string, maxLen int) *string {
 	if s, ok := r.str(obj, p, key, false, maxLen); ok {
-		return &s
+		return r.keep(s)
 	}
 	return nil
+}
+
+// keep returns a pointer to s in a chunk of strings, so that optional
+// fields cost one allocation per chunk, not one each. Nothing writes
+// through the pointers, so entries can share a chunk; it lives as long as
+// any of them, and a request's entries go together anyway.
+func (r *scanReader) keep(s string) *string {
+	if len(r.strs) == cap(r.strs) {
+		r.strs = make([]string, 0, 64)
+	}
+	r.strs = append(r.strs, s)
+	return &r.strs[len(r.strs)-1]
 }
 
 // date reads a required MM/DD/YYYY as midnight UTC.

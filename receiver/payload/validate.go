@@ -41,7 +41,7 @@ func Validate(items []Item, loc *time.Location, now time.Time) (valid []Entry, i
 // validate checks one entry. The entry and errors returned refer only to
 // their own memory, not to r's.
 func (r *scanReader) validate(it Item, loc *time.Location, now time.Time) (Entry, []FieldError) {
-	*r = scanReader{fieldErrors: fieldErrors{index: it.Index, base: it.Path}, members: r.members[:0]}
+	*r = scanReader{fieldErrors: fieldErrors{index: it.Index, base: it.Path}, members: r.members[:0], strs: r.strs}
 	// One copy of the entry: its fields are substrings of it, never of Raw.
 	src := string(it.Raw)
 	i := skipSpace(src, 0)

@@ -3,7 +3,6 @@ package store
 import (
 	"encoding/hex"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/insighthealth/ehr-operator/receiver/payload"
@@ -297,7 +296,7 @@ func optInteger[R any](get func(*R) *int) encoder[R] {
 func timestamptz[R any](get func(*R) time.Time) encoder[R] {
 	return encoder[R]{"timestamptz", func(b []byte, r *R) []byte {
 		b = append(b, '"')
-		return append(get(r).AppendFormat(b, time.RFC3339Nano), '"')
+		return append(appendRFC3339Nano(b, get(r)), '"')
 	}}
 }
 
@@ -305,8 +304,66 @@ func timestamptz[R any](get func(*R) time.Time) encoder[R] {
 func date[R any](get func(*R) time.Time) encoder[R] {
 	return encoder[R]{"date", func(b []byte, r *R) []byte {
 		b = append(b, '"')
-		return append(get(r).UTC().AppendFormat(b, time.DateOnly), '"')
+		return append(appendDate(b, get(r).UTC()), '"')
 	}}
+}
+
+// appendRFC3339Nano appends t.AppendFormat(b, time.RFC3339Nano) written
+// out: the general layout interpreter was the largest part of laying out a
+// row (docs/performance.md). TestAppendTime compares the two.
+func appendRFC3339Nano(b []byte, t time.Time) []byte {
+	if y := t.Year(); y < 1000 || y > 9999 {
+		return t.AppendFormat(b, time.RFC3339Nano)
+	}
+	b = append(appendDate(b, t), 'T')
+	hour, minute, sec := t.Clock()
+	b = append(appendDigits(b, hour, 2), ':')
+	b = append(appendDigits(b, minute, 2), ':')
+	b = appendDigits(b, sec, 2)
+	if ns := t.Nanosecond(); ns != 0 {
+		// Nine digits, without the trailing zeros.
+		digits := 9
+		for ns%10 == 0 {
+			ns /= 10
+			digits--
+		}
+		b = appendDigits(append(b, '.'), ns, digits)
+	}
+	_, offset := t.Zone()
+	if offset == 0 {
+		return append(b, 'Z')
+	}
+	// Hours and minutes: like AppendFormat, seconds of an offset are dropped.
+	zone := offset / 60
+	if zone < 0 {
+		b, zone = append(b, '-'), -zone
+	} else {
+		b = append(b, '+')
+	}
+	return appendDigits(append(appendDigits(b, zone/60, 2), ':'), zone%60, 2)
+}
+
+// appendDate appends t's date as time.DateOnly does, for years 1000-9999
+// (the ones validation accepts).
+func appendDate(b []byte, t time.Time) []byte {
+	y, m, d := t.Date()
+	if y < 1000 || y > 9999 {
+		return t.AppendFormat(b, time.DateOnly)
+	}
+	b = append(appendDigits(b, y, 4), '-')
+	b = append(appendDigits(b, int(m), 2), '-')
+	return appendDigits(b, d, 2)
+}
+
+// appendDigits appends the n lowest decimal digits of v (v >= 0).
+func appendDigits(b []byte, v, n int) []byte {
+	start := len(b)
+	b = append(b, make([]byte, n)...) // no allocation: the compiler extends b
+	for i := len(b) - 1; i >= start; i-- {
+		b[i] = byte('0' + v%10)
+		v /= 10
+	}
+	return b
 }
 
 // bytea is the hex form, "\\x…" (the backslash escaped).
@@ -318,18 +375,16 @@ func bytea[R any](get func(*R) []byte) encoder[R] {
 }
 
 // appendQuoted appends s as a quoted array element, with every double
-// quote and backslash escaped by a backslash.
+// quote and backslash escaped by a backslash. A plain loop: on short
+// strings strings.IndexAny cost more than the copy (docs/performance.md).
 func appendQuoted(b []byte, s string) []byte {
 	b = append(b, '"')
-	for {
-		i := strings.IndexAny(s, "\"\\")
-		if i < 0 {
-			b = append(b, s...)
-			break
+	from := 0
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c == '"' || c == '\\' {
+			b = append(append(b, s[from:i]...), '\\', c)
+			from = i + 1
 		}
-		b = append(b, s[:i]...)
-		b = append(b, '\\', s[i])
-		s = s[i+1:]
 	}
-	return append(b, '"')
+	return append(append(b, s[from:]...), '"')
 }

@@ -382,16 +382,17 @@ func writeArgs(group []*prepared) []any {
 }
 
 // appendArrays appends n arrays, each the group's requests' elements one
-// request after the other.
+// request after the other. The arrays are slices of one buffer, passed as
+// []byte: lib/pq sends a []byte argument as it is, but copies a string.
 func appendArrays(args []any, group []*prepared, n int, rows func(*prepared) *elements) []any {
+	size := n * (len(group) + 2) // the braces and the commas between runs
+	for _, p := range group {
+		size += len(rows(p).buf)
+	}
+	buf := make([]byte, 0, size) // never grows: the slices stay in it
 	for i := range n {
-		size := 2
-		for _, p := range group {
-			size += len(rows(p).run(i)) + 1
-		}
-		var b strings.Builder
-		b.Grow(size)
-		b.WriteByte('{')
+		start := len(buf)
+		buf = append(buf, '{')
 		empty := true
 		for _, p := range group {
 			run := rows(p).run(i)
@@ -399,20 +400,20 @@ func appendArrays(args []any, group []*prepared, n int, rows func(*prepared) *el
 				continue
 			}
 			if !empty {
-				b.WriteByte(',')
+				buf = append(buf, ',')
 			}
-			b.Write(run)
+			buf = append(buf, run...)
 			empty = false
 		}
-		b.WriteByte('}')
-		args = append(args, b.String())
+		buf = append(buf, '}')
+		args = append(args, buf[start:len(buf):len(buf)])
 	}
 	return args
 }
 
 // ordinals is the integer[] of each row's request: n(p) times p's ordinal,
 // counted from 1 as WITH ORDINALITY does.
-func ordinals(group []*prepared, n func(*prepared) int) string {
+func ordinals(group []*prepared, n func(*prepared) int) []byte {
 	b := make([]byte, 0, 64)
 	b = append(b, '{')
 	for i, p := range group {
@@ -423,5 +424,5 @@ func ordinals(group []*prepared, n func(*prepared) int) string {
 			b = strconv.AppendInt(b, int64(i+1), 10)
 		}
 	}
-	return string(append(b, '}'))
+	return append(b, '}')
 }

@@ -383,5 +383,5 @@ func arrayOf[R any](enc encoder[R], rows ...R) string {
 		group = append(group, &prepared{entryRows: a.encode(rows[i:i+n], 16)}, &prepared{entryRows: a.encode(nil, 16)})
 		i += n
 	}
-	return appendArrays(nil, group, 1, func(p *prepared) *elements { return &p.entryRows })[0].(string)
+	return string(appendArrays(nil, group, 1, func(p *prepared) *elements { return &p.entryRows })[0].([]byte))
 }

@@ -1,0 +1,244 @@
+package payload
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Batch is a body decoded and validated: how many entries it has, and
+// what Validate says of them.
+type Batch struct {
+	// Len is the number of entries, valid or not.
+	Len   int
+	Valid []Entry
+	// Invalid holds the invalid entries' items, as Decode makes them. The
+	// valid entries' items are not made: nothing reads them.
+	Invalid []Invalid
+}
+
+// DecodeValidate is Decode followed by Validate, with one scan of the body
+// instead of three (the body, the appointments array again, each entry
+// again): the members the body's scan records of each entry are read
+// straight away. A body Decode refuses gets Decode's error, whatever its
+// entries say; its entries' validation is wasted, at most maxBatchSize
+// entries of it.
+func DecodeValidate(body []byte, maxBatchSize int, loc *time.Location, now time.Time) (Batch, *RequestError) {
+	// One copy of the body: the entries' fields are substrings of it.
+	text := string(body)
+	i := skipSpace(text, 0)
+	if i == len(text) || text[i] != '{' {
+		return decodeThenValidate(body, maxBatchSize, loc, now)
+	}
+	s := bodyScan{text: text, max: maxBatchSize, loc: loc, now: now, arr: -1}
+	end, ok := s.scanTop(i)
+	if !ok || skipSpace(text, end) != len(text) {
+		return Batch{}, malformed(body)
+	}
+	// A later duplicate key wins, as it does in a map.
+	arr, one := -1, false
+	for k, m := range s.top {
+		if m.parent != -1 {
+			continue
+		}
+		switch keyName(text, m) {
+		case "appointments":
+			arr = k
+		case "appointment":
+			one = true
+		}
+	}
+	switch {
+	case arr >= 0 && arr == s.arr:
+		return s.arrayBatch()
+	case arr >= 0 || !one:
+		// Not an array, an escaped key the scan did not follow, or
+		// neither form: rare, so Decode and Validate as they are.
+		return decodeThenValidate(body, maxBatchSize, loc, now)
+	}
+	// The single form: the body's members are the entry's.
+	r := scanReader{fieldErrors: fieldErrors{index: 0, base: ""}}
+	e, errs := r.entry(readEntry[object](&r, object{src: text, members: s.top, parent: -1, hi: len(s.top)}, loc, now))
+	if len(errs) > 0 {
+		it := Item{Index: 0, Path: "", Raw: append(json.RawMessage(nil), body[i:end]...)}
+		return Batch{Len: 1, Invalid: []Invalid{{Item: it, Errors: errs}}}, nil
+	}
+	return Batch{Len: 1, Valid: []Entry{e}}, nil
+}
+
+func decodeThenValidate(body []byte, maxBatchSize int, loc *time.Location, now time.Time) (Batch, *RequestError) {
+	items, rerr := Decode(body, maxBatchSize)
+	if rerr != nil {
+		return Batch{}, rerr
+	}
+	valid, invalid := Validate(items, loc, now)
+	return Batch{Len: len(items), Valid: valid, Invalid: invalid}, nil
+}
+
+// keyName is member m's key, unescaped.
+func keyName(text string, m member) string {
+	if m.keyEscaped {
+		return unquote(text[m.key:m.keyEnd])
+	}
+	return text[m.key+1 : m.keyEnd-1]
+}
+
+// bodyScan is DecodeValidate's scan of one body.
+type bodyScan struct {
+	text string
+	max  int
+	loc  *time.Location
+	now  time.Time
+	r    scanReader
+	// top holds the body's members and those of its objects, as
+	// Validate's scan of a single-form entry records them.
+	top []member
+	// arr is the member of top whose array the fields below describe: the
+	// last array of a key spelled "appointments" without escapes, -1 for
+	// none.
+	arr     int
+	n       int // the array's elements
+	valid   []Entry
+	invalid []Invalid
+	// members is the entry being validated's, reused from entry to entry.
+	members []member
+}
+
+// scanTop checks the object at text[i] as scanObject(text, i, 1, &s.top,
+// -1, 2) does, and follows an "appointments" array with scanEntries.
+func (s *bodyScan) scanTop(i int) (int, bool) {
+	b := s.text
+	i = skipSpace(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		return i + 1, true
+	}
+	for {
+		if i >= len(b) || b[i] != '"' {
+			return 0, false
+		}
+		m := member{key: i, parent: -1}
+		var ok bool
+		if m.keyEnd, m.keyEscaped, ok = scanString(b, i); !ok {
+			return 0, false
+		}
+		i = skipSpace(b, m.keyEnd)
+		if i >= len(b) || b[i] != ':' {
+			return 0, false
+		}
+		m.start = skipSpace(b, i+1)
+		k := len(s.top)
+		s.top = append(s.top, m)
+		switch {
+		case m.start < len(b) && b[m.start] == '{':
+			m.end, ok = scanObject(b, m.start, 2, &s.top, k, 1)
+		case m.start < len(b) && b[m.start] == '[' && b[m.key:m.keyEnd] == `"appointments"`:
+			s.arr = k
+			m.end, ok = s.scanEntries(m.start)
+		default:
+			m.end, ok = scanValue(b, m.start, 1)
+		}
+		if !ok {
+			return 0, false
+		}
+		s.top[k].end = m.end
+		i = skipSpace(b, m.end)
+		if i >= len(b) {
+			return 0, false
+		}
+		switch b[i] {
+		case ',':
+			i = skipSpace(b, i+1)
+		case '}':
+			return i + 1, true
+		default:
+			return 0, false
+		}
+	}
+}
+
+// scanEntries checks the array at text[i] (two containers deep) as
+// scanArray does, recording each element that is an object as Validate's
+// scan of it would (scanObject, two levels), and validates the first
+// s.max elements. A later array replaces an earlier one's results.
+func (s *bodyScan) scanEntries(i int) (int, bool) {
+	b := s.text
+	s.n, s.valid, s.invalid = 0, s.valid[:0], s.invalid[:0]
+	i = skipSpace(b, i+1)
+	if i < len(b) && b[i] == ']' {
+		return i + 1, true
+	}
+	for {
+		start := i
+		var (
+			end int
+			ok  bool
+		)
+		isObject := start < len(b) && b[start] == '{'
+		if isObject {
+			s.members = s.members[:0]
+			end, ok = scanObject(b, start, 3, &s.members, -1, 2)
+		} else {
+			end, ok = scanValue(b, start, 2)
+		}
+		if !ok {
+			return 0, false
+		}
+		if s.n < s.max {
+			s.validate(s.n, start, end, isObject)
+		}
+		s.n++
+		i = skipSpace(b, end)
+		if i >= len(b) {
+			return 0, false
+		}
+		switch b[i] {
+		case ',':
+			i = skipSpace(b, i+1)
+		case ']':
+			return i + 1, true
+		default:
+			return 0, false
+		}
+	}
+}
+
+// validate validates element k, text[start:end], as Validate does; an
+// object from the members just recorded.
+func (s *bodyScan) validate(k, start, end int, isObject bool) {
+	var (
+		e    Entry
+		errs []FieldError
+	)
+	if isObject {
+		s.r = scanReader{fieldErrors: fieldErrors{index: k, inArray: true}, strs: s.r.strs}
+		root := object{src: s.text, members: s.members, parent: -1, hi: len(s.members)}
+		e, errs = s.r.entry(readEntry[object](&s.r, root, s.loc, s.now))
+	}
+	if !isObject || len(errs) > 0 {
+		it := Item{Index: k, Path: arrayPath(k), Raw: []byte(s.text[start:end])}
+		if !isObject {
+			// null or another value: validate says which error.
+			_, errs = s.r.validate(it, s.loc, s.now)
+		}
+		s.invalid = append(s.invalid, Invalid{Item: it, Errors: errs})
+		return
+	}
+	if s.valid == nil {
+		// As many as entries of this one's size would fill the body, and an
+		// eighth more: entries of a batch are alike, and a low guess grows.
+		n := len(s.text) / (end - start + 1)
+		s.valid = make([]Entry, 0, min(s.max, n+n/8+1))
+	}
+	s.valid = append(s.valid, e)
+}
+
+// arrayBatch is the batch of the appointments array the scan followed.
+func (s *bodyScan) arrayBatch() (Batch, *RequestError) {
+	if err := batchSize(s.n, s.max); err != nil {
+		return Batch{}, err
+	}
+	b := Batch{Len: s.n, Invalid: s.invalid}
+	if len(s.valid) > 0 { // nil for none, as Validate's
+		b.Valid = s.valid
+	}
+	return b, nil
+}
