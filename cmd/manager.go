@@ -40,6 +40,7 @@ type managerFlags struct {
 	receiverLogLevel        string
 	maxConcurrentReconciles int
 	networkPolicyFile       string
+	podDefaultsFile         string
 	zap                     zap.Options
 }
 
@@ -87,6 +88,8 @@ to OPERATOR_IMAGE, so receivers run the operator's own image.`,
 	fs.IntVar(&f.maxConcurrentReconciles, "max-concurrent-reconciles", 2, "EHRIntegrations reconciled at once")
 	fs.StringVar(&f.networkPolicyFile, "receiver-network-policy", "", "YAML file of what each receiver's NetworkPolicy admits "+
 		"(the chart writes it from receiverNetworkPolicy); empty means the operator makes no NetworkPolicy")
+	fs.StringVar(&f.podDefaultsFile, "receiver-pod-defaults", "", "YAML file of the receivers' pod settings, shaped like spec.podTemplate, "+
+		"where an EHRIntegration's own say nothing (the chart writes it from receivers.podTemplate); empty means none")
 	gofs := goflag.NewFlagSet("manager", goflag.ContinueOnError)
 	f.zap.BindFlags(gofs)
 	if kc := goflag.CommandLine.Lookup("kubeconfig"); kc != nil {
@@ -107,6 +110,14 @@ func runManager(c *cobra.Command, f managerFlags) error {
 	// reconciler watches it only once it is served.
 	utilruntime.Must(gwv1.Install(scheme))
 
+	// Read before connecting, so that a bad file fails at once.
+	var podDefaults *v1alpha1.ReceiverPodTemplate
+	if f.podDefaultsFile != "" {
+		var err error
+		if podDefaults, err = controllers.LoadReceiverPodDefaults(f.podDefaultsFile); err != nil {
+			return err
+		}
+	}
 	cfg, err := ctrl.GetConfig()
 	if err != nil {
 		return fmt.Errorf("while finding the Kubernetes API server: %w", err)
@@ -141,6 +152,7 @@ func runManager(c *cobra.Command, f managerFlags) error {
 		ReceiverLogLevel:        f.receiverLogLevel,
 		MaxConcurrentReconciles: f.maxConcurrentReconciles,
 		NetworkPolicy:           netpol,
+		ReceiverPodDefaults:     podDefaults,
 	}).SetupWithManager(ctx, mgr); err != nil {
 		return fmt.Errorf("while setting up the EHRIntegration controller: %w", err)
 	}

@@ -28,6 +28,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	networkingv1ac "k8s.io/client-go/applyconfigurations/networking/v1"
@@ -85,6 +86,9 @@ type EHRIntegrationReconciler struct {
 	// NetworkPolicy is what each receiver's NetworkPolicy admits; nil or
 	// not Enabled means no NetworkPolicy (and those made before are deleted).
 	NetworkPolicy *NetworkPolicyConfig
+	// ReceiverPodDefaults are the receivers' pod settings where
+	// spec.podTemplate says nothing (mergePodTemplate); nil means none.
+	ReceiverPodDefaults *v1alpha1.ReceiverPodTemplate
 }
 
 // +kubebuilder:rbac:groups=ehr.insighthealth.io,resources=ehrintegrations,verbs=get;list;watch
@@ -226,6 +230,11 @@ func (r *EHRIntegrationReconciler) prerequisites(ctx context.Context, e *v1alpha
 		return "", none, &problem{reason: v1alpha1.ReasonInvalidTimeZone,
 			message: fmt.Sprintf("timeZone %q is not an IANA time zone name such as America/New_York", tz)}, nil
 	}
+	// Its syntax, which the CRD does not check, before the API server
+	// refuses the Deployment with an error only the operator's log shows.
+	if err := validatePodTemplate(e.Spec.PodTemplate, field.NewPath("spec", "podTemplate")); err != nil {
+		return "", none, &problem{reason: v1alpha1.ReasonInvalidPodTemplate, message: err.Error()}, nil
+	}
 	if p := memoryProblem(e); p != nil {
 		return "", none, p, nil
 	}
@@ -355,7 +364,7 @@ func (r *EHRIntegrationReconciler) secret(ctx context.Context, ns, name, field s
 // longer wanted.
 func (r *EHRIntegrationReconciler) applyChildren(ctx context.Context, e *v1alpha1.EHRIntegration, image string,
 	versions v1alpha1.SecretVersions, obs *observation, written *[]string) error {
-	sa, res, err := applyChild(ctx, r.Client, e, buildServiceAccount(e), &corev1.ServiceAccount{}, corev1ac.ExtractServiceAccount, nil)
+	sa, res, err := applyChild(ctx, r.Client, e, buildServiceAccount(r.withManagerDefaults(e)), &corev1.ServiceAccount{}, corev1ac.ExtractServiceAccount, nil)
 	if err != nil {
 		return err
 	}
@@ -600,10 +609,14 @@ func (r *EHRIntegrationReconciler) requestsFor(ctx context.Context, match client
 // withManagerDefaults fills what the spec leaves to the manager's
 // chart-wide settings; the resource's own settings win.
 func (r *EHRIntegrationReconciler) withManagerDefaults(e *v1alpha1.EHRIntegration) *v1alpha1.EHRIntegration {
-	if e.Spec.LogLevel != "" || r.ReceiverLogLevel == "" {
+	logLevel := e.Spec.LogLevel == "" && r.ReceiverLogLevel != ""
+	if !logLevel && r.ReceiverPodDefaults == nil {
 		return e
 	}
 	e = e.DeepCopy()
-	e.Spec.LogLevel = r.ReceiverLogLevel
+	if logLevel {
+		e.Spec.LogLevel = r.ReceiverLogLevel
+	}
+	e.Spec.PodTemplate = mergePodTemplate(r.ReceiverPodDefaults, e.Spec.PodTemplate)
 	return e
 }

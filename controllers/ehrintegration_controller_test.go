@@ -933,6 +933,8 @@ func TestIdleManagerMakesNoWrites(t *testing.T) {
 	ns := newNamespace(t)
 	e := integration(ns, "nexus", "nexus")
 	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.example.com", TLSSecretName: "nexus-tls", Annotations: map[string]string{"a": "b"}}
+	// Every pod setting, so that its stored form must read back as built.
+	e.Spec.PodTemplate = fullPodTemplate()
 	create(t, credsSecret(ns), dbSecret(ns), e)
 	for _, obj := range []client.Object{&corev1.ServiceAccount{}, &appsv1.Deployment{}, &corev1.Service{}, &networkingv1.Ingress{},
 		&policyv1.PodDisruptionBudget{}, &networkingv1.NetworkPolicy{}} {

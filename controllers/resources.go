@@ -271,10 +271,14 @@ func ownerReference(e *v1alpha1.EHRIntegration) *metav1ac.OwnerReferenceApplyCon
 // buildServiceAccount makes the receiver's ServiceAccount; the receiver
 // never talks to the Kubernetes API, so no token is mounted.
 func buildServiceAccount(e *v1alpha1.EHRIntegration) *corev1ac.ServiceAccountApplyConfiguration {
-	return corev1ac.ServiceAccount(childName(e), e.Namespace).
+	sa := corev1ac.ServiceAccount(childName(e), e.Namespace).
 		WithLabels(commonLabels(e)).
 		WithOwnerReferences(ownerReference(e)).
 		WithAutomountServiceAccountToken(false)
+	if a := serviceAccountAnnotations(e.Spec.PodTemplate); len(a) > 0 {
+		sa.WithAnnotations(a)
+	}
+	return sa
 }
 
 // resourcesConfig is r as an apply configuration; an empty list is left
@@ -398,6 +402,10 @@ func buildDeployment(e *v1alpha1.EHRIntegration, image string, versions v1alpha1
 	if caVolume != nil {
 		pod.WithVolumes(caVolume)
 	}
+	// The resource's and the manager's settings first, so that the
+	// operator's own labels and annotations win.
+	tmpl := corev1ac.PodTemplateSpec()
+	applyPodTemplate(s.PodTemplate, tmpl, pod)
 
 	return appsv1ac.Deployment(childName(e), e.Namespace).
 		WithLabels(commonLabels(e)).
@@ -411,7 +419,7 @@ func buildDeployment(e *v1alpha1.EHRIntegration, image string, versions v1alpha1
 				WithRollingUpdate(appsv1ac.RollingUpdateDeployment().
 					WithMaxUnavailable(intstr.FromInt32(0)).
 					WithMaxSurge(intstr.FromInt32(1)))).
-			WithTemplate(corev1ac.PodTemplateSpec().
+			WithTemplate(tmpl.
 				WithLabels(commonLabels(e)).
 				WithAnnotations(versionAnnotations(versions)).
 				WithSpec(pod)))

@@ -119,10 +119,87 @@ type EHRIntegrationSpec struct {
 	// +optional
 	Monitoring *MonitoringSpec `json:"monitoring,omitempty"`
 
+	// podTemplate adds scheduling, image pull and metadata settings to the
+	// receiver pods and their ServiceAccount. The manager's defaults (the
+	// chart's receivers.podTemplate) apply where it says nothing: maps merge
+	// key by key, this resource's value winning; lists, affinity and
+	// priorityClassName set here replace the defaults' whole.
+	// +optional
+	PodTemplate *ReceiverPodTemplate `json:"podTemplate,omitempty"`
+
 	// suspend scales the receiver to zero pods and stops reconciling its
 	// other objects until it is set back to false.
 	// +optional
 	Suspend bool `json:"suspend,omitempty"`
+}
+
+// ReceiverPodTemplate is what a receiver's pods get besides what the
+// operator sets, as in a Deployment's pod template. Keys the operator sets
+// itself (its app.kubernetes.io/ labels, which select the pods, and every
+// ehr.insighthealth.io/ key) are refused.
+type ReceiverPodTemplate struct {
+	// labels are added to the receiver pods (not to the Deployment's
+	// selector).
+	// +optional
+	// +kubebuilder:validation:MaxProperties=64
+	// +kubebuilder:validation:XValidation:rule="self.all(k, !(k in ['app.kubernetes.io/name', 'app.kubernetes.io/instance', 'app.kubernetes.io/component', 'app.kubernetes.io/part-of', 'app.kubernetes.io/managed-by']) && !k.startsWith('ehr.insighthealth.io/'))",messageExpression="'label ' + self.filter(k, k in ['app.kubernetes.io/name', 'app.kubernetes.io/instance', 'app.kubernetes.io/component', 'app.kubernetes.io/part-of', 'app.kubernetes.io/managed-by'] || k.startsWith('ehr.insighthealth.io/'))[0] + ' is set by the operator (it selects or identifies the receiver pods) and may not be set in podTemplate.labels'"
+	Labels map[string]string `json:"labels,omitempty"`
+
+	// annotations are added to the receiver pods.
+	// +optional
+	// +kubebuilder:validation:MaxProperties=64
+	// +kubebuilder:validation:XValidation:rule="self.all(k, !k.startsWith('ehr.insighthealth.io/'))",messageExpression="'annotation ' + self.filter(k, k.startsWith('ehr.insighthealth.io/'))[0] + ' is in the ehr.insighthealth.io/ prefix, which the operator uses (it records there the Secret versions the pods read), and may not be set in podTemplate.annotations'"
+	Annotations map[string]string `json:"annotations,omitempty"`
+
+	// imagePullSecrets name Secrets, in this namespace, of type
+	// kubernetes.io/dockerconfigjson used to pull the receiver's image from
+	// a private registry.
+	// +optional
+	// +kubebuilder:validation:MaxItems=16
+	// +listType=atomic
+	ImagePullSecrets []corev1.LocalObjectReference `json:"imagePullSecrets,omitempty"`
+
+	// nodeSelector restricts the receiver pods to nodes with these labels.
+	// +optional
+	// +kubebuilder:validation:MaxProperties=64
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+
+	// tolerations let the receiver pods run on tainted nodes.
+	// +optional
+	// +kubebuilder:validation:MaxItems=64
+	// +listType=atomic
+	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
+
+	// affinity is the receiver pods' node and pod (anti-)affinity.
+	// +optional
+	Affinity *corev1.Affinity `json:"affinity,omitempty"`
+
+	// topologySpreadConstraints replace the operator's own, which spreads
+	// the replicas over nodes (kubernetes.io/hostname, ScheduleAnyway).
+	// +optional
+	// +kubebuilder:validation:MaxItems=16
+	// +listType=atomic
+	TopologySpreadConstraints []corev1.TopologySpreadConstraint `json:"topologySpreadConstraints,omitempty"`
+
+	// priorityClassName is the receiver pods' PriorityClass.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	PriorityClassName string `json:"priorityClassName,omitempty"`
+
+	// serviceAccount adds to the receiver's ServiceAccount.
+	// +optional
+	ServiceAccount *ReceiverServiceAccount `json:"serviceAccount,omitempty"`
+}
+
+// ReceiverServiceAccount is what the receiver's ServiceAccount gets besides
+// what the operator sets.
+type ReceiverServiceAccount struct {
+	// annotations are added to the ServiceAccount, e.g. for a cloud IAM
+	// role: eks.amazonaws.com/role-arn or iam.gke.io/gcp-service-account.
+	// +optional
+	// +kubebuilder:validation:MaxProperties=64
+	Annotations map[string]string `json:"annotations,omitempty"`
 }
 
 // SecretReference names a Secret in the EHRIntegration's namespace.
@@ -482,6 +559,9 @@ const (
 	ReasonCredentialTooShort = "CredentialTooShort"
 	// ReasonInvalidTimeZone: spec.timeZone is not a known IANA zone.
 	ReasonInvalidTimeZone = "InvalidTimeZone"
+	// ReasonInvalidPodTemplate: spec.podTemplate has a label, annotation or
+	// node selector the API server would refuse on the receiver's pods.
+	ReasonInvalidPodTemplate = "InvalidPodTemplate"
 	// ReasonLimitsExceedMemory: one request body of limits.maxBodyBytes
 	// cannot be held within the receiver container's memory limit.
 	ReasonLimitsExceedMemory = "LimitsExceedMemory"

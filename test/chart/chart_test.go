@@ -129,7 +129,7 @@ func TestTemplateDefaults(t *testing.T) {
 	}
 	wantKinds := map[string]int{
 		"CustomResourceDefinition": 1, "ServiceAccount": 1, "ClusterRole": 5, "ClusterRoleBinding": 2,
-		"Role": 1, "RoleBinding": 1, "Deployment": 1, "Service": 1, "ConfigMap": 1,
+		"Role": 1, "RoleBinding": 1, "Deployment": 1, "Service": 1, "ConfigMap": 2, // the receivers' network policy and pod defaults
 	}
 	if !reflect.DeepEqual(kinds, wantKinds) {
 		t.Errorf("rendered kinds %v, want %v", kinds, wantKinds)

@@ -44,12 +44,7 @@ func TestReceiverNetworkPolicyFile(t *testing.T) {
 	if !slices.Contains(stringsOf(mc["args"]), netpolFlag) {
 		t.Errorf("manager args %q lack %s", stringsOf(mc["args"]), netpolFlag)
 	}
-	mounts, _ := mc["volumeMounts"].([]any)
-	vols, _, _ := unstructured.NestedSlice(d.Object, "spec", "template", "spec", "volumes")
-	if len(mounts) != 1 || mounts[0].(map[string]any)["mountPath"] != "/etc/ehr-operator/receiver-network-policy" ||
-		len(vols) != 1 || vols[0].(map[string]any)["configMap"].(map[string]any)["name"] != "ehr-operator-receiver-network-policy" {
-		t.Errorf("the policy ConfigMap is not mounted at the flag's directory: mounts %v, volumes %v", mounts, vols)
-	}
+	checkConfigMapMount(t, d, "receiver-network-policy", "/etc/ehr-operator/receiver-network-policy", "ehr-operator-receiver-network-policy")
 	if len(c.WebhookFrom) != 1 || c.WebhookFrom[0].NamespaceSelector.MatchLabels["kubernetes.io/metadata.name"] != "traefik" ||
 		c.WebhookFrom[0].PodSelector.MatchLabels["app.kubernetes.io/name"] != "traefik" {
 		t.Errorf("webhookFrom = %+v, want Traefik's pods in namespace traefik", c.WebhookFrom)

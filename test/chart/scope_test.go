@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -53,7 +54,10 @@ func TestManagerRunsAsTheChartsRBAC(t *testing.T) {
 	// Render before starting the API server: a template error needs none.
 	rendered := make([][]*unstructured.Unstructured, len(modes))
 	for i, m := range modes {
-		args := []string{"--set", "metrics.readers[0].name=prometheus", "--set", "metrics.readers[0].namespace=monitoring"}
+		args := []string{"--set", "metrics.readers[0].name=prometheus", "--set", "metrics.readers[0].namespace=monitoring",
+			// Pod defaults, which the manager reads from the chart's file.
+			"--set", "receivers.podTemplate.imagePullSecrets[0].name=regcred",
+			"--set", `receivers.podTemplate.serviceAccount.annotations.eks\.amazonaws\.com/role-arn=` + roleARN}
 		if m.namespaced {
 			args = append(args, "--set", "watchNamespaces={"+m.watched+"}")
 		}
@@ -96,9 +100,18 @@ func TestManagerRunsAsTheChartsRBAC(t *testing.T) {
 			if err := os.WriteFile(policyFile, []byte(policy), 0o600); err != nil {
 				t.Fatal(err)
 			}
+			// And the receivers' pod defaults.
+			podDefaults, _, _ := unstructured.NestedString(find(t, objs, "ConfigMap", m.release+"-ehr-operator-receiver-pod-defaults").Object, "data", "pod-defaults.yaml")
+			podDefaultsFile := filepath.Join(t.TempDir(), "pod-defaults.yaml")
+			if err := os.WriteFile(podDefaultsFile, []byte(podDefaults), 0o600); err != nil {
+				t.Fatal(err)
+			}
 			for i, a := range args {
-				if strings.HasPrefix(a, "--receiver-network-policy=") {
+				switch {
+				case strings.HasPrefix(a, "--receiver-network-policy="):
 					args[i] = "--receiver-network-policy=" + policyFile
+				case strings.HasPrefix(a, "--receiver-pod-defaults="):
+					args[i] = "--receiver-pod-defaults=" + podDefaultsFile
 				}
 			}
 			mgr := startManager(t, bin, args, cfg, managerToken, m.operatorNS)
@@ -107,6 +120,7 @@ func TestManagerRunsAsTheChartsRBAC(t *testing.T) {
 				createIntegration(t, ctx, c, ns)
 			}
 			waitReconciled(t, ctx, c, m.watched, mgr)
+			checkPodDefaults(t, ctx, c, m.watched)
 			if m.namespaced {
 				// The watched one was reconciled; give the other as long again.
 				time.Sleep(3 * time.Second)
@@ -246,6 +260,28 @@ func (m *manager) stop(t *testing.T) {
 			t.Error("the manager did not stop within 15s of SIGINT")
 		}
 	})
+}
+
+// roleARN is the receivers' cloud IAM role the chart's pod defaults name.
+const roleARN = "arn:aws:iam::111122223333:role/ehr-receiver"
+
+// checkPodDefaults: the chart's receivers.podTemplate, rendered into the
+// file the manager reads, reached the receiver in ns.
+func checkPodDefaults(t *testing.T, ctx context.Context, c client.Client, ns string) {
+	t.Helper()
+	var d appsv1.Deployment
+	var sa corev1.ServiceAccount
+	for _, o := range []client.Object{&d, &sa} {
+		if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: "nexus-receiver"}, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := d.Spec.Template.Spec.ImagePullSecrets; len(s) != 1 || s[0].Name != "regcred" {
+		t.Errorf("receiver imagePullSecrets %v, want regcred from receivers.podTemplate", s)
+	}
+	if got := sa.Annotations["eks.amazonaws.com/role-arn"]; got != roleARN {
+		t.Errorf("receiver ServiceAccount role-arn %q, want %q from receivers.podTemplate", got, roleARN)
+	}
 }
 
 // createIntegration makes the Secrets and the EHRIntegration "nexus" in ns.

@@ -95,3 +95,23 @@ metricsFrom is empty, which already admits any source.
 {{- end }}
 {{- dict "enabled" $p.enabled "webhookFrom" $p.webhookFrom "metricsFrom" $metricsFrom "dns" $p.dns "database" $p.database | toYaml }}
 {{- end }}
+
+{{/*
+The manager's --receiver-pod-defaults file: receivers.podTemplate, with the
+values of its maps as strings (`--set` makes numbers of digits), as the
+manager decodes them strictly.
+*/}}
+{{- define "ehr-operator.receiverPodDefaults" -}}
+{{- $t := deepCopy (.Values.receivers.podTemplate | default dict) -}}
+{{- range $k := list "labels" "annotations" "nodeSelector" }}
+{{- with get $t $k }}
+{{- $_ := set $t $k (include "ehr-operator.stringMap" . | fromYaml) }}
+{{- end }}
+{{- end }}
+{{- with $t.serviceAccount }}
+{{- with .annotations }}
+{{- $_ := set $t.serviceAccount "annotations" (include "ehr-operator.stringMap" . | fromYaml) }}
+{{- end }}
+{{- end }}
+{{- $t | toYaml }}
+{{- end }}
