@@ -195,13 +195,16 @@ func partialDescriptor(x described) (*v1.Descriptor, error) {
 	return &v1.Descriptor{MediaType: mt, Digest: d, Size: sz}, nil
 }
 
+// hasReferrer is true if idx lists h. By digest only: some registries
+// (go-containerregistry's own) report the config's media type as the
+// artifactType instead of the manifest's artifactType field.
 func hasReferrer(idx v1.ImageIndex, h v1.Hash) bool {
 	m, err := idx.IndexManifest()
 	if err != nil {
 		return false
 	}
 	for _, d := range m.Manifests {
-		if d.Digest == h && d.ArtifactType == spdxJSON {
+		if d.Digest == h {
 			return true
 		}
 	}

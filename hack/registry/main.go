@@ -76,6 +76,10 @@ func run(addr, dir, user, pass string) error {
 		Handler:           basicAuth(user, pass, reg),
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
 		ReadHeaderTimeout: 10 * time.Second,
+		// HTTP/1.1 only: over HTTP/2, parallel blob uploads share one
+		// connection's flow-control window while the registry reads one
+		// upload at a time, and a push stalls for good.
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
