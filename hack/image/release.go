@@ -93,7 +93,7 @@ func release(o options) error {
 		if err != nil {
 			return fmt.Errorf("linux/%s: %w", arch, err)
 		}
-		doc := spdxFromBuildInfo(bi, ref.RepositoryStr()+":"+ref.TagStr()+" linux/"+arch, sum, epoch)
+		doc := spdxFromBuildInfo(bi, ref.RepositoryStr()+":"+ref.TagStr()+" linux/"+arch, o.version, sum, epoch)
 		if sboms[arch], err = json.MarshalIndent(doc, "", "  "); err != nil {
 			return err
 		}

@@ -63,9 +63,14 @@ type spdxRelationship struct {
 // spdxFromBuildInfo describes one binary: its main module (the root, with
 // the build settings), the Go standard library of its toolchain and every
 // module linked in (a replaced module as its replacement, which is what was
-// compiled). binaryDigest (sha256 hex) makes the document's namespace unique.
-func spdxFromBuildInfo(bi *debug.BuildInfo, name, binaryDigest string, created time.Time) spdxDocument {
-	main := goPackage(bi.Main)
+// compiled). binaryDigest (sha256 hex) makes the document's namespace
+// unique; version is the main module's when Go recorded none ("(devel)").
+func spdxFromBuildInfo(bi *debug.BuildInfo, name, version, binaryDigest string, created time.Time) spdxDocument {
+	m := bi.Main
+	if m.Version == "" || m.Version == "(devel)" {
+		m.Version = version
+	}
+	main := goPackage(m)
 	main.SPDXID = "SPDXRef-Package-main"
 	main.PrimaryPurpose = "APPLICATION"
 	var settings []string

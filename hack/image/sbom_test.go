@@ -28,7 +28,7 @@ func TestSPDXFromARealBinary(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	doc := spdxFromBuildInfo(bi, "image linux/amd64", "0123abcd", epoch)
+	doc := spdxFromBuildInfo(bi, "image linux/amd64", "v9.9.9", "0123abcd", epoch)
 	raw, err := json.Marshal(doc)
 	if err != nil {
 		t.Fatal(err)
@@ -51,6 +51,9 @@ func TestSPDXFromARealBinary(t *testing.T) {
 		byName[p.Name] = p
 	}
 	main := doc.Packages[0]
+	if wantV := bi.Main.Version; wantV == "(devel)" && main.VersionInfo != "v9.9.9" || wantV != "(devel)" && main.VersionInfo != wantV {
+		t.Errorf("main module version %q; Go recorded %q, the release is v9.9.9", main.VersionInfo, wantV)
+	}
 	if main.Name != "github.com/insighthealth/ehr-operator/hack" || main.PrimaryPurpose != "APPLICATION" ||
 		!strings.Contains(main.Comment, "CGO_ENABLED=0") {
 		t.Errorf("first package %+v, want the main module, an application built with CGO_ENABLED=0", main)
