@@ -144,6 +144,11 @@ chart-version: ## Stamp a release VERSION=vX.Y.Z into the chart (version X.Y.Z, 
 	sed -i -E -e 's/^version: .*/version: $(VERSION:v%=%)/' -e 's/^appVersion: .*/appVersion: "$(VERSION)"/' charts/ehr-operator/Chart.yaml
 	sed -i -E -e 's/^(    newTag: ).*/\1$(VERSION)/' config/manager/kustomization.yaml
 
+.PHONY: release
+release: helm ## Push VERSION=vX.Y.Z to REGISTRY=host:port/path: a linux/amd64+arm64 image index with SBOMs, and the chart (oci://REGISTRY/charts). REGISTRY_CA for a private CA.
+	@[ -n "$(REGISTRY)" ] || { echo "REGISTRY is not set: make release VERSION=vX.Y.Z REGISTRY=host:port/path" >&2; exit 1; }
+	VERSION=$(VERSION) REGISTRY=$(REGISTRY) HELM=$(HELM) hack/release.sh
+
 ##@ Local cluster
 
 IMAGE_TAR ?= $(LOCALBIN)/ehr-operator-image.tar
@@ -167,8 +172,8 @@ cluster-load: image ## Import the image into the local cluster's containerd (pod
 	hack/local-cluster/load-images.sh $(IMAGE_TAR)
 
 .PHONY: test-e2e
-test-e2e: image helm ## End-to-end tests on the local cluster (brought up if needed, torn down after unless it was up before or E2E_KEEP_CLUSTER=1).
-	IMG=$(IMG) IMAGE_TAR=$(IMAGE_TAR) HELM=$(HELM) go test -tags e2e ./test/e2e/ -count=1 -timeout 45m -v
+test-e2e: build helm ## End-to-end tests on the local cluster (brought up if needed, torn down after unless it was up before or E2E_KEEP_CLUSTER=1); the operator is released to a private registry there and pulled.
+	HELM=$(HELM) go test -tags e2e ./test/e2e/ -count=1 -timeout 45m -v
 
 .PHONY: dev
 dev: image helm ## Local cluster + PostgreSQL + the operator (Helm) + one EHRIntegration, left running; prints kubectl and send commands.

@@ -29,6 +29,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // options are the command-line settings of one image.
@@ -43,6 +44,11 @@ type options struct {
 	source  string // org.opencontainers.image.source
 	caCerts string // CA bundle to copy to /etc/ssl/certs/ca-certificates.crt; empty: none
 	tzdata  string // zoneinfo directory to copy to /usr/share/zoneinfo; empty: none
+	// Release mode: push an index of platforms to a registry instead of
+	// writing a tar.
+	push      string    // REGISTRY/REPO:TAG
+	platforms platforms // linux/ARCH=BINARY, one per platform
+	caFile    string    // extra CA the registry's certificate chains to
 }
 
 func main() {
@@ -57,53 +63,81 @@ func main() {
 	flag.StringVar(&o.source, "source", "https://github.com/insighthealth/ehr-operator", "value of the org.opencontainers.image.source label")
 	flag.StringVar(&o.caCerts, "ca-certs", "", "CA bundle to include as /etc/ssl/certs/ca-certificates.crt")
 	flag.StringVar(&o.tzdata, "zoneinfo", "", "time-zone database directory to include as /usr/share/zoneinfo")
+	flag.StringVar(&o.push, "push", "", "release mode: push an image index with an SBOM per platform to this reference (REGISTRY/REPO:TAG)")
+	flag.Var(&o.platforms, "platform", "release mode: linux/ARCH=BINARY, a static binary per platform (repeat)")
+	flag.StringVar(&o.caFile, "ca-file", "", "release mode: CA certificate (PEM) the registry's certificate chains to, besides the system's")
 	flag.Parse()
-	if o.binary == "" || o.tag == "" || o.out == "" {
-		fmt.Fprintln(os.Stderr, "usage: image --binary FILE --tag REF --out FILE [--path /ehr-operator] [--cmd ARGS] [--uid 65532]")
+	run := build
+	switch {
+	case o.push != "" && len(o.platforms) > 0:
+		run = release
+	case o.binary == "" || o.tag == "" || o.out == "":
+		fmt.Fprintln(os.Stderr, "usage: image --binary FILE --tag REF --out FILE [--path /ehr-operator] [--cmd ARGS] [--uid 65532]\n"+
+			"       image --push REGISTRY/REPO:TAG --platform linux/amd64=FILE --platform linux/arm64=FILE [--ca-file CA] [...]")
 		os.Exit(2)
 	}
-	if err := build(o); err != nil {
+	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
 		os.Exit(1)
 	}
 }
 
 func build(o options) error {
-	bin, err := os.ReadFile(o.binary)
-	if err != nil {
-		return fmt.Errorf("while reading the binary: %w", err)
-	}
 	ref, err := name.NewTag(o.tag)
 	if err != nil {
 		return fmt.Errorf("while parsing tag %q: %w", o.tag, err)
 	}
-	files, err := hostFiles(o.caCerts, o.tzdata)
+	img, err := newImage(o, o.binary, runtime.GOARCH, false)
 	if err != nil {
 		return err
+	}
+	if err := tarball.WriteToFile(o.out, ref, img); err != nil {
+		return fmt.Errorf("while writing %s: %w", o.out, err)
+	}
+	return nil
+}
+
+// newImage is the image of one platform (linux/arch) holding binary; oci
+// gives OCI media types (for a registry's index) instead of Docker's (for
+// `ctr images import` of a docker-archive).
+func newImage(o options, binary, arch string, oci bool) (v1.Image, error) {
+	bin, err := os.ReadFile(binary)
+	if err != nil {
+		return nil, fmt.Errorf("while reading the binary: %w", err)
+	}
+	files, err := hostFiles(o.caCerts, o.tzdata)
+	if err != nil {
+		return nil, err
 	}
 	layerTar, err := rootfs(bin, o.path, o.uid, files)
 	if err != nil {
-		return err
+		return nil, err
+	}
+	var lopts []tarball.LayerOption
+	base := empty.Image
+	if oci {
+		lopts = append(lopts, tarball.WithMediaType(types.OCILayer))
+		base = mutate.ConfigMediaType(mutate.MediaType(base, types.OCIManifestSchema1), types.OCIConfigJSON)
 	}
 	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(layerTar)), nil
-	})
+	}, lopts...)
 	if err != nil {
-		return fmt.Errorf("while making the layer: %w", err)
+		return nil, fmt.Errorf("while making the layer: %w", err)
 	}
-	img, err := mutate.Append(empty.Image, mutate.Addendum{
+	img, err := mutate.Append(base, mutate.Addendum{
 		Layer:   layer,
 		History: v1.History{CreatedBy: "hack/image: " + o.path + " and a non-root user", Created: v1.Time{Time: epoch}},
 	})
 	if err != nil {
-		return fmt.Errorf("while adding the layer: %w", err)
+		return nil, fmt.Errorf("while adding the layer: %w", err)
 	}
 	cf, err := img.ConfigFile()
 	if err != nil {
-		return fmt.Errorf("while reading the image config: %w", err)
+		return nil, fmt.Errorf("while reading the image config: %w", err)
 	}
 	cf = cf.DeepCopy()
-	cf.Architecture = runtime.GOARCH
+	cf.Architecture = arch
 	cf.OS = "linux"
 	cf.Created = v1.Time{Time: epoch}
 	cf.Config = v1.Config{
@@ -119,12 +153,9 @@ func build(o options) error {
 		},
 	}
 	if img, err = mutate.ConfigFile(img, cf); err != nil {
-		return fmt.Errorf("while setting the image config: %w", err)
+		return nil, fmt.Errorf("while setting the image config: %w", err)
 	}
-	if err := tarball.WriteToFile(o.out, ref, img); err != nil {
-		return fmt.Errorf("while writing %s: %w", o.out, err)
-	}
-	return nil
+	return img, nil
 }
 
 // epoch is every timestamp in the image, so the same binary always gives

@@ -67,6 +67,11 @@ procs=$(our_processes)
 [ -z "$procs" ] || report "processes still running:
 $procs"
 [ -e "$STATE" ] && report "state directory $STATE still exists"
+# The e2e registry runs from $STATE (so our_processes sees it); nothing may
+# listen on its port either.
+listen=$(ss -Htln "sport = :$REGISTRY_PORT" 2>/dev/null)
+[ -z "$listen" ] || report "something still listens on port $REGISTRY_PORT (the e2e registry's):
+$listen"
 [ -e "$PG_DIR" ] && report "PostgreSQL directory $PG_DIR still exists"
 for f in iptables-v4 iptables-v6 ipsets links routes addresses mounts cgroups paths; do
   if ! out=$(diff -u "$BASELINE/$f" "$now/$f"); then

@@ -220,10 +220,10 @@ main() {
   stop kubelet kube-proxy kube-router kube-controller-manager kube-scheduler
   step "stopping containers"
   kill_tasks
-  step "stopping containerd, kube-apiserver, etcd and PostgreSQL"
+  step "stopping containerd, kube-apiserver, etcd, PostgreSQL and the e2e registry"
   # kube-apiserver drains its watches for a minute on TERM; nothing of
   # theirs is kept, so a short grace is enough.
-  GRACE=2 stop containerd kube-apiserver etcd postgres
+  GRACE=2 stop containerd kube-apiserver etcd postgres registry
   rm -rf "$PG_DIR"
   local left
   left=$(leftover_pids | sort -u)

@@ -50,8 +50,14 @@ GATEWAY_API_VERSION="${GATEWAY_API_VERSION:-v1.4.1}"
 EDGE_NS=traefik
 EDGE_HTTPS_PORT=8443
 EDGE_HTTP_PORT=8000
+# The e2e tests' private registry (hack/registry, started by test/e2e/framework):
+# HTTPS with basic authentication at $NODE_IP:$REGISTRY_PORT only. containerd
+# finds its CA in $CONTAINERD_CERTS_D/<host:port>/hosts.toml; pods
+# authenticate with pull secrets.
+REGISTRY_PORT=5000
 
 CONTAINERD_SOCK="$STATE/containerd/containerd.sock"
+CONTAINERD_CERTS_D="$STATE/containerd/certs.d"
 PAUSE_IMAGE="localhost/ehr-pause:1"
 
 # Host settings the components change; their values before the first

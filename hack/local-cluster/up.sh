@@ -252,7 +252,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$STATE/cni/net.d"
+  # Registries' CAs (certs.d/<host:port>/hosts.toml, read at each pull);
+  # no credentials here: pods bring theirs in pull secrets.
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "$CONTAINERD_CERTS_D"
 EOF
+  mkdir -p "$CONTAINERD_CERTS_D"
 
   # Bridge network; pods get routes to the service range and the node
   # address only: no default route, so nothing from a pod can leave.

@@ -1,9 +1,11 @@
 //go:build e2e
 
 // Package e2e runs the product end to end on a real single-node cluster
-// (hack/local-cluster): Helm installs the operator from the working tree's
-// chart and image, an EHRIntegration gets real receiver pods, and real
-// signed webhooks land in a real PostgreSQL. Run with `make test-e2e`
+// (hack/local-cluster): the working tree is released (hack/release.sh, what
+// `make release` runs) to a private registry with authentication, Helm
+// installs the operator from that registry's chart, containerd pulls its
+// image with pull secrets, an EHRIntegration gets real receiver pods, and
+// real signed webhooks land in a real PostgreSQL. Run with `make test-e2e`
 // (root; brings the cluster up if it is not, ~20 s once its binaries are
 // built).
 package e2e
@@ -11,6 +13,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"testing"
 	"time"
@@ -30,26 +33,28 @@ const (
 	receiverB = nameB + "-receiver"
 	hostA     = name + ".ehr-e2e.test"
 	hostB     = nameB + ".ehr-e2e.test"
+	// The registry's repository path, the pull secret's name and the two
+	// releases: the first is installed, the second upgrades it.
+	regPath    = "ehr"
+	pullSecret = "regcred"
+	versionA   = "v0.0.1-e2e.1"
+	versionB   = "v0.0.1-e2e.2"
 )
 
 var (
 	env      *framework.Env
 	pg       *framework.Postgres
 	dbURL    string // the receivers' database, as its owner
-	image    string
 	opBinary string // bin/ehr-operator, for `ehr-operator send`
+	reg      *framework.Registry
+	relA     *framework.Pushed // installed by TestMain
 )
 
 func TestMain(m *testing.M) { os.Exit(run(m)) }
 
 func run(m *testing.M) int {
 	ctx := context.Background()
-	image, opBinary = os.Getenv("IMG"), os.Getenv("EHR_OPERATOR_BIN")
-	tar := os.Getenv("IMAGE_TAR")
-	if image == "" || tar == "" {
-		fmt.Fprintln(os.Stderr, "e2e: IMG and IMAGE_TAR are not set: run `make test-e2e`, which builds the image first")
-		return 1
-	}
+	opBinary = os.Getenv("EHR_OPERATOR_BIN")
 	start := time.Now()
 	var err error
 	if env, err = framework.Setup(ctx); err != nil {
@@ -71,7 +76,7 @@ func run(m *testing.M) int {
 		}
 		fmt.Fprintf(os.Stderr, "e2e: teardown took %s\n", time.Since(t0).Round(time.Second))
 	}()
-	if err := env.LoadImages(ctx, tar); err != nil {
+	if err := startRegistryAndRelease(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
 	}
@@ -87,14 +92,53 @@ func run(m *testing.M) int {
 	// A previous run's leftovers (a kept cluster) must not leak into this one.
 	_, _ = env.Kubectl(ctx, "", "delete", "namespace", ns, nsB, "--ignore-not-found", "--wait=true", "--timeout=120s")
 	_, _ = env.Kubectl(ctx, "", "-n", env.EdgeNamespace, "delete", "gateway/"+framework.EdgeGateway, "secret/"+nameB+"-tls", "--ignore-not-found")
-	out, err := env.InstallOperator(ctx, operatorNS, image)
+	// The manager's image is pulled with the pull secret of its namespace.
+	if _, err := env.Kubectl(ctx, "apiVersion: v1\nkind: Namespace\nmetadata: {name: "+operatorNS+"}\n", "apply", "-f", "-"); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	if _, err := env.Kubectl(ctx, reg.PullSecretYAML(operatorNS, pullSecret), "apply", "-f", "-"); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	cmdline, out, err := env.InstallRelease(ctx, reg, regPath, relA, operatorNS, releaseSets()...)
+	fmt.Fprintf(os.Stderr, "e2e: $ %s\n%s\n", cmdline, out)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e:", err, "\n", out)
+		fmt.Fprintln(os.Stderr, "e2e:", err)
 		env.Dump(ctx, os.Stderr, operatorNS)
 		return 1
 	}
 	fmt.Fprintf(os.Stderr, "e2e: set-up done in %s\n", time.Since(start).Round(time.Second))
 	return m.Run()
+}
+
+// startRegistryAndRelease starts the private registry, checks that it
+// refuses anonymous requests, and releases versionA to it.
+func startRegistryAndRelease(ctx context.Context) error {
+	var err error
+	t0 := time.Now()
+	if reg, err = env.StartRegistry(ctx); err != nil {
+		return err
+	}
+	code, err := reg.AnonymousStatus()
+	if err != nil || code != http.StatusUnauthorized {
+		return fmt.Errorf("the registry answered an anonymous GET /v2/ with %d (%v), want 401: authentication is off", code, err)
+	}
+	fmt.Fprintf(os.Stderr, "e2e: registry https://%s up (anonymous GET /v2/: %d) in %s\n", reg.Host, code, time.Since(t0).Round(time.Second))
+	t0 = time.Now()
+	if relA, err = env.Release(ctx, reg, regPath, versionA); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "e2e: $ make release VERSION=%s REGISTRY=%s/%s (hack/release.sh, %s)\n%s",
+		versionA, reg.Host, regPath, time.Since(t0).Round(time.Second), relA.Output)
+	return nil
+}
+
+// releaseSets are the chart values of every install and upgrade from the
+// registry: the pull secret of the manager's image, and the receivers'
+// default pull secret.
+func releaseSets() []string {
+	return []string{"imagePullSecrets[0].name=" + pullSecret, "receivers.podTemplate.imagePullSecrets[0].name=" + pullSecret}
 }
 
 // TestEndToEnd is one story, in order: each step builds on the previous one,

@@ -35,7 +35,9 @@ func (s *story) onboardRouteTenant(t *testing.T) {
 	})
 	kubectl(t, framework.Onboarding{Namespace: nsB, Name: nameB, DatabaseURL: dbURL, APIKey: s.apiKeyB,
 		WebhookSecret: s.secretB, TimeZone: "America/Chicago", Replicas: 1,
-		Edge: &framework.Exposure{Host: hostB, Listener: nameB, GatewayNamespace: edgeNS}}.YAML(), "apply", "-f", "-")
+		Edge: &framework.Exposure{Host: hostB, Listener: nameB, GatewayNamespace: edgeNS},
+		// The pull secret named by the resource itself (spec.podTemplate).
+		Extra: reg.PullSecretYAML(nsB, pullSecret), PullSecret: pullSecret}.YAML(), "apply", "-f", "-")
 	waitReady(t, nsB, nameB, 1)
 	uid := get(t, nsB, "ehrintegration", nameB, "{.metadata.uid}")
 	if owner := get(t, nsB, "httproute", receiverB, "{.metadata.ownerReferences[0].uid}"); owner != uid {

@@ -107,7 +107,9 @@ func (s *story) managerRuns(t *testing.T) {
 func (s *story) onboard(t *testing.T) {
 	kubectl(t, framework.Onboarding{Namespace: ns, Name: name, DatabaseURL: dbURL, APIKey: s.apiKey,
 		WebhookSecret: s.oldSecret, TimeZone: "America/New_York", Replicas: 2,
-		Edge: &framework.Exposure{Host: hostA, Cert: s.certA}}.YAML(), "apply", "-f", "-")
+		Edge: &framework.Exposure{Host: hostA, Cert: s.certA},
+		// No spec.podTemplate: the chart's receivers.podTemplate names the pull secret.
+		Extra: reg.PullSecretYAML(ns, pullSecret)}.YAML(), "apply", "-f", "-")
 	waitIntegrationReady(t, 2)
 	endpoint := get(t, ns, "ehrintegration", name, "{.status.endpoint}")
 	if want := "https://" + hostA + "/v2/webhooks/" + name + "/sync-appointments"; endpoint != want {
@@ -476,17 +478,43 @@ func (s *story) suspendResume(t *testing.T) {
 	}
 }
 
+// helmUpgrade releases versionB (the same code, a new version: new image
+// digests) to the registry and upgrades to it with helm from oci://, while
+// a sender streams to nexus: the manager and every receiver roll to B's
+// image, pulled from the registry, and no delivery fails.
 func (s *story) helmUpgrade(t *testing.T) {
+	ctx := context.Background()
+	t0 := time.Now()
+	relB, err := env.Release(ctx, reg, regPath, versionB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("$ make release VERSION=%s REGISTRY=%s/%s (hack/release.sh, %s)\n%s", versionB, reg.Host, regPath,
+		time.Since(t0).Round(time.Second), relB.Output)
+	if relB.Index == relA.Index {
+		t.Fatalf("release %s has the same index digest as %s (%s)", versionB, versionA, relA.Index)
+	}
 	dep := strings.TrimSpace(strings.TrimPrefix(kubectl(t, "", "-n", operatorNS, "get", "deployments", "-o", "name"), "deployment.apps/"))
 	mgrSel := selectorOf(t, operatorNS, dep)
 	oldMgr := allPods(t, operatorNS, mgrSel)
-	sel := selectorOf(t, ns, receiver)
-	recvBefore := podUIDs(t, ns, sel)
+	receivers := []struct {
+		namespace, sel string
+		replicas       int
+		before         []string
+	}{
+		{ns, selectorOf(t, ns, receiver), 2, nil},
+		{nsB, selectorOf(t, nsB, receiverB), 1, nil},
+	}
+	for i := range receivers {
+		receivers[i].before = podUIDs(t, receivers[i].namespace, receivers[i].sel)
+		t.Logf("before: receivers in %s:\n%s", receivers[i].namespace, podImages(t, receivers[i].namespace, receivers[i].sel))
+	}
 	st := startStream(receiverURL(t), s.apiKey, s.newSecret, "upg", 2)
-	out, err := env.InstallOperator(context.Background(), operatorNS, image, "podAnnotations.e2e-revision=2")
+	cmdline, out, err := env.InstallRelease(ctx, reg, regPath, relB, operatorNS, releaseSets()...)
+	t.Logf("$ %s\n%s", cmdline, out)
 	if err != nil {
 		st.stop()
-		t.Fatalf("helm upgrade: %v\n%s", err, out)
+		t.Fatal(err)
 	}
 	var newMgr []string
 	wait(t, "the old manager pod to go", 2*time.Minute, func(context.Context) error {
@@ -503,11 +531,56 @@ func (s *story) helmUpgrade(t *testing.T) {
 		return nil
 	})
 	waitLeader(t, newMgr[0])
+	for _, r := range receivers {
+		wait(t, "the receivers in "+r.namespace+" to roll to "+relB.Image, 3*time.Minute, func(context.Context) error {
+			pods := allPods(t, r.namespace, r.sel)
+			if len(pods) != r.replicas || len(readyPods(t, r.namespace, r.sel)) != r.replicas {
+				return fmt.Errorf("pods %v, want %d Ready", pods, r.replicas)
+			}
+			for _, line := range strings.Split(strings.TrimSpace(podImages(t, r.namespace, r.sel)), "\n") {
+				if f := strings.Fields(line); len(f) < 2 || f[1] != relB.Image {
+					return fmt.Errorf("pod still on another image: %s", line)
+				}
+			}
+			return nil
+		})
+	}
 	time.Sleep(2 * time.Second)
 	s.checkStream(t, st.stop())
-	if after := podUIDs(t, ns, sel); fmt.Sprint(after) != fmt.Sprint(recvBefore) {
-		t.Errorf("receiver pods changed across the operator upgrade: before %v, after %v", recvBefore, after)
+
+	// The pods run what the registry served for B: containerd reports the
+	// digest the tag resolved to (the index), or the platform's manifest.
+	want := map[string]bool{relB.Index: true, relB.Platforms["linux/amd64"]: true}
+	check := func(namespace, sel string) {
+		imgs := podImages(t, namespace, sel)
+		t.Logf("after: pods in %s (name, image, imageID):\n%s", namespace, imgs)
+		for _, line := range strings.Split(strings.TrimSpace(imgs), "\n") {
+			f := strings.Fields(line)
+			if len(f) != 3 || f[1] != relB.Image {
+				t.Errorf("pod %q does not run %s", line, relB.Image)
+				continue
+			}
+			repo, digest, _ := strings.Cut(f[2], "@")
+			if !want[digest] || repo != strings.TrimSuffix(relB.Image, ":"+versionB) {
+				t.Errorf("pod %s's imageID %s is neither %s's index %s nor its linux/amd64 image %s",
+					f[0], f[2], versionB, relB.Index, relB.Platforms["linux/amd64"])
+			}
+		}
 	}
+	check(operatorNS, mgrSel)
+	for _, r := range receivers {
+		check(r.namespace, r.sel)
+		if after := podUIDs(t, r.namespace, r.sel); len(after) > 0 && contains(r.before, after[0]) {
+			t.Errorf("receiver pod %s in %s was not replaced by the upgrade", after[0], r.namespace)
+		}
+	}
+}
+
+// podImages lists "name image imageID" of the pods sel selects, one a line.
+func podImages(t *testing.T, namespace, sel string) string {
+	t.Helper()
+	return kubectl(t, "", "-n", namespace, "get", "pods", "-l", sel, "-o",
+		`jsonpath={range .items[*]}{.metadata.name} {.spec.containers[0].image} {.status.containerStatuses[0].imageID}{"\n"}{end}`)
 }
 
 func (s *story) deleteIntegration(t *testing.T) {

@@ -143,7 +143,15 @@ func (e *Env) HelmCmd(ctx context.Context, args ...string) (string, error) {
 }
 
 func run(ctx context.Context, stdin, name string, args ...string) (string, error) {
+	return runEnv(ctx, nil, stdin, name, args...)
+}
+
+// runEnv is run with env added to this process's environment.
+func runEnv(ctx context.Context, env []string, stdin, name string, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, name, args...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	if stdin != "" {
 		cmd.Stdin = strings.NewReader(stdin)
 	}

@@ -84,6 +84,10 @@ type Onboarding struct {
 	Namespace, Name, DatabaseURL, APIKey, WebhookSecret, TimeZone string
 	Replicas                                                      int
 	Edge                                                          *Exposure
+	// Extra are more documents for the namespace (e.g. a pull secret).
+	Extra string
+	// PullSecret, when set, is the receivers' spec.podTemplate.imagePullSecrets.
+	PullSecret string
 }
 
 // Exposure puts a receiver at Host on the edge: by an Ingress of class
@@ -100,7 +104,13 @@ type Exposure struct {
 
 // YAML renders o as one multi-document manifest for `kubectl apply -f -`.
 func (o Onboarding) YAML() string {
-	var tlsSecret, expose string
+	var tlsSecret, expose, extra, podTemplate string
+	if o.Extra != "" {
+		extra = "---\n" + o.Extra
+	}
+	if o.PullSecret != "" {
+		podTemplate = fmt.Sprintf("  podTemplate:\n    imagePullSecrets: [{name: %s}]\n", o.PullSecret)
+	}
 	switch x := o.Edge; {
 	case x == nil:
 	case x.Listener != "":
@@ -138,7 +148,7 @@ type: Opaque
 stringData:
   api-key: %[4]q
   webhook-secret: %[5]q
-%[8]s---
+%[8]s%[10]s---
 apiVersion: ehr.insighthealth.io/v1alpha1
 kind: EHRIntegration
 metadata: {name: %[2]s, namespace: %[1]s}
@@ -149,7 +159,7 @@ spec:
     secretRef: {name: appointments-db, key: uri}
   timeZone: %[6]s
   replicas: %[7]d
-%[9]s`, o.Namespace, o.Name, o.DatabaseURL, o.APIKey, o.WebhookSecret, o.TimeZone, o.Replicas, tlsSecret, expose)
+%[9]s%[11]s`, o.Namespace, o.Name, o.DatabaseURL, o.APIKey, o.WebhookSecret, o.TimeZone, o.Replicas, tlsSecret, expose, extra, podTemplate)
 }
 
 // ReceiverURL is the webhook URL of EHRIntegration name at its receiver

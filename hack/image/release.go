@@ -1,0 +1,252 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"debug/buildinfo"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"runtime/debug"
+	"sort"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// spdxJSON is the media type of the SBOM layer and the artifact type of
+// its manifest.
+const spdxJSON = "application/spdx+json"
+
+// platforms is the repeatable --platform flag: linux/ARCH=BINARY.
+type platforms map[string]string
+
+func (p *platforms) String() string { return fmt.Sprint(map[string]string(*p)) }
+
+func (p *platforms) Set(v string) error {
+	plat, bin, ok := strings.Cut(v, "=")
+	arch, found := strings.CutPrefix(plat, "linux/")
+	if !ok || !found || arch == "" || bin == "" {
+		return fmt.Errorf("want linux/ARCH=BINARY, got %q", v)
+	}
+	if *p == nil {
+		*p = platforms{}
+	}
+	(*p)[arch] = bin
+	return nil
+}
+
+// release pushes o.push as an OCI image index of one image per platform,
+// then, for each platform's image, an SBOM artifact whose subject is that
+// image (found through the registry's referrers API, or the tag scheme of
+// registries without it), and checks the registry lists it as a referrer.
+// It prints what it pushed, with digests, on standard output.
+func release(o options) error {
+	ctx := context.Background()
+	ref, err := name.NewTag(o.push)
+	if err != nil {
+		return fmt.Errorf("while parsing %q: %w", o.push, err)
+	}
+	tr, err := transport(o.caFile)
+	if err != nil {
+		return err
+	}
+	ropts := []remote.Option{remote.WithContext(ctx), remote.WithTransport(tr), remote.WithAuthFromKeychain(authn.DefaultKeychain)}
+
+	archs := make([]string, 0, len(o.platforms))
+	for a := range o.platforms {
+		archs = append(archs, a)
+	}
+	sort.Strings(archs)
+	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
+	imgs := map[string]v1.Image{}
+	sboms := map[string][]byte{}
+	for _, arch := range archs {
+		bin := o.platforms[arch]
+		bi, err := buildinfo.ReadFile(bin)
+		if err != nil {
+			return fmt.Errorf("while reading the build information of %s: %w", bin, err)
+		}
+		if got := setting(bi.Settings, "GOARCH"); got != arch || setting(bi.Settings, "GOOS") != "linux" {
+			return fmt.Errorf("%s was built for %s/%s, not linux/%s", bin, setting(bi.Settings, "GOOS"), got, arch)
+		}
+		if setting(bi.Settings, "CGO_ENABLED") != "0" {
+			return fmt.Errorf("%s is not static: build it with CGO_ENABLED=0", bin)
+		}
+		sum, err := fileSHA256(bin)
+		if err != nil {
+			return err
+		}
+		img, err := newImage(o, bin, arch, true)
+		if err != nil {
+			return fmt.Errorf("linux/%s: %w", arch, err)
+		}
+		doc := spdxFromBuildInfo(bi, ref.RepositoryStr()+":"+ref.TagStr()+" linux/"+arch, o.version, sum, epoch)
+		if sboms[arch], err = json.MarshalIndent(doc, "", "  "); err != nil {
+			return err
+		}
+		imgs[arch] = img
+		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img,
+			Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: arch}}})
+	}
+	if err := remote.WriteIndex(ref, idx, ropts...); err != nil {
+		return fmt.Errorf("while pushing %s: %w", ref, err)
+	}
+	d, err := idx.Digest()
+	if err != nil {
+		return err
+	}
+	fmt.Printf("pushed index %s@%s (tag %s)\n", ref.Context(), d, ref.TagStr())
+	for _, arch := range archs {
+		desc, err := partialDescriptor(imgs[arch])
+		if err != nil {
+			return err
+		}
+		art, err := pushSBOM(ref.Context(), *desc, sboms[arch], ropts)
+		if err != nil {
+			return fmt.Errorf("linux/%s: %w", arch, err)
+		}
+		refs, err := remote.Referrers(ref.Context().Digest(desc.Digest.String()), ropts...)
+		if err != nil {
+			return fmt.Errorf("while listing the referrers of linux/%s: %w", arch, err)
+		}
+		if !hasReferrer(refs, art) {
+			return fmt.Errorf("the registry does not list the SBOM %s as a referrer of %s", art, desc.Digest)
+		}
+		fmt.Printf("pushed image linux/%s %s\n", arch, desc.Digest)
+		fmt.Printf("pushed sbom  linux/%s %s (%s, subject %s)\n", arch, art, spdxJSON, desc.Digest)
+	}
+	return nil
+}
+
+// pushSBOM pushes an OCI artifact manifest holding sbom, whose subject is
+// the image described by subject, and returns its digest.
+func pushSBOM(repo name.Repository, subject v1.Descriptor, sbom []byte, ropts []remote.Option) (v1.Hash, error) {
+	cfg := static.NewLayer([]byte("{}"), types.OCIEmptyJSON)
+	layer := static.NewLayer(sbom, spdxJSON)
+	var descs []v1.Descriptor
+	for _, l := range []v1.Layer{cfg, layer} {
+		if err := remote.WriteLayer(repo, l, ropts...); err != nil {
+			return v1.Hash{}, fmt.Errorf("while pushing the SBOM's blobs: %w", err)
+		}
+		d, err := partialDescriptor(l)
+		if err != nil {
+			return v1.Hash{}, err
+		}
+		descs = append(descs, *d)
+	}
+	descs[1].Annotations = map[string]string{"org.opencontainers.image.title": "sbom.spdx.json"}
+	m := v1.Manifest{
+		SchemaVersion: 2, MediaType: types.OCIManifestSchema1, ArtifactType: spdxJSON,
+		Config: descs[0], Layers: descs[1:], Subject: &subject,
+	}
+	raw, err := json.Marshal(m)
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	h, _, err := v1.SHA256(strings.NewReader(string(raw)))
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	if err := remote.Put(repo.Digest(h.String()), rawManifest(raw), ropts...); err != nil {
+		return v1.Hash{}, fmt.Errorf("while pushing the SBOM's manifest: %w", err)
+	}
+	return h, nil
+}
+
+// rawManifest is an OCI image manifest as pushed, byte for byte.
+type rawManifest []byte
+
+func (r rawManifest) RawManifest() ([]byte, error)        { return r, nil }
+func (r rawManifest) MediaType() (types.MediaType, error) { return types.OCIManifestSchema1, nil }
+
+// described is what partialDescriptor needs: an image or a layer.
+type described interface {
+	Digest() (v1.Hash, error)
+	Size() (int64, error)
+	MediaType() (types.MediaType, error)
+}
+
+func partialDescriptor(x described) (*v1.Descriptor, error) {
+	d, err := x.Digest()
+	if err != nil {
+		return nil, err
+	}
+	sz, err := x.Size()
+	if err != nil {
+		return nil, err
+	}
+	mt, err := x.MediaType()
+	if err != nil {
+		return nil, err
+	}
+	return &v1.Descriptor{MediaType: mt, Digest: d, Size: sz}, nil
+}
+
+// hasReferrer is true if idx lists h. By digest only: some registries
+// (go-containerregistry's own) report the config's media type as the
+// artifactType instead of the manifest's artifactType field.
+func hasReferrer(idx v1.ImageIndex, h v1.Hash) bool {
+	m, err := idx.IndexManifest()
+	if err != nil {
+		return false
+	}
+	for _, d := range m.Manifests {
+		if d.Digest == h {
+			return true
+		}
+	}
+	return false
+}
+
+// transport trusts the system's CAs and, if set, caFile (a private
+// registry's own CA).
+func transport(caFile string) (http.RoundTripper, error) {
+	tr := remote.DefaultTransport.(*http.Transport).Clone()
+	if caFile == "" {
+		return tr, nil
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("while reading the registry's CA: %w", err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, errors.New(caFile + " holds no PEM certificate")
+	}
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return tr, nil
+}
+
+func setting(s []debug.BuildSetting, key string) string {
+	for _, kv := range s {
+		if kv.Key == key {
+			return kv.Value
+		}
+	}
+	return ""
+}
+
+func fileSHA256(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:]), nil
+}
