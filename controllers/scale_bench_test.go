@@ -68,7 +68,7 @@ func benchmarkReconcile(b *testing.B, n int) {
 		// Polled every 250 ms, not faster: listing thousands of objects
 		// costs the API server that the manager shares.
 		var childrenAt, statusAt time.Duration
-		poll(b, max(5*time.Minute, time.Duration(n)*300*time.Millisecond), 250*time.Millisecond, "every child and status", func() error {
+		eventuallyEvery(b, max(5*time.Minute, time.Duration(n)*300*time.Millisecond), 250*time.Millisecond, "every child and status", func() error {
 			if childrenAt == 0 {
 				// The last kind made first: until it is complete, one list.
 				for _, gvk := range slices.Backward(scaleChildKinds) {
@@ -139,7 +139,7 @@ func benchmarkReconcile(b *testing.B, n int) {
 // began after t: the next resync has reached every one.
 func awaitPass(b *testing.B, ns string, names []string, t time.Time) {
 	b.Helper()
-	poll(b, 2*time.Minute, 100*time.Millisecond, "a full pass", func() error {
+	eventuallyEvery(b, 2*time.Minute, 100*time.Millisecond, "a full pass", func() error {
 		if n := suite.reconciles.notSince(t, ns, names); n != "" {
 			return fmt.Errorf("%s not reconciled since %v", n, t.Format(time.StampMilli))
 		}
@@ -197,23 +197,6 @@ func kindNames() string {
 		out = append(out, gvk.Kind)
 	}
 	return strings.Join(out, ", ")
-}
-
-// poll calls f every interval until it returns nil, failing with f's last
-// error after timeout.
-func poll(b *testing.B, timeout, interval time.Duration, what string, f func() error) {
-	b.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("after %v, %s: %v", timeout, what, err)
-		}
-		time.Sleep(interval)
-	}
 }
 
 // loadAverage is the machine's load average, as /proc/loadavg gives it:

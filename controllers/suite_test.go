@@ -400,6 +400,13 @@ func newNamespace(t testing.TB) string {
 // error after timeout.
 func eventually(t testing.TB, timeout time.Duration, what string, f func() error) {
 	t.Helper()
+	eventuallyEvery(t, timeout, 50*time.Millisecond, what, f)
+}
+
+// eventuallyEvery is eventually calling f every interval (the scale
+// benchmark polls less often, so its own reads weigh less on the API server).
+func eventuallyEvery(t testing.TB, timeout, interval time.Duration, what string, f func() error) {
+	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
 		err := f()
@@ -409,6 +416,6 @@ func eventually(t testing.TB, timeout time.Duration, what string, f func() error
 		if time.Now().After(deadline) {
 			t.Fatalf("after %v, %s: %v", timeout, what, err)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(interval)
 	}
 }
