@@ -145,8 +145,11 @@ chart-version: ## Stamp a release VERSION=vX.Y.Z into the chart (version X.Y.Z, 
 	sed -i -E -e 's/^(    newTag: ).*/\1$(VERSION)/' config/manager/kustomization.yaml
 
 .PHONY: release
-release: helm ## Push VERSION=vX.Y.Z to REGISTRY=host:port/path: a linux/amd64+arm64 image index with SBOMs, and the chart (oci://REGISTRY/charts). REGISTRY_CA for a private CA.
+release: helm ## Push VERSION=vX.Y.Z to REGISTRY=host:port/path: a linux/amd64+arm64 image index with SBOMs, and the chart (oci://REGISTRY/charts). REGISTRY_CA for a private CA; refuses a dirty tree unless ALLOW_DIRTY=1.
 	@[ -n "$(REGISTRY)" ] || { echo "REGISTRY is not set: make release VERSION=vX.Y.Z REGISTRY=host:port/path" >&2; exit 1; }
+	@# A release is what a commit says, not what happens to be in the working tree.
+	@[ -z "$$(git status --porcelain)" ] || [ "$(ALLOW_DIRTY)" = 1 ] || \
+		{ echo "the working tree has uncommitted changes (git status): commit them, or ALLOW_DIRTY=1 for a test release" >&2; exit 1; }
 	VERSION=$(VERSION) REGISTRY=$(REGISTRY) HELM=$(HELM) hack/release.sh
 
 ##@ Local cluster
