@@ -85,7 +85,7 @@ to OPERATOR_IMAGE, so receivers run the operator's own image.`,
 	fs.StringVar(&f.leaderElectionNamespace, "leader-election-namespace", "", "namespace of the leader election Lease (default: POD_NAMESPACE, else the pod's own namespace)")
 	fs.StringVar(&f.receiverImage, "receiver-image", "", "image of the receivers when an EHRIntegration sets no spec.image (default: OPERATOR_IMAGE)")
 	fs.StringVar(&f.receiverLogLevel, "receiver-log-level", "", "--log-level of the receivers when an EHRIntegration sets no spec.logLevel (debug, info, warn, error; empty: the receiver's default, info)")
-	fs.IntVar(&f.maxConcurrentReconciles, "max-concurrent-reconciles", 2, "EHRIntegrations reconciled at once")
+	fs.IntVar(&f.maxConcurrentReconciles, "max-concurrent-reconciles", 8, "EHRIntegrations reconciled at once")
 	fs.StringVar(&f.networkPolicyFile, "receiver-network-policy", "", "YAML file of what each receiver's NetworkPolicy admits "+
 		"(the chart writes it from receiverNetworkPolicy); empty means the operator makes no NetworkPolicy")
 	fs.StringVar(&f.podDefaultsFile, "receiver-pod-defaults", "", "YAML file of the receivers' pod settings, shaped like spec.podTemplate, "+

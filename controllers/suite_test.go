@@ -60,7 +60,7 @@ var testWorkers = func() int {
 	if n, err := strconv.Atoi(os.Getenv("TEST_WORKERS")); err == nil && n > 0 {
 		return n
 	}
-	return 2
+	return 8
 }()
 
 var (
