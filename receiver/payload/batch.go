@@ -140,17 +140,9 @@ func (s *bodyScan) scanTop(i int) (int, bool) {
 			return 0, false
 		}
 		s.top[k].end = m.end
-		i = skipSpace(b, m.end)
-		if i >= len(b) {
-			return 0, false
-		}
-		switch b[i] {
-		case ',':
-			i = skipSpace(b, i+1)
-		case '}':
-			return i + 1, true
-		default:
-			return 0, false
+		var closed bool
+		if i, closed, ok = afterValue(b, m.end, '}'); !ok || closed {
+			return i, ok
 		}
 	}
 }
@@ -186,17 +178,9 @@ func (s *bodyScan) scanEntries(i int) (int, bool) {
 			s.validate(s.n, start, end, isObject)
 		}
 		s.n++
-		i = skipSpace(b, end)
-		if i >= len(b) {
-			return 0, false
-		}
-		switch b[i] {
-		case ',':
-			i = skipSpace(b, i+1)
-		case ']':
-			return i + 1, true
-		default:
-			return 0, false
+		var closed bool
+		if i, closed, ok = afterValue(b, end, ']'); !ok || closed {
+			return i, ok
 		}
 	}
 }

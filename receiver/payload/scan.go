@@ -284,17 +284,9 @@ func scanObject[T text](b T, i, depth int, members *[]member, parent, levels int
 		if !ok {
 			return 0, false
 		}
-		i = skipSpace(b, m.end)
-		if i >= len(b) {
-			return 0, false
-		}
-		switch b[i] {
-		case ',':
-			i = skipSpace(b, i+1)
-		case '}':
-			return i + 1, true
-		default:
-			return 0, false
+		var closed bool
+		if i, closed, ok = afterValue(b, m.end, '}'); !ok || closed {
+			return i, ok
 		}
 	}
 }
@@ -316,19 +308,28 @@ func scanArray[T text](b T, i, depth int, elems *[][2]int) (int, bool) {
 			return 0, false
 		}
 		*elems = append(*elems, [2]int{start, end})
-		i = skipSpace(b, end)
-		if i >= len(b) {
-			return 0, false
-		}
-		switch b[i] {
-		case ',':
-			i = skipSpace(b, i+1)
-		case ']':
-			return i + 1, true
-		default:
-			return 0, false
+		var closed bool
+		if i, closed, ok = afterValue(b, end, ']'); !ok || closed {
+			return i, ok
 		}
 	}
+}
+
+// afterValue reads what follows a member or element that ends at b[i]:
+// a comma (next is the start of the one after it) or the container's
+// closing byte (closed, next is past it). ok is false for anything else.
+func afterValue[T text](b T, i int, closing byte) (next int, closed, ok bool) {
+	i = skipSpace(b, i)
+	if i >= len(b) {
+		return 0, false, false
+	}
+	switch b[i] {
+	case ',':
+		return skipSpace(b, i+1), false, true
+	case closing:
+		return i + 1, true, true
+	}
+	return 0, false, false
 }
 
 // unquote decodes the JSON string s (quotes included), which the scanner
