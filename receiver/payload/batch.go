@@ -115,16 +115,10 @@ func (s *bodyScan) scanTop(i int) (int, bool) {
 		if i >= len(b) || b[i] != '"' {
 			return 0, false
 		}
-		m := member{key: i, parent: -1}
-		var ok bool
-		if m.keyEnd, m.keyEscaped, ok = scanString(b, i); !ok {
+		m, ok := scanMemberKey(b, i, -1)
+		if !ok {
 			return 0, false
 		}
-		i = skipSpace(b, m.keyEnd)
-		if i >= len(b) || b[i] != ':' {
-			return 0, false
-		}
-		m.start = skipSpace(b, i+1)
 		k := len(s.top)
 		s.top = append(s.top, m)
 		switch {

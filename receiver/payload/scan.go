@@ -262,16 +262,10 @@ func scanObject[T text](b T, i, depth int, members *[]member, parent, levels int
 		if i >= len(b) || b[i] != '"' {
 			return 0, false
 		}
-		m := member{key: i, parent: parent}
-		var ok bool
-		if m.keyEnd, m.keyEscaped, ok = scanString(b, i); !ok {
+		m, ok := scanMemberKey(b, i, parent)
+		if !ok {
 			return 0, false
 		}
-		i = skipSpace(b, m.keyEnd)
-		if i >= len(b) || b[i] != ':' {
-			return 0, false
-		}
-		m.start = skipSpace(b, i+1)
 		if levels > 1 && m.start < len(b) && b[m.start] == '{' {
 			k := len(*members)
 			*members = append(*members, m)
@@ -313,6 +307,23 @@ func scanArray[T text](b T, i, depth int, elems *[][2]int) (int, bool) {
 			return i, ok
 		}
 	}
+}
+
+// scanMemberKey is scanKey keeping what a member records: where the key at
+// b[i] (its opening quote) ends, whether it has escapes, and where the
+// value after its colon starts.
+func scanMemberKey[T text](b T, i, parent int) (member, bool) {
+	m := member{key: i, parent: parent}
+	var ok bool
+	if m.keyEnd, m.keyEscaped, ok = scanString(b, i); !ok {
+		return m, false
+	}
+	i = skipSpace(b, m.keyEnd)
+	if i >= len(b) || b[i] != ':' {
+		return m, false
+	}
+	m.start = skipSpace(b, i+1)
+	return m, true
 }
 
 // afterValue reads what follows a member or element that ends at b[i]:
