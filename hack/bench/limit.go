@@ -286,42 +286,66 @@ func (w *copyWriter) write(ctx context.Context, rows []harness.Row, seq int64) (
 
 func (w *copyWriter) close() { w.conn.Close() }
 
-// runLimit writes batches of gen's rows from senders goroutines, each on
-// its own connection, for warmup+d, and records the window after warmup.
-func runLimit(ctx context.Context, dbURL, method string, gen harness.Gen, batch, senders int, warmup, d time.Duration, meter *cpuMeter) (*recorder, error) {
+// limitSide is one limit method's connections, one per sender, opened once
+// per cell and kept across its slices: opening (or closing) them between
+// slices would put dozens of backends starting or exiting into the other
+// side's window (measured: a 300-500 ms stall of every request at the start
+// of each receiver slice, docs/performance.md).
+type limitSide struct {
+	method  string
+	db      *sql.DB
+	writers []writer
+}
+
+func openLimit(ctx context.Context, dbURL, method string, senders int) (*limitSide, error) {
 	db, err := sql.Open("postgres", dbURL)
 	if err != nil {
 		return nil, err
 	}
-	defer db.Close()
 	db.SetMaxOpenConns(senders)
 	db.SetMaxIdleConns(senders)
+	l := &limitSide{method: method, db: db}
 	arrays, err := limitArrays()
 	if err != nil {
+		l.close()
 		return nil, err
 	}
 	newWriter := newUnnestWriter
 	if method == "copy" {
 		newWriter = newCopyWriter
 	}
+	for range senders {
+		w, err := newWriter(ctx, db, arrays)
+		if err != nil {
+			l.close()
+			return nil, err
+		}
+		l.writers = append(l.writers, w)
+	}
+	return l, nil
+}
+
+func (l *limitSide) close() {
+	for _, w := range l.writers {
+		w.close()
+	}
+	l.db.Close()
+}
+
+// run writes batches of gen's rows from one goroutine per connection for
+// warmup+d, and records the window after warmup.
+func (l *limitSide) run(ctx context.Context, gen harness.Gen, batch int, warmup, d time.Duration, meter *cpuMeter) (*recorder, error) {
 	var (
 		next    atomic.Int64
 		wg      sync.WaitGroup
 		mu      sync.Mutex
 		firstEr error
-		rec     = newRecorder(senders)
+		rec     = newRecorder(len(l.writers))
 	)
-	writers := make([]writer, senders)
-	for i := range writers {
-		if writers[i], err = newWriter(ctx, db, arrays); err != nil {
-			return nil, err
-		}
-		defer writers[i].close()
-	}
 	start := time.Now()
 	rec.window(start.Add(warmup), start.Add(warmup+d))
 	defer meter.watch(rec.begin, rec.end)()
-	for s := range senders {
+	for s, w := range l.writers {
 		wg.Go(func() {
 			rows := make([]harness.Row, batch)
 			for time.Now().Before(rec.end) {
@@ -331,9 +355,9 @@ func runLimit(ctx context.Context, dbURL, method string, gen harness.Gen, batch,
 					rows[i] = gen.Row(first + int64(i))
 				}
 				t0 := time.Now()
-				if err := writers[s].write(ctx, rows, seq); err != nil {
+				if err := w.write(ctx, rows, seq); err != nil {
 					mu.Lock()
-					firstEr = fmt.Errorf("limit (%s) write failed: %w", method, err)
+					firstEr = fmt.Errorf("limit (%s) write failed: %w", l.method, err)
 					mu.Unlock()
 					return
 				}

@@ -228,13 +228,18 @@ func newDB(ctx context.Context, adminURL, what string) (string, error) {
 func runCell(ctx context.Context, adminURL string, postmaster int, binary string, batch, senders int, d, warmup time.Duration, methods []string) (Cell, error) {
 	const rounds = 3
 	c := Cell{Batch: batch, Senders: senders}
-	limitDBs := map[string]string{}
+	limitSides := map[string]*limitSide{}
 	for _, m := range methods {
 		u, err := newDB(ctx, adminURL, "limit")
 		if err != nil {
 			return c, err
 		}
-		limitDBs[m] = u
+		l, err := openLimit(ctx, u, m, senders)
+		if err != nil {
+			return c, err
+		}
+		defer l.close()
+		limitSides[m] = l
 	}
 	u, err := newDB(ctx, adminURL, "receiver")
 	if err != nil {
@@ -263,7 +268,7 @@ func runCell(ctx context.Context, adminURL string, postmaster int, binary string
 	for round := range rounds {
 		gen := harness.NewGen(fmt.Sprintf("b%ds%dr%d", batch, senders, round))
 		for _, m := range methods {
-			rec, err := runLimit(ctx, limitDBs[m], m, gen, batch, senders, warmup, d/rounds, limitMeters[m])
+			rec, err := limitSides[m].run(ctx, gen, batch, warmup, d/rounds, limitMeters[m])
 			if err != nil {
 				return c, err
 			}

@@ -472,3 +472,78 @@ func TestWriteAsReadWriteRole(t *testing.T) {
 		t.Errorf("Prune with DELETE: %+v, %v; want the 3 history rows (the deliveries stay with their appointments)", p, err)
 	}
 }
+
+// Small groups take turns: while one is in flight (here: the turn is held),
+// a large request does not wait, and the small requests queued meanwhile
+// all join one group, the gatherer's, instead of being split among the
+// waiting workers.
+func TestSmallGroupsTakeTurns(t *testing.T) {
+	t.Parallel()
+	s, db := newStore(t)
+	s.smallTurn <- struct{}{} // a small group in flight
+	entries := make([]payload.Entry, smallGroupEntries)
+	for i := range entries {
+		entries[i] = minimalEntry(fmt.Sprintf("large-%d", i))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := s.Write(ctx, batch(entries...)); err != nil {
+		t.Fatalf("a large request while a small group is in flight: %v", err)
+	}
+	const small = 12
+	reqs := make([]*request, small)
+	for i := range reqs {
+		reqs[i] = queued(t, batch(minimalEntry(fmt.Sprintf("small-%d", i))))
+		s.queue <- reqs[i]
+	}
+	for len(s.queue) > 0 { // taken by the gatherer, which waits for its turn
+		if ctx.Err() != nil {
+			t.Fatalf("%d requests still queued", len(s.queue))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n := count(t, db, `SELECT count(*) FROM appointments WHERE external_id LIKE 'small-%'`); n != 0 {
+		t.Fatalf("%d small requests written while the turn was held", n)
+	}
+	<-s.smallTurn // the group in flight commits
+	for i, r := range reqs {
+		if o := <-r.done; o.err != nil || o.res.Written != 1 {
+			t.Errorf("small request %d: %+v, %v; want one written", i, o.res, o.err)
+		}
+	}
+	if c := count(t, db, `SELECT count(DISTINCT xmin::text) FROM webhook_deliveries WHERE item_count = 1`); c != 1 {
+		t.Errorf("the %d small requests took %d statements, want 1: the waiting requests were split", small, c)
+	}
+}
+
+// A worker carrying a request over does not wait for the gathering worker,
+// which may be waiting for a request that never comes: with nothing more
+// queued, the carried request is still written.
+func TestCarriedRequestDoesNotWaitForTheGatherer(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t)
+	v1, v2 := minimalEntry("apt-1"), minimalEntry("apt-1")
+	v2.Appointment.Status, v2.Appointment.StatusRaw = "cancelled", "Cancelled"
+	w := &Store{db: s.db, queue: make(chan *request, 2), smallTurn: make(chan struct{}, 1)}
+	reqs := []*request{queued(t, batch(v1)), queued(t, batch(v2))}
+	for _, r := range reqs {
+		w.queue <- r
+	}
+	for range 2 { // one carries v2 over while the other waits on the empty queue
+		w.wg.Add(1)
+		go w.work()
+	}
+	defer func() { close(w.queue); w.wg.Wait() }()
+	timeout := time.After(20 * time.Second)
+	for i, r := range reqs {
+		select {
+		case o := <-r.done:
+			if o.err != nil || o.res.Written != 1 {
+				t.Errorf("request %d: %+v, %v; want one written", i, o.res, o.err)
+			}
+		case <-timeout:
+			t.Fatalf("request %d was not written: the carried request waits for the gatherer", i)
+		}
+	}
+}

@@ -43,7 +43,11 @@ type Store struct {
 	mu     sync.RWMutex // held for reading while enqueueing, for writing by Close
 	closed bool
 	queue  chan *request
-	wg     sync.WaitGroup
+	// gathering is held by the worker gathering a group; smallTurn holds
+	// a token while a small group is in flight (batcher.go).
+	gathering sync.Mutex
+	smallTurn chan struct{}
+	wg        sync.WaitGroup
 }
 
 // Open sets up the pool for databaseURL (a postgres:// URL) and starts the
@@ -89,7 +93,7 @@ func Open(ctx context.Context, databaseURL string) (*Store, error) {
 	// picked up even when no error forces it.
 	db.SetConnMaxLifetime(30 * time.Minute)
 	db.SetConnMaxIdleTime(5 * time.Minute)
-	s := &Store{db: db, queue: make(chan *request, queueDepth)}
+	s := &Store{db: db, queue: make(chan *request, queueDepth), smallTurn: make(chan struct{}, 1)}
 	for range workers {
 		s.wg.Add(1)
 		go s.work()
