@@ -141,10 +141,11 @@ func (s *Store) work() {
 		if !ok {
 			return
 		}
-		s.commit(g.reqs)
-		if turn {
-			<-s.smallTurn
-		}
+		s.commit(g.reqs, func() {
+			if turn {
+				<-s.smallTurn
+			}
+		})
 	}
 }
 
@@ -208,8 +209,18 @@ func (s *Store) awaitTurn(g *group, carry *[]*request) bool {
 	return false
 }
 
-// commit writes a group and answers each of its callers.
-func (s *Store) commit(group []*request) {
+// commit writes a group and answers each of its callers. It calls
+// written once the group's statement has returned, before the callers are
+// answered, so that the next small group's statement runs while they are.
+func (s *Store) commit(group []*request, written func()) {
+	once := false
+	release := func() {
+		if !once {
+			once = true
+			written()
+		}
+	}
+	defer release()
 	live := make([]*request, 0, len(group))
 	for _, r := range group {
 		if err := r.ctx.Err(); err != nil {
@@ -226,6 +237,7 @@ func (s *Store) commit(group []*request) {
 	ctx, cancel := context.WithTimeout(context.Background(), txTimeout)
 	defer cancel()
 	out, err := s.writeRetrying(ctx, live)
+	release()
 	if err != nil && len(live) > 1 && !IsUnavailable(err) {
 		// One request's rows failed the statement: each alone, so the
 		// failure is its own.
