@@ -22,6 +22,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
@@ -53,13 +54,19 @@ func (p *platforms) Set(v string) error {
 // image (found through the registry's referrers API, or the tag scheme of
 // registries without it), and checks the registry lists it as a referrer.
 // It prints what it pushed, with digests, on standard output.
+//
+// A release's tag never moves: if the tag already names another index, it
+// refuses before pushing anything (clusters that pulled the old one would
+// otherwise run a different image under the same version). The same
+// index again, a release re-run after a failure part way, is pushed again
+// harmlessly: the builds are reproducible, so the same commit makes it.
 func release(o options) error {
 	ctx := context.Background()
 	ref, err := name.NewTag(o.push)
 	if err != nil {
 		return fmt.Errorf("while parsing %q: %w", o.push, err)
 	}
-	tr, err := transport(o.caFile)
+	tr, err := registryTransport(o.caFile)
 	if err != nil {
 		return err
 	}
@@ -101,12 +108,15 @@ func release(o options) error {
 		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img,
 			Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: arch}}})
 	}
-	if err := remote.WriteIndex(ref, idx, ropts...); err != nil {
-		return fmt.Errorf("while pushing %s: %w", ref, err)
-	}
 	d, err := idx.Digest()
 	if err != nil {
 		return err
+	}
+	if err := refuseMovingTag(ref, d, ropts); err != nil {
+		return err
+	}
+	if err := remote.WriteIndex(ref, idx, ropts...); err != nil {
+		return fmt.Errorf("while pushing %s: %w", ref, err)
 	}
 	fmt.Printf("pushed index %s@%s (tag %s)\n", ref.Context(), d, ref.TagStr())
 	for _, arch := range archs {
@@ -129,6 +139,24 @@ func release(o options) error {
 		fmt.Printf("pushed sbom  linux/%s %s (%s, subject %s)\n", arch, art, spdxJSON, desc.Digest)
 	}
 	return nil
+}
+
+// refuseMovingTag is an error if ref already names a manifest other than
+// want; a tag the registry does not know is fine.
+func refuseMovingTag(ref name.Tag, want v1.Hash, ropts []remote.Option) error {
+	desc, err := remote.Head(ref, ropts...)
+	if err != nil {
+		var terr *transport.Error
+		if errors.As(err, &terr) && terr.StatusCode == http.StatusNotFound {
+			return nil
+		}
+		return fmt.Errorf("while checking whether %s exists: %w", ref, err)
+	}
+	if desc.Digest == want {
+		fmt.Printf("%s already names this index (%s): pushing it again\n", ref, want)
+		return nil
+	}
+	return fmt.Errorf("%s already exists and names %s, not this build's %s: a released version is never replaced; release a new version", ref, desc.Digest, want)
 }
 
 // pushSBOM pushes an OCI artifact manifest holding sbom, whose subject is
@@ -211,9 +239,9 @@ func hasReferrer(idx v1.ImageIndex, h v1.Hash) bool {
 	return false
 }
 
-// transport trusts the system's CAs and, if set, caFile (a private
+// registryTransport trusts the system's CAs and, if set, caFile (a private
 // registry's own CA).
-func transport(caFile string) (http.RoundTripper, error) {
+func registryTransport(caFile string) (http.RoundTripper, error) {
 	tr := remote.DefaultTransport.(*http.Transport).Clone()
 	if caFile == "" {
 		return tr, nil
