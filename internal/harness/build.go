@@ -1,6 +1,8 @@
 package harness
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -8,18 +10,25 @@ import (
 )
 
 // BuildBinary builds the ehr-operator command of the module at moduleRoot
-// into os.TempDir()/<dirName>/ehr-operator and returns its path. The place
-// is fixed and overwritten each run (go build is incremental): test mains
-// end in pgtest.Main, which exits the process, so nothing could remove a
-// directory of their own. Give each test package its own dirName, since
-// packages are tested in parallel.
+// into os.TempDir()/<dirName>-<hash of moduleRoot's absolute path>/ehr-operator
+// and returns its path. The place is fixed per checkout and overwritten each
+// run (go build is incremental): test mains end in pgtest.Main, which exits
+// the process, so nothing could remove a directory of their own. Give each
+// test package its own dirName, since packages are tested in parallel; the
+// hash keeps two checkouts tested at once (a CI clone beside a working
+// tree) from running each other's binary.
 func BuildBinary(moduleRoot, dirName string) (string, error) {
-	dir := filepath.Join(os.TempDir(), dirName)
+	root, err := filepath.Abs(moduleRoot)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256([]byte(root))
+	dir := filepath.Join(os.TempDir(), dirName+"-"+hex.EncodeToString(sum[:6]))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("while creating %s: %w", dir, err)
 	}
 	binary := filepath.Join(dir, "ehr-operator")
-	build := exec.Command("go", "build", "-o", binary, moduleRoot)
+	build := exec.Command("go", "build", "-o", binary, root)
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		return "", fmt.Errorf("building ehr-operator failed: %w", err)
