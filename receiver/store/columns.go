@@ -217,10 +217,11 @@ var (
 	replayArrays     = arraysOf(replayColumns)
 )
 
-// elements are rows laid out for arrays, array by array: array i's
-// elements, comma-separated, are buf[ends[i-1]:ends[i]] (from 0 for i = 0).
-// A request's rows are laid out in its own goroutine (prepare); the
-// batcher only joins the requests' runs.
+// elements are rows laid out for arrays, array by array, each as an array
+// literal: array i is buf[ends[i-1]:ends[i]] (from 0 for i = 0), its
+// elements, comma-separated, between braces. A request's rows are laid out
+// in its own goroutine (prepare); a group of one request passes the
+// literals as they are, a larger group joins the requests' runs.
 type elements struct {
 	buf  []byte
 	ends []int
@@ -228,26 +229,35 @@ type elements struct {
 
 // encode lays rows out; sizeHint guesses the bytes of one row.
 func (a arrays[R]) encode(rows []R, sizeHint int) elements {
-	e := elements{buf: make([]byte, 0, sizeHint*len(rows)), ends: make([]int, len(a.elems))}
+	e := elements{buf: make([]byte, 0, sizeHint*len(rows)+2*len(a.elems)), ends: make([]int, len(a.elems))}
 	for i, elem := range a.elems {
+		e.buf = append(e.buf, '{')
 		for j := range rows {
 			if j > 0 {
 				e.buf = append(e.buf, ',')
 			}
 			e.buf = elem(e.buf, &rows[j])
 		}
+		e.buf = append(e.buf, '}')
 		e.ends[i] = len(e.buf)
 	}
 	return e
 }
 
-// run is array i's elements.
-func (e *elements) run(i int) []byte {
+// literal is array i: its elements between braces, capped so that no
+// append can write past it.
+func (e *elements) literal(i int) []byte {
 	start := 0
 	if i > 0 {
 		start = e.ends[i-1]
 	}
-	return e.buf[start:e.ends[i]]
+	return e.buf[start:e.ends[i]:e.ends[i]]
+}
+
+// run is array i's elements, without the braces.
+func (e *elements) run(i int) []byte {
+	l := e.literal(i)
+	return l[1 : len(l)-1]
 }
 
 // An encoder appends a row's element to an array literal: NULL, a number

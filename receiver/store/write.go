@@ -382,9 +382,17 @@ func writeArgs(group []*prepared) []any {
 }
 
 // appendArrays appends n arrays, each the group's requests' elements one
-// request after the other. The arrays are slices of one buffer, passed as
-// []byte: lib/pq sends a []byte argument as it is, but copies a string.
+// request after the other. The arrays are passed as []byte: lib/pq sends a
+// []byte argument as it is, but copies a string. A group of one request
+// passes its own literals; a larger one, slices of one new buffer.
 func appendArrays(args []any, group []*prepared, n int, rows func(*prepared) *elements) []any {
+	if len(group) == 1 {
+		e := rows(group[0])
+		for i := range n {
+			args = append(args, e.literal(i))
+		}
+		return args
+	}
 	size := n * (len(group) + 2) // the braces and the commas between runs
 	for _, p := range group {
 		size += len(rows(p).buf)

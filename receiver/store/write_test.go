@@ -362,11 +362,23 @@ func TestArrayLiterals(t *testing.T) {
 			`{"2026-03-10T14:30:00.000005-04:00","2026-03-01T09:00:00Z"}`},
 		{arrayOf(date(func(t *time.Time) time.Time { return *t }), time.Date(1990, 5, 15, 0, 0, 0, 0, time.UTC)), `{"1990-05-15"}`},
 		{arrayOf(bytea(func(b *[]byte) []byte { return *b }), []byte{0, 0xff}, []byte{}), `{"\\x00ff","\\x"}`},
+		// A group of one request passes its own literal.
+		{arrayAlone(text(str), `a"b`, "", "NULL"), `{"a\"b","","NULL"}`},
+		{arrayAlone(text(str)), `{}`},
+		{arrayAlone(optInteger(func(n **int) *int { return *n }), ptr(-5), nil), `{-5,NULL}`},
 	} {
 		if c.got != c.want {
 			t.Errorf("got %s, want %s", c.got, c.want)
 		}
 	}
+}
+
+// arrayAlone is the argument of one array for rows, all one request's,
+// alone in its group.
+func arrayAlone[R any](enc encoder[R], rows ...R) string {
+	a := arrays[R]{names: []string{"a"}, types: []string{enc.typ}, elems: []func([]byte, *R) []byte{enc.elem}}
+	group := []*prepared{{entryRows: a.encode(rows, 16)}}
+	return string(appendArrays(nil, group, 1, func(p *prepared) *elements { return &p.entryRows })[0].([]byte))
 }
 
 // arrayOf is the argument of one array for rows: the first two rows one
