@@ -236,8 +236,10 @@ func (s *Server) decode(rq *request) *answer {
 		}
 		return a
 	}
-	// The entries and the invalid items hold copies: the body's memory can
-	// go (receiver/sizing counts on it).
+	// The valid entries' fields share the body's buffer, the invalid items
+	// hold copies of theirs: the request keeps one body's worth, not two
+	// (receiver/sizing's PerBodyByte, measured with a copy, stays an upper
+	// bound).
 	rq.items, rq.valid, rq.invalid, rq.body = batch.Len, batch.Valid, batch.Invalid, nil
 	return nil
 }
