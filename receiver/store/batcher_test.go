@@ -547,3 +547,54 @@ func TestCarriedRequestDoesNotWaitForTheGatherer(t *testing.T) {
 		}
 	}
 }
+
+// The write statement's generic plan, made just after an ANALYZE of tables
+// of a few rows (a new integration after its first autoanalyze), probes
+// every table through an index: a plan reading them by sequential scan for
+// every entry would be kept, per connection, while the tables grow.
+func TestGenericPlanAfterEarlyAnalyzeUsesIndexes(t *testing.T) {
+	t.Parallel()
+	s, db := newStore(t)
+	ctx := context.Background()
+	for k := range 50 {
+		if _, err := s.Write(ctx, batch(minimalEntry(fmt.Sprintf("seed-%d", k)))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := db.Exec(`ANALYZE`); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := s.db.Connx(ctx) // the store's session settings
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "PREPARE w AS "+writeSQL); err != nil {
+		t.Fatal(err)
+	}
+	// EXPLAIN EXECUTE takes literals, not bind parameters.
+	lits := make([]string, 0, 48)
+	for _, a := range writeArgs([]*prepared{queued(t, batch(minimalEntry("probe"))).p}) {
+		var v string
+		switch x := a.(type) {
+		case []byte:
+			v = string(x)
+		case string:
+			v = x
+		default:
+			v = fmt.Sprint(x)
+		}
+		lits = append(lits, "'"+strings.ReplaceAll(v, "'", "''")+"'")
+	}
+	var plan []string
+	if err := conn.SelectContext(ctx, &plan, "EXPLAIN EXECUTE w("+strings.Join(lits, ",")+")"); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range plan {
+		for _, table := range []string{"appointment_history", "appointments", "patients", "practitioners", "quarantined_entries", "webhook_deliveries"} {
+			if strings.Contains(l, "Seq Scan on "+table+" ") {
+				t.Errorf("the generic plan reads %s sequentially:\n%s", table, strings.Join(plan, "\n"))
+			}
+		}
+	}
+}
