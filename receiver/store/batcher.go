@@ -117,6 +117,13 @@ func (g *group) add(r *request) bool {
 	return true
 }
 
+// addOrCarry adds r to g, or carries it over to the next group.
+func (g *group) addOrCarry(r *request, carry *[]*request) {
+	if !g.add(r) {
+		*carry = append(*carry, r)
+	}
+}
+
 // work gathers groups and writes them. A request that does not fit the
 // group (it names an appointment already in it, or another EHR) is carried
 // over and leads this worker's next group, so requests naming the same
@@ -142,11 +149,7 @@ func (s *Store) work() {
 		if !ok {
 			return
 		}
-		s.commit(g.reqs, func() {
-			if turn {
-				<-s.smallTurn
-			}
-		})
+		s.commit(g.reqs, turn)
 	}
 }
 
@@ -158,9 +161,7 @@ func (s *Store) gather(carry *[]*request) (g group, turn, ok bool) {
 	held := *carry
 	*carry = nil
 	for _, r := range held {
-		if !g.add(r) {
-			*carry = append(*carry, r)
-		}
+		g.addOrCarry(r, carry)
 	}
 	if len(g.reqs) == 0 {
 		r, ok := <-s.queue
@@ -176,9 +177,7 @@ gather:
 			if !ok {
 				break gather
 			}
-			if !g.add(r) {
-				*carry = append(*carry, r)
-			}
+			g.addOrCarry(r, carry)
 		default:
 			break gather
 		}
@@ -202,23 +201,21 @@ func (s *Store) awaitTurn(g *group, carry *[]*request) bool {
 			if !ok {
 				return false
 			}
-			if !g.add(r) {
-				*carry = append(*carry, r)
-			}
+			g.addOrCarry(r, carry)
 		}
 	}
 	return false
 }
 
-// commit writes a group and answers each of its callers. It calls
-// written once the group's statement has returned, before the callers are
-// answered, so that the next small group's statement runs while they are.
-func (s *Store) commit(group []*request, written func()) {
-	once := false
+// commit writes a group and answers each of its callers. A group holding
+// the small groups' turn passes it on once its statement has returned,
+// before the callers are answered, so that the next small group's
+// statement runs while they are.
+func (s *Store) commit(group []*request, turn bool) {
 	release := func() {
-		if !once {
-			once = true
-			written()
+		if turn {
+			turn = false
+			<-s.smallTurn
 		}
 	}
 	defer release()

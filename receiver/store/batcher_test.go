@@ -110,7 +110,7 @@ func TestWriteFailingRequestDoesNotFailNeighbours(t *testing.T) {
 	for _, b := range []Batch{good1, bad, good2} {
 		group = append(group, queued(t, b))
 	}
-	s.commit(group, func() {}) // one transaction, as the batcher would run it
+	s.commit(group, false) // one transaction, as the batcher would run it
 	var results []outcome
 	for _, r := range group {
 		results = append(results, <-r.done)
@@ -377,7 +377,7 @@ func TestWriteGroupDeliveryIDs(t *testing.T) {
 		}
 		group = append(group, queued(t, b))
 	}
-	s.commit(group, func() {})
+	s.commit(group, false)
 	if c := transactions(t, db); c != 1 {
 		t.Fatalf("%d statements, want 1 for the group", c)
 	}
@@ -447,7 +447,7 @@ func TestWriteAsReadWriteRole(t *testing.T) {
 	for i := range 3 {
 		group = append(group, queued(t, batch(minimalEntry(fmt.Sprintf("apt-%d", i)))))
 	}
-	s.commit(group, func() {})
+	s.commit(group, false)
 	for _, r := range group {
 		res = append(res, <-r.done)
 	}
