@@ -102,9 +102,9 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 20s).
 	hack/fuzz.sh $(FUZZTIME)
 
 .PHONY: run
-run: postgres build ## Run bin/ehr-operator's receiver for EHR nexus on a throwaway PostgreSQL and print a ready `send` command.
+run: postgres build ## Run bin/ehr-receiver (what receiver pods run) for EHR nexus on a throwaway PostgreSQL and print a ready `send` command.
 	$(HACK_GO) build -o $(LOCALBIN)/devrun ./devrun
-	$(LOCALBIN)/devrun -binary $(LOCALBIN)/ehr-operator
+	$(LOCALBIN)/devrun -binary $(LOCALBIN)/ehr-receiver
 
 ##@ Performance
 
@@ -119,8 +119,9 @@ load: ## Sustained load against a real receiver; prints figures over time.
 ##@ Build
 
 .PHONY: build
-build: ## Build bin/ehr-operator.
+build: ## Build bin/ehr-operator (the operator and its tools) and bin/ehr-receiver (what receiver pods run).
 	CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o $(LOCALBIN)/ehr-operator .
+	CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o $(LOCALBIN)/ehr-receiver ./cmd/ehr-receiver
 
 .PHONY: docker-build
 docker-build: ## Build the container image with a Docker engine.
@@ -158,7 +159,7 @@ IMAGE_TAR ?= $(LOCALBIN)/ehr-operator-image.tar
 
 .PHONY: image
 image: build ## Build the image $(IMG) into IMAGE_TAR (and the cluster's pause image) with go-containerregistry; no Docker needed.
-	hack/image/build.sh operator $(LOCALBIN)/ehr-operator $(IMG) $(IMAGE_TAR)
+	hack/image/build.sh operator $(LOCALBIN)/ehr-operator $(LOCALBIN)/ehr-receiver $(IMG) $(IMAGE_TAR)
 	hack/image/build.sh pause
 
 .PHONY: cluster-up

@@ -1,5 +1,6 @@
-// Command ehr-operator is the operator, the webhook receiver it provisions,
-// and the tools around them, in one binary (architecture.md, "Parts").
+// Command ehr-operator is the operator and the tools around it (architecture.md,
+// "Parts"): the manager, chart-test, and the subcommands it shares with
+// ehr-receiver (cmd/ehr-receiver), the binary the receiver pods run.
 package main
 
 import (
@@ -8,10 +9,11 @@ import (
 	"os"
 
 	"github.com/insighthealth/ehr-operator/cmd"
+	"github.com/insighthealth/ehr-operator/cmd/managercmd"
 )
 
 func main() {
-	if err := cmd.NewRootCommand().ExecuteContext(context.Background()); err != nil {
+	if err := cmd.NewRootCommand(managercmd.Commands()...).ExecuteContext(context.Background()); err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
 		os.Exit(1)
 	}

@@ -194,7 +194,7 @@ stay in quarantine.`,
 // run binds the environment, opens the store, checks its schema and calls
 // do with the filter of the flags.
 func (f *deliveriesFlags) run(c *cobra.Command, do func(context.Context, *store.Store, store.DeliveryFilter) error) error {
-	if err := bindEnv(c.Flags()); err != nil {
+	if err := BindEnv(c.Flags()); err != nil {
 		return err
 	}
 	if f.output != "table" && f.output != "json" {

@@ -29,7 +29,7 @@ advisory lock. Every flag falls back to an environment variable named after
 it (--database-url → DATABASE_URL, --database-url-file → DATABASE_URL_FILE).`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := bindEnv(c.Flags()); err != nil {
+			if err := BindEnv(c.Flags()); err != nil {
 				return err
 			}
 			return runMigrate(c.Context(), f)

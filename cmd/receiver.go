@@ -46,7 +46,7 @@ Every flag falls back to an environment variable named after it
 (--database-url → DATABASE_URL, --on-invalid → ON_INVALID, …).`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := bindEnv(c.Flags()); err != nil {
+			if err := BindEnv(c.Flags()); err != nil {
 				return err
 			}
 			return runReceiver(c.Context(), f)
@@ -78,7 +78,7 @@ Every flag falls back to an environment variable named after it
 }
 
 func runReceiver(ctx context.Context, f receiverFlags) error {
-	level, err := parseLogLevel(f.logLevel)
+	level, err := ParseLogLevel(f.logLevel)
 	if err != nil {
 		return err
 	}
@@ -194,8 +194,9 @@ func receiverConfig(f receiverFlags) (receiver.Config, string, error) {
 	return cfg, dbURL, errors.Join(errs...)
 }
 
-// parseLogLevel reads a --log-level value: debug, info, warn or error.
-func parseLogLevel(s string) (slog.Level, error) {
+// ParseLogLevel reads a --log-level value: debug, info, warn or error (the
+// manager checks its --receiver-log-level with it too).
+func ParseLogLevel(s string) (slog.Level, error) {
 	switch s {
 	case "debug", "info", "warn", "error":
 		var l slog.Level

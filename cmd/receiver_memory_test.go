@@ -3,6 +3,7 @@ package cmd
 import (
 	"bytes"
 	"log/slog"
+	"math"
 	"os"
 	"runtime/debug"
 	"strings"
@@ -58,27 +59,47 @@ func TestReceiverRefusesMemoryTooSmall(t *testing.T) {
 }
 
 // The Go memory limit follows the container's, unless GOMEMLIMIT was set
-// (the runtime read it at start).
+// (the runtime read it at start); GOGC is the receiver's own under a
+// memory limit, unless set.
 func TestSetGoMemoryLimit(t *testing.T) {
 	prev := debug.SetMemoryLimit(-1)
 	t.Cleanup(func() { debug.SetMemoryLimit(prev) })
+	prevGC := debug.SetGCPercent(100)
+	t.Cleanup(func() { debug.SetGCPercent(prevGC) })
 	var buf bytes.Buffer
 	log := slog.New(slog.NewJSONHandler(&buf, nil))
 	f := receiverFlags{memoryLimit: 128 << 20}
 
 	t.Setenv("GOMEMLIMIT", "1GiB")
+	t.Setenv("GOGC", "150")
 	debug.SetMemoryLimit(1 << 30)
+	debug.SetGCPercent(150)
 	setGoMemoryLimit(f, receiver.Config{}, log)
 	if got := debug.SetMemoryLimit(-1); got != 1<<30 {
 		t.Errorf("with GOMEMLIMIT set: Go memory limit %d, want it left at 1 GiB", got)
 	}
+	if got := debug.SetGCPercent(150); got != 150 {
+		t.Errorf("with GOGC set: GC percent %d, want it left at 150", got)
+	}
 
 	os.Unsetenv("GOMEMLIMIT")
+	os.Unsetenv("GOGC")
+	debug.SetMemoryLimit(math.MaxInt64)
+	debug.SetGCPercent(100)
+	setGoMemoryLimit(receiverFlags{}, receiver.Config{}, log)
+	if got := debug.SetGCPercent(100); got != 100 {
+		t.Errorf("without a memory limit: GC percent %d, want Go's default 100", got)
+	}
+
 	setGoMemoryLimit(f, receiver.Config{MaxBodyBytes: 4 << 20}, log)
 	if got := debug.SetMemoryLimit(-1); got != sizing.GoMemoryLimit(128<<20) {
 		t.Errorf("Go memory limit %d, want %d", got, sizing.GoMemoryLimit(128<<20))
 	}
-	if !strings.Contains(buf.String(), `"msg":"Memory limits","memory_limit":134217728,"max_inflight_body_bytes":19964887,"go_memory_limit":120795955`) {
+	if got := debug.SetGCPercent(-1); got != receiverGCPercent {
+		t.Errorf("GC percent %d, want %d", got, receiverGCPercent)
+	}
+	debug.SetGCPercent(receiverGCPercent) // -1 above turned collection off
+	if !strings.Contains(buf.String(), `"msg":"Memory limits","memory_limit":134217728,"max_inflight_body_bytes":19964887,"go_memory_limit":120795955,"gc_percent":400`) {
 		t.Errorf("log:\n%s", &buf)
 	}
 }

@@ -1,6 +1,9 @@
-// Package cmd holds the ehr-operator subcommands: manager, receiver,
-// migrate, deliveries, send and version. Each lives in its own file, built by a
-// constructor that keeps its flags in a local struct.
+// Package cmd holds the subcommands both binaries have: receiver, migrate,
+// deliveries, send and version. Each lives in its own file, built by a
+// constructor that keeps its flags in a local struct. The manager's
+// commands are in cmd/managercmd, which only ehr-operator links: the
+// receiver pods run ehr-receiver (cmd/ehr-receiver), the same code without
+// the Kubernetes client, controller-runtime and what they pull in.
 package cmd
 
 import (
@@ -12,9 +15,10 @@ import (
 	"github.com/spf13/pflag"
 )
 
-// NewRootCommand builds the command line. Every call builds fresh commands
+// NewRootCommand builds the command line: the shared subcommands and extra
+// (ehr-operator's manager and chart-test). Every call builds fresh commands
 // and flags, so nothing carries over from one run to the next.
-func NewRootCommand() *cobra.Command {
+func NewRootCommand(extra ...*cobra.Command) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "ehr-operator",
 		Short:         "Receive EHR appointment webhooks on Kubernetes",
@@ -22,22 +26,21 @@ func NewRootCommand() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(
-		newManagerCommand(),
 		newReceiverCommand(),
 		newMigrateCommand(),
 		newDeliveriesCommand(),
 		newSendCommand(),
 		newVersionCommand(),
-		newChartTestCommand(),
 	)
+	root.AddCommand(extra...)
 	return root
 }
 
-// bindEnv gives every flag of fs that was not set on the command line the
+// BindEnv gives every flag of fs that was not set on the command line the
 // value of its environment variable, when that is set: --database-url falls
 // back to DATABASE_URL, --max-body-bytes to MAX_BODY_BYTES, and so on
 // (architecture.md, "Configuration and operation"). Flags win over the environment.
-func bindEnv(fs *pflag.FlagSet) error {
+func BindEnv(fs *pflag.FlagSet) error {
 	var err error
 	fs.VisitAll(func(f *pflag.Flag) {
 		if err != nil || f.Changed {

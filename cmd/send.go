@@ -61,7 +61,7 @@ Every flag falls back to an environment variable named after it
       --api-key-file creds/api-key --secret-file creds/webhook-secret example.json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			if err := bindEnv(c.Flags()); err != nil {
+			if err := BindEnv(c.Flags()); err != nil {
 				return err
 			}
 			return runSend(c, f, args[0])

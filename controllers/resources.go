@@ -34,6 +34,10 @@ const (
 	metricsPortName = "metrics"
 
 	receiverContainer = "receiver"
+	// receiverBinary is the image's lean binary (cmd/ehr-receiver): the
+	// receiver without the manager's dependencies, in the operator's image
+	// beside /ehr-operator, the entrypoint.
+	receiverBinary = "/ehr-receiver"
 	// envMemoryLimit is the receiver's --memory-limit, in bytes.
 	envMemoryLimit = "MEMORY_LIMIT"
 
@@ -145,7 +149,7 @@ func desiredReplicas(e *v1alpha1.EHRIntegration) int32 {
 	return *withDefaults(e).Spec.Replicas
 }
 
-// receiverArgs are the `ehr-operator receiver` flags (architecture.md, "Configuration and operation"), exactly
+// receiverArgs are the `ehr-receiver receiver` flags (architecture.md, "Configuration and operation"), exactly
 // the receiver's own flag names.
 func receiverArgs(e *v1alpha1.EHRIntegration) []string {
 	e = withDefaults(e)
@@ -326,6 +330,7 @@ func buildDeployment(e *v1alpha1.EHRIntegration, image string, versions v1alpha1
 	container := corev1ac.Container().
 		WithName(receiverContainer).
 		WithImage(image).
+		WithCommand(receiverBinary).
 		WithArgs(receiverArgs(e)...).
 		WithPorts(
 			corev1ac.ContainerPort().WithName(httpPortName).WithContainerPort(httpPort).WithProtocol(corev1.ProtocolTCP),

@@ -21,9 +21,9 @@ go test -run '^$' -bench . -benchmem -benchtime "$benchtime" \
 
 dir="$(mktemp -d)"
 trap 'rm -rf "$dir"' EXIT
-bin="$dir/ehr-operator"
+bin="$dir/ehr-receiver"
 echo "=== Building the receiver ($bin)"
-CGO_ENABLED=0 go build -trimpath -o "$bin" .
+CGO_ENABLED=0 go build -trimpath -o "$bin" ./cmd/ehr-receiver
 # The tools are in the hack module (hack/go.mod); they run from here, so
 # relative paths mean the same as for this script.
 go -C hack build -o "$dir/" ./bench ./plot

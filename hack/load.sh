@@ -10,6 +10,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 dir="$(mktemp -d)"
 trap 'rm -rf "$dir"' EXIT
-CGO_ENABLED=0 go build -trimpath -o "$dir/ehr-operator" .
+CGO_ENABLED=0 go build -trimpath -o "$dir/ehr-receiver" ./cmd/ehr-receiver
 go -C hack build -o "$dir/load" ./load # the hack module (hack/go.mod)
-"$dir/load" -binary "$dir/ehr-operator"
+"$dir/load" -binary "$dir/ehr-receiver"

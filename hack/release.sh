@@ -3,9 +3,10 @@
 # the working tree:
 #   - REGISTRY/ehr-operator:VERSION, an OCI image index of linux/amd64 and
 #     linux/arm64 (static binaries cross-compiled here, the same content as
-#     `make image`), each image with an SPDX 2.3 SBOM attached as an OCI
-#     artifact (its subject is the image), made from the binary's own
-#     module list (hack/image);
+#     `make image`: /ehr-operator, the entrypoint, and /ehr-receiver, what
+#     receiver pods run), each image with an SPDX 2.3 SBOM attached as an
+#     OCI artifact (its subject is the image), made from /ehr-operator's own
+#     module list, which hack/image checks covers /ehr-receiver's;
 #   - the chart, packaged from a copy with version X.Y.Z, appVersion VERSION
 #     and image.repository REGISTRY/ehr-operator, pushed to
 #     oci://REGISTRY/charts/ehr-operator.
@@ -32,18 +33,22 @@ image="$REGISTRY/ehr-operator:$VERSION"
 ca_args=()
 [ -z "${REGISTRY_CA:-}" ] || ca_args=(--ca-file "$REGISTRY_CA")
 
-# Both architectures from the same tree; the build cache makes the second
-# release of the same code a link step only.
+# Both architectures and both binaries from the same tree, with the same
+# flags; the build cache makes the second release of the same code a link
+# step only.
+ldflags="-s -w -X github.com/insighthealth/ehr-operator/internal/version.Version=$VERSION"
 platforms=()
 for arch in amd64 arm64; do
-  CGO_ENABLED=0 GOOS=linux GOARCH=$arch go build -trimpath \
-    -ldflags "-s -w -X github.com/insighthealth/ehr-operator/internal/version.Version=$VERSION" \
+  CGO_ENABLED=0 GOOS=linux GOARCH=$arch go build -trimpath -ldflags "$ldflags" \
     -o "$tmp/ehr-operator-linux-$arch" .
-  platforms+=(--platform "linux/$arch=$tmp/ehr-operator-linux-$arch")
+  CGO_ENABLED=0 GOOS=linux GOARCH=$arch go build -trimpath -ldflags "$ldflags" \
+    -o "$tmp/ehr-receiver-linux-$arch" ./cmd/ehr-receiver
+  platforms+=(--platform "linux/$arch=$tmp/ehr-operator-linux-$arch"
+    --extra-platform "linux/$arch=$tmp/ehr-receiver-linux-$arch")
 done
 go -C hack build -o "$tmp/image" ./image
 "$tmp/image" --push "$image" "${platforms[@]}" "${ca_args[@]}" \
-  --path /ehr-operator --cmd manager --uid 65532 --version "$VERSION" \
+  --path /ehr-operator --extra-path /ehr-receiver --cmd manager --uid 65532 --version "$VERSION" \
   --ca-certs /etc/ssl/certs/ca-certificates.crt --zoneinfo /usr/share/zoneinfo
 
 mkdir "$tmp/chart"

@@ -621,7 +621,7 @@ const AnnotationNetworkPolicy = "ehr.insighthealth.io/network-policy"
 const NetworkPolicyDisabled = "disabled"
 
 // EHRIntegration provisions a webhook receiver for one EHR vendor: a
-// Deployment running `ehr-operator receiver`, its Service, ServiceAccount,
+// Deployment running `ehr-receiver receiver`, its Service, ServiceAccount,
 // optional Ingress or HTTPRoute, and PodDisruptionBudget.
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status

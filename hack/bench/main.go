@@ -5,10 +5,11 @@
 //   - the limit: the same rows written straight into the same schema from
 //     Go with the fastest set-based method (see limit.go), no HTTP, no
 //     validation, one connection per sender;
-//   - the receiver: the real `ehr-operator receiver` binary over loopback
+//   - the receiver: the real receiver binary (`ehr-receiver receiver`) over loopback
 //     HTTP with signed requests (closed loop: each sender sends its next
 //     request when the previous one is answered), every entry a new
-//     appointment, the rate limit raised out of the way;
+//     appointment, the rate limit raised out of the way, the operator's
+//     default memory limit (256 MiB) as pods get it;
 //
 // and prints appointments/s, requests/s, p50/p99 latency, the receiver's
 // peak RSS and receiver/limit, and writes the cells as JSON. It does so in
@@ -17,7 +18,7 @@
 // on the disk, whose fsync cost pg_test_fsync measures first) and fast
 // (fsync and full_page_writes off: statements and round trips only).
 //
-//	go -C hack run ./bench -binary ../bin/ehr-operator [-out ../bench-results.json] [-cell 3s] [-modes durable,fast]
+//	go -C hack run ./bench -binary ../bin/ehr-receiver [-out ../bench-results.json] [-cell 3s] [-modes durable,fast]
 package main
 
 import (
@@ -37,6 +38,7 @@ import (
 	"time"
 
 	"github.com/insighthealth/ehr-operator/internal/harness"
+	"github.com/insighthealth/ehr-operator/receiver/sizing"
 )
 
 // Cell is one line of the table, as written to the JSON file.
@@ -65,7 +67,7 @@ type Cell struct {
 func main() {
 	out := envOr("BENCH_OUT", "bench-results.json")
 	flag.StringVar(&out, "out", out, "JSON file of the cells (env BENCH_OUT)")
-	binary := flag.String("binary", "bin/ehr-operator", "the ehr-operator binary to run as the receiver")
+	binary := flag.String("binary", "bin/ehr-receiver", "the binary to run as the receiver (ehr-receiver, or ehr-operator: both have the receiver command)")
 	cell := flag.Duration("cell", envDuration("BENCH_CELL", 3*time.Second), "measured time of each side of each cell, in 3 slices (env BENCH_CELL)")
 	warmup := flag.Duration("warmup", 300*time.Millisecond, "unmeasured time before each slice")
 	batches := flag.String("batches", envOr("BENCH_BATCHES", "1,10,100"), "batch sizes (env BENCH_BATCHES)")
@@ -113,7 +115,7 @@ func run(binary, out string, cell, warmup time.Duration, durables []bool, batche
 	fmt.Printf("\nWrote %s. Reproduce: BENCH_OUT=%s BENCH_CELL=%s BENCH_BATCHES=%s BENCH_SENDERS=%s BENCH_MODES=%s make bench\n",
 		out, out, cell, join(batches), join(senders), modeNames(durables))
 	if strings.HasPrefix(binary, os.TempDir()) {
-		binary = "bin/ehr-operator" // bench.sh's temporary build; `make build` makes this one
+		binary = "bin/ehr-receiver" // bench.sh's temporary build; `make build` makes this one
 	}
 	// Absolute, since `go -C hack run` runs the tool in hack/.
 	absBinary, _ := filepath.Abs(binary)
@@ -248,7 +250,10 @@ func runCell(ctx context.Context, adminURL string, postmaster int, binary string
 	if dbParams != "" {
 		u += "&" + dbParams
 	}
-	r, err := harness.StartReceiver(binary, u)
+	// The memory limit the operator gives a receiver container by default,
+	// as pods pass it (MEMORY_LIMIT): it sets the Go memory limit, and with
+	// it the receiver's GC target.
+	r, err := harness.StartReceiver(binary, u, "--memory-limit", strconv.Itoa(sizing.DefaultMemoryLimit))
 	if err != nil {
 		return c, err
 	}

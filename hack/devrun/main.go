@@ -1,4 +1,4 @@
-// Command devrun is `make run`: the receiver of bin/ehr-operator for EHR
+// Command devrun is `make run`: bin/ehr-receiver, as receiver pods run it, for EHR
 // nexus on a throwaway PostgreSQL, with development credentials, the spec's
 // full example in a file, and ready commands to send it and to look at the
 // rows. Ctrl-C stops the receiver, then removes the database.
@@ -38,7 +38,7 @@ const (
 )
 
 func main() {
-	binary := flag.String("binary", "bin/ehr-operator", "the ehr-operator binary (make build)")
+	binary := flag.String("binary", "bin/ehr-receiver", "the receiver binary (make build)")
 	listen := flag.String("listen", "127.0.0.1:8080", "webhook address")
 	metricsListen := flag.String("metrics-listen", "127.0.0.1:9090", "metrics and probes address")
 	zone := flag.String("time-zone", "America/New_York", "the EHR's time zone")
@@ -142,7 +142,7 @@ func errOrStatus(err error) error {
 }
 
 func printReady(binary, listen, metricsListen, zone, dir, dbURL string) {
-	// The path as the developer would type it from here (bin/ehr-operator).
+	// The path as the developer would type it from here (bin/ehr-receiver).
 	if wd, err := os.Getwd(); err == nil {
 		if abs, err := filepath.Abs(binary); err == nil {
 			if rel, err := filepath.Rel(wd, abs); err == nil && !strings.HasPrefix(rel, "..") {

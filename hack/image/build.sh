@@ -2,7 +2,10 @@
 # Builds the images the local cluster runs, as docker-archive tars, with
 # go-containerregistry (hack/image/main.go); no Docker engine is needed.
 #
-#   build.sh operator BINARY TAG OUT   the project image from a static bin/ehr-operator
+#   build.sh operator BINARY RECEIVER TAG OUT
+#                                      the project image from static bin/ehr-operator (/ehr-operator,
+#                                      the entrypoint) and bin/ehr-receiver (/ehr-receiver, what
+#                                      receiver pods run)
 #   build.sh traefik BINARY TAG OUT    the local cluster's ingress controller from a static traefik
 #   build.sh pause [OUT]               the pod sandbox (pause) image, tagged localhost/ehr-pause:1,
 #                                      by default into the local cluster's cache (hack/local-cluster/env.sh)
@@ -17,10 +20,13 @@ go -C hack build -o "$tmp/image" ./image
 
 case "${1:-}" in
   operator)
-    bin=${2:?binary} tag=${3:?tag} out=${4:?out}
-    file "$bin" 2>/dev/null | grep -q 'statically linked' ||
-      { echo "error: $bin is not a static binary; build it with CGO_ENABLED=0 (make build)" >&2; exit 1; }
+    bin=${2:?binary} receiver=${3:?receiver} tag=${4:?tag} out=${5:?out}
+    for b in "$bin" "$receiver"; do
+      file "$b" 2>/dev/null | grep -q 'statically linked' ||
+        { echo "error: $b is not a static binary; build it with CGO_ENABLED=0 (make build)" >&2; exit 1; }
+    done
     "$tmp/image" --binary "$bin" --path /ehr-operator --cmd manager --uid 65532 \
+      --extra "$receiver" --extra-path /ehr-receiver \
       --version "${tag##*:}" --tag "$tag" --out "$out" \
       --ca-certs /etc/ssl/certs/ca-certificates.crt --zoneinfo /usr/share/zoneinfo
     ;;
@@ -43,6 +49,6 @@ case "${1:-}" in
     "$tmp/image" --binary "$tmp/probe" --path /probe --uid 65532 --version 1 \
       --tag localhost/ehr-probe:1 --out "$out"
     ;;
-  *) echo "usage: $0 operator BINARY TAG OUT | traefik BINARY TAG OUT | pause OUT | probe OUT" >&2; exit 2 ;;
+  *) echo "usage: $0 operator BINARY RECEIVER TAG OUT | traefik BINARY TAG OUT | pause OUT | probe OUT" >&2; exit 2 ;;
 esac
 echo "wrote $out" >&2

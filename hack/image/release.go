@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -49,11 +50,26 @@ func (p *platforms) Set(v string) error {
 	return nil
 }
 
+// archs are p's architectures, sorted.
+func (p platforms) archs() []string {
+	out := make([]string, 0, len(p))
+	for a := range p {
+		out = append(out, a)
+	}
+	sort.Strings(out)
+	return out
+}
+
 // release pushes o.push as an OCI image index of one image per platform,
 // then, for each platform's image, an SBOM artifact whose subject is that
 // image (found through the registry's referrers API, or the tag scheme of
 // registries without it), and checks the registry lists it as a referrer.
 // It prints what it pushed, with digests, on standard output.
+//
+// Each image holds its platform's binary and, with --extra-path, that
+// platform's extra binary. Its SBOM is made from the first one's build
+// information alone, so an extra binary it would not describe is refused
+// (coveredBy): the SBOM then covers everything in the image.
 //
 // A release's tag never moves: if the tag already names another index, it
 // refuses before pushing anything (clusters that pulled the old one would
@@ -71,36 +87,47 @@ func release(o options) error {
 		return err
 	}
 	ropts := []remote.Option{remote.WithContext(ctx), remote.WithTransport(tr), remote.WithAuthFromKeychain(authn.DefaultKeychain)}
-
-	archs := make([]string, 0, len(o.platforms))
-	for a := range o.platforms {
-		archs = append(archs, a)
+	if err := checkExtra(o, true); err != nil {
+		return err
 	}
-	sort.Strings(archs)
+
+	archs := o.platforms.archs()
 	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
 	imgs := map[string]v1.Image{}
 	sboms := map[string][]byte{}
 	for _, arch := range archs {
-		bin := o.platforms[arch]
-		bi, err := buildinfo.ReadFile(bin)
-		if err != nil {
-			return fmt.Errorf("while reading the build information of %s: %w", bin, err)
-		}
-		if got := setting(bi.Settings, "GOARCH"); got != arch || setting(bi.Settings, "GOOS") != "linux" {
-			return fmt.Errorf("%s was built for %s/%s, not linux/%s", bin, setting(bi.Settings, "GOOS"), got, arch)
-		}
-		if setting(bi.Settings, "CGO_ENABLED") != "0" {
-			return fmt.Errorf("%s is not static: build it with CGO_ENABLED=0", bin)
-		}
-		sum, err := fileSHA256(bin)
+		bin, bi, err := readGoBinary(o.path, o.platforms[arch], arch)
 		if err != nil {
 			return err
 		}
-		img, err := newImage(o, bin, arch, true)
+		bins := []binary{bin}
+		if o.extraPath != "" {
+			file := o.extraPlatforms[arch]
+			extra, ebi, err := readGoBinary(o.extraPath, file, arch)
+			if err != nil {
+				return err
+			}
+			if err := coveredBy(ebi, bi); err != nil {
+				return fmt.Errorf("%s cannot go in the image as %s: the SBOM, made from %s, would not describe it: %w", file, o.extraPath, o.platforms[arch], err)
+			}
+			bins = append(bins, extra)
+		}
+		sum := sha256.Sum256(bin.data)
+		img, err := newImage(o, bins, arch, true)
 		if err != nil {
 			return fmt.Errorf("linux/%s: %w", arch, err)
 		}
-		doc := spdxFromBuildInfo(bi, ref.RepositoryStr()+":"+ref.TagStr()+" linux/"+arch, o.version, sum, epoch)
+		doc := spdxFromBuildInfo(bi, ref.RepositoryStr()+":"+ref.TagStr()+" linux/"+arch, o.version, hex.EncodeToString(sum[:]), epoch)
+		if o.extraPath != "" {
+			// SPDX has no place for a second binary of the same packages:
+			// the main package's comment says the SBOM covers it too.
+			for i := range doc.Packages {
+				if doc.Packages[i].SPDXID == "SPDXRef-Package-main" {
+					doc.Packages[i].Comment += "; also describes the image's " + o.extraPath +
+						", built from the same module by the same toolchain, whose modules are all listed here"
+				}
+			}
+		}
 		if sboms[arch], err = json.MarshalIndent(doc, "", "  "); err != nil {
 			return err
 		}
@@ -139,6 +166,65 @@ func release(o options) error {
 		fmt.Printf("pushed sbom  linux/%s %s (%s, subject %s)\n", arch, art, spdxJSON, desc.Digest)
 	}
 	return nil
+}
+
+// readGoBinary reads file, to be path in the image of linux/arch, and
+// checks from its own build information that it is a static Go program for
+// that platform.
+func readGoBinary(path, file, arch string) (binary, *debug.BuildInfo, error) {
+	b, err := readBinary(path, file)
+	if err != nil {
+		return binary{}, nil, err
+	}
+	// Of the very bytes that go into the image, not the file again.
+	bi, err := buildinfo.Read(bytes.NewReader(b.data))
+	if err != nil {
+		return binary{}, nil, fmt.Errorf("while reading the build information of %s: %w", file, err)
+	}
+	if got := setting(bi.Settings, "GOARCH"); got != arch || setting(bi.Settings, "GOOS") != "linux" {
+		return binary{}, nil, fmt.Errorf("%s was built for %s/%s, not linux/%s", file, setting(bi.Settings, "GOOS"), got, arch)
+	}
+	if setting(bi.Settings, "CGO_ENABLED") != "0" {
+		return binary{}, nil, fmt.Errorf("%s is not static: build it with CGO_ENABLED=0", file)
+	}
+	return b, bi, nil
+}
+
+// coveredBy is an error unless the SBOM made from main's build
+// information alone also describes extra: the same main module (path and
+// version), the same toolchain (its stdlib package) and no module main
+// lacks, compared as compiled (path@version after replacement), as the
+// SBOM lists them.
+func coveredBy(extra, main *debug.BuildInfo) error {
+	if extra.Main.Path != main.Main.Path || extra.Main.Version != main.Main.Version {
+		return fmt.Errorf("its main module is %q %s, the main binary's %q %s", extra.Main.Path, extra.Main.Version, main.Main.Path, main.Main.Version)
+	}
+	if extra.GoVersion != main.GoVersion {
+		return fmt.Errorf("it was built by %s, the main binary by %s", extra.GoVersion, main.GoVersion)
+	}
+	have := map[string]bool{}
+	for _, m := range main.Deps {
+		have[compiled(m)] = true
+	}
+	var missing []string
+	for _, m := range extra.Deps {
+		if !have[compiled(m)] {
+			missing = append(missing, compiled(m))
+		}
+	}
+	if len(missing) > 0 {
+		sort.Strings(missing)
+		return fmt.Errorf("it links modules the main binary does not: %s", strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+// compiled is m as the SBOM lists it: its replacement if it has one.
+func compiled(m *debug.Module) string {
+	if m.Replace != nil {
+		m = m.Replace
+	}
+	return m.Path + "@" + m.Version
 }
 
 // refuseMovingTag is an error if ref already names a manifest other than
@@ -268,13 +354,4 @@ func setting(s []debug.BuildSetting, key string) string {
 		}
 	}
 	return ""
-}
-
-func fileSHA256(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", err
-	}
-	s := sha256.Sum256(b)
-	return hex.EncodeToString(s[:]), nil
 }

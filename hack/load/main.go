@@ -1,12 +1,12 @@
 // Command load is `make load`: sustained mixed load (vegeta as a library)
-// against the real `ehr-operator receiver` binary on a throwaway PostgreSQL,
+// against the real receiver binary (`ehr-receiver receiver`) on a throwaway PostgreSQL,
 // over loopback. It prints appointments/s, requests/s, p50/p99 latency,
 // the receiver's RSS and the count of non-2xx answers every few seconds and
 // at the end, checks that every appointment answered 200 is in the
 // database, and exits 1 when any answer was not 2xx (the rate is meant to
 // stay under the receiver's configured limit) or a row is missing.
 //
-//	LOAD_DURATION=60s LOAD_RATE=100 go -C hack run ./load -binary ../bin/ehr-operator
+//	LOAD_DURATION=60s LOAD_RATE=100 go -C hack run ./load -binary ../bin/ehr-receiver
 package main
 
 import (
@@ -24,10 +24,11 @@ import (
 	vegeta "github.com/tsenart/vegeta/v12/lib"
 
 	"github.com/insighthealth/ehr-operator/internal/harness"
+	"github.com/insighthealth/ehr-operator/receiver/sizing"
 )
 
 func main() {
-	binary := flag.String("binary", "bin/ehr-operator", "the ehr-operator binary to run as the receiver")
+	binary := flag.String("binary", "bin/ehr-receiver", "the binary to run as the receiver (ehr-receiver, or ehr-operator: both have the receiver command)")
 	duration := flag.Duration("duration", envDuration("LOAD_DURATION", 60*time.Second), "how long to send (env LOAD_DURATION)")
 	rate := flag.Int("rate", envInt("LOAD_RATE", 100), "requests per second (env LOAD_RATE)")
 	limit := flag.Int("limit", envInt("LOAD_LIMIT", 0), "the receiver's --requests-per-second and --burst (env LOAD_LIMIT; default 1.5 × rate)")
@@ -57,7 +58,10 @@ func run(binary string, duration time.Duration, rate, limit int, sizes []int, ev
 	if err != nil {
 		return err
 	}
-	r, err := harness.StartReceiver(binary, dbURL, "--requests-per-second", strconv.Itoa(limit), "--burst", strconv.Itoa(limit))
+	// --memory-limit: the operator's default for a receiver container, as
+	// pods pass it (MEMORY_LIMIT).
+	r, err := harness.StartReceiver(binary, dbURL, "--requests-per-second", strconv.Itoa(limit), "--burst", strconv.Itoa(limit),
+		"--memory-limit", strconv.Itoa(sizing.DefaultMemoryLimit))
 	if err != nil {
 		return err
 	}

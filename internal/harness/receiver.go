@@ -34,7 +34,7 @@ type Credentials struct {
 	EHR, APIKey, Secret, PreviousAPIKey, PreviousSecret string
 }
 
-// Receiver is a running `ehr-operator receiver` process.
+// Receiver is a running `ehr-receiver receiver` process.
 type Receiver struct {
 	Cmd *exec.Cmd
 	// BaseURL is the webhook server (http://127.0.0.1:port); URL its sync

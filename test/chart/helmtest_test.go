@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/insighthealth/ehr-operator/cmd"
+	"github.com/insighthealth/ehr-operator/cmd/managercmd"
 )
 
 // helmTestHook runs what the chart's `helm test` pod runs (`ehr-operator
@@ -66,7 +67,7 @@ func helmTestHook(t *testing.T, ctx context.Context, c client.Client, kubeconfig
 	}
 	t.Setenv("KUBECONFIG", asHook)
 	chartTest := func(extra ...string) (string, error) {
-		root := cmd.NewRootCommand()
+		root := cmd.NewRootCommand(managercmd.Commands()...)
 		var buf bytes.Buffer
 		root.SetOut(&buf)
 		root.SetArgs(append(append([]string{}, argv...), extra...))

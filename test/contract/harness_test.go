@@ -38,7 +38,7 @@ var binary string
 
 func TestMain(m *testing.M) {
 	var err error
-	if binary, err = harness.BuildBinary("../..", "ehr-operator-contract-test"); err != nil {
+	if binary, err = harness.BuildReceiver("../..", "ehr-operator-contract-test"); err != nil {
 		fmt.Fprintln(os.Stderr, "contract:", err)
 		os.Exit(1)
 	}

@@ -23,7 +23,7 @@ var binary string
 
 func TestMain(m *testing.M) {
 	var err error
-	if binary, err = harness.BuildBinary("../..", "ehr-operator-faults-test"); err != nil {
+	if binary, err = harness.BuildReceiver("../..", "ehr-operator-faults-test"); err != nil {
 		fmt.Fprintln(os.Stderr, "faults:", err)
 		os.Exit(1)
 	}

@@ -14,7 +14,7 @@ var binary string
 
 func TestMain(m *testing.M) {
 	var err error
-	if binary, err = harness.BuildBinary("../..", "ehr-operator-monitoring-test"); err != nil {
+	if binary, err = harness.BuildReceiver("../..", "ehr-operator-monitoring-test"); err != nil {
 		fmt.Fprintln(os.Stderr, "monitoring:", err)
 		os.Exit(1)
 	}

@@ -1,4 +1,4 @@
-package cmd
+package managercmd
 
 import (
 	"context"
@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/insighthealth/ehr-operator/api/v1alpha1"
+	"github.com/insighthealth/ehr-operator/cmd"
 )
 
 // newChartTestCommand is what the chart's `helm test` hook runs, in a pod
@@ -30,7 +31,7 @@ func newChartTestCommand() *cobra.Command {
 		Args:   cobra.NoArgs,
 		Hidden: true,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := bindEnv(c.Flags()); err != nil {
+			if err := cmd.BindEnv(c.Flags()); err != nil {
 				return err
 			}
 			cfg, err := ctrl.GetConfig()

@@ -1,4 +1,8 @@
-package cmd
+// Package managercmd holds the commands only ehr-operator has: the manager
+// and the chart's test. They link the Kubernetes client and
+// controller-runtime, which the receiver's binary (cmd/ehr-receiver) leaves
+// out.
+package managercmd
 
 import (
 	"cmp"
@@ -23,6 +27,7 @@ import (
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/insighthealth/ehr-operator/api/v1alpha1"
+	"github.com/insighthealth/ehr-operator/cmd"
 	"github.com/insighthealth/ehr-operator/controllers"
 	"github.com/insighthealth/ehr-operator/internal/version"
 )
@@ -44,6 +49,11 @@ type managerFlags struct {
 	zap                     zap.Options
 }
 
+// Commands are ehr-operator's own subcommands, for cmd.NewRootCommand.
+func Commands() []*cobra.Command {
+	return []*cobra.Command{newManagerCommand(), newChartTestCommand()}
+}
+
 func newManagerCommand() *cobra.Command {
 	var f managerFlags
 	c := &cobra.Command{
@@ -58,7 +68,7 @@ Every flag falls back to an environment variable named after it
 to OPERATOR_IMAGE, so receivers run the operator's own image.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := bindEnv(c.Flags()); err != nil {
+			if err := cmd.BindEnv(c.Flags()); err != nil {
 				return err
 			}
 			if f.receiverImage == "" {
@@ -68,7 +78,7 @@ to OPERATOR_IMAGE, so receivers run the operator's own image.`,
 				f.leaderElectionNamespace = os.Getenv("POD_NAMESPACE")
 			}
 			if f.receiverLogLevel != "" {
-				if _, err := parseLogLevel(f.receiverLogLevel); err != nil {
+				if _, err := cmd.ParseLogLevel(f.receiverLogLevel); err != nil {
 					return fmt.Errorf("--receiver-%s", strings.TrimPrefix(err.Error(), "--"))
 				}
 			}
