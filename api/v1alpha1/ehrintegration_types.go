@@ -70,6 +70,8 @@ type EHRIntegrationSpec struct {
 
 	// image overrides the receiver's container image. By default the
 	// receivers run the operator's own image, so both are the same version.
+	// The container runs /ehr-receiver, which the image must hold (the
+	// operator's images do).
 	// +optional
 	// +kubebuilder:validation:MaxLength=512
 	// +kubebuilder:validation:Pattern=`^[^\s]+$`
