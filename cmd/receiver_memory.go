@@ -31,10 +31,9 @@ func memorySettings(f receiverFlags, cfg *receiver.Config) error {
 // the environment sets one. Its live heap is a few MiB, so at Go's default
 // of 100 it collects after every few MiB allocated, a dozen 100-entry
 // requests: 400 spends about a fifth less CPU per appointment for about
-// 10 MiB more at peak (docs/decisions.md, "The receiver runs at GOGC 400
-// under a Go memory limit").
-// Without a memory limit nothing would bound a heap five times the live
-// one, so the default stays.
+// 10 MiB more at peak. Without a memory limit nothing would bound a heap
+// five times the live one, so the default stays (docs/decisions.md, "The
+// receiver runs at GOGC 400 under a Go memory limit").
 const receiverGCPercent = 400
 
 // setGoMemoryLimit gives the Go runtime its share of the container's memory

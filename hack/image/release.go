@@ -117,17 +117,7 @@ func release(o options) error {
 		if err != nil {
 			return fmt.Errorf("linux/%s: %w", arch, err)
 		}
-		doc := spdxFromBuildInfo(bi, ref.RepositoryStr()+":"+ref.TagStr()+" linux/"+arch, o.version, hex.EncodeToString(sum[:]), epoch)
-		if o.extraPath != "" {
-			// SPDX has no place for a second binary of the same packages:
-			// the main package's comment says the SBOM covers it too.
-			for i := range doc.Packages {
-				if doc.Packages[i].SPDXID == "SPDXRef-Package-main" {
-					doc.Packages[i].Comment += "; also describes the image's " + o.extraPath +
-						", built from the same module by the same toolchain, whose modules are all listed here"
-				}
-			}
-		}
+		doc := spdxFromBuildInfo(bi, ref.RepositoryStr()+":"+ref.TagStr()+" linux/"+arch, o.version, hex.EncodeToString(sum[:]), o.extraPath, epoch)
 		if sboms[arch], err = json.MarshalIndent(doc, "", "  "); err != nil {
 			return err
 		}
@@ -204,12 +194,12 @@ func coveredBy(extra, main *debug.BuildInfo) error {
 	}
 	have := map[string]bool{}
 	for _, m := range main.Deps {
-		have[compiled(m)] = true
+		have[modVersion(compiled(m))] = true
 	}
 	var missing []string
 	for _, m := range extra.Deps {
-		if !have[compiled(m)] {
-			missing = append(missing, compiled(m))
+		if mv := modVersion(compiled(m)); !have[mv] {
+			missing = append(missing, mv)
 		}
 	}
 	if len(missing) > 0 {
@@ -219,13 +209,7 @@ func coveredBy(extra, main *debug.BuildInfo) error {
 	return nil
 }
 
-// compiled is m as the SBOM lists it: its replacement if it has one.
-func compiled(m *debug.Module) string {
-	if m.Replace != nil {
-		m = m.Replace
-	}
-	return m.Path + "@" + m.Version
-}
+func modVersion(m *debug.Module) string { return m.Path + "@" + m.Version }
 
 // refuseMovingTag is an error if ref already names a manifest other than
 // want; a tag the registry does not know is fine.

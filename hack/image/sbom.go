@@ -65,7 +65,10 @@ type spdxRelationship struct {
 // module linked in (a replaced module as its replacement, which is what was
 // compiled). binaryDigest (sha256 hex) makes the document's namespace
 // unique; version is the main module's when Go recorded none ("(devel)").
-func spdxFromBuildInfo(bi *debug.BuildInfo, name, version, binaryDigest string, created time.Time) spdxDocument {
+// alsoDescribes names another binary of the image that the document covers
+// (release checks that it does: coveredBy); SPDX has no place for a second
+// binary of the same packages, so the main package's comment says so.
+func spdxFromBuildInfo(bi *debug.BuildInfo, name, version, binaryDigest, alsoDescribes string, created time.Time) spdxDocument {
 	m := bi.Main
 	if m.Version == "" || m.Version == "(devel)" {
 		m.Version = version
@@ -79,6 +82,10 @@ func spdxFromBuildInfo(bi *debug.BuildInfo, name, version, binaryDigest string, 
 	}
 	sort.Strings(settings)
 	main.Comment = "built by " + bi.GoVersion + " with " + strings.Join(settings, " ")
+	if alsoDescribes != "" {
+		main.Comment += "; also describes the image's " + alsoDescribes +
+			", built from the same module by the same toolchain, whose modules are all listed here"
+	}
 	std := spdxPackage{
 		SPDXID: "SPDXRef-Package-stdlib", Name: "stdlib", VersionInfo: bi.GoVersion,
 		DownloadLocation: "https://go.dev/dl/", PrimaryPurpose: "LIBRARY",
@@ -98,14 +105,20 @@ func spdxFromBuildInfo(bi *debug.BuildInfo, name, version, binaryDigest string, 
 		},
 	}
 	for _, m := range bi.Deps {
-		if m.Replace != nil {
-			m = m.Replace
-		}
-		p := goPackage(*m)
+		p := goPackage(*compiled(m))
 		doc.Packages = append(doc.Packages, p)
 		doc.Relationships = append(doc.Relationships, spdxRelationship{main.SPDXID, "DEPENDS_ON", p.SPDXID})
 	}
 	return doc
+}
+
+// compiled is the module that was compiled for m: its replacement if it
+// has one.
+func compiled(m *debug.Module) *debug.Module {
+	if m.Replace != nil {
+		return m.Replace
+	}
+	return m
 }
 
 // goPackage is one Go module as an SPDX package: a purl, and the go.sum

@@ -28,7 +28,7 @@ func TestSPDXFromARealBinary(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	doc := spdxFromBuildInfo(bi, "image linux/amd64", "v9.9.9", "0123abcd", epoch)
+	doc := spdxFromBuildInfo(bi, "image linux/amd64", "v9.9.9", "0123abcd", "", epoch)
 	raw, err := json.Marshal(doc)
 	if err != nil {
 		t.Fatal(err)
