@@ -134,12 +134,12 @@ func (s *bodyScan) scanTop(i int) (int, bool) {
 			s.arr = k
 			m.end, ok = s.scanEntries(m.start)
 		default:
-			m.end, ok = scanValue(b, m.start, 1)
+			ok = scanMemberValue(b, &m, 1)
 		}
 		if !ok {
 			return 0, false
 		}
-		s.top[k].end = m.end
+		s.top[k].end, s.top[k].plainValue = m.end, m.plainValue
 		var closed bool
 		if i, closed, ok = afterValue(b, m.end, '}'); !ok || closed {
 			return i, ok

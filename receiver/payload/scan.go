@@ -145,48 +145,68 @@ func scanWord[T text](b T, i int, w string) (int, bool) {
 	return i + len(w), true
 }
 
+// strFlags says what a string the scanner accepted holds.
+type strFlags uint8
+
+const (
+	escapedStr  strFlags = 1 << iota // a backslash escape
+	nonASCIIStr                      // a byte from 0x80 up
+	// plainASCII is plain's mark of the ASCII bytes that stand for
+	// themselves; scanString does not return it.
+	plainASCII
+)
+
 // scanString returns the index past the closing quote of the string at
-// b[i], and whether it contains an escape.
-func scanString[T text](b T, i int) (end int, escaped, ok bool) {
+// b[i], and what it holds.
+func scanString[T text](b T, i int) (end int, f strFlags, ok bool) {
 	for i++; i < len(b); i++ {
-		if plain[b[i]] {
+		if c := plain[b[i]]; c != 0 {
+			f |= c
 			continue
 		}
 		switch c := b[i]; {
 		case c == '"':
-			return i + 1, escaped, true
+			return i + 1, f &^ plainASCII, true
 		case c < 0x20:
-			return 0, false, false
+			return 0, 0, false
 		case c == '\\':
-			escaped = true
+			f |= escapedStr
 			i++
 			if i >= len(b) {
-				return 0, false, false
+				return 0, 0, false
 			}
 			switch b[i] {
 			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
 			case 'u':
 				if len(b)-i < 5 {
-					return 0, false, false
+					return 0, 0, false
 				}
 				for k := i + 1; k < i+5; k++ {
 					if !isHex(b[k]) {
-						return 0, false, false
+						return 0, 0, false
 					}
 				}
 				i += 4
 			default:
-				return 0, false, false
+				return 0, 0, false
 			}
 		}
 	}
-	return 0, false, false
+	return 0, 0, false
 }
 
-// plain marks the bytes that stand for themselves inside a string.
-var plain = func() (t [256]bool) {
+// plain gives each byte that stands for itself inside a string its flags
+// (plainASCII or nonASCIIStr), and 0 to the others: '"', '\\' and the
+// control bytes.
+var plain = func() (t [256]strFlags) {
 	for c := 0x20; c < 256; c++ {
-		t[c] = c != '"' && c != '\\'
+		switch {
+		case c == '"' || c == '\\':
+		case c < 0x80:
+			t[c] = plainASCII
+		default:
+			t[c] = nonASCIIStr
+		}
 	}
 	return t
 }()
@@ -241,6 +261,9 @@ type member struct {
 	key        int // index of the key's opening quote
 	keyEnd     int // index past its closing quote
 	keyEscaped bool
+	// plainValue: the value is a string of ASCII bytes without escapes,
+	// so it is the text between its quotes, valid UTF-8 and free of NUL.
+	plainValue bool
 	start, end int
 	// parent is the index, in the same list, of the member whose object
 	// value this member belongs to; -1 for the outermost object.
@@ -272,7 +295,7 @@ func scanObject[T text](b T, i, depth int, members *[]member, parent, levels int
 			m.end, ok = scanObject(b, m.start, depth+1, members, k, levels-1)
 			(*members)[k].end = m.end
 		} else {
-			m.end, ok = scanValue(b, m.start, depth)
+			ok = scanMemberValue(b, &m, depth)
 			*members = append(*members, m)
 		}
 		if !ok {
@@ -315,15 +338,30 @@ func scanArray[T text](b T, i, depth int, elems *[][2]int) (int, bool) {
 func scanMemberKey[T text](b T, i, parent int) (member, bool) {
 	m := member{key: i, parent: parent}
 	var ok bool
-	if m.keyEnd, m.keyEscaped, ok = scanString(b, i); !ok {
+	var f strFlags
+	if m.keyEnd, f, ok = scanString(b, i); !ok {
 		return m, false
 	}
+	m.keyEscaped = f&escapedStr != 0
 	i = skipSpace(b, m.keyEnd)
 	if i >= len(b) || b[i] != ':' {
 		return m, false
 	}
 	m.start = skipSpace(b, i+1)
 	return m, true
+}
+
+// scanMemberValue checks m's value, depth containers deep, and records
+// where it ends and whether it is a plain string.
+func scanMemberValue[T text](b T, m *member, depth int) bool {
+	if m.start < len(b) && b[m.start] == '"' {
+		end, f, ok := scanString(b, m.start)
+		m.end, m.plainValue = end, f == 0
+		return ok
+	}
+	var ok bool
+	m.end, ok = scanValue(b, m.start, depth)
+	return ok
 }
 
 // afterValue reads what follows a member or element that ends at b[i]:

@@ -29,18 +29,22 @@ func (o object) get(key string) string {
 // find returns the index of key's member, -1 when it is absent.
 func (o object) find(key string) int {
 	for k := o.hi - 1; k >= o.lo; k-- {
-		m := o.members[k]
+		m := &o.members[k]
 		if m.parent != o.parent {
 			// A member of a nested object: they all sit right after the
 			// member holding it, so go on from that one.
 			k = m.parent + 1
 			continue
 		}
-		name := o.src[m.key+1 : m.keyEnd-1]
 		if m.keyEscaped {
-			name = unquote(o.src[m.key:m.keyEnd])
+			if unquote(o.src[m.key:m.keyEnd]) == key {
+				return k
+			}
+			continue
 		}
-		if name == key {
+		// The length first: most keys differ in it, and then no slice is
+		// made.
+		if m.keyEnd-m.key-2 == len(key) && o.src[m.key+1:m.keyEnd-1] == key {
 			return k
 		}
 	}
@@ -79,36 +83,51 @@ func (r *scanReader) object(parent object, p, key string, required bool) (object
 // str reads obj[key] as a trimmed string; present is false when it is
 // absent, null or blank (blank required strings are an error).
 func (r *scanReader) str(obj object, p, key string, required bool, maxLen int) (s string, present bool) {
-	raw := obj.get(key)
-	if raw == "" || raw == "null" {
-		if required {
-			r.fail(p, key, "is required")
+	k := obj.find(key)
+	// Most values are plain (ASCII, no escapes): valid text without NUL,
+	// one byte per character, and nothing but ASCII white space to trim.
+	plain := k >= 0 && obj.members[k].plainValue
+	if plain {
+		m := &obj.members[k]
+		s = obj.src[m.start+1 : m.end-1]
+		if len(s) > 0 && (s[0] <= ' ' || s[len(s)-1] <= ' ') {
+			s = strings.TrimSpace(s)
 		}
-		return "", false
-	}
-	if raw[0] != '"' {
-		r.fail(p, key, "must be a string")
-		return "", false
-	}
-	if s = raw[1 : len(raw)-1]; strings.IndexByte(s, '\\') >= 0 || !utf8.ValidString(s) {
-		var valid bool
-		// Replacing bytes with U+FFFD would store altered patient data.
-		if s, valid = unquoteValid(raw); !valid {
-			r.fail(p, key, msgUTF8)
+	} else {
+		var raw string
+		if k >= 0 {
+			raw = obj.src[obj.members[k].start:obj.members[k].end]
+		}
+		if raw == "" || raw == "null" {
+			if required {
+				r.fail(p, key, "is required")
+			}
 			return "", false
 		}
+		if raw[0] != '"' {
+			r.fail(p, key, "must be a string")
+			return "", false
+		}
+		if s = raw[1 : len(raw)-1]; strings.IndexByte(s, '\\') >= 0 || !utf8.ValidString(s) {
+			var valid bool
+			// Replacing bytes with U+FFFD would store altered patient data.
+			if s, valid = unquoteValid(raw); !valid {
+				r.fail(p, key, msgUTF8)
+				return "", false
+			}
+		}
+		s = strings.TrimSpace(s)
 	}
-	s = strings.TrimSpace(s)
 	switch {
 	case s == "":
 		if required {
 			r.fail(p, key, "must not be empty")
 		}
 		return "", false
-	case len(s) > maxLen && utf8.RuneCountInString(s) > maxLen:
+	case len(s) > maxLen && (plain || utf8.RuneCountInString(s) > maxLen):
 		r.fail(p, key, fmt.Sprintf("must be at most %d characters", maxLen))
 		return "", false
-	case strings.IndexByte(s, 0) >= 0:
+	case !plain && strings.IndexByte(s, 0) >= 0:
 		// PostgreSQL text cannot hold NUL.
 		r.fail(p, key, "must not contain NUL characters")
 		return "", false

@@ -302,11 +302,13 @@ func optInteger[R any](get func(*R) *int) encoder[R] {
 	}}
 }
 
-// timestamptz keeps the instant exactly: the zone offset travels with it.
+// timestamptz is the instant in UTC: the column keeps the instant, not the
+// zone, and a time in UTC is written without looking its zone up three
+// times (date, clock, offset), which the EHR's zone cost per element.
 func timestamptz[R any](get func(*R) time.Time) encoder[R] {
 	return encoder[R]{"timestamptz", func(b []byte, r *R) []byte {
 		b = append(b, '"')
-		return append(appendRFC3339Nano(b, get(r)), '"')
+		return append(appendRFC3339Nano(b, get(r).UTC()), '"')
 	}}
 }
 
