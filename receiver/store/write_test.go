@@ -398,3 +398,25 @@ func arrayOf[R any](enc encoder[R], rows ...R) string {
 	}
 	return string(appendArrays(nil, group, 1, func(p *prepared) *elements { return &p.entryRows })[0].([]byte))
 }
+
+// Times go to PostgreSQL in UTC (columns.go): the latest time validation
+// accepts in a zone west of Greenwich is in year 10000 there, and the
+// earliest east of it in year 999; both must be stored as the same
+// instants.
+func TestWriteKeepsInstantsAtTheYearBounds(t *testing.T) {
+	t.Parallel()
+	s, db := newStore(t)
+	tokyo := mustZone("Asia/Tokyo")
+	late := minimalEntry("apt-late")
+	late.Appointment.Start = time.Date(9999, 12, 31, 23, 30, 0, 0, newYork)
+	late.Appointment.StartDate = time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)
+	early := minimalEntry("apt-early")
+	early.Appointment.Start = time.Date(1000, 1, 1, 0, 30, 0, 0, tokyo)
+	early.Appointment.StartDate = time.Date(1000, 1, 1, 0, 0, 0, 0, time.UTC)
+	mustWrite(t, s, batch(late, early))
+	for _, e := range []payload.Entry{late, early} {
+		if got := getAppointment(t, db, e.Appointment.ID).StartTime; !got.Equal(e.Appointment.Start) {
+			t.Errorf("%s: start_time %s, want %s", e.Appointment.ID, got, e.Appointment.Start)
+		}
+	}
+}
