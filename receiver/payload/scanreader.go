@@ -93,30 +93,8 @@ func (r *scanReader) str(obj object, p, key string, required bool, maxLen int) (
 		if len(s) > 0 && (s[0] <= ' ' || s[len(s)-1] <= ' ') {
 			s = strings.TrimSpace(s)
 		}
-	} else {
-		var raw string
-		if k >= 0 {
-			raw = obj.src[obj.members[k].start:obj.members[k].end]
-		}
-		if raw == "" || raw == "null" {
-			if required {
-				r.fail(p, key, "is required")
-			}
-			return "", false
-		}
-		if raw[0] != '"' {
-			r.fail(p, key, "must be a string")
-			return "", false
-		}
-		if s = raw[1 : len(raw)-1]; strings.IndexByte(s, '\\') >= 0 || !utf8.ValidString(s) {
-			var valid bool
-			// Replacing bytes with U+FFFD would store altered patient data.
-			if s, valid = unquoteValid(raw); !valid {
-				r.fail(p, key, msgUTF8)
-				return "", false
-			}
-		}
-		s = strings.TrimSpace(s)
+	} else if s, present = r.decoded(obj, k, p, key, required); !present {
+		return "", false
 	}
 	switch {
 	case s == "":
@@ -133,6 +111,35 @@ func (r *scanReader) str(obj object, p, key string, required bool, maxLen int) (
 		return "", false
 	}
 	return s, true
+}
+
+// decoded reads member k's value (k -1: absent), which is not plain, as a
+// trimmed string; ok is false when it is absent, null or not a string
+// (an error unless absent or null and not required).
+func (r *scanReader) decoded(obj object, k int, p, key string, required bool) (s string, ok bool) {
+	var raw string
+	if k >= 0 {
+		raw = obj.src[obj.members[k].start:obj.members[k].end]
+	}
+	if raw == "" || raw == "null" {
+		if required {
+			r.fail(p, key, "is required")
+		}
+		return "", false
+	}
+	if raw[0] != '"' {
+		r.fail(p, key, "must be a string")
+		return "", false
+	}
+	if s = raw[1 : len(raw)-1]; strings.IndexByte(s, '\\') >= 0 || !utf8.ValidString(s) {
+		var valid bool
+		// Replacing bytes with U+FFFD would store altered patient data.
+		if s, valid = unquoteValid(raw); !valid {
+			r.fail(p, key, msgUTF8)
+			return "", false
+		}
+	}
+	return strings.TrimSpace(s), true
 }
 
 func (r *scanReader) required(obj object, p, key string, maxLen int) string {
