@@ -67,14 +67,7 @@ func (s *Server) pruneEvery(ctx context.Context) {
 		interval = DefaultRetentionInterval
 	}
 	wait := jittered(min(interval, retentionFirstRun))
-	for {
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
+	for sleep(ctx, wait) {
 		wait = jittered(interval)
 		if !s.db.migrated.Load() {
 			continue
