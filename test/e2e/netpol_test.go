@@ -22,10 +22,10 @@ const (
 	outsideNS  = "ehr-e2e-outsider"
 )
 
-// probePod runs the prober in namespace, listening on 8080 so that it is
-// also a target, with the edge's labels (so only its namespace tells the
-// outsider from the edge).
-func probePod(namespace, name string) string {
+// probePod runs the prober in namespace with labels, listening on 8080 (so
+// that it is also a target) and on 53 over TCP and UDP (DNS's ports, which
+// a non-root process may bind with the pod's sysctl).
+func probePod(namespace, name, labels string) string {
 	return fmt.Sprintf(`apiVersion: v1
 kind: Namespace
 metadata: {name: %[1]s}
@@ -35,19 +35,41 @@ kind: Pod
 metadata:
   name: %[2]s
   namespace: %[1]s
-  labels: {app.kubernetes.io/name: traefik}
+  labels: %[4]s
 spec:
   automountServiceAccountToken: false
   terminationGracePeriodSeconds: 1
-  securityContext: {runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}
+  securityContext:
+    runAsNonRoot: true
+    seccompProfile: {type: RuntimeDefault}
+    sysctls: [{name: net.ipv4.ip_unprivileged_port_start, value: "0"}]
   containers:
   - name: probe
     image: %[3]s
     imagePullPolicy: Never
-    args: ["--listen", ":8080"]
+    args: ["--listen", ":8080,:53,udp::53"]
     securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
-`, namespace, name, probeImage)
+`, namespace, name, probeImage, labels)
 }
+
+// The edge's labels (so only its namespace tells the outsider from the
+// edge), and a stand-in for the cluster's DNS, which the local cluster
+// does not run: the chart's default DNS peer is any pod labelled
+// k8s-app=kube-dns, reached as pods reach DNS, through a Service.
+const (
+	edgeLabels = "{app.kubernetes.io/name: traefik}"
+	dnsNS      = "kube-system"
+	dnsLabels  = "{k8s-app: kube-dns, ehr-e2e: dns}"
+	dnsService = `apiVersion: v1
+kind: Service
+metadata: {name: ehr-e2e-dns, namespace: kube-system}
+spec:
+  selector: {k8s-app: kube-dns, ehr-e2e: dns}
+  ports:
+  - {name: dns, port: 53, protocol: UDP}
+  - {name: dns-tcp, port: 53, protocol: TCP}
+`
+)
 
 // probeFrom runs the prober in pod against addrs and returns addr → "open"
 // or "closed: <error>".
@@ -109,9 +131,11 @@ func (s *story) networkPolicy(t *testing.T) {
 	t.Cleanup(func() {
 		_, _ = env.Kubectl(context.Background(), "", "delete", "namespace", outsideNS, "--ignore-not-found", "--wait=false")
 		_, _ = env.Kubectl(context.Background(), "", "-n", edgeNS, "delete", "pod", "e2e-edge", "--ignore-not-found", "--wait=false")
+		_, _ = env.Kubectl(context.Background(), "", "-n", dnsNS, "delete", "pod/e2e-dns", "service/ehr-e2e-dns", "--ignore-not-found", "--wait=false")
 	})
-	kubectl(t, probePod(edgeNS, "e2e-edge")+"---\n"+probePod(outsideNS, "e2e-outsider"), "apply", "-f", "-")
-	for _, p := range [][2]string{{edgeNS, "e2e-edge"}, {outsideNS, "e2e-outsider"}} {
+	kubectl(t, probePod(edgeNS, "e2e-edge", edgeLabels)+"---\n"+probePod(outsideNS, "e2e-outsider", edgeLabels)+
+		"---\n"+probePod(dnsNS, "e2e-dns", dnsLabels)+"---\n"+dnsService, "apply", "-f", "-")
+	for _, p := range [][2]string{{edgeNS, "e2e-edge"}, {outsideNS, "e2e-outsider"}, {dnsNS, "e2e-dns"}} {
 		kubectl(t, "", "-n", p[0], "wait", "pod/"+p[1], "--for=condition=Ready", "--timeout=60s")
 	}
 
@@ -147,9 +171,12 @@ func (s *story) networkPolicy(t *testing.T) {
 	// Egress: a debug container shares the receiver pod's network, so it
 	// may connect only where the receiver may. Every target listens, as
 	// the outsider (no policy of its own) shows first: the API server on
-	// the node, the API's ClusterIP, the edge pod and the manager's health
-	// port; then the database.
+	// the node, the API's ClusterIP, the edge pod (on DNS's ports too) and
+	// the manager's health port; then the database, and DNS on its ports
+	// (pod and Service, UDP and TCP), but not on another.
 	edgeIP := get(t, edgeNS, "pod", "e2e-edge", "{.status.podIP}")
+	dnsIP := get(t, dnsNS, "pod", "e2e-dns", "{.status.podIP}")
+	dnsSvcIP := get(t, dnsNS, "service", "ehr-e2e-dns", "{.spec.clusterIP}")
 	mgr := readyPods(t, operatorNS, "app.kubernetes.io/name=ehr-operator")
 	if len(mgr) == 0 {
 		t.Fatal("no Ready manager pod")
@@ -157,7 +184,9 @@ func (s *story) networkPolicy(t *testing.T) {
 	mgrIP := get(t, operatorNS, "pod", mgr[0], "{.status.podIP}")
 	db := fmt.Sprintf("%s:%d", pg.Host, pg.Port)
 	want := map[string]bool{db: true, env.NodeIP + ":6443": false, "10.233.0.1:443": false,
-		edgeIP + ":8080": false, mgrIP + ":8081": false}
+		edgeIP + ":8080": false, mgrIP + ":8081": false,
+		dnsIP + ":53": true, "udp:" + dnsIP + ":53": true, dnsSvcIP + ":53": true, "udp:" + dnsSvcIP + ":53": true,
+		dnsIP + ":8080": false, edgeIP + ":53": false, "udp:" + edgeIP + ":53": false}
 	targets := make([]string, 0, len(want))
 	for a := range want {
 		targets = append(targets, a)
