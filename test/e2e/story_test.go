@@ -711,51 +711,62 @@ type streamResult struct {
 	retries    int
 }
 
-type stream struct {
+// load sends deliveries of fresh appointments from its workers until
+// stopped, each worker 50 ms after it is done with its last one; send
+// delivers one as a vendor would, retrying, and records the answers in res
+// under mu.
+type load[R any] struct {
 	stopCh chan struct{}
 	wg     sync.WaitGroup
 	mu     sync.Mutex
-	res    streamResult
+	res    R
 }
 
-// startStream sends deliveries with fresh appointment ids from workers
-// goroutines until stopped. Like a real EHR it retries a refused
-// connection or a 5xx (up to 10 times, 300 ms apart); a 4xx is a failure.
-func startStream(url, apiKey, secret, tag string, workers int) *stream {
-	st := &stream{stopCh: make(chan struct{})}
-	for w := 0; w < workers; w++ {
-		st.wg.Add(1)
-		go func(w int) {
-			defer st.wg.Done()
-			for n := 0; ; n++ {
-				select {
-				case <-st.stopCh:
-					return
-				default:
-				}
-				id := fmt.Sprintf("%s-%d-%d", tag, w, n)
-				body := payload(id)
-				code, retries, err := deliverAsSender(url, apiKey, secret, body)
-				ok := err == nil && code == http.StatusOK
-				st.mu.Lock()
-				st.res.retries += retries
-				if ok {
-					st.res.ok = append(st.res.ok, id)
-				} else {
-					st.res.failed = append(st.res.failed, id)
-				}
-				st.mu.Unlock()
+func startLoad[R any](tag string, workers int, send func(ld *load[R], id string)) *load[R] {
+	ld := &load[R]{stopCh: make(chan struct{})}
+	for w := range workers {
+		ld.wg.Add(1)
+		go func() {
+			defer ld.wg.Done()
+			for n := 0; !ld.stopped(); n++ {
+				send(ld, fmt.Sprintf("%s-%d-%d", tag, w, n))
 				time.Sleep(50 * time.Millisecond)
 			}
-		}(w)
+		}()
 	}
-	return st
+	return ld
 }
 
-func (st *stream) stop() streamResult {
-	close(st.stopCh)
-	st.wg.Wait()
-	return st.res
+func (ld *load[R]) stopped() bool {
+	select {
+	case <-ld.stopCh:
+		return true
+	default:
+		return false
+	}
+}
+
+func (ld *load[R]) stop() R {
+	close(ld.stopCh)
+	ld.wg.Wait()
+	return ld.res
+}
+
+// startStream sends fresh appointments from workers goroutines until
+// stopped. Like a real EHR it retries a refused connection or a 5xx (up to
+// 10 times, 300 ms apart); a 4xx is a failure.
+func startStream(url, apiKey, secret, tag string, workers int) *load[streamResult] {
+	return startLoad(tag, workers, func(ld *load[streamResult], id string) {
+		code, retries, err := deliverAsSender(url, apiKey, secret, payload(id))
+		ld.mu.Lock()
+		defer ld.mu.Unlock()
+		ld.res.retries += retries
+		if err == nil && code == http.StatusOK {
+			ld.res.ok = append(ld.res.ok, id)
+		} else {
+			ld.res.failed = append(ld.res.failed, id)
+		}
+	})
 }
 
 type outageResult struct {
@@ -764,59 +775,31 @@ type outageResult struct {
 	bad         []string // anything else, described without the body's data
 }
 
-type outageLoad struct {
-	stopCh chan struct{}
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	res    outageResult
-}
-
 // startOutageLoad sends fresh appointments from workers goroutines until
 // stopped, recording every answer. Like a real EHR it retries a delivery
 // answered 503 until it is acknowledged (500 ms apart, sooner than the
 // Retry-After so that the outage sees more requests).
-func startOutageLoad(c *http.Client, url, apiKey, secret, tag string, workers int) *outageLoad {
-	ld := &outageLoad{stopCh: make(chan struct{})}
-	for w := 0; w < workers; w++ {
-		ld.wg.Add(1)
-		go func(w int) {
-			defer ld.wg.Done()
-			for n := 0; ; n++ {
-				id := fmt.Sprintf("%s-%d-%d", tag, w, n)
-				body := payload(id)
-				for {
-					select {
-					case <-ld.stopCh:
-						return
-					default:
-					}
-					verdict := receiverAnswer(c, url, apiKey, secret, body)
-					ld.mu.Lock()
-					switch verdict {
-					case "ok":
-						ld.res.acked = append(ld.res.acked, id)
-					case "unavailable":
-						ld.res.unavailable++
-					default:
-						ld.res.bad = append(ld.res.bad, verdict)
-					}
-					ld.mu.Unlock()
-					if verdict == "ok" {
-						break
-					}
-					time.Sleep(500 * time.Millisecond)
-				}
-				time.Sleep(50 * time.Millisecond)
+func startOutageLoad(c *http.Client, url, apiKey, secret, tag string, workers int) *load[outageResult] {
+	return startLoad(tag, workers, func(ld *load[outageResult], id string) {
+		body := payload(id)
+		for !ld.stopped() {
+			verdict := receiverAnswer(c, url, apiKey, secret, body)
+			ld.mu.Lock()
+			switch verdict {
+			case "ok":
+				ld.res.acked = append(ld.res.acked, id)
+			case "unavailable":
+				ld.res.unavailable++
+			default:
+				ld.res.bad = append(ld.res.bad, verdict)
 			}
-		}(w)
-	}
-	return ld
-}
-
-func (ld *outageLoad) stop() outageResult {
-	close(ld.stopCh)
-	ld.wg.Wait()
-	return ld.res
+			ld.mu.Unlock()
+			if verdict == "ok" {
+				return
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	})
 }
 
 // receiverAnswer sends one delivery and classifies the answer: "ok" (200),
