@@ -95,8 +95,9 @@ func newDeliveriesShowCommand() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "show [DELIVERY-ID...]",
 		Short: "Show deliveries and their quarantined entries: errors, replay; the entries themselves with --include-patient-data",
-		Long: `Show deliveries, chosen by id or by the filter flags (at least one), with
-each quarantined entry's field errors and replay state. The entries as sent
+		Long: `Show deliveries, chosen by id, --request-id, --since or --until (at least
+one; --ehr and --outcome narrow them), with each quarantined entry's field
+errors and replay state. The entries as sent
 are patient data: they are printed only with --include-patient-data.`,
 		RunE: func(c *cobra.Command, args []string) error {
 			return f.run(c, func(ctx context.Context, st *store.Store, filter store.DeliveryFilter) error {

@@ -126,11 +126,14 @@ func (d *dbState) set(reachable bool, err error) {
 	d.up.Store(reachable)
 	// One line per change, never per request.
 	if reachable {
-		attrs := []any{"ehr", d.ehr}
+		// The end of an outage at the level of its start, so that a
+		// receiver logging at warn shows both (operations.md, "Logs").
+		level, attrs := slog.LevelInfo, []any{"ehr", d.ehr}
 		if prev == dbUnreachable {
+			level = slog.LevelWarn
 			attrs = append(attrs, "down_for", now.Sub(prevSince).Round(time.Millisecond).String())
 		}
-		d.log.Info("Database reachable", attrs...)
+		d.log.Log(context.Background(), level, "Database reachable", attrs...)
 		select {
 		case d.wake <- struct{}{}:
 		default:

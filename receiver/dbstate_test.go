@@ -205,8 +205,8 @@ func TestStartWithoutDatabase(t *testing.T) {
 	if b.log.count("Database unreachable") != 1 || b.log.count("Database reachable") != 1 || b.log.count("Database migrated") != 1 {
 		t.Errorf("want one line per change:\n%s", b.log)
 	}
-	if !strings.Contains(b.log.String(), `"down_for":"`) {
-		t.Errorf("the line for the database coming back lacks down_for:\n%s", b.log)
+	if !strings.Contains(b.log.String(), `"level":"WARN","msg":"Database reachable","ehr":"nexus","down_for":"`) {
+		t.Errorf("the line for the database coming back is not at WARN with down_for:\n%s", b.log)
 	}
 
 	// Some writes first, so that the pool holds connections to break.

@@ -28,7 +28,7 @@ const (
 )
 
 // Credentials are a receiver's EHR and the contents of the files of its
-// credentials directory (the receiver trims one trailing newline);
+// credentials directory (the receiver drops trailing newlines);
 // PreviousAPIKey and PreviousSecret are written only when set.
 type Credentials struct {
 	EHR, APIKey, Secret, PreviousAPIKey, PreviousSecret string

@@ -101,7 +101,8 @@ func helmLifecycle(t *testing.T, ctx context.Context, c client.Client, kubeconfi
 	if err != nil {
 		t.Fatalf("helm install: %v", err)
 	}
-	for _, want := range []string{"NOTES:", "kubectl -n ehr get ehrintegrations", "examples/onboard-nexus.yaml"} {
+	for _, want := range []string{"NOTES:", "kubectl -n ehr get ehrintegrations", "examples/onboard-nexus.yaml",
+		`receiverNetworkPolicy.webhookFrom, now:`, `"podSelector":{"matchLabels":{"app.kubernetes.io/name":"traefik"}}`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("helm install output lacks %q:\n%s", want, out)
 		}

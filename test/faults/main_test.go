@@ -39,11 +39,7 @@ func startReceiver(t *testing.T, dbURL string, extra ...string) *harness.Receive
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		select {
-		case <-r.Exited():
-		default:
-			_ = r.Stop()
-		}
+		_ = r.Stop() // also removes the credentials directory of one that has exited
 		if t.Failed() {
 			t.Logf("receiver log (tail):\n%s", r.LogTail())
 		}
