@@ -11,6 +11,7 @@ import (
 	"mime"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -38,8 +39,10 @@ const (
 	msgSuccess     = "Appointments synced successfully"
 	msgInternal    = "internal error; the batch was not stored"
 	msgUnavailable = "the database is unavailable; the batch was not stored, retry later"
-	headerID       = "X-Request-ID"
-	ctxRequestID   = "request_id"
+	// msgOutcomeUnknown: the database stopped answering during the commit.
+	msgOutcomeUnknown = "the database did not answer during the commit; the batch may have been stored, retry it (a retry is safe)"
+	headerID          = "X-Request-ID"
+	ctxRequestID      = "request_id"
 )
 
 func errorBody(code int, msg string, errs []payload.FieldError) Response {
@@ -60,8 +63,10 @@ type request struct {
 	valid         []payload.Entry
 	invalid       []payload.Invalid
 
-	// reserved is what the request holds of the in-flight budget.
+	// reserved is what the request holds of the in-flight budget, given
+	// back when holders, this handler and the store, are done with the body.
 	reserved int64
+	holders  atomic.Int32
 }
 
 // answer is what a request came to, for the response, the log line, the
@@ -99,7 +104,8 @@ var checks = [...]step{
 // sync runs the checks in order, answers and logs.
 func (s *Server) sync(c *gin.Context) {
 	rq := &request{c: c, received: s.now()}
-	defer func() { s.inflight.release(rq.reserved) }()
+	rq.holders.Store(1)
+	defer s.giveBack(rq)
 	a := s.check(rq)
 	if a.outcome == store.OutcomeOverloaded {
 		defer s.discardBody(c) // once answered and logged
@@ -116,6 +122,15 @@ func (s *Server) sync(c *gin.Context) {
 		s.recordFailure(rq, a)
 	}
 	s.finish(rq, a)
+}
+
+// giveBack ends one holder's hold on the request's body; the last gives
+// its reservation back to the in-flight budget. The store holds it past
+// the handler when the caller gave up on a queued request (store.Batch.Release).
+func (s *Server) giveBack(rq *request) {
+	if rq.holders.Add(-1) == 0 {
+		s.inflight.release(rq.reserved)
+	}
 }
 
 func (s *Server) check(rq *request) answer {
@@ -284,6 +299,8 @@ func (s *Server) commit(rq *request) answer {
 	for i, inv := range rq.invalid {
 		batch.Quarantined[i] = store.Quarantined{Index: inv.Item.Index, Raw: inv.Item.Raw, Errors: inv.Errors}
 	}
+	rq.holders.Add(1)
+	batch.Release = func() { s.giveBack(rq) }
 	// A sender that hangs up must not cancel a commit under way.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(rq.c.Request.Context()), writeBatchTimeout)
 	defer cancel()
@@ -293,7 +310,11 @@ func (s *Server) commit(rq *request) answer {
 		s.versions.remember(versions, s.now())
 		s.metrics.databaseErrors.Inc()
 		if store.IsUnavailable(err) {
-			return answer{resp: errorBody(http.StatusServiceUnavailable, msgUnavailable, nil),
+			msg := msgUnavailable
+			if errors.Is(err, store.ErrOutcomeUnknown) {
+				msg = msgOutcomeUnknown
+			}
+			return answer{resp: errorBody(http.StatusServiceUnavailable, msg, nil),
 				retryAfter: retryAfterUnavailable, outcome: store.OutcomeUnavailable, err: err}
 		}
 		return answer{resp: errorBody(http.StatusInternalServerError, msgInternal, nil),

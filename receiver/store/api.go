@@ -100,6 +100,12 @@ type Batch struct {
 	// (a replay): the same statement marks them replayed, so an entry is
 	// marked exactly when its content was handled.
 	Replayed []int64
+	// Release, when not nil, is called once the store holds none of the
+	// batch's data: when Write returns, or later for a request its caller
+	// gave up on while it waited in the queue. The receiver's in-flight
+	// memory budget is given back by it, so bodies held by the queue stay
+	// counted.
+	Release func()
 }
 
 // Version is an entry's content as the receiver knows it.

@@ -2,8 +2,11 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
+	"sync/atomic"
+	"time"
 )
 
 // The batcher (architecture.md, "Schema and write path"). One transaction per request caps a receiver at a
@@ -50,6 +53,42 @@ type request struct {
 	ctx  context.Context
 	p    *prepared
 	done chan outcome // buffered: a worker never waits for a caller
+	// state is queued until a worker starts the request's statement or
+	// the request is given up, whichever comes first (one CompareAndSwap
+	// decides): a caller never gives up on a statement under way, so its
+	// answer says whether the data was committed.
+	state   atomic.Int32
+	release func() // Batch.Release, or nil
+}
+
+// A request's states.
+const (
+	reqQueued int32 = iota
+	reqStarted
+	reqAbandoned // by its caller, or by a worker for a caller past its deadline
+)
+
+// ErrOutcomeUnknown: the statement holding the request neither returned
+// nor failed within txTimeout and outcomeGrace of the caller's deadline, so
+// whether it committed is not known (a database that stopped answering
+// mid-statement; lib/pq cannot interrupt a blocked read). It is
+// unavailable: a retry is safe, the write being idempotent.
+var ErrOutcomeUnknown = errors.New("the database did not answer: whether the batch was committed is unknown")
+
+// outcomeGrace is how long past txTimeout a caller waits for a statement
+// under way: the time for the cancelled statement's error to come back.
+const outcomeGrace = 5 * time.Second
+
+// finish is the end of the store's hold on r: no worker reads r again,
+// and its caller is answered (or gone). Release comes first, so that a
+// caller answered holds the only claim on the batch.
+func (r *request) finish(o outcome, answer bool) {
+	if r.release != nil {
+		r.release()
+	}
+	if answer {
+		r.done <- o
+	}
 }
 
 type outcome struct {
@@ -58,12 +97,19 @@ type outcome struct {
 }
 
 // Write stores b all-or-nothing and returns after COMMIT (see api.go).
+// An error means nothing was stored, except ErrOutcomeUnknown.
 func (s *Store) Write(ctx context.Context, b Batch) (Result, error) {
+	released := false
+	defer func() {
+		if !released && b.Release != nil {
+			b.Release()
+		}
+	}()
 	p, err := prepare(b)
 	if err != nil {
 		return Result{}, fmt.Errorf("Write: %w", err)
 	}
-	r := &request{ctx: ctx, p: p, done: make(chan outcome, 1)}
+	r := &request{ctx: ctx, p: p, done: make(chan outcome, 1), release: b.Release}
 	s.mu.RLock()
 	if s.closed {
 		s.mu.RUnlock()
@@ -72,6 +118,7 @@ func (s *Store) Write(ctx context.Context, b Batch) (Result, error) {
 	select {
 	case s.queue <- r:
 		s.mu.RUnlock()
+		released = true // by the worker that takes r
 	case <-ctx.Done():
 		s.mu.RUnlock()
 		return Result{}, fmt.Errorf("Write: while queued: %w", ctx.Err())
@@ -80,8 +127,20 @@ func (s *Store) Write(ctx context.Context, b Batch) (Result, error) {
 	case o := <-r.done:
 		return o.res, o.err
 	case <-ctx.Done():
-		// The request may still commit; a retry of it is a no-op then.
-		return Result{}, fmt.Errorf("Write: while waiting for the commit: %w", ctx.Err())
+	}
+	if r.state.CompareAndSwap(reqQueued, reqAbandoned) {
+		// No worker will write it: nothing was stored.
+		return Result{}, fmt.Errorf("Write: while queued: %w", ctx.Err())
+	}
+	// Its statement is under way (or a worker answers it as abandoned):
+	// wait for the outcome, so that a 503 never hides a commit.
+	t := time.NewTimer(txTimeout + outcomeGrace)
+	defer t.Stop()
+	select {
+	case o := <-r.done:
+		return o.res, o.err
+	case <-t.C:
+		return Result{}, fmt.Errorf("Write: %w", ErrOutcomeUnknown)
 	}
 }
 
@@ -222,11 +281,14 @@ func (s *Store) commit(group []*request, turn bool) {
 	defer release()
 	live := make([]*request, 0, len(group))
 	for _, r := range group {
-		if err := r.ctx.Err(); err != nil {
-			r.done <- outcome{err: fmt.Errorf("Write: before the transaction: %w", err)}
-			continue
+		switch {
+		case r.ctx.Err() != nil && r.state.CompareAndSwap(reqQueued, reqAbandoned):
+			r.finish(outcome{err: fmt.Errorf("Write: before the transaction: %w", r.ctx.Err())}, true)
+		case r.state.CompareAndSwap(reqQueued, reqStarted):
+			live = append(live, r)
+		default: // abandoned by its caller, who has gone
+			r.finish(outcome{}, false)
 		}
-		live = append(live, r)
 	}
 	if len(live) == 0 {
 		return
@@ -260,9 +322,9 @@ func (s *Store) commit(group []*request, turn bool) {
 	}
 	for i, r := range live {
 		if err != nil {
-			r.done <- outcome{err: err}
+			r.finish(outcome{err: err}, true)
 		} else {
-			r.done <- out[i]
+			r.finish(out[i], true)
 		}
 	}
 }

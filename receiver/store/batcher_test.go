@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -596,5 +597,104 @@ func TestGenericPlanAfterEarlyAnalyzeUsesIndexes(t *testing.T) {
 				t.Errorf("the generic plan reads %s sequentially:\n%s", table, strings.Join(plan, "\n"))
 			}
 		}
+	}
+}
+
+// A caller whose deadline passes while its statement is under way waits
+// for the statement: its answer says what happened to the data, and a
+// commit is never reported as a failure (a 503 "not stored").
+func TestCallerWaitsForItsStatementUnderWay(t *testing.T) {
+	t.Parallel()
+	s, db := newStore(t)
+	lock, err := db.Beginx()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Rollback()
+	// The write statement's delivery insert waits for this lock.
+	if _, err := lock.Exec(`LOCK TABLE webhook_deliveries IN EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	var released atomic.Int32
+	b := batch(minimalEntry("under-way"))
+	b.Release = func() { released.Add(1) }
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	type result struct {
+		res Result
+		err error
+	}
+	got := make(chan result, 1)
+	go func() { res, err := s.Write(ctx, b); got <- result{res, err} }()
+	waitFor(t, 10*time.Second, "the statement waiting for the lock", func() bool {
+		return count(t, db, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'`, storeSessions) == 1
+	})
+	<-ctx.Done()
+	select {
+	case r := <-got:
+		t.Fatalf("Write returned at its caller's deadline, its statement under way: %+v, %v", r.res, r.err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if err := lock.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	r := <-got
+	if r.err != nil || r.res.Written != 1 {
+		t.Fatalf("after the lock: %+v, %v; want the commit reported", r.res, r.err)
+	}
+	if n := count(t, db, `SELECT count(*) FROM appointments WHERE external_id = 'under-way'`); n != 1 {
+		t.Errorf("%d rows", n)
+	}
+	if n := released.Load(); n != 1 {
+		t.Errorf("Release called %d times, want once", n)
+	}
+}
+
+// A caller whose deadline passes while its request waits in the store
+// gets an error at once and nothing is stored; the store keeps holding
+// the request's data until a worker drops it, and only then calls Release
+// (the receiver's in-flight budget counts it until then).
+func TestCallerGivesUpOnQueuedRequest(t *testing.T) {
+	t.Parallel()
+	s, db := newStore(t)
+	s.smallTurn <- struct{}{} // a small group in flight: the request waits
+	var released atomic.Int32
+	b := batch(minimalEntry("given-up"))
+	b.Release = func() { released.Add(1) }
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := s.Write(ctx, b)
+	if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrOutcomeUnknown) {
+		t.Fatalf("Write: %v, want the deadline while queued", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Write returned %s after it was given up", d)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := released.Load(); n != 0 {
+		t.Errorf("Release called %d times while the store still holds the request", n)
+	}
+	<-s.smallTurn // the group in flight commits; the gatherer's group goes
+	waitFor(t, 10*time.Second, "Release once the worker dropped the request", func() bool { return released.Load() == 1 })
+	if n := count(t, db, `SELECT count(*) FROM appointments WHERE external_id = 'given-up'`) +
+		count(t, db, `SELECT count(*) FROM webhook_deliveries WHERE request_id = $1`, b.Delivery.RequestID); n != 0 {
+		t.Errorf("%d rows of a request given up while queued", n)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := released.Load(); n != 1 {
+		t.Errorf("Release called %d times, want once", n)
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after limit.
+func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s within %s", what, limit)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
