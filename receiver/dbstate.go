@@ -3,6 +3,7 @@ package receiver
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -155,11 +156,10 @@ func (d *dbState) snapshot() (reachability, time.Time) {
 func (d *dbState) watch(ctx context.Context, ping func(context.Context) error) {
 	t := time.NewTicker(pingInterval)
 	defer t.Stop()
+	var p pinger
 	for {
 		last := time.Now()
-		pctx, cancel := context.WithTimeout(ctx, pingTimeout)
-		err := ping(pctx)
-		cancel()
+		err := p.ping(ctx, ping)
 		if ctx.Err() != nil {
 			return // shutting down: not the database's fault
 		}
@@ -173,6 +173,44 @@ func (d *dbState) watch(ctx context.Context, ping func(context.Context) error) {
 				return
 			}
 		}
+	}
+}
+
+// errNoAnswer is a ping that did not return within pingTimeout.
+var errNoAnswer = fmt.Errorf("no answer to the database ping within %s", pingTimeout)
+
+// pinger runs each ping in a goroutine of its own and waits for it at most
+// pingTimeout. lib/pq cannot interrupt a read from a database that accepts
+// and never answers (packets dropped, a frozen server): the context only
+// makes it send a cancel request on a new connection, which goes
+// unanswered too. So a ping that has not answered in time counts as a
+// failure, rather than leave the state "reachable" for as long as it hangs,
+// and the monitor stays free to stop. A ping still under way is waited for
+// again rather than another started: at most one connection is spent.
+type pinger struct {
+	pending chan error // the ping under way, if one outlived its timeout
+}
+
+func (p *pinger) ping(ctx context.Context, ping func(context.Context) error) error {
+	if p.pending == nil {
+		ch := make(chan error, 1)
+		pctx, cancel := context.WithTimeout(ctx, pingTimeout)
+		go func() {
+			defer cancel()
+			ch <- ping(pctx)
+		}()
+		p.pending = ch
+	}
+	t := time.NewTimer(pingTimeout)
+	defer t.Stop()
+	select {
+	case err := <-p.pending:
+		p.pending = nil
+		return err
+	case <-t.C:
+		return errNoAnswer
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 

@@ -309,6 +309,58 @@ func TestDatabaseStateOneLinePerChange(t *testing.T) {
 		`ehr_receiver_database_errors_total{ehr="nexus"} 10`})
 }
 
+// TestUnansweredPingIsUnreachable: a database that accepts and never
+// answers (frozen with SIGSTOP, as behind a network dropping packets) is
+// reported unreachable once a ping has gone unanswered for pingTimeout,
+// not "reachable" for as long as lib/pq's read hangs; reachable again once
+// it answers; and the monitor stops at once while a ping hangs.
+func TestUnansweredPingIsUnreachable(t *testing.T) {
+	cluster := pgtest.NewCluster(t)
+	dbURL := cluster.NewDatabase(t)
+	st, err := store.Open(context.Background(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	log := &syncBuffer{}
+	srv, err := New(validConfig(), st, slog.New(slog.NewJSONHandler(log, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &bgServer{srv: srv, met: srv.MetricsHandler(), log: log}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	watched := make(chan struct{})
+	go func() { srv.db.watch(ctx, st.Ping); close(watched) }()
+	eventually(t, 10*time.Second, "the database reachable", func() bool { return b.dbz(t).Database == "reachable" })
+
+	thaw := cluster.Freeze(t)
+	// The next ping is at most pingInterval away; it counts as failed
+	// pingTimeout after it started.
+	eventually(t, pingInterval+pingTimeout+2*time.Second, "the frozen database reported unreachable",
+		func() bool { return b.dbz(t).Database == "unreachable" })
+	if !strings.Contains(log.String(), `"msg":"Database unreachable","ehr":"nexus","since":"`) ||
+		!strings.Contains(log.String(), errNoAnswer.Error()) {
+		t.Errorf("no line for the database going down with %q:\n%s", errNoAnswer, log)
+	}
+	b.expectMetrics(t, []string{`ehr_receiver_database_up{ehr="nexus"} 0`})
+
+	thaw()
+	eventually(t, pingInterval+pingTimeout+2*time.Second, "the thawed database reported reachable",
+		func() bool { return b.dbz(t).Database == "reachable" })
+
+	// Frozen again: the monitor stops while its ping hangs.
+	cluster.Freeze(t)
+	eventually(t, pingInterval+pingTimeout+2*time.Second, "the frozen database reported unreachable again",
+		func() bool { return b.dbz(t).Database == "unreachable" })
+	cancel()
+	select {
+	case <-watched:
+	case <-time.After(time.Second):
+		t.Error("the database monitor did not stop within 1s while its ping hung")
+	}
+}
+
 // TestDatabaseUpAbsentUntilKnown: before any ping or write the gauge is
 // absent, not 0, and /dbz says unknown.
 func TestDatabaseUpAbsentUntilKnown(t *testing.T) {

@@ -3,6 +3,7 @@ package receiver
 import (
 	"context"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 )
@@ -34,23 +35,84 @@ func (s *Server) MigrateInBackground(m Migrator) {
 	s.db.migrated.Store(false)
 }
 
+// backgroundStopTimeout bounds how long shutdown waits for the background
+// work, counted from when it was told to stop (for Run: the signal, so the
+// drain of requests counts). lib/pq cannot interrupt a read from a database
+// that accepts and never answers (packets dropped, a frozen server): its
+// cancel is a request on a new connection, which goes unanswered too. Such
+// a goroutine is left to the process's exit rather than let the shutdown
+// run into the pod's SIGKILL.
+const backgroundStopTimeout = 5 * time.Second
+
 // startBackground starts the database monitor and, when asked, the
-// migration and the retention; stop ends them and waits. Readiness passes once the first
-// migration attempt is over, or after startGrace, or at once without one.
+// migration and the retention; they stop when ctx ends. stop ends them
+// and waits, until backgroundStopTimeout after they were told to. Readiness
+// passes once the first migration attempt is over, or after startGrace, or
+// at once without one.
 func (s *Server) startBackground(ctx context.Context) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Go(func() { s.db.watch(ctx, s.store.Ping) })
+	ended := make(chan time.Time, 1)
+	context.AfterFunc(ctx, func() { ended <- time.Now() })
+	bg := &background{running: map[string]int{}}
+	bg.goNamed("database monitor", func() { s.db.watch(ctx, s.store.Ping) })
 	if s.pruner != nil && s.cfg.Retention.Enabled() {
-		wg.Go(func() { s.pruneEvery(ctx) })
+		bg.goNamed("retention", func() { s.pruneEvery(ctx) })
 	}
+	var grace *time.Timer
 	if s.db.migrate == nil || s.db.migrated.Load() {
 		s.db.started.Store(true)
-		return func() { cancel(); wg.Wait() }
+	} else {
+		grace = time.AfterFunc(startGrace, func() { s.db.started.Store(true) })
+		bg.goNamed("migration", func() { s.migrateUntilDone(ctx) })
 	}
-	grace := time.AfterFunc(startGrace, func() { s.db.started.Store(true) })
-	wg.Go(func() { s.migrateUntilDone(ctx) })
-	return func() { grace.Stop(); cancel(); wg.Wait() }
+	return func() {
+		if grace != nil {
+			grace.Stop()
+		}
+		cancel()
+		told := <-ended
+		if left := bg.wait(time.Until(told.Add(backgroundStopTimeout))); len(left) > 0 {
+			s.log.Warn("Background database work did not stop in time; exiting without it (the database does not answer?)",
+				"ehr", s.cfg.EHR, "waited", backgroundStopTimeout.String(), "running", left)
+		}
+	}
+}
+
+// background is the goroutines startBackground started, by name.
+type background struct {
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	running map[string]int
+}
+
+func (b *background) goNamed(name string, f func()) {
+	b.mu.Lock()
+	b.running[name]++
+	b.mu.Unlock()
+	b.wg.Go(func() {
+		defer func() {
+			b.mu.Lock()
+			if b.running[name]--; b.running[name] == 0 {
+				delete(b.running, name)
+			}
+			b.mu.Unlock()
+		}()
+		f()
+	})
+}
+
+// wait waits until every goroutine has returned or d has passed, and
+// returns the names of those still running.
+func (b *background) wait(d time.Duration) []string {
+	waitAtMost(d, b.wg.Wait)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	left := make([]string, 0, len(b.running))
+	for name := range b.running {
+		left = append(left, name)
+	}
+	slices.Sort(left)
+	return left
 }
 
 // migrateUntilDone runs the migration until it succeeds or ctx is done.
@@ -90,4 +152,19 @@ func (s *Server) migrateUntilDone(ctx context.Context) {
 // not retry together.
 func jittered(d time.Duration) time.Duration {
 	return d - rand.N(d/2+1)
+}
+
+// waitAtMost runs f and waits for it at most d (0 or less: a moment); it
+// reports whether it gave up (f then goes on in its goroutine).
+func waitAtMost(d time.Duration, f func()) (gaveUp bool) {
+	done := make(chan struct{})
+	go func() { f(); close(done) }()
+	t := time.NewTimer(max(d, 10*time.Millisecond))
+	defer t.Stop()
+	select {
+	case <-done:
+		return false
+	case <-t.C:
+		return true
+	}
 }

@@ -15,6 +15,13 @@ const DefaultRetentionInterval = time.Hour
 // retentionFirstRun bounds the wait before the first run after start.
 const retentionFirstRun = time.Minute
 
+// retentionRunTimeout bounds one run: a backlog larger than a run removes
+// in that time (batches of 500 rows, each committed) is continued by the
+// next one, and a slow run gives up its connection and the database's
+// pruning lock. Shorter than the default interval. (A database that does
+// not answer at all is not interrupted by it: see backgroundStopTimeout.)
+const retentionRunTimeout = 10 * time.Minute
+
 // Pruner applies the retention; receiver/store.Store is one.
 type Pruner interface {
 	Prune(ctx context.Context, ehr string, r store.Retention, now time.Time) (store.Pruned, bool, error)
@@ -79,7 +86,9 @@ func (s *Server) pruneEvery(ctx context.Context) {
 // pruneOnce runs the retention once and reports it: counts, never a value.
 func (s *Server) pruneOnce(ctx context.Context) {
 	start := s.now()
-	p, ran, err := s.pruner.Prune(ctx, s.cfg.EHR, s.cfg.Retention, start)
+	rctx, cancel := context.WithTimeout(ctx, retentionRunTimeout)
+	defer cancel()
+	p, ran, err := s.pruner.Prune(rctx, s.cfg.EHR, s.cfg.Retention, start)
 	m := s.retention
 	m.removed.WithLabelValues(kindDeliveryLog).Add(float64(p.DeliveryLog))
 	m.removed.WithLabelValues(kindQuarantine).Add(float64(p.Quarantine))

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -95,12 +96,43 @@ func (s *Server) Handler() http.Handler {
 	r.HandleMethodNotAllowed = false // the handler answers 405 itself, after the {ehr} check
 	r.Use(s.recoverer, requestID)
 	r.Any(SyncPath, s.sync)
-	r.NoRoute(s.notFoundRoute)
+	r.NoRoute(s.noRoute)
 	return r
 }
 
 // SyncPath is the only route of the webhook server.
 const SyncPath = "/v2/webhooks/:ehr/sync-appointments"
+
+// noRoute answers what gin's router did not match. Any registers only nine
+// methods, so a request for the sync path with another one (PROPFIND, or
+// any token a client makes up) arrives here: it goes through the sync
+// handler's checks like a GET would, so that it is answered 404 for
+// another EHR and 405 with Allow: POST for this one, as documented.
+// Everything else is a 404.
+func (s *Server) noRoute(c *gin.Context) {
+	if ehr, ok := syncPathEHR(c.Request.URL.Path); ok {
+		c.Params = append(c.Params[:0], gin.Param{Key: "ehr", Value: ehr})
+		s.sync(c)
+		return
+	}
+	s.notFoundRoute(c)
+}
+
+// syncPathEHR is the {ehr} segment of path when path is SyncPath's shape,
+// matched as gin's router matches it (the decoded path, one non-empty
+// segment, no trailing slash).
+func syncPathEHR(path string) (string, bool) {
+	prefix, suffix, _ := strings.Cut(SyncPath, ":ehr")
+	rest, ok := strings.CutPrefix(path, prefix)
+	if !ok {
+		return "", false
+	}
+	ehr, ok := strings.CutSuffix(rest, suffix)
+	if !ok || ehr == "" || strings.Contains(ehr, "/") {
+		return "", false
+	}
+	return ehr, true
+}
 
 // MetricsHandler serves /healthz, /readyz, /dbz and /metrics. Neither probe
 // follows the database: while it is away the pod stays in its Service and
@@ -127,7 +159,10 @@ func (s *Server) MetricsHandler() http.Handler {
 
 // Run serves until ctx is done, then shuts down gracefully: /readyz fails
 // at once, the listeners close, and in-flight requests finish (up to
-// shutdownTimeout). Closing the store is the caller's, after Run returns.
+// shutdownTimeout); then the delivery log is written (up to
+// deliveryFlushTimeout) and the background work stops (until
+// backgroundStopTimeout after ctx ended). Closing the store is the
+// caller's, after Run returns.
 func (s *Server) Run(ctx context.Context) error {
 	lc := net.ListenConfig{}
 	apiLn, err := lc.Listen(ctx, "tcp", s.cfg.Listen)
@@ -175,7 +210,13 @@ func (s *Server) Run(ctx context.Context) error {
 	if merr := met.Shutdown(sctx); err == nil {
 		err = merr
 	}
-	s.deliveries.close(deliveryFlushTimeout) // before the caller closes the store
+	// Before the caller closes the store. Bounded here too: a write stuck
+	// in lib/pq's read from a database that does not answer ignores the
+	// flush's deadline (see backgroundStopTimeout).
+	if waitAtMost(deliveryFlushTimeout+time.Second, func() { s.deliveries.close(deliveryFlushTimeout) }) {
+		s.log.Warn("The delivery log was not written in time; exiting without it (the database does not answer?)",
+			"ehr", s.cfg.EHR, "waited", (deliveryFlushTimeout + time.Second).String())
+	}
 	if err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("while shutting down: %w", err)
 	}

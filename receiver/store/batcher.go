@@ -134,7 +134,7 @@ func (s *Store) Write(ctx context.Context, b Batch) (Result, error) {
 	}
 	// Its statement is under way (or a worker answers it as abandoned):
 	// wait for the outcome, so that a 503 never hides a commit.
-	t := time.NewTimer(txTimeout + outcomeGrace)
+	t := time.NewTimer(s.txTimeout + s.outcomeGrace)
 	defer t.Stop()
 	select {
 	case o := <-r.done:
@@ -295,7 +295,7 @@ func (s *Store) commit(group []*request, turn bool) {
 	}
 	// The transaction outlives any one caller: a caller that gives up must
 	// not roll back its neighbours.
-	ctx, cancel := context.WithTimeout(context.Background(), txTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), s.txTimeout)
 	defer cancel()
 	out, err := s.writeRetrying(ctx, live)
 	if turn {

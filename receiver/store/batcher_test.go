@@ -334,7 +334,7 @@ func TestWorkCarriesOverlappingRequestToNextGroup(t *testing.T) {
 	s, db := newStore(t)
 	v1, v2 := minimalEntry("apt-1"), minimalEntry("apt-1")
 	v2.Appointment.Status, v2.Appointment.StatusRaw = "cancelled", "Cancelled"
-	w := &Store{db: s.db, queue: make(chan *request, 3)} // a worker of our own, run to the end
+	w := &Store{db: s.db, queue: make(chan *request, 3), txTimeout: txTimeout} // a worker of our own, run to the end
 	var reqs []*request
 	for _, b := range []Batch{batch(v1), batch(v2), batch(minimalEntry("apt-2"))} {
 		r := queued(t, b)
@@ -526,7 +526,7 @@ func TestCarriedRequestDoesNotWaitForTheGatherer(t *testing.T) {
 	s, _ := newStore(t)
 	v1, v2 := minimalEntry("apt-1"), minimalEntry("apt-1")
 	v2.Appointment.Status, v2.Appointment.StatusRaw = "cancelled", "Cancelled"
-	w := &Store{db: s.db, queue: make(chan *request, 2), smallTurn: make(chan struct{}, 1)}
+	w := &Store{db: s.db, queue: make(chan *request, 2), smallTurn: make(chan struct{}, 1), txTimeout: txTimeout}
 	reqs := []*request{queued(t, batch(v1)), queued(t, batch(v2))}
 	for _, r := range reqs {
 		w.queue <- r
@@ -696,5 +696,36 @@ func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
 			t.Fatalf("no %s within %s", what, limit)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// When the database stops answering in the middle of a statement (a
+// frozen server: it takes the bytes and never answers), the caller past
+// its deadline gets ErrOutcomeUnknown once the transaction's time and the
+// grace are over, not a claim that nothing was stored; and Close returns,
+// with an error, though a statement and its connection never come back.
+func TestWriteOutcomeUnknownWhenTheDatabaseStopsAnswering(t *testing.T) {
+	t.Parallel()
+	cluster := pgtest.NewCluster(t)
+	s, _ := openStore(t, cluster.NewDatabase(t))
+	s.txTimeout, s.outcomeGrace = time.Second, 500*time.Millisecond
+	mustWrite(t, s, batch(minimalEntry("before"))) // connected, statement prepared
+	cluster.Freeze(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := s.Write(ctx, batch(minimalEntry("frozen")))
+	if !errors.Is(err, ErrOutcomeUnknown) || !IsUnavailable(err) {
+		t.Fatalf("Write to a database that stopped answering: %v, want ErrOutcomeUnknown (unavailable)", err)
+	}
+	if d := time.Since(start); d < 1500*time.Millisecond || d > 10*time.Second {
+		t.Errorf("Write returned after %s, want the deadline, the transaction's 1s and the 0.5s grace", d)
+	}
+	start = time.Now()
+	if err := s.Close(); err == nil {
+		t.Error("Close reported success with a statement that never returned")
+	}
+	if d, most := time.Since(start), s.txTimeout+defaultConnectTimeout+poolCloseWait+5*time.Second; d > most {
+		t.Errorf("Close took %s, want at most %s", d, most)
 	}
 }

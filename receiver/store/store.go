@@ -28,8 +28,10 @@ const (
 	maxConns = workers + 4
 	// defaultConnectTimeout applies unless the URL sets connect_timeout.
 	defaultConnectTimeout = 10 * time.Second
-	// closeWait bounds how long Close waits for in-flight transactions.
-	closeWait = txTimeout + defaultConnectTimeout
+	// poolCloseWait bounds closing the pool: database/sql waits for every
+	// query under way, and one may be blocked for minutes in a read from a
+	// database that does not answer (the receiver's ping, its delivery log).
+	poolCloseWait = 5 * time.Second
 )
 
 // Store is the receiver's PostgreSQL storage. It is safe for concurrent
@@ -48,6 +50,9 @@ type Store struct {
 	gathering sync.Mutex
 	smallTurn chan struct{}
 	wg        sync.WaitGroup
+	// txTimeout and outcomeGrace (batcher.go), fields so that a test can
+	// shorten them.
+	txTimeout, outcomeGrace time.Duration
 }
 
 // Open sets up the pool for databaseURL (a postgres:// URL) and starts the
@@ -104,7 +109,8 @@ func Open(ctx context.Context, databaseURL string) (*Store, error) {
 	// picked up even when no error forces it.
 	db.SetConnMaxLifetime(30 * time.Minute)
 	db.SetConnMaxIdleTime(5 * time.Minute)
-	s := &Store{db: db, queue: make(chan *request, queueDepth), smallTurn: make(chan struct{}, 1)}
+	s := &Store{db: db, queue: make(chan *request, queueDepth), smallTurn: make(chan struct{}, 1),
+		txTimeout: txTimeout, outcomeGrace: outcomeGrace}
 	for range workers {
 		s.wg.Add(1)
 		go s.work()
@@ -152,18 +158,27 @@ func (s *Store) Close() error {
 	go func() { s.wg.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(closeWait):
+	case <-time.After(s.txTimeout + defaultConnectTimeout): // a transaction's connect and run
 		// A database that stopped answering mid-statement: its callers
 		// have had their errors; do not hold the shutdown.
 		go s.db.Close()
 		return errors.New("Close: in-flight writes did not finish; the database does not answer")
 	}
-	s.writeMu.Lock()
-	if s.writeStmt != nil {
-		_ = s.writeStmt.Close()
+	closed := make(chan error, 1)
+	go func() {
+		s.writeMu.Lock()
+		if s.writeStmt != nil {
+			_ = s.writeStmt.Close()
+		}
+		s.writeMu.Unlock()
+		closed <- s.db.Close()
+	}()
+	select {
+	case err := <-closed:
+		return err
+	case <-time.After(poolCloseWait):
+		return errors.New("Close: the pool did not close: a query does not return; the database does not answer")
 	}
-	s.writeMu.Unlock()
-	return s.db.Close()
 }
 
 // stmt returns the write statement, prepared once for the pool; database/sql

@@ -169,6 +169,54 @@ func TestCheckOrder(t *testing.T) {
 	})
 }
 
+// TestEveryMethodButPOST: webhook-api.md, check 2: any method but POST is a
+// 405 with Allow: POST, not only the nine gin's Any registers; the {ehr}
+// check still comes first.
+func TestEveryMethodButPOST(t *testing.T) {
+	r := startReceiver(t, pgtest.NewDatabase(t))
+	good := specExample(t)
+	want := r.post(good, withMethod("GET")) // a method the router knows: the reference answer
+	expect(t, want, 405)
+	if want.body.Message != "method not allowed; use POST" || want.header.Get("Allow") != "POST" {
+		t.Fatalf("GET: %s, Allow %q", want.raw, want.header.Get("Allow"))
+	}
+	for _, m := range []string{"PROPFIND", "MKCOL", "BREW", "LIST"} {
+		t.Run(m, func(t *testing.T) {
+			a := r.post(good, withMethod(m))
+			expect(t, a, 405)
+			if string(a.raw) != string(want.raw) {
+				t.Errorf("body %s, want %s", a.raw, want.raw)
+			}
+			if got := a.header.Get("Allow"); got != "POST" {
+				t.Errorf("Allow = %q, want POST", got)
+			}
+			if ct := a.header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+				t.Errorf("Content-Type = %q", ct)
+			}
+			if a.header.Get("X-Request-ID") == "" {
+				t.Error("no X-Request-ID")
+			}
+			// Another EHR's path, or another path: 404, as with any method.
+			for _, p := range []string{"/v2/webhooks/medicat/sync-appointments", "/v2/webhooks/nexus/sync-appointments/",
+				"/v2/webhooks//sync-appointments", "/v2/webhooks/a/b/sync-appointments", "/v2/webhooks/nexus/other"} {
+				a := r.post(good, withMethod(m), withPath(p))
+				expect(t, a, 404)
+				if a.body.Message != "not found" || a.header.Get("Allow") != "" {
+					t.Errorf("%s %s: %s, Allow %q", m, p, a.raw, a.header.Get("Allow"))
+				}
+			}
+		})
+	}
+	// None of them reached the store: 405 and 404 come before the API key.
+	if n := queryInt(t, db(t, r.dbURL), `SELECT count(*) FROM webhook_deliveries`); n != 0 {
+		t.Errorf("%d deliveries recorded", n)
+	}
+	logs := r.Log()
+	if n := strings.Count(logs, `"outcome":"method_not_allowed"`); n != 5 {
+		t.Errorf("%d log lines with outcome method_not_allowed, want 5:\n%s", n, logs)
+	}
+}
+
 func TestRateLimit(t *testing.T) {
 	r := startReceiver(t, pgtest.NewDatabase(t), "--requests-per-second", "0.2", "--burst", "2", "--max-body-bytes", "100")
 	good := mustJSON(t, entry(t, "rl", nil))

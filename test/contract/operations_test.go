@@ -276,3 +276,38 @@ func probe(url string) (int, error) {
 	code, _, err := harness.Get(url)
 	return code, err
 }
+
+// A receiver whose database stops answering (a frozen server: it takes
+// the bytes and never answers, as behind a network that drops packets)
+// still exits on SIGTERM, well within the pod's 40 s after the signal:
+// the ping and the delivery log stuck in lib/pq's reads do not hold it.
+func TestSIGTERMWithDatabaseNotAnswering(t *testing.T) {
+	cluster := pgtest.NewCluster(t)
+	r := startReceiver(t, cluster.NewDatabase(t))
+	if a := r.post(specExample(t)); a.status != http.StatusOK {
+		t.Fatalf("before: %d %s", a.status, a.raw)
+	}
+	cluster.Freeze(t)
+	// A request that fails (a wrong signature) is written to the delivery
+	// log, and a ping runs every 5 s: both block on the frozen database.
+	if a := r.post(specExample(t), withHeader("X-Webhook-Signature", "sha256="+strings.Repeat("0", 64))); a.status != http.StatusUnauthorized {
+		t.Fatalf("bad signature: %d %s", a.status, a.raw)
+	}
+	time.Sleep(6 * time.Second)
+	start := time.Now()
+	if err := r.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-r.Exited():
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the receiver did not exit within 30s of SIGTERM; its log:\n%s", r.LogTail())
+	}
+	t.Logf("exited %s after SIGTERM", time.Since(start).Round(time.Millisecond))
+	logs := r.Log()
+	for _, want := range []string{`"msg":"Store closed"`, `"msg":"Closing the store failed"`} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the log lacks %s:\n%s", want, r.LogTail())
+		}
+	}
+}

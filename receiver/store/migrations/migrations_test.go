@@ -3,11 +3,14 @@ package migrations_test
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"io/fs"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/lib/pq"
 	"github.com/pressly/goose/v3"
 
 	"github.com/insighthealth/ehr-operator/internal/pgtest"
@@ -130,5 +133,206 @@ func TestInvalidIndexIsRebuilt(t *testing.T) {
 	var valid bool
 	if err := db.QueryRowContext(ctx, `SELECT indisvalid FROM pg_index WHERE indexrelid = 'appointments_delivery'::regclass`).Scan(&valid); err != nil || !valid {
 		t.Errorf("appointments_delivery valid = %v (%v), want rebuilt valid", valid, err)
+	}
+}
+
+// atVersion is a new database migrated up to version, and a pool on it
+// with one connection, so that what the migrations leave on their session
+// is what the next statement sees.
+func atVersion(t *testing.T, version int64) (url string, db *sql.DB) {
+	t.Helper()
+	ctx := context.Background()
+	url = pgtest.NewEmptyDatabase(t)
+	db, err := sql.Open("postgres", url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	db.SetMaxOpenConns(1)
+	p, err := goose.NewProvider(goose.DialectPostgres, db, migrations.FS,
+		goose.WithDisableGlobalRegistry(true), goose.WithTableName(migrations.VersionTable))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.UpTo(ctx, version); err != nil {
+		t.Fatal(err)
+	}
+	return url, db
+}
+
+// open is another pool on url, closed when the test ends.
+func open(t *testing.T, url string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("postgres", url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	return db
+}
+
+// waitForLockWait waits until a session of db waits for a lock with a
+// statement starting with prefix.
+func waitForLockWait(t *testing.T, db *sql.DB, prefix string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		var n int
+		if err := db.QueryRow(`SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE $1 || '%'`, prefix).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no session waits for a lock with %q", prefix)
+		}
+	}
+}
+
+func lockTimeoutOf(t *testing.T, db *sql.DB) string {
+	t.Helper()
+	var v string
+	if err := db.QueryRow(`SHOW lock_timeout`).Scan(&v); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// An ALTER TABLE queued behind a long transaction holds up every writer of
+// that table (PostgreSQL's lock queue) until it gets its lock: a migration
+// gives up after migrations.LockTimeout instead, so that the receivers of
+// the previous release keep writing during a rolling upgrade, and succeeds
+// once the long transaction has ended.
+func TestMigrationLockWaitIsBounded(t *testing.T) {
+	ctx := context.Background()
+	url, migDB := atVersion(t, 1) // migration 2 alters appointments
+	other := open(t, url)
+
+	// A long transaction that read appointments: it holds ACCESS SHARE.
+	long, err := other.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = long.Rollback() }()
+	var n int
+	if err := long.QueryRow(`SELECT count(*) FROM appointments`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+
+	migrated := make(chan error, 1)
+	start := time.Now()
+	go func() { migrated <- migrations.Up(ctx, migDB, nil) }()
+	waitForLockWait(t, other, "ALTER TABLE appointments")
+
+	// A writer of the previous release, queued behind the ALTER TABLE.
+	wctx, cancel := context.WithTimeout(ctx, migrations.LockTimeout+10*time.Second)
+	defer cancel()
+	wstart := time.Now()
+	_, werr := other.ExecContext(wctx, `UPDATE appointments SET updated_at = now() WHERE ehr = 'nobody'`)
+	waited := time.Since(wstart)
+	if werr != nil {
+		t.Fatalf("the writer queued behind the migration failed after %v: %v", waited, werr)
+	}
+	if limit := migrations.LockTimeout + 2*time.Second; waited > limit {
+		t.Errorf("the writer waited %v behind the migration, want at most about the lock_timeout (%v)", waited, migrations.LockTimeout)
+	}
+
+	err = <-migrated
+	var pqErr *pq.Error
+	if !errors.As(err, &pqErr) || pqErr.Code != "55P03" {
+		t.Fatalf("migrating behind the long transaction: %v, want a lock timeout (55P03)", err)
+	}
+	if took := time.Since(start); took < migrations.LockTimeout-time.Second || took > migrations.LockTimeout+3*time.Second {
+		t.Errorf("the migration gave up after %v, want about %v", took, migrations.LockTimeout)
+	}
+	if v := lockTimeoutOf(t, migDB); v != "0" {
+		t.Errorf("lock_timeout %q left on the pool's session after a failed migration", v)
+	}
+
+	// The long transaction ends: the next attempt applies everything.
+	if err := long.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := migrations.Up(ctx, migDB, nil); err != nil {
+		t.Fatalf("migrating after the long transaction: %v", err)
+	}
+	if err := migrations.Check(ctx, migDB); err != nil {
+		t.Fatal(err)
+	}
+	if v := lockTimeoutOf(t, migDB); v != "0" {
+		t.Errorf("lock_timeout %q left on the pool's session after migrating", v)
+	}
+}
+
+// CREATE INDEX CONCURRENTLY (migration 4) never queues writers, but it
+// waits for transactions older than it, and PostgreSQL applies lock_timeout
+// to that wait too: NO TRANSACTION migrations run without the short
+// lock_timeout, so a long transaction (a backup's) delays the build rather
+// than cancelling it, and writers carry on meanwhile.
+func TestConcurrentIndexOutlastsOldTransactions(t *testing.T) {
+	ctx := context.Background()
+	url, migDB := atVersion(t, 3)
+	other := open(t, url)
+
+	// A backup-like transaction: a snapshot older than the build.
+	old, err := other.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = old.Rollback() }()
+	var n int
+	if err := old.QueryRow(`SELECT count(*) FROM patients`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+
+	migrated := make(chan error, 1)
+	go func() { migrated <- migrations.Up(ctx, migDB, nil) }()
+	waitForLockWait(t, other, "CREATE INDEX CONCURRENTLY")
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := other.ExecContext(wctx, `UPDATE appointments SET updated_at = now() WHERE ehr = 'nobody'`); err != nil {
+		t.Errorf("a writer during the index build: %v", err)
+	}
+	select {
+	case err := <-migrated:
+		t.Fatalf("the migration ended while an older transaction was open: %v", err)
+	case <-time.After(migrations.LockTimeout + 2*time.Second):
+	}
+	if err := old.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-migrated:
+		if err != nil {
+			t.Fatalf("migration 4: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("migration 4 did not end after the old transaction did")
+	}
+	var valid int
+	if err := migDB.QueryRow(`SELECT count(*) FROM pg_index WHERE indisvalid AND indexrelid IN
+		('appointments_delivery'::regclass, 'appointment_history_applied_at'::regclass)`).Scan(&valid); err != nil || valid != 2 {
+		t.Errorf("valid indexes: %d (%v), want 2", valid, err)
+	}
+}
+
+func TestNoTransaction(t *testing.T) {
+	for src, want := range map[string]bool{
+		"-- +goose NO TRANSACTION\n-- +goose Up\nSELECT 1;\n": true,
+		"--  +goose no transaction\r\n-- +goose Up\n":         true,
+		"-- +goose Up\nALTER TABLE a ADD COLUMN b int;\n":     false,
+		"-- NO TRANSACTION, but not an annotation\n":          false,
+	} {
+		if got := migrations.NoTransaction(src); got != want {
+			t.Errorf("%q: %v, want %v", src, got, want)
+		}
+	}
+	b, err := fs.ReadFile(migrations.FS, "000004_retention_indexes.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !migrations.NoTransaction(string(b)) {
+		t.Error("migration 4 (CREATE INDEX CONCURRENTLY) is not seen as NO TRANSACTION")
 	}
 }
