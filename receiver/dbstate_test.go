@@ -315,6 +315,7 @@ func TestDatabaseStateOneLinePerChange(t *testing.T) {
 // not "reachable" for as long as lib/pq's read hangs; reachable again once
 // it answers; and the monitor stops at once while a ping hangs.
 func TestUnansweredPingIsUnreachable(t *testing.T) {
+	t.Parallel() // a cluster of its own; mostly waiting
 	cluster := pgtest.NewCluster(t)
 	dbURL := cluster.NewDatabase(t)
 	st, err := store.Open(context.Background(), dbURL)

@@ -20,6 +20,7 @@ import (
 // delivery-log write stuck in lib/pq's reads are left, each with a line
 // saying so, rather than hold the exit until the pod's SIGKILL.
 func TestShutdownWithFrozenDatabase(t *testing.T) {
+	t.Parallel() // a cluster of its own; mostly waiting
 	cluster := pgtest.NewCluster(t)
 	st, err := store.Open(context.Background(), cluster.NewDatabase(t))
 	if err != nil {

@@ -35,28 +35,23 @@ func DecodeValidate(body []byte, maxBatchSize int, loc *time.Location, now time.
 	if i == len(text) || text[i] != '{' {
 		return decodeThenValidate(body, maxBatchSize, loc, now)
 	}
-	s := bodyScan{text: text, max: maxBatchSize, loc: loc, now: now, arr: -1}
+	s := bodyScan{text: text, max: maxBatchSize, loc: loc, now: now}
 	end, ok := s.scanTop(i)
 	if !ok || skipSpace(text, end) != len(text) {
 		return Batch{}, malformed(body)
 	}
-	// A later duplicate key wins, as it does in a map.
-	arr, one := -1, false
-	for k, m := range s.top {
-		if m.parent != -1 {
-			continue
-		}
-		switch keyName(text, m) {
-		case "appointments":
-			arr = k
-		case "appointment":
-			one = true
+	// The scan kept the last of duplicate keys, as a map does.
+	arr, one := false, false
+	for _, m := range s.top {
+		if m.parent == -1 {
+			arr = arr || m.field == fieldAppointments
+			one = one || m.field == fieldAppointment
 		}
 	}
 	switch {
-	case arr >= 0 && arr == s.arr:
+	case arr && s.followed:
 		return s.arrayBatch()
-	case arr >= 0 || !one:
+	case arr || !one:
 		// Not an array, an escaped key the scan did not follow, or
 		// neither form: rare, so Decode and Validate as they are.
 		return decodeThenValidate(body, maxBatchSize, loc, now)
@@ -80,14 +75,6 @@ func decodeThenValidate(body []byte, maxBatchSize int, loc *time.Location, now t
 	return Batch{Len: len(items), Valid: valid, Invalid: invalid}, nil
 }
 
-// keyName is member m's key, unescaped.
-func keyName(text string, m member) string {
-	if m.keyEscaped {
-		return unquote(text[m.key:m.keyEnd])
-	}
-	return text[m.key+1 : m.keyEnd-1]
-}
-
 // bodyScan is DecodeValidate's scan of one body.
 type bodyScan struct {
 	text string
@@ -98,25 +85,28 @@ type bodyScan struct {
 	// top holds the body's members and those of its objects, as
 	// Validate's scan of a single-form entry records them.
 	top []member
-	// arr is the member of top whose array the fields below describe: the
-	// last array of a key spelled "appointments" without escapes, -1 for
-	// none.
-	arr     int
-	n       int // the array's elements
-	valid   []Entry
-	invalid []Invalid
+	// followed: the last "appointments" member is the array the fields
+	// below describe, its key spelled without escapes.
+	followed bool
+	n        int // the array's elements
+	valid    []Entry
+	invalid  []Invalid
 	// members is the entry being validated's, reused from entry to entry.
 	members []member
 }
 
 // scanTop checks the object at text[i] as scanObject(text, i, 1, &s.top,
-// -1, 2) does, and follows an "appointments" array with scanEntries.
+// -1, 2) does, and follows an "appointments" array with scanEntries. Of
+// the body's own members it records only those of fieldNames, the last of
+// each key, as sift does past maxObjectRecords: a body has few members,
+// and DecodeValidate tells them by their field.
 func (s *bodyScan) scanTop(i int) (int, bool) {
 	b := s.text
 	i = skipSpace(b, i+1)
 	if i < len(b) && b[i] == '}' {
 		return i + 1, true
 	}
+	var seen fieldSet
 	for {
 		if i >= len(b) || b[i] != '"' {
 			return 0, false
@@ -125,21 +115,29 @@ func (s *bodyScan) scanTop(i int) (int, bool) {
 		if !ok {
 			return 0, false
 		}
-		k := len(s.top)
-		s.top = append(s.top, m)
-		switch {
-		case m.start < len(b) && b[m.start] == '{':
-			m.end, ok = scanObject(b, m.start, 2, &s.top, k, 1)
-		case m.start < len(b) && b[m.start] == '[' && b[m.key:m.keyEnd] == `"appointments"`:
-			s.arr = k
-			m.end, ok = s.scanEntries(m.start)
-		default:
-			ok = scanMemberValue(b, &m, 1)
+		if m.field = keyField(b, &m); m.field == 0 {
+			m.end, ok = scanValue(b, m.start, 1)
+		} else {
+			seen = recordOnce(&s.top, seen, m.field, -1)
+			k := len(s.top)
+			s.top = append(s.top, m)
+			if m.field == fieldAppointments {
+				s.followed = false
+			}
+			switch {
+			case m.start < len(b) && b[m.start] == '{':
+				m.end, ok = scanObject(b, m.start, 2, &s.top, k, 1)
+			case m.start < len(b) && b[m.start] == '[' && m.field == fieldAppointments && !m.keyEscaped:
+				s.followed = true
+				m.end, ok = s.scanEntries(m.start)
+			default:
+				ok = scanMemberValue(b, &m, 1)
+			}
+			s.top[k].end, s.top[k].plainValue = m.end, m.plainValue
 		}
 		if !ok {
 			return 0, false
 		}
-		s.top[k].end, s.top[k].plainValue = m.end, m.plainValue
 		var closed bool
 		if i, closed, ok = afterValue(b, m.end, '}'); !ok || closed {
 			return i, ok
@@ -148,9 +146,10 @@ func (s *bodyScan) scanTop(i int) (int, bool) {
 }
 
 // scanEntries checks the array at text[i] (two containers deep) as
-// scanArray does, recording each element that is an object as Validate's
-// scan of it would (scanObject, two levels), and validates the first
-// s.max elements. A later array replaces an earlier one's results.
+// scanArray does and counts its elements; it validates the first s.max,
+// recording each that is an object as Validate's scan of it would
+// (scanObject, two levels). A later array replaces an earlier one's
+// results.
 func (s *bodyScan) scanEntries(i int) (int, bool) {
 	b := s.text
 	s.n, s.valid, s.invalid = 0, s.valid[:0], s.invalid[:0]
@@ -164,8 +163,9 @@ func (s *bodyScan) scanEntries(i int) (int, bool) {
 			end int
 			ok  bool
 		)
+		validate := s.n < s.max // past it, the answer is a 413
 		isObject := start < len(b) && b[start] == '{'
-		if isObject {
+		if isObject && validate {
 			s.members = s.members[:0]
 			end, ok = scanObject(b, start, 3, &s.members, -1, 2)
 		} else {
@@ -174,7 +174,7 @@ func (s *bodyScan) scanEntries(i int) (int, bool) {
 		if !ok {
 			return 0, false
 		}
-		if s.n < s.max {
+		if validate {
 			s.validate(s.n, start, end, isObject)
 		}
 		s.n++

@@ -40,6 +40,10 @@ func FuzzFastMatchesSlow(f *testing.F) {
 		` [1] `, `null`, `"x"`, `{}`, `{"appointments":[]}`, ``, `{`, `[[[[`, `{"a":1e}`, `{"a":01}`, `{"a":tru}`,
 		`{"appointments":[{"appointment":{"id":"\ud83d\ude00\udc00\ud800x\u00e9\/\b"}}]}`,
 		deep(300, `{"appointment":`, `}`),
+		// Past maxObjectRecords the scan records only the keys read, the
+		// last of each.
+		`{"appointments":[{` + strings.Repeat(`"x":{"id":1},`, maxObjectRecords) +
+			`"appointment":{"id":"a"},"appointment":{"id":"b"},"\u0070atient":{"i\u0064":1,"id":2},"location":1,"location":{}}]}`,
 	} {
 		f.Add([]byte(seed))
 	}

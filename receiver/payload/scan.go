@@ -261,6 +261,9 @@ type member struct {
 	key        int // index of the key's opening quote
 	keyEnd     int // index past its closing quote
 	keyEscaped bool
+	// field is the key's when the scan resolved it (keyField): always for
+	// a key with escapes, and past maxObjectRecords; else 0.
+	field field
 	// plainValue: the value is a string of ASCII bytes without escapes,
 	// so it is the text between its quotes, valid UTF-8 and free of NUL.
 	plainValue bool
@@ -272,7 +275,10 @@ type member struct {
 
 // scanObject checks the object at b[i], depth containers deep, and appends
 // its members to members, with parent as their parent, and those of objects
-// nested in it down to levels objects deep in all.
+// nested in it down to levels objects deep in all: every member until the
+// object holds maxObjectRecords records, then only those a reader looks
+// up, the last of each key (keys.go). A key with escapes is recorded only
+// when a reader looks it up.
 func scanObject[T text](b T, i, depth int, members *[]member, parent, levels int) (int, bool) {
 	if depth > maxDepth {
 		return 0, false
@@ -281,6 +287,10 @@ func scanObject[T text](b T, i, depth int, members *[]member, parent, levels int
 	if i < len(b) && b[i] == '}' {
 		return i + 1, true
 	}
+	// Once the object holds full records, sift sees every member (full
+	// is 0 then); seen holds the fields it let in since.
+	full := len(*members) + maxObjectRecords
+	var seen fieldSet
 	for {
 		if i >= len(b) || b[i] != '"' {
 			return 0, false
@@ -289,7 +299,9 @@ func scanObject[T text](b T, i, depth int, members *[]member, parent, levels int
 		if !ok {
 			return 0, false
 		}
-		if levels > 1 && m.start < len(b) && b[m.start] == '{' {
+		if (m.keyEscaped || len(*members) >= full) && !sift(b, members, &m, &full, &seen) {
+			m.end, ok = scanValue(b, m.start, depth)
+		} else if levels > 1 && m.start < len(b) && b[m.start] == '{' {
 			k := len(*members)
 			*members = append(*members, m)
 			m.end, ok = scanObject(b, m.start, depth+1, members, k, levels-1)
@@ -308,26 +320,56 @@ func scanObject[T text](b T, i, depth int, members *[]member, parent, levels int
 	}
 }
 
+// sift decides whether to record m, a member of an object, when its key
+// has escapes or the object holds full records: only when its key is one
+// of fieldNames. From the second case on (full is 0 then, for good: a
+// member dropped may take the records below it), the member of the same
+// key that sift let in before, if seen (the fields it let in since) says
+// there is one, goes.
+func sift[T text](b T, members *[]member, m *member, full *int, seen *fieldSet) bool {
+	if m.field = keyField(b, m); m.field == 0 {
+		return false
+	}
+	if len(*members) >= *full {
+		*full = 0
+		*seen = recordOnce(members, *seen, m.field, m.parent)
+	}
+	return true
+}
+
+// recordOnce makes room for a member of parent whose key is f, about to be
+// appended to members: when seen holds f, the last member of that key
+// recorded goes. It returns seen with f.
+func recordOnce(members *[]member, seen fieldSet, f field, parent int) fieldSet {
+	if seen&(1<<f) != 0 {
+		dropMember(members, parent, f)
+	}
+	return seen | 1<<f
+}
+
 // scanArray checks the array at b[i], depth containers deep, and appends
-// the spans of its elements to elems.
-func scanArray[T text](b T, i, depth int, elems *[][2]int) (int, bool) {
+// the spans of its first limit elements to elems; n counts them all.
+func scanArray[T text](b T, i, depth int, elems *[][2]int, limit int) (end, n int, ok bool) {
 	if depth > maxDepth {
-		return 0, false
+		return 0, 0, false
 	}
 	i = skipSpace(b, i+1)
 	if i < len(b) && b[i] == ']' {
-		return i + 1, true
+		return i + 1, 0, true
 	}
 	for {
 		start := i
 		end, ok := scanValue(b, start, depth)
 		if !ok {
-			return 0, false
+			return 0, 0, false
 		}
-		*elems = append(*elems, [2]int{start, end})
+		if n < limit {
+			*elems = append(*elems, [2]int{start, end})
+		}
+		n++
 		var closed bool
 		if i, closed, ok = afterValue(b, end, ']'); !ok || closed {
-			return i, ok
+			return i, n, ok
 		}
 	}
 }
@@ -381,16 +423,11 @@ func afterValue[T text](b T, i int, closing byte) (next int, closed, ok bool) {
 	return 0, false, false
 }
 
-// unquote decodes the JSON string s (quotes included), which the scanner
-// accepted, as encoding/json does: escapes resolved, invalid UTF-8 and
-// unpaired surrogates each replaced by U+FFFD.
-func unquote(s string) string {
-	u, _ := unquoteValid(s)
-	return u
-}
-
-// unquoteValid is unquote that also reports whether s was valid text: no
-// invalid UTF-8 and no unpaired \u surrogate, so nothing was replaced.
+// unquoteValid decodes the JSON string s (quotes included), which the
+// scanner accepted, as encoding/json does: escapes resolved, invalid UTF-8
+// and unpaired surrogates each replaced by U+FFFD. The bool says whether
+// s was valid text: no invalid UTF-8 and no unpaired \u surrogate, so
+// nothing was replaced.
 func unquoteValid(s string) (string, bool) {
 	s = s[1 : len(s)-1]
 	valid := true

@@ -5,8 +5,14 @@ import (
 	"testing"
 )
 
-// unquote decodes strings as encoding/json does, replacement characters
-// included.
+// unquote is unquoteValid's string.
+func unquote(s string) string {
+	u, _ := unquoteValid(s)
+	return u
+}
+
+// unquoteValid decodes strings as encoding/json does, replacement
+// characters included.
 func TestUnquote(t *testing.T) {
 	for _, s := range []string{
 		`""`, `"plain"`, `"\"\\\/\b\f\n\r\t"`, `"\u00e9\u20AC"`, `"\ud83d\ude00"`,

@@ -28,6 +28,7 @@ func (o object) get(key string) string {
 
 // find returns the index of key's member, -1 when it is absent.
 func (o object) find(key string) int {
+	var f field // key's, once a key with escapes needs it
 	for k := o.hi - 1; k >= o.lo; k-- {
 		m := &o.members[k]
 		if m.parent != o.parent {
@@ -37,7 +38,11 @@ func (o object) find(key string) int {
 			continue
 		}
 		if m.keyEscaped {
-			if unquote(o.src[m.key:m.keyEnd]) == key {
+			// The scan resolved the escapes into the key's field.
+			if f == 0 {
+				f = fieldOf(key)
+			}
+			if m.field == f {
 				return k
 			}
 			continue

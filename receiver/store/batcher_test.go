@@ -610,7 +610,7 @@ func TestCallerWaitsForItsStatementUnderWay(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer lock.Rollback()
+	defer func() { _ = lock.Rollback() }()
 	// The write statement's delivery insert waits for this lock.
 	if _, err := lock.Exec(`LOCK TABLE webhook_deliveries IN EXCLUSIVE MODE`); err != nil {
 		t.Fatal(err)
