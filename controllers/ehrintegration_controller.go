@@ -217,6 +217,19 @@ func (r *EHRIntegrationReconciler) reconcileChildren(ctx context.Context, e *v1a
 		obs.problem = &problem{reason: v1alpha1.ReasonOwnershipConflict, message: conflict.Error(), retry: true}
 		return obs, nil
 	}
+	if apierrors.IsInvalid(err) || apierrors.IsBadRequest(err) {
+		// A spec the CRD let through but the object built from it is not
+		// (an Ingress annotation, resources, a toleration): say so in the
+		// status, not only in the operator's log, and do not spin. The
+		// children applied before it are as the spec asks; the rest, and a
+		// receiver already running, are left as they were.
+		obs.problem = &problem{reason: v1alpha1.ReasonChildRejected, message: err.Error(), retry: true}
+		if obs.deployment == nil {
+			obs.deployment, err = r.currentDeployment(ctx, e)
+			return obs, err
+		}
+		return obs, nil
+	}
 	return obs, err
 }
 
@@ -426,7 +439,7 @@ func (r *EHRIntegrationReconciler) applyChildren(ctx context.Context, e *v1alpha
 		return err
 	}
 
-	if pdb := buildPDB(e); pdb != nil {
+	if pdb := buildPDB(e, obs.wantReplicas); pdb != nil {
 		obj, res, err := applyChild(ctx, r.Client, e, pdb, &policyv1.PodDisruptionBudget{}, policyv1ac.ExtractPodDisruptionBudget, nil)
 		if err != nil {
 			return err

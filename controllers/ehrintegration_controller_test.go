@@ -594,6 +594,17 @@ func TestExternallyManagedReplicasAreKept(t *testing.T) {
 	if got.Status.ReadyReplicas != 5 {
 		t.Errorf("readyReplicas = %d, want 5", got.Status.ReadyReplicas)
 	}
+	// The PodDisruptionBudget follows the autoscaler's count, not
+	// spec.replicas (2): at one pod it would block every node drain.
+	child(t, ns, "nexus", &policyv1.PodDisruptionBudget{})
+	update(t, &dep, func(d *appsv1.Deployment) { d.Spec.Replicas = ptr.To[int32](1) })
+	eventually(t, waitFor, "the PDB deleted at one replica", func() error {
+		err := suite.client.Get(ctx, key(ns, "nexus-receiver"), &policyv1.PodDisruptionBudget{})
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("PDB still there (err %v)", err)
+	})
 }
 
 // TestDuplicateEHR: spec.ehr is unique across namespaces. The newer of two

@@ -474,3 +474,35 @@ func TestInvalidPodTemplate(t *testing.T) {
 	update(t, e, func(e *v1alpha1.EHRIntegration) { e.Spec.PodTemplate.Labels["team"] = "integrations" })
 	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
 }
+
+// TestChildRejectedByTheAPIServer: a spec the CRD accepts but the API
+// server refuses on the receiver's objects (a toleration with a value and
+// operator Exists) is reported in the status with the API server's
+// message, the receiver already running is left as it was, and fixing the
+// spec clears it.
+func TestChildRejectedByTheAPIServer(t *testing.T) {
+	startSuite(t)
+	ns := newNamespace(t)
+	e := integration(ns, "nexus", "nexus")
+	create(t, credsSecret(ns), dbSecret(ns), e)
+	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
+	update(t, e, func(e *v1alpha1.EHRIntegration) {
+		e.Spec.PodTemplate = &v1alpha1.ReceiverPodTemplate{Tolerations: []corev1.Toleration{
+			{Key: "pool", Operator: corev1.TolerationOpExists, Value: "receivers"}}}
+	})
+	got := waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonChildRejected)
+	if c := meta.FindStatusCondition(got.Status.Conditions, v1alpha1.ConditionDegraded); c.Status != metav1.ConditionTrue ||
+		!strings.Contains(c.Message, "tolerations") {
+		t.Errorf("Degraded %s %q, want True naming the tolerations", c.Status, c.Message)
+	}
+	if got.Status.ObservedGeneration != got.Generation {
+		t.Errorf("observedGeneration %d, want %d", got.Status.ObservedGeneration, got.Generation)
+	}
+	var dep appsv1.Deployment
+	child(t, ns, "nexus", &dep)
+	if len(dep.Spec.Template.Spec.Tolerations) != 0 {
+		t.Errorf("the running receiver's Deployment changed: %v", dep.Spec.Template.Spec.Tolerations)
+	}
+	update(t, e, func(e *v1alpha1.EHRIntegration) { e.Spec.PodTemplate.Tolerations[0].Value = "" })
+	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
+}

@@ -487,10 +487,11 @@ func buildIngress(e *v1alpha1.EHRIntegration) *networkingv1ac.IngressApplyConfig
 }
 
 // buildPDB keeps one receiver pod up during voluntary disruptions, or
-// returns nil when e asks for one replica or none (a PDB would then block
-// node drains).
-func buildPDB(e *v1alpha1.EHRIntegration) *policyv1ac.PodDisruptionBudgetApplyConfiguration {
-	if desiredReplicas(e) <= 1 {
+// returns nil when the Deployment runs one replica or none (a PDB would
+// then block node drains). replicas is the Deployment's: the spec's, or
+// an autoscaler's with the external-replicas annotation.
+func buildPDB(e *v1alpha1.EHRIntegration, replicas int32) *policyv1ac.PodDisruptionBudgetApplyConfiguration {
+	if replicas <= 1 {
 		return nil
 	}
 	return policyv1ac.PodDisruptionBudget(childName(e), e.Namespace).

@@ -259,13 +259,19 @@ func TestBuildPDBAndService(t *testing.T) {
 	}{{nil, false, true}, {ptr.To[int32](1), false, false}, {ptr.To[int32](0), false, false}, {ptr.To[int32](3), false, true}, {ptr.To[int32](3), true, false}} {
 		e := sample()
 		e.Spec.Replicas, e.Spec.Suspend = tt.replicas, tt.suspend
-		pdb := buildPDB(e)
+		pdb := buildPDB(e, desiredReplicas(e))
 		if (pdb != nil) != tt.wantPDB {
 			t.Errorf("replicas %v suspend %v: PDB %v, want %v", tt.replicas, tt.suspend, pdb != nil, tt.wantPDB)
 		}
 		if pdb != nil && pdb.Spec.MinAvailable.IntValue() != 1 {
 			t.Errorf("minAvailable = %v, want 1", pdb.Spec.MinAvailable)
 		}
+	}
+	// An autoscaler's count decides (external replicas), not the spec's.
+	one := sample()
+	one.Spec.Replicas = ptr.To[int32](1)
+	if buildPDB(sample(), 1) != nil || buildPDB(one, 5) == nil {
+		t.Error("the PDB does not follow the Deployment's replicas")
 	}
 	svc := object(t, buildService(sample()), &corev1.Service{})
 	if svc.Spec.Type != corev1.ServiceTypeClusterIP || len(svc.Spec.Ports) != 2 ||

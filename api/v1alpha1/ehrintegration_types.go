@@ -578,6 +578,10 @@ const (
 	// ReasonOwnershipConflict: a child's name is taken by an object this
 	// EHRIntegration does not control.
 	ReasonOwnershipConflict = "OwnershipConflict"
+	// ReasonChildRejected: the API server refused a receiver object built
+	// from the spec (say, an Ingress annotation key or a toleration it does
+	// not accept); the message is its answer.
+	ReasonChildRejected = "ChildRejected"
 	// ReasonDatabaseReachable: every receiver that reported reaches the
 	// database.
 	ReasonDatabaseReachable = "DatabaseReachable"
