@@ -58,12 +58,17 @@ const (
 )
 
 // ownershipConflictError: the child's name is taken by an object another
-// controller controls; the operator will not take it over.
+// controller controls, or that no controller controls and the operator did
+// not make (owner empty); the operator will not take it over.
 type ownershipConflictError struct {
 	kind, name, owner string
 }
 
 func (e *ownershipConflictError) Error() string {
+	if e.owner == "" {
+		return fmt.Sprintf("%s %s exists and was not made by the operator for this EHRIntegration (it lacks the labels %s=%s and %s=<name>); rename or delete it",
+			e.kind, e.name, labelManagedBy, operatorName, labelInstance)
+	}
 	return fmt.Sprintf("%s %s is controlled by %s, not by this EHRIntegration", e.kind, e.name, e.owner)
 }
 
@@ -86,10 +91,19 @@ func applyChild[O client.Object, AC applyConfiguration](ctx context.Context, c c
 	case err != nil:
 		return none, "", fmt.Errorf("while getting %s %s: %w", kind, name, err)
 	default:
-		// An orphan with our child's name is adopted, as a ReplicaSet adopts
-		// pods: desired carries the controller reference.
-		if ref := metav1.GetControllerOf(live); ref != nil && ref.UID != owner.UID {
+		// An orphan the operator made for this resource (its owner
+		// reference removed, say by a delete with --cascade=orphan) is
+		// adopted, as a ReplicaSet adopts pods: desired carries the
+		// controller reference. An object someone else made with the same
+		// name is not: applying would rewrite it (a Service's selector, a
+		// shared ServiceAccount's token setting) and garbage collection
+		// would delete it with the resource.
+		ref := metav1.GetControllerOf(live)
+		switch {
+		case ref != nil && ref.UID != owner.UID:
 			return none, "", &ownershipConflictError{kind: kind, name: name, owner: ref.Kind + " " + ref.Name}
+		case ref == nil && (live.GetLabels()[labelManagedBy] != operatorName || live.GetLabels()[labelInstance] != owner.Name):
+			return none, "", &ownershipConflictError{kind: kind, name: name}
 		}
 		if err := upgradeManagedFields(ctx, c, live); err != nil {
 			return none, "", fmt.Errorf("while handing the fields of %s %s to %s: %w", kind, name, fieldOwner, err)

@@ -989,3 +989,37 @@ func TestIdleManagerMakesNoWrites(t *testing.T) {
 			total1-total0, 3, diffCounts(by0, by1))
 	}
 }
+
+// TestObjectOfAnotherMakerIsNotAdopted: an object with a child's name that
+// the operator did not make (no owner, not its labels) is left as it is
+// and reported; one it made for this resource and lost the owner
+// reference of is adopted.
+func TestObjectOfAnotherMakerIsNotAdopted(t *testing.T) {
+	startSuite(t)
+	ns := newNamespace(t)
+	theirs := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "nexus-receiver"},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "legacy"}, Ports: []corev1.ServicePort{{Name: "http", Port: 8080}}}}
+	create(t, credsSecret(ns), dbSecret(ns), theirs, integration(ns, "nexus", "nexus"))
+	e := waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonOwnershipConflict)
+	if msg := meta.FindStatusCondition(e.Status.Conditions, v1alpha1.ConditionReady).Message; !strings.Contains(msg, "Service nexus-receiver exists and was not made by the operator") {
+		t.Errorf("message %q", msg)
+	}
+	var svc corev1.Service
+	if err := suite.client.Get(ctx, key(ns, "nexus-receiver"), &svc); err != nil {
+		t.Fatal(err)
+	}
+	if svc.Spec.Selector["app"] != "legacy" || len(svc.Spec.Selector) != 1 || metav1.GetControllerOf(&svc) != nil {
+		t.Errorf("the foreign Service was taken over: selector %v, owner %v", svc.Spec.Selector, metav1.GetControllerOf(&svc))
+	}
+	// Labelled as the operator labels its own: adopted.
+	update(t, &svc, func(s *corev1.Service) {
+		s.Labels = map[string]string{"app.kubernetes.io/managed-by": "ehr-operator", "app.kubernetes.io/instance": "nexus"}
+	})
+	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
+	if err := suite.client.Get(ctx, key(ns, "nexus-receiver"), &svc); err != nil {
+		t.Fatal(err)
+	}
+	if ref := metav1.GetControllerOf(&svc); ref == nil || ref.Name != "nexus" || svc.Spec.Selector["app.kubernetes.io/instance"] != "nexus" {
+		t.Errorf("the operator's orphan was not adopted: owner %v, selector %v", ref, svc.Spec.Selector)
+	}
+}
