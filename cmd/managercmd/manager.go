@@ -20,6 +20,7 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
@@ -212,6 +213,9 @@ func metricsOptions(f managerFlags) metricsserver.Options {
 
 // cacheOptions limits the manager's caches (and so its watches and lists)
 // to the watched namespaces, so that RoleBindings in those alone suffice.
+// Gateways are the exception: a receiver's route attaches to the
+// platform's Gateway, usually in a namespace of its own (the chart grants
+// reading Gateways cluster-wide, and nothing else).
 func cacheOptions(namespaces []string) cache.Options {
 	var o cache.Options
 	for _, ns := range namespaces {
@@ -220,6 +224,11 @@ func cacheOptions(namespaces []string) cache.Options {
 				o.DefaultNamespaces = map[string]cache.Config{}
 			}
 			o.DefaultNamespaces[ns] = cache.Config{}
+		}
+	}
+	if o.DefaultNamespaces != nil {
+		o.ByObject = map[client.Object]cache.ByObject{
+			&gwv1.Gateway{}: {Namespaces: map[string]cache.Config{cache.AllNamespaces: {}}},
 		}
 	}
 	return o

@@ -29,6 +29,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
 )
 
 // TestManagerRunsAsTheChartsRBAC runs the real `ehr-operator manager`, with
@@ -66,6 +67,11 @@ func TestManagerRunsAsTheChartsRBAC(t *testing.T) {
 	c, warnings, _ := startAPIServer(t)
 	cfg := adminConfig(t, c)
 	ctx := context.Background()
+	// The Gateway API, so that a route's Gateway in a namespace of its own
+	// is read in both modes (checkGatewayElsewhere).
+	if _, err := envtest.InstallCRDs(cfg, envtest.CRDInstallOptions{Paths: []string{gatewayCRDDir(t)}, ErrorIfPathMissing: true}); err != nil {
+		t.Fatalf("while installing the Gateway API CRDs: %v", err)
+	}
 
 	for i, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
@@ -133,6 +139,7 @@ func TestManagerRunsAsTheChartsRBAC(t *testing.T) {
 			} else {
 				waitReconciled(t, ctx, c, m.other, mgr)
 			}
+			checkGatewayElsewhere(t, ctx, c, m.watched, "edge-"+m.release, mgr)
 
 			// What the manager's identity can read: a real get with its token,
 			// and the API server's own answer for the same question.
@@ -464,4 +471,81 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// gatewayCRDDir is the Gateway API's standard CRDs in the module cache.
+func gatewayCRDDir(t *testing.T) string {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/gateway-api").Output()
+	dir := strings.TrimSpace(string(out))
+	if err != nil || dir == "" {
+		t.Fatalf("cannot locate sigs.k8s.io/gateway-api in the module cache (run `go mod download`): %v", err)
+	}
+	return filepath.Join(dir, "config", "crd", "standard")
+}
+
+// checkGatewayElsewhere: an EHRIntegration in ns whose route attaches to
+// a Gateway in gwNS, a namespace the manager does not watch (the platform's
+// edge), is reconciled to RoutePending (no Gateway controller runs here):
+// the manager read the Gateway with the chart's RBAC, in either mode.
+func checkGatewayElsewhere(t *testing.T, ctx context.Context, c client.Client, ns, gwNS string, mgr *manager) {
+	t.Helper()
+	ensureNamespace(t, ctx, c, gwNS)
+	objs, err := decodeObjects([]byte(fmt.Sprintf(`
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: %[2]s}
+spec:
+  gatewayClassName: edge
+  listeners:
+  - name: routed
+    hostname: routed.example.test
+    port: 8443
+    protocol: HTTPS
+    tls: {mode: Terminate, certificateRefs: [{name: routed-tls}]}
+    allowedRoutes: {namespaces: {from: All}}
+---
+apiVersion: ehr.insighthealth.io/v1alpha1
+kind: EHRIntegration
+metadata: {name: routed, namespace: %[1]s}
+spec:
+  ehr: routed-%[1]s
+  credentialsSecretRef: {name: nexus-webhook}
+  database:
+    secretRef: {name: appointments-db, key: uri}
+  gateway:
+    parentRefs: [{name: edge, namespace: %[2]s}]
+    hostnames: [routed.example.test]
+`, ns, gwNS)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		if err := c.Create(ctx, o); err != nil {
+			t.Fatalf("creating %s %s/%s: %v", o.GetKind(), o.GetNamespace(), o.GetName(), err)
+		}
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		e := &unstructured.Unstructured{}
+		e.SetAPIVersion("ehr.insighthealth.io/v1alpha1")
+		e.SetKind("EHRIntegration")
+		if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: "routed"}, e); err != nil {
+			t.Fatal(err)
+		}
+		conds, _, _ := unstructured.NestedSlice(e.Object, "status", "conditions")
+		var reasons []string
+		for _, ci := range conds {
+			cm, _ := ci.(map[string]any)
+			if cm["type"] == "RouteAccepted" && cm["reason"] == "RoutePending" {
+				return
+			}
+			reasons = append(reasons, fmt.Sprint(cm["type"], "=", cm["reason"]))
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after a minute the EHRIntegration routed to Gateway %s/edge is not RoutePending (conditions %v)\nmanager log:\n%s",
+				gwNS, reasons, mgr.out.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
