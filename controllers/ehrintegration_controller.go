@@ -133,7 +133,7 @@ func (r *EHRIntegrationReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		if err != nil {
 			return ctrl.Result{}, err
 		}
-		obs.served, obs.servedKnown = servedVersions(pods, obs.deployment)
+		obs.served, obs.servedKnown = servedVersions(pods, obs.deployment, time.Now())
 		if !obs.suspended && obs.problem == nil {
 			obs.db = r.askDatabase(ctx, pods)
 		}

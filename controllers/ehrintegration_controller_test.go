@@ -444,13 +444,14 @@ func TestSecretChangeRollsPods(t *testing.T) {
 	v1 := creds.ResourceVersion
 	served(v1) // no pod yet: the next one runs the template
 
-	// A running pod of v1, held by a finalizer so that it can drain.
+	// A running pod of v1, on a node (no kubelet here: deleted, it stays
+	// listed, as on a node that is gone), with a grace period to drain in.
 	pod := func(name, version string) *corev1.Pod {
 		return &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: selectorLabels(integration(ns, "nexus", "nexus")),
-				Annotations: map[string]string{annotationCredentialsVersion: version, annotationDatabaseVersion: template2(t, ns)},
-				Finalizers:  []string{"ehr.insighthealth.io/test-hold"}},
-			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "receiver", Image: testImage}}},
+				Annotations: map[string]string{annotationCredentialsVersion: version, annotationDatabaseVersion: template2(t, ns)}},
+			Spec: corev1.PodSpec{NodeName: "node-1", TerminationGracePeriodSeconds: ptr.To[int64](10),
+				Containers: []corev1.Container{{Name: "receiver", Image: testImage}}},
 		}
 	}
 	old := pod("old", v1)
@@ -477,8 +478,9 @@ func TestSecretChangeRollsPods(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(2 * rolloutPollInterval)
-	served("") // the old pod drains: it may still answer
-	update(t, old, func(p *corev1.Pod) { p.Finalizers = nil })
+	served("") // the old pod drains for its 10 s: it may still answer
+	// Past its grace period it serves nothing, even still listed (its node
+	// gone): the rotation ends without it.
 	served(v2)
 }
 

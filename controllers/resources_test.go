@@ -312,16 +312,19 @@ func TestServedVersions(t *testing.T) {
 	v1, v2 := v1alpha1.SecretVersions{Credentials: "10", Database: "3"}, v1alpha1.SecretVersions{Credentials: "12", Database: "3"}
 	dep := &appsv1.Deployment{Spec: appsv1.DeploymentSpec{Template: corev1.PodTemplateSpec{
 		ObjectMeta: metav1.ObjectMeta{Annotations: versionAnnotations(v2)}}}}
+	now := time.Now()
 	pod := func(v *v1alpha1.SecretVersions, phase corev1.PodPhase, terminating bool) corev1.Pod {
 		p := corev1.Pod{Status: corev1.PodStatus{Phase: phase}}
 		if v != nil {
 			p.Annotations = versionAnnotations(*v)
 		}
-		if terminating {
-			p.DeletionTimestamp = &metav1.Time{}
+		if terminating { // in its grace period
+			p.DeletionTimestamp = &metav1.Time{Time: now.Add(20 * time.Second)}
 		}
 		return p
 	}
+	lost := pod(&v1, corev1.PodRunning, false) // on a node gone: past its grace, still listed
+	lost.DeletionTimestamp = &metav1.Time{Time: now.Add(-time.Minute)}
 	for _, tc := range []struct {
 		name   string
 		pods   []corev1.Pod
@@ -334,8 +337,9 @@ func TestServedVersions(t *testing.T) {
 		{"an old pod draining", []corev1.Pod{pod(&v2, corev1.PodRunning, false), pod(&v1, corev1.PodRunning, true)}, v1alpha1.SecretVersions{}, false},
 		{"a pod of an older operator", []corev1.Pod{pod(&v2, corev1.PodRunning, false), pod(nil, corev1.PodRunning, false)}, v1alpha1.SecretVersions{}, false},
 		{"all new, an old one ended", []corev1.Pod{pod(&v2, corev1.PodRunning, false), pod(&v1, corev1.PodFailed, false)}, v2, true},
+		{"all new, an old one past its grace", []corev1.Pod{pod(&v2, corev1.PodRunning, false), lost}, v2, true},
 	} {
-		got, ok := servedVersions(tc.pods, dep)
+		got, ok := servedVersions(tc.pods, dep, now)
 		if got != tc.want || ok != tc.wantOK {
 			t.Errorf("%s: %+v %v, want %+v %v", tc.name, got, ok, tc.want, tc.wantOK)
 		}

@@ -76,13 +76,18 @@ const rolloutPollInterval = 2 * time.Second
 
 // servedVersions returns the Secret versions that every pod of pods was
 // started with, terminating ones included (they may still answer), and
-// false when they differ or a pod has none. Pods that ended serve nothing.
-// With no pod, the next one runs d's template.
-func servedVersions(pods []corev1.Pod, d *appsv1.Deployment) (v1alpha1.SecretVersions, bool) {
+// false when they differ or a pod has none. Pods that ended serve nothing,
+// nor does one past its deletion time (the end of its grace period, which
+// a pod's deletionTimestamp is): only a lost node's pods stay listed so,
+// and counting one would keep the integration "rotating", looked at every
+// rolloutPollInterval, until the node came back. With no pod, the next one
+// runs d's template.
+func servedVersions(pods []corev1.Pod, d *appsv1.Deployment, now time.Time) (v1alpha1.SecretVersions, bool) {
 	var v v1alpha1.SecretVersions
 	n := 0
 	for _, p := range pods {
-		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed ||
+			(p.DeletionTimestamp != nil && p.DeletionTimestamp.Time.Before(now)) {
 			continue
 		}
 		pv, ok := versionsOf(p.Annotations)
