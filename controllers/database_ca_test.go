@@ -7,6 +7,9 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/insighthealth/ehr-operator/api/v1alpha1"
 )
@@ -17,7 +20,10 @@ import (
 func TestDatabaseCAIsMounted(t *testing.T) {
 	startSuite(t)
 	ns := newNamespace(t)
-	create(t, credsSecret(ns), dbSecret(ns))
+	const pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+	create(t, credsSecret(ns), dbSecret(ns),
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "db-ca"}, Data: map[string]string{"root.pem": pem}},
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "db-tls"}, Data: map[string][]byte{"ca.crt": []byte(pem)}})
 	for _, tc := range []struct {
 		name string
 		ca   v1alpha1.DatabaseCA
@@ -88,6 +94,35 @@ func TestDatabaseCAIsMounted(t *testing.T) {
 		if args := strings.Join(d.Spec.Template.Spec.Containers[0].Args, " "); strings.Contains(args, "--database-ca-file") {
 			t.Errorf("--database-ca-file without spec.database.ca: %s", args)
 		}
+	})
+
+	// A CA that is not there, or lacks its key, is named in the status
+	// (its pods would never start: FailedMount); once made, it is found.
+	t.Run("missing", func(t *testing.T) {
+		for _, tc := range []struct {
+			name, reason, message string
+			ca                    v1alpha1.DatabaseCA
+		}{
+			{"cm-absent", v1alpha1.ReasonConfigMapNotFound, "ConfigMap no-ca (database.ca.configMapKeyRef) not found",
+				v1alpha1.DatabaseCA{ConfigMapKeyRef: &v1alpha1.CAKeyReference{Name: "no-ca"}}},
+			{"cm-key", v1alpha1.ReasonConfigMapKeyMissing, "ConfigMap db-ca (database.ca.configMapKeyRef) has no value for key ca.crt",
+				v1alpha1.DatabaseCA{ConfigMapKeyRef: &v1alpha1.CAKeyReference{Name: "db-ca"}}},
+			{"secret-absent", v1alpha1.ReasonSecretNotFound, "Secret no-tls (database.ca.secretKeyRef) not found",
+				v1alpha1.DatabaseCA{SecretKeyRef: &v1alpha1.CAKeyReference{Name: "no-tls"}}},
+		} {
+			e := integration(ns, "ca-"+tc.name, "ca-"+tc.name)
+			e.Spec.Database.CA = &tc.ca
+			create(t, e)
+			got := waitCondition(t, ns, e.Name, metav1.ConditionFalse, tc.reason)
+			if c := meta.FindStatusCondition(got.Status.Conditions, v1alpha1.ConditionReady); c.Message != tc.message {
+				t.Errorf("%s: message %q, want %q", tc.name, c.Message, tc.message)
+			}
+			if err := suite.client.Get(ctx, key(ns, e.Name+"-receiver"), &appsv1.Deployment{}); !apierrors.IsNotFound(err) {
+				t.Errorf("%s: a Deployment whose pods could not mount their CA: err = %v", tc.name, err)
+			}
+		}
+		create(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "no-ca"}, Data: map[string]string{"ca.crt": pem}})
+		waitCondition(t, ns, "ca-cm-absent", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
 	})
 
 	t.Run("both or neither refused", func(t *testing.T) {

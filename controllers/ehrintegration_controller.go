@@ -95,6 +95,8 @@ type EHRIntegrationReconciler struct {
 // +kubebuilder:rbac:groups=ehr.insighthealth.io,resources=ehrintegrations/status,verbs=update
 // +kubebuilder:rbac:groups=ehr.insighthealth.io,resources=ehrintegrations/finalizers,verbs=update
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
+// The ConfigMap of spec.database.ca is read by name, to check its key.
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get
 // Pods are listed, uncached, to ask the receivers about their database.
 // +kubebuilder:rbac:groups="",resources=pods,verbs=list
 // Server-side apply is a patch, and needs create too when the child is new.
@@ -332,6 +334,9 @@ func (r *EHRIntegrationReconciler) readSecrets(ctx context.Context, e *v1alpha1.
 	if err != nil || p != nil {
 		return none, p, err
 	}
+	if p, err := r.databaseCA(ctx, e); err != nil || p != nil {
+		return none, p, err
+	}
 	return v1alpha1.SecretVersions{Credentials: creds.ResourceVersion, Database: db.ResourceVersion}, nil, nil
 }
 
@@ -352,6 +357,37 @@ func credentialLengths(s *corev1.Secret, field string) *problem {
 		}
 	}
 	return nil
+}
+
+// databaseCA checks that the CA of spec.database.ca exists with its key:
+// a pod whose volume names a missing one never starts (FailedMount), which
+// the status would otherwise only show as a rollout stuck ten minutes
+// later. The CA is not watched: the problem's backoff (up to 5 min) sees
+// it appear. Only by name (get), as the API reader reads the Secrets.
+func (r *EHRIntegrationReconciler) databaseCA(ctx context.Context, e *v1alpha1.EHRIntegration) (*problem, error) {
+	ca := e.Spec.Database.CA
+	switch {
+	case ca == nil:
+		return nil, nil
+	case ca.SecretKeyRef != nil:
+		_, p, err := r.secret(ctx, e.Namespace, ca.SecretKeyRef.Name, "database.ca.secretKeyRef", ca.SecretKeyRef.Key)
+		return p, err
+	case ca.ConfigMapKeyRef != nil:
+		ref := ca.ConfigMapKeyRef
+		var cm corev1.ConfigMap
+		if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: e.Namespace, Name: ref.Name}, &cm); err != nil {
+			if apierrors.IsNotFound(err) {
+				return &problem{reason: v1alpha1.ReasonConfigMapNotFound, retry: true,
+					message: fmt.Sprintf("ConfigMap %s (database.ca.configMapKeyRef) not found", ref.Name)}, nil
+			}
+			return nil, fmt.Errorf("while getting ConfigMap %s/%s: %w", e.Namespace, ref.Name, err)
+		}
+		if cm.Data[ref.Key] == "" && len(cm.BinaryData[ref.Key]) == 0 {
+			return &problem{reason: v1alpha1.ReasonConfigMapKeyMissing, retry: true,
+				message: fmt.Sprintf("ConfigMap %s (database.ca.configMapKeyRef) has no value for key %s", ref.Name, ref.Key)}, nil
+		}
+	}
+	return nil, nil
 }
 
 func (r *EHRIntegrationReconciler) secret(ctx context.Context, ns, name, field string, keys ...string) (*corev1.Secret, *problem, error) {

@@ -559,6 +559,12 @@ const (
 	// ReasonCredentialTooShort: an API key or webhook secret in the
 	// credentials Secret is shorter than MinCredentialBytes.
 	ReasonCredentialTooShort = "CredentialTooShort"
+	// ReasonConfigMapNotFound: the ConfigMap of spec.database.ca does not
+	// exist.
+	ReasonConfigMapNotFound = "ConfigMapNotFound"
+	// ReasonConfigMapKeyMissing: the ConfigMap of spec.database.ca lacks
+	// its key.
+	ReasonConfigMapKeyMissing = "ConfigMapKeyMissing"
 	// ReasonInvalidTimeZone: spec.timeZone is not a known IANA zone.
 	ReasonInvalidTimeZone = "InvalidTimeZone"
 	// ReasonInvalidPodTemplate: spec.podTemplate has a label, annotation or
