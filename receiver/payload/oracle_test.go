@@ -105,25 +105,7 @@ func TestRareInputsMatchTheReference(t *testing.T) {
 		`{"appointments":[{"appointment":{"start_time":"03/10/2026 14:30","start_date":"03/11/2026"}},null,` +
 			strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(specExample), `{ "appointments": [`), `] }`) + `,7]}`,
 	} {
-		items, rerr := Decode([]byte(body), 10)
-		wantItems, wantErr := decodeSlow([]byte(body), 10)
-		if diff := cmp.Diff(wantErr, rerr); diff != "" {
-			t.Fatalf("Decode(%.40q…) error (-reference +got):\n%s", body, diff)
-		}
-		if diff := cmp.Diff(wantItems, items); diff != "" {
-			t.Fatalf("Decode(%.40q…) items (-reference +got):\n%s", body, diff)
-		}
-		batchMatches(t, []byte(body), 10, newYork)
-		for _, it := range append(items, Item{Index: 1, Path: "p", Raw: []byte(body)}) {
-			e, errs := validateOne(it, newYork, now)
-			we, werrs := validateSlow(it, newYork, now)
-			if diff := cmp.Diff(werrs, errs); diff != "" {
-				t.Fatalf("validating %.40q…: errors (-reference +got):\n%s", it.Raw, diff)
-			}
-			if diff := cmp.Diff(we, e); diff != "" {
-				t.Fatalf("validating %.40q…: entry (-reference +got):\n%s", it.Raw, diff)
-			}
-		}
+		matchesReference(t, body, now)
 	}
 	// Past encoding/json's nesting limit is malformed, at its offset.
 	_, rerr := Decode([]byte(deep(maxDepth+1, "[", "]")), 10)
@@ -422,5 +404,30 @@ func batchMatches(t *testing.T, body []byte, maxBatchSize int, loc *time.Locatio
 	}
 	if !bytes.Equal(orig, body) {
 		t.Fatal("DecodeValidate's items alias the body")
+	}
+}
+
+// matchesReference checks Decode, DecodeValidate and the validation of
+// each item (and of the whole body as an item) against the reference.
+func matchesReference(t *testing.T, body string, now time.Time) {
+	t.Helper()
+	items, rerr := Decode([]byte(body), 10)
+	wantItems, wantErr := decodeSlow([]byte(body), 10)
+	if diff := cmp.Diff(wantErr, rerr); diff != "" {
+		t.Fatalf("Decode(%.60q…) error (-reference +got):\n%s", body, diff)
+	}
+	if diff := cmp.Diff(wantItems, items); diff != "" {
+		t.Fatalf("Decode(%.60q…) items (-reference +got):\n%s", body, diff)
+	}
+	batchMatches(t, []byte(body), 10, newYork)
+	for _, it := range append(items, Item{Index: 1, Path: "p", Raw: []byte(body)}) {
+		e, errs := validateOne(it, newYork, now)
+		we, werrs := validateSlow(it, newYork, now)
+		if diff := cmp.Diff(werrs, errs); diff != "" {
+			t.Fatalf("validating %.60q…: errors (-reference +got):\n%s", it.Raw, diff)
+		}
+		if diff := cmp.Diff(we, e); diff != "" {
+			t.Fatalf("validating %.60q…: entry (-reference +got):\n%s", it.Raw, diff)
+		}
 	}
 }
