@@ -2,8 +2,6 @@ package controllers
 
 import (
 	"fmt"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,23 +14,11 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/insighthealth/ehr-operator/api/v1alpha1"
+	"github.com/insighthealth/ehr-operator/internal/gatewayapi"
 )
-
-// gatewayCRDDir is the standard channel's CRDs in the module cache, from the
-// gateway-api version go.mod pins: nothing of it is copied into the repo.
-func gatewayCRDDir(t *testing.T) string {
-	t.Helper()
-	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/gateway-api").Output()
-	dir := strings.TrimSpace(string(out))
-	if err != nil || dir == "" {
-		t.Fatalf("cannot locate sigs.k8s.io/gateway-api in the module cache (run `go mod download`): %v", err)
-	}
-	return filepath.Join(dir, "config", "crd", "standard")
-}
 
 // waitReason waits until e's condition typ has status and reason, for its
 // current generation, and returns e.
@@ -214,9 +200,9 @@ func TestGatewayAPI(t *testing.T) {
 	})
 
 	t.Run("Gateway API installed: recovers without a restart", func(t *testing.T) {
-		crds, err := envtest.InstallCRDs(suite.cfg, envtest.CRDInstallOptions{Paths: []string{gatewayCRDDir(t)}, ErrorIfPathMissing: true})
+		crds, err := gatewayapi.InstallCRDs(suite.cfg)
 		if err != nil {
-			t.Fatalf("installing the Gateway API CRDs: %v", err)
+			t.Fatal(err)
 		}
 		t.Logf("installed %d Gateway API CRDs", len(crds))
 		// The parent Gateway does not exist yet: that is the next reason.

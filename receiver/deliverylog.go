@@ -107,15 +107,25 @@ func (l *deliveryLog) flush(ctx context.Context) {
 }
 
 // close writes what is queued, for at most timeout, and stops the writer.
-// Records added later stay unwritten.
-func (l *deliveryLog) close(timeout time.Duration) {
+// Records added later stay unwritten. It waits for the writer at most a
+// second past timeout, and reports whether it ended: a write stuck in
+// lib/pq's read from a database that does not answer ignores the deadline
+// (see backgroundStopTimeout), and is left to the process's exit.
+func (l *deliveryLog) close(timeout time.Duration) (ended bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
 	l.closeOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		defer cancel()
 		l.final = ctx // read by run only after stop is closed
 		close(l.stop)
-		<-l.done
 	})
+	t := time.NewTimer(timeout + time.Second)
+	defer t.Stop()
+	select {
+	case <-l.done:
+		return true
+	case <-t.C:
+		return false
+	}
 }
 
 func (l *deliveryLog) run() {

@@ -104,7 +104,14 @@ func (b *background) goNamed(name string, f func()) {
 // wait waits until every goroutine has returned or d has passed, and
 // returns the names of those still running.
 func (b *background) wait(d time.Duration) []string {
-	waitAtMost(d, b.wg.Wait)
+	done := make(chan struct{})
+	go func() { b.wg.Wait(); close(done) }()
+	t := time.NewTimer(max(d, 10*time.Millisecond))
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	left := make([]string, 0, len(b.running))
@@ -152,19 +159,4 @@ func (s *Server) migrateUntilDone(ctx context.Context) {
 // not retry together.
 func jittered(d time.Duration) time.Duration {
 	return d - rand.N(d/2+1)
-}
-
-// waitAtMost runs f and waits for it at most d (0 or less: a moment); it
-// reports whether it gave up (f then goes on in its goroutine).
-func waitAtMost(d time.Duration, f func()) (gaveUp bool) {
-	done := make(chan struct{})
-	go func() { f(); close(done) }()
-	t := time.NewTimer(max(d, 10*time.Millisecond))
-	defer t.Stop()
-	select {
-	case <-done:
-		return false
-	case <-t.C:
-		return true
-	}
 }

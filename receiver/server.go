@@ -210,10 +210,8 @@ func (s *Server) Run(ctx context.Context) error {
 	if merr := met.Shutdown(sctx); err == nil {
 		err = merr
 	}
-	// Before the caller closes the store. Bounded here too: a write stuck
-	// in lib/pq's read from a database that does not answer ignores the
-	// flush's deadline (see backgroundStopTimeout).
-	if waitAtMost(deliveryFlushTimeout+time.Second, func() { s.deliveries.close(deliveryFlushTimeout) }) {
+	// Before the caller closes the store.
+	if !s.deliveries.close(deliveryFlushTimeout) {
 		s.log.Warn("The delivery log was not written in time; exiting without it (the database does not answer?)",
 			"ehr", s.cfg.EHR, "waited", (deliveryFlushTimeout + time.Second).String())
 	}

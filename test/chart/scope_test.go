@@ -29,7 +29,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/insighthealth/ehr-operator/internal/gatewayapi"
 )
 
 // TestManagerRunsAsTheChartsRBAC runs the real `ehr-operator manager`, with
@@ -69,8 +70,8 @@ func TestManagerRunsAsTheChartsRBAC(t *testing.T) {
 	ctx := context.Background()
 	// The Gateway API, so that a route's Gateway in a namespace of its own
 	// is read in both modes (checkGatewayElsewhere).
-	if _, err := envtest.InstallCRDs(cfg, envtest.CRDInstallOptions{Paths: []string{gatewayCRDDir(t)}, ErrorIfPathMissing: true}); err != nil {
-		t.Fatalf("while installing the Gateway API CRDs: %v", err)
+	if _, err := gatewayapi.InstallCRDs(cfg); err != nil {
+		t.Fatal(err)
 	}
 
 	for i, m := range modes {
@@ -130,7 +131,7 @@ func TestManagerRunsAsTheChartsRBAC(t *testing.T) {
 			if m.namespaced {
 				// The watched one was reconciled; give the other as long again.
 				time.Sleep(3 * time.Second)
-				if st := statusOf(t, ctx, c, m.other); st != nil {
+				if st := statusOf(t, ctx, c, m.other, "nexus"); st != nil {
 					t.Errorf("the EHRIntegration in unwatched namespace %s got a status: %v", m.other, st)
 				}
 				if err := c.Get(ctx, types.NamespacedName{Namespace: m.other, Name: "nexus-receiver"}, &unstructured.Unstructured{Object: map[string]any{"apiVersion": "apps/v1", "kind": "Deployment"}}); !apierrors.IsNotFound(err) {
@@ -332,9 +333,7 @@ spec:
 // without pods (envtest runs no kubelet).
 func waitReconciled(t *testing.T, ctx context.Context, c client.Client, ns string, mgr *manager) {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		var missing []string
+	waitManager(t, mgr, "the EHRIntegration in "+ns+" reconciled", func() (missing []string) {
 		for _, kind := range []struct{ apiVersion, kind string }{{"apps/v1", "Deployment"}, {"v1", "Service"}, {"v1", "ServiceAccount"}} {
 			o := &unstructured.Unstructured{}
 			o.SetAPIVersion(kind.apiVersion)
@@ -343,30 +342,41 @@ func waitReconciled(t *testing.T, ctx context.Context, c client.Client, ns strin
 				missing = append(missing, kind.kind+": "+err.Error())
 			}
 		}
-		st := statusOf(t, ctx, c, ns)
+		st := statusOf(t, ctx, c, ns, "nexus")
 		if st == nil {
 			missing = append(missing, "no status")
 		} else if conds, _ := st["conditions"].([]any); len(conds) == 0 {
 			missing = append(missing, "no conditions")
 		}
-		if len(missing) == 0 {
+		return missing
+	})
+}
+
+// waitManager polls missing every 100 ms until it reports nothing, and
+// fails after a minute with what it still reports and the manager's log.
+func waitManager(t *testing.T, mgr *manager, what string, missing func() []string) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		m := missing()
+		if len(m) == 0 {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after a minute the EHRIntegration in %s is not reconciled: %s\nmanager log:\n%s", ns, strings.Join(missing, "; "), mgr.out.String())
+			t.Fatalf("after a minute, not yet %s: %s\nmanager log:\n%s", what, strings.Join(m, "; "), mgr.out.String())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 }
 
-// statusOf returns the status of EHRIntegration nexus in ns, nil if none.
-func statusOf(t *testing.T, ctx context.Context, c client.Client, ns string) map[string]any {
+// statusOf returns the status of EHRIntegration name in ns, nil if none.
+func statusOf(t *testing.T, ctx context.Context, c client.Client, ns, name string) map[string]any {
 	t.Helper()
 	e := &unstructured.Unstructured{}
 	e.SetAPIVersion("ehr.insighthealth.io/v1alpha1")
 	e.SetKind("EHRIntegration")
-	if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: "nexus"}, e); err != nil {
-		t.Fatalf("reading EHRIntegration %s/nexus: %v", ns, err)
+	if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, e); err != nil {
+		t.Fatalf("reading EHRIntegration %s/%s: %v", ns, name, err)
 	}
 	st, _, _ := unstructured.NestedMap(e.Object, "status")
 	if len(st) == 0 {
@@ -473,17 +483,6 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// gatewayCRDDir is the Gateway API's standard CRDs in the module cache.
-func gatewayCRDDir(t *testing.T) string {
-	t.Helper()
-	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/gateway-api").Output()
-	dir := strings.TrimSpace(string(out))
-	if err != nil || dir == "" {
-		t.Fatalf("cannot locate sigs.k8s.io/gateway-api in the module cache (run `go mod download`): %v", err)
-	}
-	return filepath.Join(dir, "config", "crd", "standard")
-}
-
 // checkGatewayElsewhere: an EHRIntegration in ns whose route attaches to
 // a Gateway in gwNS, a namespace the manager does not watch (the platform's
 // edge), is reconciled to RoutePending (no Gateway controller runs here):
@@ -525,27 +524,16 @@ spec:
 			t.Fatalf("creating %s %s/%s: %v", o.GetKind(), o.GetNamespace(), o.GetName(), err)
 		}
 	}
-	deadline := time.Now().Add(time.Minute)
-	for {
-		e := &unstructured.Unstructured{}
-		e.SetAPIVersion("ehr.insighthealth.io/v1alpha1")
-		e.SetKind("EHRIntegration")
-		if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: "routed"}, e); err != nil {
-			t.Fatal(err)
-		}
-		conds, _, _ := unstructured.NestedSlice(e.Object, "status", "conditions")
+	waitManager(t, mgr, "RoutePending on the EHRIntegration routed to Gateway "+gwNS+"/edge", func() []string {
 		var reasons []string
+		conds, _ := statusOf(t, ctx, c, ns, "routed")["conditions"].([]any)
 		for _, ci := range conds {
 			cm, _ := ci.(map[string]any)
 			if cm["type"] == "RouteAccepted" && cm["reason"] == "RoutePending" {
-				return
+				return nil
 			}
 			reasons = append(reasons, fmt.Sprint(cm["type"], "=", cm["reason"]))
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after a minute the EHRIntegration routed to Gateway %s/edge is not RoutePending (conditions %v)\nmanager log:\n%s",
-				gwNS, reasons, mgr.out.String())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return append(reasons, "no RouteAccepted=RoutePending")
+	})
 }

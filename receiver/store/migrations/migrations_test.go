@@ -210,15 +210,7 @@ func TestMigrationLockWaitIsBounded(t *testing.T) {
 	other := open(t, url)
 
 	// A long transaction that read appointments: it holds ACCESS SHARE.
-	long, err := other.BeginTx(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = long.Rollback() }()
-	var n int
-	if err := long.QueryRow(`SELECT count(*) FROM appointments`).Scan(&n); err != nil {
-		t.Fatal(err)
-	}
+	long := readingTx(t, other, nil, "appointments")
 
 	migrated := make(chan error, 1)
 	start := time.Now()
@@ -238,7 +230,7 @@ func TestMigrationLockWaitIsBounded(t *testing.T) {
 		t.Errorf("the writer waited %v behind the migration, want at most about the lock_timeout (%v)", waited, migrations.LockTimeout)
 	}
 
-	err = <-migrated
+	err := <-migrated
 	var pqErr *pq.Error
 	if !errors.As(err, &pqErr) || pqErr.Code != "55P03" {
 		t.Fatalf("migrating behind the long transaction: %v, want a lock timeout (55P03)", err)
@@ -276,15 +268,7 @@ func TestConcurrentIndexOutlastsOldTransactions(t *testing.T) {
 	other := open(t, url)
 
 	// A backup-like transaction: a snapshot older than the build.
-	old, err := other.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = old.Rollback() }()
-	var n int
-	if err := old.QueryRow(`SELECT count(*) FROM patients`).Scan(&n); err != nil {
-		t.Fatal(err)
-	}
+	old := readingTx(t, other, &sql.TxOptions{Isolation: sql.LevelRepeatableRead}, "patients")
 
 	migrated := make(chan error, 1)
 	go func() { migrated <- migrations.Up(ctx, migDB, nil) }()
@@ -335,4 +319,21 @@ func TestNoTransaction(t *testing.T) {
 	if !migrations.NoTransaction(string(b)) {
 		t.Error("migration 4 (CREATE INDEX CONCURRENTLY) is not seen as NO TRANSACTION")
 	}
+}
+
+// readingTx begins a transaction on db that has read table, so it holds
+// ACCESS SHARE on it (and, at repeatable read, its snapshot) until it is
+// rolled back, at the latest when the test ends.
+func readingTx(t *testing.T, db *sql.DB, opts *sql.TxOptions, table string) *sql.Tx {
+	t.Helper()
+	tx, err := db.BeginTx(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback() })
+	var n int
+	if err := tx.QueryRow(`SELECT count(*) FROM ` + table).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return tx
 }
