@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -63,7 +64,26 @@ func (r *EHRIntegrationReconciler) receiverPods(ctx context.Context, e *v1alpha1
 	if err := r.APIReader.List(ctx, &list, client.InNamespace(e.Namespace), client.MatchingLabels(selectorLabels(e))); err != nil {
 		return nil, fmt.Errorf("while listing the receiver pods of %s: %w", e.Name, err)
 	}
-	return list.Items, nil
+	return startedBy(list.Items, childName(e)), nil
+}
+
+// startedBy keeps the pods of pods that a ReplicaSet of Deployment
+// deployment started: the Deployment controller names its ReplicaSets
+// <deployment>-<pod-template-hash> and labels their pods with the hash. A
+// pod someone else made with the receiver's labels (a debugging copy, a
+// test) would otherwise hold servedSecretVersions on its Secret versions
+// and be asked for /dbz.
+func startedBy(pods []corev1.Pod, deployment string) []corev1.Pod {
+	var out []corev1.Pod
+	for _, p := range pods {
+		owner := metav1.GetControllerOf(&p)
+		hash := p.Labels[appsv1.DefaultDeploymentUniqueLabelKey]
+		if owner != nil && owner.Kind == "ReplicaSet" && owner.APIVersion == appsv1.SchemeGroupVersion.String() &&
+			hash != "" && owner.Name == deployment+"-"+hash {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // running are the pods of pods that run and have an address; a pod being

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -132,19 +133,39 @@ func runningPod(t *testing.T, ns, name, pod string) *corev1.Pod {
 	// Started from the Deployment's current template, as the ReplicaSet would.
 	var d appsv1.Deployment
 	child(t, ns, name, &d)
-	p := &corev1.Pod{
+	p := replicaSetPod(&corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: pod,
 			Labels:      map[string]string{labelName: receiverAppName, labelInstance: name},
 			Annotations: d.Spec.Template.Annotations},
 		Spec: corev1.PodSpec{AutomountServiceAccountToken: ptr.To(false),
 			Containers: []corev1.Container{{Name: "receiver", Image: testImage}}},
-	}
+	}, name)
 	create(t, p)
+	markRunning(t, p)
+	return p
+}
+
+// replicaSetPod makes p a pod of the ReplicaSet of integration's
+// Deployment, as the Deployment controller (not running on envtest) would:
+// the pod-template-hash label and the ReplicaSet as controller.
+func replicaSetPod(p *corev1.Pod, integration string) *corev1.Pod {
+	const hash = "5f4d8b7c9"
+	if p.Labels == nil {
+		p.Labels = map[string]string{}
+	}
+	p.Labels[appsv1.DefaultDeploymentUniqueLabelKey] = hash
+	p.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet",
+		Name: integration + "-receiver-" + hash, UID: "4b6c2f0e-rs", Controller: ptr.To(true)}}
+	return p
+}
+
+// markRunning gives p the status of a pod running at 127.0.0.1.
+func markRunning(t *testing.T, p *corev1.Pod) {
+	t.Helper()
 	p.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "127.0.0.1", PodIPs: []corev1.PodIP{{IP: "127.0.0.1"}}}
 	if err := suite.client.Status().Update(ctx, p); err != nil {
 		t.Fatal(err)
 	}
-	return p
 }
 
 // waitDatabaseCondition waits until DatabaseReachable has status and reason.
@@ -186,6 +207,16 @@ func TestDatabaseReachableFollowsTheReceivers(t *testing.T) {
 		_ = suite.client.Delete(ctx, pod)
 		suite.dbz.set(http.StatusServiceUnavailable, "")
 	})
+	// A pod with the receiver's labels that no ReplicaSet of its
+	// Deployment started (a debugging copy) is not one of its receivers.
+	stray := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "nexus-debug", Labels: pod.Labels},
+		Spec: corev1.PodSpec{AutomountServiceAccountToken: ptr.To(false),
+			Containers: []corev1.Container{{Name: "receiver", Image: testImage}}},
+	}
+	create(t, stray)
+	markRunning(t, stray)
+	t.Cleanup(func() { _ = suite.client.Delete(ctx, stray) })
 	markAvailable(t, ns, "nexus")
 	waitCondition(t, ns, "nexus", metav1.ConditionTrue, v1alpha1.ReasonAvailable)
 	waitDatabaseCondition(t, ns, "nexus", metav1.ConditionTrue, v1alpha1.ReasonDatabaseReachable)
@@ -247,5 +278,35 @@ func TestDatabaseReachableFollowsTheReceivers(t *testing.T) {
 	got = waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonSuspended)
 	if c := meta.FindStatusCondition(got.Status.Conditions, v1alpha1.ConditionDatabaseReachable); c != nil {
 		t.Errorf("DatabaseReachable %+v while suspended, want none", c)
+	}
+}
+
+func TestStartedBy(t *testing.T) {
+	pod := func(name, hash, kind, owner string, controller bool) corev1.Pod {
+		p := corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{}}}
+		if hash != "" {
+			p.Labels[appsv1.DefaultDeploymentUniqueLabelKey] = hash
+		}
+		if owner != "" {
+			p.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: kind, Name: owner, UID: "u", Controller: ptr.To(controller)}}
+		}
+		return p
+	}
+	pods := []corev1.Pod{
+		pod("current", "h1", "ReplicaSet", "nexus-receiver-h1", true),
+		pod("previous", "h0", "ReplicaSet", "nexus-receiver-h0", true),
+		pod("no owner", "h1", "", "", false),
+		pod("no hash", "", "ReplicaSet", "nexus-receiver-h1", true),
+		pod("hash of another ReplicaSet", "h2", "ReplicaSet", "nexus-receiver-h1", true),
+		pod("another Deployment's", "h1", "ReplicaSet", "nexus-receiver-extra-receiver-h1", true),
+		pod("a Job's", "h1", "Job", "nexus-receiver-h1", true),
+		pod("not the controller", "h1", "ReplicaSet", "nexus-receiver-h1", false),
+	}
+	var got []string
+	for _, p := range startedBy(pods, "nexus-receiver") {
+		got = append(got, p.Name)
+	}
+	if want := []string{"current", "previous"}; !slices.Equal(got, want) {
+		t.Errorf("startedBy kept %q, want %q", got, want)
 	}
 }

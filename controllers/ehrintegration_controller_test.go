@@ -447,15 +447,21 @@ func TestSecretChangeRollsPods(t *testing.T) {
 	// A running pod of v1, on a node (no kubelet here: deleted, it stays
 	// listed, as on a node that is gone), with a grace period to drain in.
 	pod := func(name, version string) *corev1.Pod {
-		return &corev1.Pod{
+		return replicaSetPod(&corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: selectorLabels(integration(ns, "nexus", "nexus")),
 				Annotations: map[string]string{annotationCredentialsVersion: version, annotationDatabaseVersion: template2(t, ns)}},
 			Spec: corev1.PodSpec{NodeName: "node-1", TerminationGracePeriodSeconds: ptr.To[int64](10),
 				Containers: []corev1.Container{{Name: "receiver", Image: testImage}}},
-		}
+		}, "nexus")
 	}
 	old := pod("old", v1)
 	create(t, old)
+	// A pod with the receiver's labels that no ReplicaSet of the Deployment
+	// started serves nothing of this integration's: were it counted, its
+	// version would make every check below "mixed".
+	stray := pod("stray", "1")
+	stray.OwnerReferences = nil
+	create(t, stray)
 
 	// A write that changes nothing keeps the version: no rollout.
 	update(t, creds, func(*corev1.Secret) {})
