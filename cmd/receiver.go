@@ -12,6 +12,12 @@ import (
 	"syscall"
 	"time"
 
+	// The zone database the operator checked spec.timeZone against (it
+	// embeds the same one): images carry no /usr/share/zoneinfo, so the
+	// receiver reads times by the rules of the Go release it was built with,
+	// not of whatever machine built the image.
+	_ "time/tzdata"
+
 	"github.com/spf13/cobra"
 
 	"github.com/insighthealth/ehr-operator/receiver"

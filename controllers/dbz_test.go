@@ -231,17 +231,9 @@ func TestDatabaseReachableFollowsTheReceivers(t *testing.T) {
 		t.Errorf("message %q, want %q", c.Message, want)
 	}
 
-	// While the outage stands, polling writes nothing. First let the
-	// transition's own writes land: a reconcile that read the cache just
-	// before the condition changed may still write the same status once
-	// (seen on a loaded machine).
-	for range 10 {
-		n, _ := suite.writes.snapshot()
-		time.Sleep(testDatabasePollInterval)
-		if m, _ := suite.writes.snapshot(); m == n {
-			break
-		}
-	}
+	// While the outage stands, polling writes nothing, once the
+	// transition's own writes have landed.
+	suite.writes.settle(testDatabasePollInterval)
 	var before v1alpha1.EHRIntegration
 	if err := suite.client.Get(ctx, key(ns, "nexus"), &before); err != nil {
 		t.Fatal(err)

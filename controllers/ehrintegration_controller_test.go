@@ -945,8 +945,8 @@ func TestChildrenWrittenBeforeServerSideApply(t *testing.T) {
 	}
 }
 
-// TestIdleManagerMakesNoWrites runs last in this file: with every resource
-// of the earlier tests settled, resyncs must cause no write at all.
+// TestIdleManagerMakesNoWrites: with every resource of the earlier tests
+// settled, resyncs must cause no write at all.
 func TestIdleManagerMakesNoWrites(t *testing.T) {
 	startSuite(t)
 	ns := newNamespace(t)
@@ -979,8 +979,8 @@ func TestIdleManagerMakesNoWrites(t *testing.T) {
 		}
 		return out
 	}
-	// Let the status write of the last step and its echo settle.
-	time.Sleep(time.Second)
+	// Let the status write of the last step and its echo land.
+	suite.writes.settle(time.Second)
 	before := versions()
 	total0, by0 := suite.writes.snapshot()
 	if total0 == 0 {

@@ -303,7 +303,7 @@ func TestGatewayAPI(t *testing.T) {
 	})
 
 	t.Run("idle resync writes nothing", func(t *testing.T) {
-		time.Sleep(time.Second)
+		suite.writes.settle(time.Second)
 		var before, after v1alpha1.EHRIntegration
 		if err := suite.client.Get(ctx, key(ns, "nexus"), &before); err != nil {
 			t.Fatal(err)

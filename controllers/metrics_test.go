@@ -76,6 +76,9 @@ func TestManagerSeries(t *testing.T) {
 		for _, p := range []string{"ehr_operator_", "controller_runtime_"} {
 			used = append(used, shipped.SeriesIn(exprs, p)...)
 		}
+		if len(used) == 0 {
+			t.Errorf("the %s query no manager series: the check below would check nothing", what)
+		}
 		if m := shipped.Missing(used, exposed); len(m) > 0 {
 			t.Errorf("the %s query manager series the manager does not export: %v", what, m)
 		}

@@ -301,6 +301,20 @@ func (w *writeCounter) snapshot() (int, map[string]int) {
 	return w.total, by
 }
 
+// settle waits until no write has been made for quiet, at most ten times
+// quiet: a reconcile that read the cache just before the last change may
+// still write the same status once, later on a loaded machine, and a test
+// that counts the writes of an idle manager must not count that one.
+func (w *writeCounter) settle(quiet time.Duration) {
+	for range 10 {
+		n, _ := w.snapshot()
+		time.Sleep(quiet)
+		if m, _ := w.snapshot(); m == n {
+			return
+		}
+	}
+}
+
 // diffCounts is after minus before, without zero entries, as "k=v" lines.
 func diffCounts(before, after map[string]int) string {
 	var out []string

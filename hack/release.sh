@@ -49,7 +49,7 @@ done
 go -C hack build -o "$tmp/image" ./image
 "$tmp/image" --push "$image" "${platforms[@]}" "${ca_args[@]}" \
   --path /ehr-operator --extra-path /ehr-receiver --cmd manager --uid 65532 --version "$VERSION" \
-  --ca-certs /etc/ssl/certs/ca-certificates.crt --zoneinfo /usr/share/zoneinfo
+  --ca-certs /etc/ssl/certs/ca-certificates.crt
 
 mkdir "$tmp/chart"
 cp -r charts/ehr-operator "$tmp/chart/"

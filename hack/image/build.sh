@@ -28,7 +28,7 @@ case "${1:-}" in
     "$tmp/image" --binary "$bin" --path /ehr-operator --cmd manager --uid 65532 \
       --extra "$receiver" --extra-path /ehr-receiver \
       --version "${tag##*:}" --tag "$tag" --out "$out" \
-      --ca-certs /etc/ssl/certs/ca-certificates.crt --zoneinfo /usr/share/zoneinfo
+      --ca-certs /etc/ssl/certs/ca-certificates.crt
     ;;
   traefik)
     bin=${2:?binary} tag=${3:?tag} out=${4:?out}

@@ -21,9 +21,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"time"
@@ -47,7 +45,6 @@ type options struct {
 	version string
 	source  string // org.opencontainers.image.source
 	caCerts string // CA bundle to copy to /etc/ssl/certs/ca-certificates.crt; empty: none
-	tzdata  string // zoneinfo directory to copy to /usr/share/zoneinfo; empty: none
 	// An optional second binary, not the entrypoint (the operator's
 	// receiver pods run /ehr-receiver from the same image).
 	extra     string // its file (build mode)
@@ -73,7 +70,6 @@ func main() {
 	flag.StringVar(&o.version, "version", "dev", "value of the org.opencontainers.image.version label")
 	flag.StringVar(&o.source, "source", "https://github.com/insighthealth/ehr-operator", "value of the org.opencontainers.image.source label")
 	flag.StringVar(&o.caCerts, "ca-certs", "", "CA bundle to include as /etc/ssl/certs/ca-certificates.crt")
-	flag.StringVar(&o.tzdata, "zoneinfo", "", "time-zone database directory to include as /usr/share/zoneinfo")
 	flag.StringVar(&o.push, "push", "", "release mode: push an image index with an SBOM per platform to this reference (REGISTRY/REPO:TAG)")
 	flag.Var(&o.platforms, "platform", "release mode: linux/ARCH=BINARY, a static binary per platform (repeat)")
 	flag.Var(&o.extraPlatforms, "extra-platform", "release mode: linux/ARCH=BINARY, the extra binary per --platform (repeat)")
@@ -172,7 +168,7 @@ func readBinary(path, file string) (binary, error) {
 // gives OCI media types (for a registry's index) instead of Docker's (for
 // `ctr images import` of a docker-archive).
 func newImage(o options, bins []binary, arch string, oci bool) (v1.Image, error) {
-	files, err := hostFiles(o.caCerts, o.tzdata)
+	files, err := hostFiles(o.caCerts)
 	if err != nil {
 		return nil, err
 	}
@@ -239,53 +235,21 @@ type entry struct {
 	body []byte
 }
 
-// hostFiles reads the CA bundle and the zoneinfo tree (regular files and
-// directories; the "posix" and "right" variants are left out) from the host.
-func hostFiles(caCerts, tzdata string) ([]entry, error) {
-	var out []entry
-	if caCerts != "" {
-		b, err := os.ReadFile(caCerts)
-		if err != nil {
-			return nil, fmt.Errorf("while reading the CA bundle: %w", err)
-		}
-		out = append(out,
-			entry{tar.Header{Name: "etc/ssl/", Typeflag: tar.TypeDir, Mode: 0o755}, nil},
-			entry{tar.Header{Name: "etc/ssl/certs/", Typeflag: tar.TypeDir, Mode: 0o755}, nil},
-			entry{tar.Header{Name: "etc/ssl/certs/ca-certificates.crt", Typeflag: tar.TypeReg, Mode: 0o644}, b})
+// hostFiles reads the CA bundle from the host. No zoneinfo: both binaries
+// embed Go's zone database (time/tzdata).
+func hostFiles(caCerts string) ([]entry, error) {
+	if caCerts == "" {
+		return nil, nil
 	}
-	if tzdata == "" {
-		return out, nil
-	}
-	out = append(out,
-		entry{tar.Header{Name: "usr/", Typeflag: tar.TypeDir, Mode: 0o755}, nil},
-		entry{tar.Header{Name: "usr/share/", Typeflag: tar.TypeDir, Mode: 0o755}, nil})
-	err := filepath.WalkDir(tzdata, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(tzdata, p)
-		if err != nil {
-			return err
-		}
-		name := filepath.ToSlash(filepath.Join("usr/share/zoneinfo", rel))
-		switch {
-		case d.IsDir() && (rel == "posix" || rel == "right"):
-			return filepath.SkipDir
-		case d.IsDir():
-			out = append(out, entry{tar.Header{Name: name + "/", Typeflag: tar.TypeDir, Mode: 0o755}, nil})
-		case d.Type().IsRegular():
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			out = append(out, entry{tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644}, b})
-		}
-		return nil
-	})
+	b, err := os.ReadFile(caCerts)
 	if err != nil {
-		return nil, fmt.Errorf("while reading the zoneinfo directory: %w", err)
+		return nil, fmt.Errorf("while reading the CA bundle: %w", err)
 	}
-	return out, nil
+	return []entry{
+		{tar.Header{Name: "etc/ssl/", Typeflag: tar.TypeDir, Mode: 0o755}, nil},
+		{tar.Header{Name: "etc/ssl/certs/", Typeflag: tar.TypeDir, Mode: 0o755}, nil},
+		{tar.Header{Name: "etc/ssl/certs/ca-certificates.crt", Typeflag: tar.TypeReg, Mode: 0o644}, b},
+	}, nil
 }
 
 // layerName is path as a name in the layer's tar.

@@ -35,18 +35,11 @@ func TestReleasePushesIndexAndSBOMAndNeverMovesATag(t *testing.T) {
 	if err := os.WriteFile(ca, []byte("-----BEGIN CERTIFICATE-----"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	zoneinfo := filepath.Join(dir, "zoneinfo")
-	if err := os.MkdirAll(zoneinfo, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(zoneinfo, "UTC"), []byte("TZif"), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	ref := strings.TrimPrefix(srv.URL, "http://") + "/ehr/ehr-operator:v1.2.3"
 	opts := func(bin, recv string) options {
 		return options{push: ref, platforms: platforms{"amd64": bin}, path: "/ehr-operator", cmd: "manager",
 			extraPath: "/ehr-receiver", extraPlatforms: platforms{"amd64": recv},
-			uid: 65532, version: "v1.2.3", caCerts: ca, tzdata: zoneinfo}
+			uid: 65532, version: "v1.2.3", caCerts: ca}
 	}
 
 	if err := release(opts(first, receiver)); err != nil {

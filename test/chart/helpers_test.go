@@ -36,16 +36,23 @@ func helmBin(t *testing.T) string {
 	return p
 }
 
-// kubectlBin returns kubectl (for `kubectl kustomize`): KUBECTL, else the one on PATH.
+// kubectlBin returns kubectl (for `kubectl kustomize`): KUBECTL, else the
+// one `make setup-envtest` put beside the envtest binaries (a fresh machine
+// has none on PATH), else the one on PATH.
 func kubectlBin(t *testing.T) string {
 	t.Helper()
 	p := os.Getenv("KUBECTL")
 	if p == "" {
 		p = "kubectl"
+		if assets := os.Getenv("KUBEBUILDER_ASSETS"); assets != "" {
+			if _, err := os.Stat(filepath.Join(assets, "kubectl")); err == nil {
+				p = filepath.Join(assets, "kubectl")
+			}
+		}
 	}
 	path, err := exec.LookPath(p)
 	if err != nil {
-		t.Fatalf("kubectl not found (needed for `kubectl kustomize config/default`): install kubectl or set KUBECTL: %v", err)
+		t.Fatalf("kubectl not found (needed for `kubectl kustomize config/default`): run `make setup-envtest` and set KUBEBUILDER_ASSETS as `make test` does, or set KUBECTL: %v", err)
 	}
 	return path
 }
