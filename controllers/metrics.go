@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/insighthealth/ehr-operator/api/v1alpha1"
@@ -17,6 +18,13 @@ var (
 		Name: "ehr_operator_integration_ready",
 		Help: "1 when the EHRIntegration's Ready condition is True, else 0; suspended says whether spec.suspend is set.",
 	}, []string{"ehrintegration_namespace", "ehrintegration", "ehr", "suspended"})
+	// integrationDegraded shows what Ready does not: a rollout stuck
+	// behind pods still serving (maxUnavailable 0 keeps Ready True), say a
+	// Secret rotation whose new pods cannot pull or be scheduled.
+	integrationDegraded = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "ehr_operator_integration_degraded",
+		Help: "1 when the EHRIntegration's Degraded condition is True (a rollout stuck, a problem), else 0.",
+	}, []string{"ehrintegration_namespace", "ehrintegration", "ehr"})
 	silenceAlertAfter = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "ehr_operator_integration_silence_alert_seconds",
 		Help: "spec.monitoring.silenceAlertAfter in seconds: the EHRSilent alert fires when the EHR had no delivery answered 200 for longer. Absent when unset or suspended.",
@@ -24,7 +32,7 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(integrationReady, silenceAlertAfter)
+	metrics.Registry.MustRegister(integrationReady, integrationDegraded, silenceAlertAfter)
 }
 
 // recordMetrics sets the series of one integration from its spec and the
@@ -33,10 +41,16 @@ func init() {
 // every series, once per reconcile, which grows with the square of the
 // integrations.
 func recordMetrics(e *v1alpha1.EHRIntegration, st v1alpha1.EHRIntegrationStatus) {
-	ready := 0.0
+	ready, degraded := 0.0, 0.0
 	for _, c := range st.Conditions {
-		if c.Type == v1alpha1.ConditionReady && c.Status == "True" {
+		if c.Status != metav1.ConditionTrue {
+			continue
+		}
+		switch c.Type {
+		case v1alpha1.ConditionReady:
 			ready = 1
+		case v1alpha1.ConditionDegraded:
+			degraded = 1
 		}
 	}
 	suspended, other := "false", "true"
@@ -45,6 +59,7 @@ func recordMetrics(e *v1alpha1.EHRIntegration, st v1alpha1.EHRIntegrationStatus)
 	}
 	integrationReady.DeleteLabelValues(e.Namespace, e.Name, e.Spec.EHR, other)
 	integrationReady.WithLabelValues(e.Namespace, e.Name, e.Spec.EHR, suspended).Set(ready)
+	integrationDegraded.WithLabelValues(e.Namespace, e.Name, e.Spec.EHR).Set(degraded)
 	if m := e.Spec.Monitoring; m != nil && m.SilenceAlertAfter != nil && !e.Spec.Suspend {
 		silenceAlertAfter.WithLabelValues(e.Namespace, e.Name, e.Spec.EHR).Set(m.SilenceAlertAfter.Seconds())
 	} else {
@@ -56,5 +71,6 @@ func recordMetrics(e *v1alpha1.EHRIntegration, st v1alpha1.EHRIntegrationStatus)
 func forgetMetrics(namespace, name string) {
 	labels := prometheus.Labels{"ehrintegration_namespace": namespace, "ehrintegration": name}
 	integrationReady.DeletePartialMatch(labels)
+	integrationDegraded.DeletePartialMatch(labels)
 	silenceAlertAfter.DeletePartialMatch(labels)
 }

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
@@ -83,6 +85,33 @@ func TestManagerSeries(t *testing.T) {
 			t.Errorf("the %s query manager series the manager does not export: %v", what, m)
 		}
 	}
+
+	// A rollout stuck behind pods that still serve: Ready stays 1, and
+	// only the degraded series tells (EHRIntegrationDegraded).
+	degraded := func(v int) string {
+		return fmt.Sprintf(`ehr_operator_integration_degraded{ehr="mon-nexus",%s} %d`, labels, v)
+	}
+	if s := scrapeManager(t); !strings.Contains(s, degraded(0)) {
+		t.Errorf("no %s while Available", degraded(0))
+	}
+	eventually(t, waitFor, "marking the rollout stuck", func() error {
+		var d appsv1.Deployment
+		if err := suite.client.Get(ctx, key(ns, "nexus-receiver"), &d); err != nil {
+			return err
+		}
+		d.Status.Conditions = []appsv1.DeploymentCondition{{Type: appsv1.DeploymentProgressing,
+			Status: corev1.ConditionFalse, Reason: "ProgressDeadlineExceeded"}}
+		return suite.client.Status().Update(ctx, &d)
+	})
+	eventually(t, waitFor, "the stuck rollout's series", func() error {
+		s := scrapeManager(t)
+		for _, want := range []string{ready, degraded(1)} {
+			if !strings.Contains(s, want) {
+				return fmt.Errorf("no %s", want)
+			}
+		}
+		return nil
+	})
 
 	// Suspended: not ready on purpose, and silence is expected.
 	update(t, e, func(e *v1alpha1.EHRIntegration) { e.Spec.Suspend = true })

@@ -547,3 +547,53 @@ func TestLastSuccessGauge(t *testing.T) {
 		t.Errorf("last success after a 200 is %v, want 1900000000", got)
 	}
 }
+
+// panickingStore panics on a write, as a bug below the handler would.
+type panickingStore struct{}
+
+func (panickingStore) Write(context.Context, store.Batch) (store.Result, error) { panic("a bug") }
+func (panickingStore) RecordDeliveries(context.Context, []store.Delivery) error { return nil }
+func (panickingStore) Ping(context.Context) error                               { return nil }
+
+// A panic is answered 500 and counted with the other answers, so that
+// EHRReceiverServerErrors sees a payload that trips a bug however often the
+// vendor retries it; the log says only that it happened.
+func TestPanicIsAnsweredAndCounted(t *testing.T) {
+	cfg := validConfig()
+	cfg.RequestsPerSecond, cfg.Burst = 1e6, 1e6
+	var buf bytes.Buffer
+	srv, err := New(cfg, panickingStore{}, slog.New(slog.NewJSONHandler(&buf, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := &testServer{srv: srv, h: srv.Handler(), log: &buf}
+	scrape := func() string {
+		w := httptest.NewRecorder()
+		srv.MetricsHandler().ServeHTTP(w, httptest.NewRequest("GET", "/metrics", nil))
+		return w.Body.String()
+	}
+	const before = `ehr_receiver_requests_total{code="500",ehr="nexus"} 0` + "\n"
+	if m := scrape(); !strings.Contains(m, before) {
+		t.Errorf("before any request, metrics lack %q", before)
+	}
+	for range 2 {
+		if w, _ := ts.post(t, batchOf(entry("apt-panic"))); w.Code != http.StatusInternalServerError {
+			t.Errorf("status %d, want 500; body %s", w.Code, w.Body)
+		}
+	}
+	m := scrape()
+	for _, want := range []string{
+		`ehr_receiver_requests_total{code="500",ehr="nexus"} 2` + "\n",
+		`ehr_receiver_request_duration_seconds_count{code="500",ehr="nexus"} 2` + "\n",
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	if n := strings.Count(buf.String(), `"msg":"Handler panicked"`); n != 2 {
+		t.Errorf("%d panic lines, want 2; log:\n%s", n, &buf)
+	}
+	if strings.Contains(buf.String(), "apt-panic") {
+		t.Errorf("the log holds a field of the payload:\n%s", &buf)
+	}
+}

@@ -1,6 +1,8 @@
 package receiver
 
 import (
+	"strconv"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -49,6 +51,12 @@ func newMetrics(ehr string) *metrics {
 			Help: "Unix time of the last delivery answered 200 (the process's start until the first).", ConstLabels: labels}),
 	}
 	m.lastSuccess.SetToCurrentTime()
+	// Every code's series from the start, at 0: a series that first
+	// appears at 20 (a pod's first burst of 500s) has no increase for
+	// rate() to see, and the alerts on rare codes would miss it.
+	for _, code := range Statuses {
+		m.requests.WithLabelValues(ehr, strconv.Itoa(code))
+	}
 	m.registry.MustRegister(m.requests, m.duration, m.written, m.duplicates, m.superseded, m.quarantined,
 		m.signatureFailures, m.databaseErrors, m.lastSuccess,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -29,8 +29,9 @@ type Pruner interface {
 
 // retentionMetrics count what the retention removed, by kind of row.
 type retentionMetrics struct {
-	removed *prometheus.CounterVec
-	last    prometheus.Gauge
+	removed  *prometheus.CounterVec
+	last     prometheus.Gauge
+	failures prometheus.Counter
 }
 
 // The kinds of rows, as the removed counter's label.
@@ -52,11 +53,15 @@ func newRetentionMetrics(ehr string, reg prometheus.Registerer) *retentionMetric
 			Namespace: "ehr_receiver", Name: "retention_last_run_timestamp_seconds", ConstLabels: labels,
 			Help: "Unix time this receiver last applied the retention completely; absent until then.",
 		}),
+		failures: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "ehr_receiver", Name: "retention_failures_total", ConstLabels: labels,
+			Help: "Retention runs that failed (the database refused a statement: rights, a lock, an outage).",
+		}),
 	}
 	for _, k := range []string{kindDeliveryLog, kindQuarantine, kindQuarantineContent, kindHistory} {
 		m.removed.WithLabelValues(k)
 	}
-	reg.MustRegister(m.removed)
+	reg.MustRegister(m.removed, m.failures)
 	return m
 }
 
@@ -100,6 +105,7 @@ func (s *Server) pruneOnce(ctx context.Context) {
 	switch {
 	case err != nil:
 		if ctx.Err() == nil {
+			m.failures.Inc()
 			s.log.Warn("Retention failed; retrying at the next run", append(attrs, "error", err.Error())...)
 		}
 	case ran:

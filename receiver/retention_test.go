@@ -2,11 +2,16 @@ package receiver
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jmoiron/sqlx"
+	_ "github.com/lib/pq"
 
 	"github.com/insighthealth/ehr-operator/internal/pgtest"
 	"github.com/insighthealth/ehr-operator/receiver/store"
@@ -68,5 +73,75 @@ func TestRetentionRunsOnSchedule(t *testing.T) {
 	left, err := st.Deliveries(context.Background(), store.DeliveryFilter{EHR: "nexus"})
 	if err != nil || len(left) != 1 || left[0].ReceivedAt.Sub(recent.ReceivedAt).Abs() > time.Microsecond {
 		t.Errorf("deliveries left: %+v (%v), want only the recent one", left, err)
+	}
+}
+
+// A retention the database refuses (a role without DELETE, as operations.md
+// warns) is counted on /metrics, which EHRReceiverRetentionFailing alerts
+// on: the gauge of the last complete run never appears, so nothing else
+// would show it.
+func TestRetentionFailureIsCounted(t *testing.T) {
+	u := pgtest.NewDatabase(t)
+	admin, err := sqlx.Open("postgres", u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = admin.Close() })
+	role := fmt.Sprintf("no_delete_%d", time.Now().UnixNano())
+	for _, stmt := range []string{
+		`CREATE ROLE ` + role + ` LOGIN`,
+		`GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO ` + role,
+	} {
+		if _, err := admin.Exec(stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		_, _ = admin.Exec(`DROP OWNED BY ` + role)
+		_, _ = admin.Exec(`DROP ROLE ` + role)
+	})
+	pu, err := url.Parse(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pu.User = url.User(role)
+	st, err := store.Open(context.Background(), pu.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	if err := st.RecordDeliveries(context.Background(), []store.Delivery{{EHR: "nexus", RequestID: "old",
+		ReceivedAt: time.Now().Add(-48 * time.Hour), Outcome: store.OutcomeRejected, StatusCode: 422}}); err != nil {
+		t.Fatal(err)
+	}
+
+	cfg := validConfig()
+	cfg.Retention = store.Retention{DeliveryLog: 24 * time.Hour}
+	cfg.RetentionInterval = 50 * time.Millisecond
+	log := &syncBuffer{}
+	srv, err := New(cfg, st, slog.New(slog.NewJSONHandler(log, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	scrape := func() string {
+		w := httptest.NewRecorder()
+		srv.MetricsHandler().ServeHTTP(w, httptest.NewRequest("GET", "/metrics", nil))
+		return w.Body.String()
+	}
+	const none = `ehr_receiver_retention_failures_total{ehr="nexus"} 0` + "\n"
+	if m := scrape(); !strings.Contains(m, none) {
+		t.Errorf("before any run, metrics lack %q", none)
+	}
+	srv.PruneInBackground(st)
+	t.Cleanup(srv.startBackground(context.Background()))
+	eventually(t, 10*time.Second, "two failed runs counted", func() bool {
+		return log.count("Retention failed; retrying at the next run") >= 2 && !strings.Contains(scrape(), none)
+	})
+	m := scrape()
+	if strings.Contains(m, "ehr_receiver_retention_last_run_timestamp_seconds") {
+		t.Error("a retention that never completed has a last-run time")
+	}
+	if !strings.Contains(m, `ehr_receiver_retention_failures_total{ehr="nexus"} `) {
+		t.Error("metrics lack the failure count")
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -225,12 +226,18 @@ func (s *Server) Run(ctx context.Context) error {
 // recoverer answers 500 on a panic and logs only that it happened: gin's
 // Recovery would dump the request headers, API key included.
 func (s *Server) recoverer(c *gin.Context) {
+	start := s.now()
 	defer func() {
 		if p := recover(); p != nil {
 			if p == http.ErrAbortHandler {
 				panic(p)
 			}
 			s.log.Error("Handler panicked", "request_id", c.GetString(ctxRequestID), "ehr", s.cfg.EHR)
+			// The handler's own count never ran: count the 500 here, so
+			// that EHRReceiverServerErrors sees it.
+			code := strconv.Itoa(http.StatusInternalServerError)
+			s.metrics.requests.WithLabelValues(s.cfg.EHR, code).Inc()
+			s.metrics.duration.WithLabelValues(s.cfg.EHR, code).Observe(s.now().Sub(start).Seconds())
 			if !c.Writer.Written() {
 				writeJSON(c, http.StatusInternalServerError, errorBody(http.StatusInternalServerError, msgInternal, nil))
 			}
