@@ -3,12 +3,15 @@ package controllers
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"os"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	metav1validation "k8s.io/apimachinery/pkg/apis/meta/v1/validation"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
 	networkingv1ac "k8s.io/client-go/applyconfigurations/networking/v1"
 	"sigs.k8s.io/yaml"
@@ -57,7 +60,41 @@ func LoadNetworkPolicyConfig(path string) (*NetworkPolicyConfig, error) {
 		// A rule without ports would admit every port of its peers.
 		return nil, fmt.Errorf("receivers' network policy %s: dns.ports and database.ports must not be empty", path)
 	}
+	// Refused here, at start, rather than by the API server on every
+	// receiver's NetworkPolicy (each reconcile failing ChildRejected).
+	var errs field.ErrorList
+	for name, ps := range map[string][]networkingv1.NetworkPolicyPeer{"webhookFrom": c.WebhookFrom,
+		"metricsFrom": c.MetricsFrom, "dns.to": c.DNS.To, "database.to": c.Database.To} {
+		errs = append(errs, validatePeers(ps, field.NewPath(name))...)
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("receivers' network policy %s: %w", path, errs.ToAggregate())
+	}
 	return &c, nil
+}
+
+// validatePeers checks what the API server would refuse in peers: label
+// selectors (keys, values, operators) and CIDRs.
+func validatePeers(peers []networkingv1.NetworkPolicyPeer, path *field.Path) field.ErrorList {
+	var errs field.ErrorList
+	for i, p := range peers {
+		at := path.Index(i)
+		for name, sel := range map[string]*metav1.LabelSelector{"podSelector": p.PodSelector, "namespaceSelector": p.NamespaceSelector} {
+			errs = append(errs, metav1validation.ValidateLabelSelector(sel, metav1validation.LabelSelectorValidationOptions{}, at.Child(name))...)
+		}
+		if b := p.IPBlock; b != nil {
+			for j, cidr := range append([]string{b.CIDR}, b.Except...) {
+				if _, _, err := net.ParseCIDR(cidr); err != nil {
+					f := at.Child("ipBlock", "cidr")
+					if j > 0 {
+						f = at.Child("ipBlock", "except").Index(j - 1)
+					}
+					errs = append(errs, field.Invalid(f, cidr, "not a CIDR with its /prefix"))
+				}
+			}
+		}
+	}
+	return errs
 }
 
 // networkPolicyWanted says whether e gets a NetworkPolicy: the manager's

@@ -103,6 +103,13 @@ func TestLoadNetworkPolicyConfigRefusesWhatWouldWidenIt(t *testing.T) {
 		"no database ports":   "enabled: true\ndns: {ports: [{port: 53}]}\ndatabase: {to: [{ipBlock: {cidr: 10.0.0.1/32}}]}\n",
 		"no DNS ports":        "enabled: true\ndns: {}\ndatabase: {ports: [{port: 5432}]}\n",
 		"not a policy at all": "- 1\n",
+		// What the API server would refuse on every receiver's policy.
+		"a CIDR without its prefix": "enabled: true\ndns: {ports: [{port: 53}]}\ndatabase: {to: [{ipBlock: {cidr: 10.0.0.5}}], ports: [{port: 5432}]}\n",
+		"an except not a CIDR":      "enabled: true\ndns: {ports: [{port: 53}]}\ndatabase: {to: [{ipBlock: {cidr: 10.0.0.0/8, except: [nope]}}], ports: [{port: 5432}]}\n",
+		"a label value with a space": "enabled: true\nwebhookFrom: [{podSelector: {matchLabels: {app: 'a b'}}}]\n" +
+			"dns: {ports: [{port: 53}]}\ndatabase: {ports: [{port: 5432}]}\n",
+		"an unknown operator": "enabled: true\nmetricsFrom: [{namespaceSelector: {matchExpressions: [{key: a, operator: Has}]}}]\n" +
+			"dns: {ports: [{port: 53}]}\ndatabase: {ports: [{port: 5432}]}\n",
 	} {
 		path := filepath.Join(t.TempDir(), "netpol.yaml")
 		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {

@@ -197,8 +197,9 @@ type ReceiverPodTemplate struct {
 // ReceiverServiceAccount is what the receiver's ServiceAccount gets besides
 // what the operator sets.
 type ReceiverServiceAccount struct {
-	// annotations are added to the ServiceAccount, e.g. for a cloud IAM
-	// role: eks.amazonaws.com/role-arn or iam.gke.io/gcp-service-account.
+	// annotations are added to the ServiceAccount as they are, for what the
+	// platform reads there (ownership, policy). The receiver does nothing
+	// with them: it logs in to PostgreSQL with its database URL only.
 	// +optional
 	// +kubebuilder:validation:MaxProperties=64
 	Annotations map[string]string `json:"annotations,omitempty"`

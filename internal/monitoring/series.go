@@ -100,28 +100,49 @@ func Missing(names []string, exposed map[string]bool) []string {
 	return out
 }
 
-// RuleQueries are the expressions of the shipped alert rules.
-func RuleQueries(repo string) ([]string, error) {
+// rule is one alert of the shipped rule file.
+type rule struct {
+	Alert string `json:"alert"`
+	Expr  string `json:"expr"`
+}
+
+// rules are the shipped alert rules, in file order.
+func rules(repo string) ([]rule, error) {
 	raw, err := os.ReadFile(filepath.Join(repo, Files.Rules))
 	if err != nil {
 		return nil, err
 	}
 	var f struct {
 		Groups []struct {
-			Rules []struct {
-				Alert string `json:"alert"`
-				Expr  string `json:"expr"`
-			} `json:"rules"`
+			Rules []rule `json:"rules"`
 		} `json:"groups"`
 	}
 	if err := yaml.Unmarshal(raw, &f); err != nil {
 		return nil, fmt.Errorf("%s: %w", Files.Rules, err)
 	}
-	var exprs []string
+	var out []rule
 	for _, g := range f.Groups {
-		for _, r := range g.Rules {
-			exprs = append(exprs, r.Expr)
-		}
+		out = append(out, g.Rules...)
 	}
-	return exprs, nil
+	return out, nil
+}
+
+// RuleQueries are the expressions of the shipped alert rules.
+func RuleQueries(repo string) ([]string, error) {
+	rs, err := rules(repo)
+	var exprs []string
+	for _, r := range rs {
+		exprs = append(exprs, r.Expr)
+	}
+	return exprs, err
+}
+
+// AlertNames are the names of the shipped alerts.
+func AlertNames(repo string) ([]string, error) {
+	rs, err := rules(repo)
+	var names []string
+	for _, r := range rs {
+		names = append(names, r.Alert)
+	}
+	return names, err
 }

@@ -97,6 +97,12 @@ func TestSchemaRefusesBadValues(t *testing.T) {
 		{"port out of range", "metrics.port=70000", "port"},
 		{"malformed digest", "image.digest=latest", "digest"},
 		{"object as an annotation value", "podAnnotations.a.b=c", "podAnnotations"},
+		{"a selector label in podLabels", `podLabels.app\.kubernetes\.io/instance=x`, "podLabels"},
+		{"misspelt toleration field", "tolerations[0].operater=Exists", "operater"},
+		{"toleration operator outside the enum", "tolerations[0].operator=Exist", "operator"},
+		{"toleration effect outside the enum", "tolerations[0].effect=NoSchedul", "effect"},
+		{"string for tolerationSeconds", "tolerations[0].tolerationSeconds=soon", "tolerationSeconds"},
+		{"misspelt peer field of the manager's policy", "networkPolicy.metricsFrom[0].podSelektor.a=b", "podSelektor"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, cmd := range [][]string{
@@ -285,6 +291,29 @@ func TestTemplateToggles(t *testing.T) {
 	if _, err := run(helmBin(t), "template", "x", chartDir, "--set", "metrics.port=8081"); err == nil ||
 		!strings.Contains(err.Error(), "must differ") {
 		t.Errorf("metrics.port equal to healthProbePort was not refused: %v", err)
+	}
+	// A PodDisruptionBudget that allows no eviction (drains would hang) and
+	// several managers without leader election are refused.
+	for _, tc := range []struct {
+		want string
+		sets []string
+	}{
+		{"allows no eviction", []string{"podDisruptionBudget.enabled=true"}},
+		{"allows no eviction", []string{"podDisruptionBudget.enabled=true", "replicaCount=2", "podDisruptionBudget.minAvailable=51%"}},
+		{"needs leaderElection.enabled", []string{"replicaCount=2", "leaderElection.enabled=false"}},
+	} {
+		args := []string{"template", "x", chartDir}
+		for _, s := range tc.sets {
+			args = append(args, "--set", s)
+		}
+		if _, err := run(helmBin(t), args...); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("--set %v: want an error saying %q, got %v", tc.sets, tc.want, err)
+		}
+	}
+	pdb := find(t, helmTemplate(t, "ehr-operator", "ops", "--set", "podDisruptionBudget.enabled=true", "--set", "replicaCount=2",
+		"--set", "podDisruptionBudget.minAvailable=50%"), "PodDisruptionBudget", "ehr-operator")
+	if m, _, _ := unstructured.NestedString(pdb.Object, "spec", "minAvailable"); m != "50%" {
+		t.Errorf("PodDisruptionBudget minAvailable = %q, want 50%% of 2 replicas", m)
 	}
 	// A ServiceMonitor without the Service it scrapes is refused.
 	if _, err := run(helmBin(t), "template", "x", chartDir, "--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.service.enabled=false"); err == nil ||

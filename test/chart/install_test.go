@@ -124,8 +124,13 @@ func helmLifecycle(t *testing.T, ctx context.Context, c client.Client, kubeconfi
 	for _, ns := range []string{"ehr-a", "ehr-b"} {
 		ensureNamespace(t, ctx, c, ns)
 	}
-	if _, err := run(helm, append([]string{"upgrade", "flow", chartDir, "-f", allOnValues, "--set", "fullnameOverride=flow-all-on"}, common...)...); err != nil {
+	out, err = run(helm, append([]string{"upgrade", "flow", chartDir, "-f", allOnValues, "--set", "fullnameOverride=flow-all-on"}, common...)...)
+	if err != nil {
 		t.Fatalf("helm upgrade to every option: %v", err)
+	}
+	// The NOTES' example is in a watched namespace.
+	if !strings.Contains(out, "kubectl -n ehr-a get ehrintegrations") {
+		t.Errorf("helm upgrade output with watchNamespaces [ehr-a ehr-b] lacks the example in ehr-a:\n%s", out)
 	}
 	d, err := deployment("flow-all-on")
 	if err != nil {
@@ -147,6 +152,12 @@ func helmLifecycle(t *testing.T, ctx context.Context, c client.Client, kubeconfi
 	crd := &apiextensionsv1.CustomResourceDefinition{}
 	if err := c.Get(ctx, client.ObjectKey{Name: "ehrintegrations.ehr.insighthealth.io"}, crd); err != nil {
 		t.Errorf("helm uninstall removed the CRD despite crds.keep: %v", err)
+	}
+	// One release per cluster: another release may not take the CRD, which
+	// still names flow, and is told so.
+	if _, err := run(helm, "install", "other", chartDir, "--namespace", "helm-other", "--create-namespace", "--kubeconfig", kubeconfig); err == nil ||
+		!strings.Contains(err.Error(), "belongs to Helm release flow in namespace helm-flow") {
+		t.Errorf("a second release was not refused the CRD of release flow: %v", err)
 	}
 }
 

@@ -85,18 +85,46 @@ func TestReceiverNetworkPolicyFile(t *testing.T) {
 }
 
 // The schema refuses an egress target without ports (such a rule would
-// admit every port), an unknown protocol and a misspelt peer field.
+// admit every port), an unknown protocol, a misspelt peer field, selectors
+// that are not LabelSelectors, a peer the API refuses (empty, or an ipBlock
+// beside a selector) and a CIDR without its prefix.
 func TestReceiverNetworkPolicySchema(t *testing.T) {
 	for _, set := range []string{
 		`receiverNetworkPolicy.database.ports=[]`,
 		`receiverNetworkPolicy.database.ports=[{"port":5432,"protocol":"ICMP"}]`,
 		`receiverNetworkPolicy.dns={"to":[],"ports":[]}`,
 		`receiverNetworkPolicy.webhookFrom=[{"podSelektor":{}}]`,
+		`receiverNetworkPolicy.webhookFrom=[{}]`,
+		`receiverNetworkPolicy.webhookFrom=[{"podSelector":{"matchLabel":{"app":"nginx"}}}]`,
+		`receiverNetworkPolicy.webhookFrom=[{"podSelector":{"matchLabels":{"app":{"name":"nginx"}}}}]`,
+		`receiverNetworkPolicy.webhookFrom=[{"podSelector":{"matchLabels":{"app":null}}}]`,
+		`receiverNetworkPolicy.metricsFrom=[{"namespaceSelector":{"matchExpressions":[{"key":"team","operator":"Equals","values":["a"]}]}}]`,
+		`receiverNetworkPolicy.metricsFrom=[{"namespaceSelector":{"matchExpressions":[{"key":"team","operator":"In"}]}}]`,
+		`receiverNetworkPolicy.metricsFrom=[{"namespaceSelector":{"matchExpressions":[{"key":"team","operator":"Exists","values":["a"]}]}}]`,
+		`receiverNetworkPolicy.metricsFrom=[{"namespaceSelector":{"matchExpressions":[{"operator":"Exists"}]}}]`,
+		`receiverNetworkPolicy.metricsFrom=[{"namespaceSelector":{"matchExpressions":[{"key":"team","operator":"Exists","value":"a"}]}}]`,
+		`receiverNetworkPolicy.database.to=[{"ipBlock":{"cidr":"10.0.0.5"}}]`,
+		`receiverNetworkPolicy.database.to=[{"ipBlock":{"cidr":"10.0.0.0/33"}}]`,
+		`receiverNetworkPolicy.database.to=[{"ipBlock":{"cidr":"10.0.0.256/32"}}]`,
+		`receiverNetworkPolicy.database.to=[{"ipBlock":{"cidr":"db.example.com/32"}}]`,
+		`receiverNetworkPolicy.database.to=[{"ipBlock":{"cidr":"fd00::1"}}]`,
+		`receiverNetworkPolicy.database.to=[{"ipBlock":{"cidr":"fd00::/129"}}]`,
+		`receiverNetworkPolicy.database.to=[{"ipBlock":{"cidr":"10.0.0.0/8","except":["10.1.0.0"]}}]`,
+		`receiverNetworkPolicy.database.to=[{"ipBlock":{"cidr":"10.0.0.0/8"},"namespaceSelector":{}}]`,
 	} {
 		if _, err := run(helmBin(t), "template", "x", chartDir, "--set-json", set); err == nil {
 			t.Errorf("helm accepted --set-json %s", set)
 		} else if !strings.Contains(err.Error(), "receiverNetworkPolicy") {
 			t.Errorf("--set-json %s refused for another reason: %v", set, err)
 		}
+	}
+	// Valid peers pass, IPv6 among them, and label values given as
+	// numbers reach the manager as the strings its strict decoding wants.
+	c, _ := receiverNetworkPolicy(t, "--set-json",
+		`receiverNetworkPolicy.database.to=[{"ipBlock":{"cidr":"fd00::/8","except":["fd00::5/128"]}},{"ipBlock":{"cidr":"0.0.0.0/0"}},`+
+			`{"namespaceSelector":{"matchLabels":{"generation":2}},"podSelector":{"matchExpressions":[{"key":"tier","operator":"In","values":[1,"db"]},{"key":"canary","operator":"DoesNotExist"}]}}]`)
+	if to := c.Database.To; len(to) != 3 || to[0].IPBlock == nil || to[0].IPBlock.CIDR != "fd00::/8" ||
+		to[2].NamespaceSelector.MatchLabels["generation"] != "2" || !slices.Equal(to[2].PodSelector.MatchExpressions[0].Values, []string{"1", "db"}) {
+		t.Errorf("database.to = %+v", to)
 	}
 }

@@ -111,6 +111,11 @@ func TestReceiverPodDefaultsSchema(t *testing.T) {
 		`receivers.podTemplate={"imagePullSecrets":[{"secret":"regcred"}]}`,
 		`receivers.podTemplate={"serviceAccount":{"annotation":{"a":"b"}}}`,
 		`receivers.podTemplate={"tolerations":{"key":"a"}}`,
+		`receivers.podTemplate={"tolerations":[{"key":"a","operater":"Exists"}]}`,
+		`receivers.podTemplate={"tolerations":[{"key":"a","operator":"Exist"}]}`,
+		`receivers.podTemplate={"tolerations":[{"key":"a","operator":"Exists","effect":"NoSchedul"}]}`,
+		`receivers.podTemplate={"tolerations":[{"key":"a","operator":"Equal","value":1}]}`,
+		`receivers.podTemplate={"tolerations":[{"key":"a","operator":"Exists","effect":"NoExecute","tolerationSeconds":"5m"}]}`,
 		`receivers={"podTemplates":{}}`,
 	} {
 		if _, err := run(helmBin(t), "template", "x", chartDir, "--set-json", set); err == nil {
@@ -118,6 +123,12 @@ func TestReceiverPodDefaultsSchema(t *testing.T) {
 		} else if !strings.Contains(err.Error(), "receivers") {
 			t.Errorf("--set-json %s refused for another reason: %v", set, err)
 		}
+	}
+	// A whole toleration is fine, as is one that matches every taint.
+	tol, _ := receiverPodDefaults(t, "--set-json",
+		`receivers.podTemplate={"tolerations":[{"key":"a","operator":"Equal","value":"b","effect":"NoExecute","tolerationSeconds":30},{"operator":"Exists"}]}`)
+	if len(tol.Tolerations) != 2 || tol.Tolerations[0].TolerationSeconds == nil || *tol.Tolerations[0].TolerationSeconds != 30 {
+		t.Errorf("tolerations = %+v", tol.Tolerations)
 	}
 	// Others' app.kubernetes.io/ labels and annotations are fine.
 	if _, err := run(helmBin(t), "template", "x", chartDir, "--set-json",

@@ -6,7 +6,10 @@ package monitoring
 import (
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
+
+	shipped "github.com/insighthealth/ehr-operator/internal/monitoring"
 )
 
 const rulesFile = "../../charts/ehr-operator/files/prometheus-rules.yaml"
@@ -37,6 +40,31 @@ func TestAlertRules(t *testing.T) {
 		t.Logf("promtool %v:\n%s", args, out)
 		if err != nil {
 			t.Errorf("promtool %v: %v", args, err)
+		}
+	}
+}
+
+// TestOperationsDocumentsEveryAlert: docs/operations.md has a row for each
+// shipped alert in its table and a paragraph in "When an alert fires", so
+// an alert added to the rules cannot page someone with nothing to read.
+func TestOperationsDocumentsEveryAlert(t *testing.T) {
+	names, err := shipped.AlertNames("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(names) == 0 {
+		t.Fatal("no alert in the rule file: the check below would check nothing")
+	}
+	doc, err := os.ReadFile("../../docs/operations.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range names {
+		if !strings.Contains(string(doc), "| `"+n+"` |") {
+			t.Errorf("docs/operations.md has no row for alert %s in its table", n)
+		}
+		if !strings.Contains(string(doc), "**`"+n+"`**") {
+			t.Errorf("docs/operations.md says nothing of what to do when %s fires (\"When an alert fires\")", n)
 		}
 	}
 }

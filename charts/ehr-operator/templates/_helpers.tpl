@@ -64,6 +64,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/*
+"true" when the metrics endpoint authenticates its callers. A missing
+metrics.secure (values reused from a chart that predates it) counts as the
+default, true, not as false: that would serve the metrics to anyone.
+*/}}
+{{- define "ehr-operator.metricsSecure" -}}
+{{- if dig "secure" true (.Values.metrics | default dict) }}true{{ end }}
+{{- end }}
+
 {{/* The receivers' image: receiverImage, else the operator's own image. */}}
 {{- define "ehr-operator.receiverImage" -}}
 {{- default (include "ehr-operator.image" .) .Values.receiverImage }}
@@ -82,18 +91,56 @@ wants strings, and `--set podAnnotations.revision=2` gives a number.
 {{- end }}
 
 {{/*
+A list of NetworkPolicyPeers with the label values of their selectors as
+strings: `--set` makes numbers of digits, which the API server and the
+manager (it decodes its file strictly) refuse in a LabelSelector.
+*/}}
+{{- define "ehr-operator.networkPolicyPeers" -}}
+{{- $peers := list }}
+{{- range . }}
+{{- $peer := deepCopy . }}
+{{- range $k := list "podSelector" "namespaceSelector" }}
+{{- with get $peer $k }}
+{{- $sel := . }}
+{{- with .matchLabels }}
+{{- $_ := set $sel "matchLabels" (include "ehr-operator.stringMap" . | fromYaml) }}
+{{- end }}
+{{- range $e := .matchExpressions }}
+{{- with $e.values }}
+{{- $values := list }}
+{{- range . }}
+{{- $values = append $values (toString .) }}
+{{- end }}
+{{- $_ := set $e "values" $values }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $peers = append $peers $peer }}
+{{- end }}
+{{- toYaml $peers }}
+{{- end }}
+
+{{/*
 The manager's --receiver-network-policy file. The operator's own pods are
 added to metricsFrom (it reads the receivers' GET /dbz on that port), unless
-metricsFrom is empty, which already admits any source.
+metricsFrom is empty, which already admits any source. Values without
+receiverNetworkPolicy come from `helm upgrade --reuse-values` over a chart
+that predates it: refused, since the policy has no safe empty default.
 */}}
 {{- define "ehr-operator.receiverNetworkPolicy" -}}
-{{- $p := .Values.receiverNetworkPolicy -}}
-{{- $metricsFrom := $p.metricsFrom -}}
+{{- $p := required "receiverNetworkPolicy is missing from the values: `helm upgrade --reuse-values` keeps the previous chart's defaults; upgrade with --reset-then-reuse-values (Helm >= 3.14) or -f your values file" .Values.receiverNetworkPolicy -}}
+{{- $metricsFrom := include "ehr-operator.networkPolicyPeers" $p.metricsFrom | fromYamlArray -}}
 {{- if $metricsFrom }}
 {{- $operator := dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" .Release.Namespace)) "podSelector" (dict "matchLabels" (include "ehr-operator.selectorLabels" . | fromYaml)) }}
 {{- $metricsFrom = append $metricsFrom $operator }}
 {{- end }}
-{{- dict "enabled" $p.enabled "webhookFrom" $p.webhookFrom "metricsFrom" $metricsFrom "dns" $p.dns "database" $p.database | toYaml }}
+{{- $egress := dict }}
+{{- range $k := list "dns" "database" }}
+{{- $t := get $p $k | default dict }}
+{{- $_ := set $egress $k (dict "to" (include "ehr-operator.networkPolicyPeers" $t.to | fromYamlArray) "ports" $t.ports) }}
+{{- end }}
+{{- dict "enabled" $p.enabled "webhookFrom" (include "ehr-operator.networkPolicyPeers" $p.webhookFrom | fromYamlArray) "metricsFrom" $metricsFrom "dns" $egress.dns "database" $egress.database | toYaml }}
 {{- end }}
 
 {{/*
@@ -102,7 +149,7 @@ values of its maps as strings (`--set` makes numbers of digits), as the
 manager decodes them strictly.
 */}}
 {{- define "ehr-operator.receiverPodDefaults" -}}
-{{- $t := deepCopy (.Values.receivers.podTemplate | default dict) -}}
+{{- $t := deepCopy (dig "podTemplate" dict (.Values.receivers | default dict) | default dict) -}}
 {{- range $k := list "labels" "annotations" "nodeSelector" }}
 {{- with get $t $k }}
 {{- $_ := set $t $k (include "ehr-operator.stringMap" . | fromYaml) }}
