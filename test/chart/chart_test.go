@@ -315,6 +315,19 @@ func TestTemplateToggles(t *testing.T) {
 	if m, _, _ := unstructured.NestedString(pdb.Object, "spec", "minAvailable"); m != "50%" {
 		t.Errorf("PodDisruptionBudget minAvailable = %q, want 50%% of 2 replicas", m)
 	}
+	// A token from a Secret instead of Prometheus' own token file, which a
+	// Prometheus Operator denying file access refuses.
+	sm := find(t, helmTemplate(t, "ehr-operator", "ops", "--set", "metrics.serviceMonitor.enabled=true",
+		"--set", "metrics.serviceMonitor.bearerTokenSecret.name=scraper-token"), "ServiceMonitor", "ehr-operator")
+	eps, _, _ := unstructured.NestedSlice(sm.Object, "spec", "endpoints")
+	if len(eps) != 1 {
+		t.Fatalf("ServiceMonitor endpoints = %v", eps)
+	}
+	ep := eps[0].(map[string]any)
+	creds, _, _ := unstructured.NestedStringMap(ep, "authorization", "credentials")
+	if _, file := ep["bearerTokenFile"]; file || creds["name"] != "scraper-token" || creds["key"] != "token" {
+		t.Errorf("ServiceMonitor endpoint %v: want authorization.credentials scraper-token/token and no bearerTokenFile", ep)
+	}
 	// A ServiceMonitor without the Service it scrapes is refused.
 	if _, err := run(helmBin(t), "template", "x", chartDir, "--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.service.enabled=false"); err == nil ||
 		!strings.Contains(err.Error(), "metrics.service.enabled") {
