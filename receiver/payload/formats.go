@@ -26,8 +26,12 @@ func calendarDate(s string) (time.Time, string) {
 }
 
 // wallTime parses MM/DD/YYYY HH:MM as a wall time in loc. A wall time that
-// does not exist in loc (the hour skipped when clocks go forward) is
-// resolved as time.Date does; an ambiguous one (clocks going back) likewise.
+// does not exist in loc (the hour skipped when clocks go forward) is moved
+// forward by the gap (02:30 on New York's spring-forward day is 03:30 EDT),
+// in every zone: time.Date moves it back in zones west of UTC (01:30 EST),
+// and in a zone whose clocks skip midnight (Santiago) onto the day before,
+// which start_date would then contradict. An ambiguous one (clocks going
+// back) is taken as time.Date takes it.
 func wallTime(s string, loc *time.Location) (time.Time, string) {
 	if len(s) != 16 || s[10] != ' ' || s[13] != ':' {
 		return time.Time{}, msgDateTime
@@ -44,7 +48,15 @@ func wallTime(s string, loc *time.Location) (time.Time, string) {
 	if msg != "" {
 		return time.Time{}, msg
 	}
-	return time.Date(y, time.Month(m), d, hh, mm, 0, 0, loc), ""
+	t := time.Date(y, time.Month(m), d, hh, mm, 0, 0, loc)
+	if ty, tm, td := t.Date(); ty == y && int(tm) == m && td == d && t.Hour() == hh && t.Minute() == mm {
+		return t, ""
+	}
+	// In the gap: read it with the offset in force before the clocks went
+	// forward (a day earlier; no zone changes twice in a day), which after
+	// them shows the wall time plus the gap.
+	_, before := t.Add(-24 * time.Hour).Zone()
+	return time.Date(y, time.Month(m), d, hh, mm, 0, 0, time.UTC).Add(-time.Duration(before) * time.Second).In(loc), ""
 }
 
 // inFuture reports whether the calendar date d (midnight UTC) is after

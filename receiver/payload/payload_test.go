@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	_ "time/tzdata" // the zones below on a machine without /usr/share/zoneinfo
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -395,6 +396,17 @@ func TestValidateTimeZones(t *testing.T) {
 		{"03/09/2026 10:00", time.Date(2026, 3, 9, 14, 0, 0, 0, time.UTC), "America/New_York"},  // EDT
 		{"11/02/2026 10:00", time.Date(2026, 11, 2, 15, 0, 0, 0, time.UTC), "America/New_York"}, // EST again
 		{"03/09/2026 10:00", time.Date(2026, 3, 9, 10, 0, 0, 0, time.UTC), "UTC"},
+		// Skipped by clocks going forward: moved forward by the gap, west
+		// and east of UTC alike, and where midnight is skipped the date
+		// stays the one sent (start_date agrees).
+		{"03/08/2026 02:30", time.Date(2026, 3, 8, 7, 30, 0, 0, time.UTC), "America/New_York"},      // 03:30 EDT
+		{"03/08/2026 02:00", time.Date(2026, 3, 8, 7, 0, 0, 0, time.UTC), "America/New_York"},       // 03:00 EDT
+		{"03/08/2026 01:59", time.Date(2026, 3, 8, 6, 59, 0, 0, time.UTC), "America/New_York"},      // EST, just before
+		{"03/08/2026 03:00", time.Date(2026, 3, 8, 7, 0, 0, 0, time.UTC), "America/New_York"},       // EDT, just after
+		{"03/29/2026 02:30", time.Date(2026, 3, 29, 1, 30, 0, 0, time.UTC), "Europe/Berlin"},        // 03:30 CEST
+		{"09/06/2026 00:30", time.Date(2026, 9, 6, 4, 30, 0, 0, time.UTC), "America/Santiago"},      // 01:30 -03
+		{"09/06/2026 00:00", time.Date(2026, 9, 6, 4, 0, 0, 0, time.UTC), "America/Santiago"},       // 01:00 -03
+		{"10/04/2026 02:15", time.Date(2026, 10, 3, 15, 45, 0, 0, time.UTC), "Australia/Lord_Howe"}, // 02:45 +11, a 30-minute gap
 	} {
 		e := entryMap(t)
 		sub(e, "appointment")["start_time"] = tc.start
