@@ -1,7 +1,6 @@
 package store
 
 import (
-	"cmp"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -294,7 +293,7 @@ func list(items []string) string {
 // outside the batcher.
 type prepared struct {
 	delivery    Delivery
-	ids         []string // the appointments written: deduped (last wins), sorted
+	ids         []string // the appointments written: deduped (last wins), in batch order
 	entries     int      // len(Batch.Entries): written + duplicates
 	quarantined int
 	replayed    int
@@ -302,9 +301,12 @@ type prepared struct {
 	deliveryRow, entryRows, quarantineRows, replayRows elements
 }
 
-// prepare dedupes appointments (the last entry wins, architecture.md, "Schema and write path"), sorts them
-// by id, hashes each (unless b.Versions did) and lays the request out for
-// writeArgs.
+// prepare dedupes appointments (the last entry wins, architecture.md,
+// "Schema and write path"), keeps them in batch order (each entry's
+// ordinality in the statement is its place, so the last entry naming a
+// patient or practitioner is the one written; the statement orders its
+// locks by key itself), hashes each (unless b.Versions did) and lays the
+// request out for writeArgs.
 func prepare(b Batch) (*prepared, error) {
 	d := b.Delivery
 	if err := d.check(); err != nil {
@@ -326,9 +328,7 @@ func prepare(b Batch) (*prepared, error) {
 	for _, i := range last {
 		idx = append(idx, i)
 	}
-	slices.SortFunc(idx, func(i, j int) int {
-		return cmp.Compare(b.Entries[i].Appointment.ID, b.Entries[j].Appointment.ID)
-	})
+	slices.Sort(idx)
 
 	rows := make([]entryRow, len(idx))
 	ids := make([]string, len(idx))

@@ -197,17 +197,27 @@ func TestWriteSameAppointmentTwiceInBatchLastWins(t *testing.T) {
 	}
 }
 
+// The patient and practitioner named by two appointments of one batch get
+// the later entry's content, whichever appointment id sorts first.
 func TestWriteSamePatientInTwoAppointmentsOfABatch(t *testing.T) {
 	t.Parallel()
 	s, db := newStore(t)
-	a, b := minimalEntry("apt-a"), minimalEntry("apt-b")
-	a.Patient.ID, b.Patient.ID = "pat-shared", "pat-shared"
-	b.Patient.Email = ptr("later@example.com")
-	if res := mustWrite(t, s, batch(a, b)); res.Written != 2 {
-		t.Fatalf("Written %d, want 2", res.Written)
-	}
-	if got := getPatient(t, db, "pat-shared"); got.Email == nil || *got.Email != "later@example.com" {
-		t.Error("patient row is not the later entry's")
+	for _, ids := range [][2]string{{"apt-a", "apt-b"}, {"apt-z", "apt-y"}} {
+		earlier, later := minimalEntry(ids[0]), minimalEntry(ids[1])
+		earlier.Patient.ID, later.Patient.ID = "pat-"+ids[0], "pat-"+ids[0]
+		earlier.Patient.Email, later.Patient.Email = ptr("earlier@example.com"), ptr("later@example.com")
+		earlier.Practitioner.ID, later.Practitioner.ID = "prov-"+ids[0], "prov-"+ids[0]
+		earlier.Practitioner.LastName, later.Practitioner.LastName = "Earlier", "Later"
+		if res := mustWrite(t, s, batch(earlier, later)); res.Written != 2 {
+			t.Fatalf("%v: Written %d, want 2", ids, res.Written)
+		}
+		if got := getPatient(t, db, "pat-"+ids[0]); got.Email == nil || *got.Email != "later@example.com" {
+			t.Errorf("%v: patient row is not the later entry's", ids)
+		}
+		var last string
+		if err := db.Get(&last, `SELECT last_name FROM practitioners WHERE external_id = $1`, "prov-"+ids[0]); err != nil || last != "Later" {
+			t.Errorf("%v: practitioner %q (%v), want the later entry's", ids, last, err)
+		}
 	}
 }
 
