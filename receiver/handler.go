@@ -118,7 +118,7 @@ func (s *Server) sync(c *gin.Context) {
 	}
 	writeJSON(c, a.resp.Code, a.resp)
 	// Before the migration the delivery table may not exist yet.
-	if rq.authenticated && a.resp.Code != http.StatusOK && s.db.migrated.Load() {
+	if rq.authenticated && a.resp.Code != http.StatusOK && recorded(a.outcome) && s.db.migrated.Load() {
 		s.recordFailure(rq, a)
 	}
 	s.finish(rq, a)
@@ -346,6 +346,16 @@ func (s *Server) delivery(rq *request, outcome store.Outcome, code int) store.De
 // recordFailure queues an authenticated request that failed for
 // webhook_deliveries, best effort: the delivery log writes it later, or
 // drops it when it cannot keep up.
+// recorded says whether a failed request of the EHR gets a row in the
+// delivery log. Not the refusals that shield the receiver from a flood
+// (429, and 503 overloaded before the body is read): a row each would turn
+// the flood into database writes, thousands of rows a second from anyone
+// holding the API key alone. They are counted and logged, and the sender
+// retries them.
+func recorded(o store.Outcome) bool {
+	return o != store.OutcomeRateLimited && o != store.OutcomeOverloaded
+}
+
 func (s *Server) recordFailure(rq *request, a answer) {
 	s.deliveries.add(s.delivery(rq, a.outcome, a.resp.Code))
 }

@@ -96,7 +96,7 @@ func TestOverloaded(t *testing.T) {
 	ts.h.ServeHTTP(w, req)
 	ts.expect(t, w, id, second, want{status: 503,
 		body:    `{"message":"the receiver is busy; the batch was not stored, retry later","success":false,"code":503}`,
-		headers: map[string]string{"Retry-After": "1"}, outcome: store.OutcomeOverloaded, delivered: true})
+		headers: map[string]string{"Retry-After": "1"}, outcome: store.OutcomeOverloaded})
 	if unread.early.Load() {
 		t.Error("the refused body was read before the answer went out")
 	}
