@@ -55,18 +55,35 @@ type Store struct {
 	txTimeout, outcomeGrace time.Duration
 }
 
+// urlError says what is wrong with a database URL without quoting any of
+// it: a url.Error quotes the URL, and its cause what it took for a part,
+// such as the start of a password holding an unescaped '/' read as the port
+// ("invalid port \":Sup3r\" after host"). lib/pq's own errors (an unknown
+// sslmode, say) name a parameter and its value, and are kept when the URL
+// has no password to show.
+func urlError(databaseURL string, err error) error {
+	const msg = "the database URL is not a valid postgres:// URL (percent-encode / ? # @ % : in the user name and password)"
+	var uerr *url.Error
+	if errors.As(err, &uerr) {
+		return errors.New(msg)
+	}
+	u, perr := url.Parse(databaseURL)
+	if perr != nil {
+		return errors.New(msg)
+	}
+	if _, has := u.User.Password(); has {
+		return errors.New(msg)
+	}
+	return fmt.Errorf("while parsing the database URL: %w", err)
+}
+
 // Open sets up the pool for databaseURL (a postgres:// URL) and starts the
 // batcher. It does not contact the database, so a receiver starts while the
 // database is down. It does not migrate.
 func Open(ctx context.Context, databaseURL string) (*Store, error) {
 	cfg, err := pq.NewConfig(databaseURL)
 	if err != nil {
-		// A url.Error quotes the URL, password included: keep only its cause.
-		var uerr *url.Error
-		if errors.As(err, &uerr) {
-			err = uerr.Err
-		}
-		return nil, fmt.Errorf("while parsing the database URL: %w", err)
+		return nil, urlError(databaseURL, err)
 	}
 	// lib/pq's connection handshake ignores the context: without a
 	// connect_timeout a server that accepts but never answers would hold a
