@@ -127,10 +127,13 @@ func replayDelivery(ctx context.Context, st Store, opts Options, qs []store.Quar
 		}
 		rep.Valid++
 		entries = append(entries, e)
-		// First received with the original delivery: a newer version of
-		// the appointment stored since is not undone (the entry is
-		// superseded), as with a sender's retry.
-		versions = append(versions, store.Version{Hash: store.ContentHash(e), FirstReceived: q.ReceivedAt})
+		// First received just before the original delivery: a version
+		// stored since is not undone (the entry is superseded), as with a
+		// sender's retry, and neither is one that delivery itself stored
+		// (a later entry of its batch for the same appointment, which won
+		// there). A version first received at the same instant would
+		// otherwise not count as newer.
+		versions = append(versions, store.Version{Hash: store.ContentHash(e), FirstReceived: q.ReceivedAt.Add(-time.Microsecond)})
 		ids = append(ids, q.ID)
 	}
 	if len(entries) == 0 || opts.DryRun {

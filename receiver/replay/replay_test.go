@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -222,5 +223,36 @@ func TestReplayPages(t *testing.T) {
 	}
 	if n := count(t, db, `SELECT count(*) FROM quarantined_entries WHERE replayed_at IS NULL`); n != 0 {
 		t.Errorf("%d entries left pending", n)
+	}
+}
+
+// A batch named apt-5 twice: its first entry (booked) was quarantined, its
+// second (cancelled) stored, the batch's last word. Replaying the first
+// must not book the cancelled appointment again.
+func TestReplayKeepsWhatItsOwnDeliveryStored(t *testing.T) {
+	st, db := open(t)
+	booked := entry("apt-5", "01/15/2026", "first")
+	cancelled := json.RawMessage(strings.Replace(string(entry("apt-5", "05/15/1990", "second")), `"booked"`, `"cancelled"`, 1))
+	e, errs := replay.Validate(store.QuarantineRecord{Raw: cancelled}, chicago, t0)
+	if errs != nil {
+		t.Fatalf("the stored entry is invalid: %v", errs)
+	}
+	_, err := st.Write(context.Background(), store.Batch{
+		Delivery: store.Delivery{EHR: ehr, RequestID: "req-twice", ReceivedAt: t0,
+			BodySHA256: sha256.Sum256([]byte("twice")), ItemCount: 2, Outcome: store.OutcomeQuarantined, StatusCode: 200},
+		Entries: []payload.Entry{e},
+		Quarantined: []store.Quarantined{{Index: 0, Raw: booked, Errors: []payload.FieldError{
+			{Index: 0, Field: "appointments[0].patient.birth_date", Message: "must not be in the future"}}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := run(t, st, false)
+	if rep.Valid != 1 || rep.Written != 0 || rep.Superseded != 1 {
+		t.Errorf("report %+v, want the replayed entry superseded", rep)
+	}
+	var status string
+	if err := db.Get(&status, `SELECT status FROM appointments WHERE ehr = $1 AND external_id = 'apt-5'`, ehr); err != nil || status != "cancelled" {
+		t.Errorf("apt-5 is %q (%v), want the batch's last word, cancelled", status, err)
 	}
 }
