@@ -11,6 +11,7 @@ import (
 	"mime"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -161,6 +162,11 @@ func (s *Server) requirePOST(rq *request) *answer {
 func (s *Server) requireJSON(rq *request) *answer {
 	if mt, _, err := mime.ParseMediaType(rq.c.Request.Header.Get("Content-Type")); err != nil || mt != "application/json" {
 		return fail(http.StatusUnsupportedMediaType, store.OutcomeUnsupportedMediaType, "Content-Type must be application/json")
+	}
+	// A compressed body is not read as JSON (nor its signature checked
+	// over bytes the sender did not sign): say so, rather than 401 or 400.
+	if ce := strings.TrimSpace(rq.c.Request.Header.Get("Content-Encoding")); ce != "" && !strings.EqualFold(ce, "identity") {
+		return fail(http.StatusUnsupportedMediaType, store.OutcomeUnsupportedMediaType, "Content-Encoding must be absent or identity: send the JSON uncompressed")
 	}
 	return nil
 }
