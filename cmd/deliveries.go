@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -42,8 +43,8 @@ func newDeliveriesCommand() *cobra.Command {
 replay quarantined entries that are valid now.
 
 Output is a table, or JSON with -o json. Nothing printed is patient data
-unless --include-patient-data is given. Every flag falls back to an
-environment variable named after it (--database-url → DATABASE_URL).`,
+unless --include-patient-data is given. Every flag but that one falls back
+to an environment variable named after it (--database-url → DATABASE_URL).`,
 	}
 	c.AddCommand(newDeliveriesListCommand(), newDeliveriesShowCommand(), newDeliveriesReplayCommand())
 	return c
@@ -75,6 +76,7 @@ func newDeliveriesListCommand() *cobra.Command {
 				if err != nil {
 					return err
 				}
+				f.noteLimit(c.ErrOrStderr(), len(ds))
 				return f.print(c.OutOrStdout(), orEmpty(ds), func(w io.Writer) { deliveryTable(w, ds) })
 			})
 		},
@@ -112,9 +114,18 @@ are patient data: they are printed only with --include-patient-data.`,
 					return errors.New("name deliveries by id, --request-id, --since or --until")
 				}
 				filter.Limit = f.limit
+				if len(filter.IDs) > 0 {
+					filter.Limit = 0 // the ids bound it
+				}
 				ds, err := st.Deliveries(ctx, filter)
 				if err != nil {
 					return err
+				}
+				if missing := missingIDs(filter.IDs, ds); len(missing) > 0 {
+					return fmt.Errorf("no delivery with id %v (under the other flags given)", missing)
+				}
+				if len(filter.IDs) == 0 {
+					f.noteLimit(c.ErrOrStderr(), len(ds))
 				}
 				shown := make([]shownDelivery, len(ds))
 				byID := make(map[int64]int, len(ds))
@@ -141,7 +152,8 @@ are patient data: they are printed only with --include-patient-data.`,
 	}
 	f.addCommon(c.Flags(), time.Minute)
 	c.Flags().IntVar(&f.limit, "limit", 20, "at most this many deliveries (0: all)")
-	c.Flags().BoolVar(&f.includePatientData, "include-patient-data", false, "also print each quarantined entry as sent (patient data)")
+	c.Flags().BoolVar(&f.includePatientData, "include-patient-data", false, "also print each quarantined entry as sent (patient data; on the command line only)")
+	_ = c.Flags().SetAnnotation("include-patient-data", commandLineOnly, []string{"true"})
 	return c
 }
 
@@ -201,6 +213,13 @@ func (f *deliveriesFlags) run(c *cobra.Command, do func(context.Context, *store.
 	if f.output != "table" && f.output != "json" {
 		return fmt.Errorf("--output %q: want table or json", f.output)
 	}
+	// A typo would otherwise list nothing, which reads as "no such failure".
+	if f.outcome != "" && !slices.Contains(store.Recorded, store.Outcome(f.outcome)) {
+		return fmt.Errorf("--outcome %q: the delivery log records only %v", f.outcome, store.Recorded)
+	}
+	if f.limit < 0 {
+		return fmt.Errorf("--limit %d: want 0 (all) or more", f.limit)
+	}
 	if f.now == nil {
 		f.now = time.Now
 	}
@@ -211,6 +230,9 @@ func (f *deliveriesFlags) run(c *cobra.Command, do func(context.Context, *store.
 	}
 	if filter.Until, err = parseWhen(f.until, f.now()); err != nil {
 		return fmt.Errorf("--until: %w", err)
+	}
+	if !filter.Since.IsZero() && !filter.Until.IsZero() && !filter.Since.Before(filter.Until) {
+		return fmt.Errorf("--since %s is not before --until %s: nothing could match", f.since, f.until)
 	}
 	dbURL, err := f.databaseURL.get()
 	if err != nil {
@@ -230,6 +252,25 @@ func (f *deliveriesFlags) run(c *cobra.Command, do func(context.Context, *store.
 		return fmt.Errorf("while checking the database: %w", err)
 	}
 	return do(ctx, st, filter)
+}
+
+// noteLimit tells on standard error that n rows may be only the first of
+// more, when they are as many as --limit allows.
+func (f *deliveriesFlags) noteLimit(w io.Writer, n int) {
+	if f.limit > 0 && n == f.limit {
+		fmt.Fprintf(w, "note: showing the first %d (--limit); there may be more: raise --limit, or 0 for all\n", n)
+	}
+}
+
+// missingIDs are the ids asked for that ds lacks.
+func missingIDs(ids []int64, ds []store.DeliveryRecord) []int64 {
+	var missing []int64
+	for _, id := range ids {
+		if !slices.ContainsFunc(ds, func(d store.DeliveryRecord) bool { return d.ID == id }) {
+			missing = append(missing, id)
+		}
+	}
+	return missing
 }
 
 // parseWhen reads RFC 3339 or a duration before now; "" is no bound.

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -116,6 +117,33 @@ func TestDeliveriesCommands(t *testing.T) {
 	if _, err := runOut(t, append([]string{"deliveries", "show"}, db...)...); err == nil {
 		t.Error("show without a selection was accepted")
 	}
+	// Patient data is asked for on the command line, each time: a
+	// variable left set in a shell does not switch it on.
+	t.Setenv("INCLUDE_PATIENT_DATA", "true")
+	if show := mustRun("deliveries", "show", "--request-id", "req-q"); strings.Contains(show, secretName) {
+		t.Errorf("INCLUDE_PATIENT_DATA printed the entries:\n%s", show)
+	}
+	// A typo, an empty range, a missing id: an error, never an empty
+	// answer that reads as "no such delivery".
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"list", "--outcome", "stord"}, "records only"},
+		{[]string{"list", "--outcome", "rate_limited"}, "records only"},
+		{[]string{"list", "--limit", "-5"}, "--limit -5"},
+		{[]string{"list", "--since", "1h", "--until", "2h"}, "is not before"},
+		{[]string{"show", "999999"}, "no delivery with id [999999]"},
+		{[]string{"show", strconv.FormatInt(ds[0].ID, 10), "999998"}, "no delivery with id [999998]"},
+	} {
+		out, err := runOut(t, append(append([]string{"deliveries"}, tc.args...), db...)...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("deliveries %v: %v (printed %q), want an error saying %q", tc.args, err, out, tc.want)
+		}
+	}
+	if out := mustRun("deliveries", "list", "--limit", "1"); !strings.Contains(out, "showing the first 1 (--limit)") {
+		t.Errorf("list cut at --limit says nothing of it:\n%s", out)
+	}
 
 	if _, err := runOut(t, append([]string{"deliveries", "replay", "--ehr", "nexus"}, db...)...); err == nil ||
 		!strings.Contains(err.Error(), "--time-zone") {
@@ -127,8 +155,14 @@ func TestDeliveriesCommands(t *testing.T) {
 		t.Errorf("dry run:\n%s", dry)
 	}
 	var rep replay.Report
-	if err := json.Unmarshal([]byte(mustRun("deliveries", "replay", "--ehr", "nexus", "--time-zone", "America/Chicago", "-o", "json")), &rep); err != nil {
+	repJSON := mustRun("deliveries", "replay", "--ehr", "nexus", "--time-zone", "America/Chicago", "-o", "json")
+	if err := json.Unmarshal([]byte(repJSON), &rep); err != nil {
 		t.Fatal(err)
+	}
+	for _, key := range []string{`"examined":`, `"written":`, `"stillInvalid":`} {
+		if !strings.Contains(repJSON, key) {
+			t.Errorf("replay -o json lacks the key %s (keys are camelCase, as list's and show's):\n%s", key, repJSON)
+		}
 	}
 	if rep.Examined != 2 || rep.Written != 1 || len(rep.StillInvalid) != 1 || rep.StillInvalid[0].EntryIndex != 1 {
 		t.Errorf("replay report %+v, want 2 examined, 1 written, entry 1 still invalid", rep)

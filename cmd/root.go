@@ -43,7 +43,7 @@ func NewRootCommand(extra ...*cobra.Command) *cobra.Command {
 func BindEnv(fs *pflag.FlagSet) error {
 	var err error
 	fs.VisitAll(func(f *pflag.Flag) {
-		if err != nil || f.Changed {
+		if _, commandLineOnly := f.Annotations[commandLineOnly]; err != nil || f.Changed || commandLineOnly {
 			return
 		}
 		name := envName(f.Name)
@@ -55,6 +55,11 @@ func BindEnv(fs *pflag.FlagSet) error {
 	})
 	return err
 }
+
+// commandLineOnly marks a flag BindEnv leaves alone: one that must be asked
+// for each time (--include-patient-data), not switched on for every command
+// of a shell by a variable set once.
+const commandLineOnly = "ehr-operator/command-line-only"
 
 // envName maps a flag name to its environment variable: "database-url" →
 // "DATABASE_URL".

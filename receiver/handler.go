@@ -10,6 +10,7 @@ import (
 	"math"
 	"mime"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -359,7 +360,7 @@ func (s *Server) delivery(rq *request, outcome store.Outcome, code int) store.De
 // holding the API key alone. They are counted and logged, and the sender
 // retries them.
 func recorded(o store.Outcome) bool {
-	return o != store.OutcomeRateLimited && o != store.OutcomeOverloaded
+	return slices.Contains(store.Recorded, o)
 }
 
 func (s *Server) recordFailure(rq *request, a answer) {

@@ -46,15 +46,18 @@ var pageSize = 500
 // field errors, whose messages never quote a value.
 type Report struct {
 	// Examined is the pending entries read; Valid of them validate today.
-	Examined, Valid int
+	Examined int `json:"examined"`
+	Valid    int `json:"valid"`
 	// Deliveries is the replay deliveries written, one per original
 	// delivery with a valid entry.
-	Deliveries int
+	Deliveries int `json:"deliveries"`
 	// Written, Duplicates and Superseded are Write's counts over the
 	// valid entries.
-	Written, Duplicates, Superseded int
+	Written    int `json:"written"`
+	Duplicates int `json:"duplicates"`
+	Superseded int `json:"superseded"`
 	// StillInvalid are the entries that fail today too; they stay pending.
-	StillInvalid []Invalid
+	StillInvalid []Invalid `json:"stillInvalid"`
 }
 
 // Invalid is a quarantined entry that still fails validation.

@@ -31,7 +31,9 @@ type Outcome string
 // The outcomes, in the order of the checks (docs/architecture.md, "The
 // request's path"), with the status each is answered with. The first four
 // come before the API key matches: the caller may be anyone, so they are only
-// logged; every other one is also a row of webhook_deliveries.
+// logged, as are rate_limited and overloaded (a row each would turn a flood
+// into database writes); every other one is also a row of
+// webhook_deliveries (Recorded).
 const (
 	// OutcomeNotFound: the path is not this EHR's sync route. 404.
 	OutcomeNotFound Outcome = "not_found"
@@ -78,6 +80,10 @@ const (
 	// it carries) that are valid now. Status 200.
 	OutcomeReplayed Outcome = "replayed"
 )
+
+// Recorded are the outcomes webhook_deliveries holds.
+var Recorded = []Outcome{OutcomeTooLarge, OutcomeUnreadable, OutcomeBadSignature, OutcomeInvalidBody,
+	OutcomeRejected, OutcomeStored, OutcomeQuarantined, OutcomeUnavailable, OutcomeError, OutcomeReplayed}
 
 // Quarantined is an invalid entry kept under onInvalid: Quarantine.
 type Quarantined struct {
