@@ -6,9 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -238,7 +241,11 @@ func (f *deliveriesFlags) run(c *cobra.Command, do func(context.Context, *store.
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(c.Context(), f.timeout)
+	// Ctrl-C or a Job's SIGTERM stops it like --timeout: a replay then
+	// prints what it did before stopping.
+	ctx, stop := signal.NotifyContext(c.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	st, err := store.Open(ctx, dbURL)
 	if err != nil {
