@@ -23,6 +23,7 @@ import (
 type Store interface {
 	QuarantinedEntries(ctx context.Context, f store.QuarantineFilter) ([]store.QuarantineRecord, error)
 	Write(ctx context.Context, b store.Batch) (store.Result, error)
+	LockReplay(ctx context.Context, ehr string) (unlock func(), err error)
 }
 
 // Options say which entries to replay and how to read them.
@@ -81,6 +82,13 @@ func Run(ctx context.Context, st Store, opts Options) (Report, error) {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if !opts.DryRun {
+		unlock, err := st.LockReplay(ctx, opts.Filter.EHR)
+		if err != nil {
+			return rep, err
+		}
+		defer unlock()
 	}
 	var after store.QuarantineKey
 	for {

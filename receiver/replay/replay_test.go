@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -254,5 +255,35 @@ func TestReplayKeepsWhatItsOwnDeliveryStored(t *testing.T) {
 	var status string
 	if err := db.Get(&status, `SELECT status FROM appointments WHERE ehr = $1 AND external_id = 'apt-5'`, ehr); err != nil || status != "cancelled" {
 		t.Errorf("apt-5 is %q (%v), want the batch's last word, cancelled", status, err)
+	}
+}
+
+// Two replays of one EHR at once: the second is refused, rather than
+// writing a second replay delivery for the same entries; a dry run, which
+// writes nothing, and another EHR's replay go on.
+func TestReplayOneAtATime(t *testing.T) {
+	st, _ := open(t)
+	quarantine(t, st, "req-q", t0, entry("apt-1", "05/15/1990", "check"))
+	unlock, err := st.LockReplay(context.Background(), ehr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = replay.Run(context.Background(), st, replay.Options{
+		Filter: store.DeliveryFilter{EHR: ehr}, Location: chicago, Now: func() time.Time { return replayAt }})
+	if !errors.Is(err, store.ErrReplayRunning) {
+		t.Errorf("a replay beside another: %v, want ErrReplayRunning", err)
+	}
+	if rep := run(t, st, true); rep.Valid != 1 {
+		t.Errorf("a dry run beside a replay: %+v, want 1 valid", rep)
+	}
+	other, err := st.LockReplay(context.Background(), "medicat")
+	if err != nil {
+		t.Errorf("another EHR's replay lock: %v", err)
+	} else {
+		other()
+	}
+	unlock()
+	if rep := run(t, st, false); rep.Written != 1 {
+		t.Errorf("after the other replay: %+v, want 1 written", rep)
 	}
 }

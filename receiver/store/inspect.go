@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -197,4 +198,26 @@ WHERE ` + where
 		out = append(out, r)
 	}
 	return out, wrap("QuarantinedEntries", rows.Err())
+}
+
+// replayLockClass is the first key of the replay's advisory lock; the
+// second is the EHR's hashtext.
+const replayLockClass int32 = 0x65687270 // "ehrp"
+
+// ErrReplayRunning: another replay of the EHR holds its lock.
+var ErrReplayRunning = errors.New("another replay of this EHR is running; run this one when it has ended")
+
+// LockReplay takes the EHR's replay lock, without waiting: two replays at
+// once would each write a replay delivery for the same entries (the data
+// stays right, the delivery log does not). unlock releases it.
+func (s *Store) LockReplay(ctx context.Context, ehr string) (unlock func(), err error) {
+	conn, unlock, err := s.tryAdvisoryLock(ctx, "LockReplay",
+		`pg_try_advisory_lock($1, hashtext($2))`, `pg_advisory_unlock($1, hashtext($2))`, replayLockClass, ehr)
+	if err != nil {
+		return nil, err
+	}
+	if conn == nil {
+		return nil, ErrReplayRunning
+	}
+	return unlock, nil
 }

@@ -107,6 +107,36 @@ SELECT (SELECT count(*) FROM scanned), (SELECT count(*) FROM gone), last.receive
 FROM (SELECT 1) one LEFT JOIN last ON true`
 )
 
+// tryAdvisoryLock takes a session advisory lock (lock and unlock are the
+// two calls, with args) on a connection of its own, without waiting. It
+// returns a nil connection when another session holds the lock. unlock
+// releases it and returns the connection to the pool, or drops the
+// connection when the release fails: the lock lives as long as the
+// session, and a pooled one still holding it would keep it forever.
+func (s *Store) tryAdvisoryLock(ctx context.Context, op, lock, unlock string, args ...any) (*sql.Conn, func(), error) {
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return nil, nil, wrap(op+": connect", err)
+	}
+	var got bool
+	if err := conn.QueryRowContext(ctx, `SELECT `+lock, args...).Scan(&got); err != nil {
+		_ = conn.Close()
+		return nil, nil, wrap(op+": lock", err)
+	}
+	if !got {
+		_ = conn.Close()
+		return nil, nil, nil
+	}
+	return conn, func() {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if _, err := conn.ExecContext(uctx, `SELECT `+unlock, args...); err != nil {
+			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+		}
+		_ = conn.Close()
+	}, nil
+}
+
 // Prune removes ehr's rows older than r's periods, as of now. It runs only
 // when it gets the database's pruning lock at once, and reports whether
 // it did: another receiver pruning is not waited for. Pruned counts what
@@ -116,27 +146,11 @@ func (s *Store) Prune(ctx context.Context, ehr string, r Retention, now time.Tim
 	if err := r.Validate(); err != nil {
 		return p, false, err
 	}
-	conn, err := s.db.Conn(ctx)
-	if err != nil {
-		return p, false, wrap("Prune: connect", err)
+	conn, unlock, err := s.tryAdvisoryLock(ctx, "Prune", `pg_try_advisory_lock($1)`, `pg_advisory_unlock($1)`, pruneLockID)
+	if err != nil || conn == nil {
+		return p, false, err
 	}
-	defer conn.Close()
-	var got bool
-	if err := conn.QueryRowContext(ctx, `SELECT pg_try_advisory_lock($1)`, pruneLockID).Scan(&got); err != nil {
-		return p, false, wrap("Prune: lock", err)
-	}
-	if !got {
-		return p, false, nil
-	}
-	defer func() {
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if _, err := conn.ExecContext(uctx, `SELECT pg_advisory_unlock($1)`, pruneLockID); err != nil {
-			// The lock lives as long as the session: drop the connection
-			// rather than return it to the pool still holding it.
-			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
-		}
-	}()
+	defer unlock()
 
 	steps := []struct {
 		op     string
