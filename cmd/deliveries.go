@@ -371,6 +371,9 @@ func replayTable(w io.Writer, rep replay.Report, dry bool) {
 	}
 	fmt.Fprintf(w, "Examined\t%d\nValid now\t%d\nReplay deliveries\t%d\nWritten\t%d\nDuplicates\t%d\nSuperseded\t%d\nStill invalid\t%d\n",
 		rep.Examined, rep.Valid, rep.Deliveries, rep.Written, rep.Duplicates, rep.Superseded, len(rep.StillInvalid))
+	if rep.ContentDropped > 0 {
+		fmt.Fprintf(w, "Content dropped\t%d\t(never replayed; retention removed them: `deliveries show` lists them)\n", rep.ContentDropped)
+	}
 	if len(rep.StillInvalid) == 0 {
 		return
 	}

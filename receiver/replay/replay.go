@@ -59,6 +59,10 @@ type Report struct {
 	Superseded int `json:"superseded"`
 	// StillInvalid are the entries that fail today too; they stay pending.
 	StillInvalid []Invalid `json:"stillInvalid"`
+	// ContentDropped is the entries the filter selects that were never
+	// replayed and whose content retention removed: appointments no replay
+	// can bring back.
+	ContentDropped int `json:"contentDropped"`
 }
 
 // Invalid is a quarantined entry that still fails validation.
@@ -99,7 +103,9 @@ func Run(ctx context.Context, st Store, opts Options) (Report, error) {
 			return rep, err
 		}
 		if len(page) == 0 {
-			return rep, nil
+			dropped, err := st.QuarantinedEntries(ctx, store.QuarantineFilter{Delivery: opts.Filter, Dropped: true})
+			rep.ContentDropped = len(dropped)
+			return rep, err
 		}
 		last := page[len(page)-1]
 		after = store.QuarantineKey{DeliveryID: last.DeliveryID, EntryIndex: last.EntryIndex}

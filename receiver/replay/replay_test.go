@@ -287,3 +287,20 @@ func TestReplayOneAtATime(t *testing.T) {
 		t.Errorf("after the other replay: %+v, want 1 written", rep)
 	}
 }
+
+// Entries whose content retention removed before anyone replayed them are
+// counted in the report: appointments no replay can bring back, which an
+// SRE must hear of rather than read "nothing to replay".
+func TestReplayCountsContentDropped(t *testing.T) {
+	st, _ := open(t)
+	quarantine(t, st, "req-old", t0, entry("apt-1", "05/15/1990", "check"), entry("apt-2", "05/15/1990", "check"))
+	// created_at is the database's now(): prune as of two days later.
+	if _, ran, err := st.Prune(context.Background(), ehr, store.Retention{QuarantineContent: time.Hour},
+		time.Now().Add(48*time.Hour)); err != nil || !ran {
+		t.Fatalf("Prune: ran %v, %v", ran, err)
+	}
+	rep := run(t, st, false)
+	if rep.Examined != 0 || rep.ContentDropped != 2 {
+		t.Errorf("report %+v, want nothing examined and 2 entries whose content was dropped", rep)
+	}
+}

@@ -112,6 +112,9 @@ type QuarantineFilter struct {
 	Delivery DeliveryFilter
 	// Pending keeps the entries neither replayed nor emptied by retention.
 	Pending bool
+	// Dropped keeps the entries not replayed whose content retention
+	// removed: they can never be replayed.
+	Dropped bool
 	// After keeps the entries after it in (delivery, entry index) order, the
 	// order of the list: pages.
 	After QuarantineKey
@@ -162,6 +165,9 @@ FROM quarantined_entries q JOIN webhook_deliveries d ON d.id = q.delivery_id
 WHERE ` + where
 	if f.Pending {
 		q += " AND q.replayed_at IS NULL AND q.raw IS NOT NULL"
+	}
+	if f.Dropped {
+		q += " AND q.replayed_at IS NULL AND q.raw IS NULL"
 	}
 	if f.After != (QuarantineKey{}) {
 		args = append(args, f.After.DeliveryID, f.After.EntryIndex)
