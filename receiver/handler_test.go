@@ -570,11 +570,7 @@ func TestPanicIsAnsweredAndCounted(t *testing.T) {
 		t.Fatal(err)
 	}
 	ts := &testServer{srv: srv, h: srv.Handler(), log: &buf}
-	scrape := func() string {
-		w := httptest.NewRecorder()
-		srv.MetricsHandler().ServeHTTP(w, httptest.NewRequest("GET", "/metrics", nil))
-		return w.Body.String()
-	}
+	scrape := func() string { return scrapeMetrics(srv) }
 	const before = `ehr_receiver_requests_total{code="500",ehr="nexus"} 0` + "\n"
 	if m := scrape(); !strings.Contains(m, before) {
 		t.Errorf("before any request, metrics lack %q", before)

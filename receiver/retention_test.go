@@ -2,16 +2,12 @@ package receiver
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/jmoiron/sqlx"
-	_ "github.com/lib/pq"
 
 	"github.com/insighthealth/ehr-operator/internal/pgtest"
 	"github.com/insighthealth/ehr-operator/receiver/store"
@@ -48,11 +44,7 @@ func TestRetentionRunsOnSchedule(t *testing.T) {
 	srv.PruneInBackground(st)
 	t.Cleanup(srv.startBackground(context.Background()))
 
-	scrape := func() string {
-		w := httptest.NewRecorder()
-		srv.MetricsHandler().ServeHTTP(w, httptest.NewRequest("GET", "/metrics", nil))
-		return w.Body.String()
-	}
+	scrape := func() string { return scrapeMetrics(srv) }
 	const removed = `ehr_receiver_retention_removed_rows_total{ehr="nexus",kind="delivery_log"} 7`
 	eventually(t, 10*time.Second, "the old deliveries removed and counted", func() bool {
 		return strings.Contains(scrape(), removed+"\n")
@@ -81,31 +73,8 @@ func TestRetentionRunsOnSchedule(t *testing.T) {
 // on: the gauge of the last complete run never appears, so nothing else
 // would show it.
 func TestRetentionFailureIsCounted(t *testing.T) {
-	u := pgtest.NewDatabase(t)
-	admin, err := sqlx.Open("postgres", u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = admin.Close() })
-	role := fmt.Sprintf("no_delete_%d", time.Now().UnixNano())
-	for _, stmt := range []string{
-		`CREATE ROLE ` + role + ` LOGIN`,
-		`GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO ` + role,
-	} {
-		if _, err := admin.Exec(stmt); err != nil {
-			t.Fatal(err)
-		}
-	}
-	t.Cleanup(func() {
-		_, _ = admin.Exec(`DROP OWNED BY ` + role)
-		_, _ = admin.Exec(`DROP ROLE ` + role)
-	})
-	pu, err := url.Parse(u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pu.User = url.User(role)
-	st, err := store.Open(context.Background(), pu.String())
+	u := pgtest.NewRole(t, pgtest.NewDatabase(t), `SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public`)
+	st, err := store.Open(context.Background(), u)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,11 +92,7 @@ func TestRetentionFailureIsCounted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	scrape := func() string {
-		w := httptest.NewRecorder()
-		srv.MetricsHandler().ServeHTTP(w, httptest.NewRequest("GET", "/metrics", nil))
-		return w.Body.String()
-	}
+	scrape := func() string { return scrapeMetrics(srv) }
 	const none = `ehr_receiver_retention_failures_total{ehr="nexus"} 0` + "\n"
 	if m := scrape(); !strings.Contains(m, none) {
 		t.Errorf("before any run, metrics lack %q", none)
@@ -144,4 +109,11 @@ func TestRetentionFailureIsCounted(t *testing.T) {
 	if !strings.Contains(m, `ehr_receiver_retention_failures_total{ehr="nexus"} `) {
 		t.Error("metrics lack the failure count")
 	}
+}
+
+// scrapeMetrics is srv's /metrics, as Prometheus reads it.
+func scrapeMetrics(srv *Server) string {
+	w := httptest.NewRecorder()
+	srv.MetricsHandler().ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	return w.Body.String()
 }

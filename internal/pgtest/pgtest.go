@@ -229,3 +229,38 @@ func withDatabase(u, name string) (string, error) {
 }
 
 func quoteIdent(s string) string { return `"` + s + `"` }
+
+var roleSeq atomic.Int64
+
+// NewRole makes a login role with grants (each "SELECT, INSERT ON ALL
+// TABLES IN SCHEMA public" or the like, granted TO it) and returns dbURL
+// with the role as its user: a database seen with a receiver's least
+// privileges. The role and what it owns go at the end of t.
+func NewRole(t testing.TB, dbURL string, grants ...string) string {
+	t.Helper()
+	admin, err := sql.Open("postgres", dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = admin.Close() })
+	role := fmt.Sprintf("role_%d_%d", os.Getpid(), roleSeq.Add(1))
+	stmts := []string{`CREATE ROLE ` + role + ` LOGIN`}
+	for _, g := range grants {
+		stmts = append(stmts, `GRANT `+g+` TO `+role)
+	}
+	for _, stmt := range stmts {
+		if _, err := admin.Exec(stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	t.Cleanup(func() {
+		_, _ = admin.Exec(`DROP OWNED BY ` + role)
+		_, _ = admin.Exec(`DROP ROLE ` + role)
+	})
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.User(role)
+	return u.String()
+}

@@ -410,31 +410,9 @@ func TestWriteGroupDeliveryIDs(t *testing.T) {
 // receivers when migrations run separately.
 func TestWriteAsReadWriteRole(t *testing.T) {
 	t.Parallel()
-	u := pgtest.NewDatabase(t)
-	admin, err := sqlx.Open("postgres", u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	role := fmt.Sprintf("writer_%d", deliverySeq.Add(1))
-	for _, stmt := range []string{
-		`CREATE ROLE ` + role + ` LOGIN`,
-		`GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO ` + role,
-	} {
-		if _, err := admin.Exec(stmt); err != nil {
-			t.Fatal(err)
-		}
-	}
-	t.Cleanup(func() {
-		_, _ = admin.Exec(`DROP OWNED BY ` + role)
-		_, _ = admin.Exec(`DROP ROLE ` + role)
-	})
-	pu, err := url.Parse(u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pu.User = url.User(role)
-	s, db := openStore(t, pu.String())
+	adminURL := pgtest.NewDatabase(t)
+	u := pgtest.NewRole(t, adminURL, `SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public`)
+	s, db := openStore(t, u)
 	// A receiver started with --migrate=true (as the operator runs it)
 	// finds nothing to apply and becomes ready.
 	if err := s.Migrate(context.Background()); err != nil {
@@ -466,7 +444,16 @@ func TestWriteAsReadWriteRole(t *testing.T) {
 	if _, _, err := s.Prune(context.Background(), ehr, all, later); err == nil {
 		t.Error("Prune without DELETE succeeded")
 	}
-	if _, err := admin.Exec(`GRANT DELETE ON ALL TABLES IN SCHEMA public TO ` + role); err != nil {
+	admin, err := sqlx.Open("postgres", adminURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	pu, err := url.Parse(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Exec(`GRANT DELETE ON ALL TABLES IN SCHEMA public TO ` + pu.User.Username()); err != nil {
 		t.Fatal(err)
 	}
 	if p, _, err := s.Prune(context.Background(), ehr, all, later); err != nil || p.History != 3 || p.DeliveryLog != 0 {
