@@ -304,3 +304,38 @@ func TestReplayCountsContentDropped(t *testing.T) {
 		t.Errorf("report %+v, want nothing examined and 2 entries whose content was dropped", rep)
 	}
 }
+
+// A replay applies an old entry's appointment, but not its patient over a
+// newer delivery's: pat-5 was changed since by a delivery naming another
+// appointment, which the replayed entry must not roll back. A patient the
+// replay is the first to name is made from it.
+func TestReplayDoesNotRollPatientsBack(t *testing.T) {
+	st, db := open(t)
+	patient := func(raw json.RawMessage, id, name string) json.RawMessage {
+		s := strings.Replace(string(raw), `"id":"pat-`, `"id":"`+id+`","x":"`, 1)
+		return json.RawMessage(strings.Replace(s, `"Jane"`, `"`+name+`"`, 1))
+	}
+	quarantine(t, st, "req-old", t0,
+		patient(entry("apt-5", "01/15/2026", "old"), "pat-5", "Old"),
+		patient(entry("apt-7", "01/15/2026", "old"), "pat-7", "Only"))
+	e, errs := replay.Validate(store.QuarantineRecord{Raw: patient(entry("apt-6", "05/15/1990", "new"), "pat-5", "New")}, chicago, t0)
+	if errs != nil {
+		t.Fatalf("the newer entry is invalid: %v", errs)
+	}
+	if _, err := st.Write(context.Background(), store.Batch{
+		Delivery: store.Delivery{EHR: ehr, RequestID: "req-new", ReceivedAt: t0.Add(time.Hour),
+			BodySHA256: sha256.Sum256([]byte("new")), ItemCount: 1, Outcome: store.OutcomeStored, StatusCode: 200},
+		Entries: []payload.Entry{e},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if rep := run(t, st, false); rep.Written != 2 {
+		t.Fatalf("report %+v, want both appointments written", rep)
+	}
+	for id, want := range map[string]string{"pat-5": "New", "pat-7": "Only"} {
+		var name string
+		if err := db.Get(&name, `SELECT first_name FROM patients WHERE ehr = $1 AND external_id = $2`, ehr, id); err != nil || name != want {
+			t.Errorf("%s is %q (%v), want %q", id, name, err, want)
+		}
+	}
+}

@@ -75,7 +75,7 @@ WITH delivery AS (
 ), delivery_in AS (
     SELECT id AS delivery_id, received_at, row_number() OVER (ORDER BY id) AS req FROM delivery
 ), entry AS (
-    SELECT u.*, d.delivery_id,
+    SELECT u.*, d.delivery_id, d.received_at AS delivery_received_at,
         COALESCE(u.version_received_at < d.received_at AND u.version_received_at < (
             SELECT a.version_received_at FROM appointments a
             WHERE a.ehr = $1 AND a.external_id = u.{{appointments key}}
@@ -136,16 +136,25 @@ ORDER BY d.req
 `
 
 // snapshotTemplate is the patient and the practitioner upsert: one row
-// per patient (practitioner), the latest entry's.
+// per patient (practitioner), the latest entry's. A retried or replayed
+// entry (its version first received before its request) is left out when
+// the row was changed since by a version first received after it, as an
+// appointment's is superseded: it would roll back what a newer delivery,
+// naming another appointment, wrote. A row is still made from it when
+// missing (the appointment refers to it). version_received_at moves with
+// the content only, so an unchanged snapshot writes nothing.
 const snapshotTemplate = `, {{cte}} AS (
-    INSERT INTO {{table}} AS {{alias}} (ehr, {{columns}})
+    INSERT INTO {{table}} AS {{alias}} (ehr, {{columns}}, version_received_at)
     SELECT DISTINCT ON ({{key}})
-        $1, {{arrays}}
+        $1, {{arrays}}, version_received_at
     FROM entry
-    WHERE NOT superseded
+    WHERE NOT superseded AND NOT COALESCE(version_received_at < delivery_received_at AND version_received_at < (
+        SELECT t.version_received_at FROM {{table}} t WHERE t.ehr = $1 AND t.external_id = entry.{{key}}
+    ), false)
     ORDER BY {{key}}, ord DESC
     ON CONFLICT (ehr, external_id) DO UPDATE SET
         {{set}},
+        version_received_at = EXCLUDED.version_received_at,
         updated_at = now()
     WHERE ({{alias.values}})
         IS DISTINCT FROM ({{EXCLUDED.values}})
