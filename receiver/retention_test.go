@@ -33,14 +33,7 @@ func TestRetentionRunsOnSchedule(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cfg := validConfig()
-	cfg.Retention = store.Retention{DeliveryLog: 24 * time.Hour}
-	cfg.RetentionInterval = 50 * time.Millisecond
-	log := &syncBuffer{}
-	srv, err := New(cfg, st, slog.New(slog.NewJSONHandler(log, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, log := retainingServer(t, st)
 	srv.PruneInBackground(st)
 	t.Cleanup(srv.startBackground(context.Background()))
 
@@ -84,14 +77,7 @@ func TestRetentionFailureIsCounted(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cfg := validConfig()
-	cfg.Retention = store.Retention{DeliveryLog: 24 * time.Hour}
-	cfg.RetentionInterval = 50 * time.Millisecond
-	log := &syncBuffer{}
-	srv, err := New(cfg, st, slog.New(slog.NewJSONHandler(log, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, log := retainingServer(t, st)
 	scrape := func() string { return scrapeMetrics(srv) }
 	const none = `ehr_receiver_retention_failures_total{ehr="nexus"} 0` + "\n"
 	if m := scrape(); !strings.Contains(m, none) {
@@ -116,4 +102,19 @@ func scrapeMetrics(srv *Server) string {
 	w := httptest.NewRecorder()
 	srv.MetricsHandler().ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/metrics", nil))
 	return w.Body.String()
+}
+
+// retainingServer is a receiver on st whose retention keeps the delivery
+// log 24 h and runs every 50 ms, and its log.
+func retainingServer(t *testing.T, st *store.Store) (*Server, *syncBuffer) {
+	t.Helper()
+	cfg := validConfig()
+	cfg.Retention = store.Retention{DeliveryLog: 24 * time.Hour}
+	cfg.RetentionInterval = 50 * time.Millisecond
+	log := &syncBuffer{}
+	srv, err := New(cfg, st, slog.New(slog.NewJSONHandler(log, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv, log
 }
