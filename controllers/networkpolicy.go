@@ -63,10 +63,10 @@ func LoadNetworkPolicyConfig(path string) (*NetworkPolicyConfig, error) {
 	// Refused here, at start, rather than by the API server on every
 	// receiver's NetworkPolicy (each reconcile failing ChildRejected).
 	var errs field.ErrorList
-	for name, ps := range map[string][]networkingv1.NetworkPolicyPeer{"webhookFrom": c.WebhookFrom,
-		"metricsFrom": c.MetricsFrom, "dns.to": c.DNS.To, "database.to": c.Database.To} {
-		errs = append(errs, validatePeers(ps, field.NewPath(name))...)
-	}
+	errs = append(errs, validatePeers(c.WebhookFrom, field.NewPath("webhookFrom"))...)
+	errs = append(errs, validatePeers(c.MetricsFrom, field.NewPath("metricsFrom"))...)
+	errs = append(errs, validatePeers(c.DNS.To, field.NewPath("dns", "to"))...)
+	errs = append(errs, validatePeers(c.Database.To, field.NewPath("database", "to"))...)
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("receivers' network policy %s: %w", path, errs.ToAggregate())
 	}
@@ -79,9 +79,9 @@ func validatePeers(peers []networkingv1.NetworkPolicyPeer, path *field.Path) fie
 	var errs field.ErrorList
 	for i, p := range peers {
 		at := path.Index(i)
-		for name, sel := range map[string]*metav1.LabelSelector{"podSelector": p.PodSelector, "namespaceSelector": p.NamespaceSelector} {
-			errs = append(errs, metav1validation.ValidateLabelSelector(sel, metav1validation.LabelSelectorValidationOptions{}, at.Child(name))...)
-		}
+		opts := metav1validation.LabelSelectorValidationOptions{}
+		errs = append(errs, metav1validation.ValidateLabelSelector(p.PodSelector, opts, at.Child("podSelector"))...)
+		errs = append(errs, metav1validation.ValidateLabelSelector(p.NamespaceSelector, opts, at.Child("namespaceSelector"))...)
 		if b := p.IPBlock; b != nil {
 			for j, cidr := range append([]string{b.CIDR}, b.Except...) {
 				if _, _, err := net.ParseCIDR(cidr); err != nil {
