@@ -22,8 +22,9 @@ type Item struct {
 // Decode reads body as exactly one JSON document and returns its entries:
 // the items of the top-level "appointments" array (1..maxBatchSize), or the
 // body itself when it is an object with a top-level "appointment" key (a
-// batch of one). When both keys are present, "appointments" wins. Items
-// never alias body.
+// batch of one). When both keys are present, "appointments" wins, unless
+// it is null: serializers that write every field of a class send the
+// single form with "appointments": null beside it. Items never alias body.
 func Decode(body []byte, maxBatchSize int) ([]Item, *RequestError) {
 	// One scan checks the whole body and records the top-level members.
 	var (
@@ -56,7 +57,7 @@ func Decode(body []byte, maxBatchSize int) ([]Item, *RequestError) {
 		}
 	}
 	switch {
-	case arr >= 0:
+	case arr >= 0 && !(one && body[top[arr].start] == 'n'):
 		return arrayItems(body, top[arr], maxBatchSize)
 	case one:
 		doc := append(json.RawMessage(nil), body[i:end]...)

@@ -33,6 +33,8 @@ func FuzzFastMatchesSlow(f *testing.F) {
 		"{\"appointment\":{\"id\":\"\xff\xfe\",\"notes\":\"a\xc3\"}}",
 		`{"appointments":{}, "appointments":[{"appointment":{}}]}`,
 		`{"appointments":[{"appointment":{}}], "appointments":null}`,
+		`{"appointment":{"id":"x"},"appointments":null}`, `{"appointments":null,"appointment":null}`,
+		`{"appointments":[1],"appointment":{},"appointments":null}`, `{"appointments":null,"appointment":1,"appointments":[1]}`,
 		`{"appointmen\u0074s":[1]}`,
 		`{"appointments":[1]} x`,
 		" \n{\"appointment\":1}\t ", `{"appointments":[ 1 , {"a":2} ]}`,
@@ -142,7 +144,8 @@ func decodeSlow(body []byte, maxBatchSize int) ([]Item, *RequestError) {
 		return nil, &RequestError{Status: http.StatusUnprocessableEntity,
 			Message: "body must be a JSON object with an appointments array or an appointment object"}
 	}
-	if arr, ok := top["appointments"]; ok {
+	_, one := top["appointment"]
+	if arr, ok := top["appointments"]; ok && !(one && string(arr) == "null") {
 		var raws []json.RawMessage
 		if json.Unmarshal(arr, &raws) != nil || raws == nil {
 			return nil, &RequestError{Status: http.StatusUnprocessableEntity, Field: "appointments",
@@ -157,7 +160,7 @@ func decodeSlow(body []byte, maxBatchSize int) ([]Item, *RequestError) {
 		}
 		return items, nil
 	}
-	if _, ok := top["appointment"]; ok {
+	if one {
 		return []Item{{Index: 0, Path: "", Raw: doc}}, nil
 	}
 	return nil, &RequestError{Status: http.StatusUnprocessableEntity,

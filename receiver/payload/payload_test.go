@@ -93,6 +93,7 @@ func TestDecode(t *testing.T) {
 		{name: "single form", body: `{"appointment":{"id":"x"},"patient":{}}`, max: 1, wantItems: 1, wantPath: ""},
 		{name: "surrounding white space", body: " \n" + `{"appointments":[1]}` + "\r\n\t", max: 5, wantItems: 1, wantPath: "appointments[0]"},
 		{name: "both keys: appointments wins", body: `{"appointment":{},"appointments":[1,2]}`, max: 5, wantItems: 2, wantPath: "appointments[1]"},
+		{name: "single form beside a null appointments", body: `{"appointments":null,"appointment":{"id":"x"}}`, max: 1, wantItems: 1, wantPath: ""},
 		{name: "empty body", body: ``, max: 5, status: 400, message: "malformed JSON: the body is empty"},
 		{name: "white space only", body: "  ", max: 5, status: 400, message: "malformed JSON: unexpected end of the body at byte offset 2"},
 		{name: "syntax error offset", body: `{"appointments":[}`, max: 5, status: 400, message: "malformed JSON at byte offset 18"},
