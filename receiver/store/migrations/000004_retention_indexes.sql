@@ -6,6 +6,9 @@
 -- summaries find the old rows, at almost no cost per insert.
 -- A build that was cancelled (a migration timeout) leaves an invalid index
 -- that IF NOT EXISTS would keep: it is dropped first, and built again.
+-- That DROP INDEX takes the table's ACCESS EXCLUSIVE lock, so behind a long
+-- transaction it would queue every writer: it waits at most 5 s (the
+-- migrations' LockTimeout, migrations.go), then fails and is tried again.
 
 -- +goose NO TRANSACTION
 -- +goose Up
@@ -14,6 +17,7 @@ DO $$
 DECLARE
     name text;
 BEGIN
+    PERFORM set_config('lock_timeout', '5s', true);
     FOR name IN
         SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
         WHERE NOT i.indisvalid AND c.relname IN ('appointments_delivery', 'appointment_history_applied_at')

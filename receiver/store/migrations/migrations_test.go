@@ -136,6 +136,60 @@ func TestInvalidIndexIsRebuilt(t *testing.T) {
 	}
 }
 
+// Dropping that invalid index takes an ACCESS EXCLUSIVE lock: behind a
+// long transaction it gives up after migrations.LockTimeout, as the
+// transactional migrations do, so writers queued behind it are delayed,
+// not held until the long transaction ends.
+func TestInvalidIndexDropWaitIsBounded(t *testing.T) {
+	ctx := context.Background()
+	url, migDB := atVersion(t, 3)
+	other := open(t, url)
+	for _, q := range []string{
+		`CREATE INDEX appointments_delivery ON appointments (delivery_id)`,
+		`UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'appointments_delivery'::regclass`,
+	} {
+		if _, err := migDB.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	long := readingTx(t, other, nil, "appointments")
+
+	migrated := make(chan error, 1)
+	start := time.Now()
+	go func() { migrated <- migrations.Up(ctx, migDB, nil) }()
+	waitForLockWait(t, other, "DO $$")
+	wctx, cancel := context.WithTimeout(ctx, migrations.LockTimeout+10*time.Second)
+	defer cancel()
+	wstart := time.Now()
+	if _, err := other.ExecContext(wctx, `UPDATE appointments SET updated_at = now() WHERE ehr = 'nobody'`); err != nil {
+		t.Fatalf("the writer queued behind the drop failed after %v: %v", time.Since(wstart), err)
+	}
+	if waited, limit := time.Since(wstart), migrations.LockTimeout+2*time.Second; waited > limit {
+		t.Errorf("the writer waited %v behind the drop, want at most about %v", waited, migrations.LockTimeout)
+	}
+	err := <-migrated
+	var pqErr *pq.Error
+	if !errors.As(err, &pqErr) || pqErr.Code != "55P03" {
+		t.Fatalf("dropping the invalid index behind the long transaction: %v, want a lock timeout (55P03)", err)
+	}
+	if took := time.Since(start); took > migrations.LockTimeout+3*time.Second {
+		t.Errorf("the drop gave up after %v, want about %v", took, migrations.LockTimeout)
+	}
+	if v := lockTimeoutOf(t, migDB); v != "0" {
+		t.Errorf("lock_timeout %q left on the pool's session", v)
+	}
+	if err := long.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := migrations.Up(ctx, migDB, nil); err != nil {
+		t.Fatalf("migrating after the long transaction: %v", err)
+	}
+	var valid bool
+	if err := migDB.QueryRow(`SELECT indisvalid FROM pg_index WHERE indexrelid = 'appointments_delivery'::regclass`).Scan(&valid); err != nil || !valid {
+		t.Errorf("appointments_delivery valid = %v (%v), want rebuilt valid", valid, err)
+	}
+}
+
 // atVersion is a new database migrated up to version, and a pool on it
 // with one connection, so that what the migrations leave on their session
 // is what the next statement sees.
