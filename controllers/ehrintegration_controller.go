@@ -178,11 +178,27 @@ func (r *EHRIntegrationReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 // error, so it does not spin in the error backoff.
 func (r *EHRIntegrationReconciler) reconcileChildren(ctx context.Context, e *v1alpha1.EHRIntegration) (observation, error) {
 	obs := observation{wantReplicas: desiredReplicas(e)}
+	var written []string
+	err := r.reconcileChildrenInto(ctx, e, &obs, &written)
+	if !obs.routeChecked {
+		// The route was left as it is (suspended, a problem, an error on the
+		// way): its Gateways may have gained a plain HTTP listener since.
+		err = errors.Join(err, r.guardRoute(ctx, e, &written))
+	}
+	if len(written) > 0 {
+		// One Event per pass, not one per object: creating 200 receivers
+		// should not cost 1,000 Events.
+		r.Recorder.Eventf(e, nil, corev1.EventTypeNormal, "Reconciled", "Reconcile", "%s", strings.Join(written, ", "))
+	}
+	return obs, err
+}
+
+func (r *EHRIntegrationReconciler) reconcileChildrenInto(ctx context.Context, e *v1alpha1.EHRIntegration, obs *observation, written *[]string) error {
 	if e.Spec.Suspend {
 		obs.suspended = true
 		d, err := r.suspend(ctx, e)
 		obs.deployment = d
-		return obs, err
+		return err
 	}
 
 	// A duplicate comes first, whatever else is wrong with it: two
@@ -194,7 +210,7 @@ func (r *EHRIntegrationReconciler) reconcileChildren(ctx context.Context, e *v1a
 			obs.wantReplicas = 0
 			obs.deployment, err = r.scaleToZero(ctx, e, p.reason)
 		}
-		return obs, err
+		return err
 	}
 
 	image, versions, p, err := r.prerequisites(ctx, e)
@@ -204,20 +220,14 @@ func (r *EHRIntegrationReconciler) reconcileChildren(ctx context.Context, e *v1a
 			// Report the receiver that still runs, if any.
 			obs.deployment, err = r.currentDeployment(ctx, e)
 		}
-		return obs, err
+		return err
 	}
 
-	var written []string
-	err = r.applyChildren(ctx, e, image, versions, &obs, &written)
-	if len(written) > 0 {
-		// One Event per pass, not one per object: creating 200 receivers
-		// should not cost 1,000 Events.
-		r.Recorder.Eventf(e, nil, corev1.EventTypeNormal, "Reconciled", "Reconcile", "%s", strings.Join(written, ", "))
-	}
+	err = r.applyChildren(ctx, e, image, versions, obs, written)
 	var conflict *ownershipConflictError
 	if errors.As(err, &conflict) {
 		obs.problem = &problem{reason: v1alpha1.ReasonOwnershipConflict, message: conflict.Error(), retry: true}
-		return obs, nil
+		return nil
 	}
 	if apierrors.IsInvalid(err) || apierrors.IsBadRequest(err) {
 		// A spec the CRD let through but the object built from it is not
@@ -228,11 +238,11 @@ func (r *EHRIntegrationReconciler) reconcileChildren(ctx context.Context, e *v1a
 		obs.problem = &problem{reason: v1alpha1.ReasonChildRejected, message: err.Error(), retry: true}
 		if obs.deployment == nil {
 			obs.deployment, err = r.currentDeployment(ctx, e)
-			return obs, err
+			return err
 		}
-		return obs, nil
+		return nil
 	}
-	return obs, err
+	return err
 }
 
 // prerequisites returns the receiver image and the versions of the Secrets
@@ -487,6 +497,7 @@ func (r *EHRIntegrationReconciler) applyChildren(ctx context.Context, e *v1alpha
 
 	// The route comes last: its problems (no Gateway API, no Gateway, a
 	// plain HTTP listener) concern it alone.
+	obs.routeChecked = true
 	if e.Spec.Gateway != nil {
 		return r.reconcileRoute(ctx, e, obs, written)
 	}

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"strings"
@@ -317,20 +318,15 @@ func (r *EHRIntegrationReconciler) reconcileRoute(ctx context.Context, e *v1alph
 				"install its CRDs, or expose the receiver with spec.ingress"}
 		return nil
 	}
-	gateways := map[string]*gwv1.Gateway{}
-	for _, p := range e.Spec.Gateway.ParentRefs {
-		key := client.ObjectKey{Namespace: parentNamespace(e, p), Name: p.Name}
-		var gw gwv1.Gateway
-		if err := r.Get(ctx, key, &gw); err != nil {
-			if apierrors.IsNotFound(err) {
-				// The Gateway watch brings us back when it appears.
-				obs.problem = &problem{reason: v1alpha1.ReasonGatewayNotFound,
-					message: fmt.Sprintf("Gateway %s (spec.gateway.parentRefs) not found", key)}
-				return nil
-			}
-			return fmt.Errorf("while getting Gateway %s: %w", key, err)
-		}
-		gateways[key.String()] = &gw
+	gateways, missing, err := r.parentGateways(ctx, e)
+	if err != nil {
+		return err
+	}
+	if missing != "" {
+		// The Gateway watch brings us back when it appears.
+		obs.problem = &problem{reason: v1alpha1.ReasonGatewayNotFound,
+			message: fmt.Sprintf("Gateway %s (spec.gateway.parentRefs) not found", missing)}
+		return nil
 	}
 	check := checkListeners(e, gateways)
 	if len(check.insecure) > 0 && !e.Spec.Gateway.AllowInsecureHTTP {
@@ -351,4 +347,80 @@ func (r *EHRIntegrationReconciler) reconcileRoute(ctx context.Context, e *v1alph
 	wrote(ctx, written, route, res)
 	obs.route = route
 	return nil
+}
+
+// parentGateways gets the Gateways of e's spec.gateway.parentRefs, by
+// "namespace/name"; missing names the first that does not exist.
+func (r *EHRIntegrationReconciler) parentGateways(ctx context.Context, e *v1alpha1.EHRIntegration) (map[string]*gwv1.Gateway, string, error) {
+	gateways := map[string]*gwv1.Gateway{}
+	missing := ""
+	for _, p := range e.Spec.Gateway.ParentRefs {
+		key := client.ObjectKey{Namespace: parentNamespace(e, p), Name: p.Name}
+		var gw gwv1.Gateway
+		if err := r.Get(ctx, key, &gw); err != nil {
+			if apierrors.IsNotFound(err) {
+				missing = cmp.Or(missing, key.String())
+				continue
+			}
+			return nil, "", fmt.Errorf("while getting Gateway %s: %w", key, err)
+		}
+		gateways[key.String()] = &gw
+	}
+	return gateways, missing, nil
+}
+
+// guardRoute deletes e's HTTPRoute, when it has one, if it attaches to a
+// listener that serves plain HTTP and spec.gateway does not allow that. It
+// runs on the passes that leave the route as it is (suspended, a problem
+// standing): a Gateway may gain such a listener meanwhile, and the route
+// would then carry patient data in the clear until the problem is fixed.
+// The route is read as it stands, which the spec may no longer describe.
+func (r *EHRIntegrationReconciler) guardRoute(ctx context.Context, e *v1alpha1.EHRIntegration, written *[]string) error {
+	if !r.gateways.known() {
+		return nil // without the Gateway API served there is no route
+	}
+	if e.Spec.Gateway != nil && e.Spec.Gateway.AllowInsecureHTTP {
+		return nil
+	}
+	var route gwv1.HTTPRoute
+	if err := r.Get(ctx, client.ObjectKey{Namespace: e.Namespace, Name: childName(e)}, &route); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	if !metav1.IsControlledBy(&route, e) {
+		return nil
+	}
+	live := &v1alpha1.EHRIntegration{ObjectMeta: metav1.ObjectMeta{Namespace: route.Namespace},
+		Spec: v1alpha1.EHRIntegrationSpec{Gateway: routeAsSpec(&route)}}
+	gateways, _, err := r.parentGateways(ctx, live)
+	if err != nil {
+		return err
+	}
+	if check := checkListeners(live, gateways); len(check.insecure) > 0 {
+		logf.FromContext(ctx).Info("Deleting the route: a listener it attaches to serves plain HTTP", "listeners", check.insecure)
+		return r.deleteChild(ctx, e, written, &gwv1.HTTPRoute{})
+	}
+	return nil
+}
+
+// routeAsSpec reads an HTTPRoute back as the spec.gateway that made it:
+// its parent Gateways and hostnames.
+func routeAsSpec(route *gwv1.HTTPRoute) *v1alpha1.GatewaySpec {
+	g := &v1alpha1.GatewaySpec{}
+	for _, p := range route.Spec.ParentRefs {
+		if (p.Group != nil && *p.Group != gwv1.GroupName) || (p.Kind != nil && *p.Kind != "Gateway") {
+			continue
+		}
+		ref := v1alpha1.GatewayParentReference{Name: string(p.Name)}
+		if p.Namespace != nil {
+			ref.Namespace = string(*p.Namespace)
+		}
+		if p.SectionName != nil {
+			ref.SectionName = string(*p.SectionName)
+		}
+		g.ParentRefs = append(g.ParentRefs, ref)
+	}
+	for _, h := range route.Spec.Hostnames {
+		g.Hostnames = append(g.Hostnames, string(h))
+	}
+	return g
 }

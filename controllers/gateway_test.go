@@ -342,6 +342,42 @@ func TestGatewayAPI(t *testing.T) {
 		waitCondition(t, ns, "nexus", metav1.ConditionTrue, v1alpha1.ReasonAvailable)
 	})
 
+	t.Run("plain HTTP listener while a problem stands", func(t *testing.T) {
+		// A rotation to a too-short secret: the children are left as they
+		// are, but not a route that a new plain HTTP listener would serve.
+		creds := credsSecret(ns)
+		update(t, creds, func(s *corev1.Secret) { s.Data["webhook-secret"] = []byte("short") })
+		waitReason(t, ns, "nexus", v1alpha1.ConditionDegraded, metav1.ConditionTrue, v1alpha1.ReasonCredentialTooShort)
+		child(t, ns, "nexus", route)
+		update(t, gw, func(g *gwv1.Gateway) {
+			g.Spec.Listeners = append(g.Spec.Listeners, plain("nexus-port-80", "nexus.example.test"))
+		})
+		gone(t, ns, "nexus-receiver", &gwv1.HTTPRoute{})
+		got := waitReason(t, ns, "nexus", v1alpha1.ConditionDegraded, metav1.ConditionTrue, v1alpha1.ReasonCredentialTooShort)
+		if c := meta.FindStatusCondition(got.Status.Conditions, v1alpha1.ConditionRouteAccepted); c != nil {
+			t.Errorf("RouteAccepted without a route: %+v", c)
+		}
+
+		// Suspended, likewise: the route made once the secret is fixed
+		// goes when the listener comes back.
+		update(t, gw, func(g *gwv1.Gateway) { g.Spec.Listeners = g.Spec.Listeners[:len(g.Spec.Listeners)-1] })
+		update(t, creds, func(s *corev1.Secret) { s.Data["webhook-secret"] = []byte(testSecret) })
+		child(t, ns, "nexus", route)
+		update(t, got, func(e *v1alpha1.EHRIntegration) { e.Spec.Suspend = true })
+		waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonSuspended)
+		update(t, gw, func(g *gwv1.Gateway) {
+			g.Spec.Listeners = append(g.Spec.Listeners, plain("nexus-port-80", "nexus.example.test"))
+		})
+		gone(t, ns, "nexus-receiver", &gwv1.HTTPRoute{})
+
+		update(t, gw, func(g *gwv1.Gateway) { g.Spec.Listeners = g.Spec.Listeners[:len(g.Spec.Listeners)-1] })
+		update(t, got, func(e *v1alpha1.EHRIntegration) { e.Spec.Suspend = false })
+		child(t, ns, "nexus", route)
+		setRouteStatus(t, metav1.ConditionTrue, "Accepted", "accepted")
+		markAvailable(t, ns, "nexus")
+		waitCondition(t, ns, "nexus", metav1.ConditionTrue, v1alpha1.ReasonAvailable)
+	})
+
 	t.Run("plain HTTP listener refused unless allowed", func(t *testing.T) {
 		update(t, gw, func(g *gwv1.Gateway) {
 			g.Spec.Listeners = append(g.Spec.Listeners, plain("nexus-plain", "nexus-alt.example.test"))

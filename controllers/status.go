@@ -63,6 +63,9 @@ type observation struct {
 	// scheme is the scheme the parent Gateways serve the route with; empty
 	// when they were not looked at.
 	scheme string
+	// routeChecked: the route was brought in line with the spec this pass
+	// (made, deleted, or refused for a plain HTTP listener).
+	routeChecked bool
 	// served are the Secret versions every receiver pod runs; servedKnown
 	// is false while pods of different versions (or of an operator that
 	// set none) are left.
