@@ -169,17 +169,25 @@ func receiverConfig(f receiverFlags) (receiver.Config, string, error) {
 	if f.credentialsDir == "" {
 		errs = append(errs, errors.New("--credentials-dir (CREDENTIALS_DIR) is required"))
 	} else {
-		key, err := readCredential(filepath.Join(f.credentialsDir, "api-key"))
-		if err != nil {
-			errs = append(errs, err)
+		required := func(name string) string {
+			path := filepath.Join(f.credentialsDir, name)
+			v, err := readCredential(path)
+			if err == nil {
+				err = credentialLength(path, v)
+			}
+			if err != nil {
+				errs = append(errs, err)
+			}
+			return v
 		}
-		secret, err := readCredential(filepath.Join(f.credentialsDir, "webhook-secret"))
-		if err != nil {
-			errs = append(errs, err)
-		}
+		key, secret := required("api-key"), required("webhook-secret")
 		// The previous ones are optional: absent or empty, none.
 		optional := func(name string) string {
-			v, err := readCredential(filepath.Join(f.credentialsDir, name))
+			path := filepath.Join(f.credentialsDir, name)
+			v, err := readCredential(path)
+			if err == nil {
+				err = credentialLength(path, v)
+			}
 			if err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, errEmptyCredential) {
 				errs = append(errs, err)
 			}

@@ -8,6 +8,9 @@ import (
 	"testing"
 
 	"github.com/spf13/pflag"
+
+	"github.com/insighthealth/ehr-operator/api/v1alpha1"
+	"github.com/insighthealth/ehr-operator/receiver/auth"
 )
 
 // clearFlagEnv unsets, for this test, the environment variable of every flag
@@ -112,7 +115,13 @@ func TestReceiverRetentionFlags(t *testing.T) {
 // there (trailing newline dropped), and are optional.
 func TestReceiverConfigReadsThePreviousCredentials(t *testing.T) {
 	dir := t.TempDir()
-	files := map[string]string{"api-key": "key-new\n", "webhook-secret": "secret-new\n"}
+	const (
+		keyNew    = "key-new-of-at-least-thirty-two-bytes"
+		secretNew = "secret-new-of-at-least-thirty-two-bytes"
+		keyOld    = "key-old-of-at-least-thirty-two-bytes"
+		secretOld = "secret-old-of-at-least-thirty-two-bytes"
+	)
+	files := map[string]string{"api-key": keyNew + "\n", "webhook-secret": secretNew + "\n"}
 	write := func() {
 		for name, content := range files {
 			if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
@@ -125,14 +134,68 @@ func TestReceiverConfigReadsThePreviousCredentials(t *testing.T) {
 		requestsPerSecond: 1, burst: 1, onInvalid: "Reject", listen: ":8080", metricsListen: ":9090",
 		databaseURL: &secretFlag{name: "database-url", value: "postgres://x"}}
 	cfg, _, err := receiverConfig(f)
-	if err != nil || cfg.APIKey != "key-new" || cfg.PreviousAPIKey != "" || cfg.PreviousSecret != nil {
+	if err != nil || cfg.APIKey != keyNew || cfg.PreviousAPIKey != "" || cfg.PreviousSecret != nil {
 		t.Fatalf("without previous ones: %+v, %v", cfg, err)
 	}
-	files["api-key-previous"], files["webhook-secret-previous"] = "key-old\n", "secret-old"
+	files["api-key-previous"], files["webhook-secret-previous"] = keyOld+"\n", secretOld
 	write()
 	cfg, _, err = receiverConfig(f)
-	if err != nil || cfg.PreviousAPIKey != "key-old" || string(cfg.PreviousSecret) != "secret-old" {
+	if err != nil || cfg.PreviousAPIKey != keyOld || string(cfg.PreviousSecret) != secretOld {
 		t.Fatalf("with previous ones: previous key %q, previous secret %q, %v", cfg.PreviousAPIKey, cfg.PreviousSecret, err)
+	}
+}
+
+// A credential shorter than auth.MinCredentialBytes is refused at start,
+// as the operator refuses it in the Secret: the kubelet hands a running
+// pod the Secret's new files whatever the operator said, and a restarted
+// receiver would otherwise serve with them. An empty previous one is none.
+func TestReceiverRefusesShortCredentials(t *testing.T) {
+	if auth.MinCredentialBytes != v1alpha1.MinCredentialBytes {
+		t.Fatalf("auth.MinCredentialBytes %d, v1alpha1.MinCredentialBytes %d: the receiver and the operator must agree",
+			auth.MinCredentialBytes, v1alpha1.MinCredentialBytes)
+	}
+	long := strings.Repeat("k", auth.MinCredentialBytes)
+	short := long[1:] // one byte short, newline dropped first
+	for _, tt := range []struct {
+		name  string
+		files map[string]string
+		want  []string // the files named; empty: accepted
+	}{
+		{"long enough, with a newline", map[string]string{"api-key": long + "\n", "webhook-secret": long + "\r\n", "webhook-secret-previous": "\n"}, nil},
+		{"short key and secret", map[string]string{"api-key": short + "\n", "webhook-secret": short}, []string{"api-key", "webhook-secret"}},
+		{"short previous ones", map[string]string{"api-key": long, "webhook-secret": long, "api-key-previous": short, "webhook-secret-previous": "x"},
+			[]string{"api-key-previous", "webhook-secret-previous"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			for name, content := range tt.files {
+				if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			f := receiverFlags{ehr: "nexus", credentialsDir: dir, timeZone: "UTC", maxBodyBytes: 1 << 20, maxBatchSize: 10,
+				requestsPerSecond: 1, burst: 1, onInvalid: "Reject", listen: ":8080", metricsListen: ":9090",
+				databaseURL: &secretFlag{name: "database-url", value: "postgres://x"}}
+			_, _, err := receiverConfig(f)
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, name := range tt.want {
+				want := filepath.Join(dir, name) + ": shorter than 32 bytes; use a random one, e.g. `openssl rand -hex 32`"
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error does not say %q:\n%v", want, err)
+				}
+			}
+			if strings.Contains(err.Error(), short) || strings.Contains(err.Error(), "31 bytes") {
+				t.Errorf("error holds the value or its length:\n%v", err)
+			}
+		})
 	}
 }
 

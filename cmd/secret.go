@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"github.com/spf13/pflag"
+
+	"github.com/insighthealth/ehr-operator/receiver/auth"
 )
 
 // secretFlag is a secret given either as --NAME or as a file, --NAME-file
@@ -57,4 +59,14 @@ func readCredential(path string) (string, error) {
 		return "", fmt.Errorf("%s: %w", path, errEmptyCredential)
 	}
 	return s, nil
+}
+
+// credentialLength refuses an API key or webhook secret shorter than
+// auth.MinCredentialBytes; the error names the file, never the value or
+// its length.
+func credentialLength(path, v string) error {
+	if len(v) < auth.MinCredentialBytes {
+		return fmt.Errorf("%s: shorter than %d bytes; use a random one, e.g. `openssl rand -hex 32`", path, auth.MinCredentialBytes)
+	}
+	return nil
 }

@@ -33,8 +33,8 @@ var example []byte
 
 const (
 	ehr    = "nexus"
-	apiKey = "dev-api-key"
-	secret = "dev-webhook-secret"
+	apiKey = "dev-api-key-for-make-run-not-production"
+	secret = "dev-webhook-secret-for-make-run-not-production"
 )
 
 func main() {

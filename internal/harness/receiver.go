@@ -23,8 +23,8 @@ import (
 // Credentials of the receivers StartReceiver starts (throwaway values).
 const (
 	EHR    = "bench"
-	APIKey = "bench-api-key"
-	Secret = "bench-webhook-secret"
+	APIKey = "bench-api-key-at-least-thirty-two-bytes"
+	Secret = "bench-webhook-secret-at-least-thirty-two-bytes"
 )
 
 // Credentials are a receiver's EHR and the contents of the files of its

@@ -13,6 +13,14 @@ import (
 	"strings"
 )
 
+// MinCredentialBytes is the least length of an API key or webhook secret
+// the receiver starts with (after the trailing newline it drops); the
+// operator refuses shorter ones in the Secret too (v1alpha1, the same
+// number), but the kubelet hands a running pod the Secret's new files all
+// the same, so a receiver restarted after such a rotation must refuse them
+// itself. `openssl rand -hex 32` gives 64.
+const MinCredentialBytes = 32
+
 // SignaturePrefix starts every X-Webhook-Signature value.
 const SignaturePrefix = "sha256="
 

@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"os"
 	"strings"
 	"testing"
 )
@@ -123,4 +124,45 @@ func FuzzParseSignature(f *testing.F) {
 			t.Fatalf("re-encoded %q from %q", got, header)
 		}
 	})
+}
+
+// The worked example of docs/webhook-api.md signs the spec's example with
+// make run's development secret (hack/devrun): the signature it prints must
+// be the one Sign makes, and the secret the one make run uses.
+func TestWorkedExampleInTheDocs(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/webhook-api.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	devrun, err := os.ReadFile("../../hack/devrun/main.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, secret, printed := "", "", ""
+	for line := range strings.Lines(string(doc)) {
+		line = strings.TrimRight(line, "\n")
+		switch {
+		case body == "" && strings.HasPrefix(line, `{ "appointments": [ { "appointment": { "id": "apt-12345"`):
+			body = line + "\n" // "one line, ending in a newline"
+		case strings.HasPrefix(line, "$ openssl dgst -sha256 -hmac "):
+			secret = strings.Fields(line)[5]
+		case strings.HasPrefix(line, "SHA2-256(stdin)= "):
+			printed = strings.TrimPrefix(line, "SHA2-256(stdin)= ")
+		}
+	}
+	if body == "" || secret == "" || printed == "" {
+		t.Fatalf("worked example not found: body %t, secret %q, signature %q", body != "", secret, printed)
+	}
+	if got := Sign([]byte(secret), []byte(body)); got != SignaturePrefix+printed {
+		t.Errorf("Sign = %s, the docs print %s", got, printed)
+	}
+	if !strings.Contains(string(doc), "X-Webhook-Signature: sha256="+printed) {
+		t.Errorf("the docs' header does not carry the signature they print")
+	}
+	if !strings.Contains(string(devrun), `secret = "`+secret+`"`) {
+		t.Errorf("hack/devrun does not sign with %q, the docs' development secret", secret)
+	}
+	if len(secret) < MinCredentialBytes {
+		t.Errorf("the development secret is shorter than %d bytes: the receiver would refuse it", MinCredentialBytes)
+	}
 }

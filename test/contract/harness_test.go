@@ -27,10 +27,10 @@ import (
 
 const (
 	ehr        = "nexus"
-	apiKey     = "contract-api-key"
-	secret     = "contract-webhook-secret"
-	prevSecret = "contract-previous-secret"
-	prevAPIKey = "contract-previous-api-key"
+	apiKey     = "contract-api-key-at-least-thirty-two-bytes"
+	secret     = "contract-webhook-secret-at-least-32-bytes"
+	prevSecret = "contract-previous-secret-at-least-32-bytes"
+	prevAPIKey = "contract-previous-api-key-at-least-32-bytes"
 )
 
 // binary is the ehr-operator built once by TestMain.
