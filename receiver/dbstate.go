@@ -45,9 +45,9 @@ func (r reachability) String() string {
 }
 
 // dbState is what the receiver knows of its database, for metrics, the log
-// and GET /dbz, never for readiness: a database outage must not take every
+// and GET /dbz, not for readiness: a database outage must not take every
 // pod out of its Service, or vendors get the ingress's bare 502/503 instead
-// of our 503 with Retry-After.
+// of our 503 with Retry-After. The one exception is refusedAtStart.
 type dbState struct {
 	ehr string
 	log *slog.Logger
@@ -62,6 +62,12 @@ type dbState struct {
 	migrated atomic.Bool
 	// started: readiness may pass (see Server.startBackground).
 	started atomic.Bool
+	// reached: the database answered once since the start. refused: the
+	// last migration or ping failed because the database refuses this
+	// receiver's settings (store.IsRefused). Both hold readiness back,
+	// until reached: a new pod of a rollout that carries a wrong password
+	// must not replace the pods that serve (see refusedAtStart).
+	reached, refused atomic.Bool
 	// migrate, when set, is run in the background by Server.Run.
 	migrate func(context.Context) error
 	// wake gets a token when the database becomes reachable, so that a
@@ -91,7 +97,17 @@ func newDBState(ehr string, log *slog.Logger) *dbState {
 
 // observePing records a ping's result: any error means down (a timeout
 // included: a database that does not answer in time cannot serve).
-func (d *dbState) observePing(err error) { d.set(err == nil, err) }
+func (d *dbState) observePing(err error) {
+	d.refused.Store(store.IsRefused(err))
+	d.set(err == nil, err)
+}
+
+// refusedAtStart: the database has refused this receiver's settings and
+// never answered it. Readiness follows the database in this case alone. An
+// outage keeps pods in their Service (they answer 503 with Retry-After),
+// but a rollout whose new pods carry a wrong password, database name or
+// host would otherwise replace every pod that serves with pods that cannot.
+func (d *dbState) refusedAtStart() bool { return d.refused.Load() && !d.reached.Load() }
 
 // observe records a write's or a migration's result: success means up. An
 // unavailable error asks for a ping, which decides: after a restart the pool
@@ -125,6 +141,9 @@ func (d *dbState) set(reachable bool, err error) {
 	prev, prevSince, now := d.state, d.since, time.Now()
 	d.state, d.since = want, now
 	d.up.Store(reachable)
+	if reachable {
+		d.reached.Store(true)
+	}
 	// One line per change, never per request.
 	if reachable {
 		// The end of an outage at the level of its start, so that a

@@ -10,10 +10,13 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/lib/pq"
 
 	"github.com/insighthealth/ehr-operator/internal/pgtest"
 	"github.com/insighthealth/ehr-operator/receiver/auth"
@@ -50,10 +53,11 @@ func (b *syncBuffer) count(msg string) int {
 // bgServer is a Server on a real store whose background work (database
 // monitor, migration) runs, but whose handlers are called in process.
 type bgServer struct {
-	srv *Server
-	h   http.Handler
-	met http.Handler
-	log *syncBuffer
+	srv   *Server
+	h     http.Handler
+	met   http.Handler
+	log   *syncBuffer
+	began time.Time // its background work's start
 }
 
 // newBGServer serves validConfig() on a store on dbURL; migrate makes it
@@ -75,8 +79,9 @@ func newBGServer(t *testing.T, dbURL string, migrate bool) *bgServer {
 	if migrate {
 		srv.MigrateInBackground(st)
 	}
+	began := time.Now()
 	t.Cleanup(srv.startBackground(context.Background())) // runs before the store closes
-	return &bgServer{srv: srv, h: srv.Handler(), met: srv.MetricsHandler(), log: log}
+	return &bgServer{srv: srv, h: srv.Handler(), met: srv.MetricsHandler(), log: log, began: began}
 }
 
 func (b *bgServer) post(body []byte) *httptest.ResponseRecorder {
@@ -392,5 +397,55 @@ func TestJittered(t *testing.T) {
 	}
 	if d != migrateMaxRetry {
 		t.Errorf("the back-off reached %s, want the cap %s", d, migrateMaxRetry)
+	}
+}
+
+// TestNotReadyWhileTheDatabaseRefusesTheSettings: a new receiver whose
+// database refuses its settings (here a database name that does not exist;
+// a wrong password or host is the same) stays out of its Service, past the
+// grace an unreachable database gets, so that a rollout carrying such a
+// URL stops at its first new pod instead of replacing the pods that serve.
+// Once the database answers it is ready, and stays so: what follows is an
+// outage like any other.
+func TestNotReadyWhileTheDatabaseRefusesTheSettings(t *testing.T) {
+	adminURL := pgtest.NewEmptyDatabase(t)
+	u, err := url.Parse(adminURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := "refused_" + strings.ReplaceAll(strings.TrimPrefix(u.Path, "/"), "-", "_")
+	u.Path = "/" + name
+	b := newBGServer(t, u.String(), true)
+
+	eventually(t, 5*time.Second, "the first migration attempt", func() bool { return b.log.count("Migration failed; the webhook answers 503 until one succeeds") > 0 })
+	want := "the database refuses this receiver's settings (see its log)\n"
+	if code, body := b.get("/readyz"); code != 503 || body != want {
+		t.Errorf("/readyz after the refused attempt: %d %q, want 503 %q", code, body, want)
+	}
+	time.Sleep(startGrace + time.Second - time.Since(b.began))
+	if code, _ := b.get("/readyz"); code != 503 {
+		t.Errorf("/readyz past the start's grace: %d, want 503", code)
+	}
+	if w := b.post(batchOf(entry("refused"))); w.Code != 503 {
+		t.Errorf("a request while refused: %d %s", w.Code, w.Body)
+	}
+
+	admin, err := sql.Open("postgres", adminURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	if _, err := admin.Exec(`CREATE DATABASE ` + name); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = admin.Exec(`DROP DATABASE IF EXISTS ` + name + ` WITH (FORCE)`) })
+	eventually(t, 15*time.Second, "/readyz 200 once the database exists", func() bool { code, _ := b.get("/readyz"); return code == 200 })
+	eventually(t, 5*time.Second, "the migration", b.srv.db.migrated.Load)
+	if w := b.post(batchOf(entry("stored"))); w.Code != 200 {
+		t.Errorf("after the database was made: %d %s", w.Code, w.Body)
+	}
+	b.srv.db.observePing(&pq.Error{Code: "28P01"}) // a password changed under a serving pod
+	if code, _ := b.get("/readyz"); code != 200 {
+		t.Errorf("/readyz of a pod that has reached its database, refused since: %d, want 200", code)
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/insighthealth/ehr-operator/receiver/store"
 )
 
 // The background migration's schedule. An attempt may wait minutes for the
@@ -129,6 +131,7 @@ func (s *Server) migrateUntilDone(ctx context.Context) {
 		actx, cancel := context.WithTimeout(ctx, migrateTimeout)
 		err := s.db.migrate(actx)
 		cancel()
+		s.db.refused.Store(store.IsRefused(err))
 		s.db.started.Store(true)
 		if ctx.Err() != nil {
 			return

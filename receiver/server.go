@@ -138,6 +138,8 @@ func syncPathEHR(path string) (string, bool) {
 // MetricsHandler serves /healthz, /readyz, /dbz and /metrics. Neither probe
 // follows the database: while it is away the pod stays in its Service and
 // answers 503 with Retry-After itself; /dbz reports the database's state.
+// Only a database that refused the receiver's settings before it ever
+// answered keeps /readyz failing (dbState.refusedAtStart).
 func (s *Server) MetricsHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -149,6 +151,8 @@ func (s *Server) MetricsHandler() http.Handler {
 			http.Error(w, "shutting down", http.StatusServiceUnavailable)
 		case !s.db.started.Load():
 			http.Error(w, "starting", http.StatusServiceUnavailable)
+		case s.db.refusedAtStart():
+			http.Error(w, "the database refuses this receiver's settings (see its log)", http.StatusServiceUnavailable)
 		default:
 			_, _ = w.Write([]byte("ok\n"))
 		}

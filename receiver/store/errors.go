@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"crypto/x509"
 	"database/sql"
 	"database/sql/driver"
 	"errors"
@@ -41,6 +42,30 @@ func IsUnavailable(err error) bool {
 		return unavailableCode(pqErr.Code)
 	}
 	return false
+}
+
+// IsRefused reports whether err says the database refuses this receiver's
+// settings rather than being away: its credentials (SQLSTATE class 28), a
+// database that does not exist (3D000), a role without the privileges the
+// schema needs (42501), a host name DNS does not know, a server certificate
+// that does not verify. Retrying does not help; a fixed URL or grant does.
+func IsRefused(err error) bool {
+	if err == nil {
+		return false
+	}
+	if pqErr := pq.As(err); pqErr != nil {
+		return pqErr.Code.Class() == "28" || pqErr.Code == "3D000" || pqErr.Code == "42501"
+	}
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
+		return true
+	}
+	var (
+		unknownAuthority x509.UnknownAuthorityError
+		invalid          x509.CertificateInvalidError
+		hostname         x509.HostnameError
+	)
+	return errors.As(err, &unknownAuthority) || errors.As(err, &invalid) || errors.As(err, &hostname)
 }
 
 func unavailableCode(code pqerror.Code) bool {

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"crypto/x509"
 	"database/sql/driver"
 	"errors"
 	"fmt"
@@ -195,6 +196,34 @@ func TestIsUnavailable(t *testing.T) {
 	for _, tc := range tests {
 		if got := IsUnavailable(tc.err); got != tc.want {
 			t.Errorf("IsUnavailable(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}
+
+func TestIsRefused(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		err  error
+		want bool
+	}{
+		{nil, false},
+		{wrap("Ping", &pq.Error{Code: "28P01"}), true}, // password authentication failed
+		{wrap("Ping", &pq.Error{Code: "28000"}), true}, // no pg_hba.conf entry
+		{wrap("Ping", &pq.Error{Code: "3D000"}), true}, // database does not exist
+		{fmt.Errorf("while applying migrations: %w", &pq.Error{Code: "42501"}), true},
+		{&net.OpError{Op: "dial", Net: "tcp", Err: &net.DNSError{Err: "no such host", Name: "db.example", IsNotFound: true}}, true},
+		{fmt.Errorf("tls: %w", x509.UnknownAuthorityError{}), true},
+		{fmt.Errorf("tls: %w", x509.HostnameError{Host: "db"}), true},
+		// Away, not refusing: an outage keeps the pods ready.
+		{&net.OpError{Op: "dial", Net: "tcp", Err: &net.DNSError{Err: "server misbehaving", Name: "db.example", IsTemporary: true}}, false},
+		{&net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, false},
+		{wrap("Ping", &pq.Error{Code: "57P03"}), false}, // the database is starting
+		{wrap("Ping", &pq.Error{Code: "53300"}), false}, // too many connections
+		{context.DeadlineExceeded, false},
+	}
+	for _, tc := range tests {
+		if got := IsRefused(tc.err); got != tc.want {
+			t.Errorf("IsRefused(%v) = %v, want %v", tc.err, got, tc.want)
 		}
 	}
 }
