@@ -771,6 +771,33 @@ func TestLimitsExceedMemory(t *testing.T) {
 	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
 }
 
+// TestPartialResourcesKeepTheMemoryLimit: resources setting only a CPU
+// request keep the default memory limit, in the pod and in the check of
+// maxBodyBytes against it.
+func TestPartialResourcesKeepTheMemoryLimit(t *testing.T) {
+	startSuite(t)
+	ns := newNamespace(t)
+	e := integration(ns, "nexus", "nexus")
+	e.Spec.Resources = &corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("500m")}}
+	e.Spec.Limits = &v1alpha1.LimitsSpec{MaxBodyBytes: 64 << 20}
+	create(t, credsSecret(ns), dbSecret(ns), e)
+	got := waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonLimitsExceedMemory)
+	if msg := meta.FindStatusCondition(got.Status.Conditions, v1alpha1.ConditionReady).Message; !strings.Contains(msg, "256Mi") {
+		t.Errorf("message %q does not name the default memory limit", msg)
+	}
+	update(t, e, func(e *v1alpha1.EHRIntegration) { e.Spec.Limits.MaxBodyBytes = 4 << 20 })
+	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
+	var d appsv1.Deployment
+	child(t, ns, "nexus", &d)
+	want := corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceMemory: resource.MustParse("64Mi")},
+		Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("256Mi")},
+	}
+	if diff := cmp.Diff(want, d.Spec.Template.Spec.Containers[0].Resources); diff != "" {
+		t.Errorf("receiver resources mismatch (-want +got):\n%s", diff)
+	}
+}
+
 func TestOwnershipConflict(t *testing.T) {
 	startSuite(t)
 	ns := newNamespace(t)
@@ -838,7 +865,8 @@ func TestValuesRemovedFromTheSpecGo(t *testing.T) {
 	e := integration(ns, "nexus", "nexus")
 	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.example.com", TLSSecretName: "nexus-tls", Annotations: map[string]string{"a": "1", "b": "2"}}
 	e.Spec.Resources = &corev1.ResourceRequirements{Requests: corev1.ResourceList{
-		corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("64Mi")}}
+		corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("64Mi"),
+		corev1.ResourceEphemeralStorage: resource.MustParse("1Gi")}}
 	create(t, credsSecret(ns), dbSecret(ns), e)
 	var ing networkingv1.Ingress
 	child(t, ns, "nexus", &ing)
@@ -859,7 +887,10 @@ func TestValuesRemovedFromTheSpecGo(t *testing.T) {
 		if err := suite.client.Get(ctx, key(ns, "nexus-receiver"), &d); err != nil {
 			return err
 		}
-		if r := d.Spec.Template.Spec.Containers[0].Resources; len(r.Requests) != 1 || r.Requests.Memory().String() != "64Mi" {
+		// The removed storage request goes; the removed CPU request is the
+		// default's again.
+		if r := d.Spec.Template.Spec.Containers[0].Resources; len(r.Requests) != 2 || r.Requests.Memory().String() != "64Mi" ||
+			r.Requests.Cpu().String() != "50m" {
 			return fmt.Errorf("resources %v", r)
 		}
 		return nil

@@ -238,13 +238,47 @@ func defaultResources() corev1.ResourceRequirements {
 	}
 }
 
-// receiverResources are the receiver container's resources: the spec's, or
-// the defaults.
+// receiverResources are the receiver container's resources, key by key:
+// each request and limit spec.resources sets, and the default of each it
+// leaves out, so that setting a CPU request keeps the default memory limit
+// (the receiver sizes its memory from it, and memoryProblem checks it).
+// A default never makes the pair invalid: a default limit below a request
+// the spec sets is raised to that request (a 1Gi memory request gets a 1Gi
+// limit, not 256Mi), and a default request above a limit the spec sets is
+// lowered to that limit. A request above a limit that the spec sets both
+// of is left for the API server to refuse (ChildRejected). Claims are the
+// spec's.
 func receiverResources(e *v1alpha1.EHRIntegration) corev1.ResourceRequirements {
-	if e.Spec.Resources != nil {
-		return *e.Spec.Resources
+	out := defaultResources()
+	r := e.Spec.Resources
+	if r == nil {
+		return out
 	}
-	return defaultResources()
+	for name, q := range r.Requests {
+		out.Requests[name] = q.DeepCopy()
+	}
+	for name, q := range r.Limits {
+		out.Limits[name] = q.DeepCopy()
+	}
+	for name, limit := range out.Limits {
+		request, ok := out.Requests[name]
+		if !ok || request.Cmp(limit) <= 0 {
+			continue
+		}
+		_, requestSet := r.Requests[name]
+		_, limitSet := r.Limits[name]
+		switch {
+		case requestSet && !limitSet:
+			out.Limits[name] = request.DeepCopy()
+		case limitSet && !requestSet:
+			out.Requests[name] = limit.DeepCopy()
+		}
+	}
+	if len(r.Claims) > 0 {
+		out.Claims = make([]corev1.ResourceClaim, len(r.Claims))
+		copy(out.Claims, r.Claims)
+	}
+	return out
 }
 
 // versionAnnotations are the pod template's annotations for Secrets at v.

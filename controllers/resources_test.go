@@ -200,8 +200,12 @@ func TestBuildDeployment(t *testing.T) {
 	e.Spec.Resources = &corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("1")}}
 	e.Spec.Replicas = ptr.To[int32](5)
 	d = object(t, buildDeployment(e, "img", v1alpha1.SecretVersions{Credentials: "41", Database: "7"}), &appsv1.Deployment{})
-	if got := d.Spec.Template.Spec.Containers[0].Resources; !cmp.Equal(got, *e.Spec.Resources) {
-		t.Errorf("resources = %+v, want the spec's", got)
+	wantResources := corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("50m"), corev1.ResourceMemory: resource.MustParse("64Mi")},
+		Limits:   corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("1"), corev1.ResourceMemory: resource.MustParse("256Mi")},
+	}
+	if got := d.Spec.Template.Spec.Containers[0].Resources; !cmp.Equal(got, wantResources) {
+		t.Errorf("resources = %+v, want the spec's CPU limit and the other defaults %+v", got, wantResources)
 	}
 	if *d.Spec.Replicas != 5 {
 		t.Errorf("replicas = %d, want 5", *d.Spec.Replicas)
@@ -209,6 +213,83 @@ func TestBuildDeployment(t *testing.T) {
 	e.Spec.Suspend = true
 	if got := *buildDeployment(e, "img", v1alpha1.SecretVersions{Credentials: "41", Database: "7"}).Spec.Replicas; got != 0 {
 		t.Errorf("suspended replicas = %d, want 0", got)
+	}
+}
+
+// TestReceiverResources: spec.resources overrides the defaults key by
+// key, and a default never makes a request exceed its limit.
+func TestReceiverResources(t *testing.T) {
+	q := resource.MustParse
+	list := func(kv ...string) corev1.ResourceList {
+		l := corev1.ResourceList{}
+		for i := 0; i < len(kv); i += 2 {
+			l[corev1.ResourceName(kv[i])] = q(kv[i+1])
+		}
+		return l
+	}
+	defaults := corev1.ResourceRequirements{Requests: list("cpu", "50m", "memory", "64Mi"), Limits: list("memory", "256Mi")}
+	tests := []struct {
+		name string
+		spec *corev1.ResourceRequirements
+		want corev1.ResourceRequirements
+	}{
+		{"unset", nil, defaults},
+		{"empty", &corev1.ResourceRequirements{}, defaults},
+		{"a CPU request keeps the memory defaults", &corev1.ResourceRequirements{Requests: list("cpu", "500m")},
+			corev1.ResourceRequirements{Requests: list("cpu", "500m", "memory", "64Mi"), Limits: list("memory", "256Mi")}},
+		{"a memory limit keeps the requests", &corev1.ResourceRequirements{Limits: list("memory", "512Mi")},
+			corev1.ResourceRequirements{Requests: list("cpu", "50m", "memory", "64Mi"), Limits: list("memory", "512Mi")}},
+		{"a CPU limit is added", &corev1.ResourceRequirements{Limits: list("cpu", "2")},
+			corev1.ResourceRequirements{Requests: list("cpu", "50m", "memory", "64Mi"), Limits: list("cpu", "2", "memory", "256Mi")}},
+		{"other resources are added", &corev1.ResourceRequirements{Requests: list("ephemeral-storage", "1Gi")},
+			corev1.ResourceRequirements{Requests: list("cpu", "50m", "memory", "64Mi", "ephemeral-storage", "1Gi"), Limits: list("memory", "256Mi")}},
+		{"a memory request above the default limit raises it", &corev1.ResourceRequirements{Requests: list("memory", "1Gi")},
+			corev1.ResourceRequirements{Requests: list("cpu", "50m", "memory", "1Gi"), Limits: list("memory", "1Gi")}},
+		{"a memory limit below the default request lowers it", &corev1.ResourceRequirements{Limits: list("memory", "48Mi")},
+			corev1.ResourceRequirements{Requests: list("cpu", "50m", "memory", "48Mi"), Limits: list("memory", "48Mi")}},
+		{"a CPU limit below the default request lowers it", &corev1.ResourceRequirements{Limits: list("cpu", "20m")},
+			corev1.ResourceRequirements{Requests: list("cpu", "20m", "memory", "64Mi"), Limits: list("cpu", "20m", "memory", "256Mi")}},
+		// Both set by the spec: its own mistake, which the API server refuses.
+		{"a request above a limit both set is kept", &corev1.ResourceRequirements{Requests: list("memory", "1Gi"), Limits: list("memory", "512Mi")},
+			corev1.ResourceRequirements{Requests: list("cpu", "50m", "memory", "1Gi"), Limits: list("memory", "512Mi")}},
+		{"claims are the spec's", &corev1.ResourceRequirements{Claims: []corev1.ResourceClaim{{Name: "gpu"}}},
+			corev1.ResourceRequirements{Requests: defaults.Requests, Limits: defaults.Limits, Claims: []corev1.ResourceClaim{{Name: "gpu"}}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := sample()
+			e.Spec.Resources = tt.spec.DeepCopy()
+			before := e.DeepCopy()
+			got := receiverResources(e)
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("resources mismatch (-want +got):\n%s", diff)
+			}
+			// As the pod gets them.
+			d := object(t, buildDeployment(e, "img", v1alpha1.SecretVersions{}), &appsv1.Deployment{})
+			if diff := cmp.Diff(tt.want, d.Spec.Template.Spec.Containers[0].Resources); diff != "" {
+				t.Errorf("pod resources mismatch (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(before, e); diff != "" {
+				t.Errorf("the spec was changed (-before +after):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestMemoryProblemWithPartialResources: resources that leave out the
+// memory limit are checked against the default one, and a limit raised
+// to a request against the request.
+func TestMemoryProblemWithPartialResources(t *testing.T) {
+	e := sample()
+	e.Spec.Limits = &v1alpha1.LimitsSpec{MaxBodyBytes: 64 << 20}
+	e.Spec.Resources = &corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("500m")}}
+	p := memoryProblem(e)
+	if p == nil || p.reason != v1alpha1.ReasonLimitsExceedMemory || !strings.Contains(p.message, "256Mi") {
+		t.Errorf("a CPU request only, 64 MiB bodies: problem %+v, want LimitsExceedMemory naming the default 256Mi", p)
+	}
+	e.Spec.Resources.Requests[corev1.ResourceMemory] = resource.MustParse("1Gi")
+	if p := memoryProblem(e); p != nil {
+		t.Errorf("a 1Gi memory request (the limit raised to it), 64 MiB bodies: problem %+v, want none", p)
 	}
 }
 

@@ -77,8 +77,13 @@ type EHRIntegrationSpec struct {
 	// +kubebuilder:validation:Pattern=`^[^\s]+$`
 	Image string `json:"image,omitempty"`
 
-	// resources are the receiver container's compute resources. When unset
-	// the receiver requests 50m CPU and 64Mi memory, with a 256Mi memory limit.
+	// resources are the receiver container's compute resources, merged key
+	// by key with the defaults: each request and limit left out keeps its
+	// default (requests 50m CPU and 64Mi memory, a 256Mi memory limit, no
+	// CPU limit), so setting only a CPU request keeps the memory limit the
+	// receiver sizes its memory from. A default limit below a request set
+	// here is raised to that request, and a default request above a limit
+	// set here is lowered to that limit.
 	// +optional
 	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
 
