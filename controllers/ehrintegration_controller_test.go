@@ -19,6 +19,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -284,7 +286,8 @@ func TestChildrenOfAValidIntegration(t *testing.T) {
 	if diff := cmp.Diff(wantMounts, c.VolumeMounts); diff != "" {
 		t.Errorf("mounts mismatch (-want +got):\n%s", diff)
 	}
-	if pod.Volumes[0].Secret.SecretName != "creds" || pod.Volumes[1].Secret.SecretName != "db" {
+	if p := pod.Volumes[0].Projected; p == nil || len(p.Sources) != 2 || p.Sources[0].Secret.Name != "creds" ||
+		p.Sources[1].Secret.Name != "creds" || pod.Volumes[1].Secret.SecretName != "db" {
 		t.Errorf("volumes = %+v", pod.Volumes)
 	}
 	if c.LivenessProbe.HTTPGet.Path != "/healthz" || c.ReadinessProbe.HTTPGet.Path != "/readyz" ||
@@ -796,6 +799,58 @@ func TestPartialResourcesKeepTheMemoryLimit(t *testing.T) {
 	if diff := cmp.Diff(want, d.Spec.Template.Spec.Containers[0].Resources); diff != "" {
 		t.Errorf("receiver resources mismatch (-want +got):\n%s", diff)
 	}
+}
+
+// TestCredentialsVolumeOfAnOlderOperator: a Deployment whose credentials
+// volume mounts the whole Secret (as operators before the projected
+// volume made it) gets the projected volume alone, not both sources
+// (which the API server would refuse).
+func TestCredentialsVolumeOfAnOlderOperator(t *testing.T) {
+	startSuite(t)
+	ns := newNamespace(t)
+	creds := credsSecret(ns)
+	creds.Data["billing-password"] = []byte("not the receiver's")
+	create(t, creds, dbSecret(ns), integration(ns, "nexus", "nexus"))
+	var live appsv1.Deployment
+	child(t, ns, "nexus", &live)
+
+	// The older operator's apply: its fields, the whole Secret mounted.
+	old, err := appsv1ac.ExtractDeployment(&live, fieldOwner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vols := old.Spec.Template.Spec.Volumes
+	for i := range vols {
+		if *vols[i].Name == "credentials" {
+			vols[i].Projected = nil
+			vols[i].WithSecret(corev1ac.SecretVolumeSource().WithSecretName("creds").WithDefaultMode(0o440))
+		}
+	}
+	if err := suite.client.Apply(ctx, old, client.FieldOwner(fieldOwner), client.ForceOwnership); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range old.Spec.Template.Spec.Volumes {
+		if *v.Name == "credentials" && (v.Secret == nil || v.Projected != nil) {
+			t.Fatalf("the older operator's volume was not stored: %+v", v)
+		}
+	}
+	eventually(t, waitFor, "the projected credentials volume alone", func() error {
+		var d appsv1.Deployment
+		if err := suite.client.Get(ctx, key(ns, "nexus-receiver"), &d); err != nil {
+			return err
+		}
+		for _, v := range d.Spec.Template.Spec.Volumes {
+			if v.Name != "credentials" {
+				continue
+			}
+			if v.Secret != nil || v.Projected == nil || len(v.Projected.Sources) != 2 {
+				return fmt.Errorf("credentials volume %+v", v.VolumeSource)
+			}
+			return nil
+		}
+		return errors.New("no credentials volume")
+	})
+	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
 }
 
 func TestOwnershipConflict(t *testing.T) {

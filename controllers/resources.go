@@ -339,6 +339,35 @@ func resourcesConfig(r corev1.ResourceRequirements) *corev1ac.ResourceRequiremen
 	return out
 }
 
+// credentialsVolume mounts only the keys of the credentials Secret that
+// the receiver reads, each as a file of its name: SREs keep other
+// systems' passwords in such Secrets. Projected, with two sources of the
+// same Secret: the current keys must be there (a missing one fails the
+// mount, as the whole Secret's absence does), while each previous key is
+// optional, which a secret volume could only say of every key and of the
+// Secret itself. The kubelet refreshes the files like a secret volume's.
+func credentialsVolume(secretName string, mode int32) *corev1ac.VolumeApplyConfiguration {
+	items := func(keys ...string) []*corev1ac.KeyToPathApplyConfiguration {
+		out := make([]*corev1ac.KeyToPathApplyConfiguration, 0, len(keys))
+		for _, k := range keys {
+			out = append(out, corev1ac.KeyToPath().WithKey(k).WithPath(k))
+		}
+		return out
+	}
+	return corev1ac.Volume().WithName("credentials").WithProjected(corev1ac.ProjectedVolumeSource().
+		WithSources(
+			corev1ac.VolumeProjection().WithSecret(corev1ac.SecretProjection().
+				WithName(secretName).
+				WithItems(items(keyAPIKey, keyWebhookSecret)...)),
+			corev1ac.VolumeProjection().WithSecret(corev1ac.SecretProjection().
+				WithName(secretName).
+				WithItems(items(keyAPIKeyPrevious, keyWebhookSecretPrevious)...).
+				WithOptional(true))).
+		// As before, 0440 for the fsGroup: the API server's default, 0644,
+		// would let every user of the container read them.
+		WithDefaultMode(mode))
+}
+
 // preStopSleepSeconds is how long a terminating receiver keeps serving
 // before SIGTERM, so that endpoint removal reaches every proxy first.
 const preStopSleepSeconds = 5
@@ -420,9 +449,7 @@ func buildDeployment(e *v1alpha1.EHRIntegration, image string, versions v1alpha1
 			WithSeccompProfile(corev1ac.SeccompProfile().WithType(corev1.SeccompProfileTypeRuntimeDefault))).
 		WithContainers(container).
 		WithVolumes(
-			corev1ac.Volume().WithName("credentials").WithSecret(corev1ac.SecretVolumeSource().
-				WithSecretName(s.CredentialsSecretRef.Name).
-				WithDefaultMode(secretMode)),
+			credentialsVolume(s.CredentialsSecretRef.Name, secretMode),
 			// Only the URL's key: a CloudNativePG app Secret also holds the
 			// password and more.
 			corev1ac.Volume().WithName("database").WithSecret(corev1ac.SecretVolumeSource().

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -186,7 +187,8 @@ func TestBuildDeployment(t *testing.T) {
 	for _, v := range ps.Volumes {
 		vols[v.Name] = v
 	}
-	if s := vols["credentials"].Secret; s == nil || s.SecretName != "nexus-webhook" {
+	if p := vols["credentials"].Projected; p == nil || len(p.Sources) != 2 || p.Sources[0].Secret == nil ||
+		p.Sources[0].Secret.Name != "nexus-webhook" {
 		t.Errorf("credentials volume = %+v", vols["credentials"])
 	}
 	if s := vols["database"].Secret; s == nil || s.SecretName != "appointments-db" ||
@@ -213,6 +215,112 @@ func TestBuildDeployment(t *testing.T) {
 	e.Spec.Suspend = true
 	if got := *buildDeployment(e, "img", v1alpha1.SecretVersions{Credentials: "41", Database: "7"}).Spec.Replicas; got != 0 {
 		t.Errorf("suspended replicas = %d, want 0", got)
+	}
+}
+
+// secretVolumeFiles are the files the kubelet writes for a volume of
+// Secret s, by the rules k8s.io/api documents for secret and projected
+// volumes (pkg/volume/secret.MakePayload): without items every key; with
+// items only those, a missing one an error unless the source is optional.
+func secretVolumeFiles(t *testing.T, v corev1.Volume, s *corev1.Secret) (map[string]string, error) {
+	t.Helper()
+	files := map[string]string{}
+	add := func(name string, items []corev1.KeyToPath, optional *bool) error {
+		if name != s.Name {
+			return fmt.Errorf("secret %q not found", name)
+		}
+		if len(items) == 0 {
+			for k, val := range s.Data {
+				files[k] = string(val)
+			}
+			return nil
+		}
+		for _, it := range items {
+			val, ok := s.Data[it.Key]
+			if !ok {
+				if optional != nil && *optional {
+					continue
+				}
+				return fmt.Errorf("references non-existent secret key: %s", it.Key)
+			}
+			files[it.Path] = string(val)
+		}
+		return nil
+	}
+	switch {
+	case v.Secret != nil:
+		return files, add(v.Secret.SecretName, v.Secret.Items, v.Secret.Optional)
+	case v.Projected != nil:
+		for _, src := range v.Projected.Sources {
+			if src.Secret == nil {
+				t.Fatalf("volume %s projects something other than a Secret: %+v", v.Name, src)
+			}
+			if err := add(src.Secret.Name, src.Secret.Items, src.Secret.Optional); err != nil {
+				return nil, err
+			}
+		}
+		return files, nil
+	}
+	t.Fatalf("volume %s is neither a secret nor a projected volume: %+v", v.Name, v)
+	return nil, nil
+}
+
+// TestCredentialsVolumeHoldsOnlyTheReceiversKeys: the receiver's pods get
+// the four keys it reads of the credentials Secret, not the others kept
+// there; the previous ones are optional, the current ones not.
+func TestCredentialsVolumeHoldsOnlyTheReceiversKeys(t *testing.T) {
+	d := object(t, buildDeployment(sample(), "img", v1alpha1.SecretVersions{}), &appsv1.Deployment{})
+	var vol *corev1.Volume
+	for i, v := range d.Spec.Template.Spec.Volumes {
+		if v.Name == "credentials" {
+			vol = &d.Spec.Template.Spec.Volumes[i]
+		}
+	}
+	if vol == nil {
+		t.Fatal("no credentials volume")
+	}
+	// Every mode set, as the API server would default an unset one.
+	if vol.Projected == nil || vol.Projected.DefaultMode == nil || *vol.Projected.DefaultMode != 0o440 {
+		t.Errorf("credentials volume = %+v, want a projected volume with defaultMode 0440", vol)
+	}
+	secret := func(kv ...string) *corev1.Secret {
+		s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "nexus-webhook"}, Data: map[string][]byte{}}
+		for i := 0; i < len(kv); i += 2 {
+			s.Data[kv[i]] = []byte(kv[i+1])
+		}
+		return s
+	}
+	tests := []struct {
+		name    string
+		secret  *corev1.Secret
+		want    map[string]string
+		wantErr string
+	}{
+		{"other keys are left out", secret("api-key", "k", "webhook-secret", "s", "billing-password", "p", "api-key-old", "o"),
+			map[string]string{"api-key": "k", "webhook-secret": "s"}, ""},
+		{"the previous keys during a rotation", secret("api-key", "k", "webhook-secret", "s", "api-key-previous", "pk",
+			"webhook-secret-previous", "ps", "billing-password", "p"),
+			map[string]string{"api-key": "k", "webhook-secret": "s", "api-key-previous": "pk", "webhook-secret-previous": "ps"}, ""},
+		{"one previous key", secret("api-key", "k", "webhook-secret", "s", "webhook-secret-previous", "ps"),
+			map[string]string{"api-key": "k", "webhook-secret": "s", "webhook-secret-previous": "ps"}, ""},
+		{"a current key missing fails the mount", secret("api-key", "k", "api-key-previous", "pk"), nil, "webhook-secret"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := secretVolumeFiles(t, *vol, tt.secret)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Errorf("files %v, err %v; want an error naming %s", got, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("files mismatch (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
 
