@@ -408,6 +408,20 @@ func TestDockerfileStampsVersionLikeMakefile(t *testing.T) {
 	}
 }
 
+// With watchNamespaces the PodMonitor looks only there: a pod elsewhere
+// that copies the receivers' labels would otherwise feed (and silence)
+// their alerts.
+func TestPodMonitorFollowsWatchNamespaces(t *testing.T) {
+	objs := helmTemplate(t, "scoped", "ehr-system", "--set", "monitoring.podMonitor.enabled=true",
+		"--set", "watchNamespaces={ehr-a,ehr-b}")
+	pm := find(t, objs, "PodMonitor", "scoped-ehr-operator-receivers")
+	names, _, _ := unstructured.NestedStringSlice(pm.Object, "spec", "namespaceSelector", "matchNames")
+	anyNS, _, _ := unstructured.NestedBool(pm.Object, "spec", "namespaceSelector", "any")
+	if !reflect.DeepEqual(names, []string{"ehr-a", "ehr-b"}) || anyNS {
+		t.Errorf("PodMonitor namespaceSelector %v, want matchNames [ehr-a ehr-b]", pm.Object["spec"])
+	}
+}
+
 // checkMonitoring: the PodMonitor selects the receivers the operator makes,
 // and the PrometheusRule and the dashboard ConfigMap carry the shipped files
 // unchanged.
