@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -272,13 +273,23 @@ func (s *Store) awaitTurn(g *group, carry *[]*request) bool {
 // before the callers are answered, so that the next small group's
 // statement runs while they are.
 func (s *Store) commit(group []*request, turn bool) {
+	var once sync.Once
 	release := func() {
 		if turn {
-			turn = false
-			<-s.smallTurn
+			once.Do(func() { <-s.smallTurn })
 		}
 	}
 	defer release()
+	if turn {
+		// A statement on a connection the server stopped answering (a
+		// frozen backend; a failover's old primary until the kernel gives
+		// up on it) does not return at its deadline: lib/pq's cancel is a
+		// request on another connection. Its callers get their answer at
+		// txTimeout + outcomeGrace; the next small group must not wait
+		// longer, or one bad connection stops every small write.
+		t := time.AfterFunc(s.txTimeout+s.outcomeGrace, release)
+		defer t.Stop()
+	}
 	live := make([]*request, 0, len(group))
 	for _, r := range group {
 		switch {

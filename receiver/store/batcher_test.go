@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -714,5 +715,51 @@ func TestWriteOutcomeUnknownWhenTheDatabaseStopsAnswering(t *testing.T) {
 	}
 	if d, most := time.Since(start), s.txTimeout+defaultConnectTimeout+poolCloseWait+5*time.Second; d > most {
 		t.Errorf("Close took %s, want at most %s", d, most)
+	}
+}
+
+// One connection whose server stopped answering (here its backend alone is
+// frozen; a failover's old primary is the same until the kernel gives up on
+// the connection) holds a small group's statement past its deadline:
+// lib/pq's cancel goes over another connection and changes nothing. The
+// small groups' turn passes on at the transaction's time and the grace,
+// so the next single-appointment write is stored on another connection
+// instead of every small write waiting for that one.
+func TestOneFrozenConnectionDoesNotStopSmallWrites(t *testing.T) {
+	t.Parallel()
+	s, db := newStore(t)
+	s.txTimeout, s.outcomeGrace = time.Second, 500*time.Millisecond
+	mustWrite(t, s, batch(minimalEntry("before"))) // one connection, statement prepared
+	var pids []int
+	if err := db.Select(&pids, `SELECT pid FROM pg_stat_activity WHERE application_name = $1`, storeSessions); err != nil || len(pids) != 1 {
+		t.Fatalf("the store's sessions: %v (%v), want one", pids, err)
+	}
+	if err := syscall.Kill(pids[0], syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(pids[0], syscall.SIGCONT) })
+
+	stuck := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		_, err := s.Write(ctx, batch(minimalEntry("on-the-frozen-connection")))
+		stuck <- err
+	}()
+	time.Sleep(100 * time.Millisecond) // its statement is under way
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	if _, err := s.Write(ctx, batch(minimalEntry("after"))); err != nil {
+		t.Fatalf("a small write while another connection is frozen: %v after %s", err, time.Since(start))
+	}
+	if d, most := time.Since(start), s.txTimeout+s.outcomeGrace+3*time.Second; d > most {
+		t.Errorf("the small write waited %s, want at most %s", d, most)
+	}
+	if n := count(t, db, `SELECT count(*) FROM appointments WHERE external_id = 'after'`); n != 1 {
+		t.Errorf("the small write stored %d rows", n)
+	}
+	if err := <-stuck; !errors.Is(err, ErrOutcomeUnknown) {
+		t.Errorf("the write on the frozen connection: %v, want ErrOutcomeUnknown", err)
 	}
 }
