@@ -210,6 +210,8 @@ func (s *Server) readBody(rq *request) *answer {
 	if need < 0 {
 		need = s.cfg.MaxBodyBytes
 	}
+	least := min(minReserve, s.cfg.MaxBodyBytes)
+	need = max(need, least)
 	if !s.inflight.reserve(need) {
 		a := fail(http.StatusServiceUnavailable, store.OutcomeOverloaded, msgOverloaded)
 		a.retryAfter = retryAfterOverloaded
@@ -219,8 +221,9 @@ func (s *Server) readBody(rq *request) *answer {
 	// A body sent without Content-Length (chunked) is cut at the limit.
 	body, err := readSized(http.MaxBytesReader(rq.c.Writer, r.Body, s.cfg.MaxBodyBytes), r.ContentLength)
 	if r.ContentLength < 0 {
-		s.inflight.release(need - int64(len(body)))
-		rq.reserved = int64(len(body))
+		kept := max(int64(len(body)), least)
+		s.inflight.release(need - kept)
+		rq.reserved = kept
 	}
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
@@ -273,10 +276,13 @@ func (s *Server) validate(rq *request) *answer {
 	if len(rq.invalid) == 0 || s.cfg.OnInvalid != Reject {
 		return nil
 	}
+	errs, cut := listedErrors(rq.invalid)
+	msg := fmt.Sprintf("%d of %d appointments are invalid; nothing was stored", len(rq.invalid), rq.items)
+	if cut {
+		msg += fmt.Sprintf("; the first %d errors are listed", len(errs))
+	}
 	return &answer{
-		resp: errorBody(http.StatusUnprocessableEntity,
-			fmt.Sprintf("%d of %d appointments are invalid; nothing was stored", len(rq.invalid), rq.items),
-			allErrors(rq.invalid)),
+		resp:    errorBody(http.StatusUnprocessableEntity, msg, errs),
 		outcome: store.OutcomeRejected,
 	}
 }
@@ -335,12 +341,22 @@ func (s *Server) commit(rq *request) answer {
 	return a
 }
 
-func allErrors(invalid []payload.Invalid) []payload.FieldError {
-	var errs []payload.FieldError
+// listedErrors returns the first payload.MaxListedErrors errors of the
+// invalid entries, in batch order, and whether there were more: a 422 of
+// every error of 1,000 entries was hundreds of kilobytes a request, beyond
+// what the in-flight budget charges (inflight.go, minReserve), and the
+// first hundred show a sender what to fix.
+func listedErrors(invalid []payload.Invalid) (errs []payload.FieldError, cut bool) {
+	total := 0
 	for _, inv := range invalid {
-		errs = append(errs, inv.Errors...)
+		total += len(inv.Errors)
 	}
-	return errs
+	errs = make([]payload.FieldError, 0, min(total, payload.MaxListedErrors))
+	for _, inv := range invalid {
+		n := min(len(inv.Errors), cap(errs)-len(errs))
+		errs = append(errs, inv.Errors[:n]...)
+	}
+	return errs, len(errs) < total
 }
 
 func (s *Server) delivery(rq *request, outcome store.Outcome, code int) store.Delivery {

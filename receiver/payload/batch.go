@@ -35,7 +35,7 @@ func DecodeValidate(body []byte, maxBatchSize int, loc *time.Location, now time.
 	if i == len(text) || text[i] != '{' {
 		return decodeThenValidate(body, maxBatchSize, loc, now)
 	}
-	s := bodyScan{text: text, max: maxBatchSize, loc: loc, now: now}
+	s := bodyScan{text: text, max: maxBatchSize, loc: loc, now: now, listed: MaxListedErrors}
 	end, ok := s.scanTop(i)
 	if !ok || skipSpace(text, end) != len(text) {
 		return Batch{}, malformed(body)
@@ -93,6 +93,8 @@ type bodyScan struct {
 	invalid  []Invalid
 	// members is the entry being validated's, reused from entry to entry.
 	members []member
+	// listed counts down the errors listed in full (MaxListedErrors).
+	listed int
 }
 
 // scanTop checks the object at text[i] as scanObject(text, i, 1, &s.top,
@@ -193,7 +195,7 @@ func (s *bodyScan) validate(k, start, end int, isObject bool) {
 		errs []FieldError
 	)
 	if isObject {
-		s.r = scanReader{fieldErrors: fieldErrors{index: k, inArray: true}, strs: s.r.strs}
+		s.r = scanReader{fieldErrors: fieldErrors{index: k, inArray: true, listed: &s.listed}, strs: s.r.strs}
 		root := object{src: s.text, members: s.members, parent: -1, hi: len(s.members)}
 		e, errs = s.r.entry(readEntry[object](&s.r, root, s.loc, s.now))
 	}
@@ -201,6 +203,7 @@ func (s *bodyScan) validate(k, start, end int, isObject bool) {
 		it := Item{Index: k, Path: arrayPath(k), Raw: []byte(s.text[start:end])}
 		if !isObject {
 			// null or another value: validate says which error.
+			s.r.listed = &s.listed
 			_, errs = s.r.validate(it, s.loc, s.now)
 		}
 		s.invalid = append(s.invalid, Invalid{Item: it, Errors: errs})

@@ -73,6 +73,17 @@ type Invalid struct {
 	Errors []FieldError
 }
 
+// MaxListedErrors bounds the errors listed in full for one batch: past it
+// each further invalid entry lists only its first error and a count of the
+// rest. Errors cost memory that the body's size does not bound (an entry
+// of a few bytes, `{}`, has a dozen), and the in-flight budget charges a
+// request by its body (decisions.md, "Bounded memory").
+const MaxListedErrors = 100
+
+// msgUnlisted ends the errors of an entry listed in part: a constant, as a
+// count would cost an allocation per entry.
+var msgUnlisted = "has more errors, not listed: the request has more than " + strconv.Itoa(MaxListedErrors)
+
 // fieldErrors collects an entry's errors; field paths are built from the
 // entry's path (base) only for an error.
 type fieldErrors struct {
@@ -82,6 +93,15 @@ type fieldErrors struct {
 	// when an error first needs it, so that a valid entry costs no path.
 	inArray bool
 	errs    []FieldError
+	// listed counts down the batch's errors listed in full (shared by its
+	// entries; nil: no bound); unlisted counts this entry's others.
+	listed   *int
+	unlisted int
+}
+
+// full: the entry has an error and the batch has listed its share.
+func (f *fieldErrors) full() bool {
+	return len(f.errs) > 0 && f.listed != nil && *f.listed <= 0
 }
 
 func (f *fieldErrors) path(obj, key string) string {
@@ -105,15 +125,34 @@ func join(prefix, key string) string {
 	return prefix + "." + key
 }
 
-func (f *fieldErrors) fail(obj, key, msg string) { f.failAt(f.path(obj, key), msg) }
+func (f *fieldErrors) fail(obj, key, msg string) {
+	if f.full() {
+		f.unlisted++ // no path made
+		return
+	}
+	f.failAt(f.path(obj, key), msg)
+}
 
 func (f *fieldErrors) failAt(path, msg string) {
+	if f.full() {
+		f.unlisted++
+		return
+	}
 	f.errs = append(f.errs, FieldError{Index: f.index, Field: path, Message: msg})
+	if f.listed != nil {
+		*f.listed--
+	}
 }
 
 // entry is what a reader found: the entry, or its errors.
 func (f *fieldErrors) entry(e Entry) (Entry, []FieldError) {
 	if len(f.errs) > 0 {
+		if f.unlisted > 0 {
+			if f.inArray {
+				f.base, f.inArray = arrayPath(f.index), false
+			}
+			f.errs = append(f.errs, FieldError{Index: f.index, Field: f.base, Message: msgUnlisted})
+		}
 		return Entry{}, f.errs
 	}
 	return e, nil

@@ -294,3 +294,50 @@ func FuzzKeyField(f *testing.F) {
 		}
 	})
 }
+
+// Errors are listed in full up to MaxListedErrors a batch; past it each
+// invalid entry lists its first error and a count of the rest, by both
+// paths alike. An entry of a few bytes has a dozen errors, so listing them
+// all made a 50 KB body of 1,000 such entries cost 1.2 MB of errors, past
+// what the in-flight budget charges for it.
+func TestErrorsListedAreBounded(t *testing.T) {
+	entry := `{"appointment":{},"patient":{},"practitioner":{}}`
+	body := []byte(`{"appointments":[` + strings.Repeat(entry+",", 999) + entry + `]}`)
+	var b Batch
+	fast := allocated(func() {
+		var rerr *RequestError
+		if b, rerr = DecodeValidate(body, 1000, time.UTC, now); rerr != nil {
+			t.Fatal(rerr)
+		}
+	})
+	items, rerr := Decode(body, 1000)
+	if rerr != nil {
+		t.Fatal(rerr)
+	}
+	_, slow := Validate(items, time.UTC, now)
+	if diff := cmp.Diff(b.Invalid, slow); diff != "" {
+		t.Fatalf("DecodeValidate and Validate differ (-fast +slow):\n%s", diff)
+	}
+	if len(b.Invalid) != 1000 {
+		t.Fatalf("%d invalid entries, want 1000", len(b.Invalid))
+	}
+	listed := 0
+	for _, inv := range b.Invalid {
+		listed += len(inv.Errors)
+	}
+	first := len(b.Invalid[0].Errors) // an entry listed in full
+	last := b.Invalid[999].Errors
+	t.Logf("%d errors listed for %d entries (%d in the first); %d bytes allocated for a body of %d", listed, len(b.Invalid), first, fast, len(body))
+	if listed > MaxListedErrors+first+2*1000 {
+		t.Errorf("%d errors listed, want at most %d", listed, MaxListedErrors+first+2*1000)
+	}
+	want := fmt.Sprintf("has more errors, not listed: the request has more than %d", MaxListedErrors)
+	if len(last) != 2 || last[1].Field != "appointments[999]" || last[1].Message != want {
+		t.Errorf("the last entry's errors: %+v, want its first and %q", last, want)
+	}
+	// Within what the budget charges a request of this size (PerBodyByte,
+	// 10 a byte) with the per-request minimum the receiver reserves.
+	if limit := uint64(10 * max(len(body), 64<<10)); fast > limit {
+		t.Errorf("DecodeValidate allocated %d bytes, more than %d", fast, limit)
+	}
+}

@@ -24,6 +24,8 @@ const (
 // order; every invalid entry comes back with all its errors.
 func Validate(items []Item, loc *time.Location, now time.Time) (valid []Entry, invalid []Invalid) {
 	var r scanReader // reused across entries: nothing validated keeps it
+	listed := MaxListedErrors
+	r.listed = &listed
 	for _, it := range items {
 		e, errs := r.validate(it, loc, now)
 		if len(errs) > 0 {
@@ -41,7 +43,7 @@ func Validate(items []Item, loc *time.Location, now time.Time) (valid []Entry, i
 // validate checks one entry. The entry and errors returned refer only to
 // their own memory, not to r's.
 func (r *scanReader) validate(it Item, loc *time.Location, now time.Time) (Entry, []FieldError) {
-	*r = scanReader{fieldErrors: fieldErrors{index: it.Index, base: it.Path}, members: r.members[:0], strs: r.strs}
+	*r = scanReader{fieldErrors: fieldErrors{index: it.Index, base: it.Path, listed: r.listed}, members: r.members[:0], strs: r.strs}
 	// One copy of the entry: its fields are substrings of it, never of Raw.
 	src := string(it.Raw)
 	i := skipSpace(src, 0)

@@ -55,6 +55,11 @@ func TestDatabaseTLSVerifyFull(t *testing.T) {
 
 	t.Run("another CA", func(t *testing.T) {
 		r := startReceiver(t, verifyFull, "--database-ca-file", wrongCA)
+		// Not ready: a certificate that does not verify is a setting to
+		// fix, not an outage, so a rollout carrying it stops.
+		if code, err := probe(r.MetricsURL + "/readyz"); err != nil || code != 503 {
+			t.Errorf("/readyz with the wrong CA: %d %v, want 503", code, err)
+		}
 		a := r.post(batch(t, entry(t, "refused", nil)))
 		expect(t, a, 503)
 		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {

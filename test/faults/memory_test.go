@@ -259,3 +259,68 @@ func metric(t *testing.T, r *harness.Receiver, name string) float64 {
 	}
 	return sum
 }
+
+// TestMemoryBoundedUnderInvalidBatches: batches whose every entry is
+// invalid, from many senders at once, keep a receiver under its memory
+// limit. An entry of a few bytes has a dozen errors, and listing every one
+// made a 50 KB body cost over a megabyte (an audit took a 128 MiB receiver
+// to 187 MiB with 150 such requests); the errors listed are bounded
+// (payload.MaxListedErrors) and every request is charged at least
+// minReserve of the in-flight budget.
+func TestMemoryBoundedUnderInvalidBatches(t *testing.T) {
+	const (
+		memoryLimit = 128 << 20
+		senders     = 200
+		rounds      = 3
+	)
+	empty := `{"appointment":{},"patient":{},"practitioner":{}}`
+	wrong := `{"appointment":{"id":1,"status":1,"start_time":1,"start_date":1,"created_time":1,"type":1,"duration":"x","reason":1,"notes":1},` +
+		`"patient":{"id":1,"first_name":1,"middle_name":1,"last_name":1,"birth_date":1,"gender":1,"phone":1,"email":1},` +
+		`"practitioner":{"id":1,"first_name":1,"last_name":1},"location":{"name":1},"encounter":{"id":1,"reason":1},"department_id":1}`
+	bodies := [][]byte{
+		[]byte(`{"appointments":[` + strings.Repeat(empty+",", 999) + empty + `]}`),
+		[]byte(`{"appointments":[` + strings.Repeat(wrong+",", 999) + wrong + `]}`),
+	}
+	dbURL := pgtest.NewDatabase(t)
+	r := startReceiver(t, dbURL, "--memory-limit", strconv.Itoa(memoryLimit),
+		"--requests-per-second", "100000", "--burst", "100000")
+	pid := r.Cmd.Process.Pid
+	client := harness.NewClient(senders)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var (
+		mu    sync.Mutex
+		codes = map[int]int{}
+		wg    sync.WaitGroup
+	)
+	start := make(chan struct{})
+	for s := range senders {
+		wg.Go(func() {
+			<-start
+			for round := range rounds {
+				a := harness.Post(ctx, client, r.URL, bodies[(s+round)%2], "")
+				mu.Lock()
+				codes[a.Status]++
+				mu.Unlock()
+				if a.Err != nil || (a.Status != http.StatusUnprocessableEntity && a.Status != http.StatusServiceUnavailable) {
+					t.Errorf("answer %d %v (%.200s), want 422 or 503", a.Status, a.Err, a.Body)
+					return
+				}
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	peak, err := harness.ProcStatus(pid, "VmHWM")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d senders × %d invalid batches (%d and %d bytes): answers %v; peak RSS (VmHWM) %.1f MiB of a %d MiB limit",
+		senders, rounds, len(bodies[0]), len(bodies[1]), codes, peak, memoryLimit>>20)
+	if peak >= memoryLimit>>20 {
+		t.Errorf("peak RSS %.1f MiB, not below the %d MiB limit", peak, memoryLimit>>20)
+	}
+	if codes[http.StatusUnprocessableEntity] == 0 {
+		t.Errorf("no 422: the batches were never validated")
+	}
+}
