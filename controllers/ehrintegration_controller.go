@@ -50,8 +50,9 @@ import (
 
 // Field indexes on EHRIntegrations in the manager's cache.
 const (
-	// indexSecretNames: the Secrets an EHRIntegration references, so a
-	// Secret's change finds the EHRIntegrations to reconcile.
+	// indexSecretNames: the Secrets an EHRIntegration references (its
+	// credentials, database and Ingress TLS Secrets), so a Secret's change
+	// finds the EHRIntegrations to reconcile.
 	indexSecretNames = ".spec.secretNames"
 	// indexEHR: spec.ehr, to find duplicates across namespaces.
 	indexEHR = ".spec.ehr"
@@ -103,6 +104,8 @@ type EHRIntegrationReconciler struct {
 // +kubebuilder:rbac:groups="",resources=serviceaccounts;services,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=ingresses,verbs=get;list;watch;create;patch;delete
+// IngressClasses (cluster-scoped) are read to tell whether an Ingress's class exists.
+// +kubebuilder:rbac:groups=networking.k8s.io,resources=ingressclasses,verbs=get;list;watch
 // +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=gateway.networking.k8s.io,resources=httproutes,verbs=get;list;watch;create;patch;delete
 // Gateways are read for their listeners' protocols, never written.
@@ -481,6 +484,10 @@ func (r *EHRIntegrationReconciler) applyChildren(ctx context.Context, e *v1alpha
 		wrote(ctx, written, obj, res)
 		// One being deleted (an ingress controller's finalizer) will not serve.
 		obs.ingressMissing = obj.GetDeletionTimestamp() != nil
+		// Nor one of a class no controller has, or without its certificate.
+		if obs.problem, err = r.ingressProblem(ctx, e, obj); err != nil {
+			return err
+		}
 	} else if err := r.deleteChild(ctx, e, written, &networkingv1.Ingress{}); err != nil {
 		return err
 	}
@@ -601,9 +608,18 @@ func (r *EHRIntegrationReconciler) setupWithManager(ctx context.Context, mgr ctr
 	idx := mgr.GetFieldIndexer()
 	if err := idx.IndexField(ctx, &v1alpha1.EHRIntegration{}, indexSecretNames, func(o client.Object) []string {
 		e := o.(*v1alpha1.EHRIntegration)
-		return []string{e.Spec.CredentialsSecretRef.Name, e.Spec.Database.SecretRef.Name}
+		names := []string{e.Spec.CredentialsSecretRef.Name, e.Spec.Database.SecretRef.Name}
+		if e.Spec.Ingress != nil && e.Spec.Ingress.TLSSecretName != "" {
+			names = append(names, e.Spec.Ingress.TLSSecretName)
+		}
+		return names
 	}); err != nil {
 		return fmt.Errorf("while indexing EHRIntegrations by Secret: %w", err)
+	}
+	if err := idx.IndexField(ctx, &v1alpha1.EHRIntegration{}, indexIngressClass, func(o client.Object) []string {
+		return ingressClassKeys(o.(*v1alpha1.EHRIntegration))
+	}); err != nil {
+		return fmt.Errorf("while indexing EHRIntegrations by IngressClass: %w", err)
 	}
 	if err := idx.IndexField(ctx, &v1alpha1.EHRIntegration{}, indexEHR, func(o client.Object) []string {
 		return []string{o.(*v1alpha1.EHRIntegration).Spec.EHR}
@@ -629,6 +645,9 @@ func (r *EHRIntegrationReconciler) setupWithManager(ctx context.Context, mgr ctr
 		Owns(&networkingv1.NetworkPolicy{}, changed).
 		// Only Secrets' metadata is cached: enough to notice a change.
 		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.forSecret), builder.OnlyMetadata, changed).
+		// IngressClasses are cluster-scoped and few; one appearing, going or
+		// becoming the default settles or makes an IngressClassNotFound.
+		Watches(&networkingv1.IngressClass{}, handler.EnqueueRequestsFromMapFunc(r.forIngressClass), changed).
 		// A change to one EHRIntegration may settle another's DuplicateEHR.
 		Watches(&v1alpha1.EHRIntegration{}, handler.EnqueueRequestsFromMapFunc(r.sameEHR), changed).
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.MaxConcurrentReconciles, 1)}).

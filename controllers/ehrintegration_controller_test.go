@@ -61,6 +61,13 @@ func dbSecret(ns string) *corev1.Secret {
 		Data: map[string][]byte{"uri": []byte("postgres://app@db:5432/app"), "password": []byte("p")}}
 }
 
+// tlsSecret is a TLS Secret for an Ingress's spec.ingress.tlsSecretName:
+// the keys an ingress controller reads (the API server does not parse them).
+func tlsSecret(ns, name string) *corev1.Secret {
+	return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Type: corev1.SecretTypeTLS,
+		Data: map[string][]byte{corev1.TLSCertKey: []byte("certificate"), corev1.TLSPrivateKeyKey: []byte("key")}}
+}
+
 func create(t testing.TB, objs ...client.Object) {
 	t.Helper()
 	for _, o := range objs {
@@ -235,10 +242,10 @@ func TestAPIServerRefusesInvalidResources(t *testing.T) {
 func TestChildrenOfAValidIntegration(t *testing.T) {
 	startSuite(t)
 	ns := newNamespace(t)
-	create(t, credsSecret(ns), dbSecret(ns))
+	create(t, credsSecret(ns), dbSecret(ns), tlsSecret(ns, "nexus-tls"))
 	e := integration(ns, "nexus", "nexus")
 	e.Spec.TimeZone = "America/New_York"
-	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.webhooks.example.com", ClassName: "nginx",
+	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.webhooks.example.com", ClassName: testIngressClass,
 		TLSSecretName: "nexus-tls", Annotations: map[string]string{"cert-manager.io/cluster-issuer": "letsencrypt"}}
 	create(t, e)
 
@@ -963,7 +970,7 @@ func TestChildrenWrittenBeforeServerSideApply(t *testing.T) {
 	e.Spec.TimeZone = "Mars/Olympus_Mons"
 	// The Secrets exist (the template names their versions), but with a
 	// zone it does not know the operator makes nothing.
-	create(t, credsSecret(ns), dbSecret(ns), e)
+	create(t, credsSecret(ns), dbSecret(ns), tlsSecret(ns, "nexus-tls"), e)
 	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonInvalidTimeZone)
 	fixed := e.DeepCopy()
 	fixed.Spec.TimeZone = "UTC"
@@ -1040,7 +1047,7 @@ func TestIdleManagerMakesNoWrites(t *testing.T) {
 	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "nexus.example.com", TLSSecretName: "nexus-tls", Annotations: map[string]string{"a": "b"}}
 	// Every pod setting, so that its stored form must read back as built.
 	e.Spec.PodTemplate = fullPodTemplate()
-	create(t, credsSecret(ns), dbSecret(ns), e)
+	create(t, credsSecret(ns), dbSecret(ns), tlsSecret(ns, "nexus-tls"), e)
 	for _, obj := range []client.Object{&corev1.ServiceAccount{}, &appsv1.Deployment{}, &corev1.Service{}, &networkingv1.Ingress{},
 		&policyv1.PodDisruptionBudget{}, &networkingv1.NetworkPolicy{}} {
 		child(t, ns, "nexus", obj)

@@ -131,6 +131,7 @@ func TestExposureRules(t *testing.T) {
 		}
 
 		// A TLS Secret makes it https, in the Ingress and the endpoint.
+		create(t, tlsSecret(ns, "plain-tls"))
 		update(t, got, func(e *v1alpha1.EHRIntegration) {
 			e.Spec.Ingress.TLSSecretName = "plain-tls"
 			e.Spec.Ingress.AllowInsecureHTTP = false
@@ -157,7 +158,8 @@ func TestExposureRules(t *testing.T) {
 func TestGatewayAPI(t *testing.T) {
 	startSuite(t)
 	ns := newNamespace(t)
-	create(t, credsSecret(ns), dbSecret(ns))
+	// The TLS Secret is for the last step, from gateway to ingress.
+	create(t, credsSecret(ns), dbSecret(ns), tlsSecret(ns, "nexus-tls"))
 	e := integration(ns, "nexus", "nexus")
 	e.Spec.Replicas = ptr.To[int32](1)
 	e.Spec.Gateway = gatewaySpec("nexus.example.test", "nexus-alt.example.test")

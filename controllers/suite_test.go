@@ -17,6 +17,7 @@ import (
 	uberzap "go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -76,6 +77,8 @@ var (
 		reconciles *reconcileLog
 		stopMgr    context.CancelFunc
 		mgrDone    chan error
+		// reconciler is the manager's, for tests of its watches' mappings.
+		reconciler *EHRIntegrationReconciler
 		// dbz answers the reconciler's GET /dbz for every pod: envtest
 		// runs none, so a test's pod points at 127.0.0.1 and this server.
 		dbz *fakeDBZ
@@ -146,6 +149,10 @@ func setupSuite() error {
 		return fmt.Errorf("while creating the test client: %w", err)
 	}
 
+	if err := createIngressClasses(); err != nil {
+		return err
+	}
+
 	// The manager runs as a user holding only the generated ClusterRole
 	// (config/rbac/role.yaml), so a missing permission fails the tests.
 	mcfg, err := managerConfig(env)
@@ -181,6 +188,7 @@ func setupSuite() error {
 		DatabasePollInterval:    testDatabasePollInterval,
 		NetworkPolicy:           netpol,
 	}
+	suite.reconciler = r
 	suite.reconciles = &reconcileLog{}
 	if err := r.setupWithManager(ctx, mgr, suite.reconciles.wrap(r)); err != nil {
 		cancel()
@@ -190,6 +198,30 @@ func setupSuite() error {
 	suite.mgrDone = make(chan error, 1)
 	go func() { suite.mgrDone <- mgr.Start(ctx) }()
 	return waitForController()
+}
+
+// IngressClasses every test may use: an Ingress is served (Ready) only
+// when its class exists, or, without className, when a class is the
+// cluster's default.
+const (
+	// testIngressClass is the class tests name in spec.ingress.className.
+	testIngressClass = "nginx"
+	// testDefaultIngressClass is the cluster's default class.
+	testDefaultIngressClass = "suite-default"
+)
+
+func createIngressClasses() error {
+	for _, ic := range []*networkingv1.IngressClass{
+		{ObjectMeta: metav1.ObjectMeta{Name: testIngressClass}, Spec: networkingv1.IngressClassSpec{Controller: "example.com/nginx"}},
+		{ObjectMeta: metav1.ObjectMeta{Name: testDefaultIngressClass,
+			Annotations: map[string]string{networkingv1.AnnotationIsDefaultIngressClass: "true"}},
+			Spec: networkingv1.IngressClassSpec{Controller: "example.com/edge"}},
+	} {
+		if err := suite.client.Create(context.Background(), ic); err != nil {
+			return fmt.Errorf("while creating IngressClass %s: %w", ic.Name, err)
+		}
+	}
+	return nil
 }
 
 // managerConfig binds the generated manager ClusterRole to a new user and

@@ -529,7 +529,9 @@ type SecretVersions struct {
 // Condition types.
 const (
 	// ConditionReady is True when the receiver serves: its Deployment has
-	// the desired replicas available and its Ingress, if any, exists.
+	// the desired replicas available; its Ingress, if any, exists, with an
+	// IngressClass that exists and a TLS Secret holding tls.crt and tls.key;
+	// its HTTPRoute, if any, is accepted by every parent Gateway.
 	ConditionReady = "Ready"
 	// ConditionProgressing is True while the receiver is rolling out.
 	ConditionProgressing = "Progressing"
@@ -613,6 +615,18 @@ const (
 	// ReasonInsecureListener: a Gateway listener the route would attach to
 	// serves plain HTTP and spec.gateway.allowInsecureHTTP is not true.
 	ReasonInsecureListener = "InsecureListener"
+	// ReasonIngressClassNotFound: the IngressClass of spec.ingress.className
+	// does not exist, or, without className, no IngressClass is the
+	// cluster's default: no ingress controller serves the Ingress. The
+	// Ingress is made all the same.
+	ReasonIngressClassNotFound = "IngressClassNotFound"
+	// ReasonTLSSecretNotFound: the Secret of spec.ingress.tlsSecretName does
+	// not exist in the EHRIntegration's namespace; the ingress controller
+	// would serve its default certificate. The Ingress is made all the same.
+	ReasonTLSSecretNotFound = "TLSSecretNotFound"
+	// ReasonTLSSecretKeyMissing: the Secret of spec.ingress.tlsSecretName
+	// lacks tls.crt or tls.key, or one is empty.
+	ReasonTLSSecretKeyMissing = "TLSSecretKeyMissing"
 	// ReasonRouteAccepted: every parent Gateway accepted the HTTPRoute.
 	ReasonRouteAccepted = "Accepted"
 	// ReasonRouteNotAccepted: a parent Gateway refused the HTTPRoute; the

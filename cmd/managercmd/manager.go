@@ -215,7 +215,9 @@ func metricsOptions(f managerFlags) metricsserver.Options {
 // to the watched namespaces, so that RoleBindings in those alone suffice.
 // Gateways are the exception: a receiver's route attaches to the
 // platform's Gateway, usually in a namespace of its own (the chart grants
-// reading Gateways cluster-wide, and nothing else).
+// reading Gateways cluster-wide, and nothing else). IngressClasses are
+// cluster-scoped, which controller-runtime caches cluster-wide in any case
+// (the chart grants reading them by a ClusterRole too).
 func cacheOptions(namespaces []string) cache.Options {
 	var o cache.Options
 	for _, ns := range namespaces {

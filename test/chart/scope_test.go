@@ -141,6 +141,7 @@ func TestManagerRunsAsTheChartsRBAC(t *testing.T) {
 				waitReconciled(t, ctx, c, m.other, mgr)
 			}
 			checkGatewayElsewhere(t, ctx, c, m.watched, "edge-"+m.release, mgr)
+			checkIngressClass(t, ctx, c, m.watched, "edge-"+m.release, mgr)
 
 			// What the manager's identity can read: a real get with its token,
 			// and the API server's own answer for the same question.
@@ -535,5 +536,64 @@ spec:
 			reasons = append(reasons, fmt.Sprint(cm["type"], "=", cm["reason"]))
 		}
 		return append(reasons, "no RouteAccepted=RoutePending")
+	})
+}
+
+// checkIngressClass exposes a receiver in ns by an Ingress of IngressClass
+// class, which does not exist yet: the manager reads IngressClasses
+// (cluster-scoped, so granted by a ClusterRole in both modes) and says
+// IngressClassNotFound, then, once the class is made, watches it and
+// clears the problem.
+func checkIngressClass(t *testing.T, ctx context.Context, c client.Client, ns, class string, mgr *manager) {
+	t.Helper()
+	objs, err := decodeObjects([]byte(fmt.Sprintf(`
+apiVersion: v1
+kind: Secret
+metadata: {name: exposed-tls, namespace: %[1]s}
+type: kubernetes.io/tls
+stringData: {tls.crt: certificate, tls.key: key}
+---
+apiVersion: ehr.insighthealth.io/v1alpha1
+kind: EHRIntegration
+metadata: {name: exposed, namespace: %[1]s}
+spec:
+  ehr: exposed-%[1]s
+  credentialsSecretRef: {name: nexus-webhook}
+  database:
+    secretRef: {name: appointments-db, key: uri}
+  ingress: {host: exposed.example.test, className: %[2]s, tlsSecretName: exposed-tls}
+`, ns, class)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		if err := c.Create(ctx, o); err != nil {
+			t.Fatalf("creating %s %s/%s: %v", o.GetKind(), o.GetNamespace(), o.GetName(), err)
+		}
+	}
+	waitDegraded(t, ctx, c, ns, "exposed", "IngressClassNotFound", mgr)
+	ic := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+		"metadata": map[string]any{"name": class}, "spec": map[string]any{"controller": "example.com/edge"}}}
+	if err := c.Create(ctx, ic); err != nil {
+		t.Fatalf("creating IngressClass %s: %v", class, err)
+	}
+	waitDegraded(t, ctx, c, ns, "exposed", "Reconciled", mgr)
+}
+
+// waitDegraded waits until EHRIntegration name in ns has a Degraded
+// condition of reason.
+func waitDegraded(t *testing.T, ctx context.Context, c client.Client, ns, name, reason string, mgr *manager) {
+	t.Helper()
+	waitManager(t, mgr, "Degraded="+reason+" on EHRIntegration "+ns+"/"+name, func() []string {
+		var reasons []string
+		conds, _ := statusOf(t, ctx, c, ns, name)["conditions"].([]any)
+		for _, ci := range conds {
+			cm, _ := ci.(map[string]any)
+			if cm["type"] == "Degraded" && cm["reason"] == reason {
+				return nil
+			}
+			reasons = append(reasons, fmt.Sprint(cm["type"], "=", cm["reason"]))
+		}
+		return append(reasons, "no Degraded="+reason)
 	})
 }
