@@ -56,8 +56,10 @@ func Decode(body []byte, maxBatchSize int) ([]Item, *RequestError) {
 			one = true
 		}
 	}
+	// A null "appointments" beside the single form is ignored.
+	nullBeside := one && arr >= 0 && body[top[arr].start] == 'n'
 	switch {
-	case arr >= 0 && !(one && body[top[arr].start] == 'n'):
+	case arr >= 0 && !nullBeside:
 		return arrayItems(body, top[arr], maxBatchSize)
 	case one:
 		doc := append(json.RawMessage(nil), body[i:end]...)

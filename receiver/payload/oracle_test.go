@@ -145,7 +145,8 @@ func decodeSlow(body []byte, maxBatchSize int) ([]Item, *RequestError) {
 			Message: "body must be a JSON object with an appointments array or an appointment object"}
 	}
 	_, one := top["appointment"]
-	if arr, ok := top["appointments"]; ok && !(one && string(arr) == "null") {
+	arr, ok := top["appointments"]
+	if nullBeside := one && string(arr) == "null"; ok && !nullBeside {
 		var raws []json.RawMessage
 		if json.Unmarshal(arr, &raws) != nil || raws == nil {
 			return nil, &RequestError{Status: http.StatusUnprocessableEntity, Field: "appointments",
