@@ -158,26 +158,8 @@ func TestInvalidIndexDropWaitIsBounded(t *testing.T) {
 	start := time.Now()
 	go func() { migrated <- migrations.Up(ctx, migDB, nil) }()
 	waitForLockWait(t, other, "DO $$")
-	wctx, cancel := context.WithTimeout(ctx, migrations.LockTimeout+10*time.Second)
-	defer cancel()
-	wstart := time.Now()
-	if _, err := other.ExecContext(wctx, `UPDATE appointments SET updated_at = now() WHERE ehr = 'nobody'`); err != nil {
-		t.Fatalf("the writer queued behind the drop failed after %v: %v", time.Since(wstart), err)
-	}
-	if waited, limit := time.Since(wstart), migrations.LockTimeout+2*time.Second; waited > limit {
-		t.Errorf("the writer waited %v behind the drop, want at most about %v", waited, migrations.LockTimeout)
-	}
-	err := <-migrated
-	var pqErr *pq.Error
-	if !errors.As(err, &pqErr) || pqErr.Code != "55P03" {
-		t.Fatalf("dropping the invalid index behind the long transaction: %v, want a lock timeout (55P03)", err)
-	}
-	if took := time.Since(start); took > migrations.LockTimeout+3*time.Second {
-		t.Errorf("the drop gave up after %v, want about %v", took, migrations.LockTimeout)
-	}
-	if v := lockTimeoutOf(t, migDB); v != "0" {
-		t.Errorf("lock_timeout %q left on the pool's session", v)
-	}
+	writerBehind(t, other, "the drop")
+	wantLockTimeout(t, <-migrated, start, migDB, "dropping the invalid index")
 	if err := long.Commit(); err != nil {
 		t.Fatal(err)
 	}
@@ -253,6 +235,39 @@ func lockTimeoutOf(t *testing.T, db *sql.DB) string {
 	return v
 }
 
+// writerBehind runs a writer of the previous release's kind on db while a
+// migration waits for its lock, and fails if it waited much longer than
+// migrations.LockTimeout (or failed: it must be delayed, not refused).
+func writerBehind(t *testing.T, db *sql.DB, what string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), migrations.LockTimeout+10*time.Second)
+	defer cancel()
+	start := time.Now()
+	if _, err := db.ExecContext(ctx, `UPDATE appointments SET updated_at = now() WHERE ehr = 'nobody'`); err != nil {
+		t.Fatalf("the writer queued behind %s failed after %v: %v", what, time.Since(start), err)
+	}
+	if waited := time.Since(start); waited > migrations.LockTimeout+2*time.Second {
+		t.Errorf("the writer waited %v behind %s, want at most about the lock_timeout (%v)", waited, what, migrations.LockTimeout)
+	}
+}
+
+// wantLockTimeout checks that a migration started at start gave up with a
+// lock timeout (55P03) after about migrations.LockTimeout, and left no
+// lock_timeout on the pool's session.
+func wantLockTimeout(t *testing.T, err error, start time.Time, migDB *sql.DB, what string) {
+	t.Helper()
+	var pqErr *pq.Error
+	if !errors.As(err, &pqErr) || pqErr.Code != "55P03" {
+		t.Fatalf("%s behind the long transaction: %v, want a lock timeout (55P03)", what, err)
+	}
+	if took := time.Since(start); took < migrations.LockTimeout-time.Second || took > migrations.LockTimeout+3*time.Second {
+		t.Errorf("%s gave up after %v, want about %v", what, took, migrations.LockTimeout)
+	}
+	if v := lockTimeoutOf(t, migDB); v != "0" {
+		t.Errorf("lock_timeout %q left on the pool's session after %s", v, what)
+	}
+}
+
 // An ALTER TABLE queued behind a long transaction holds up every writer of
 // that table (PostgreSQL's lock queue) until it gets its lock: a migration
 // gives up after migrations.LockTimeout instead, so that the receivers of
@@ -272,29 +287,8 @@ func TestMigrationLockWaitIsBounded(t *testing.T) {
 	waitForLockWait(t, other, "ALTER TABLE appointments")
 
 	// A writer of the previous release, queued behind the ALTER TABLE.
-	wctx, cancel := context.WithTimeout(ctx, migrations.LockTimeout+10*time.Second)
-	defer cancel()
-	wstart := time.Now()
-	_, werr := other.ExecContext(wctx, `UPDATE appointments SET updated_at = now() WHERE ehr = 'nobody'`)
-	waited := time.Since(wstart)
-	if werr != nil {
-		t.Fatalf("the writer queued behind the migration failed after %v: %v", waited, werr)
-	}
-	if limit := migrations.LockTimeout + 2*time.Second; waited > limit {
-		t.Errorf("the writer waited %v behind the migration, want at most about the lock_timeout (%v)", waited, migrations.LockTimeout)
-	}
-
-	err := <-migrated
-	var pqErr *pq.Error
-	if !errors.As(err, &pqErr) || pqErr.Code != "55P03" {
-		t.Fatalf("migrating behind the long transaction: %v, want a lock timeout (55P03)", err)
-	}
-	if took := time.Since(start); took < migrations.LockTimeout-time.Second || took > migrations.LockTimeout+3*time.Second {
-		t.Errorf("the migration gave up after %v, want about %v", took, migrations.LockTimeout)
-	}
-	if v := lockTimeoutOf(t, migDB); v != "0" {
-		t.Errorf("lock_timeout %q left on the pool's session after a failed migration", v)
-	}
+	writerBehind(t, other, "the migration")
+	wantLockTimeout(t, <-migrated, start, migDB, "migrating")
 
 	// The long transaction ends: the next attempt applies everything.
 	if err := long.Commit(); err != nil {
