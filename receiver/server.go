@@ -14,6 +14,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/netutil"
 	"golang.org/x/time/rate"
 
 	"github.com/insighthealth/ehr-operator/receiver/store"
@@ -37,6 +38,12 @@ const (
 	writeBatchTimeout = 20 * time.Second
 	// retryAfterUnavailable is the Retry-After of a 503, in seconds.
 	retryAfterUnavailable = 5
+	// MaxConnections bounds the webhook port's open connections, which cost
+	// memory the in-flight budget does not see (about 12 KB each, idle):
+	// sizing.Baseline counts a few hundred. Past it a connection waits in
+	// the kernel's queue until one closes. An audit opened 15,000 idle
+	// connections and took a receiver from 122 to 309 MB resident.
+	MaxConnections = 512
 )
 
 // Server answers the webhook and serves the probes and metrics.
@@ -174,6 +181,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("while listening on %s: %w", s.cfg.Listen, err)
 	}
+	apiLn = netutil.LimitListener(apiLn, MaxConnections)
 	metricsLn, err := lc.Listen(ctx, "tcp", s.cfg.MetricsListen)
 	if err != nil {
 		_ = apiLn.Close()

@@ -14,6 +14,7 @@ import (
 
 	"github.com/insighthealth/ehr-operator/internal/harness"
 	"github.com/insighthealth/ehr-operator/internal/pgtest"
+	"github.com/insighthealth/ehr-operator/receiver"
 	"github.com/insighthealth/ehr-operator/receiver/auth"
 )
 
@@ -310,4 +311,60 @@ func TestSIGTERMWithDatabaseNotAnswering(t *testing.T) {
 			t.Errorf("the log lacks %s:\n%s", want, r.LogTail())
 		}
 	}
+}
+
+// TestConnectionsAreBounded: the webhook port serves at most
+// receiver.MaxConnections connections at once; one more waits, unserved,
+// until another closes, instead of each costing memory the in-flight budget
+// does not see (15,000 idle connections took a receiver from 122 to 309 MB).
+func TestConnectionsAreBounded(t *testing.T) {
+	r := startReceiver(t, pgtest.NewDatabase(t))
+	addr := strings.TrimPrefix(r.url, "http://")
+	get := []byte("GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
+	// served opens a connection, asks once and waits up to d for the answer.
+	served := func(c net.Conn, d time.Duration) error {
+		if _, err := c.Write(get); err != nil {
+			return err
+		}
+		_ = c.SetReadDeadline(time.Now().Add(d))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		return nil
+	}
+	conns := make([]net.Conn, 0, receiver.MaxConnections)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range receiver.MaxConnections {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		if err := served(c, 5*time.Second); err != nil {
+			t.Fatalf("connection %d: %v", len(conns), err)
+		}
+	}
+	extra, err := net.Dial("tcp", addr) // the kernel's queue takes it
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	if err := served(extra, time.Second); err == nil {
+		t.Fatalf("connection %d was served while %d were open", receiver.MaxConnections+1, receiver.MaxConnections)
+	}
+	conns[0].Close()
+	start := time.Now()
+	_ = extra.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(extra), nil) // its request is already sent
+	if err != nil {
+		t.Fatalf("the waiting connection once another closed: %v", err)
+	}
+	resp.Body.Close()
+	t.Logf("connection %d served %s after one of the others closed", receiver.MaxConnections+1, time.Since(start).Round(time.Millisecond))
 }
