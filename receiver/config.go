@@ -17,7 +17,8 @@ import (
 type OnInvalid string
 
 const (
-	// Reject answers 422 listing every invalid entry and writes nothing.
+	// Reject answers 422 listing the invalid entries' errors (the first
+	// payload.MaxListedErrors) and writes nothing.
 	Reject OnInvalid = "Reject"
 	// Quarantine writes the valid entries, keeps the invalid ones in
 	// quarantined_entries and answers 200.

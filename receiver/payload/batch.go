@@ -154,7 +154,7 @@ func (s *bodyScan) scanTop(i int) (int, bool) {
 // results.
 func (s *bodyScan) scanEntries(i int) (int, bool) {
 	b := s.text
-	s.n, s.valid, s.invalid = 0, s.valid[:0], s.invalid[:0]
+	s.n, s.valid, s.invalid, s.listed = 0, s.valid[:0], s.invalid[:0], MaxListedErrors
 	i = skipSpace(b, i+1)
 	if i < len(b) && b[i] == ']' {
 		return i + 1, true

@@ -67,7 +67,8 @@ type FieldError struct {
 	Message string `json:"message"`
 }
 
-// Invalid is an entry that failed validation, with every error found in it.
+// Invalid is an entry that failed validation, with the errors found in it
+// (its first only, past the batch's MaxListedErrors).
 type Invalid struct {
 	Item   Item
 	Errors []FieldError

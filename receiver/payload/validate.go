@@ -21,7 +21,8 @@ const (
 // storage: strings trimmed of surrounding white space, optional ones that
 // are absent, null or blank as nil. Times are read in loc; now decides what
 // "in the future" means, as a date in loc. Valid entries come back in batch
-// order; every invalid entry comes back with all its errors.
+// order; every invalid entry comes back with its errors (all of them while
+// the batch has listed fewer than MaxListedErrors, then its first).
 func Validate(items []Item, loc *time.Location, now time.Time) (valid []Entry, invalid []Invalid) {
 	var r scanReader // reused across entries: nothing validated keeps it
 	listed := MaxListedErrors
