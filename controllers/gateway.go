@@ -322,12 +322,9 @@ func (r *EHRIntegrationReconciler) reconcileRoute(ctx context.Context, e *v1alph
 	if err != nil {
 		return err
 	}
-	if missing != "" {
-		// The Gateway watch brings us back when it appears.
-		obs.problem = &problem{reason: v1alpha1.ReasonGatewayNotFound,
-			message: fmt.Sprintf("Gateway %s (spec.gateway.parentRefs) not found", missing)}
-		return nil
-	}
+	// The Gateways there are are checked even while one is missing: the
+	// route made before stays, and must not be left on a plain HTTP
+	// listener one of them has gained since.
 	check := checkListeners(e, gateways)
 	if len(check.insecure) > 0 && !e.Spec.Gateway.AllowInsecureHTTP {
 		obs.problem = &problem{reason: v1alpha1.ReasonInsecureListener,
@@ -335,6 +332,12 @@ func (r *EHRIntegrationReconciler) reconcileRoute(ctx context.Context, e *v1alph
 				"name an HTTPS listener in spec.gateway.parentRefs[].sectionName, or set spec.gateway.allowInsecureHTTP: true",
 				strings.Join(check.insecure, ", "))}
 		return r.deleteChild(ctx, e, written, &gwv1.HTTPRoute{})
+	}
+	if missing != "" {
+		// The Gateway watch brings us back when it appears.
+		obs.problem = &problem{reason: v1alpha1.ReasonGatewayNotFound,
+			message: fmt.Sprintf("Gateway %s (spec.gateway.parentRefs) not found", missing)}
+		return nil
 	}
 	obs.scheme = "https"
 	if !check.https && len(check.insecure) > 0 {

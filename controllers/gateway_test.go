@@ -380,6 +380,31 @@ func TestGatewayAPI(t *testing.T) {
 		waitCondition(t, ns, "nexus", metav1.ConditionTrue, v1alpha1.ReasonAvailable)
 	})
 
+	t.Run("plain HTTP listener while a parent Gateway is missing", func(t *testing.T) {
+		// A second parent that does not exist: GatewayNotFound, the route
+		// made before stays; then the first gains a plain HTTP listener.
+		var e v1alpha1.EHRIntegration
+		if err := suite.client.Get(ctx, key(ns, "nexus"), &e); err != nil {
+			t.Fatal(err)
+		}
+		update(t, &e, func(e *v1alpha1.EHRIntegration) {
+			e.Spec.Gateway.ParentRefs = append(e.Spec.Gateway.ParentRefs, v1alpha1.GatewayParentReference{Name: "edge-b", Namespace: "edge-system"})
+		})
+		waitReason(t, ns, "nexus", v1alpha1.ConditionDegraded, metav1.ConditionTrue, v1alpha1.ReasonGatewayNotFound)
+		child(t, ns, "nexus", route)
+		update(t, gw, func(g *gwv1.Gateway) {
+			g.Spec.Listeners = append(g.Spec.Listeners, plain("nexus-port-80", "nexus.example.test"))
+		})
+		gone(t, ns, "nexus-receiver", &gwv1.HTTPRoute{})
+		waitReason(t, ns, "nexus", v1alpha1.ConditionDegraded, metav1.ConditionTrue, v1alpha1.ReasonInsecureListener)
+
+		update(t, gw, func(g *gwv1.Gateway) { g.Spec.Listeners = g.Spec.Listeners[:len(g.Spec.Listeners)-1] })
+		update(t, &e, func(e *v1alpha1.EHRIntegration) { e.Spec.Gateway.ParentRefs = e.Spec.Gateway.ParentRefs[:1] })
+		child(t, ns, "nexus", route)
+		setRouteStatus(t, metav1.ConditionTrue, "Accepted", "accepted")
+		waitCondition(t, ns, "nexus", metav1.ConditionTrue, v1alpha1.ReasonAvailable)
+	})
+
 	t.Run("plain HTTP listener refused unless allowed", func(t *testing.T) {
 		update(t, gw, func(g *gwv1.Gateway) {
 			g.Spec.Listeners = append(g.Spec.Listeners, plain("nexus-plain", "nexus-alt.example.test"))
