@@ -98,8 +98,20 @@ func newDBState(ehr string, log *slog.Logger) *dbState {
 // observePing records a ping's result: any error means down (a timeout
 // included: a database that does not answer in time cannot serve).
 func (d *dbState) observePing(err error) {
-	d.refused.Store(store.IsRefused(err))
+	d.noteRefused(err)
 	d.set(err == nil, err)
+}
+
+// noteRefused keeps whether the database's last definite answer refused
+// the receiver's settings: a timeout or a lost connection says nothing
+// either way, and must not open readiness for a moment in between.
+func (d *dbState) noteRefused(err error) {
+	switch {
+	case store.IsRefused(err):
+		d.refused.Store(true)
+	case err == nil || !store.IsUnavailable(err):
+		d.refused.Store(false)
+	}
 }
 
 // refusedAtStart: the database has refused this receiver's settings and
@@ -195,8 +207,9 @@ func (d *dbState) watch(ctx context.Context, ping func(context.Context) error) {
 	}
 }
 
-// errNoAnswer is a ping that did not return within pingTimeout.
-var errNoAnswer = fmt.Errorf("no answer to the database ping within %s", pingTimeout)
+// errNoAnswer is a ping that did not return within pingTimeout: a
+// deadline, so store.IsUnavailable says so.
+var errNoAnswer = fmt.Errorf("no answer to the database ping within %s: %w", pingTimeout, context.DeadlineExceeded)
 
 // pinger runs each ping in a goroutine of its own and waits for it at most
 // pingTimeout. lib/pq cannot interrupt a read from a database that accepts

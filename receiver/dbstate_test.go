@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -447,5 +448,31 @@ func TestNotReadyWhileTheDatabaseRefusesTheSettings(t *testing.T) {
 	b.srv.db.observePing(&pq.Error{Code: "28P01"}) // a password changed under a serving pod
 	if code, _ := b.get("/readyz"); code != 200 {
 		t.Errorf("/readyz of a pod that has reached its database, refused since: %d, want 200", code)
+	}
+}
+
+// Whether the database refuses the receiver's settings follows its last
+// definite answer: a ping that timed out or a connection lost meanwhile
+// leaves it as it was, so readiness does not open for a moment.
+func TestRefusedFollowsDefiniteAnswers(t *testing.T) {
+	d := newDBState("nexus", slog.New(slog.DiscardHandler))
+	for _, step := range []struct {
+		err  error
+		want bool
+	}{
+		{&pq.Error{Code: "28P01"}, true},
+		{errNoAnswer, true},
+		{&net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, true},
+		{&pq.Error{Code: "3D000"}, true},
+		{&pq.Error{Code: "57P03"}, true}, // starting: no verdict yet
+		{nil, false},
+		{errNoAnswer, false},
+		{&pq.Error{Code: "42501"}, true},
+		{&pq.Error{Code: "XX000"}, false}, // answered, with something else
+	} {
+		d.observePing(step.err)
+		if got := d.refused.Load(); got != step.want {
+			t.Errorf("after %v: refused %v, want %v", step.err, got, step.want)
+		}
 	}
 }

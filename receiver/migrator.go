@@ -6,8 +6,6 @@ import (
 	"slices"
 	"sync"
 	"time"
-
-	"github.com/insighthealth/ehr-operator/receiver/store"
 )
 
 // The background migration's schedule. An attempt may wait minutes for the
@@ -131,7 +129,7 @@ func (s *Server) migrateUntilDone(ctx context.Context) {
 		actx, cancel := context.WithTimeout(ctx, migrateTimeout)
 		err := s.db.migrate(actx)
 		cancel()
-		s.db.refused.Store(store.IsRefused(err))
+		s.db.noteRefused(err)
 		s.db.started.Store(true)
 		if ctx.Err() != nil {
 			return

@@ -46,19 +46,17 @@ func IsUnavailable(err error) bool {
 
 // IsRefused reports whether err says the database refuses this receiver's
 // settings rather than being away: its credentials (SQLSTATE class 28), a
-// database that does not exist (3D000), a role without the privileges the
-// schema needs (42501), a host name DNS does not know, a server certificate
-// that does not verify. Retrying does not help; a fixed URL or grant does.
+// database that does not exist (3D000), a role without a privilege it
+// needs (42501), a server certificate that does not verify. Retrying does
+// not help; a fixed URL or grant does. A host name DNS does not know is
+// not among them: a headless Service whose pods are all down answers so
+// too (NXDOMAIN), which is an outage.
 func IsRefused(err error) bool {
 	if err == nil {
 		return false
 	}
 	if pqErr := pq.As(err); pqErr != nil {
 		return pqErr.Code.Class() == "28" || pqErr.Code == "3D000" || pqErr.Code == "42501"
-	}
-	var dnsErr *net.DNSError
-	if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
-		return true
 	}
 	var (
 		unknownAuthority x509.UnknownAuthorityError

@@ -211,10 +211,12 @@ func TestIsRefused(t *testing.T) {
 		{wrap("Ping", &pq.Error{Code: "28000"}), true}, // no pg_hba.conf entry
 		{wrap("Ping", &pq.Error{Code: "3D000"}), true}, // database does not exist
 		{fmt.Errorf("while applying migrations: %w", &pq.Error{Code: "42501"}), true},
-		{&net.OpError{Op: "dial", Net: "tcp", Err: &net.DNSError{Err: "no such host", Name: "db.example", IsNotFound: true}}, true},
+
 		{fmt.Errorf("tls: %w", x509.UnknownAuthorityError{}), true},
 		{fmt.Errorf("tls: %w", x509.HostnameError{Host: "db"}), true},
-		// Away, not refusing: an outage keeps the pods ready.
+		// Away, not refusing: an outage keeps the pods ready. A name
+		// not found may be a headless Service with no pod up.
+		{&net.OpError{Op: "dial", Net: "tcp", Err: &net.DNSError{Err: "no such host", Name: "db.example", IsNotFound: true}}, false},
 		{&net.OpError{Op: "dial", Net: "tcp", Err: &net.DNSError{Err: "server misbehaving", Name: "db.example", IsTemporary: true}}, false},
 		{&net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, false},
 		{wrap("Ping", &pq.Error{Code: "57P03"}), false}, // the database is starting
