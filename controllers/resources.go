@@ -242,12 +242,12 @@ func defaultResources() corev1.ResourceRequirements {
 // each request and limit spec.resources sets, and the default of each it
 // leaves out, so that setting a CPU request keeps the default memory limit
 // (the receiver sizes its memory from it, and memoryProblem checks it).
-// A default never makes the pair invalid: a default limit below a request
-// the spec sets is raised to that request (a 1Gi memory request gets a 1Gi
-// limit, not 256Mi), and a default request above a limit the spec sets is
-// lowered to that limit. A request above a limit that the spec sets both
-// of is left for the API server to refuse (ChildRejected). Claims are the
-// spec's.
+// A limit the spec sets without its request brings the request to the
+// same value, Kubernetes' own rule for a container (so limits alone keep
+// their Guaranteed QoS). A default limit below a request the spec sets is
+// raised to that request (a 1Gi memory request gets a 1Gi limit, not
+// 256Mi). A request above a limit that the spec sets both of is left for
+// the API server to refuse (ChildRejected). Claims are the spec's.
 func receiverResources(e *v1alpha1.EHRIntegration) corev1.ResourceRequirements {
 	out := defaultResources()
 	r := e.Spec.Resources
@@ -260,18 +260,17 @@ func receiverResources(e *v1alpha1.EHRIntegration) corev1.ResourceRequirements {
 	for name, q := range r.Limits {
 		out.Limits[name] = q.DeepCopy()
 	}
+	for name, limit := range r.Limits {
+		if _, set := r.Requests[name]; !set {
+			out.Requests[name] = limit.DeepCopy()
+		}
+	}
 	for name, limit := range out.Limits {
-		request, ok := out.Requests[name]
-		if !ok || request.Cmp(limit) <= 0 {
+		if _, set := r.Limits[name]; set {
 			continue
 		}
-		_, requestSet := r.Requests[name]
-		_, limitSet := r.Limits[name]
-		switch {
-		case requestSet && !limitSet:
+		if request, ok := out.Requests[name]; ok && request.Cmp(limit) > 0 {
 			out.Limits[name] = request.DeepCopy()
-		case limitSet && !requestSet:
-			out.Requests[name] = limit.DeepCopy()
 		}
 	}
 	if len(r.Claims) > 0 {

@@ -203,11 +203,11 @@ func TestBuildDeployment(t *testing.T) {
 	e.Spec.Replicas = ptr.To[int32](5)
 	d = object(t, buildDeployment(e, "img", v1alpha1.SecretVersions{Credentials: "41", Database: "7"}), &appsv1.Deployment{})
 	wantResources := corev1.ResourceRequirements{
-		Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("50m"), corev1.ResourceMemory: resource.MustParse("64Mi")},
+		Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("1"), corev1.ResourceMemory: resource.MustParse("64Mi")},
 		Limits:   corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("1"), corev1.ResourceMemory: resource.MustParse("256Mi")},
 	}
 	if got := d.Spec.Template.Spec.Containers[0].Resources; !cmp.Equal(got, wantResources) {
-		t.Errorf("resources = %+v, want the spec's CPU limit and the other defaults %+v", got, wantResources)
+		t.Errorf("resources = %+v, want the spec's CPU limit (and its request) and the other defaults %+v", got, wantResources)
 	}
 	if *d.Spec.Replicas != 5 {
 		t.Errorf("replicas = %d, want 5", *d.Spec.Replicas)
@@ -345,17 +345,21 @@ func TestReceiverResources(t *testing.T) {
 		{"empty", &corev1.ResourceRequirements{}, defaults},
 		{"a CPU request keeps the memory defaults", &corev1.ResourceRequirements{Requests: list("cpu", "500m")},
 			corev1.ResourceRequirements{Requests: list("cpu", "500m", "memory", "64Mi"), Limits: list("memory", "256Mi")}},
-		{"a memory limit keeps the requests", &corev1.ResourceRequirements{Limits: list("memory", "512Mi")},
-			corev1.ResourceRequirements{Requests: list("cpu", "50m", "memory", "64Mi"), Limits: list("memory", "512Mi")}},
-		{"a CPU limit is added", &corev1.ResourceRequirements{Limits: list("cpu", "2")},
-			corev1.ResourceRequirements{Requests: list("cpu", "50m", "memory", "64Mi"), Limits: list("cpu", "2", "memory", "256Mi")}},
+		// A limit without its request brings the request along, as in
+		// Kubernetes: limits alone keep their Guaranteed QoS.
+		{"a memory limit brings its request", &corev1.ResourceRequirements{Limits: list("memory", "512Mi")},
+			corev1.ResourceRequirements{Requests: list("cpu", "50m", "memory", "512Mi"), Limits: list("memory", "512Mi")}},
+		{"a CPU limit is added with its request", &corev1.ResourceRequirements{Limits: list("cpu", "2")},
+			corev1.ResourceRequirements{Requests: list("cpu", "2", "memory", "64Mi"), Limits: list("cpu", "2", "memory", "256Mi")}},
+		{"limits alone", &corev1.ResourceRequirements{Limits: list("cpu", "1", "memory", "1Gi")},
+			corev1.ResourceRequirements{Requests: list("cpu", "1", "memory", "1Gi"), Limits: list("cpu", "1", "memory", "1Gi")}},
 		{"other resources are added", &corev1.ResourceRequirements{Requests: list("ephemeral-storage", "1Gi")},
 			corev1.ResourceRequirements{Requests: list("cpu", "50m", "memory", "64Mi", "ephemeral-storage", "1Gi"), Limits: list("memory", "256Mi")}},
 		{"a memory request above the default limit raises it", &corev1.ResourceRequirements{Requests: list("memory", "1Gi")},
 			corev1.ResourceRequirements{Requests: list("cpu", "50m", "memory", "1Gi"), Limits: list("memory", "1Gi")}},
-		{"a memory limit below the default request lowers it", &corev1.ResourceRequirements{Limits: list("memory", "48Mi")},
+		{"a memory limit below the default request", &corev1.ResourceRequirements{Limits: list("memory", "48Mi")},
 			corev1.ResourceRequirements{Requests: list("cpu", "50m", "memory", "48Mi"), Limits: list("memory", "48Mi")}},
-		{"a CPU limit below the default request lowers it", &corev1.ResourceRequirements{Limits: list("cpu", "20m")},
+		{"a CPU limit below the default request", &corev1.ResourceRequirements{Limits: list("cpu", "20m")},
 			corev1.ResourceRequirements{Requests: list("cpu", "20m", "memory", "64Mi"), Limits: list("cpu", "20m", "memory", "256Mi")}},
 		// Both set by the spec: its own mistake, which the API server refuses.
 		{"a request above a limit both set is kept", &corev1.ResourceRequirements{Requests: list("memory", "1Gi"), Limits: list("memory", "512Mi")},

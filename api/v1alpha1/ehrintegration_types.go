@@ -81,9 +81,9 @@ type EHRIntegrationSpec struct {
 	// by key with the defaults: each request and limit left out keeps its
 	// default (requests 50m CPU and 64Mi memory, a 256Mi memory limit, no
 	// CPU limit), so setting only a CPU request keeps the memory limit the
-	// receiver sizes its memory from. A default limit below a request set
-	// here is raised to that request, and a default request above a limit
-	// set here is lowered to that limit.
+	// receiver sizes its memory from. A limit set here without its request
+	// brings the request to the same value, as Kubernetes does; a default
+	// limit below a request set here is raised to that request.
 	// +optional
 	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
 
