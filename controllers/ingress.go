@@ -67,40 +67,30 @@ func (r *EHRIntegrationReconciler) ingressProblem(ctx context.Context, e *v1alph
 
 // ingressClassProblem: the class spec.ingress.className names must exist.
 // Without className, the class the API server gave the Ingress when it was
-// made (the default class of that moment) must exist; an Ingress given
-// none needs a default class now, as ingress controllers serve a classless
-// Ingress only as the default class's. IngressClasses are read from the
-// manager's cache (watched, cluster-scoped; a handful per cluster).
+// made (the default class of that moment) must exist. An Ingress given
+// none is not checked: controllers differ on serving classless Ingresses
+// (Traefik does by default, ingress-nginx with a flag, and the legacy
+// kubernetes.io/ingress.class annotation names a class the API does not
+// know), so a problem there could be false. IngressClasses are read from
+// the manager's cache (watched, cluster-scoped; a handful per cluster).
 func (r *EHRIntegrationReconciler) ingressClassProblem(ctx context.Context, e *v1alpha1.EHRIntegration, live *networkingv1.Ingress) (*problem, error) {
 	name, field := e.Spec.Ingress.ClassName, "spec.ingress.className"
 	if name == "" && live.Spec.IngressClassName != nil {
 		name, field = *live.Spec.IngressClassName, "the Ingress's spec.ingressClassName, the cluster's default class when the Ingress was made; spec.ingress.className is unset"
 	}
-	if name != "" {
-		var ic networkingv1.IngressClass
-		if err := r.Get(ctx, types.NamespacedName{Name: name}, &ic); err != nil {
-			if apierrors.IsNotFound(err) {
-				return &problem{reason: v1alpha1.ReasonIngressClassNotFound,
-					message: fmt.Sprintf("IngressClass %s (%s) not found: no ingress controller serves the Ingress; "+
-						"`kubectl get ingressclass` lists the cluster's", name, field)}, nil
-			}
-			return nil, fmt.Errorf("while getting IngressClass %s: %w", name, err)
-		}
+	if name == "" {
 		return nil, nil
 	}
-	var list networkingv1.IngressClassList
-	if err := r.List(ctx, &list); err != nil {
-		return nil, fmt.Errorf("while listing IngressClasses: %w", err)
-	}
-	for _, ic := range list.Items {
-		if ic.Annotations[networkingv1.AnnotationIsDefaultIngressClass] == "true" {
-			return nil, nil
+	var ic networkingv1.IngressClass
+	if err := r.Get(ctx, types.NamespacedName{Name: name}, &ic); err != nil {
+		if apierrors.IsNotFound(err) {
+			return &problem{reason: v1alpha1.ReasonIngressClassNotFound,
+				message: fmt.Sprintf("IngressClass %s (%s) not found: no ingress controller serves the Ingress; "+
+					"`kubectl get ingressclass` lists the cluster's", name, field)}, nil
 		}
+		return nil, fmt.Errorf("while getting IngressClass %s: %w", name, err)
 	}
-	return &problem{reason: v1alpha1.ReasonIngressClassNotFound,
-		message: fmt.Sprintf("spec.ingress.className is unset and no IngressClass is the cluster's default (annotation %s: \"true\"): "+
-			"no ingress controller serves the Ingress; name one in spec.ingress.className (`kubectl get ingressclass`)",
-			networkingv1.AnnotationIsDefaultIngressClass)}, nil
+	return nil, nil
 }
 
 // tlsSecretProblem: the Secret of spec.ingress.tlsSecretName, when set,
