@@ -731,7 +731,7 @@ func TestOneFrozenConnectionDoesNotStopSmallWrites(t *testing.T) {
 	s.txTimeout, s.outcomeGrace = time.Second, 500*time.Millisecond
 	mustWrite(t, s, batch(minimalEntry("before"))) // one connection, statement prepared
 	var pids []int
-	if err := db.Select(&pids, `SELECT pid FROM pg_stat_activity WHERE application_name = $1`, storeSessions); err != nil || len(pids) != 1 {
+	if err := db.Select(&pids, `SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database()`, storeSessions); err != nil || len(pids) != 1 {
 		t.Fatalf("the store's sessions: %v (%v), want one", pids, err)
 	}
 	if err := syscall.Kill(pids[0], syscall.SIGSTOP); err != nil {
