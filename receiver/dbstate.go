@@ -117,8 +117,8 @@ func (d *dbState) noteRefused(err error) {
 // refusedAtStart: the database has refused this receiver's settings and
 // never answered it. Readiness follows the database in this case alone. An
 // outage keeps pods in their Service (they answer 503 with Retry-After),
-// but a rollout whose new pods carry a wrong password, database name or
-// host would otherwise replace every pod that serves with pods that cannot.
+// but a rollout whose new pods carry a wrong password or database name
+// would otherwise replace every pod that serves with pods that cannot.
 func (d *dbState) refusedAtStart() bool { return d.refused.Load() && !d.reached.Load() }
 
 // observe records a write's or a migration's result: success means up. An
