@@ -196,6 +196,8 @@ func (r *EHRIntegrationReconciler) reconcileChildren(ctx context.Context, e *v1a
 	return obs, err
 }
 
+// reconcileChildrenInto is reconcileChildren's work, recording what it
+// found in obs and the children it wrote in written.
 func (r *EHRIntegrationReconciler) reconcileChildrenInto(ctx context.Context, e *v1alpha1.EHRIntegration, obs *observation, written *[]string) error {
 	if e.Spec.Suspend {
 		obs.suspended = true
