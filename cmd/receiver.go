@@ -169,31 +169,20 @@ func receiverConfig(f receiverFlags) (receiver.Config, string, error) {
 	if f.credentialsDir == "" {
 		errs = append(errs, errors.New("--credentials-dir (CREDENTIALS_DIR) is required"))
 	} else {
-		required := func(name string) string {
-			path := filepath.Join(f.credentialsDir, name)
-			v, err := readCredential(path)
-			if err == nil {
-				err = credentialLength(path, v)
-			}
-			if err != nil {
-				errs = append(errs, err)
-			}
-			return v
-		}
-		key, secret := required("api-key"), required("webhook-secret")
 		// The previous ones are optional: absent or empty, none.
-		optional := func(name string) string {
+		credential := func(name string, optional bool) string {
 			path := filepath.Join(f.credentialsDir, name)
 			v, err := readCredential(path)
 			if err == nil {
 				err = credentialLength(path, v)
 			}
-			if err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, errEmptyCredential) {
+			if err != nil && !(optional && (errors.Is(err, os.ErrNotExist) || errors.Is(err, errEmptyCredential))) {
 				errs = append(errs, err)
 			}
 			return v
 		}
-		prevKey, prev := optional("api-key-previous"), optional("webhook-secret-previous")
+		key, secret := credential("api-key", false), credential("webhook-secret", false)
+		prevKey, prev := credential("api-key-previous", true), credential("webhook-secret-previous", true)
 		cfg.APIKey, cfg.PreviousAPIKey, cfg.Secret = key, prevKey, []byte(secret)
 		if prev != "" {
 			cfg.PreviousSecret = []byte(prev)

@@ -104,21 +104,20 @@ func (r *EHRIntegrationReconciler) tlsSecretProblem(ctx context.Context, e *v1al
 	if name == "" {
 		return nil, nil
 	}
-	var s corev1.Secret
-	if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: e.Namespace, Name: name}, &s); err != nil {
-		if apierrors.IsNotFound(err) {
-			return &problem{reason: v1alpha1.ReasonTLSSecretNotFound, retry: true,
-				message: fmt.Sprintf("Secret %s (spec.ingress.tlsSecretName) not found: the ingress controller serves the host "+
-					"with its default certificate or not at all; create it (kubernetes.io/tls), or let cert-manager fill it", name)}, nil
-		}
-		return nil, fmt.Errorf("while getting Secret %s/%s: %w", e.Namespace, name, err)
+	_, p, err := r.secret(ctx, e.Namespace, name, "spec.ingress.tlsSecretName", corev1.TLSCertKey, corev1.TLSPrivateKeyKey)
+	if p == nil {
+		return nil, err
 	}
-	for _, k := range []string{corev1.TLSCertKey, corev1.TLSPrivateKeyKey} {
-		if len(s.Data[k]) == 0 {
-			return &problem{reason: v1alpha1.ReasonTLSSecretKeyMissing, retry: true,
-				message: fmt.Sprintf("Secret %s (spec.ingress.tlsSecretName) has no value for key %s: "+
-					"the ingress controller cannot serve the host's certificate from it", name, k)}, nil
-		}
+	// The Secret problems of the receiver's own Secrets, named for the
+	// Ingress and saying what the vendor meets.
+	switch p.reason {
+	case v1alpha1.ReasonSecretNotFound:
+		p.reason = v1alpha1.ReasonTLSSecretNotFound
+		p.message += ": the ingress controller serves the host with its default certificate or not at all; " +
+			"create it (kubernetes.io/tls), or let cert-manager fill it"
+	case v1alpha1.ReasonSecretKeyMissing:
+		p.reason = v1alpha1.ReasonTLSSecretKeyMissing
+		p.message += ": the ingress controller cannot serve the host's certificate from it"
 	}
-	return nil, nil
+	return p, nil
 }
