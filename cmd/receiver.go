@@ -176,7 +176,8 @@ func receiverConfig(f receiverFlags) (receiver.Config, string, error) {
 			if err == nil {
 				err = credentialLength(path, v)
 			}
-			if err != nil && !(optional && (errors.Is(err, os.ErrNotExist) || errors.Is(err, errEmptyCredential))) {
+			none := errors.Is(err, os.ErrNotExist) || errors.Is(err, errEmptyCredential)
+			if err != nil && (!optional || !none) {
 				errs = append(errs, err)
 			}
 			return v
