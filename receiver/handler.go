@@ -109,7 +109,7 @@ func (s *Server) sync(c *gin.Context) {
 	rq.holders.Store(1)
 	defer s.giveBack(rq)
 	a := s.check(rq)
-	if a.outcome == store.OutcomeOverloaded {
+	if rq.body == nil {
 		defer s.discardBody(c) // once answered and logged
 	}
 	if a.retryAfter > 0 {
@@ -421,6 +421,7 @@ func (s *Server) notFoundRoute(c *gin.Context) {
 	a := *notFound()
 	writeJSON(c, a.resp.Code, a.resp)
 	s.finish(rq, a)
+	s.discardBody(c)
 }
 
 func writeJSON(c *gin.Context, code int, body Response) {

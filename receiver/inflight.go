@@ -84,17 +84,28 @@ func (b *inflight) reserve(n int64) bool {
 
 func (b *inflight) release(n int64) { b.used.Add(-n) }
 
-// discardBody reads and drops the body of a request answered without
-// reading it, once the answer has gone out (a lingering close): a sender
-// that writes its whole body before it reads, as many HTTP clients do, then
-// gets the 503 instead of a reset connection. Nothing is kept: io.Discard
-// reads through a small shared buffer. The server's read timeout bounds it.
+// discardBody reads and drops the rest of the body of a request answered
+// before its body was read (404 to 429, a 413 for its Content-Length, the
+// busy 503), once the answer has gone out (a lingering close): a sender
+// that writes its whole body before it reads, as many HTTP clients do
+// (Python's among them), then gets its answer instead of a reset
+// connection, and learns to split the batch or fix its key rather than
+// retrying what looks like an outage. Nothing is kept: io.Discard reads
+// through a small shared buffer. It stops after discardLimit bodies' worth
+// (past that the connection is reset, as before); the server's read timeout
+// bounds its time.
 func (s *Server) discardBody(c *gin.Context) {
+	if c.Request.ContentLength == 0 {
+		return
+	}
 	rc := http.NewResponseController(c.Writer)
 	// HTTP/1 would otherwise stop the body once the answer is flushed.
 	_ = rc.EnableFullDuplex()
 	if rc.Flush() != nil {
 		return
 	}
-	_, _ = io.Copy(io.Discard, io.LimitReader(c.Request.Body, s.cfg.MaxBodyBytes))
+	_, _ = io.Copy(io.Discard, io.LimitReader(c.Request.Body, discardLimit*s.cfg.MaxBodyBytes))
 }
+
+// discardLimit: a batch up to four times the body limit still gets its 413.
+const discardLimit = 4

@@ -2,6 +2,7 @@ package contract
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -367,4 +368,57 @@ func TestConnectionsAreBounded(t *testing.T) {
 	}
 	resp.Body.Close()
 	t.Logf("connection %d served %s after one of the others closed", receiver.MaxConnections+1, time.Since(start).Round(time.Millisecond))
+}
+
+// TestEarlyAnswersReachSendersThatWriteFirst: a sender that writes its
+// whole body before it reads (Python's urllib, many others) gets the
+// answer of a check that comes before the body is read, not a reset
+// connection it would take for an outage and retry: the receiver drains
+// the body after answering.
+func TestEarlyAnswersReachSendersThatWriteFirst(t *testing.T) {
+	const limit = 1 << 20
+	r := startReceiver(t, pgtest.NewDatabase(t), "--max-body-bytes", fmt.Sprint(limit))
+	addr := strings.TrimPrefix(r.url, "http://")
+	path := "/v2/webhooks/" + ehr + "/sync-appointments"
+	large := bytes.Repeat([]byte(" "), 650_000)
+	tooLarge := bytes.Repeat([]byte(" "), 4*limit)
+	for _, tc := range []struct {
+		name                  string
+		method, path, ct, key string
+		body                  []byte
+		status                int
+	}{
+		{"body too large", "POST", path, "application/json", apiKey, tooLarge, 413},
+		{"api key wrong", "POST", path, "application/json", apiKey + "x", large, 401},
+		{"content type wrong", "POST", path, "text/plain", apiKey, large, 415},
+		{"method PUT", "PUT", path, "application/json", apiKey, large, 405},
+		{"ehr not served", "POST", "/v2/webhooks/medicat/sync-appointments", "application/json", apiKey, large, 404},
+		{"unknown path", "POST", "/nowhere", "application/json", apiKey, large, 404},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			// A small send buffer: the body cannot wait in the sockets'
+			// buffers, so the write lasts until the receiver reads it, as
+			// over a real network.
+			_ = c.(*net.TCPConn).SetWriteBuffer(16 << 10)
+			_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+			head := fmt.Sprintf("%s %s HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\nX-API-Key: %s\r\nX-Webhook-Signature: %s\r\nContent-Length: %d\r\n\r\n",
+				tc.method, tc.path, tc.ct, tc.key, auth.Sign([]byte(secret), tc.body), len(tc.body))
+			if _, err := c.Write(append([]byte(head), tc.body...)); err != nil {
+				t.Fatalf("writing the request (the receiver reset the connection?): %v", err)
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatalf("reading the answer: %v", err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tc.status {
+				t.Errorf("status %d, want %d", resp.StatusCode, tc.status)
+			}
+		})
+	}
 }
