@@ -237,7 +237,7 @@ func TestValidateFieldErrors(t *testing.T) {
 		{"start_date is not the date of start_time", func(e map[string]any) { sub(e, "appointment")["start_date"] = "03/11/2026" },
 			[]FieldError{{Field: "appointment.start_date", Message: "must be the date of appointments[3].appointment.start_time"}}},
 		{"unknown status", func(e map[string]any) { sub(e, "appointment")["status"] = "postponed" },
-			[]FieldError{{Field: "appointment.status", Message: "must be one of proposed, pending, booked, scheduled, confirmed, rescheduled, arrived, checked-in, checkedin, checked_in, fulfilled, completed, complete, cancelled, canceled, noshow, no-show, no_show, entered-in-error, deleted, waitlist (case-insensitive)"}}},
+			[]FieldError{{Field: "appointment.status", Message: "must be one of proposed, pending, booked, scheduled, confirmed, rescheduled, arrived, checked-in, checkedin, fulfilled, completed, complete, cancelled, canceled, noshow, no-show, entered-in-error, deleted, waitlist (case-insensitive; a space or _ may stand for -)"}}},
 		{"duration as a JSON integer", func(e map[string]any) { sub(e, "appointment")["duration"] = 45 }, nil},
 		{"duration 0 and blank ok", func(e map[string]any) { sub(e, "appointment")["duration"] = "0" }, nil},
 		{"duration 1440", func(e map[string]any) { sub(e, "appointment")["duration"] = "1440" }, nil},
@@ -354,10 +354,10 @@ func TestStatusReference(t *testing.T) {
 		"proposed": "proposed", "pending": "pending",
 		"booked": "booked", "scheduled": "booked", "confirmed": "booked", "rescheduled": "booked",
 		"arrived":    "arrived",
-		"checked-in": "checked-in", "checkedin": "checked-in", "checked_in": "checked-in",
+		"checked-in": "checked-in", "checkedin": "checked-in",
 		"fulfilled": "fulfilled", "completed": "fulfilled", "complete": "fulfilled",
 		"cancelled": "cancelled", "canceled": "cancelled",
-		"noshow": "noshow", "no-show": "noshow", "no_show": "noshow",
+		"noshow": "noshow", "no-show": "noshow",
 		"entered-in-error": "entered-in-error", "deleted": "entered-in-error",
 		"waitlist": "waitlist",
 	}
@@ -372,7 +372,14 @@ func TestStatusReference(t *testing.T) {
 			}
 		}
 	}
-	for _, sent := range []string{"", "book", "no show", "cancel", "done"} {
+	// Words may be joined by a space or _ as well as by -.
+	for sent, code := range map[string]string{"No Show": "noshow", "no_show": "noshow", "Checked In": "checked-in",
+		"checked_in": "checked-in", "Entered In Error": "entered-in-error", "entered_in-error": "entered-in-error"} {
+		if got, ok := StatusCode(sent); !ok || got != code {
+			t.Errorf("StatusCode(%q) = %q, %v; want %q", sent, got, ok, code)
+		}
+	}
+	for _, sent := range []string{"", "book", "no  show", "no.show", "cancel", "done", "in-progress"} {
 		if code, ok := StatusCode(sent); ok {
 			t.Errorf("StatusCode(%q) = %q, want unknown", sent, code)
 		}

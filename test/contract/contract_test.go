@@ -335,7 +335,7 @@ func TestStatusAliases(t *testing.T) {
 		"arrived": "arrived", "checked-in": "checked-in", "CheckedIn": "checked-in", "checked_in": "checked-in",
 		"fulfilled": "fulfilled", "completed": "fulfilled", "Complete": "fulfilled",
 		"cancelled": "cancelled", "canceled": "cancelled",
-		"noshow": "noshow", "No-Show": "noshow", "no_show": "noshow",
+		"noshow": "noshow", "No-Show": "noshow", "no_show": "noshow", "No Show": "noshow",
 		"entered-in-error": "entered-in-error", "deleted": "entered-in-error", " waitlist ": "waitlist",
 	}
 	var entries []map[string]any
