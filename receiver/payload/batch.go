@@ -41,14 +41,18 @@ func DecodeValidate(body []byte, maxBatchSize int, loc *time.Location, now time.
 		return Batch{}, malformed(body)
 	}
 	// The scan kept the last of duplicate keys, as a map does.
-	arr, one := false, false
+	arr, one, oneValue := false, false, false
 	for _, m := range s.top {
 		if m.parent == -1 {
 			arr = arr || m.field == fieldAppointments
-			one = one || m.field == fieldAppointment
+			if m.field == fieldAppointment {
+				one, oneValue = true, text[m.start] != 'n'
+			}
 		}
 	}
 	switch {
+	case arr && s.followed && oneValue:
+		return Batch{}, errBoth() // as Decode
 	case arr && s.followed:
 		return s.arrayBatch()
 	case arr || !one:

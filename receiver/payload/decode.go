@@ -22,9 +22,10 @@ type Item struct {
 // Decode reads body as exactly one JSON document and returns its entries:
 // the items of the top-level "appointments" array (1..maxBatchSize), or the
 // body itself when it is an object with a top-level "appointment" key (a
-// batch of one). When both keys are present, "appointments" wins, unless
-// it is null: serializers that write every field of a class send the
-// single form with "appointments": null beside it. Items never alias body.
+// batch of one). A null beside the other form is ignored: serializers that
+// write every field of a class send one. Both keys holding values is
+// refused, since reading either form would drop what the other holds.
+// Items never alias body.
 func Decode(body []byte, maxBatchSize int) ([]Item, *RequestError) {
 	// One scan checks the whole body and records the top-level members.
 	var (
@@ -47,23 +48,27 @@ func Decode(body []byte, maxBatchSize int) ([]Item, *RequestError) {
 		return nil, errNeither()
 	}
 	// A later duplicate key wins, as it does in a map.
-	arr, one := -1, false
+	arr, one := -1, -1
 	for k, m := range top {
 		switch keyField(body, &m) {
 		case fieldAppointments:
 			arr = k
 		case fieldAppointment:
-			one = true
+			one = k
 		}
 	}
-	// A null "appointments" beside the single form is ignored.
-	nullBeside := one && arr >= 0 && body[top[arr].start] == 'n'
+	arrValue := arr >= 0 && body[top[arr].start] != 'n'
+	oneValue := one >= 0 && body[top[one].start] != 'n'
 	switch {
-	case arr >= 0 && !nullBeside:
+	case arrValue && oneValue:
+		return nil, errBoth()
+	case arrValue:
 		return arrayItems(body, top[arr], maxBatchSize)
-	case one:
+	case one >= 0:
 		doc := append(json.RawMessage(nil), body[i:end]...)
 		return []Item{{Index: 0, Path: "", Raw: doc}}, nil
+	case arr >= 0:
+		return arrayItems(body, top[arr], maxBatchSize) // null: "must be an array"
 	}
 	return nil, errNeither()
 }

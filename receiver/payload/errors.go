@@ -32,6 +32,11 @@ func errNeither() *RequestError {
 		Message: "body must be a JSON object with an appointments array or an appointment object"}
 }
 
+func errBoth() *RequestError {
+	return &RequestError{Status: http.StatusUnprocessableEntity,
+		Message: "body holds both an appointments array and an appointment object: send one of the two forms"}
+}
+
 // malformed explains why the scanner refused body. encoding/json is kept
 // for this alone: senders get its byte offsets, not its messages, which
 // quote characters of the body.

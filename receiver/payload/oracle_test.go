@@ -35,6 +35,7 @@ func FuzzFastMatchesSlow(f *testing.F) {
 		`{"appointments":[{"appointment":{}}], "appointments":null}`,
 		`{"appointment":{"id":"x"},"appointments":null}`, `{"appointments":null,"appointment":null}`,
 		`{"appointments":[1],"appointment":{},"appointments":null}`, `{"appointments":null,"appointment":1,"appointments":[1]}`,
+		`{"appointment":null,"appointments":[1]}`, `{"appointment":{},"appointment":null,"appointments":[1]}`,
 		`{"appointmen\u0074s":[1]}`,
 		`{"appointments":[1]} x`,
 		" \n{\"appointment\":1}\t ", `{"appointments":[ 1 , {"a":2} ]}`,
@@ -147,9 +148,15 @@ func decodeSlow(body []byte, maxBatchSize int) ([]Item, *RequestError) {
 		return nil, &RequestError{Status: http.StatusUnprocessableEntity,
 			Message: "body must be a JSON object with an appointments array or an appointment object"}
 	}
-	_, one := top["appointment"]
+	single, one := top["appointment"]
 	arr, ok := top["appointments"]
-	if nullBeside := one && string(arr) == "null"; ok && !nullBeside {
+	// A null beside the other form is ignored; two values are refused.
+	arrValue, oneValue := ok && string(arr) != "null", one && string(single) != "null"
+	if arrValue && oneValue {
+		return nil, &RequestError{Status: http.StatusUnprocessableEntity,
+			Message: "body holds both an appointments array and an appointment object: send one of the two forms"}
+	}
+	if arrValue || ok && !one {
 		var raws []json.RawMessage
 		if json.Unmarshal(arr, &raws) != nil || raws == nil {
 			return nil, &RequestError{Status: http.StatusUnprocessableEntity, Field: "appointments",
