@@ -357,15 +357,16 @@ func (s *Store) writeRetrying(ctx context.Context, group []*request) ([]outcome,
 // writeGroup runs the group's statement in autocommit: the rows are read to
 // the end, which lib/pq reaches only after the server committed.
 func (s *Store) writeGroup(ctx context.Context, group []*request, out []outcome) error {
-	stmt, err := s.stmt(ctx)
-	if err != nil {
-		return err
-	}
 	ps := make([]*prepared, len(group))
 	for i, r := range group {
 		ps[i] = r.p
 	}
-	rows, err := stmt.QueryContext(ctx, writeArgs(ps)...)
+	simple := simpleGroup(ps)
+	stmt, err := s.stmt(ctx, simple)
+	if err != nil {
+		return err
+	}
+	rows, err := stmt.QueryContext(ctx, writeArgs(ps, simple)...)
 	if err != nil {
 		return wrap("Write", err)
 	}

@@ -558,31 +558,37 @@ func TestGenericPlanAfterEarlyAnalyzeUsesIndexes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	if _, err := conn.ExecContext(ctx, "PREPARE w AS "+writeSQL); err != nil {
-		t.Fatal(err)
-	}
-	// EXPLAIN EXECUTE takes literals, not bind parameters.
-	lits := make([]string, 0, 48)
-	for _, a := range writeArgs([]*prepared{queued(t, batch(minimalEntry("probe"))).p}) {
-		var v string
-		switch x := a.(type) {
-		case []byte:
-			v = string(x)
-		case string:
-			v = x
-		default:
-			v = fmt.Sprint(x)
+	for _, simple := range []bool{false, true} {
+		query, name := writeSQL, "w"
+		if simple {
+			query, name = writeSimpleSQL, "ws"
 		}
-		lits = append(lits, "'"+strings.ReplaceAll(v, "'", "''")+"'")
-	}
-	var plan []string
-	if err := conn.SelectContext(ctx, &plan, "EXPLAIN EXECUTE w("+strings.Join(lits, ",")+")"); err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range plan {
-		for _, table := range []string{"appointment_history", "appointments", "patients", "practitioners", "quarantined_entries", "webhook_deliveries"} {
-			if strings.Contains(l, "Seq Scan on "+table+" ") {
-				t.Errorf("the generic plan reads %s sequentially:\n%s", table, strings.Join(plan, "\n"))
+		if _, err := conn.ExecContext(ctx, "PREPARE "+name+" AS "+query); err != nil {
+			t.Fatal(err)
+		}
+		// EXPLAIN EXECUTE takes literals, not bind parameters.
+		lits := make([]string, 0, 48)
+		for _, a := range writeArgs([]*prepared{queued(t, batch(minimalEntry("probe"))).p}, simple) {
+			var v string
+			switch x := a.(type) {
+			case []byte:
+				v = string(x)
+			case string:
+				v = x
+			default:
+				v = fmt.Sprint(x)
+			}
+			lits = append(lits, "'"+strings.ReplaceAll(v, "'", "''")+"'")
+		}
+		var plan []string
+		if err := conn.SelectContext(ctx, &plan, "EXPLAIN EXECUTE "+name+"("+strings.Join(lits, ",")+")"); err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range plan {
+			for _, table := range []string{"appointment_history", "appointments", "patients", "practitioners", "quarantined_entries", "webhook_deliveries"} {
+				if strings.Contains(l, "Seq Scan on "+table+" ") {
+					t.Errorf("the generic plan of %s reads %s sequentially:\n%s", name, table, strings.Join(plan, "\n"))
+				}
 			}
 		}
 	}

@@ -79,7 +79,7 @@ func BenchmarkWriteLayout(b *testing.B) {
 					}
 					group[i] = p
 				}
-				for _, a := range writeArgs(group) {
+				for _, a := range writeArgs(group, false) {
 					if v, ok := a.(driver.Valuer); ok {
 						if _, err := v.Value(); err != nil {
 							b.Fatal(err)

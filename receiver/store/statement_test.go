@@ -17,6 +17,7 @@ func TestStatementsGolden(t *testing.T) {
 	t.Parallel()
 	const path = "testdata/write.sql.golden"
 	got := "-- writeSQL (built by receiver/store/write.go from columns.go)\n" + writeSQL +
+		"\n-- writeSimpleSQL (a group with no quarantined, replayed or older versions)\n" + writeSimpleSQL +
 		"\n-- recordSQL\n" + recordSQL
 	if *update {
 		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {

@@ -41,6 +41,8 @@ type Store struct {
 
 	writeMu   sync.Mutex
 	writeStmt *sqlx.Stmt // prepared on first use: Open does not need the database up
+	// simpleStmt is writeSimpleSQL, likewise.
+	simpleStmt *sqlx.Stmt
 
 	mu     sync.RWMutex // held for reading while enqueueing, for writing by Close
 	closed bool
@@ -185,8 +187,10 @@ func (s *Store) Close() error {
 	closed := make(chan error, 1)
 	go func() {
 		s.writeMu.Lock()
-		if s.writeStmt != nil {
-			_ = s.writeStmt.Close()
+		for _, st := range []*sqlx.Stmt{s.writeStmt, s.simpleStmt} {
+			if st != nil {
+				_ = st.Close()
+			}
 		}
 		s.writeMu.Unlock()
 		closed <- s.db.Close()
@@ -199,19 +203,24 @@ func (s *Store) Close() error {
 	}
 }
 
-// stmt returns the write statement, prepared once for the pool; database/sql
-// prepares it again on each connection that runs it, once.
-func (s *Store) stmt(ctx context.Context) (*sqlx.Stmt, error) {
+// stmt returns the write statement (with simple, writeSimpleSQL), prepared
+// once for the pool; database/sql prepares it again on each connection
+// that runs it, once.
+func (s *Store) stmt(ctx context.Context, simple bool) (*sqlx.Stmt, error) {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
-	if s.writeStmt == nil {
-		st, err := s.db.PreparexContext(ctx, writeSQL)
+	st, query := &s.writeStmt, writeSQL
+	if simple {
+		st, query = &s.simpleStmt, writeSimpleSQL
+	}
+	if *st == nil {
+		prepared, err := s.db.PreparexContext(ctx, query)
 		if err != nil {
 			return nil, wrap("Write: prepare", err)
 		}
-		s.writeStmt = st
+		*st = prepared
 	}
-	return s.writeStmt, nil
+	return *st, nil
 }
 
 func (d Delivery) check() error {
