@@ -2,11 +2,13 @@ package store
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/jmoiron/sqlx"
 
 	"github.com/insighthealth/ehr-operator/receiver/payload"
 )
@@ -428,5 +430,65 @@ func TestWriteKeepsInstantsAtTheYearBounds(t *testing.T) {
 		if got := getAppointment(t, db, e.Appointment.ID).StartTime; !got.Equal(e.Appointment.Start) {
 			t.Errorf("%s: start_time %s, want %s", e.Appointment.ID, got, e.Appointment.Start)
 		}
+	}
+}
+
+// TestSimpleStatementWritesAsTheFullOne: groups that writeSimpleSQL may
+// write (no quarantined, replayed or older versions) leave every table and
+// every answer as writeSQL leaves them: new appointments, a change, a
+// redelivery, the same appointment twice in a batch, a patient changed.
+func TestSimpleStatementWritesAsTheFullOne(t *testing.T) {
+	t.Parallel()
+	changed := minimalEntry("a")
+	changed.Appointment.Status, changed.Appointment.StatusRaw = "cancelled", "Cancelled"
+	retyped := minimalEntry("c")
+	retyped.Appointment.Type = "Follow-up"
+	renamed := minimalEntry("b")
+	renamed.Patient.LastName = "Li"
+	groups := [][]Batch{
+		{batch(specEntry()), batch(minimalEntry("a"), minimalEntry("b"))},
+		{batch(changed), batch(specEntry())},
+		{batch(minimalEntry("c"), retyped)},
+		{batch(renamed), batch(minimalEntry("d")), batch(changed)},
+	}
+	dump := func(db *sqlx.DB) []string {
+		var rows []string
+		for _, q := range []string{
+			`SELECT ` + appointmentCols + `, delivery_id FROM appointments ORDER BY external_id`,
+			`SELECT ehr, external_id, first_name, middle_name, last_name, birth_date, gender, phone, email, version_received_at FROM patients ORDER BY external_id`,
+			`SELECT ehr, external_id, first_name, last_name, version_received_at FROM practitioners ORDER BY external_id`,
+			`SELECT ehr, appointment_external_id, status, start_time, content_hash, delivery_id, version_received_at, superseded FROM appointment_history ORDER BY id`,
+			`SELECT ehr, request_id, received_at, item_count FROM webhook_deliveries ORDER BY id`,
+		} {
+			var got []string
+			if err := db.Select(&got, `SELECT row_to_json(r)::text FROM (`+q+`) r`); err != nil {
+				t.Fatal(err)
+			}
+			rows = append(rows, got...)
+		}
+		return rows
+	}
+	var dumps [2][]string
+	for i, simple := range []bool{true, false} {
+		s, db := newStore(t)
+		for g, bs := range groups {
+			group := make([]*request, len(bs))
+			for k, b := range bs {
+				group[k] = queued(t, b)
+				if !group[k].p.simple {
+					t.Fatalf("group %d, batch %d is not simple", g, k)
+				}
+				group[k].p.simple = simple
+			}
+			out := make([]outcome, len(group))
+			if err := s.writeGroup(context.Background(), group, out); err != nil {
+				t.Fatal(err)
+			}
+			dumps[i] = append(dumps[i], fmt.Sprintf("group %d: %+v", g, out))
+		}
+		dumps[i] = append(dumps[i], dump(db)...)
+	}
+	if diff := cmp.Diff(dumps[1], dumps[0]); diff != "" {
+		t.Errorf("the simple statement wrote otherwise (-full +simple):\n%s", diff)
 	}
 }
