@@ -405,6 +405,9 @@ func (s *Server) finish(rq *request, a answer) {
 		attrs = append(attrs, "written", a.result.Written, "duplicates", a.result.Duplicates,
 			"superseded", a.result.Superseded, "quarantined", a.result.Quarantined)
 	}
+	if len(a.resp.Errors) > 0 {
+		attrs = append(attrs, "field_errors", loggedErrors(a.resp.Errors), "field_errors_listed", len(a.resp.Errors))
+	}
 	switch {
 	case a.err != nil:
 		s.log.Error("Request failed", append(attrs, "error", a.err.Error())...)
@@ -413,6 +416,25 @@ func (s *Server) finish(rq *request, a answer) {
 	default:
 		s.log.Info("Request handled", attrs...)
 	}
+}
+
+// maxLoggedErrors is how many of a 400's or 422's errors its log line
+// holds: enough for an SRE to tell the vendor what to fix (the delivery
+// log keeps none), few enough to keep a flood of bad batches cheap.
+const maxLoggedErrors = 10
+
+// loggedErrors is "field: rule" for the first errors: paths and rules,
+// never the values sent (webhook-api.md).
+func loggedErrors(errs []payload.FieldError) []string {
+	out := make([]string, 0, min(len(errs), maxLoggedErrors))
+	for _, e := range errs[:min(len(errs), maxLoggedErrors)] {
+		if e.Field == "" {
+			out = append(out, e.Message)
+		} else {
+			out = append(out, e.Field+": "+e.Message)
+		}
+	}
+	return out
 }
 
 // notFoundRoute answers every path but the sync route, in the same shape.

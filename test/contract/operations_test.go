@@ -189,6 +189,31 @@ func TestLogsHoldNoPatientData(t *testing.T) {
 			t.Errorf("log line is not JSON: %q", line)
 		}
 	}
+
+	// A rejected batch's log line names its invalid fields (what an SRE
+	// tells the vendor), not the values sent.
+	rejecting := startReceiver(t, pgtest.NewDatabase(t))
+	sent := []string{"02/31/1991", strings.Repeat("Zyxw", 70), "45 minutes", "13/45/2026 99:99"}
+	bad = entry(t, "apt-rejected", func(e map[string]any) {
+		sub(e, "patient")["birth_date"] = sent[0]
+		sub(e, "patient")["first_name"] = sent[1]
+		sub(e, "appointment")["duration"] = sent[2]
+		sub(e, "appointment")["start_time"] = sent[3]
+	})
+	expect(t, rejecting.post(batch(t, bad)), 422)
+	_ = rejecting.Stop()
+	logs = rejecting.Log()
+	for _, want := range []string{`"field_errors":["appointments[0].appointment.start_time: `, `appointments[0].patient.birth_date: `,
+		`appointments[0].patient.first_name: must be at most 255 characters"`, `"field_errors_listed":4`} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the rejected request's log line lacks %s:\n%s", want, logs)
+		}
+	}
+	for _, v := range sent {
+		if strings.Contains(logs, v) {
+			t.Errorf("the logs contain a rejected value %q", v)
+		}
+	}
 }
 
 func TestGracefulShutdown(t *testing.T) {
