@@ -47,7 +47,8 @@ func IsUnavailable(err error) bool {
 // IsRefused reports whether err says the database refuses this receiver's
 // settings rather than being away: its credentials (SQLSTATE class 28), a
 // database that does not exist (3D000), a role without a privilege it
-// needs (42501), a server certificate that does not verify. Retrying does
+// needs (42501), a server certificate that does not verify, a server
+// without the TLS the URL requires (sslmode=require or stricter). Retrying does
 // not help; a fixed URL or grant does. A host name DNS does not know is
 // not among them: a headless Service whose pods are all down answers so
 // too (NXDOMAIN), which is an outage.
@@ -63,7 +64,8 @@ func IsRefused(err error) bool {
 		invalid          x509.CertificateInvalidError
 		hostname         x509.HostnameError
 	)
-	return errors.As(err, &unknownAuthority) || errors.As(err, &invalid) || errors.As(err, &hostname)
+	return errors.As(err, &unknownAuthority) || errors.As(err, &invalid) || errors.As(err, &hostname) ||
+		errors.Is(err, pq.ErrSSLNotSupported)
 }
 
 func unavailableCode(code pqerror.Code) bool {

@@ -214,6 +214,7 @@ func TestIsRefused(t *testing.T) {
 
 		{fmt.Errorf("tls: %w", x509.UnknownAuthorityError{}), true},
 		{fmt.Errorf("tls: %w", x509.HostnameError{Host: "db"}), true},
+		{wrap("Ping", pq.ErrSSLNotSupported), true}, // sslmode=require, a server without TLS
 		// Away, not refusing: an outage keeps the pods ready. A name
 		// not found may be a headless Service with no pod up.
 		{&net.OpError{Op: "dial", Net: "tcp", Err: &net.DNSError{Err: "no such host", Name: "db.example", IsNotFound: true}}, false},
