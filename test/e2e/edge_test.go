@@ -191,6 +191,22 @@ func waitEdge404(t *testing.T, host, ehr string, caPEM []byte) {
 	})
 }
 
+// waitEdgeStatus waits until the edge answers code for host's webhook path.
+func waitEdgeStatus(t *testing.T, host, ehr string, caPEM []byte, code int) {
+	t.Helper()
+	c := env.EdgeClient(caPEM)
+	wait(t, fmt.Sprintf("the edge to answer %d for %s", code, host), time.Minute, func(context.Context) error {
+		ans, err := edgeGet(c, env.EdgeURL(host, ehr))
+		if err != nil {
+			return err
+		}
+		if ans.code != code {
+			return fmt.Errorf("GET answered %d %q", ans.code, ans.body)
+		}
+		return nil
+	})
+}
+
 type answer struct {
 	code              int
 	contentType, body string

@@ -471,7 +471,21 @@ func (s *story) suspendResume(t *testing.T) {
 		}
 		return nil
 	})
+	// The vendor gets a 5xx it retries, not the edge's 404 it must not
+	// (webhook-api.md): the edge keeps the route to a Service without
+	// endpoints (Traefik's allowEmptyServices; operations.md, "The edge").
+	waitEdgeStatus(t, hostA, name, s.ca.PEM, http.StatusServiceUnavailable)
+	out, err := s.send(t, env.EdgeURL(hostA, name), s.caFile, hostA, s.apiKey, s.newSecret, "while-suspended")
+	if err == nil || !strings.Contains(out, " 503 ") {
+		t.Errorf("send through the edge while suspended: %v, want the edge's 503\n%s", err, out)
+	}
+	// The same through the Gateway API: the route tenant, suspended too.
+	kubectl(t, "", "-n", nsB, "patch", "ehrintegration", nameB, "--type=merge", "-p", `{"spec":{"suspend":true}}`)
+	waitEdgeStatus(t, hostB, nameB, s.ca.PEM, http.StatusServiceUnavailable)
 	kubectl(t, "", "-n", ns, "patch", "ehrintegration", name, "--type=merge", "-p", `{"spec":{"suspend":false}}`)
+	kubectl(t, "", "-n", nsB, "patch", "ehrintegration", nameB, "--type=merge", "-p", `{"spec":{"suspend":false}}`)
+	waitReady(t, nsB, nameB, 1)
+	waitEdgeRoutes(t, hostB, nameB, s.ca.PEM)
 	waitIntegrationReady(t, 2)
 	if code := deliverOnce(t, receiverURL(t), s.apiKey, s.newSecret, payload("after-resume")); code != http.StatusOK {
 		t.Errorf("a delivery after resuming got %d, want 200", code)
