@@ -6,6 +6,9 @@ import (
 	"strings"
 	"testing"
 
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/insighthealth/ehr-operator/api/v1alpha1"
 	"github.com/insighthealth/ehr-operator/internal/chartdocs"
 )
 
@@ -38,5 +41,37 @@ func TestChartReadmeListsEveryValue(t *testing.T) {
 	}
 	if len(documented) < 40 {
 		t.Errorf("only %d documented values: the parser lost some", len(documented))
+	}
+}
+
+// The example Secrets' credentials are placeholders too short to be served
+// (CredentialTooShort): an example applied as it is must not put publicly
+// known credentials in front of patient data.
+func TestExampleCredentialsAreRefused(t *testing.T) {
+	for _, path := range []string{
+		filepath.Join(chartDir, "examples/onboard-nexus.yaml"),
+		filepath.Join(repoRoot, "config/samples/nexus-webhook_secret.yaml"),
+	} {
+		found := 0
+		for _, o := range readObjects(t, path) {
+			if o.GetKind() != "Secret" {
+				continue
+			}
+			data, _, _ := unstructured.NestedStringMap(o.Object, "stringData")
+			for _, key := range []string{"api-key", "webhook-secret"} {
+				v, ok := data[key]
+				if !ok {
+					continue
+				}
+				found++
+				if len(v) >= v1alpha1.MinCredentialBytes {
+					t.Errorf("%s: Secret %s's %s is %d bytes, long enough to be served; an example's must be a placeholder under %d",
+						path, o.GetName(), key, len(v), v1alpha1.MinCredentialBytes)
+				}
+			}
+		}
+		if found != 2 {
+			t.Errorf("%s: %d credentials found, want the api-key and the webhook-secret", path, found)
+		}
 	}
 }
