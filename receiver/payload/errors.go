@@ -37,10 +37,23 @@ func errBoth() *RequestError {
 		Message: "body holds both an appointments array and an appointment object: send one of the two forms"}
 }
 
+// byteOrderMark is UTF-8's. JSON senders must not add one (RFC 8259,
+// section 8.1), yet serializers on Windows do: it gets an error of its own,
+// since "at byte offset 1" points at a character no editor shows.
+var byteOrderMark = []byte{0xEF, 0xBB, 0xBF}
+
+func errByteOrderMark() *RequestError {
+	return &RequestError{Status: http.StatusBadRequest,
+		Message: "malformed JSON: the body starts with a UTF-8 byte order mark (EF BB BF); send the JSON without it"}
+}
+
 // malformed explains why the scanner refused body. encoding/json is kept
 // for this alone: senders get its byte offsets, not its messages, which
 // quote characters of the body.
 func malformed(body []byte) *RequestError {
+	if bytes.HasPrefix(body, byteOrderMark) {
+		return errByteOrderMark()
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	var doc json.RawMessage
 	err := dec.Decode(&doc)

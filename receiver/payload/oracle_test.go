@@ -37,7 +37,7 @@ func FuzzFastMatchesSlow(f *testing.F) {
 		`{"appointments":[1],"appointment":{},"appointments":null}`, `{"appointments":null,"appointment":1,"appointments":[1]}`,
 		`{"appointment":null,"appointments":[1]}`, `{"appointment":{},"appointment":null,"appointments":[1]}`,
 		`{"appointmen\u0074s":[1]}`,
-		`{"appointments":[1]} x`,
+		`{"appointments":[1]} x`, "\uFEFF{\"appointments\":[1]}", "\uFEFF", "\xEF\xBB{}",
 		" \n{\"appointment\":1}\t ", `{"appointments":[ 1 , {"a":2} ]}`,
 		`{"appointment":{"i\u0064":"x","\u0069d":7},"patient":{"birth_date":" 02/29/1992 "},"location":{"name":"\t"}}`,
 		` [1] `, `null`, `"x"`, `{}`, `{"appointments":[]}`, ``, `{`, `[[[[`, `{"a":1e}`, `{"a":01}`, `{"a":tru}`,
@@ -181,6 +181,9 @@ func decodeSlow(body []byte, maxBatchSize int) ([]Item, *RequestError) {
 // oneDocument checks that body holds exactly one JSON value (surrounding
 // whitespace allowed) and returns it.
 func oneDocument(body []byte) (json.RawMessage, *RequestError) {
+	if bytes.HasPrefix(body, []byte("\uFEFF")) {
+		return nil, errByteOrderMark()
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	var doc json.RawMessage
 	if err := dec.Decode(&doc); err != nil {

@@ -98,6 +98,7 @@ func TestDecode(t *testing.T) {
 		{name: "empty body", body: ``, max: 5, status: 400, message: "malformed JSON: the body is empty"},
 		{name: "white space only", body: "  ", max: 5, status: 400, message: "malformed JSON: unexpected end of the body at byte offset 2"},
 		{name: "syntax error offset", body: `{"appointments":[}`, max: 5, status: 400, message: "malformed JSON at byte offset 18"},
+		{name: "byte order mark", body: "\uFEFF" + `{"appointments":[1]}`, max: 5, status: 400, message: "malformed JSON: the body starts with a UTF-8 byte order mark (EF BB BF); send the JSON without it"},
 		{name: "truncated", body: `{"appointments":[`, max: 5, status: 400, message: "malformed JSON: unexpected end of the body at byte offset 17"},
 		{name: "trailing document", body: `{"appointments":[1]} {"appointments":[1]}`, max: 5, status: 400, message: "malformed JSON: unexpected data after the JSON document at byte offset 21"},
 		{name: "trailing garbage", body: `{"appointments":[1]}x`, max: 5, status: 400, message: "malformed JSON: unexpected data after the JSON document at byte offset 20"},

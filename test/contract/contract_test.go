@@ -119,6 +119,7 @@ func TestCheckOrder(t *testing.T) {
 		{"malformed JSON", []byte(`{"appointments":[}`), nil, 400, "malformed JSON at byte offset 18"},
 		{"trailing data", append(append([]byte{}, good...), []byte(" {}")...), nil, 400, "unexpected data after the JSON document"},
 		{"empty body", []byte{}, nil, 400, "the body is empty"},
+		{"byte order mark", append([]byte("\uFEFF"), good...), nil, 400, "byte order mark"},
 		{"too many entries", batch(t, entry(t, "a", nil), entry(t, "b", nil), entry(t, "c", nil)), nil, 413, "at most 2"},
 		{"neither form", []byte(`{"items":[]}`), nil, 422, "appointments array or an appointment object"},
 		{"zero entries", []byte(`{"appointments":[]}`), nil, 422, "at least one entry"},
@@ -140,9 +141,9 @@ func TestCheckOrder(t *testing.T) {
 		t.Errorf("%d appointments written by failing requests", n)
 	}
 	// Authenticated failures are in the delivery log; the others are not.
-	got := failedDeliveries(t, d, 12, `SELECT count(*) FROM webhook_deliveries WHERE status_code <> 200`)
-	if got != 12 { // 413 + 4×401 signature + 3×400 + 413 + 3×422
-		t.Errorf("%d failed deliveries recorded, want 12", got)
+	got := failedDeliveries(t, d, 13, `SELECT count(*) FROM webhook_deliveries WHERE status_code <> 200`)
+	if got != 13 { // 413 + 4×401 signature + 4×400 + 413 + 3×422
+		t.Errorf("%d failed deliveries recorded, want 13", got)
 	}
 	if n := failedDeliveries(t, d, 4, `SELECT count(*) FROM webhook_deliveries WHERE outcome = 'bad_signature' AND status_code = 401`); n != 4 {
 		t.Errorf("%d bad_signature deliveries, want 4", n)
