@@ -64,6 +64,9 @@ type request struct {
 	items         int      // the batch's entries, 0 until the body decodes
 	valid         []payload.Entry
 	invalid       []payload.Invalid
+	// read: the body was read to its end (readBody passed): nothing is
+	// left to drain after the answer.
+	read bool
 
 	// reserved is what the request holds of the in-flight budget, given
 	// back when holders, this handler and the store, are done with the body.
@@ -109,7 +112,7 @@ func (s *Server) sync(c *gin.Context) {
 	rq.holders.Store(1)
 	defer s.giveBack(rq)
 	a := s.check(rq)
-	if rq.body == nil {
+	if !rq.read {
 		defer s.discardBody(c) // once answered and logged
 	}
 	if a.retryAfter > 0 {
@@ -231,7 +234,7 @@ func (s *Server) readBody(rq *request) *answer {
 		}
 		return fail(http.StatusBadRequest, store.OutcomeUnreadable, "the body could not be read")
 	}
-	rq.body, rq.bodySHA = body, sha256.Sum256(body)
+	rq.body, rq.bodySHA, rq.read = body, sha256.Sum256(body), true
 	return nil
 }
 

@@ -181,3 +181,46 @@ func TestReadSized(t *testing.T) {
 		t.Errorf("a failing reader: %v", err)
 	}
 }
+
+// TestAnswerAfterTheBodyKeepsItsLength: an answer given once the body was
+// read (stored, or refused by validation) goes out as Go's server sends it
+// by itself, with its Content-Length in one write. Only an answer given
+// before the body was read is flushed early to drain the rest, which sends
+// it chunked.
+func TestAnswerAfterTheBodyKeepsItsLength(t *testing.T) {
+	ts := newTestServer(t, pgtest.NewDatabase(t), nil)
+	srv := httptest.NewServer(ts.h)
+	defer srv.Close()
+	for _, tc := range []struct {
+		name   string
+		body   []byte
+		status int
+	}{
+		{"stored", batchOf(entry("a")), http.StatusOK},
+		{"rejected by validation", batchOf(entry("r1"), invalidEntry("r2")), http.StatusUnprocessableEntity},
+	} {
+		req, err := http.NewRequest(http.MethodPost, srv.URL+syncURL, bytes.NewReader(tc.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("X-API-Key", validConfig().APIKey)
+		req.Header.Set("X-Webhook-Signature", auth.Sign(validConfig().Secret, tc.body))
+		resp, err := srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != tc.status {
+			t.Errorf("%s: status %d %s, want %d", tc.name, resp.StatusCode, got, tc.status)
+		}
+		if resp.ContentLength != int64(len(got)) || len(resp.TransferEncoding) > 0 {
+			t.Errorf("%s: sent with Content-Length %d, Transfer-Encoding %v; want a Content-Length of %d (nothing to drain, no early flush)",
+				tc.name, resp.ContentLength, resp.TransferEncoding, len(got))
+		}
+	}
+}
