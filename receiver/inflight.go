@@ -92,10 +92,12 @@ func (b *inflight) release(n int64) { b.used.Add(-n) }
 // connection, and learns to split the batch or fix its key rather than
 // retrying what looks like an outage. Nothing is kept: io.Discard reads
 // through a small shared buffer. It stops after discardLimit bodies' worth
-// (past that the connection is reset, as before); the server's read timeout
-// bounds its time.
+// (past that the connection is reset, as before), and does not start on a
+// body whose Content-Length says it is larger: that sender gets a reset
+// however much is read, so reading would only spend bandwidth and hold the
+// connection. The server's read timeout bounds its time.
 func (s *Server) discardBody(c *gin.Context) {
-	if c.Request.ContentLength == 0 {
+	if n := c.Request.ContentLength; n == 0 || n > discardLimit*s.cfg.MaxBodyBytes {
 		return
 	}
 	rc := http.NewResponseController(c.Writer)

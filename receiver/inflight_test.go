@@ -224,3 +224,42 @@ func TestAnswerAfterTheBodyKeepsItsLength(t *testing.T) {
 		}
 	}
 }
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n atomic.Int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// TestDrainStopsAtDeclaredHugeBodies: a 413 for a Content-Length of up to
+// discardLimit bodies drains the body after the answer; one declaring
+// more is not read at all, since the connection is reset after
+// discardLimit bodies anyway: reading them first would only spend the
+// bandwidth and hold the connection for up to the read timeout.
+func TestDrainStopsAtDeclaredHugeBodies(t *testing.T) {
+	ts := newTestServer(t, pgtest.NewDatabase(t), nil)
+	limit := ts.srv.cfg.MaxBodyBytes
+	for _, tc := range []struct {
+		size, read int64
+	}{
+		{discardLimit * limit, discardLimit * limit},
+		{discardLimit*limit + 1, 0},
+		{100 * limit, 0},
+	} {
+		body := bytes.Repeat([]byte(" "), int(tc.size))
+		r := &countingReader{r: bytes.NewReader(body)}
+		w, _ := ts.post(t, body, badSignature(), func(req *http.Request) { req.Body = io.NopCloser(r) })
+		if w.Code != http.StatusRequestEntityTooLarge {
+			t.Errorf("Content-Length %d: status %d, want 413", tc.size, w.Code)
+		}
+		if got := r.n.Load(); got != tc.read {
+			t.Errorf("Content-Length %d: %d bytes drained, want %d", tc.size, got, tc.read)
+		}
+	}
+}
