@@ -109,12 +109,18 @@ var checks = [...]step{
 // sync runs the checks in order, answers and logs.
 func (s *Server) sync(c *gin.Context) {
 	rq := &request{c: c, received: s.now()}
+	drain := false
+	defer func() {
+		if drain {
+			// Once answered, logged and the reservation given back: the
+			// bytes drained are not kept.
+			s.discardBody(c)
+		}
+	}()
 	rq.holders.Store(1)
 	defer s.giveBack(rq)
 	a := s.check(rq)
-	if !rq.read {
-		defer s.discardBody(c) // once answered and logged
-	}
+	drain = !rq.read
 	if a.retryAfter > 0 {
 		c.Header("Retry-After", strconv.Itoa(a.retryAfter))
 	}

@@ -263,3 +263,27 @@ func TestDrainStopsAtDeclaredHugeBodies(t *testing.T) {
 		}
 	}
 }
+
+// TestDrainHoldsNoBudget: a streamed body cut at the limit (413) gives its
+// reservation back before the rest of it is drained: the bytes read are
+// dropped, and a sender slow to send the rest must not keep other
+// requests out of the in-flight budget meanwhile.
+func TestDrainHoldsNoBudget(t *testing.T) {
+	ts := newTestServer(t, pgtest.NewDatabase(t), nil)
+	// The first half is past the limit: readBody stops in it, the drain
+	// waits in the middle.
+	held := newHeldBody(bytes.Repeat([]byte(" "), int(4*ts.srv.cfg.MaxBodyBytes)))
+	done := make(chan *httptest.ResponseRecorder)
+	go func() {
+		w, _ := ts.post(t, nil, streamed(held), badSignature())
+		done <- w
+	}()
+	<-held.half
+	if got := ts.srv.inflight.used.Load(); got != 0 {
+		t.Errorf("%d bytes reserved while the refused body is drained, want 0", got)
+	}
+	close(held.release)
+	if w := <-done; w.Code != http.StatusRequestEntityTooLarge {
+		t.Errorf("status %d, want 413", w.Code)
+	}
+}
