@@ -3,6 +3,7 @@ package receiver
 import (
 	"io"
 	"net/http"
+	"strings"
 	"sync/atomic"
 
 	"github.com/gin-gonic/gin"
@@ -95,9 +96,16 @@ func (b *inflight) release(n int64) { b.used.Add(-n) }
 // (past that the connection is reset, as before), and does not start on a
 // body whose Content-Length says it is larger: that sender gets a reset
 // however much is read, so reading would only spend bandwidth and hold the
-// connection. The server's read timeout bounds its time.
+// connection. Nor does it start for a sender that waits for a 100 Continue
+// before its body (Expect: 100-continue), which an early answer never
+// sends: it has sent nothing to drain, and the drain would hold the
+// answer's end until the sender gave up waiting or the read timeout. The
+// server's read timeout bounds its time.
 func (s *Server) discardBody(c *gin.Context) {
 	if n := c.Request.ContentLength; n == 0 || n > discardLimit*s.cfg.MaxBodyBytes {
+		return
+	}
+	if strings.EqualFold(strings.TrimSpace(c.Request.Header.Get("Expect")), "100-continue") {
 		return
 	}
 	rc := http.NewResponseController(c.Writer)

@@ -1,14 +1,18 @@
 package receiver
 
 import (
+	"bufio"
 	"bytes"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"testing/iotest"
+	"time"
 
 	"github.com/insighthealth/ehr-operator/internal/pgtest"
 	"github.com/insighthealth/ehr-operator/receiver/auth"
@@ -285,5 +289,39 @@ func TestDrainHoldsNoBudget(t *testing.T) {
 	close(held.release)
 	if w := <-done; w.Code != http.StatusRequestEntityTooLarge {
 		t.Errorf("status %d, want 413", w.Code)
+	}
+}
+
+// TestEarlyAnswerToExpectContinueEnds: a sender that sends Expect:
+// 100-continue waits for the 100 before its body, which an early answer
+// never sends: the answer must end at once (not after a drain that waits
+// for a body never sent, until the sender gives up or the read timeout).
+func TestEarlyAnswerToExpectContinueEnds(t *testing.T) {
+	ts := newTestServer(t, pgtest.NewDatabase(t), nil)
+	srv := httptest.NewUnstartedServer(ts.h)
+	srv.Config.ReadTimeout = time.Minute
+	srv.Start()
+	defer srv.Close()
+	c, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-API-Key: wrong\r\n"+
+		"Expect: 100-continue\r\nContent-Length: 1500\r\n\r\n", syncURL); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("reading the answer: %v", err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatalf("reading the answer's body (it does not end while the receiver waits for the request's): %v", err)
+	}
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("status %d %s, want 401", resp.StatusCode, body)
 	}
 }
