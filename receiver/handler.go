@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	ginjson "github.com/gin-gonic/gin/codec/json"
 	"github.com/google/uuid"
 
 	"github.com/insighthealth/ehr-operator/receiver/auth"
@@ -455,9 +456,18 @@ func (s *Server) notFoundRoute(c *gin.Context) {
 	s.discardBody(c)
 }
 
+// writeJSON answers body with its Content-Length, as gin's c.JSON
+// encodes it: an answer flushed before the body is drained (discardBody)
+// is then whole at once, not a chunked body whose end waits for the drain.
 func writeJSON(c *gin.Context, code int, body Response) {
 	c.Header("Cache-Control", "no-store")
-	c.JSON(code, body)
+	b, err := ginjson.API.Marshal(body)
+	if err != nil { // a Response always encodes
+		c.JSON(code, body)
+		return
+	}
+	c.Header("Content-Length", strconv.Itoa(len(b)))
+	c.Data(code, "application/json; charset=utf-8", b)
 }
 
 // requestID takes the caller's X-Request-ID when it is a reasonable token,

@@ -325,3 +325,38 @@ func TestEarlyAnswerToExpectContinueEnds(t *testing.T) {
 		t.Errorf("status %d %s, want 401", resp.StatusCode, body)
 	}
 }
+
+// TestEarlyAnswerEndsBeforeTheDrain: an early answer is whole once it is
+// flushed, before the drain: a sender that has stopped sending its body
+// (it read the answer while writing, as some clients do, and gave up)
+// reads the answer to its end at once, not when the read timeout ends the
+// drain.
+func TestEarlyAnswerEndsBeforeTheDrain(t *testing.T) {
+	ts := newTestServer(t, pgtest.NewDatabase(t), nil)
+	srv := httptest.NewUnstartedServer(ts.h)
+	srv.Config.ReadTimeout = time.Minute
+	srv.Start()
+	defer srv.Close()
+	c, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-API-Key: wrong\r\n"+
+		"Content-Length: 1500\r\n\r\n%s", syncURL, strings.Repeat(" ", 100)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("reading the answer: %v", err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatalf("reading the answer's body (it does not end until the drain does): %v", err)
+	}
+	if resp.StatusCode != http.StatusUnauthorized || resp.ContentLength != int64(len(body)) {
+		t.Errorf("status %d, Content-Length %d, %s; want 401 with the body's length", resp.StatusCode, resp.ContentLength, body)
+	}
+}
