@@ -18,6 +18,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
@@ -201,6 +203,50 @@ func TestAPIServerRefusesInvalidResources(t *testing.T) {
 			tt.modify(e)
 			createRefused(t, e, tt.message)
 		})
+	}
+
+	// Durations as people write them: the API server must name the field
+	// and the form it wants, not fail inside a CEL rule; Go's forms pass.
+	for i, tt := range []struct{ path []string }{
+		{[]string{"monitoring", "silenceAlertAfter"}},
+		{[]string{"retention", "history"}},
+		{[]string{"retention", "deliveryLog"}},
+		{[]string{"retention", "quarantine", "content"}},
+		{[]string{"retention", "quarantine", "metadata"}},
+	} {
+		for j, value := range []string{"2 hours", "30d", "1h 30m", "-2h", "720h", "1.5h", "1h30m"} {
+			field := "spec." + strings.Join(tt.path, ".")
+			valid := !strings.ContainsAny(value, " d-")
+			t.Run(field+"="+value, func(t *testing.T) {
+				u, err := runtime.DefaultUnstructuredConverter.ToUnstructured(integration(ns, fmt.Sprintf("dur-%d-%d", i, j), "nexus"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := unstructured.SetNestedField(u, value, append([]string{"spec"}, tt.path...)...); err != nil {
+					t.Fatal(err)
+				}
+				obj := &unstructured.Unstructured{Object: u}
+				obj.SetGroupVersionKind(v1alpha1.GroupVersion.WithKind("EHRIntegration"))
+				err = suite.client.Create(ctx, obj)
+				if valid {
+					if err != nil {
+						t.Fatalf("create: %v, want it accepted", err)
+					}
+					return
+				}
+				if !apierrors.IsInvalid(err) {
+					t.Fatalf("create: err = %v, want Invalid", err)
+				}
+				for _, want := range []string{field, "a duration such as 90m or 720h"} {
+					if !strings.Contains(err.Error(), want) {
+						t.Errorf("error %q\ndoes not say %q", err, want)
+					}
+				}
+				if strings.Contains(err.Error(), "type conversion") || strings.Contains(err.Error(), "evaluating") {
+					t.Errorf("error %q comes from inside a CEL rule", err)
+				}
+			})
+		}
 	}
 
 	t.Run("defaults", func(t *testing.T) {

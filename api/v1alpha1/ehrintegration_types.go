@@ -55,7 +55,6 @@ type EHRIntegrationSpec struct {
 	// +optional
 	// +kubebuilder:default=UTC
 	// +kubebuilder:validation:MinLength=1
-	// +kubebuilder:validation:MaxLength=64
 	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$`
 	// +kubebuilder:validation:XValidation:rule="self != 'Local'",message="timeZone must be an IANA zone name such as America/New_York, not Local"
 	TimeZone string `json:"timeZone,omitempty"`
@@ -386,7 +385,7 @@ type MonitoringSpec struct {
 	// answered 200 before the EHRSilent alert fires, e.g. 2h for a feed
 	// that posts all day long. Unset, the integration has no such alert.
 	// +optional
-	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1m')",message="silenceAlertAfter must be at least 1m"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]+([.][0-9]+)?(ns|us|µs|ms|s|m|h))+$') && duration(self) >= duration('1m')",message="silenceAlertAfter must be at least 1m, a duration such as 90m or 720h"
 	SilenceAlertAfter *metav1.Duration `json:"silenceAlertAfter,omitempty"`
 }
 
@@ -433,7 +432,7 @@ type RetentionSpec struct {
 	// stored appointment, a history row or a quarantined entry refers to is
 	// kept as long as they are.
 	// +optional
-	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1h')",message="deliveryLog must be at least 1h"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]+([.][0-9]+)?(ns|us|µs|ms|s|m|h))+$') && duration(self) >= duration('1h')",message="deliveryLog must be at least 1h, a duration such as 90m or 720h"
 	DeliveryLog *metav1.Duration `json:"deliveryLog,omitempty"`
 
 	// quarantine says how long quarantined entries are kept: their content
@@ -445,25 +444,25 @@ type RetentionSpec struct {
 	// version whose history row is gone is no longer recognised as seen, so
 	// keep it longer than a sender may redeliver an old version.
 	// +optional
-	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1h')",message="history must be at least 1h"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]+([.][0-9]+)?(ns|us|µs|ms|s|m|h))+$') && duration(self) >= duration('1h')",message="history must be at least 1h, a duration such as 90m or 720h"
 	History *metav1.Duration `json:"history,omitempty"`
 }
 
 // QuarantineRetention keeps a quarantined entry's content (patient data)
 // and its metadata for separate periods, e.g. the body 30 days and the
 // record that it happened a year.
-// +kubebuilder:validation:XValidation:rule="!has(self.content) || !has(self.metadata) || duration(self.content) <= duration(self.metadata)",message="quarantine.content must not be longer than quarantine.metadata"
+// +kubebuilder:validation:XValidation:rule="!has(self.content) || !has(self.metadata) || !self.content.matches('^([0-9]+([.][0-9]+)?(ns|us|µs|ms|s|m|h))+$') || !self.metadata.matches('^([0-9]+([.][0-9]+)?(ns|us|µs|ms|s|m|h))+$') || duration(self.content) <= duration(self.metadata)",message="quarantine.content must not be longer than quarantine.metadata"
 type QuarantineRetention struct {
 	// content is how long the entry as sent (patient data) is kept; then
 	// it is dropped and the entry can no longer be replayed.
 	// +optional
-	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1h')",message="content must be at least 1h"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]+([.][0-9]+)?(ns|us|µs|ms|s|m|h))+$') && duration(self) >= duration('1h')",message="content must be at least 1h, a duration such as 90m or 720h"
 	Content *metav1.Duration `json:"content,omitempty"`
 
 	// metadata is how long the entry's row (its index, field errors, times,
 	// delivery) is kept.
 	// +optional
-	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1h')",message="metadata must be at least 1h"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]+([.][0-9]+)?(ns|us|µs|ms|s|m|h))+$') && duration(self) >= duration('1h')",message="metadata must be at least 1h, a duration such as 90m or 720h"
 	Metadata *metav1.Duration `json:"metadata,omitempty"`
 }
 
