@@ -445,11 +445,25 @@ func TestSimpleStatementWritesAsTheFullOne(t *testing.T) {
 	retyped.Appointment.Type = "Follow-up"
 	renamed := minimalEntry("b")
 	renamed.Patient.LastName = "Li"
+	// Two requests naming one patient differently, the later in the
+	// group received first; and a request received before the versions
+	// stored above (as if it had waited in the queue meanwhile).
+	shared1, shared2 := minimalEntry("e"), minimalEntry("f")
+	shared1.Patient.ID, shared2.Patient.ID = "pat-shared", "pat-shared"
+	shared2.Patient.FirstName = "Bea"
+	late, early := batch(shared1), batch(shared2)
+	early.Delivery.ReceivedAt = late.Delivery.ReceivedAt.Add(-time.Millisecond)
+	stale := changed
+	stale.Appointment.Status, stale.Appointment.StatusRaw = "no-show", "No Show"
+	old := batch(stale, renamed)
+	old.Delivery.ReceivedAt = old.Delivery.ReceivedAt.Add(-time.Hour)
 	groups := [][]Batch{
 		{batch(specEntry()), batch(minimalEntry("a"), minimalEntry("b"))},
 		{batch(changed), batch(specEntry())},
 		{batch(minimalEntry("c"), retyped)},
 		{batch(renamed), batch(minimalEntry("d")), batch(changed)},
+		{late, early},
+		{old},
 	}
 	dump := func(db *sqlx.DB) []string {
 		var rows []string
