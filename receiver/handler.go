@@ -121,7 +121,9 @@ func (s *Server) sync(c *gin.Context) {
 	rq.holders.Store(1)
 	defer s.giveBack(rq)
 	a := s.check(rq)
-	drain = !rq.read
+	if drain = !rq.read; drain {
+		endIfUnbounded(c)
+	}
 	if a.retryAfter > 0 {
 		c.Header("Retry-After", strconv.Itoa(a.retryAfter))
 	}
@@ -451,6 +453,7 @@ func loggedErrors(errs []payload.FieldError) []string {
 func (s *Server) notFoundRoute(c *gin.Context) {
 	rq := &request{c: c, received: s.now()}
 	a := *notFound()
+	endIfUnbounded(c)
 	writeJSON(c, a.resp.Code, a.resp)
 	s.finish(rq, a)
 	s.discardBody(c)

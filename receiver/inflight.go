@@ -117,5 +117,16 @@ func (s *Server) discardBody(c *gin.Context) {
 	_, _ = io.Copy(io.Discard, io.LimitReader(c.Request.Body, discardLimit*s.cfg.MaxBodyBytes))
 }
 
+// endIfUnbounded ends the connection after an answer given before a body
+// of unknown length (chunked) was read: that body may be longer than the
+// drain reads, and net/http then reads the rest once the handler returns
+// and, with full duplex on, starts a second read of the connection
+// (a panic, and a reset under the sender's next request).
+func endIfUnbounded(c *gin.Context) {
+	if c.Request.ContentLength < 0 {
+		c.Header("Connection", "close")
+	}
+}
+
 // discardLimit: a batch up to four times the body limit still gets its 413.
 const discardLimit = 4

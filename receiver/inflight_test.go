@@ -5,10 +5,12 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/iotest"
@@ -359,4 +361,88 @@ func TestEarlyAnswerEndsBeforeTheDrain(t *testing.T) {
 	if resp.StatusCode != http.StatusUnauthorized || resp.ContentLength != int64(len(body)) {
 		t.Errorf("status %d, Content-Length %d, %s; want 401 with the body's length", resp.StatusCode, resp.ContentLength, body)
 	}
+}
+
+// TestChunkedBodyPastTheDrainClosesTheConnection: a chunked body (no
+// Content-Length) answered before it was read ends its connection after
+// the answer, saying so (Connection: close). Kept open, the server would
+// read the rest of a body longer than the drain after the handler, and
+// net/http then panics ("invalid concurrent Body.Read call") and resets
+// the connection under the sender's next request. A chunked body that was
+// read keeps its connection.
+func TestChunkedBodyPastTheDrainClosesTheConnection(t *testing.T) {
+	ts := newTestServer(t, pgtest.NewDatabase(t), nil)
+	serverLog := &syncWriter{}
+	srv := httptest.NewUnstartedServer(ts.h)
+	srv.Config.ErrorLog = log.New(serverLog, "", 0)
+	srv.Start()
+	defer srv.Close()
+	limit := ts.srv.cfg.MaxBodyBytes
+	for _, tc := range []struct {
+		name, path, apiKey string
+		size               int64
+		close              bool
+	}{
+		{"unknown path, past the drain", "/nope", "wrong", discardLimit*limit + 1000, true},
+		{"wrong key, past the drain", syncURL, "wrong", discardLimit*limit + 1000, true},
+		// Within it too: whether a chunked body ends within the drain is
+		// known only once read.
+		{"wrong key, within the drain", syncURL, "wrong", limit, true},
+		{"wrong signature: the body was read", syncURL, validConfig().APIKey, limit / 2, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", srv.Listener.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			go func() { // write while the answer is read, as senders that write first do
+				w := bufio.NewWriter(c)
+				fmt.Fprintf(w, "POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-API-Key: %s\r\nTransfer-Encoding: chunked\r\n\r\n", tc.path, tc.apiKey)
+				fmt.Fprintf(w, "%x\r\n%s\r\n0\r\n\r\n", tc.size, bytes.Repeat([]byte(" "), int(tc.size)))
+				fmt.Fprintf(w, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+				_ = w.Flush()
+			}()
+			r := bufio.NewReader(c)
+			resp, err := http.ReadResponse(r, nil)
+			if err != nil {
+				t.Fatalf("reading the answer: %v", err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.Close != tc.close {
+				t.Errorf("answer %d says Connection: close = %v, want %v", resp.StatusCode, resp.Close, tc.close)
+			}
+			if !tc.close {
+				next, err := http.ReadResponse(r, nil)
+				if err != nil {
+					t.Fatalf("the next request on the connection: %v", err)
+				}
+				next.Body.Close()
+			}
+		})
+	}
+	time.Sleep(100 * time.Millisecond) // the server logs a panic after the handler
+	if got := serverLog.String(); strings.Contains(got, "panic") {
+		t.Errorf("the server panicked:\n%s", got)
+	}
+}
+
+// syncWriter is a buffer for concurrent writers.
+type syncWriter struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.Write(p)
+}
+
+func (s *syncWriter) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.String()
 }
