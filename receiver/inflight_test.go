@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/iotest"
@@ -294,72 +293,37 @@ func TestDrainHoldsNoBudget(t *testing.T) {
 	}
 }
 
-// TestEarlyAnswerToExpectContinueEnds: a sender that sends Expect:
-// 100-continue waits for the 100 before its body, which an early answer
-// never sends: the answer must end at once (not after a drain that waits
-// for a body never sent, until the sender gives up or the read timeout).
-func TestEarlyAnswerToExpectContinueEnds(t *testing.T) {
+// TestEarlyAnswerEndsAtOnce: an early answer is whole once it is flushed,
+// before the drain, for a sender that waits for a 100 Continue before its
+// body (Expect: 100-continue, which an early answer never sends, so it
+// has no body to drain) and for one that stopped sending its body (it read
+// the answer while writing, as some clients do, and gave up): neither
+// waits for the read timeout to end the drain.
+func TestEarlyAnswerEndsAtOnce(t *testing.T) {
 	ts := newTestServer(t, pgtest.NewDatabase(t), nil)
-	srv := httptest.NewUnstartedServer(ts.h)
-	srv.Config.ReadTimeout = time.Minute
-	srv.Start()
-	defer srv.Close()
-	c, err := net.Dial("tcp", srv.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-API-Key: wrong\r\n"+
-		"Expect: 100-continue\r\nContent-Length: 1500\r\n\r\n", syncURL); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		t.Fatalf("reading the answer: %v", err)
-	}
-	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		t.Fatalf("reading the answer's body (it does not end while the receiver waits for the request's): %v", err)
-	}
-	if resp.StatusCode != http.StatusUnauthorized {
-		t.Errorf("status %d %s, want 401", resp.StatusCode, body)
-	}
-}
-
-// TestEarlyAnswerEndsBeforeTheDrain: an early answer is whole once it is
-// flushed, before the drain: a sender that has stopped sending its body
-// (it read the answer while writing, as some clients do, and gave up)
-// reads the answer to its end at once, not when the read timeout ends the
-// drain.
-func TestEarlyAnswerEndsBeforeTheDrain(t *testing.T) {
-	ts := newTestServer(t, pgtest.NewDatabase(t), nil)
-	srv := httptest.NewUnstartedServer(ts.h)
-	srv.Config.ReadTimeout = time.Minute
-	srv.Start()
-	defer srv.Close()
-	c, err := net.Dial("tcp", srv.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-API-Key: wrong\r\n"+
-		"Content-Length: 1500\r\n\r\n%s", syncURL, strings.Repeat(" ", 100)); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		t.Fatalf("reading the answer: %v", err)
-	}
-	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		t.Fatalf("reading the answer's body (it does not end until the drain does): %v", err)
-	}
-	if resp.StatusCode != http.StatusUnauthorized || resp.ContentLength != int64(len(body)) {
-		t.Errorf("status %d, Content-Length %d, %s; want 401 with the body's length", resp.StatusCode, resp.ContentLength, body)
+	srv := startRaw(t, ts.h, nil)
+	for name, rest := range map[string]string{
+		"Expect: 100-continue": "Expect: 100-continue\r\nContent-Length: 1500\r\n\r\n",
+		"body cut short":       "Content-Length: 1500\r\n\r\n" + strings.Repeat(" ", 100),
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := dialRaw(t, srv)
+			if _, err := fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-API-Key: wrong\r\n%s", syncURL, rest); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatalf("reading the answer: %v", err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil {
+				t.Fatalf("reading the answer's body (it does not end until the drain does): %v", err)
+			}
+			if resp.StatusCode != http.StatusUnauthorized || resp.ContentLength != int64(len(body)) {
+				t.Errorf("status %d, Content-Length %d, %s; want 401 with the body's length", resp.StatusCode, resp.ContentLength, body)
+			}
+		})
 	}
 }
 
@@ -372,11 +336,8 @@ func TestEarlyAnswerEndsBeforeTheDrain(t *testing.T) {
 // read keeps its connection.
 func TestChunkedBodyPastTheDrainClosesTheConnection(t *testing.T) {
 	ts := newTestServer(t, pgtest.NewDatabase(t), nil)
-	serverLog := &syncWriter{}
-	srv := httptest.NewUnstartedServer(ts.h)
-	srv.Config.ErrorLog = log.New(serverLog, "", 0)
-	srv.Start()
-	defer srv.Close()
+	serverLog := &syncBuffer{}
+	srv := startRaw(t, ts.h, log.New(serverLog, "", 0))
 	limit := ts.srv.cfg.MaxBodyBytes
 	for _, tc := range []struct {
 		name, path, apiKey string
@@ -391,12 +352,7 @@ func TestChunkedBodyPastTheDrainClosesTheConnection(t *testing.T) {
 		{"wrong signature: the body was read", syncURL, validConfig().APIKey, limit / 2, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := net.Dial("tcp", srv.Listener.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			c := dialRaw(t, srv)
 			go func() { // write while the answer is read, as senders that write first do
 				w := bufio.NewWriter(c)
 				fmt.Fprintf(w, "POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-API-Key: %s\r\nTransfer-Encoding: chunked\r\n\r\n", tc.path, tc.apiKey)
@@ -429,20 +385,27 @@ func TestChunkedBodyPastTheDrainClosesTheConnection(t *testing.T) {
 	}
 }
 
-// syncWriter is a buffer for concurrent writers.
-type syncWriter struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
+// startRaw serves h on loopback with a read timeout of a minute, as the
+// receiver's server has (30 s), and errorLog as the server's own log.
+func startRaw(t *testing.T, h http.Handler, errorLog *log.Logger) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(h)
+	srv.Config.ReadTimeout = time.Minute
+	srv.Config.ErrorLog = errorLog
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv
 }
 
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *syncWriter) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
+// dialRaw opens a TCP connection to srv for a test that writes HTTP by
+// hand; every read and write on it fails after 10 s.
+func dialRaw(t *testing.T, srv *httptest.Server) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c
 }
