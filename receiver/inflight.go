@@ -96,11 +96,12 @@ func (b *inflight) release(n int64) { b.used.Add(-n) }
 // (past that the connection is reset, as before), and does not start on a
 // body whose Content-Length says it is larger: that sender gets a reset
 // however much is read, so reading would only spend bandwidth and hold the
-// connection. Nor does it start for a sender that waits for a 100 Continue
-// before its body (Expect: 100-continue), which an early answer never
-// sends: it has sent nothing to drain, and the drain would hold the
-// answer's end until the sender gave up waiting or the read timeout. The
-// server's read timeout bounds its time.
+// connection. A body that stops before its Content-Length ends the
+// connection once the answer is out. Nor does it start for a sender that
+// waits for a 100 Continue before its body (Expect: 100-continue), which
+// an early answer never sends: it has sent nothing to drain, and the
+// drain would hold the answer's end until the sender gave up waiting or
+// the read timeout. The server's read timeout bounds its time.
 func (s *Server) discardBody(c *gin.Context) {
 	if n := c.Request.ContentLength; n == 0 || n > discardLimit*s.cfg.MaxBodyBytes {
 		return
@@ -114,7 +115,16 @@ func (s *Server) discardBody(c *gin.Context) {
 	if rc.Flush() != nil {
 		return
 	}
-	_, _ = io.Copy(io.Discard, io.LimitReader(c.Request.Body, discardLimit*s.cfg.MaxBodyBytes))
+	_, err := io.Copy(io.Discard, io.LimitReader(c.Request.Body, discardLimit*s.cfg.MaxBodyBytes))
+	if err != nil && c.Request.ContentLength > 0 {
+		// The body stopped before its Content-Length (the read timeout):
+		// what comes next on the connection is the rest of it, not a
+		// request. With full duplex on, net/http no longer ends the
+		// connection itself after such an error, so end it here; the
+		// answer is already out whole. (A chunked body's answer says
+		// Connection: close, endIfUnbounded.)
+		panic(http.ErrAbortHandler)
+	}
 }
 
 // endIfUnbounded ends the connection after an answer given before a body

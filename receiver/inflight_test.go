@@ -409,3 +409,41 @@ func dialRaw(t *testing.T, srv *httptest.Server) net.Conn {
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	return c
 }
+
+// TestDrainCutShortEndsTheConnection: a body with a Content-Length that
+// stops arriving while an early answer drains it (the read timeout ends
+// the drain) ends its connection. Kept open, with full duplex on, net/http
+// would read the rest of that body as the next request.
+func TestDrainCutShortEndsTheConnection(t *testing.T) {
+	ts := newTestServer(t, pgtest.NewDatabase(t), nil)
+	srv := httptest.NewUnstartedServer(ts.h)
+	srv.Config.ReadTimeout = 300 * time.Millisecond
+	srv.Config.IdleTimeout = time.Minute // not the read timeout's
+	srv.Start()
+	t.Cleanup(srv.Close)
+	for name, apiKey := range map[string]string{
+		"wrong key (401 before the body)": "wrong",
+		"body cut by the timeout (400)":   validConfig().APIKey,
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := dialRaw(t, srv)
+			if _, err := fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-API-Key: %s\r\nContent-Length: 1000\r\n\r\n{}", syncURL, apiKey); err != nil {
+				t.Fatal(err)
+			}
+			r := bufio.NewReader(c)
+			resp, err := http.ReadResponse(r, nil)
+			if err != nil {
+				t.Fatalf("reading the answer: %v", err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			time.Sleep(600 * time.Millisecond) // past the read timeout
+			// The rest of the first body, which happens to read as a request.
+			_, _ = fmt.Fprintf(c, "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
+			if next, err := http.ReadResponse(r, nil); err == nil {
+				next.Body.Close()
+				t.Errorf("the rest of a body cut short was answered as a request: %d", next.StatusCode)
+			}
+		})
+	}
+}
