@@ -311,15 +311,7 @@ func TestEarlyAnswerEndsAtOnce(t *testing.T) {
 			if _, err := fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-API-Key: wrong\r\n%s", syncURL, rest); err != nil {
 				t.Fatal(err)
 			}
-			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-			if err != nil {
-				t.Fatalf("reading the answer: %v", err)
-			}
-			body, err := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if err != nil {
-				t.Fatalf("reading the answer's body (it does not end until the drain does): %v", err)
-			}
+			resp, body := readAnswer(t, bufio.NewReader(c))
 			if resp.StatusCode != http.StatusUnauthorized || resp.ContentLength != int64(len(body)) {
 				t.Errorf("status %d, Content-Length %d, %s; want 401 with the body's length", resp.StatusCode, resp.ContentLength, body)
 			}
@@ -361,12 +353,7 @@ func TestChunkedBodyPastTheDrainClosesTheConnection(t *testing.T) {
 				_ = w.Flush()
 			}()
 			r := bufio.NewReader(c)
-			resp, err := http.ReadResponse(r, nil)
-			if err != nil {
-				t.Fatalf("reading the answer: %v", err)
-			}
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
+			resp, _ := readAnswer(t, r)
 			if resp.Close != tc.close {
 				t.Errorf("answer %d says Connection: close = %v, want %v", resp.StatusCode, resp.Close, tc.close)
 			}
@@ -395,6 +382,22 @@ func startRaw(t *testing.T, h http.Handler, errorLog *log.Logger) *httptest.Serv
 	srv.Start()
 	t.Cleanup(srv.Close)
 	return srv
+}
+
+// readAnswer reads one answer from r, body and all; the body must end
+// (an early answer's must not wait for the drain).
+func readAnswer(t *testing.T, r *bufio.Reader) (*http.Response, []byte) {
+	t.Helper()
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil {
+		t.Fatalf("reading the answer: %v", err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatalf("reading the answer's body (it does not end until the drain does): %v", err)
+	}
+	return resp, body
 }
 
 // dialRaw opens a TCP connection to srv for a test that writes HTTP by
@@ -431,12 +434,7 @@ func TestDrainCutShortEndsTheConnection(t *testing.T) {
 				t.Fatal(err)
 			}
 			r := bufio.NewReader(c)
-			resp, err := http.ReadResponse(r, nil)
-			if err != nil {
-				t.Fatalf("reading the answer: %v", err)
-			}
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
+			readAnswer(t, r)
 			time.Sleep(600 * time.Millisecond) // past the read timeout
 			// The rest of the first body, which happens to read as a request.
 			_, _ = fmt.Fprintf(c, "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
