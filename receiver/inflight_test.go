@@ -311,9 +311,9 @@ func TestEarlyAnswerEndsAtOnce(t *testing.T) {
 			if _, err := fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-API-Key: wrong\r\n%s", syncURL, rest); err != nil {
 				t.Fatal(err)
 			}
-			resp, body := readAnswer(t, bufio.NewReader(c))
-			if resp.StatusCode != http.StatusUnauthorized || resp.ContentLength != int64(len(body)) {
-				t.Errorf("status %d, Content-Length %d, %s; want 401 with the body's length", resp.StatusCode, resp.ContentLength, body)
+			a := readAnswer(t, bufio.NewReader(c))
+			if a.status != http.StatusUnauthorized || a.contentLength != int64(len(a.body)) {
+				t.Errorf("status %d, Content-Length %d, %s; want 401 with the body's length", a.status, a.contentLength, a.body)
 			}
 		})
 	}
@@ -353,9 +353,8 @@ func TestChunkedBodyPastTheDrainClosesTheConnection(t *testing.T) {
 				_ = w.Flush()
 			}()
 			r := bufio.NewReader(c)
-			resp, _ := readAnswer(t, r)
-			if resp.Close != tc.close {
-				t.Errorf("answer %d says Connection: close = %v, want %v", resp.StatusCode, resp.Close, tc.close)
+			if a := readAnswer(t, r); a.close != tc.close {
+				t.Errorf("answer %d says Connection: close = %v, want %v", a.status, a.close, tc.close)
 			}
 			if !tc.close {
 				next, err := http.ReadResponse(r, nil)
@@ -384,9 +383,17 @@ func startRaw(t *testing.T, h http.Handler, errorLog *log.Logger) *httptest.Serv
 	return srv
 }
 
+// rawAnswer is what a test writing HTTP by hand reads back.
+type rawAnswer struct {
+	status        int
+	contentLength int64
+	close         bool // Connection: close
+	body          []byte
+}
+
 // readAnswer reads one answer from r, body and all; the body must end
 // (an early answer's must not wait for the drain).
-func readAnswer(t *testing.T, r *bufio.Reader) (*http.Response, []byte) {
+func readAnswer(t *testing.T, r *bufio.Reader) rawAnswer {
 	t.Helper()
 	resp, err := http.ReadResponse(r, nil)
 	if err != nil {
@@ -397,7 +404,7 @@ func readAnswer(t *testing.T, r *bufio.Reader) (*http.Response, []byte) {
 	if err != nil {
 		t.Fatalf("reading the answer's body (it does not end until the drain does): %v", err)
 	}
-	return resp, body
+	return rawAnswer{status: resp.StatusCode, contentLength: resp.ContentLength, close: resp.Close, body: body}
 }
 
 // dialRaw opens a TCP connection to srv for a test that writes HTTP by
