@@ -3,8 +3,8 @@ package payload
 import "strings"
 
 // statusWords maps every accepted status word (lower case, words joined
-// by -) to its FHIR R4
-// AppointmentStatus code (architecture.md, "The request's path", status reference).
+// by -) to its FHIR R4 AppointmentStatus code (architecture.md, "The
+// request's path", status reference).
 var statusWords = map[string]string{
 	"proposed":         "proposed",
 	"pending":          "pending",

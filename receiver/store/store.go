@@ -39,10 +39,10 @@ const (
 type Store struct {
 	db *sqlx.DB
 
-	writeMu   sync.Mutex
-	writeStmt *sqlx.Stmt // prepared on first use: Open does not need the database up
-	// simpleStmt is writeSimpleSQL, likewise.
-	simpleStmt *sqlx.Stmt
+	writeMu sync.Mutex
+	// writeStmts are writeSQL's and writeSimpleSQL's statements, prepared
+	// on first use: Open does not need the database up.
+	writeStmts [2]*sqlx.Stmt
 
 	mu     sync.RWMutex // held for reading while enqueueing, for writing by Close
 	closed bool
@@ -187,7 +187,7 @@ func (s *Store) Close() error {
 	closed := make(chan error, 1)
 	go func() {
 		s.writeMu.Lock()
-		for _, st := range []*sqlx.Stmt{s.writeStmt, s.simpleStmt} {
+		for _, st := range s.writeStmts {
 			if st != nil {
 				_ = st.Close()
 			}
@@ -209,9 +209,9 @@ func (s *Store) Close() error {
 func (s *Store) stmt(ctx context.Context, simple bool) (*sqlx.Stmt, error) {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
-	st, query := &s.writeStmt, writeSQL
+	st, query := &s.writeStmts[0], writeSQL
 	if simple {
-		st, query = &s.simpleStmt, writeSimpleSQL
+		st, query = &s.writeStmts[1], writeSimpleSQL
 	}
 	if *st == nil {
 		prepared, err := s.db.PreparexContext(ctx, query)

@@ -131,6 +131,34 @@ const quarantineTemplate = `, quarantine AS (
     WHERE q.id = r.quarantine_id AND q.ehr = $1 AND q.replayed_at IS NULL
 )`
 
+// fullParts are the parts of writeTemplate that a simple group does
+// without (writeSimpleSQL), and simpleParts what it has in their place.
+var fullParts = map[string]string{
+	"superseded": `COALESCE(u.version_received_at < d.received_at AND u.version_received_at < (
+            SELECT a.version_received_at FROM appointments a
+            WHERE a.ehr = $1 AND a.external_id = u.{{appointments key}}
+        ), false)`,
+	"applies": "NOT superseded AND ",
+	"superseded history": `
+    UNION ALL
+    SELECT $1, {{history entry arrays}}, true
+    FROM entry
+    WHERE superseded`,
+	"superseded count": "(SELECT count(*) FROM entry e WHERE e.superseded AND e.delivery_id = d.delivery_id)",
+	"quarantine count": "(SELECT count(*) FROM quarantine q WHERE q.delivery_id = d.delivery_id)",
+	"quarantine ctes":  quarantineTemplate,
+	// snapshotTemplate's
+	"where": `
+    WHERE NOT superseded AND NOT COALESCE(version_received_at < delivery_received_at AND version_received_at < (
+        SELECT t.version_received_at FROM {{table}} t WHERE t.ehr = $1 AND t.external_id = entry.{{key}}
+    ), false)`,
+}
+
+var simpleParts = map[string]string{
+	"superseded": "false", "applies": "", "superseded history": "",
+	"superseded count": "0::bigint", "quarantine count": "0::bigint", "quarantine ctes": "", "where": "",
+}
+
 // snapshotTemplate is the patient and the practitioner upsert: one row
 // per patient (practitioner), the latest entry's. A retried or replayed
 // entry (its version first received before its request) is left out when
@@ -204,42 +232,29 @@ func writeVars(simple bool) map[string]string {
 		v[name+" columns"], v[name+" arrays"], v[name+" key"] = list(t.Columns()), list(t.Arrays()), t.Key()
 		v[name+" set"] = list(set(t.Values()))
 	}
-	// The parts a simple group does without (see writeSimpleSQL).
-	v["superseded"], v["applies"], v["superseded history"] = "false", "", ""
-	v["superseded count"], v["quarantine count"], v["quarantine ctes"] = "0::bigint", "0::bigint", ""
-	if !simple {
-		v["superseded"] = `COALESCE(u.version_received_at < d.received_at AND u.version_received_at < (
-            SELECT a.version_received_at FROM appointments a
-            WHERE a.ehr = $1 AND a.external_id = u.` + appointments.Key() + `
-        ), false)`
-		v["applies"] = "NOT superseded AND "
-		v["superseded history"] = `
-    UNION ALL
-    SELECT $1, ` + list(historyFromEntry()) + `, true
-    FROM entry
-    WHERE superseded`
-		v["superseded count"] = "(SELECT count(*) FROM entry e WHERE e.superseded AND e.delivery_id = d.delivery_id)"
-		v["quarantine count"] = "(SELECT count(*) FROM quarantine q WHERE q.delivery_id = d.delivery_id)"
-		v["quarantine ctes"] = fill(quarantineTemplate, v)
+	v["history entry arrays"] = list(historyFromEntry())
+	parts := fullParts
+	if simple {
+		parts = simpleParts
+	}
+	for name, part := range parts {
+		if name != "where" {
+			v[name] = fill(part, v)
+		}
 	}
 	for _, s := range []struct {
 		cte, alias string
 		t          Table
 	}{{"patient", "p", patients}, {"practitioner", "r", practitioners}} {
-		where := ""
-		if !simple {
-			where = `
-    WHERE NOT superseded AND NOT COALESCE(version_received_at < delivery_received_at AND version_received_at < (
-        SELECT t.version_received_at FROM ` + s.t.name + ` t WHERE t.ehr = $1 AND t.external_id = entry.` + s.t.Key() + `
-    ), false)`
-		}
-		v[s.cte] = fill(snapshotTemplate, map[string]string{"where": where,
+		snapshot := map[string]string{
 			"cte": s.cte, "table": s.t.name, "alias": s.alias,
 			"columns": list(s.t.Columns()), "arrays": list(s.t.Arrays()), "key": s.t.Key(),
 			"set":             list(set(s.t.Values())),
 			"alias.values":    list(qualify(s.alias, s.t.Values())),
 			"EXCLUDED.values": list(qualify("EXCLUDED", s.t.Values())),
-		})
+		}
+		snapshot["where"] = fill(parts["where"], snapshot)
+		v[s.cte] = fill(snapshotTemplate, snapshot)
 	}
 	return v
 }
