@@ -38,7 +38,7 @@ func readEntry[O any, R fieldReader[O]](r R, root O, loc *time.Location, now tim
 	if obj, ok := r.object(root, "", "practitioner", true); ok {
 		const p = "practitioner"
 		e.Practitioner = Practitioner{
-			ID:        r.required(obj, p, "id", MaxNameLen),
+			ID:        visibleID(r, p, "id", r.required(obj, p, "id", MaxNameLen)),
 			FirstName: r.required(obj, p, "first_name", MaxNameLen),
 			LastName:  r.required(obj, p, "last_name", MaxNameLen),
 		}
@@ -47,17 +47,17 @@ func readEntry[O any, R fieldReader[O]](r R, root O, loc *time.Location, now tim
 		e.LocationName = r.optional(obj, "location", "name", MaxNameLen)
 	}
 	if obj, ok := r.object(root, "", "encounter", false); ok {
-		e.EncounterID = r.optional(obj, "encounter", "id", MaxNameLen)
+		e.EncounterID = visibleOptionalID(r, "encounter", "id", r.optional(obj, "encounter", "id", MaxNameLen))
 		e.EncounterReason = r.optional(obj, "encounter", "reason", MaxReasonLen)
 	}
-	e.DepartmentID = r.optional(root, "", "department_id", MaxNameLen)
+	e.DepartmentID = visibleOptionalID(r, "", "department_id", r.optional(root, "", "department_id", MaxNameLen))
 	return e
 }
 
 func readAppointment[O any, R fieldReader[O]](r R, obj O, loc *time.Location) Appointment {
 	const p = "appointment"
 	a := Appointment{
-		ID:   r.required(obj, p, "id", MaxNameLen),
+		ID:   visibleID(r, p, "id", r.required(obj, p, "id", MaxNameLen)),
 		Type: r.required(obj, p, "type", MaxNameLen),
 	}
 	if raw := r.required(obj, p, "status", MaxNameLen); raw != "" {
@@ -85,7 +85,7 @@ func readAppointment[O any, R fieldReader[O]](r R, obj O, loc *time.Location) Ap
 func readPatient[O any, R fieldReader[O]](r R, obj O, loc *time.Location, now time.Time) Patient {
 	const p = "patient"
 	pt := Patient{
-		ID:         r.required(obj, p, "id", MaxNameLen),
+		ID:         visibleID(r, p, "id", r.required(obj, p, "id", MaxNameLen)),
 		FirstName:  r.required(obj, p, "first_name", MaxNameLen),
 		MiddleName: r.optional(obj, p, "middle_name", MaxNameLen),
 		LastName:   r.required(obj, p, "last_name", MaxNameLen),
@@ -101,6 +101,26 @@ func readPatient[O any, R fieldReader[O]](r R, obj O, loc *time.Location, now ti
 		}
 	}
 	return pt
+}
+
+// visibleID is id, read as obj[key], unless it holds a control or format
+// character (hidden): then the field is an error. Two ids that look alike
+// but differ in a zero-width space would name two appointments (patients,
+// practitioners) where a reader sees one.
+func visibleID(f interface{ fail(p, key, msg string) }, p, key, id string) string {
+	if hidden(id) {
+		f.fail(p, key, msgHidden)
+		return ""
+	}
+	return id
+}
+
+func visibleOptionalID(f interface{ fail(p, key, msg string) }, p, key string, id *string) *string {
+	if id != nil && hidden(*id) {
+		f.fail(p, key, msgHidden)
+		return nil
+	}
+	return id
 }
 
 // parsed is what the readers' date and dateTime share once str has read s

@@ -276,7 +276,7 @@ func (r *mapReader) str(obj map[string]json.RawMessage, p, key string, required 
 	}
 	s = strings.TrimSpace(s)
 	switch {
-	case s == "":
+	case blank(s):
 		if required {
 			r.failAt(path, "must not be empty")
 		}

@@ -197,6 +197,31 @@ func TestValidateFieldErrors(t *testing.T) {
 			{Field: "patient.last_name", Message: "must not be empty"},
 			{Field: "practitioner.first_name", Message: "must not be empty"},
 		}},
+		{"invisible-only strings are blank", func(e map[string]any) {
+			sub(e, "patient")["first_name"] = "\u200b"
+			sub(e, "practitioner")["last_name"] = " \ufeff\u00ad "
+			sub(e, "patient")["middle_name"] = "\u2060" // optional: stored as empty
+		}, []FieldError{
+			{Field: "patient.first_name", Message: "must not be empty"},
+			{Field: "practitioner.last_name", Message: "must not be empty"},
+		}},
+		{"ids with control or invisible characters", func(e map[string]any) {
+			sub(e, "appointment")["id"] = "apt-1\u200b"
+			sub(e, "patient")["id"] = "\ufeffpat-1"
+			sub(e, "practitioner")["id"] = "prov\u0001-1"
+			sub(e, "encounter")["id"] = "enc-\u202e1"
+			e["department_id"] = "dept\x7f"
+		}, []FieldError{
+			{Field: "appointment.id", Message: msgHidden},
+			{Field: "patient.id", Message: msgHidden},
+			{Field: "practitioner.id", Message: msgHidden},
+			{Field: "encounter.id", Message: msgHidden},
+			{Field: "department_id", Message: msgHidden},
+		}},
+		{"names may hold joiners; ids may hold spaces", func(e map[string]any) {
+			sub(e, "patient")["first_name"] = "\u0915\u094d\u200d\u0937" // क्‍ष, a joiner inside
+			sub(e, "appointment")["id"] = "apt 1\u00a02"
+		}, nil},
 		{"wrong JSON types", func(e map[string]any) {
 			sub(e, "appointment")["id"] = 12345
 			sub(e, "patient")["gender"] = true

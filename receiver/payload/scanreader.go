@@ -102,7 +102,7 @@ func (r *scanReader) str(obj object, p, key string, required bool, maxLen int) (
 		return "", false
 	}
 	switch {
-	case s == "":
+	case blank(s):
 		if required {
 			r.fail(p, key, "must not be empty")
 		}

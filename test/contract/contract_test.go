@@ -253,7 +253,7 @@ func TestRequiredFields(t *testing.T) {
 	}
 	for obj, fields := range required {
 		for _, f := range fields {
-			for _, blank := range []any{nil, "   "} {
+			for _, blank := range []any{nil, "   ", "\u200b\ufeff"} {
 				e := entry(t, "req", func(e map[string]any) {
 					if blank == nil {
 						delete(sub(e, obj), f)
@@ -276,6 +276,15 @@ func TestRequiredFields(t *testing.T) {
 		e := entry(t, "req", func(e map[string]any) { delete(e, obj) })
 		if a := r.post(batch(t, e)); a.status != 422 || fieldsOf(a)[0] != "0 appointments[0]."+obj+": is required" {
 			t.Errorf("missing %s: %d %v", obj, a.status, fieldsOf(a))
+		}
+	}
+	// An id that differs from another only in an invisible character is refused.
+	for obj, id := range map[string]string{"appointment": "req-1\u200b", "patient": "\ufeffpat-1", "practitioner": "prov-\u00ad1"} {
+		a := r.post(batch(t, entry(t, "ok", nil), entry(t, "req", func(e map[string]any) { sub(e, obj)["id"] = id })))
+		expect(t, a, 422)
+		want := []string{"1 appointments[1]." + obj + ".id: must not contain control or invisible characters (such as U+200B ZERO WIDTH SPACE)"}
+		if diff := cmp.Diff(want, fieldsOf(a)); diff != "" {
+			t.Errorf("%s.id: mismatch (-want +got):\n%s", obj, diff)
 		}
 	}
 	// Optional parts may be absent.
