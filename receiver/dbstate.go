@@ -183,8 +183,9 @@ func (d *dbState) snapshot() (reachability, time.Time) {
 }
 
 // watch pings the database now, every pingInterval and when asked, until
-// ctx is done.
-func (d *dbState) watch(ctx context.Context, ping func(context.Context) error) {
+// ctx is done. firstPinged, if not nil, is called once the first ping has
+// been observed (answered or timed out).
+func (d *dbState) watch(ctx context.Context, ping func(context.Context) error, firstPinged func()) {
 	t := time.NewTicker(pingInterval)
 	defer t.Stop()
 	var p pinger
@@ -195,6 +196,10 @@ func (d *dbState) watch(ctx context.Context, ping func(context.Context) error) {
 			return // shutting down: not the database's fault
 		}
 		d.observePing(err)
+		if firstPinged != nil {
+			firstPinged()
+			firstPinged = nil
+		}
 		select {
 		case <-ctx.Done():
 			return

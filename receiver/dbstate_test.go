@@ -296,10 +296,10 @@ func TestDatabaseStateOneLinePerChange(t *testing.T) {
 	addr := ln.Addr().String()
 	_ = ln.Close() // connections are refused
 	b := newBGServer(t, "postgres://nobody@"+addr+"/none?sslmode=disable&connect_timeout=2", false)
-	if code, _ := b.get("/readyz"); code != 200 {
-		t.Errorf("/readyz %d with the database down, want 200", code)
+	eventually(t, 3*time.Second, "/readyz 200 once the first ping has failed", func() bool { code, _ := b.get("/readyz"); return code == 200 })
+	if r := b.dbz(t); r.Database != "unreachable" {
+		t.Errorf("/dbz %+v, want unreachable", r)
 	}
-	eventually(t, 3*time.Second, "the first ping's answer", func() bool { return b.dbz(t).Database != "unknown" })
 	for range 10 {
 		if w := b.post(batchOf(entry("x"))); w.Code != 503 || w.Header().Get("Retry-After") != "5" {
 			t.Errorf("%d %s", w.Code, w.Body)
@@ -338,7 +338,7 @@ func TestUnansweredPingIsUnreachable(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	watched := make(chan struct{})
-	go func() { srv.db.watch(ctx, st.Ping); close(watched) }()
+	go func() { srv.db.watch(ctx, st.Ping, nil); close(watched) }()
 	eventually(t, 10*time.Second, "the database reachable", func() bool { return b.dbz(t).Database == "reachable" })
 
 	thaw := cluster.Freeze(t)
@@ -449,6 +449,31 @@ func TestNotReadyWhileTheDatabaseRefusesTheSettings(t *testing.T) {
 	if code, _ := b.get("/readyz"); code != 200 {
 		t.Errorf("/readyz of a pod that has reached its database, refused since: %d, want 200", code)
 	}
+}
+
+// TestNotReadyBeforeTheFirstPingWithoutMigration: with --migrate=false
+// there is no migration attempt to wait for, so readiness waits for the
+// first ping: a database that refuses the settings keeps the pod out of
+// its Service from the start, and one that answers lets it in.
+func TestNotReadyBeforeTheFirstPingWithoutMigration(t *testing.T) {
+	good := pgtest.NewDatabase(t)
+	u, err := url.Parse(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = "/no_such_database"
+	refused := newBGServer(t, u.String(), false)
+	if code, body := refused.get("/readyz"); code != 503 || body != "starting\n" {
+		t.Errorf("/readyz before the first ping: %d %q, want 503 starting", code, body)
+	}
+	eventually(t, 5*time.Second, "the refused ping", func() bool { _, body := refused.get("/readyz"); return strings.Contains(body, "refuses") })
+	time.Sleep(startGrace + time.Second - time.Since(refused.began))
+	if code, _ := refused.get("/readyz"); code != 503 {
+		t.Errorf("/readyz past the start's grace: %d, want 503", code)
+	}
+
+	b := newBGServer(t, good, false)
+	eventually(t, 5*time.Second, "/readyz 200 once the database answered", func() bool { code, _ := b.get("/readyz"); return code == 200 })
 }
 
 // Whether the database refuses the receiver's settings follows its last

@@ -47,28 +47,28 @@ const backgroundStopTimeout = 5 * time.Second
 // startBackground starts the database monitor and, when asked, the
 // migration and the retention; they stop when ctx ends. stop ends them
 // and waits, until backgroundStopTimeout after they were told to. Readiness
-// passes once the first migration attempt is over, or after startGrace, or
-// at once without one.
+// passes once the first migration attempt is over (without one: the first
+// ping), or after startGrace.
 func (s *Server) startBackground(ctx context.Context) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	ended := make(chan time.Time, 1)
 	context.AfterFunc(ctx, func() { ended <- time.Now() })
 	bg := &background{running: map[string]int{}}
-	bg.goNamed("database monitor", func() { s.db.watch(ctx, s.store.Ping) })
+	started := func() { s.db.started.Store(true) }
+	grace := time.AfterFunc(startGrace, started)
+	// Without a migration the first ping's answer plays its part: a
+	// database that refuses the settings is known before the pod is ready.
+	firstPinged := started
+	if s.db.migrate != nil && !s.db.migrated.Load() {
+		firstPinged = func() {}
+		bg.goNamed("migration", func() { s.migrateUntilDone(ctx) })
+	}
+	bg.goNamed("database monitor", func() { s.db.watch(ctx, s.store.Ping, firstPinged) })
 	if s.pruner != nil && s.cfg.Retention.Enabled() {
 		bg.goNamed("retention", func() { s.pruneEvery(ctx) })
 	}
-	var grace *time.Timer
-	if s.db.migrate == nil || s.db.migrated.Load() {
-		s.db.started.Store(true)
-	} else {
-		grace = time.AfterFunc(startGrace, func() { s.db.started.Store(true) })
-		bg.goNamed("migration", func() { s.migrateUntilDone(ctx) })
-	}
 	return func() {
-		if grace != nil {
-			grace.Stop()
-		}
+		grace.Stop()
 		cancel()
 		told := <-ended
 		if left := bg.wait(time.Until(told.Add(backgroundStopTimeout))); len(left) > 0 {
