@@ -90,6 +90,12 @@ type EHRIntegrationReconciler struct {
 	// ReceiverPodDefaults are the receivers' pod settings where
 	// spec.podTemplate says nothing (mergePodTemplate); nil means none.
 	ReceiverPodDefaults *v1alpha1.ReceiverPodTemplate
+	// AllowInsecureHTTP lets spec.ingress.allowInsecureHTTP and
+	// spec.gateway.allowInsecureHTTP serve a receiver over plain HTTP (the
+	// manager's --allow-insecure-http). False, the default: such an
+	// Ingress or HTTPRoute is not made, one made before is deleted, and the
+	// status says why (InsecureHTTPForbidden).
+	AllowInsecureHTTP bool
 }
 
 // +kubebuilder:rbac:groups=ehr.insighthealth.io,resources=ehrintegrations,verbs=get;list;watch
@@ -185,8 +191,9 @@ func (r *EHRIntegrationReconciler) reconcileChildren(ctx context.Context, e *v1a
 	err := r.reconcileChildrenInto(ctx, e, &obs, &written)
 	if !obs.routeChecked {
 		// The route was left as it is (suspended, a problem, an error on the
-		// way): its Gateways may have gained a plain HTTP listener since.
-		err = errors.Join(err, r.guardRoute(ctx, e, &written))
+		// way): its Gateways may have gained a plain HTTP listener since,
+		// and plain HTTP may have been turned off since the Ingress was made.
+		err = errors.Join(err, r.guardRoute(ctx, e, &written), r.guardIngress(ctx, e, &written))
 	}
 	if len(written) > 0 {
 		// One Event per pass, not one per object: creating 200 receivers
@@ -478,7 +485,15 @@ func (r *EHRIntegrationReconciler) applyChildren(ctx context.Context, e *v1alpha
 	}
 	wrote(ctx, written, svc, res)
 
-	if ing := buildIngress(e); ing != nil {
+	ing := buildIngress(e)
+	if ing != nil && ing.Spec.TLS == nil && !r.AllowInsecureHTTP {
+		obs.problem = &problem{reason: v1alpha1.ReasonInsecureHTTPForbidden,
+			message: "spec.ingress has no tlsSecretName and this operator serves no receiver over plain HTTP " +
+				"(its --allow-insecure-http, the chart's allowInsecureHTTP, is false), so the receiver has no Ingress: " +
+				"set spec.ingress.tlsSecretName to the Secret holding the host's certificate (cert-manager can fill it)"}
+		ing = nil
+	}
+	if ing != nil {
 		obj, res, err := applyChild(ctx, r.Client, e, ing, &networkingv1.Ingress{}, networkingv1ac.ExtractIngress, nil)
 		if err != nil {
 			return err

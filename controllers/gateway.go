@@ -326,11 +326,8 @@ func (r *EHRIntegrationReconciler) reconcileRoute(ctx context.Context, e *v1alph
 	// route made before stays, and must not be left on a plain HTTP
 	// listener one of them has gained since.
 	check := checkListeners(e, gateways)
-	if len(check.insecure) > 0 && !e.Spec.Gateway.AllowInsecureHTTP {
-		obs.problem = &problem{reason: v1alpha1.ReasonInsecureListener,
-			message: fmt.Sprintf("the route would attach to listener %s, which serves plain HTTP: "+
-				"name an HTTPS listener in spec.gateway.parentRefs[].sectionName, or set spec.gateway.allowInsecureHTTP: true",
-				strings.Join(check.insecure, ", "))}
+	if len(check.insecure) > 0 && !r.insecureAllowed(e) {
+		obs.problem = r.insecureListenerProblem(e, check.insecure)
 		return r.deleteChild(ctx, e, written, &gwv1.HTTPRoute{})
 	}
 	if missing != "" {
@@ -350,6 +347,28 @@ func (r *EHRIntegrationReconciler) reconcileRoute(ctx context.Context, e *v1alph
 	wrote(ctx, written, route, res)
 	obs.route = route
 	return nil
+}
+
+// insecureAllowed: e's route may attach to a listener that serves plain
+// HTTP, because the spec allows it and so does the manager.
+func (r *EHRIntegrationReconciler) insecureAllowed(e *v1alpha1.EHRIntegration) bool {
+	return e.Spec.Gateway != nil && e.Spec.Gateway.AllowInsecureHTTP && r.AllowInsecureHTTP
+}
+
+// insecureListenerProblem: the route would attach to the plain HTTP
+// listeners insecure. The way out offered depends on whether the manager
+// lets spec.gateway.allowInsecureHTTP take effect.
+func (r *EHRIntegrationReconciler) insecureListenerProblem(e *v1alpha1.EHRIntegration, insecure []string) *problem {
+	msg := fmt.Sprintf("the route would attach to listener %s, which serves plain HTTP: "+
+		"name an HTTPS listener in spec.gateway.parentRefs[].sectionName", strings.Join(insecure, ", "))
+	switch {
+	case r.AllowInsecureHTTP:
+		return &problem{reason: v1alpha1.ReasonInsecureListener, message: msg + ", or set spec.gateway.allowInsecureHTTP: true"}
+	case e.Spec.Gateway.AllowInsecureHTTP:
+		return &problem{reason: v1alpha1.ReasonInsecureHTTPForbidden, message: msg + "; spec.gateway.allowInsecureHTTP is true, " +
+			"but this operator serves no receiver over plain HTTP (its --allow-insecure-http, the chart's allowInsecureHTTP, is false)"}
+	}
+	return &problem{reason: v1alpha1.ReasonInsecureListener, message: msg}
 }
 
 // parentGateways gets the Gateways of e's spec.gateway.parentRefs, by
@@ -382,7 +401,7 @@ func (r *EHRIntegrationReconciler) guardRoute(ctx context.Context, e *v1alpha1.E
 	if !r.gateways.known() {
 		return nil // without the Gateway API served there is no route
 	}
-	if e.Spec.Gateway != nil && e.Spec.Gateway.AllowInsecureHTTP {
+	if r.insecureAllowed(e) {
 		return nil
 	}
 	var route gwv1.HTTPRoute

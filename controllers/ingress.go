@@ -7,6 +7,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -120,4 +121,23 @@ func (r *EHRIntegrationReconciler) tlsSecretProblem(ctx context.Context, e *v1al
 		p.message += ": the ingress controller cannot serve the host's certificate from it"
 	}
 	return p, nil
+}
+
+// guardIngress deletes e's Ingress, when it has one without TLS and the
+// manager serves nothing over plain HTTP. Like guardRoute it runs on the
+// passes that leave the children as they are: after an upgrade that turned
+// plain HTTP off, such an Ingress would otherwise carry patient data in
+// the clear for as long as a problem stands or the receiver is suspended.
+func (r *EHRIntegrationReconciler) guardIngress(ctx context.Context, e *v1alpha1.EHRIntegration, written *[]string) error {
+	if r.AllowInsecureHTTP {
+		return nil
+	}
+	var ing networkingv1.Ingress
+	if err := r.Get(ctx, client.ObjectKey{Namespace: e.Namespace, Name: childName(e)}, &ing); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	if !metav1.IsControlledBy(&ing, e) || len(ing.Spec.TLS) > 0 {
+		return nil
+	}
+	return r.deleteChild(ctx, e, written, &networkingv1.Ingress{})
 }

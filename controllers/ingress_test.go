@@ -1,16 +1,21 @@
 package controllers
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -150,4 +155,111 @@ func TestIngressWithoutClass(t *testing.T) {
 	// gave an Ingress made while it was the default).
 	requested(t, "IngressClass "+testDefaultIngressClass, suite.reconciler.forIngressClass(ctx,
 		&networkingv1.IngressClass{ObjectMeta: metav1.ObjectMeta{Name: testDefaultIngressClass}}), got)
+}
+
+// TestInsecureHTTPForbidden: with the manager's default (no
+// --allow-insecure-http), an EHRIntegration asking for a plain HTTP
+// Ingress gets none, one made before is deleted, also on a pass that
+// leaves the other children as they are (suspended), and the problem says
+// why; with TLS the Ingress is made. The resource is not stored, so the
+// suite's manager, which allows plain HTTP, leaves its children alone.
+func TestInsecureHTTPForbidden(t *testing.T) {
+	startSuite(t)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	create(t, credsSecret(ns), dbSecret(ns))
+	e := withDefaults(integration(ns, "ghost", "ghost-plain"))
+	e.UID = types.UID("00000000-0000-0000-0000-0000000091a1")
+	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "ghost.example.test", AllowInsecureHTTP: true}
+	allow := &EHRIntegrationReconciler{Client: suite.reconciler.Client, APIReader: suite.reconciler.APIReader, Recorder: events.NewFakeRecorder(100),
+		ReceiverImage: testImage, gateways: suite.reconciler.gateways, AllowInsecureHTTP: true}
+	forbid := *allow
+	forbid.AllowInsecureHTTP = false
+	// pass runs one reconcile pass of r and returns the problem it found.
+	pass := func(r *EHRIntegrationReconciler) (reason, message string) {
+		t.Helper()
+		obs, err := r.reconcileChildren(ctx, e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if obs.problem == nil {
+			return "", ""
+		}
+		return obs.problem.reason, obs.problem.message
+	}
+	exists := func() bool {
+		t.Helper()
+		err := suite.client.Get(ctx, key(ns, "ghost-receiver"), &networkingv1.Ingress{})
+		if err != nil && !apierrors.IsNotFound(err) {
+			t.Fatal(err)
+		}
+		return err == nil
+	}
+
+	// The reconciler reads its children from the manager's cache.
+	cached := func() {
+		t.Helper()
+		eventually(t, waitFor, "the cache to hold the Ingress", func() error {
+			return suite.reconciler.Get(ctx, key(ns, "ghost-receiver"), &networkingv1.Ingress{})
+		})
+	}
+
+	if reason, _ := pass(allow); reason != "" || !exists() {
+		t.Fatalf("allowed: problem %q, Ingress made %v", reason, exists())
+	}
+	cached()
+	if reason, msg := pass(&forbid); reason != v1alpha1.ReasonInsecureHTTPForbidden || !strings.Contains(msg, "set spec.ingress.tlsSecretName") {
+		t.Errorf("forbidden: problem %s %q, want %s saying what to set", reason, msg, v1alpha1.ReasonInsecureHTTPForbidden)
+	}
+	if exists() {
+		t.Error("forbidden: the plain HTTP Ingress made before is still there")
+	}
+	if err := suite.client.Get(ctx, key(ns, "ghost-receiver"), &appsv1.Deployment{}); err != nil {
+		t.Errorf("forbidden: the receiver itself is still made: %v", err)
+	}
+
+	pass(allow)
+	cached()
+	e.Spec.Suspend = true
+	if pass(&forbid); exists() {
+		t.Error("forbidden while suspended: the plain HTTP Ingress is still there")
+	}
+
+	create(t, tlsSecret(ns, "ghost-tls"))
+	e.Spec.Suspend = false
+	e.Spec.Ingress = &v1alpha1.IngressSpec{Host: "ghost.example.test", TLSSecretName: "ghost-tls"}
+	if reason, _ := pass(&forbid); reason != "" || !exists() {
+		t.Errorf("forbidden, with TLS: problem %q, Ingress made %v", reason, exists())
+	}
+	e.Spec.Suspend = true
+	if pass(&forbid); !exists() {
+		t.Error("forbidden, with TLS, suspended: the Ingress was deleted")
+	}
+}
+
+// The way out an InsecureListener offers depends on whether the manager
+// lets spec.gateway.allowInsecureHTTP take effect.
+func TestInsecureListenerProblem(t *testing.T) {
+	e := integration("ns", "nexus", "nexus")
+	listener := []string{"edge-system/edge/http"}
+	const base = "the route would attach to listener edge-system/edge/http, which serves plain HTTP: " +
+		"name an HTTPS listener in spec.gateway.parentRefs[].sectionName"
+	for _, tt := range []struct {
+		manager, spec bool
+		reason, msg   string
+	}{
+		{true, false, v1alpha1.ReasonInsecureListener, base + ", or set spec.gateway.allowInsecureHTTP: true"},
+		{false, false, v1alpha1.ReasonInsecureListener, base},
+		{false, true, v1alpha1.ReasonInsecureHTTPForbidden, base + "; spec.gateway.allowInsecureHTTP is true, " +
+			"but this operator serves no receiver over plain HTTP (its --allow-insecure-http, the chart's allowInsecureHTTP, is false)"},
+	} {
+		r := &EHRIntegrationReconciler{AllowInsecureHTTP: tt.manager}
+		e.Spec.Gateway = &v1alpha1.GatewaySpec{AllowInsecureHTTP: tt.spec}
+		if p := r.insecureListenerProblem(e, listener); p.reason != tt.reason || p.message != tt.msg {
+			t.Errorf("manager %v, spec %v: %s %q, want %s %q", tt.manager, tt.spec, p.reason, p.message, tt.reason, tt.msg)
+		}
+		if got := r.insecureAllowed(e); got != (tt.manager && tt.spec) {
+			t.Errorf("manager %v, spec %v: insecureAllowed %v", tt.manager, tt.spec, got)
+		}
+	}
 }

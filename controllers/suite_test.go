@@ -187,6 +187,9 @@ func setupSuite() error {
 		DBZPort:                 suite.dbz.port,
 		DatabasePollInterval:    testDatabasePollInterval,
 		NetworkPolicy:           netpol,
+		// The tests' Ingresses are mostly plain HTTP; the default, false,
+		// has TestInsecureHTTPForbidden.
+		AllowInsecureHTTP: true,
 	}
 	suite.reconciler = r
 	suite.reconciles = &reconcileLog{}

@@ -319,7 +319,9 @@ type IngressSpec struct {
 
 	// allowInsecureHTTP allows an Ingress without tlsSecretName, which
 	// serves the webhooks over plain HTTP. Meant for tests only: the
-	// requests carry patient data.
+	// requests carry patient data. It takes effect only where the operator
+	// is installed to allow it (the chart's allowInsecureHTTP); otherwise
+	// no Ingress is made and the status says InsecureHTTPForbidden.
 	// +optional
 	AllowInsecureHTTP bool `json:"allowInsecureHTTP,omitempty"`
 }
@@ -348,7 +350,9 @@ type GatewaySpec struct {
 	// allowInsecureHTTP allows the route to attach to a Gateway listener
 	// whose protocol is HTTP. Without it the operator makes no route while a
 	// listener it would attach to serves plain HTTP, and says so in the
-	// conditions (reason InsecureListener). Meant for tests only.
+	// conditions (reason InsecureListener). Meant for tests only. It takes
+	// effect only where the operator is installed to allow it (the chart's
+	// allowInsecureHTTP); otherwise the reason is InsecureHTTPForbidden.
 	// +optional
 	AllowInsecureHTTP bool `json:"allowInsecureHTTP,omitempty"`
 }
@@ -614,6 +618,12 @@ const (
 	// ReasonInsecureListener: a Gateway listener the route would attach to
 	// serves plain HTTP and spec.gateway.allowInsecureHTTP is not true.
 	ReasonInsecureListener = "InsecureListener"
+	// ReasonInsecureHTTPForbidden: the spec asks for plain HTTP
+	// (allowInsecureHTTP: an Ingress without tlsSecretName, or a route on a
+	// plain HTTP listener) and the manager serves no receiver so (its
+	// --allow-insecure-http is false, the default). No Ingress or HTTPRoute
+	// is made; one made before is deleted.
+	ReasonInsecureHTTPForbidden = "InsecureHTTPForbidden"
 	// ReasonIngressClassNotFound: the IngressClass of spec.ingress.className
 	// does not exist, or, without className, no IngressClass is the
 	// cluster's default: no ingress controller serves the Ingress. The

@@ -47,6 +47,7 @@ type managerFlags struct {
 	maxConcurrentReconciles int
 	networkPolicyFile       string
 	podDefaultsFile         string
+	allowInsecureHTTP       bool
 	zap                     zap.Options
 }
 
@@ -99,6 +100,8 @@ to OPERATOR_IMAGE, so receivers run the operator's own image.`,
 	fs.IntVar(&f.maxConcurrentReconciles, "max-concurrent-reconciles", 8, "EHRIntegrations reconciled at once")
 	fs.StringVar(&f.networkPolicyFile, "receiver-network-policy", "", "YAML file of what each receiver's NetworkPolicy admits "+
 		"(the chart writes it from receiverNetworkPolicy); empty means the operator makes no NetworkPolicy")
+	fs.BoolVar(&f.allowInsecureHTTP, "allow-insecure-http", false, "let an EHRIntegration's spec.ingress.allowInsecureHTTP or spec.gateway.allowInsecureHTTP serve its receiver over plain HTTP, for tests; "+
+		"false: such a receiver gets no Ingress or HTTPRoute, and its status says InsecureHTTPForbidden")
 	fs.StringVar(&f.podDefaultsFile, "receiver-pod-defaults", "", "YAML file of the receivers' pod settings, shaped like spec.podTemplate, "+
 		"where an EHRIntegration's own say nothing (the chart writes it from receivers.podTemplate); empty means none")
 	gofs := goflag.NewFlagSet("manager", goflag.ContinueOnError)
@@ -164,6 +167,7 @@ func runManager(c *cobra.Command, f managerFlags) error {
 		MaxConcurrentReconciles: f.maxConcurrentReconciles,
 		NetworkPolicy:           netpol,
 		ReceiverPodDefaults:     podDefaults,
+		AllowInsecureHTTP:       f.allowInsecureHTTP,
 	}).SetupWithManager(ctx, mgr); err != nil {
 		return fmt.Errorf("while setting up the EHRIntegration controller: %w", err)
 	}

@@ -164,6 +164,9 @@ func TestTemplateDefaults(t *testing.T) {
 			t.Errorf("args %q lack %q", args, want)
 		}
 	}
+	if slices.Contains(args, "--allow-insecure-http") {
+		t.Errorf("args %q: plain HTTP allowed by default", args)
+	}
 	if args[0] != "manager" {
 		t.Errorf("first arg %q, want the subcommand manager", args[0])
 	}
@@ -206,7 +209,7 @@ func TestTemplateEveryOption(t *testing.T) {
 	}
 	args := stringsOf(c["args"])
 	for _, want := range []string{"--receiver-image=registry.example.com/platform/ehr-receiver:v9.9.9",
-		"--metrics-bind-address=:8090", "--health-probe-bind-address=:8091", "--zap-log-level=debug"} {
+		"--metrics-bind-address=:8090", "--health-probe-bind-address=:8091", "--zap-log-level=debug", "--allow-insecure-http"} {
 		if !slices.Contains(args, want) {
 			t.Errorf("args %q lack %q", args, want)
 		}
