@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
 
 	"github.com/insighthealth/ehr-operator/api/v1alpha1"
 	"github.com/insighthealth/ehr-operator/receiver"
@@ -271,6 +272,51 @@ func TestDatabaseReachableFollowsTheReceivers(t *testing.T) {
 	if c := meta.FindStatusCondition(got.Status.Conditions, v1alpha1.ConditionDatabaseReachable); c != nil {
 		t.Errorf("DatabaseReachable %+v while suspended, want none", c)
 	}
+}
+
+// TestDatabaseReachableWhilePodsNeverTurnReady: receiver pods that start
+// after the operator last looked, and never turn ready (a database that
+// refuses their password keeps them so), change nothing in their
+// Deployment, and the operator watches no pods. It must look again by
+// itself, or DatabaseReachable, the one condition that says why, would not
+// show until the rollout's progress deadline (10 min) while onboarding.md's
+// `kubectl wait --for=condition=DatabaseReachable --timeout=2m` timed out.
+func TestDatabaseReachableWhilePodsNeverTurnReady(t *testing.T) {
+	startSuite(t)
+	ns := newNamespace(t)
+	e := integration(ns, "nexus", "nexus")
+	e.Spec.Replicas = ptr.To[int32](1)
+	create(t, credsSecret(ns), dbSecret(ns), e)
+	child(t, ns, "nexus", &appsv1.Deployment{})
+	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
+	// Let the passes that creating the children caused end. The suite's
+	// resync (testSyncPeriod) would look again in a few seconds; a
+	// manager's default resync is 10 h, so the pass itself must ask for
+	// the next look while the pods it wants do not run yet.
+	suite.writes.settle(testDatabasePollInterval)
+	res, err := suite.reconciler.Reconcile(ctx, ctrl.Request{NamespacedName: key(ns, "nexus")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.RequeueAfter != testDatabasePollInterval {
+		t.Errorf("a pass while no receiver pod runs asks to look again after %s, want the database poll interval %s",
+			res.RequeueAfter, testDatabasePollInterval)
+	}
+
+	since := time.Now().Add(-time.Minute).Truncate(time.Second)
+	suite.dbz.report("unreachable", since)
+	pod := runningPod(t, ns, "nexus", "nexus-receiver-1")
+	t.Cleanup(func() {
+		_ = suite.client.Delete(ctx, e)
+		_ = suite.client.Delete(ctx, pod)
+		suite.dbz.set(http.StatusServiceUnavailable, "")
+	})
+	// The Deployment is not marked available: its pod runs, never ready.
+	c := waitDatabaseCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonDatabaseUnreachable)
+	if want := "1 of 1 receivers cannot reach the database"; !strings.Contains(c.Message, want) {
+		t.Errorf("message %q, want %q", c.Message, want)
+	}
+	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
 }
 
 func TestStartedBy(t *testing.T) {

@@ -175,11 +175,22 @@ func (r *EHRIntegrationReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		// that servedSecretVersions follows within seconds.
 		return ctrl.Result{RequeueAfter: rolloutPollInterval}, nil
 	}
-	if obs.db != nil {
-		// Nothing tells us when a database goes away: ask again.
+	if obs.db != nil || awaitingPods(obs) {
+		// Nothing tells us when a database goes away: ask again. Nor when
+		// a receiver pod starts running (pods are not watched), and one
+		// that runs but never turns ready (its database refuses it)
+		// changes nothing in its Deployment: without a look, the
+		// DatabaseReachable that says why would wait for the progress
+		// deadline.
 		return ctrl.Result{RequeueAfter: cmp.Or(r.DatabasePollInterval, DefaultDatabasePollInterval)}, nil
 	}
 	return ctrl.Result{}, nil
+}
+
+// awaitingPods: receiver pods are wanted and none runs to be asked about
+// its database yet (pulling, starting).
+func awaitingPods(o observation) bool {
+	return o.deployment != nil && !o.suspended && o.problem == nil && o.wantReplicas > 0 && o.db == nil
 }
 
 // reconcileChildren checks the prerequisites and brings each child in line.
