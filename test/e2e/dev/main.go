@@ -89,6 +89,21 @@ func run(ctx context.Context) error {
 		env.Dump(ctx, os.Stderr, operatorNS, ns)
 		return fmt.Errorf("the EHRIntegration did not become Ready: %w", err)
 	}
+	// A second run on a kept cluster replaced both Secrets (new credentials,
+	// a new database password) while Ready was already True from the first:
+	// the commands printed below work once every receiver pod runs the new
+	// versions (docs/onboarding.md, "Rotate credentials").
+	for _, s := range []struct{ secret, field string }{{ehr + "-webhook", "credentials"}, {"appointments-db", "database"}} {
+		rv, err := env.Kubectl(ctx, "", "-n", ns, "get", "secret", s.secret, "-o", "jsonpath={.metadata.resourceVersion}")
+		if err != nil {
+			return err
+		}
+		if _, err := env.Kubectl(ctx, "", "-n", ns, "wait", "ehrintegration/"+ehr, "--timeout=180s",
+			"--for=jsonpath={.status.servedSecretVersions."+s.field+"}="+strings.TrimSpace(rv)); err != nil {
+			env.Dump(ctx, os.Stderr, operatorNS, ns)
+			return fmt.Errorf("the receivers did not come to serve Secret %s as it is now: %w", s.secret, err)
+		}
+	}
 	url, err := env.ReceiverURL(ctx, ns, ehr)
 	if err != nil {
 		return err
