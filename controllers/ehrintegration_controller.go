@@ -145,6 +145,7 @@ func (r *EHRIntegrationReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 			return ctrl.Result{}, err
 		}
 		obs.served, obs.servedKnown = servedVersions(pods, obs.deployment, time.Now())
+		obs.podTrouble = podTrouble(obs.deployment, pods)
 		if !obs.suspended && obs.problem == nil {
 			obs.db = r.askDatabase(ctx, pods)
 		}

@@ -71,6 +71,9 @@ type observation struct {
 	// set none) are left.
 	served      v1alpha1.SecretVersions
 	servedKnown bool
+	// podTrouble says why pods are not available (podTrouble), "" when
+	// nothing is known.
+	podTrouble string
 }
 
 // rolloutPollInterval is how often an integration whose pods do not all
@@ -195,8 +198,11 @@ func deploymentReady(e *v1alpha1.EHRIntegration, o observation) (bool, string, s
 	case d.Status.ObservedGeneration < d.Generation:
 		return false, v1alpha1.ReasonDeploymentUnavailable, "the receiver Deployment's controller has not seen its spec yet"
 	case d.Status.AvailableReplicas < o.wantReplicas:
-		return false, v1alpha1.ReasonDeploymentUnavailable,
-			fmt.Sprintf("%d of %d receiver pods available", d.Status.AvailableReplicas, o.wantReplicas)
+		msg := fmt.Sprintf("%d of %d receiver pods available", d.Status.AvailableReplicas, o.wantReplicas)
+		if o.podTrouble != "" {
+			msg += ": " + o.podTrouble
+		}
+		return false, v1alpha1.ReasonDeploymentUnavailable, msg
 	case o.ingressMissing:
 		return false, v1alpha1.ReasonDeploymentUnavailable, "the receiver Ingress does not exist yet"
 	case o.route != nil:
