@@ -154,13 +154,18 @@ func runSend(c *cobra.Command, f sendFlags, file string) error {
 	if err != nil {
 		return fmt.Errorf("while reading the answer: %w", err)
 	}
-	fmt.Fprintf(out, "%s %s (X-Request-ID %s)\n%s\n", resp.Proto, resp.Status, resp.Header.Get("X-Request-ID"),
-		strings.TrimRight(string(answer), "\n"))
+	// The receiver gives every answer an X-Request-ID; an answer without one
+	// came from something in front of it (the edge: no route, no pods).
+	id, from := resp.Header.Get("X-Request-ID"), "the receiver"
+	if id == "" {
+		id, from = "none: not the receiver's answer", "the edge, not the receiver,"
+	}
+	fmt.Fprintf(out, "%s %s (X-Request-ID %s)\n%s\n", resp.Proto, resp.Status, id, strings.TrimRight(string(answer), "\n"))
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		if ra := resp.Header.Get("Retry-After"); ra != "" {
-			return fmt.Errorf("the receiver answered %d; retry after %s s", resp.StatusCode, ra)
+			return fmt.Errorf("%s answered %d; retry after %s s", from, resp.StatusCode, ra)
 		}
-		return fmt.Errorf("the receiver answered %d", resp.StatusCode)
+		return fmt.Errorf("%s answered %d", from, resp.StatusCode)
 	}
 	return nil
 }

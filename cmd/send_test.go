@@ -287,3 +287,41 @@ func TestSendDryRunTLSFlags(t *testing.T) {
 		}
 	}
 }
+
+// An answer without an X-Request-ID is not the receiver's (it gives every
+// answer one): send says so rather than blame the receiver for the edge's
+// 503 of a suspended integration.
+func TestSendNamesWhoAnswered(t *testing.T) {
+	withID := true
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		if withID {
+			w.Header().Set("X-Request-ID", "r-1")
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = io.WriteString(w, "no available server")
+	}))
+	t.Cleanup(srv.Close)
+	body := filepath.Join(t.TempDir(), "body.json")
+	if err := os.WriteFile(body, []byte(`{"appointments":[]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	send := func() (string, error) {
+		clearFlagEnv(t, "send")
+		root := NewRootCommand()
+		var out bytes.Buffer
+		root.SetOut(&out)
+		root.SetErr(&out)
+		root.SetArgs([]string{"send", "--url", srv.URL, "--ehr", "nexus", "--api-key", "k", "--secret", "s", body})
+		err := root.ExecuteContext(t.Context())
+		return out.String(), err
+	}
+	out, err := send()
+	if err == nil || err.Error() != "the receiver answered 503" || !strings.Contains(out, "(X-Request-ID r-1)") {
+		t.Errorf("with an X-Request-ID: %v\n%s", err, out)
+	}
+	withID = false
+	out, err = send()
+	if err == nil || err.Error() != "the edge, not the receiver, answered 503" || !strings.Contains(out, "(X-Request-ID none: not the receiver's answer)") {
+		t.Errorf("without an X-Request-ID: %v\n%s", err, out)
+	}
+}
