@@ -107,6 +107,9 @@ func helmLifecycle(t *testing.T, ctx context.Context, c client.Client, kubeconfi
 			t.Errorf("helm install output lacks %q:\n%s", want, out)
 		}
 	}
+	if strings.Contains(out, "docker-registry") {
+		t.Errorf("helm install output asks for a pull Secret the values do not name:\n%s", out)
+	}
 	deployment := func(name string) (*unstructured.Unstructured, error) {
 		d := &unstructured.Unstructured{}
 		d.SetAPIVersion("apps/v1")
@@ -128,9 +131,12 @@ func helmLifecycle(t *testing.T, ctx context.Context, c client.Client, kubeconfi
 	if err != nil {
 		t.Fatalf("helm upgrade to every option: %v", err)
 	}
-	// The NOTES' example is in a watched namespace.
-	if !strings.Contains(out, "kubectl -n ehr-a get ehrintegrations") {
-		t.Errorf("helm upgrade output with watchNamespaces [ehr-a ehr-b] lacks the example in ehr-a:\n%s", out)
+	// The NOTES' example is in a watched namespace, with the receivers'
+	// pull Secret made there first.
+	for _, want := range []string{"kubectl -n ehr-a get ehrintegrations", "kubectl -n ehr-a create secret docker-registry regcred"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("helm upgrade output with every option lacks %q:\n%s", want, out)
+		}
 	}
 	d, err := deployment("flow-all-on")
 	if err != nil {
