@@ -46,6 +46,9 @@ type dbReport struct {
 	Database string `json:"database"`
 	Since    string `json:"since"`
 	Migrated bool   `json:"migrated"`
+	// Cause is why the receiver's last ping failed, in a few words with no
+	// URL or value (store.Cause); absent from older receivers.
+	Cause string `json:"cause,omitempty"`
 }
 
 // dbObservation is what the running receiver pods said of their database.
@@ -164,6 +167,7 @@ func getDBZ(ctx context.Context, hc *http.Client, url string) (dbReport, bool) {
 func databaseCondition(o *dbObservation) (metav1.ConditionStatus, string, string) {
 	var down, up int
 	var earliest time.Time
+	causes := map[string]int{}
 	for _, rep := range o.reports {
 		switch rep.Database {
 		case "reachable":
@@ -173,6 +177,9 @@ func databaseCondition(o *dbObservation) (metav1.ConditionStatus, string, string
 			if t, err := time.Parse(time.RFC3339, rep.Since); err == nil && (earliest.IsZero() || t.Before(earliest)) {
 				earliest = t
 			}
+			if rep.Cause != "" {
+				causes[clip(rep.Cause, 120)]++
+			}
 		}
 	}
 	switch {
@@ -180,6 +187,9 @@ func databaseCondition(o *dbObservation) (metav1.ConditionStatus, string, string
 		msg := fmt.Sprintf("%d of %d receivers cannot reach the database", down, o.pods)
 		if !earliest.IsZero() {
 			msg += " since " + earliest.UTC().Format(time.RFC3339)
+		}
+		if c := mostCommon(causes); c != "" {
+			msg += ": " + c
 		}
 		return metav1.ConditionFalse, v1alpha1.ReasonDatabaseUnreachable, msg
 	case up > 0:
@@ -190,4 +200,16 @@ func databaseCondition(o *dbObservation) (metav1.ConditionStatus, string, string
 	}
 	return metav1.ConditionUnknown, v1alpha1.ReasonDatabaseStateUnknown,
 		fmt.Sprintf("none of the %d running receivers answered GET /dbz on port %d", o.pods, metricsPort)
+}
+
+// mostCommon is the key of counts with the largest count, the first in
+// order among equals, so the message is the same on every pass.
+func mostCommon(counts map[string]int) string {
+	best := ""
+	for k, n := range counts {
+		if n > counts[best] || n == counts[best] && (best == "" || k < best) {
+			best = k
+		}
+	}
+	return best
 }

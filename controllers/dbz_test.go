@@ -87,6 +87,12 @@ func TestDatabaseCondition(t *testing.T) {
 		{"two of three down, the earliest since", dbObservation{pods: 3,
 			reports: []dbReport{rep("unreachable", t1), rep("reachable", t1), rep("unreachable", t2)}},
 			metav1.ConditionFalse, v1alpha1.ReasonDatabaseUnreachable, "2 of 3 receivers cannot reach the database since " + t2},
+		{"the most common cause, the first of equals", dbObservation{pods: 5, reports: []dbReport{
+			{Database: "unreachable", Since: t1, Cause: "connection refused"},
+			{Database: "unreachable", Since: t1, Cause: "SQLSTATE 28P01 (invalid_password)"},
+			{Database: "unreachable", Since: t1, Cause: "SQLSTATE 28P01 (invalid_password)"},
+			{Database: "unreachable", Since: t1, Cause: "no answer in time"}, {Database: "unreachable", Since: t1, Cause: "connection refused"}}},
+			metav1.ConditionFalse, v1alpha1.ReasonDatabaseUnreachable, "5 of 5 receivers cannot reach the database since " + t1 + ": SQLSTATE 28P01 (invalid_password)"},
 		{"none answered", dbObservation{pods: 2},
 			metav1.ConditionUnknown, v1alpha1.ReasonDatabaseStateUnknown, "none of the 2 running receivers answered GET /dbz on port 9090"},
 		{"none has heard yet", dbObservation{pods: 1, reports: []dbReport{rep("unknown", t1)}},

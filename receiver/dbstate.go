@@ -55,6 +55,9 @@ type dbState struct {
 	mu    sync.Mutex
 	state reachability
 	since time.Time // the last change, or the start while unknown
+	// cause is store.Cause of the last failed ping, for /dbz while
+	// unreachable.
+	cause string
 
 	up atomic.Bool // state == dbReachable, read without the lock on every write
 	// migrated: the schema is current; until then the webhook answers 503
@@ -99,6 +102,12 @@ func newDBState(ehr string, log *slog.Logger) *dbState {
 // included: a database that does not answer in time cannot serve).
 func (d *dbState) observePing(err error) {
 	d.noteRefused(err)
+	if err != nil {
+		cause := store.Cause(err)
+		d.mu.Lock()
+		d.cause = cause
+		d.mu.Unlock()
+	}
 	d.set(err == nil, err)
 }
 
@@ -271,16 +280,23 @@ type dbReport struct {
 	Database string `json:"database"`
 	Since    string `json:"since"`
 	Migrated bool   `json:"migrated"`
+	// Cause is why the last ping failed (store.Cause), while unreachable.
+	Cause string `json:"cause,omitempty"`
 }
 
 // serveDBZ reports the database's state; always 200: it is a report for the
 // operator, not a probe.
 func (d *dbState) serveDBZ(w http.ResponseWriter, _ *http.Request) {
-	state, since := d.snapshot()
+	d.mu.Lock()
+	state, since, cause := d.state, d.since, d.cause
+	d.mu.Unlock()
+	if state != dbUnreachable {
+		cause = ""
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	_ = json.NewEncoder(w).Encode(dbReport{
-		Database: state.String(), Since: since.UTC().Format(time.RFC3339), Migrated: d.migrated.Load(),
+		Database: state.String(), Since: since.UTC().Format(time.RFC3339), Migrated: d.migrated.Load(), Cause: cause,
 	})
 }
 

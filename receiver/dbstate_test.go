@@ -297,8 +297,8 @@ func TestDatabaseStateOneLinePerChange(t *testing.T) {
 	_ = ln.Close() // connections are refused
 	b := newBGServer(t, "postgres://nobody@"+addr+"/none?sslmode=disable&connect_timeout=2", false)
 	eventually(t, 3*time.Second, "/readyz 200 once the first ping has failed", func() bool { code, _ := b.get("/readyz"); return code == 200 })
-	if r := b.dbz(t); r.Database != "unreachable" {
-		t.Errorf("/dbz %+v, want unreachable", r)
+	if r := b.dbz(t); r.Database != "unreachable" || r.Cause != "connection refused" {
+		t.Errorf("/dbz %+v, want unreachable with its cause", r)
 	}
 	for range 10 {
 		if w := b.post(batchOf(entry("x"))); w.Code != 503 || w.Header().Get("Retry-After") != "5" {
@@ -429,6 +429,9 @@ func TestNotReadyWhileTheDatabaseRefusesTheSettings(t *testing.T) {
 	}
 	if w := b.post(batchOf(entry("refused"))); w.Code != 503 {
 		t.Errorf("a request while refused: %d %s", w.Code, w.Body)
+	}
+	if r := b.dbz(t); r.Database != "unreachable" || r.Cause != "SQLSTATE 3D000 (invalid_catalog_name)" {
+		t.Errorf("/dbz %+v, want unreachable, naming the missing database's SQLSTATE", r)
 	}
 
 	admin, err := sql.Open("postgres", adminURL)

@@ -128,3 +128,55 @@ func wrap(op string, err error) error {
 	}
 	return &dbError{op: op, err: err}
 }
+
+// Cause names why the database failed a ping or write in a few words that
+// hold no URL, host, user or value: the SQLSTATE and its name, or the kind
+// of network or TLS failure; "" when err is nil or of no kind known here
+// (the receiver's log has the whole error). The receivers report it in
+// GET /dbz, and the operator shows it in DatabaseReachable, so an SRE sees
+// a wrong password as such without reading pod logs.
+func Cause(err error) string {
+	if err == nil {
+		return ""
+	}
+	if pqErr := pq.As(err); pqErr != nil {
+		if name := pqErr.Code.Name(); name != "" {
+			return "SQLSTATE " + string(pqErr.Code) + " (" + name + ")"
+		}
+		return "SQLSTATE " + string(pqErr.Code)
+	}
+	var (
+		dnsErr           *net.DNSError
+		unknownAuthority x509.UnknownAuthorityError
+		invalid          x509.CertificateInvalidError
+		hostname         x509.HostnameError
+		netErr           net.Error
+	)
+	switch {
+	case errors.Is(err, pq.ErrSSLNotSupported):
+		return "the server does not offer TLS, which the URL's sslmode requires"
+	case errors.As(err, &unknownAuthority):
+		return "the server's certificate is not signed by a trusted CA"
+	case errors.As(err, &hostname):
+		return "the server's certificate does not name the host"
+	case errors.As(err, &invalid):
+		return "the server's certificate is not valid (expired?)"
+	case errors.As(err, &dnsErr) && dnsErr.IsNotFound:
+		return "the host name does not resolve"
+	case errors.As(err, &dnsErr):
+		return "the DNS lookup of the host failed"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return "no route to the host"
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, syscall.ETIMEDOUT),
+		errors.As(err, &netErr) && netErr.Timeout():
+		return "no answer in time"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, driver.ErrBadConn), errors.Is(err, syscall.EPIPE):
+		return "the connection was closed"
+	case errors.Is(err, ErrClosed):
+		return "the receiver is shutting down"
+	}
+	return ""
+}

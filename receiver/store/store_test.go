@@ -231,6 +231,45 @@ func TestIsRefused(t *testing.T) {
 	}
 }
 
+func TestCause(t *testing.T) {
+	t.Parallel()
+	dns := func(notFound bool) error {
+		return &net.OpError{Op: "dial", Net: "tcp", Err: &net.DNSError{Err: "x", Name: "db.secret-host.example", IsNotFound: notFound}}
+	}
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{nil, ""},
+		{errors.New("something else"), ""},
+		{wrap("Ping", &pq.Error{Code: "28P01", Message: `password authentication failed for user "app"`}), "SQLSTATE 28P01 (invalid_password)"},
+		{wrap("Ping", &pq.Error{Code: "3D000"}), "SQLSTATE 3D000 (invalid_catalog_name)"},
+		{wrap("Ping", &pq.Error{Code: "XX999"}), "SQLSTATE XX999"},
+		{wrap("Ping", pq.ErrSSLNotSupported), "the server does not offer TLS, which the URL's sslmode requires"},
+		{fmt.Errorf("tls: %w", x509.UnknownAuthorityError{}), "the server's certificate is not signed by a trusted CA"},
+		{fmt.Errorf("tls: %w", x509.HostnameError{Host: "db"}), "the server's certificate does not name the host"},
+		{fmt.Errorf("tls: %w", x509.CertificateInvalidError{Reason: x509.Expired}), "the server's certificate is not valid (expired?)"},
+		{dns(true), "the host name does not resolve"},
+		{dns(false), "the DNS lookup of the host failed"},
+		{&net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, "connection refused"},
+		{&net.OpError{Op: "dial", Net: "tcp", Err: syscall.EHOSTUNREACH}, "no route to the host"},
+		{fmt.Errorf("ping: %w", context.DeadlineExceeded), "no answer in time"},
+		{fmt.Errorf("read: %w", syscall.ECONNRESET), "the connection was closed"},
+		{driver.ErrBadConn, "the connection was closed"},
+		{ErrClosed, "the receiver is shutting down"},
+	} {
+		got := Cause(tc.err)
+		if got != tc.want {
+			t.Errorf("Cause(%v) = %q, want %q", tc.err, got, tc.want)
+		}
+		for _, secret := range []string{"app", "secret-host"} {
+			if strings.Contains(got, secret) {
+				t.Errorf("Cause(%v) = %q names %q", tc.err, got, secret)
+			}
+		}
+	}
+}
+
 func TestDBErrorHidesValues(t *testing.T) {
 	t.Parallel()
 	err := wrap("Write", &pq.Error{
