@@ -20,7 +20,7 @@ func waitingPod(reason string) corev1.Pod {
 
 func notReadyPod() corev1.Pod {
 	return corev1.Pod{Status: corev1.PodStatus{Phase: corev1.PodRunning,
-		Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionFalse}},
+		Conditions:        []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionFalse}},
 		ContainerStatuses: []corev1.ContainerStatus{{Name: "receiver", State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{}}}}}}
 }
 
