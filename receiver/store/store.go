@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -63,8 +64,17 @@ type Store struct {
 // ("invalid port \":Sup3r\" after host"). lib/pq's own errors (an unknown
 // sslmode, say) name a parameter and its value, and are kept when the URL
 // has no password to show.
+//
+// A string that is not a postgres:// or postgresql:// URL is read by lib/pq
+// as key=value pairs, and its errors quote the string from the point it
+// could not read: all of it for a URL with a typo in its scheme
+// ("postgres//app:Sup3r@host/db"), or a password's tail. Its reason is
+// not shown.
 func urlError(databaseURL string, err error) error {
 	const msg = "the database URL is not a valid postgres:// URL (percent-encode / ? # @ % : in the user name and password)"
+	if !strings.HasPrefix(databaseURL, "postgres://") && !strings.HasPrefix(databaseURL, "postgresql://") {
+		return errors.New("the database URL does not start with postgres:// or postgresql://, and is not a valid key=value connection string either (its error is not shown: it could quote a password)")
+	}
 	var uerr *url.Error
 	if errors.As(err, &uerr) {
 		return errors.New(msg)

@@ -84,6 +84,11 @@ func TestOpenRejectsBadURLWithoutEchoingIt(t *testing.T) {
 		"postgres://app:Sup3r/Secret#pw@127.0.0.1:5499/ehr":  "Sup3r",
 		"postgres://app:Pa55w0rdPrefix?x@127.0.0.1:5499/ehr": "Pa55w0rd",
 		"postgres://app:se:cr@et@host/db?sslmode=bogus":      "cr@et",
+		// Not a URL: lib/pq reads key=value pairs and quotes what it
+		// could not read.
+		"postgres//app:Sup3rSecret@127.0.0.1:5499/ehr":   "Sup3rSecret",
+		"postgresql:/app:Sup3rSecret@127.0.0.1:5499/ehr": "Sup3rSecret",
+		"host=db user=app password=Sup3r Secret":         "Secret",
 	} {
 		_, err := Open(context.Background(), url)
 		if err == nil {
