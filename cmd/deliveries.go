@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/insighthealth/ehr-operator/receiver"
 	"github.com/insighthealth/ehr-operator/receiver/replay"
 	"github.com/insighthealth/ehr-operator/receiver/store"
 	"github.com/insighthealth/ehr-operator/receiver/store/migrations"
@@ -219,6 +220,11 @@ func (f *deliveriesFlags) run(c *cobra.Command, do func(context.Context, *store.
 	// A typo would otherwise list nothing, which reads as "no such failure".
 	if f.outcome != "" && !slices.Contains(store.Recorded, store.Outcome(f.outcome)) {
 		return fmt.Errorf("--outcome %q: the delivery log records only %v", f.outcome, store.Recorded)
+	}
+	// No receiver serves an EHR that is not a DNS label: --ehr Nexus would
+	// list nothing, and a replay find nothing pending.
+	if f.ehr != "" && !receiver.ValidEHR(f.ehr) {
+		return fmt.Errorf("--ehr %q: an EHR is a DNS label (lower-case letters, digits and '-', at most 63): nothing could match", f.ehr)
 	}
 	if f.limit < 0 {
 		return fmt.Errorf("--limit %d: want 0 (all) or more", f.limit)

@@ -132,6 +132,8 @@ func TestDeliveriesCommands(t *testing.T) {
 		{[]string{"list", "--outcome", "stord"}, "records only"},
 		{[]string{"list", "--outcome", "rate_limited"}, "records only"},
 		{[]string{"list", "--limit", "-5"}, "--limit -5"},
+		{[]string{"list", "--ehr", "Nexus"}, "DNS label"},
+		{[]string{"replay", "--ehr", "nexus ", "--time-zone", "UTC"}, "DNS label"},
 		{[]string{"list", "--since", "1h", "--until", "2h"}, "is not before"},
 		{[]string{"show", "999999"}, "no delivery with id [999999]"},
 		{[]string{"show", strconv.FormatInt(ds[0].ID, 10), "999998"}, "no delivery with id [999998]"},

@@ -60,6 +60,10 @@ type Config struct {
 
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
+// ValidEHR reports whether name can be an EHR's: a DNS label, as
+// ValidateSettings requires of a receiver's.
+func ValidEHR(name string) bool { return dnsLabel.MatchString(name) }
+
 // Validate reports every configuration mistake at once.
 func (c Config) Validate() error {
 	errs := []error{c.ValidateSettings()}
