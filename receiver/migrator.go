@@ -58,12 +58,14 @@ func (s *Server) startBackground(ctx context.Context) (stop func()) {
 	grace := time.AfterFunc(startGrace, started)
 	// Without a migration the first ping's answer plays its part: a
 	// database that refuses the settings is known before the pod is ready.
-	firstPinged := started
-	if s.db.migrate != nil && !s.db.migrated.Load() {
-		firstPinged = func() {}
-		bg.goNamed("migration", func() { s.migrateUntilDone(ctx) })
+	firstPinged, migrate := started, s.db.migrate != nil && !s.db.migrated.Load()
+	if migrate {
+		firstPinged = nil
 	}
 	bg.goNamed("database monitor", func() { s.db.watch(ctx, s.store.Ping, firstPinged) })
+	if migrate {
+		bg.goNamed("migration", func() { s.migrateUntilDone(ctx) })
+	}
 	if s.pruner != nil && s.cfg.Retention.Enabled() {
 		bg.goNamed("retention", func() { s.pruneEvery(ctx) })
 	}
