@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -8,6 +9,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/jmoiron/sqlx"
 
+	"github.com/insighthealth/ehr-operator/internal/pgtest"
 	"github.com/insighthealth/ehr-operator/receiver/payload"
 )
 
@@ -200,5 +202,67 @@ func TestWriteRefusesVersionsNotMatchingEntries(t *testing.T) {
 	b.Versions[0].FirstReceived = time.Time{}
 	if _, err := s.Write(t.Context(), b); err == nil {
 		t.Error("Write accepted a version without a received time")
+	}
+}
+
+// TestRetryDoesNotUndoAVersionCommittedWhileItWaits: a retried (or
+// replayed) version is checked against the stored one under the row's
+// lock, not only in the statement's snapshot. Here the retry's statement
+// takes its snapshot, then waits for a patient's row lock; meanwhile
+// another receiver commits a newer version of the same appointment and
+// patient, answered 200. The retry must then leave both as the newer
+// version has them (it found them older in its snapshot).
+func TestRetryDoesNotUndoAVersionCommittedWhileItWaits(t *testing.T) {
+	t.Parallel()
+	u := pgtest.NewDatabase(t)
+	s, db := openStore(t, u)
+	other, _ := openStore(t, u) // another replica
+	t0 := time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
+	sec := func(n int) time.Time { return t0.Add(time.Duration(n) * time.Second) }
+
+	blocker := minimalEntry("apt-0") // its patient pat-0 sorts before pat-a
+	blocker.Patient.ID = "pat-0"
+	booked := minimalEntry("apt-a")
+	booked.Patient.ID = "pat-a"
+	mustWrite(t, s, at(sec(0), blocker, booked))
+
+	oldVersion := withStatus(booked, "arrived") // first received at 10 s, its first attempt failed
+	oldVersion.Patient.FirstName = "Old"
+	newVersion := withStatus(booked, "cancelled") // first received at 20 s, stored
+	newVersion.Patient.FirstName = "New"
+	blockerAgain := withStatus(blocker, "arrived")
+
+	lock, err := db.Beginx()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = lock.Rollback() }()
+	if _, err := lock.Exec(`SELECT 1 FROM patients WHERE ehr = $1 AND external_id = 'pat-0' FOR UPDATE`, ehr); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		_, err := s.Write(context.Background(), retry(sec(30), sec(10), blockerAgain, oldVersion))
+		got <- err
+	}()
+	waitFor(t, 10*time.Second, "the retry's statement waiting for pat-0", func() bool {
+		return count(t, db, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'`, storeSessions) == 1
+	})
+	mustWrite(t, other, at(sec(20), newVersion))
+	if err := lock.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; err != nil {
+		t.Fatalf("the retry: %v", err)
+	}
+
+	if st := getStored(t, db, "apt-a"); st.Status != "cancelled" || !st.ReceivedAt.Equal(sec(20)) {
+		t.Errorf("apt-a is %s, first received %v; want the newer version, cancelled at %v, kept", st.Status, st.ReceivedAt, sec(20))
+	}
+	if p := getPatient(t, db, "pat-a"); p.FirstName != "New" {
+		t.Errorf("pat-a's first name is %q, want the newer version's %q kept", p.FirstName, "New")
+	}
+	if st := getStored(t, db, "apt-0"); st.Status != "arrived" {
+		t.Errorf("apt-0 is %s: the retry's other entry, newer than what is stored, was not applied", st.Status)
 	}
 }

@@ -100,7 +100,7 @@ WITH delivery AS (
     ON CONFLICT (ehr, external_id) DO UPDATE SET
         {{appointments set}},
         delivery_id = EXCLUDED.delivery_id, updated_at = now()
-    WHERE a.content_hash <> EXCLUDED.content_hash
+    WHERE a.content_hash <> EXCLUDED.content_hash{{appointment recheck}}
     RETURNING {{history arrays}}
 ), history AS (
     INSERT INTO appointment_history (ehr, {{history columns}}, superseded)
@@ -147,7 +147,21 @@ var fullParts = map[string]string{
 	"superseded count": "(SELECT count(*) FROM entry e WHERE e.superseded AND e.delivery_id = d.delivery_id)",
 	"quarantine count": "(SELECT count(*) FROM quarantine q WHERE q.delivery_id = d.delivery_id)",
 	"quarantine ctes":  quarantineTemplate,
+	// The superseded checks again, on the row as the upsert locked it: the
+	// statement's snapshot misses a newer version committed while it ran
+	// (waiting for a row lock, say), and ON CONFLICT DO UPDATE would
+	// overwrite it with the retried one. Such an entry then counts as a
+	// duplicate, without a history row.
+	"appointment recheck": `
+        AND NOT COALESCE(EXCLUDED.version_received_at < a.version_received_at AND EXCLUDED.version_received_at < (
+            SELECT d.received_at FROM delivery_in d WHERE d.delivery_id = EXCLUDED.delivery_id
+        ), false)`,
 	// snapshotTemplate's
+	"recheck": `
+        AND NOT COALESCE(EXCLUDED.version_received_at < {{alias}}.version_received_at AND EXISTS (
+            SELECT 1 FROM entry e WHERE e.{{key}} = EXCLUDED.external_id
+                AND e.version_received_at = EXCLUDED.version_received_at AND e.version_received_at < e.delivery_received_at
+        ), false)`,
 	"where": `
     WHERE NOT superseded AND NOT COALESCE(version_received_at < delivery_received_at AND version_received_at < (
         SELECT t.version_received_at FROM {{table}} t WHERE t.ehr = $1 AND t.external_id = entry.{{key}}
@@ -157,6 +171,7 @@ var fullParts = map[string]string{
 var simpleParts = map[string]string{
 	"superseded": "false", "applies": "", "superseded history": "",
 	"superseded count": "0::bigint", "quarantine count": "0::bigint", "quarantine ctes": "", "where": "",
+	"appointment recheck": "", "recheck": "",
 }
 
 // snapshotTemplate is the patient and the practitioner upsert: one row
@@ -178,7 +193,7 @@ const snapshotTemplate = `, {{cte}} AS (
         version_received_at = EXCLUDED.version_received_at,
         updated_at = now()
     WHERE ({{alias.values}})
-        IS DISTINCT FROM ({{EXCLUDED.values}})
+        IS DISTINCT FROM ({{EXCLUDED.values}}){{recheck}}
     RETURNING 1
 )`
 
@@ -238,7 +253,7 @@ func writeVars(simple bool) map[string]string {
 		parts = simpleParts
 	}
 	for name, part := range parts {
-		if name != "where" {
+		if name != "where" && name != "recheck" {
 			v[name] = fill(part, v)
 		}
 	}
@@ -254,6 +269,7 @@ func writeVars(simple bool) map[string]string {
 			"EXCLUDED.values": list(qualify("EXCLUDED", s.t.Values())),
 		}
 		snapshot["where"] = fill(parts["where"], snapshot)
+		snapshot["recheck"] = fill(parts["recheck"], snapshot)
 		v[s.cte] = fill(snapshotTemplate, snapshot)
 	}
 	return v
