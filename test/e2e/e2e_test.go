@@ -15,6 +15,8 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -139,6 +141,80 @@ func startRegistryAndRelease(ctx context.Context) error {
 // default pull secret.
 func releaseSets() []string {
 	return []string{"imagePullSecrets[0].name=" + pullSecret, "receivers.podTemplate.imagePullSecrets[0].name=" + pullSecret}
+}
+
+// TestReleasedVersionIsNeverReplaced releases versionA again, right after
+// TestMain released it. From the same tree it succeeds and leaves the chart
+// as it was, not pushed again (helm package stamps times into the .tgz, so
+// a second push would move the tag to a new digest). With a chart whose
+// NOTES.txt differs it is refused before anything is built or pushed.
+// Either way the registry still serves versionA's index and chart as first
+// released: what clusters pulled under that version stays what it names.
+func TestReleasedVersionIsNeverReplaced(t *testing.T) {
+	ctx := context.Background()
+	served := func(when string) {
+		t.Helper()
+		index, err := reg.ManifestDigest(ctx, regPath+"/ehr-operator", versionA)
+		if err != nil {
+			t.Fatal(err)
+		}
+		chart, err := reg.ManifestDigest(ctx, regPath+"/charts/ehr-operator", relA.ChartVersion)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if index != relA.Index {
+			t.Errorf("%s: the registry serves %s as index %s, not the released %s", when, relA.Image, index, relA.Index)
+		}
+		if chart != relA.ChartDigest {
+			t.Errorf("%s: the registry serves chart %s as %s, not the released %s: the chart's tag moved", when, relA.ChartVersion, chart, relA.ChartDigest)
+		}
+	}
+	served("before")
+
+	t0 := time.Now()
+	again, err := env.Release(ctx, reg, regPath, versionA)
+	t.Logf("$ make release VERSION=%s (again, the same tree; %s)\n%s", versionA, time.Since(t0).Round(time.Second), again.Output)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Index != relA.Index || again.ChartDigest != relA.ChartDigest {
+		t.Errorf("the same tree released again reports index %s and chart %s, want %s and %s", again.Index, again.ChartDigest, relA.Index, relA.ChartDigest)
+	}
+	if strings.Contains(again.Output, "Pushed: ") {
+		t.Errorf("the same tree released again pushed the chart again (helm push's \"Pushed: \" in its output)")
+	}
+	served("after releasing the same tree again")
+
+	// The same chart but for one line of NOTES.txt.
+	chart := filepath.Join(t.TempDir(), "ehr-operator")
+	if err := os.CopyFS(chart, os.DirFS(filepath.Join(env.Root, "charts/ehr-operator"))); err != nil {
+		t.Fatal(err)
+	}
+	notes := filepath.Join(chart, "templates", "NOTES.txt")
+	b, err := os.ReadFile(notes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(notes, append(b, "\nThis line is not in the released chart.\n"...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t0 = time.Now()
+	other, err := env.Release(ctx, reg, regPath, versionA, "CHART_DIR="+chart)
+	t.Logf("$ CHART_DIR=%s make release VERSION=%s (another NOTES.txt; %s)\n%s", chart, versionA, time.Since(t0).Round(time.Second), other.Output)
+	switch {
+	case err == nil:
+		t.Errorf("releasing %s again with another NOTES.txt succeeded, want it refused", versionA)
+	case !strings.Contains(other.Output, "already exists with other content: a released version is never replaced"):
+		t.Errorf("releasing %s again with another NOTES.txt failed, but not because the chart differs: %v", versionA, err)
+	}
+	// hack/image prints one or the other as soon as it runs; helm push
+	// prints "Pushed: ".
+	for _, s := range []string{"pushed index", "already names this index", "Pushed: "} {
+		if strings.Contains(other.Output, s) {
+			t.Errorf("the refused release went on to push (%q in its output), want it stopped before building anything", s)
+		}
+	}
+	served("after the refused release")
 }
 
 // TestEndToEnd is one story, in order: each step builds on the previous one,

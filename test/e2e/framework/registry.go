@@ -117,19 +117,58 @@ func (e *Env) StartRegistry(ctx context.Context) (*Registry, error) {
 // AnonymousStatus is the registry's answer to GET /v2/ without
 // credentials: 401 when authentication is on.
 func (r *Registry) AnonymousStatus() (int, error) {
-	pem, err := os.ReadFile(r.CA)
+	c, err := r.client()
 	if err != nil {
 		return 0, err
 	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
-	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
 	resp, err := c.Get("https://" + r.Host + "/v2/")
 	if err != nil {
 		return 0, err
 	}
 	resp.Body.Close()
 	return resp.StatusCode, nil
+}
+
+// ManifestDigest is the digest of the manifest (or index) the registry
+// serves for repo:ref, asked with its credentials (HEAD, the
+// Docker-Content-Digest header): what a pull of that tag gets now, whatever
+// a release's output said. It is an error if the registry has no such tag.
+func (r *Registry) ManifestDigest(ctx context.Context, repo, ref string) (string, error) {
+	c, err := r.client()
+	if err != nil {
+		return "", err
+	}
+	u := "https://" + r.Host + "/v2/" + repo + "/manifests/" + ref
+	req, err := http.NewRequestWithContext(ctx, http.MethodHead, u, nil)
+	if err != nil {
+		return "", err
+	}
+	req.SetBasicAuth(r.User, r.Password)
+	req.Header.Set("Accept", "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json")
+	resp, err := c.Do(req)
+	if err != nil {
+		return "", err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("HEAD %s: %s", u, resp.Status)
+	}
+	d := resp.Header.Get("Docker-Content-Digest")
+	if !strings.HasPrefix(d, "sha256:") {
+		return "", fmt.Errorf("HEAD %s: no digest in the answer (Docker-Content-Digest %q)", u, d)
+	}
+	return d, nil
+}
+
+// client is an HTTP client that trusts the registry's CA.
+func (r *Registry) client() (*http.Client, error) {
+	pem, err := os.ReadFile(r.CA)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}, nil
 }
 
 func (r *Registry) writeClientConfig() error {
@@ -211,11 +250,13 @@ var (
 )
 
 // Release runs hack/release.sh (what `make release` runs) for version to
-// REGISTRY/path and returns what it pushed.
-func (e *Env) Release(ctx context.Context, r *Registry, path, version string) (*Pushed, error) {
+// REGISTRY/path, with the extra environment variables env (e.g.
+// CHART_DIR=…), and returns what it pushed. On failure, the Pushed holds
+// its output still.
+func (e *Env) Release(ctx context.Context, r *Registry, path, version string, env ...string) (*Pushed, error) {
 	cmd := exec.CommandContext(ctx, filepath.Join(e.Root, "hack/release.sh"))
 	cmd.Dir = e.Root
-	cmd.Env = append(append(os.Environ(), r.Env()...), "VERSION="+version, "REGISTRY="+r.Host+"/"+path, "HELM="+e.Helm)
+	cmd.Env = append(append(append(os.Environ(), r.Env()...), "VERSION="+version, "REGISTRY="+r.Host+"/"+path, "HELM="+e.Helm), env...)
 	out, err := cmd.CombinedOutput()
 	rel := &Pushed{Version: version, ChartVersion: strings.TrimPrefix(version, "v"),
 		Image: r.Host + "/" + path + "/ehr-operator:" + version, Output: string(out),
