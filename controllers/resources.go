@@ -371,6 +371,10 @@ func credentialsVolume(secretName string, mode int32) *corev1ac.VolumeApplyConfi
 // before SIGTERM, so that endpoint removal reaches every proxy first.
 const preStopSleepSeconds = 5
 
+// receiverShutdownSeconds is receiver.ShutdownBudget (a test keeps them
+// equal; the operator does not link the receiver's package for it).
+const receiverShutdownSeconds = 65
+
 // buildDeployment makes the receiver's Deployment running image, with the
 // pod template annotated with the versions of the Secrets it reads.
 func buildDeployment(e *v1alpha1.EHRIntegration, image string, versions v1alpha1.SecretVersions) *appsv1ac.DeploymentApplyConfiguration {
@@ -437,9 +441,10 @@ func buildDeployment(e *v1alpha1.EHRIntegration, image string, versions v1alpha1
 		WithServiceAccountName(childName(e)).
 		WithAutomountServiceAccountToken(false).
 		WithEnableServiceLinks(false).
-		// The preStop sleep, then the receiver's drain of in-flight
-		// requests (at most 30 s) on SIGTERM.
-		WithTerminationGracePeriodSeconds(preStopSleepSeconds+40).
+		// The preStop sleep, then the receiver's shutdown on SIGTERM
+		// (receiver.ShutdownBudget: the drain of in-flight requests, the
+		// delivery log, the store).
+		WithTerminationGracePeriodSeconds(preStopSleepSeconds+receiverShutdownSeconds).
 		WithSecurityContext(corev1ac.PodSecurityContext().
 			WithRunAsNonRoot(true).
 			WithRunAsUser(receiverUID).

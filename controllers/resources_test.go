@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/insighthealth/ehr-operator/api/v1alpha1"
+	"github.com/insighthealth/ehr-operator/receiver"
 )
 
 // sample is an EHRIntegration as a client would send it, defaults unset.
@@ -121,6 +122,11 @@ func TestBuildDeployment(t *testing.T) {
 	}
 	if diff := cmp.Diff(selectorLabels(e), d.Spec.Selector.MatchLabels); diff != "" {
 		t.Errorf("selector mismatch (-want +got):\n%s", diff)
+	}
+	// The kubelet kills the receiver at the end of the grace period: it
+	// must cover the preStop sleep and the receiver's whole shutdown.
+	if got, want := *d.Spec.Template.Spec.TerminationGracePeriodSeconds, int64(preStopSleepSeconds)+int64(receiver.ShutdownBudget/time.Second); got != want {
+		t.Errorf("terminationGracePeriodSeconds = %d, want the preStop sleep and receiver.ShutdownBudget, %d", got, want)
 	}
 	pod := d.Spec.Template
 	for k, v := range d.Spec.Selector.MatchLabels {

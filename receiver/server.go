@@ -34,7 +34,9 @@ const (
 	readTimeout       = 30 * time.Second
 	writeTimeout      = 60 * time.Second
 	idleTimeout       = 120 * time.Second
-	shutdownTimeout   = 30 * time.Second
+	// shutdownTimeout covers the longest a request can wait for its answer
+	// (40 s: decisions.md, "A 503 says not stored only when it is true").
+	shutdownTimeout   = 45 * time.Second
 	writeBatchTimeout = 20 * time.Second
 	// retryAfterUnavailable is the Retry-After of a 503, in seconds.
 	retryAfterUnavailable = 5
@@ -168,6 +170,16 @@ func (s *Server) MetricsHandler() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
 	return mux
 }
+
+// ShutdownBudget is the most a receiver takes from SIGTERM to its exit:
+// the drain of in-flight requests (shutdownTimeout, 45 s), the delivery
+// log's last write (deliveryFlushTimeout, left after 6 s), and closing the
+// store (5 s for the writes under way, 5 s for the pool), with a little to
+// spare. The
+// operator's grace period is the preStop sleep plus this
+// (controllers/resources.go; TestSIGTERMWhileTheDatabaseIsFrozen
+// measures it with a database that stopped answering).
+const ShutdownBudget = 65 * time.Second
 
 // Run serves until ctx is done, then shuts down gracefully: /readyz fails
 // at once, the listeners close, and in-flight requests finish (up to

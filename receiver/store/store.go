@@ -33,6 +33,9 @@ const (
 	// query under way, and one may be blocked for minutes in a read from a
 	// database that does not answer (the receiver's ping, its delivery log).
 	poolCloseWait = 5 * time.Second
+	// closeWait bounds Close's wait for the writes under way, before the
+	// pool's.
+	closeWait = 5 * time.Second
 )
 
 // Store is the receiver's PostgreSQL storage. It is safe for concurrent
@@ -188,9 +191,12 @@ func (s *Store) Close() error {
 	go func() { s.wg.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(s.txTimeout + defaultConnectTimeout): // a transaction's connect and run
+	case <-time.After(closeWait):
 		// A database that stopped answering mid-statement: its callers
-		// have had their errors; do not hold the shutdown.
+		// have had their answers (outcome unknown; the receiver closes
+		// the store after its server drained), so waiting for the kernel
+		// to give up on the connection would only hold the shutdown past
+		// the pod's grace period.
 		go s.db.Close()
 		return errors.New("Close: in-flight writes did not finish; the database does not answer")
 	}

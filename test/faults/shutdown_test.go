@@ -17,6 +17,7 @@ import (
 
 	"github.com/insighthealth/ehr-operator/internal/harness"
 	"github.com/insighthealth/ehr-operator/internal/pgtest"
+	"github.com/insighthealth/ehr-operator/receiver"
 )
 
 // TestSIGTERMUnderLoad sends SIGTERM to a receiver under load and checks
@@ -219,4 +220,47 @@ func countAfter(log string, line int) int {
 		}
 	}
 	return n
+}
+
+// TestSIGTERMWhileTheDatabaseIsFrozen: a request in flight when SIGTERM
+// comes, whose statement a database that stopped answering holds, still
+// gets its answer (503: the outcome is unknown) before the process exits,
+// and the process exits within the pod's grace period after the preStop
+// sleep (receiver.ShutdownBudget). The grace used to leave 40 s after
+// SIGTERM, the drain ended at 30 s, before such a request's 40 s, and the
+// exit took 55 s: the kubelet's SIGKILL came first.
+func TestSIGTERMWhileTheDatabaseIsFrozen(t *testing.T) {
+	cluster := pgtest.NewCluster(t)
+	r := startReceiver(t, cluster.NewDatabase(t))
+	ctx := context.Background()
+	gen := harness.NewGen("frozen")
+	client := harness.NewClient(2)
+	if a := harness.Post(ctx, client, r.URL, gen.Body(0, 1), "warm"); a.Status != 200 {
+		t.Fatalf("before the freeze: %d %v %s", a.Status, a.Err, a.Body)
+	}
+	thaw := cluster.Freeze(t)
+	defer thaw()
+	got := make(chan harness.Answer, 1)
+	go func() { got <- harness.Post(ctx, client, r.URL, gen.Body(1, 1), "frozen") }()
+	time.Sleep(time.Second) // its statement is under way
+	if err := r.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	const grace = receiver.ShutdownBudget // after SIGTERM: the grace period less the preStop sleep
+	select {
+	case a := <-got:
+		if a.Err != nil || a.Status != 503 || a.RetryAfter == "" {
+			t.Errorf("the request in flight at SIGTERM: %d (%v) Retry-After %q, want a 503 with Retry-After", a.Status, a.Err, a.RetryAfter)
+		}
+		t.Logf("answered %s after SIGTERM: %d %s", time.Since(start).Round(time.Millisecond), a.Status, a.Body)
+	case <-time.After(grace):
+		t.Fatal("the request in flight at SIGTERM got no answer within the grace period")
+	}
+	select {
+	case <-r.Exited():
+		t.Logf("exited %s after SIGTERM", time.Since(start).Round(time.Millisecond))
+	case <-time.After(grace - time.Since(start)):
+		t.Fatalf("the receiver did not exit within %s of SIGTERM: the kubelet would kill it", grace)
+	}
 }
