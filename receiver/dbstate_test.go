@@ -177,6 +177,9 @@ func TestStartWithoutDatabase(t *testing.T) {
 	if b.log.count("Database unreachable") != 1 || b.log.count("Migration failed; the webhook answers 503 until one succeeds") < 1 {
 		t.Errorf("want one line for the database going down and one per failed migration:\n%s", logs)
 	}
+	if n := strings.Count(logs, "the schema is not migrated yet"); n != 3 {
+		t.Errorf("%d request lines say why they got a 503 (not migrated), want 3:\n%s", n, logs)
+	}
 	// Nothing tried the database for the requests: no delivery row either.
 	if strings.Contains(logs, "Could not record the failed delivery") {
 		t.Errorf("a request tried the database before the migration:\n%s", logs)

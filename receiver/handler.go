@@ -299,6 +299,10 @@ func (s *Server) validate(rq *request) *answer {
 	}
 }
 
+// errNotMigrated is why a request is answered 503 before the start-up
+// migration succeeded, for its log line.
+var errNotMigrated = errors.New("the schema is not migrated yet: the background migration retries until the database lets it (see its Migration failed lines)")
+
 // commit writes the batch, delivery row included, and answers 200 only
 // once it is committed. The versions of a batch not stored are remembered,
 // so their retry cannot undo a newer version (versions.go).
@@ -309,7 +313,7 @@ func (s *Server) commit(rq *request) answer {
 		// The same answer as an outage, without a connection attempt per
 		// request: the background migration is what waits for the database.
 		return answer{resp: errorBody(http.StatusServiceUnavailable, msgUnavailable, nil),
-			retryAfter: retryAfterUnavailable, outcome: store.OutcomeUnavailable}
+			retryAfter: retryAfterUnavailable, outcome: store.OutcomeUnavailable, err: errNotMigrated}
 	}
 	a := answer{outcome: store.OutcomeStored}
 	if len(rq.invalid) > 0 {
