@@ -257,15 +257,42 @@ func (f *deliveriesFlags) run(c *cobra.Command, do func(context.Context, *store.
 	if err != nil {
 		return fmt.Errorf("while opening the database: %w", err)
 	}
-	defer st.Close()
-	if err := st.Ready(ctx); err != nil {
-		if errors.Is(err, migrations.ErrPending) {
-			return errors.New("the database's schema is older than this binary: run ehr-operator migrate first")
+	// lib/pq cannot interrupt a read: against a database that stopped
+	// answering, a query outlives the context, and closing the store waits
+	// for it. So the work runs aside, and is left to the process's exit
+	// once abandonAfter has passed since --timeout or the signal.
+	done := make(chan error, 1)
+	go func() {
+		if err := st.Ready(ctx); err != nil {
+			if errors.Is(err, migrations.ErrPending) {
+				done <- errors.New("the database's schema is older than this binary: run ehr-operator migrate first")
+				return
+			}
+			done <- fmt.Errorf("while checking the database: %w", err)
+			return
 		}
-		return fmt.Errorf("while checking the database: %w", err)
+		done <- do(ctx, st, filter)
+	}()
+	select {
+	case err := <-done:
+		_ = st.Close()
+		return err
+	case <-ctx.Done():
 	}
-	return do(ctx, st, filter)
+	select {
+	case err := <-done:
+		_ = st.Close()
+		return err
+	case <-time.After(abandonAfter):
+		return fmt.Errorf("stopped (%w), and the database has not answered for %s since: exiting without waiting for it (a replay's write under way may have been committed: run it again)",
+			context.Cause(ctx), abandonAfter)
+	}
 }
+
+// abandonAfter is how long a command waits for the database past --timeout
+// or Ctrl-C: a replay's write already sent is waited for (up to 20 s, the
+// store's transaction and grace), a read no longer than that.
+var abandonAfter = 25 * time.Second
 
 // noteLimit tells on standard error that n rows may be only the first of
 // more, when they are as many as --limit allows.

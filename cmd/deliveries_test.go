@@ -180,3 +180,23 @@ func TestDeliveriesCommands(t *testing.T) {
 		t.Errorf("show after replay:\n%s", show)
 	}
 }
+
+// A database that stops answering (frozen: it takes the bytes and never
+// answers) does not hold the command past --timeout and abandonAfter:
+// lib/pq cannot interrupt its read, so the command leaves it behind.
+func TestDeliveriesGiveUpOnASilentDatabase(t *testing.T) {
+	cluster := pgtest.NewCluster(t)
+	u := cluster.NewDatabase(t)
+	old := abandonAfter
+	abandonAfter = time.Second
+	t.Cleanup(func() { abandonAfter = old })
+	cluster.Freeze(t)
+	start := time.Now()
+	out, err := runOut(t, "deliveries", "list", "--database-url", u, "--timeout", "1s")
+	if err == nil || !strings.Contains(err.Error(), "has not answered for 1s since: exiting without waiting for it") {
+		t.Errorf("list against a frozen database: %v\n%s", err, out)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("list returned %s after it started, want about --timeout and abandonAfter (2 s)", d.Round(time.Millisecond))
+	}
+}
