@@ -146,6 +146,7 @@ func (r *EHRIntegrationReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		}
 		obs.served, obs.servedKnown = servedVersions(pods, obs.deployment, time.Now())
 		obs.podTrouble = podTrouble(obs.deployment, pods)
+		obs.podsStarted = len(pods) > 0
 		if !obs.suspended && obs.problem == nil {
 			obs.db = r.askDatabase(ctx, pods)
 		}
@@ -188,10 +189,14 @@ func (r *EHRIntegrationReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	return ctrl.Result{}, nil
 }
 
-// awaitingPods: receiver pods are wanted and none runs to be asked about
-// its database yet (pulling, starting).
+// awaitingPods: receiver pods are wanted, the Deployment has started some,
+// and none runs to be asked about its database yet (pulling, starting).
+// Not while it has started none: the ReplicaSet's pods (or its failure to
+// make them) change the Deployment's status, which is watched; and on
+// envtest, which runs no pods, 1,000 integrations would otherwise be
+// looked at again every poll for ever.
 func awaitingPods(o observation) bool {
-	return o.deployment != nil && !o.suspended && o.problem == nil && o.wantReplicas > 0 && o.db == nil
+	return o.deployment != nil && !o.suspended && o.problem == nil && o.wantReplicas > 0 && o.db == nil && o.podsStarted
 }
 
 // reconcileChildren checks the prerequisites and brings each child in line.

@@ -74,6 +74,8 @@ type observation struct {
 	// podTrouble says why pods are not available (podTrouble), "" when
 	// nothing is known.
 	podTrouble string
+	// podsStarted: the Deployment has receiver pods, running or not.
+	podsStarted bool
 }
 
 // rolloutPollInterval is how often an integration whose pods do not all
