@@ -50,7 +50,9 @@ func benchmarkReconcile(b *testing.B, n int) {
 	startSuite(b)
 	for i := 0; i < b.N; i++ {
 		ns := newNamespace(b)
-		create(b, credsSecret(ns), dbSecret(ns))
+		// The Ingresses' TLS Secret too: without it every status is
+		// TLSSecretNotFound, not the last one envtest lets them reach.
+		create(b, credsSecret(ns), dbSecret(ns), tlsSecret(ns, "ehr-tls"))
 		load0 := loadAverage(b)
 		cpu0 := processCPU(b)
 		w0, by0 := suite.writes.snapshot()
