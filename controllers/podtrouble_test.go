@@ -71,12 +71,7 @@ func TestDeploymentUnavailableSaysWhy(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 2 {
-		p := replicaSetPod(&corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("nexus-receiver-%d", i),
-				Labels: map[string]string{labelName: receiverAppName, labelInstance: "nexus"}},
-			Spec: corev1.PodSpec{AutomountServiceAccountToken: ptr.To(false), Containers: []corev1.Container{{Name: "receiver", Image: testImage}}},
-		}, "nexus")
-		create(t, p)
+		p := startedPod(t, ns, "nexus", fmt.Sprintf("nexus-receiver-%d", i))
 		p.Status = waitingPod("ImagePullBackOff").Status
 		if err := suite.client.Status().Update(ctx, p); err != nil {
 			t.Fatal(err)
