@@ -43,11 +43,16 @@ func podTrouble(d *appsv1.Deployment, pods []corev1.Pod) string {
 	return strings.Join(parts, ", ")
 }
 
-// podWoes are podWoe's answers, in the order podTrouble lists them.
-var podWoes = []string{
-	"unschedulable", "cannot pull the image", "cannot start (container config)", "crash-looping",
-	"running, not ready",
-}
+// podWoe's answers, and podWoes the order podTrouble lists them in.
+const (
+	woeUnschedulable = "unschedulable"
+	woePull          = "cannot pull the image"
+	woeStart         = "cannot start (container config)"
+	woeCrash         = "crash-looping"
+	woeNotReady      = "running, not ready"
+)
+
+var podWoes = []string{woeUnschedulable, woePull, woeStart, woeCrash, woeNotReady}
 
 // podWoe is what keeps one pod from being available, "" when it is ready,
 // being deleted, or only starting.
@@ -57,7 +62,7 @@ func podWoe(p *corev1.Pod) string {
 	}
 	for _, c := range p.Status.Conditions {
 		if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse && c.Reason == corev1.PodReasonUnschedulable {
-			return podWoes[0]
+			return woeUnschedulable
 		}
 	}
 	ready := false
@@ -72,15 +77,15 @@ func podWoe(p *corev1.Pod) string {
 		}
 		switch cs.State.Waiting.Reason {
 		case "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull":
-			return podWoes[1]
+			return woePull
 		case "CreateContainerConfigError", "CreateContainerError", "RunContainerError":
-			return podWoes[2]
+			return woeStart
 		case "CrashLoopBackOff":
-			return podWoes[3]
+			return woeCrash
 		}
 	}
 	if p.Status.Phase == corev1.PodRunning && !ready && len(p.Status.ContainerStatuses) > 0 && allStarted(p) {
-		return podWoes[4]
+		return woeNotReady
 	}
 	return ""
 }

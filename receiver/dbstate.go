@@ -55,7 +55,7 @@ type dbState struct {
 	mu    sync.Mutex
 	state reachability
 	since time.Time // the last change, or the start while unknown
-	// cause is store.Cause of the last failed ping, for /dbz while
+	// cause is store.Cause of the last failure (set), for /dbz while
 	// unreachable.
 	cause string
 
@@ -102,12 +102,6 @@ func newDBState(ehr string, log *slog.Logger) *dbState {
 // included: a database that does not answer in time cannot serve).
 func (d *dbState) observePing(err error) {
 	d.noteRefused(err)
-	if err != nil {
-		cause := store.Cause(err)
-		d.mu.Lock()
-		d.cause = cause
-		d.mu.Unlock()
-	}
 	d.set(err == nil, err)
 }
 
@@ -156,6 +150,9 @@ func (d *dbState) set(reachable bool, err error) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if !reachable {
+		d.cause = store.Cause(err) // also while the state stays: the cause may change
+	}
 	if d.state == want {
 		return
 	}

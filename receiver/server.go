@@ -175,10 +175,9 @@ func (s *Server) MetricsHandler() http.Handler {
 // the drain of in-flight requests (shutdownTimeout, 45 s), the delivery
 // log's last write (deliveryFlushTimeout, left after 6 s), and closing the
 // store (5 s for the writes under way, 5 s for the pool), with a little to
-// spare. The
-// operator's grace period is the preStop sleep plus this
-// (controllers/resources.go; TestSIGTERMWhileTheDatabaseIsFrozen
-// measures it with a database that stopped answering).
+// spare. The operator's grace period is the preStop sleep plus this
+// (controllers/resources.go; TestSIGTERMWhileTheDatabaseIsFrozen measures
+// it with a database that stopped answering).
 const ShutdownBudget = 65 * time.Second
 
 // Run serves until ctx is done, then shuts down gracefully: /readyz fails

@@ -59,13 +59,29 @@ func IsRefused(err error) bool {
 	if pqErr := pq.As(err); pqErr != nil {
 		return pqErr.Code.Class() == "28" || pqErr.Code == "3D000" || pqErr.Code == "42501"
 	}
+	return tlsCause(err) != ""
+}
+
+// tlsCause names a TLS setting the server refuses (a certificate that
+// does not verify, no TLS where the URL's sslmode requires it), "" for any
+// other error.
+func tlsCause(err error) string {
 	var (
 		unknownAuthority x509.UnknownAuthorityError
 		invalid          x509.CertificateInvalidError
 		hostname         x509.HostnameError
 	)
-	return errors.As(err, &unknownAuthority) || errors.As(err, &invalid) || errors.As(err, &hostname) ||
-		errors.Is(err, pq.ErrSSLNotSupported)
+	switch {
+	case errors.Is(err, pq.ErrSSLNotSupported):
+		return "the server does not offer TLS, which the URL's sslmode requires"
+	case errors.As(err, &unknownAuthority):
+		return "the server's certificate is not signed by a trusted CA"
+	case errors.As(err, &hostname):
+		return "the server's certificate does not name the host"
+	case errors.As(err, &invalid):
+		return "the server's certificate is not valid (expired?)"
+	}
+	return ""
 }
 
 func unavailableCode(code pqerror.Code) bool {
@@ -145,22 +161,14 @@ func Cause(err error) string {
 		}
 		return "SQLSTATE " + string(pqErr.Code)
 	}
+	if c := tlsCause(err); c != "" {
+		return c
+	}
 	var (
-		dnsErr           *net.DNSError
-		unknownAuthority x509.UnknownAuthorityError
-		invalid          x509.CertificateInvalidError
-		hostname         x509.HostnameError
-		netErr           net.Error
+		dnsErr *net.DNSError
+		netErr net.Error
 	)
 	switch {
-	case errors.Is(err, pq.ErrSSLNotSupported):
-		return "the server does not offer TLS, which the URL's sslmode requires"
-	case errors.As(err, &unknownAuthority):
-		return "the server's certificate is not signed by a trusted CA"
-	case errors.As(err, &hostname):
-		return "the server's certificate does not name the host"
-	case errors.As(err, &invalid):
-		return "the server's certificate is not valid (expired?)"
 	case errors.As(err, &dnsErr) && dnsErr.IsNotFound:
 		return "the host name does not resolve"
 	case errors.As(err, &dnsErr):
