@@ -133,13 +133,17 @@ type Result struct {
 	// Duplicates is the number of entries not applied: their content was
 	// already applied to the appointment at some time (a redelivery or a
 	// replay of an older version), or a later entry of the same batch names
-	// the same appointment.
+	// the same appointment; and of quarantined entries not kept again:
+	// their content was already pending in the EHR's quarantine (a retried
+	// delivery), or an identical entry of the same batch or group was kept.
 	Duplicates int
 	// Superseded is the number of retried versions not applied because the
 	// appointment holds a version first received after them; each is in the
-	// history, marked superseded. Written + Duplicates + Superseded ==
-	// len(Batch.Entries).
-	Superseded  int
+	// history, marked superseded.
+	Superseded int
+	// Quarantined is the number of quarantined entries kept: rows added to
+	// quarantined_entries. Written + Duplicates + Superseded + Quarantined
+	// == len(Batch.Entries) + len(Batch.Quarantined), the batch's items.
 	Quarantined int
 }
 

@@ -381,7 +381,9 @@ func (s *Store) writeGroup(ctx context.Context, group []*request, out []outcome)
 			return fmt.Errorf("Write: the statement answered for request %d of %d", req, len(group))
 		}
 		p := group[req-1].p
-		out[req-1] = outcome{res: Result{Written: written, Duplicates: p.entries - written - superseded,
+		// An invalid entry whose content was already pending in the
+		// quarantine was not kept again: a duplicate too.
+		out[req-1] = outcome{res: Result{Written: written, Duplicates: p.entries - written - superseded + p.quarantined - quarantined,
 			Superseded: superseded, Quarantined: quarantined}}
 		n++
 	}

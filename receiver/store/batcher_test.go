@@ -374,8 +374,8 @@ func TestWriteGroupDeliveryIDs(t *testing.T) {
 			entries = append(entries, minimalEntry(fmt.Sprintf("apt-%d-%d", i, k)))
 		}
 		b := batch(entries...)
-		for k := range i % 3 { // and quarantines i%3 entries
-			b.Quarantined = append(b.Quarantined, Quarantined{Index: 10 + k, Raw: []byte(`{}`)})
+		for k := range i % 3 { // and quarantines i%3 entries, each its own (identical ones are kept once)
+			b.Quarantined = append(b.Quarantined, Quarantined{Index: 10 + k, Raw: fmt.Appendf(nil, `{"r":%d,"k":%d}`, i, k)})
 		}
 		group = append(group, queued(t, b))
 	}

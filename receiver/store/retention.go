@@ -19,8 +19,8 @@ type Retention struct {
 	// appointment, a history row or a quarantined entry still refers to
 	// stays until that goes.
 	DeliveryLog time.Duration
-	// QuarantineContent: a quarantined entry's raw body (patient data),
-	// set to NULL, by created_at.
+	// QuarantineContent: a quarantined entry's raw body (patient data)
+	// and its hash, set to NULL, by created_at.
 	QuarantineContent time.Duration
 	// Quarantine: quarantined_entries rows (index, errors, times), by
 	// created_at.
@@ -84,8 +84,11 @@ const (
 	pruneQuarantineSQL = `DELETE FROM quarantined_entries WHERE id IN (
     SELECT id FROM quarantined_entries WHERE ehr = $1 AND created_at < $2
     LIMIT $3 FOR UPDATE SKIP LOCKED)`
-	pruneQuarantineContentSQL = `UPDATE quarantined_entries SET raw = NULL WHERE id IN (
-    SELECT id FROM quarantined_entries WHERE ehr = $1 AND created_at < $2 AND raw IS NOT NULL
+	// The content's hash goes with it (raw_sha256, migration 6): a
+	// fingerprint of patient data. A row a receiver of the previous release
+	// emptied keeps its hash until the next run.
+	pruneQuarantineContentSQL = `UPDATE quarantined_entries SET raw = NULL, raw_sha256 = NULL WHERE id IN (
+    SELECT id FROM quarantined_entries WHERE ehr = $1 AND created_at < $2 AND (raw IS NOT NULL OR raw_sha256 IS NOT NULL)
     LIMIT $3 FOR UPDATE SKIP LOCKED)`
 	// A delivery row still referred to stays; the scan goes on from where
 	// the last batch ended, so such rows are not read again and again.

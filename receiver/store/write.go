@@ -54,15 +54,17 @@ import (
 //     the planner may turn NOT EXISTS into a hash anti-join that reads
 //     every history row of the EHR for every statement, so writes slow
 //     down as the history grows (BenchmarkWriteLargeHistory).
-//   - The quarantined entries.
+//   - The quarantined entries, each once while its content is pending in
+//     the EHR's quarantine (quarantineTemplate).
 //   - A replay's quarantined entries are marked replayed (once: a
 //     concurrent replay of the same entry marks nothing).
 //
 // Lock order: every lock is taken inside this one statement, table by table
 // (patients, practitioners, appointments: the appointment insert's one-time
-// filter runs the other two first; then history rows, whose appointments
-// this statement already holds or, for superseded entries, does not touch)
-// and in ascending key order within each table. Two such statements can
+// filter runs the other two first; then quarantined entries, in ascending
+// content order; then history rows, whose appointments this statement
+// already holds or, for superseded entries, does not touch) and in
+// ascending key order within each table. Two such statements can
 // never wait for each other in a cycle, so no advisory locks are needed.
 const writeTemplate = `
 WITH delivery AS (
@@ -118,11 +120,24 @@ ORDER BY d.req
 `
 
 // quarantineTemplate is the quarantined entries and the replay's marks.
+// An entry whose content (raw_sha256, the SHA-256 of the entry as sent) is
+// already pending in the EHR's quarantine, or earlier in the statement,
+// is not kept again (migration 7's partial unique index): a retried
+// delivery whose 200 was lost keeps its invalid entries once. ON CONFLICT
+// sees rows committed after the statement's snapshot, and waits for one
+// another statement is inserting, so two retries written at once keep one
+// row. The rows go in ascending content order, as every other table's
+// (the lock order above), so two such statements cannot wait for each
+// other in a cycle; of identical entries, the first request's, lowest
+// index is kept. RETURNING answers only the rows inserted: an entry not
+// kept again is counted with the duplicates (writeGroup).
 const quarantineTemplate = `, quarantine AS (
-    INSERT INTO quarantined_entries (ehr, delivery_id, {{quarantine}})
-    SELECT $1, d.delivery_id, {{q.quarantine}}
+    INSERT INTO quarantined_entries (ehr, delivery_id, {{quarantine}}, raw_sha256)
+    SELECT $1, d.delivery_id, {{q.quarantine}}, sha256(q.raw) AS raw_sha256
     FROM unnest({{quarantine req}}, {{quarantine params}}) AS q(req, {{quarantine}})
     JOIN delivery_in d ON d.req = q.req
+    ORDER BY raw_sha256, q.req, q.entry_index
+    ON CONFLICT (ehr, raw_sha256) WHERE replayed_at IS NULL AND raw IS NOT NULL DO NOTHING
     RETURNING delivery_id
 ), replayed AS (
     UPDATE quarantined_entries q SET replayed_at = d.received_at

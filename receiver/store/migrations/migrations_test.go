@@ -136,6 +136,65 @@ func TestInvalidIndexIsRebuilt(t *testing.T) {
 	}
 }
 
+// Migration 7's index, likewise: a cancelled build's invalid index is
+// dropped and built again, unique and partial.
+func TestInvalidPendingContentIndexIsRebuilt(t *testing.T) {
+	ctx := context.Background()
+	_, db := atVersion(t, 6)
+	for _, q := range []string{
+		`CREATE INDEX quarantined_entries_pending_content ON quarantined_entries (ehr)`,
+		`UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'quarantined_entries_pending_content'::regclass`,
+	} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	if err := migrations.Up(ctx, db, nil); err != nil {
+		t.Fatal(err)
+	}
+	var valid, unique bool
+	var def string
+	if err := db.QueryRowContext(ctx, `SELECT i.indisvalid, i.indisunique, pg_get_indexdef(i.indexrelid) FROM pg_index i
+		WHERE i.indexrelid = 'quarantined_entries_pending_content'::regclass`).Scan(&valid, &unique, &def); err != nil {
+		t.Fatal(err)
+	}
+	if !valid || !unique || !strings.Contains(def, "(ehr, raw_sha256) WHERE ((replayed_at IS NULL) AND (raw IS NOT NULL))") {
+		t.Errorf("quarantined_entries_pending_content: valid %v, unique %v, %s; want rebuilt as migration 7 has it", valid, unique, def)
+	}
+}
+
+// Migrations 6 and 7 over what earlier releases kept: a retried delivery's
+// pending quarantined entries, kept twice. They get no hash, so the unique
+// index builds, and both rows stay as they were.
+func TestPendingContentIndexOverEarlierDuplicates(t *testing.T) {
+	ctx := context.Background()
+	_, db := atVersion(t, 5)
+	for _, q := range []string{
+		`INSERT INTO webhook_deliveries (ehr, request_id, received_at, body_sha256, item_count, outcome, status_code)
+			SELECT 'nexus', 'req-' || n, now(), sha256('body'), 1, 'quarantined', 200 FROM generate_series(1, 2) n`,
+		`INSERT INTO quarantined_entries (ehr, delivery_id, entry_index, raw, errors)
+			SELECT 'nexus', id, 0, '{"appointment":{}}', '[]' FROM webhook_deliveries`,
+	} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	if err := migrations.Up(ctx, db, nil); err != nil {
+		t.Fatalf("migrating over identical pending entries: %v", err)
+	}
+	var rows, hashed int
+	if err := db.QueryRowContext(ctx, `SELECT count(*), count(raw_sha256) FROM quarantined_entries`).Scan(&rows, &hashed); err != nil {
+		t.Fatal(err)
+	}
+	if rows != 2 || hashed != 0 {
+		t.Errorf("%d rows, %d with a hash; want both kept as they were", rows, hashed)
+	}
+	var valid bool
+	if err := db.QueryRowContext(ctx, `SELECT indisvalid FROM pg_index WHERE indexrelid = 'quarantined_entries_pending_content'::regclass`).Scan(&valid); err != nil || !valid {
+		t.Errorf("quarantined_entries_pending_content valid = %v (%v)", valid, err)
+	}
+}
+
 // Dropping that invalid index takes an ACCESS EXCLUSIVE lock: behind a
 // long transaction it gives up after migrations.LockTimeout, as the
 // transactional migrations do, so writers queued behind it are delayed,
