@@ -387,6 +387,30 @@ func TestQuarantine(t *testing.T) {
 	if line := ts.logLine(t, id); line["written"] != 1.0 || line["quarantined"] != 1.0 {
 		t.Errorf("log line counts: %v", line)
 	}
+
+	// The same body again (its 200 lost): 200, nothing kept twice, and
+	// the invalid entry already held counts as a duplicate, as the
+	// appointment already stored does.
+	w, id = ts.post(t, body)
+	ts.expect(t, w, id, body, want{status: 200, body: `{"message":"Appointments synced successfully","success":true,"code":200}`,
+		outcome: store.OutcomeQuarantined, delivered: true, items: 2, hashed: true})
+	if n := ts.count(t, `SELECT count(*) FROM quarantined_entries`); n != 1 {
+		t.Errorf("%d quarantined entries after the same body again, want 1", n)
+	}
+	if line := ts.logLine(t, id); line["written"] != 0.0 || line["duplicates"] != 2.0 || line["superseded"] != 0.0 || line["quarantined"] != 0.0 {
+		t.Errorf("log line counts of the retry: %v, want 2 duplicates and nothing else", line)
+	}
+	metrics := httptest.NewRecorder()
+	ts.srv.MetricsHandler().ServeHTTP(metrics, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	for _, line := range []string{
+		`ehr_receiver_appointments_written_total{ehr="nexus"} 1`,
+		`ehr_receiver_appointments_duplicates_total{ehr="nexus"} 2`,
+		`ehr_receiver_appointments_quarantined_total{ehr="nexus"} 1`,
+	} {
+		if !strings.Contains(metrics.Body.String(), line+"\n") {
+			t.Errorf("metrics lack %s", line)
+		}
+	}
 }
 
 // TestRateLimit: over the limit a request with the right API key gets 429

@@ -339,3 +339,36 @@ func TestReplayDoesNotRollPatientsBack(t *testing.T) {
 		}
 	}
 }
+
+// A delivery sent again after its 200 was lost keeps its quarantined
+// entries once: the replay examines and stores each once. The same entry
+// arriving after the replay stored it is kept anew (the first copy is no
+// longer pending), and replaying that one is a no-op by content hash.
+func TestReplayAfterARetriedDelivery(t *testing.T) {
+	st, db := open(t)
+	valid, invalid := entry("apt-1", "01/15/2026", "check"), entry("apt-2", "12/24/2026", "too early")
+	quarantine(t, st, "req-q", t0, valid, invalid)
+	quarantine(t, st, "req-q", t0.Add(time.Minute), valid, invalid) // the retry
+	if n := count(t, db, `SELECT count(*) FROM quarantined_entries`); n != 2 {
+		t.Fatalf("%d quarantined entries after the retry, want 2", n)
+	}
+	rep := run(t, st, false)
+	if rep.Examined != 2 || rep.Valid != 1 || rep.Deliveries != 1 || rep.Written != 1 || rep.Duplicates != 0 || len(rep.StillInvalid) != 1 {
+		t.Fatalf("replay: %+v, want 2 examined, 1 written, 1 still invalid", rep)
+	}
+	if n := count(t, db, `SELECT count(*) FROM appointment_history WHERE appointment_external_id = 'apt-1'`); n != 1 {
+		t.Errorf("%d history rows of apt-1, want 1", n)
+	}
+
+	quarantine(t, st, "req-later", t0.Add(time.Hour), valid, invalid)
+	if n := count(t, db, `SELECT count(*) FROM quarantined_entries WHERE replayed_at IS NULL`); n != 2 {
+		t.Errorf("%d pending entries after the same entries came again, want 2: the replayed one anew, the invalid one still once", n)
+	}
+	rep = run(t, st, false)
+	if rep.Examined != 2 || rep.Valid != 1 || rep.Written != 0 || rep.Duplicates != 1 || len(rep.StillInvalid) != 1 {
+		t.Errorf("second replay: %+v, want the entry stored before a duplicate, the invalid one still invalid", rep)
+	}
+	if n := count(t, db, `SELECT count(*) FROM quarantined_entries WHERE replayed_at IS NULL`); n != 1 {
+		t.Errorf("%d pending entries after the second replay, want the still-invalid one", n)
+	}
+}
