@@ -496,6 +496,52 @@ func TestInvalidEntriesRejectAndQuarantine(t *testing.T) {
 		if n := queryInt(t, d, `SELECT count(*) FROM webhook_deliveries WHERE outcome = 'quarantined' AND status_code = 200`); n != 1 {
 			t.Errorf("quarantined delivery rows: %d", n)
 		}
+
+		// The same body again, as a sender does when the 200 was lost:
+		// 200 again, its appointments no-ops and its invalid entries not
+		// kept twice; the retry's log line counts all four items as
+		// duplicates (docs/webhook-api.md, docs/operations.md "Logs").
+		retry := r.post(body, withHeader("X-Request-ID", "quarantine-retry"))
+		expect(t, retry, 200)
+		if string(retry.raw) != successBody {
+			t.Errorf("the retry's body %s", retry.raw)
+		}
+		if n := queryInt(t, d, `SELECT count(*) FROM quarantined_entries`); n != 2 {
+			t.Errorf("%d quarantined entries after the same body again, want 2", n)
+		}
+		if n := queryInt(t, d, `SELECT count(*) FROM quarantined_entries q JOIN webhook_deliveries d ON d.id = q.delivery_id
+			WHERE d.request_id = 'quarantine-retry'`); n != 0 {
+			t.Errorf("%d quarantined entries refer to the retry, want 0: the first delivery's are kept", n)
+		}
+		if n := queryInt(t, d, `SELECT count(*) FROM webhook_deliveries WHERE outcome = 'quarantined' AND status_code = 200`); n != 2 {
+			t.Errorf("quarantined delivery rows after the retry: %d, want 2", n)
+		}
+		// A new invalid entry beside one already held: only it is kept.
+		other := batch(t,
+			entry(t, "mix-3", func(e map[string]any) { delete(sub(e, "practitioner"), "id"); sub(e, "appointment")["status"] = "x" }),
+			entry(t, "mix-4", func(e map[string]any) { sub(e, "patient")["birth_date"] = "02/30/1990" }),
+		)
+		expect(t, r.post(other, withHeader("X-Request-ID", "quarantine-other")), 200)
+		if n := queryInt(t, d, `SELECT count(*) FROM quarantined_entries q JOIN webhook_deliveries d ON d.id = q.delivery_id
+			WHERE d.request_id = 'quarantine-other' AND q.entry_index = 1`); n != 1 || queryInt(t, d, `SELECT count(*) FROM quarantined_entries`) != 3 {
+			t.Errorf("the new invalid entry: %d rows of its own; %d in all, want 1 and 3", n, queryInt(t, d, `SELECT count(*) FROM quarantined_entries`))
+		}
+
+		_ = r.Stop()
+		for id, want := range map[string]string{
+			"quarantine-retry": `"written":0,"duplicates":4,"superseded":0,"quarantined":0`,
+			"quarantine-other": `"written":0,"duplicates":1,"superseded":0,"quarantined":1`,
+		} {
+			var line string
+			for _, l := range strings.Split(r.Log(), "\n") {
+				if strings.Contains(l, `"request_id":"`+id+`"`) && strings.Contains(l, `"msg":"Request handled"`) {
+					line = l
+				}
+			}
+			if !strings.Contains(line, want) {
+				t.Errorf("the log line of %s %q lacks %s", id, line, want)
+			}
+		}
 	})
 }
 
