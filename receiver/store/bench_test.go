@@ -91,3 +91,44 @@ func BenchmarkWriteLayout(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkWriteQuarantine writes requests of 90 new appointments and 10
+// invalid entries under quarantine, so the full statement: "new" keeps 10
+// new invalid entries each time, "retried" sends the same 10 again (after
+// the first request they are already held).
+func BenchmarkWriteQuarantine(b *testing.B) {
+	for _, retried := range []bool{false, true} {
+		name := "new"
+		if retried {
+			name = "retried"
+		}
+		b.Run(name, func(b *testing.B) {
+			s, _ := newStore(b)
+			ctx := context.Background()
+			n := 0
+			for b.Loop() {
+				entries := make([]payload.Entry, 90)
+				for i := range entries {
+					n++
+					entries[i] = minimalEntry(fmt.Sprintf("apt-%d", n))
+					entries[i].Patient.ID = fmt.Sprintf("pat-%d", n%1000)
+				}
+				bt := batch(entries...)
+				bt.Delivery.Outcome = OutcomeQuarantined
+				for i := range 10 {
+					id := fmt.Sprintf("bad-%d-%d", n, i)
+					if retried {
+						id = fmt.Sprintf("bad-%d", i)
+					}
+					bt.Quarantined = append(bt.Quarantined, Quarantined{Index: 90 + i,
+						Raw: fmt.Appendf(nil, `{"appointment":{"id":%q,"start_time":"13/45/2026 99:99"},"patient":{"first_name":"Zoë"}}`, id),
+						Errors: []payload.FieldError{{Index: 90 + i, Field: fmt.Sprintf("appointments[%d].appointment.start_time", 90+i),
+							Message: "must be a date and time MM/DD/YYYY HH:MM"}}})
+				}
+				if _, err := s.Write(ctx, bt); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
