@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -77,33 +78,65 @@ func (f DeliveryFilter) where(args []any) (string, []any) {
 	return strings.Join(conds, " AND "), args
 }
 
-// Deliveries lists the deliveries f selects, newest first.
-func (s *Store) Deliveries(ctx context.Context, f DeliveryFilter) ([]DeliveryRecord, error) {
-	where, args := f.where(nil)
-	q := `SELECT d.id, d.ehr, d.request_id, d.received_at, encode(d.body_sha256, 'hex'), d.item_count,
-    d.outcome, d.status_code,
-    (SELECT count(*) FROM quarantined_entries q WHERE q.delivery_id = d.id),
+// deliveryRecordColumns are a DeliveryRecord's, of the webhook_deliveries
+// row aliased d, in scanDelivery's order.
+const deliveryRecordColumns = `d.id, d.ehr, d.request_id, d.received_at, encode(d.body_sha256, 'hex') AS body_sha256,
+    d.item_count, d.outcome, d.status_code,
+    (SELECT count(*) FROM quarantined_entries q WHERE q.delivery_id = d.id) AS quarantined,
     (SELECT count(*) FROM quarantined_entries q WHERE q.delivery_id = d.id
-        AND q.replayed_at IS NULL AND q.raw IS NOT NULL)
+        AND q.replayed_at IS NULL AND q.raw IS NOT NULL) AS pending`
+
+// deliveriesSQL selects the deliveries f selects, newest first.
+func (f DeliveryFilter) deliveriesSQL() (string, []any) {
+	where, args := f.where(nil)
+	q := `SELECT ` + deliveryRecordColumns + `
 FROM webhook_deliveries d WHERE ` + where + ` ORDER BY d.received_at DESC, d.id DESC`
 	if f.Limit > 0 {
 		q += " LIMIT " + strconv.Itoa(f.Limit)
 	}
+	return q, args
+}
+
+// scanDelivery reads deliveryRecordColumns into r, then the row's other
+// columns into more.
+func scanDelivery(rows *sql.Rows, r *DeliveryRecord, more ...any) error {
+	return rows.Scan(append([]any{&r.ID, &r.EHR, &r.RequestID, &r.ReceivedAt, &r.BodySHA256, &r.ItemCount,
+		&r.Outcome, &r.StatusCode, &r.Quarantined, &r.Pending}, more...)...)
+}
+
+// EachDelivery calls fn with each delivery f selects, newest first, as it
+// reads them. An error of fn stops the query and is returned as it is.
+func (s *Store) EachDelivery(ctx context.Context, f DeliveryFilter, fn func(DeliveryRecord) error) error {
+	q, args := f.deliveriesSQL()
+	return s.each(ctx, "EachDelivery", q, args, func(rows *sql.Rows) error {
+		var r DeliveryRecord
+		if err := scanDelivery(rows, &r); err != nil {
+			return wrap("EachDelivery", err)
+		}
+		return fn(r)
+	})
+}
+
+// each runs q and calls row with each row as the driver reads it, so that
+// the rows are never all in memory. An error of row stops the query and is
+// returned as it is; the database's are wrapped with op.
+func (s *Store) each(ctx context.Context, op, q string, args []any, row func(*sql.Rows) error) error {
+	// Cancelled when row fails: lib/pq's Close reads every row left,
+	// which the cancellation cuts short.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	rows, err := s.db.QueryContext(ctx, q, args...)
 	if err != nil {
-		return nil, wrap("Deliveries", err)
+		return wrap(op, err)
 	}
 	defer rows.Close()
-	var out []DeliveryRecord
 	for rows.Next() {
-		var r DeliveryRecord
-		if err := rows.Scan(&r.ID, &r.EHR, &r.RequestID, &r.ReceivedAt, &r.BodySHA256, &r.ItemCount,
-			&r.Outcome, &r.StatusCode, &r.Quarantined, &r.Pending); err != nil {
-			return nil, wrap("Deliveries", err)
+		if err := row(rows); err != nil {
+			cancel()
+			return err
 		}
-		out = append(out, r)
 	}
-	return out, wrap("Deliveries", rows.Err())
+	return wrap(op, rows.Err())
 }
 
 // QuarantineFilter selects quarantined entries by their delivery (Delivery,
@@ -149,6 +182,168 @@ type QuarantineRecord struct {
 	// ContentDropped: retention removed the raw entry; it cannot be replayed.
 	ContentDropped bool            `json:"contentDropped"`
 	Raw            json.RawMessage `json:"raw,omitempty"`
+}
+
+// quarantineRecordColumns are a quarantined entry's own, of
+// quarantined_entries aliased q, in quarantineScan's order; its content
+// only withContent.
+func quarantineRecordColumns(withContent bool) string {
+	raw := "NULL::bytea"
+	if withContent {
+		raw = "q.raw"
+	}
+	return `q.id, q.entry_index, q.created_at, q.replayed_at, q.errors, q.raw IS NULL, ` + raw
+}
+
+// quarantineScan holds quarantineRecordColumns as scanned: pointers, for
+// the NULLs of a delivery without entries in a LEFT JOIN.
+type quarantineScan struct {
+	id         *int64
+	entryIndex *int
+	createdAt  *time.Time
+	replayedAt *time.Time
+	errors     []byte
+	dropped    *bool
+	raw        []byte
+}
+
+func (r *quarantineScan) dest() []any {
+	return []any{&r.id, &r.entryIndex, &r.createdAt, &r.replayedAt, &r.errors, &r.dropped, &r.raw}
+}
+
+// fill sets q's own fields from the row; its delivery's are the caller's.
+func (r *quarantineScan) fill(q *QuarantineRecord) error {
+	q.ID, q.EntryIndex, q.CreatedAt = *r.id, *r.entryIndex, *r.createdAt
+	q.ReplayedAt, q.ContentDropped = r.replayedAt, *r.dropped
+	q.Errors = nil
+	if err := json.Unmarshal(r.errors, &q.Errors); err != nil {
+		return fmt.Errorf("quarantined entry %d: while reading its errors: %w", q.ID, err)
+	}
+	q.Raw = nil
+	if r.raw != nil {
+		q.Raw = json.RawMessage(r.raw)
+	}
+	return nil
+}
+
+// quarantineSQL selects the entries f selects, by delivery and entry index,
+// each with its delivery's columns first (q.delivery_id, d.ehr,
+// d.request_id, d.received_at, the body's hash in hex).
+func (f QuarantineFilter) quarantineSQL() (string, []any) {
+	where, args := f.Delivery.where(nil)
+	if f.Pending {
+		where += " AND q.replayed_at IS NULL AND q.raw IS NOT NULL"
+	}
+	if f.Dropped {
+		where += " AND q.replayed_at IS NULL AND q.raw IS NULL"
+	}
+	if f.After != (QuarantineKey{}) {
+		args = append(args, f.After.DeliveryID, f.After.EntryIndex)
+		where += fmt.Sprintf(" AND (q.delivery_id, q.entry_index) > ($%d, $%d)", len(args)-1, len(args))
+	}
+	q := `SELECT q.delivery_id, d.ehr, d.request_id, d.received_at, encode(d.body_sha256, 'hex'),
+    ` + quarantineRecordColumns(f.WithContent)
+	q += `
+FROM quarantined_entries q JOIN webhook_deliveries d ON d.id = q.delivery_id
+WHERE ` + where
+	q += " ORDER BY q.delivery_id, q.entry_index"
+	if f.Limit > 0 {
+		q += " LIMIT " + strconv.Itoa(f.Limit)
+	}
+	return q, args
+}
+
+// EachQuarantined calls fn with each quarantined entry f selects, by
+// delivery and entry index (one delivery's entries are adjacent), as it
+// reads them. An error of fn stops the query and is returned as it is.
+func (s *Store) EachQuarantined(ctx context.Context, f QuarantineFilter, fn func(QuarantineRecord) error) error {
+	const op = "EachQuarantined"
+	q, args := f.quarantineSQL()
+	var (
+		r   QuarantineRecord
+		row quarantineScan
+	)
+	dest := append([]any{&r.DeliveryID, &r.EHR, &r.RequestID, &r.ReceivedAt, &r.BodySHA256}, row.dest()...)
+	return s.each(ctx, op, q, args, func(rows *sql.Rows) error {
+		if err := rows.Scan(dest...); err != nil {
+			return wrap(op, err)
+		}
+		if err := row.fill(&r); err != nil {
+			return fmt.Errorf("%s: %w", op, err)
+		}
+		return fn(r)
+	})
+}
+
+// EachDeliveryWithEntries calls delivery with each delivery f selects,
+// newest first, and after it entry with each of its quarantined entries by
+// index (their content only withContent): what `deliveries show` prints,
+// as it reads it, one entry at a time. An error of either stops the query
+// and is returned as it is.
+func (s *Store) EachDeliveryWithEntries(ctx context.Context, f DeliveryFilter, withContent bool,
+	delivery func(DeliveryRecord) error, entry func(QuarantineRecord) error) error {
+	const op = "EachDeliveryWithEntries"
+	sel, args := f.deliveriesSQL()
+	// OFFSET 0 keeps the deliveries a subquery of their own, computing
+	// each one's counts once, not once per entry; its order and the
+	// lateral join let PostgreSQL sort one delivery's entries at a time.
+	q := `SELECT d.*, ` + quarantineRecordColumns(withContent) + `
+FROM (` + sel + ` OFFSET 0) d
+LEFT JOIN LATERAL (SELECT * FROM quarantined_entries q WHERE q.delivery_id = d.id) q ON true
+ORDER BY d.received_at DESC, d.id DESC, q.entry_index`
+	var (
+		d    DeliveryRecord
+		row  quarantineScan
+		last int64
+	)
+	return s.each(ctx, op, q, args, func(rows *sql.Rows) error {
+		if err := scanDelivery(rows, &d, row.dest()...); err != nil {
+			return wrap(op, err)
+		}
+		if d.ID != last {
+			last = d.ID
+			if err := delivery(d); err != nil {
+				return err
+			}
+		}
+		if row.id == nil {
+			return nil // a delivery without quarantined entries
+		}
+		r := QuarantineRecord{DeliveryID: d.ID, EHR: d.EHR, RequestID: d.RequestID, ReceivedAt: d.ReceivedAt, BodySHA256: d.BodySHA256}
+		if err := row.fill(&r); err != nil {
+			return fmt.Errorf("%s: %w", op, err)
+		}
+		return entry(r)
+	})
+}
+
+// Deliveries lists the deliveries f selects, newest first.
+func (s *Store) Deliveries(ctx context.Context, f DeliveryFilter) ([]DeliveryRecord, error) {
+	where, args := f.where(nil)
+	q := `SELECT d.id, d.ehr, d.request_id, d.received_at, encode(d.body_sha256, 'hex'), d.item_count,
+    d.outcome, d.status_code,
+    (SELECT count(*) FROM quarantined_entries q WHERE q.delivery_id = d.id),
+    (SELECT count(*) FROM quarantined_entries q WHERE q.delivery_id = d.id
+        AND q.replayed_at IS NULL AND q.raw IS NOT NULL)
+FROM webhook_deliveries d WHERE ` + where + ` ORDER BY d.received_at DESC, d.id DESC`
+	if f.Limit > 0 {
+		q += " LIMIT " + strconv.Itoa(f.Limit)
+	}
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, wrap("Deliveries", err)
+	}
+	defer rows.Close()
+	var out []DeliveryRecord
+	for rows.Next() {
+		var r DeliveryRecord
+		if err := rows.Scan(&r.ID, &r.EHR, &r.RequestID, &r.ReceivedAt, &r.BodySHA256, &r.ItemCount,
+			&r.Outcome, &r.StatusCode, &r.Quarantined, &r.Pending); err != nil {
+			return nil, wrap("Deliveries", err)
+		}
+		out = append(out, r)
+	}
+	return out, wrap("Deliveries", rows.Err())
 }
 
 // QuarantinedEntries lists the quarantined entries f selects, by delivery
