@@ -76,24 +76,23 @@ func newDeliveriesListCommand() *cobra.Command {
 		RunE: func(c *cobra.Command, _ []string) error {
 			return f.run(c, func(ctx context.Context, st *store.Store, filter store.DeliveryFilter) error {
 				filter.Limit = f.limit
-				ds, err := st.Deliveries(ctx, filter)
-				if err != nil {
+				p := f.listPrinter(c.OutOrStdout())
+				n := 0
+				err := st.EachDelivery(ctx, filter, func(d store.DeliveryRecord) error {
+					n++
+					return p.delivery(d)
+				})
+				if err := finish(p, n > 0, err); err != nil {
 					return err
 				}
-				f.noteLimit(c.ErrOrStderr(), len(ds))
-				return f.print(c.OutOrStdout(), orEmpty(ds), func(w io.Writer) { deliveryTable(w, ds) })
+				f.noteLimit(c.ErrOrStderr(), n)
+				return nil
 			})
 		},
 	}
 	f.addCommon(c.Flags(), time.Minute)
 	c.Flags().IntVar(&f.limit, "limit", 100, "at most this many deliveries (0: all)")
 	return c
-}
-
-// shownDelivery is a delivery with its quarantined entries, for show.
-type shownDelivery struct {
-	store.DeliveryRecord
-	QuarantinedEntries []store.QuarantineRecord `json:"quarantinedEntries"`
 }
 
 func newDeliveriesShowCommand() *cobra.Command {
@@ -120,37 +119,23 @@ are patient data: they are printed only with --include-patient-data.`,
 				filter.Limit = f.limit
 				if len(filter.IDs) > 0 {
 					filter.Limit = 0 // the ids bound it
-				}
-				ds, err := st.Deliveries(ctx, filter)
-				if err != nil {
-					return err
-				}
-				if missing := missingIDs(filter.IDs, ds); len(missing) > 0 {
-					return fmt.Errorf("no delivery with id %v (under the other flags given)", missing)
-				}
-				if len(filter.IDs) == 0 {
-					f.noteLimit(c.ErrOrStderr(), len(ds))
-				}
-				shown := make([]shownDelivery, len(ds))
-				byID := make(map[int64]int, len(ds))
-				ids := make([]int64, len(ds))
-				for i, d := range ds {
-					shown[i] = shownDelivery{DeliveryRecord: d, QuarantinedEntries: []store.QuarantineRecord{}}
-					byID[d.ID], ids[i] = i, d.ID
-				}
-				if len(ids) > 0 {
-					qs, err := st.QuarantinedEntries(ctx, store.QuarantineFilter{
-						Delivery: store.DeliveryFilter{IDs: ids}, WithContent: f.includePatientData,
-					})
-					if err != nil {
+					if err := checkIDs(ctx, st, filter); err != nil {
 						return err
 					}
-					for _, q := range qs {
-						i := byID[q.DeliveryID]
-						shown[i].QuarantinedEntries = append(shown[i].QuarantinedEntries, q)
-					}
 				}
-				return f.print(c.OutOrStdout(), shown, func(w io.Writer) { showTable(w, shown, f.includePatientData) })
+				p := f.showPrinter(c.OutOrStdout())
+				n := 0
+				err := st.EachDeliveryWithEntries(ctx, filter, f.includePatientData, func(d store.DeliveryRecord) error {
+					n++
+					return p.delivery(d)
+				}, p.entry)
+				if err := finish(p, n > 0, err); err != nil {
+					return err
+				}
+				if len(filter.IDs) == 0 {
+					f.noteLimit(c.ErrOrStderr(), n)
+				}
+				return nil
 			})
 		},
 	}
@@ -302,15 +287,40 @@ func (f *deliveriesFlags) noteLimit(w io.Writer, n int) {
 	}
 }
 
-// missingIDs are the ids asked for that ds lacks.
-func missingIDs(ids []int64, ds []store.DeliveryRecord) []int64 {
+// checkIDs fails unless every delivery id of filter is one it selects:
+// before anything is printed, so that a typo prints nothing but its error.
+func checkIDs(ctx context.Context, st *store.Store, filter store.DeliveryFilter) error {
+	found := make(map[int64]bool, len(filter.IDs))
+	if err := st.EachDelivery(ctx, filter, func(d store.DeliveryRecord) error {
+		found[d.ID] = true
+		return nil
+	}); err != nil {
+		return err
+	}
 	var missing []int64
-	for _, id := range ids {
-		if !slices.ContainsFunc(ds, func(d store.DeliveryRecord) bool { return d.ID == id }) {
+	for _, id := range filter.IDs {
+		if !found[id] {
 			missing = append(missing, id)
 		}
 	}
-	return missing
+	if len(missing) > 0 {
+		return fmt.Errorf("no delivery with id %v (under the other flags given)", missing)
+	}
+	return nil
+}
+
+// finish ends p's output after err, the store's: complete only without an
+// error, which then says that what was printed (printed says whether
+// anything was) is not all.
+func finish(p listPrinter, printed bool, err error) error {
+	if err == nil {
+		return p.end(true)
+	}
+	_ = p.end(false)
+	if !printed {
+		return err
+	}
+	return fmt.Errorf("stopped part way, the output is incomplete: %w", err)
 }
 
 // parseWhen reads RFC 3339 or a duration before now; "" is no bound.
@@ -349,54 +359,7 @@ func (f *deliveriesFlags) print(w io.Writer, v any, table func(io.Writer)) error
 	return tw.Flush()
 }
 
-func orEmpty[T any](s []T) []T {
-	if s == nil {
-		return []T{}
-	}
-	return s
-}
-
 func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
-
-func deliveryTable(w io.Writer, ds []store.DeliveryRecord) {
-	fmt.Fprintln(w, "ID\tEHR\tREQUEST ID\tRECEIVED\tOUTCOME\tSTATUS\tITEMS\tQUARANTINED\tPENDING")
-	for _, d := range ds {
-		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\n", d.ID, d.EHR, d.RequestID, stamp(d.ReceivedAt),
-			d.Outcome, d.StatusCode, d.ItemCount, d.Quarantined, d.Pending)
-	}
-}
-
-func showTable(w io.Writer, ds []shownDelivery, content bool) {
-	for i, d := range ds {
-		if i > 0 {
-			fmt.Fprintln(w)
-		}
-		// Spaces, not tabs: the delivery's line is no row of the entries' table.
-		fmt.Fprintf(w, "Delivery %d  ehr %s  request %s  received %s  outcome %s  status %d  items %d  body sha256 %s\n",
-			d.ID, d.EHR, d.RequestID, stamp(d.ReceivedAt), d.Outcome, d.StatusCode, d.ItemCount, d.BodySHA256)
-		if len(d.QuarantinedEntries) == 0 {
-			continue
-		}
-		fmt.Fprintln(w, "  ENTRY\tQUARANTINE ID\tREPLAYED\tCONTENT\tERRORS")
-		for _, q := range d.QuarantinedEntries {
-			replayed, kept := "-", "kept"
-			if q.ReplayedAt != nil {
-				replayed = stamp(*q.ReplayedAt)
-			}
-			if q.ContentDropped {
-				kept = "dropped by retention"
-			}
-			errs := make([]string, len(q.Errors))
-			for k, e := range q.Errors {
-				errs[k] = e.Field + ": " + e.Message
-			}
-			fmt.Fprintf(w, "  %d\t%d\t%s\t%s\t%s\n", q.EntryIndex, q.ID, replayed, kept, strings.Join(errs, "; "))
-			if content && q.Raw != nil {
-				fmt.Fprintf(w, "    raw: %s\n", q.Raw)
-			}
-		}
-	}
-}
 
 func replayTable(w io.Writer, rep replay.Report, dry bool) {
 	if dry {

@@ -1,0 +1,277 @@
+package cmd
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/insighthealth/ehr-operator/receiver/store"
+)
+
+// The printers of list and show write each record as the store reads it,
+// so that the output is never all in memory (docs/decisions.md, "Deliveries,
+// replay and retention"). Their bytes are those the whole slice printed
+// at once gave. end(false) after an error leaves JSON without its closing
+// brackets, so that output cut short does not parse as complete.
+
+// jsonArray writes a JSON array an element at a time, as json.Encoder with
+// SetIndent("", "  ") writes a whole slice at indent (two spaces a level).
+type jsonArray struct {
+	w      io.Writer
+	indent string
+	n      int
+}
+
+// next starts an element: "[" before the first, "," before the others.
+func (a *jsonArray) next() error {
+	sep := ","
+	if a.n == 0 {
+		sep = "["
+	}
+	a.n++
+	_, err := io.WriteString(a.w, sep+"\n"+a.indent+"  ")
+	return err
+}
+
+func (a *jsonArray) add(v any) error {
+	b, err := json.MarshalIndent(v, a.indent+"  ", "  ")
+	if err != nil {
+		return err
+	}
+	if err := a.next(); err != nil {
+		return err
+	}
+	_, err = a.w.Write(b)
+	return err
+}
+
+func (a *jsonArray) end() error {
+	s := "\n" + a.indent + "]"
+	if a.n == 0 {
+		s = "[]"
+	}
+	_, err := io.WriteString(a.w, s)
+	return err
+}
+
+// stickyWriter keeps the first error of w and writes nothing after it, so
+// that a table's printer checks once per record.
+type stickyWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (s *stickyWriter) Write(p []byte) (int, error) {
+	if s.err != nil {
+		return 0, s.err
+	}
+	n, err := s.w.Write(p)
+	s.err = err
+	return n, err
+}
+
+// listPrinter prints list's deliveries.
+type listPrinter interface {
+	delivery(store.DeliveryRecord) error
+	// end completes the output when complete; else it only flushes it.
+	end(complete bool) error
+}
+
+func (f *deliveriesFlags) listPrinter(w io.Writer) listPrinter {
+	if f.output == "json" {
+		return &listJSON{a: jsonArray{w: w}}
+	}
+	return &listTable{table: newTable(w)}
+}
+
+type listJSON struct{ a jsonArray }
+
+func (l *listJSON) delivery(d store.DeliveryRecord) error { return l.a.add(d) }
+func (l *listJSON) end(complete bool) error               { return endJSON(&l.a, complete) }
+
+// endJSON closes a top-level array and its line, as json.Encoder ends it.
+func endJSON(a *jsonArray, complete bool) error {
+	if !complete {
+		return nil
+	}
+	if err := a.end(); err != nil {
+		return err
+	}
+	_, err := io.WriteString(a.w, "\n")
+	return err
+}
+
+// table is a tabwriter over a stickyWriter. The tabwriter holds a block of
+// lines until one without a tab (a column needs all its cells): all of
+// list's rows (--limit bounds them), one delivery's entries in show, whose
+// content lines end a block (unless the content holds a tab).
+type table struct {
+	tw *tabwriter.Writer
+	sw *stickyWriter
+}
+
+func newTable(w io.Writer) table {
+	sw := &stickyWriter{w: w}
+	return table{tw: tabwriter.NewWriter(sw, 0, 4, 2, ' ', 0), sw: sw}
+}
+
+// end flushes what was read, complete or not: the rows are true, and the
+// error on standard error says what is missing.
+func (t table) end(bool) error {
+	if err := t.tw.Flush(); err != nil {
+		return err
+	}
+	return t.sw.err
+}
+
+// listTable prints its header with the first row, or at the end when
+// there is none: a query that fails at once prints nothing.
+type listTable struct {
+	table
+	header bool
+}
+
+func (l *listTable) printHeader() {
+	if !l.header {
+		l.header = true
+		fmt.Fprintln(l.tw, "ID\tEHR\tREQUEST ID\tRECEIVED\tOUTCOME\tSTATUS\tITEMS\tQUARANTINED\tPENDING")
+	}
+}
+
+func (l *listTable) delivery(d store.DeliveryRecord) error {
+	l.printHeader()
+	fmt.Fprintf(l.tw, "%d\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\n", d.ID, d.EHR, d.RequestID, stamp(d.ReceivedAt),
+		d.Outcome, d.StatusCode, d.ItemCount, d.Quarantined, d.Pending)
+	return l.sw.err
+}
+
+func (l *listTable) end(complete bool) error {
+	if complete {
+		l.printHeader()
+	}
+	return l.table.end(complete)
+}
+
+// showPrinter prints show's deliveries, each followed by its entries.
+type showPrinter interface {
+	listPrinter
+	entry(store.QuarantineRecord) error
+}
+
+func (f *deliveriesFlags) showPrinter(w io.Writer) showPrinter {
+	if f.output == "json" {
+		return &showJSON{deliveries: jsonArray{w: w}}
+	}
+	return &showTable{table: newTable(w), content: f.includePatientData}
+}
+
+// showJSON writes what json.Encoder wrote of a slice of shownDelivery:
+// each delivery's fields, then its quarantinedEntries, one at a time.
+type showJSON struct {
+	deliveries jsonArray
+	entries    *jsonArray // of the delivery being written
+}
+
+// shownDeliveryEnd closes a delivery's object as MarshalIndent does at
+// depth 1; the entries go before it.
+const shownDeliveryEnd = "\n  }"
+
+func (s *showJSON) delivery(d store.DeliveryRecord) error {
+	if err := s.endDelivery(); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(d, "  ", "  ")
+	if err != nil {
+		return err
+	}
+	head, ok := bytes.CutSuffix(b, []byte(shownDeliveryEnd))
+	if !ok {
+		return errors.New("a delivery's JSON does not end as an object at depth 1")
+	}
+	if err := s.deliveries.next(); err != nil {
+		return err
+	}
+	if _, err := s.deliveries.w.Write(append(head, ",\n    \"quarantinedEntries\": "...)); err != nil {
+		return err
+	}
+	s.entries = &jsonArray{w: s.deliveries.w, indent: "    "}
+	return nil
+}
+
+func (s *showJSON) entry(q store.QuarantineRecord) error {
+	err := s.entries.add(q)
+	// json's error would quote the content at the fault: patient data.
+	if _, ok := errors.AsType[*json.MarshalerError](err); ok {
+		return fmt.Errorf("quarantined entry %d: its content is not valid JSON (-o table prints it as stored)", q.ID)
+	}
+	return err
+}
+
+func (s *showJSON) endDelivery() error {
+	if s.entries == nil {
+		return nil
+	}
+	if err := s.entries.end(); err != nil {
+		return err
+	}
+	s.entries = nil
+	_, err := io.WriteString(s.deliveries.w, shownDeliveryEnd)
+	return err
+}
+
+func (s *showJSON) end(complete bool) error {
+	if !complete {
+		return nil
+	}
+	if err := s.endDelivery(); err != nil {
+		return err
+	}
+	return endJSON(&s.deliveries, true)
+}
+
+// showTable prints each delivery's line, then its entries' table.
+type showTable struct {
+	table
+	content    bool
+	deliveries int
+	entries    int // of the delivery being printed
+}
+
+func (s *showTable) delivery(d store.DeliveryRecord) error {
+	if s.deliveries > 0 {
+		fmt.Fprintln(s.tw)
+	}
+	s.deliveries++
+	s.entries = 0
+	// Spaces, not tabs: the delivery's line is no row of the entries' table.
+	fmt.Fprintf(s.tw, "Delivery %d  ehr %s  request %s  received %s  outcome %s  status %d  items %d  body sha256 %s\n",
+		d.ID, d.EHR, d.RequestID, stamp(d.ReceivedAt), d.Outcome, d.StatusCode, d.ItemCount, d.BodySHA256)
+	return s.sw.err
+}
+
+func (s *showTable) entry(q store.QuarantineRecord) error {
+	if s.entries == 0 {
+		fmt.Fprintln(s.tw, "  ENTRY\tQUARANTINE ID\tREPLAYED\tCONTENT\tERRORS")
+	}
+	s.entries++
+	replayed, kept := "-", "kept"
+	if q.ReplayedAt != nil {
+		replayed = stamp(*q.ReplayedAt)
+	}
+	if q.ContentDropped {
+		kept = "dropped by retention"
+	}
+	errs := make([]string, len(q.Errors))
+	for k, e := range q.Errors {
+		errs[k] = e.Field + ": " + e.Message
+	}
+	fmt.Fprintf(s.tw, "  %d\t%d\t%s\t%s\t%s\n", q.EntryIndex, q.ID, replayed, kept, strings.Join(errs, "; "))
+	if s.content && q.Raw != nil {
+		fmt.Fprintf(s.tw, "    raw: %s\n", q.Raw)
+	}
+	return s.sw.err
+}
