@@ -55,7 +55,11 @@ func TestRetentionRunsOnSchedule(t *testing.T) {
 	if !strings.Contains(scrape(), removed+"\n") {
 		t.Error("a later run removed more rows than the 7 old ones")
 	}
-	left, err := st.Deliveries(context.Background(), store.DeliveryFilter{EHR: "nexus"})
+	var left []store.DeliveryRecord
+	err = st.EachDelivery(context.Background(), store.DeliveryFilter{EHR: "nexus"}, func(d store.DeliveryRecord) error {
+		left = append(left, d)
+		return nil
+	})
 	if err != nil || len(left) != 1 || left[0].ReceivedAt.Sub(recent.ReceivedAt).Abs() > time.Microsecond {
 		t.Errorf("deliveries left: %+v (%v), want only the recent one", left, err)
 	}

@@ -21,7 +21,7 @@ import (
 
 // Store is what a replay needs of receiver/store.Store.
 type Store interface {
-	QuarantinedEntries(ctx context.Context, f store.QuarantineFilter) ([]store.QuarantineRecord, error)
+	EachQuarantined(ctx context.Context, f store.QuarantineFilter, fn func(store.QuarantineRecord) error) error
 	Write(ctx context.Context, b store.Batch) (store.Result, error)
 	LockReplay(ctx context.Context, ehr string) (unlock func(), err error)
 }
@@ -96,15 +96,22 @@ func Run(ctx context.Context, st Store, opts Options) (Report, error) {
 	}
 	var after store.QuarantineKey
 	for {
-		page, err := st.QuarantinedEntries(ctx, store.QuarantineFilter{
+		var page []store.QuarantineRecord
+		err := st.EachQuarantined(ctx, store.QuarantineFilter{
 			Delivery: opts.Filter, Pending: true, After: after, Limit: pageSize, WithContent: true,
+		}, func(q store.QuarantineRecord) error {
+			page = append(page, q)
+			return nil
 		})
 		if err != nil {
 			return rep, err
 		}
 		if len(page) == 0 {
-			dropped, err := st.QuarantinedEntries(ctx, store.QuarantineFilter{Delivery: opts.Filter, Dropped: true})
-			rep.ContentDropped = len(dropped)
+			err := st.EachQuarantined(ctx, store.QuarantineFilter{Delivery: opts.Filter, Dropped: true},
+				func(store.QuarantineRecord) error {
+					rep.ContentDropped++
+					return nil
+				})
 			return rep, err
 		}
 		last := page[len(page)-1]
