@@ -7,3 +7,11 @@ func SetPageSize(n int) (restore func()) {
 	pageSize = n
 	return func() { pageSize = old }
 }
+
+// SetPageBytes changes the content a page holds for a test and returns a
+// function that restores it.
+func SetPageBytes(n int) (restore func()) {
+	old := pageBytes
+	pageBytes = n
+	return func() { pageBytes = old }
+}

@@ -39,9 +39,13 @@ type Options struct {
 	DryRun bool
 }
 
-// pageSize is how many quarantined entries one query reads (a variable
-// for the test of pages that cut a delivery).
-var pageSize = 500
+// pageSize is how many quarantined entries one query reads at most, and
+// pageBytes how much of their content (at least one entry's): what a
+// replay holds in memory at a time. Variables for the tests of pages.
+var (
+	pageSize  = 500
+	pageBytes = 4 << 20
+)
 
 // Report is what a replay did. It holds no patient data: ids, counts and
 // field errors, whose messages never quote a value.
@@ -98,7 +102,7 @@ func Run(ctx context.Context, st Store, opts Options) (Report, error) {
 	for {
 		var page []store.QuarantineRecord
 		err := st.EachQuarantined(ctx, store.QuarantineFilter{
-			Delivery: opts.Filter, Pending: true, After: after, Limit: pageSize, WithContent: true,
+			Delivery: opts.Filter, Pending: true, After: after, Limit: pageSize, MaxBytes: pageBytes, WithContent: true,
 		}, func(q store.QuarantineRecord) error {
 			page = append(page, q)
 			return nil

@@ -227,6 +227,23 @@ func TestReplayPages(t *testing.T) {
 	}
 }
 
+// Pages bounded by their content: a page of one entry each, every entry
+// replayed once, each page's part of a delivery a replay delivery.
+func TestReplayPagesByContent(t *testing.T) {
+	a, b := entry("apt-a", "05/15/1990", ""), entry("apt-b", "05/15/1990", "")
+	defer replay.SetPageBytes(len(a) + len(b) - 1)()
+	st, db := open(t)
+	quarantine(t, st, "req-0", t0, a, b)
+	quarantine(t, st, "req-1", t0, entry("apt-c", "05/15/1990", ""), entry("apt-d", "05/15/1990", ""))
+	rep := run(t, st, false)
+	if rep.Examined != 4 || rep.Written != 4 || rep.Deliveries != 4 {
+		t.Errorf("report %+v, want 4 examined and written in 4 replay deliveries", rep)
+	}
+	if n := count(t, db, `SELECT count(*) FROM quarantined_entries WHERE replayed_at IS NULL`); n != 0 {
+		t.Errorf("%d entries left pending", n)
+	}
+}
+
 // A batch named apt-5 twice: its first entry (booked) was quarantined, its
 // second (cancelled) stored, the batch's last word. Replaying the first
 // must not book the cancelled appointment again.

@@ -153,6 +153,11 @@ type QuarantineFilter struct {
 	After QuarantineKey
 	// Limit is the most rows returned; 0 is no limit.
 	Limit int
+	// MaxBytes, when not 0, ends the list before the entry whose content
+	// would bring the list's past it (the first is always listed): pages
+	// whose size a count alone does not bound, entries being up to a
+	// body's size.
+	MaxBytes int
 	// WithContent reads each entry's raw bytes (patient data); without it
 	// Raw stays nil.
 	WithContent bool
@@ -228,7 +233,8 @@ func (r *quarantineScan) fill(q *QuarantineRecord) error {
 
 // quarantineSQL selects the entries f selects, by delivery and entry index,
 // each with its delivery's columns first (q.delivery_id, d.ehr,
-// d.request_id, d.received_at, the body's hash in hex).
+// d.request_id, d.received_at, the body's hash in hex) and, with MaxBytes,
+// two more last.
 func (f QuarantineFilter) quarantineSQL() (string, []any) {
 	where, args := f.Delivery.where(nil)
 	if f.Pending {
@@ -243,12 +249,25 @@ func (f QuarantineFilter) quarantineSQL() (string, []any) {
 	}
 	q := `SELECT q.delivery_id, d.ehr, d.request_id, d.received_at, encode(d.body_sha256, 'hex'),
     ` + quarantineRecordColumns(f.WithContent)
+	if f.MaxBytes > 0 {
+		// The content's running total, in the list's order: the server
+		// sends no entry past the budget.
+		q += `,
+    coalesce(sum(octet_length(q.raw)) OVER w, 0) AS upto, row_number() OVER w AS n`
+	}
 	q += `
 FROM quarantined_entries q JOIN webhook_deliveries d ON d.id = q.delivery_id
 WHERE ` + where
+	if f.MaxBytes > 0 {
+		q += " WINDOW w AS (ORDER BY q.delivery_id, q.entry_index)"
+	}
 	q += " ORDER BY q.delivery_id, q.entry_index"
 	if f.Limit > 0 {
 		q += " LIMIT " + strconv.Itoa(f.Limit)
+	}
+	if f.MaxBytes > 0 {
+		args = append(args, f.MaxBytes)
+		q = fmt.Sprintf("SELECT * FROM (%s) page WHERE n = 1 OR upto <= $%d ORDER BY delivery_id, entry_index", q, len(args))
 	}
 	return q, args
 }
@@ -260,10 +279,15 @@ func (s *Store) EachQuarantined(ctx context.Context, f QuarantineFilter, fn func
 	const op = "EachQuarantined"
 	q, args := f.quarantineSQL()
 	var (
-		r   QuarantineRecord
-		row quarantineScan
+		r        QuarantineRecord
+		row      quarantineScan
+		upto, n  int64
+		windowed []any
 	)
-	dest := append([]any{&r.DeliveryID, &r.EHR, &r.RequestID, &r.ReceivedAt, &r.BodySHA256}, row.dest()...)
+	if f.MaxBytes > 0 {
+		windowed = []any{&upto, &n}
+	}
+	dest := append(append([]any{&r.DeliveryID, &r.EHR, &r.RequestID, &r.ReceivedAt, &r.BodySHA256}, row.dest()...), windowed...)
 	return s.each(ctx, op, q, args, func(rows *sql.Rows) error {
 		if err := rows.Scan(dest...); err != nil {
 			return wrap(op, err)

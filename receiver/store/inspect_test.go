@@ -85,3 +85,36 @@ func TestEachStopsAtTheCallbacksError(t *testing.T) {
 		t.Errorf("EachDelivery after a stop: %d deliveries, %v", n, err)
 	}
 }
+
+// Pages by content: MaxBytes ends a page before the entry that would pass
+// it, a larger entry has a page of its own, and every entry is read once.
+func TestEachQuarantinedMaxBytes(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t)
+	sized := func(n int) string { return `"` + strings.Repeat("x", n-2) + `"` }
+	mustWrite(t, s, quarantinedBatch(sized(100), sized(100), sized(300)))
+	mustWrite(t, s, quarantinedBatch(sized(50), sized(50), sized(50), sized(50)))
+
+	var pages []int
+	f := QuarantineFilter{Pending: true, WithContent: true, MaxBytes: 250, Limit: 3}
+	for {
+		size, n := 0, 0
+		err := s.EachQuarantined(context.Background(), f, func(q QuarantineRecord) error {
+			size += len(q.Raw)
+			n++
+			f.After = QuarantineKey{DeliveryID: q.DeliveryID, EntryIndex: q.EntryIndex}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+		pages = append(pages, size)
+	}
+	// 100+100 | 300 | 50+50+50 (the limit) | 50
+	if want := []int{200, 300, 150, 50}; fmt.Sprint(pages) != fmt.Sprint(want) {
+		t.Errorf("pages of %v bytes, want %v", pages, want)
+	}
+}
