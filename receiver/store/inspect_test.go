@@ -69,7 +69,7 @@ func TestEachDeliveryWithEntries(t *testing.T) {
 func TestEachStopsAtTheCallbacksError(t *testing.T) {
 	t.Parallel()
 	s, _ := newStore(t)
-	mustWrite(t, s, quarantinedBatch(`{}`, `{}`, `{}`))
+	mustWrite(t, s, quarantinedBatch(`{"a":0}`, `{"a":1}`, `{"a":2}`))
 	stop := errors.New("stop")
 	calls := 0
 	err := s.EachQuarantined(context.Background(), QuarantineFilter{WithContent: true}, func(QuarantineRecord) error {
@@ -91,7 +91,12 @@ func TestEachStopsAtTheCallbacksError(t *testing.T) {
 func TestEachQuarantinedMaxBytes(t *testing.T) {
 	t.Parallel()
 	s, _ := newStore(t)
-	sized := func(n int) string { return `"` + strings.Repeat("x", n-2) + `"` }
+	// Each entry distinct: identical pending ones are kept once.
+	letter := 'a'
+	sized := func(n int) string {
+		letter++
+		return `"` + strings.Repeat(string(letter), n-2) + `"`
+	}
 	mustWrite(t, s, quarantinedBatch(sized(100), sized(100), sized(300)))
 	mustWrite(t, s, quarantinedBatch(sized(50), sized(50), sized(50), sized(50)))
 
