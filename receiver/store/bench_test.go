@@ -18,13 +18,7 @@ func BenchmarkWrite(b *testing.B) {
 	ctx := context.Background()
 	n := 0
 	for b.Loop() {
-		entries := make([]payload.Entry, 100)
-		for i := range entries {
-			n++
-			entries[i] = minimalEntry(fmt.Sprintf("apt-%d", n))
-			entries[i].Patient.ID = fmt.Sprintf("pat-%d", n%1000)
-		}
-		if _, err := s.Write(ctx, batch(entries...)); err != nil {
+		if _, err := s.Write(ctx, batch(newAppointments(&n, 100)...)); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -92,6 +86,18 @@ func BenchmarkWriteLayout(b *testing.B) {
 	}
 }
 
+// newAppointments makes count new appointments numbered on from *n, their
+// patients taken from a pool of 1,000.
+func newAppointments(n *int, count int) []payload.Entry {
+	entries := make([]payload.Entry, count)
+	for i := range entries {
+		*n++
+		entries[i] = minimalEntry(fmt.Sprintf("apt-%d", *n))
+		entries[i].Patient.ID = fmt.Sprintf("pat-%d", *n%1000)
+	}
+	return entries
+}
+
 // BenchmarkWriteQuarantine writes requests of 90 new appointments and 10
 // invalid entries under quarantine, so the full statement: "new" keeps 10
 // new invalid entries each time, "retried" sends the same 10 again (after
@@ -107,13 +113,7 @@ func BenchmarkWriteQuarantine(b *testing.B) {
 			ctx := context.Background()
 			n := 0
 			for b.Loop() {
-				entries := make([]payload.Entry, 90)
-				for i := range entries {
-					n++
-					entries[i] = minimalEntry(fmt.Sprintf("apt-%d", n))
-					entries[i].Patient.ID = fmt.Sprintf("pat-%d", n%1000)
-				}
-				bt := batch(entries...)
+				bt := batch(newAppointments(&n, 90)...)
 				bt.Delivery.Outcome = OutcomeQuarantined
 				for i := range 10 {
 					id := fmt.Sprintf("bad-%d-%d", n, i)
