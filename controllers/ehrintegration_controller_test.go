@@ -411,11 +411,26 @@ func TestChildrenOfAValidIntegration(t *testing.T) {
 		}
 		return nil
 	})
-	// The Deployment's generation moved on, so Ready waits for its
-	// controller to catch up, then follows it again.
-	waitCondition(t, ns, "nexus", metav1.ConditionFalse, v1alpha1.ReasonDeploymentUnavailable)
+	// The Deployment's generation moved on and its controller has not
+	// looked yet: the pods it last found available still serve, so Ready
+	// stays True (it used to turn False until the controller caught up,
+	// on every rotation), while Progressing says a rollout is under way.
+	got = waitCondition(t, ns, "nexus", metav1.ConditionTrue, v1alpha1.ReasonAvailable)
+	if !meta.IsStatusConditionTrue(got.Status.Conditions, v1alpha1.ConditionProgressing) {
+		t.Errorf("conditions = %+v, want Progressing True until the Deployment's controller catches up", got.Status.Conditions)
+	}
 	markAvailable(t, ns, "nexus")
-	waitCondition(t, ns, "nexus", metav1.ConditionTrue, v1alpha1.ReasonAvailable)
+	eventually(t, waitFor, "Progressing to turn False", func() error {
+		var e v1alpha1.EHRIntegration
+		if err := suite.client.Get(ctx, key(ns, "nexus"), &e); err != nil {
+			return err
+		}
+		if !meta.IsStatusConditionFalse(e.Status.Conditions, v1alpha1.ConditionProgressing) ||
+			!meta.IsStatusConditionTrue(e.Status.Conditions, v1alpha1.ConditionReady) {
+			return fmt.Errorf("conditions %+v", e.Status.Conditions)
+		}
+		return nil
+	})
 }
 
 func TestMissingSecretsHealByThemselves(t *testing.T) {
@@ -544,6 +559,44 @@ func TestSecretChangeRollsPods(t *testing.T) {
 	// Past its grace period it serves nothing, even still listed (its node
 	// gone): the rotation ends without it.
 	served(v2)
+}
+
+// A rotation changes the receivers' pod template; the Deployment's
+// controller has not looked at it when the operator writes the status
+// right after, and its pods then still all serve (maxUnavailable 0). Ready
+// must stay True through that moment (found on the local cluster: every
+// rotation turned it False, with a DeploymentUnavailable Event, then True
+// again), and Progressing say the rollout is under way.
+func TestRotationKeepsReady(t *testing.T) {
+	startSuite(t)
+	ns := newNamespace(t)
+	creds := credsSecret(ns)
+	create(t, creds, dbSecret(ns), integration(ns, "nexus", "nexus"))
+	markAvailable(t, ns, "nexus")
+	before := waitCondition(t, ns, "nexus", metav1.ConditionTrue, v1alpha1.ReasonAvailable)
+	since := meta.FindStatusCondition(before.Status.Conditions, v1alpha1.ConditionReady).LastTransitionTime
+
+	update(t, creds, func(s *corev1.Secret) { s.Data["webhook-secret-previous"] = s.Data["webhook-secret"] })
+	var e v1alpha1.EHRIntegration
+	eventually(t, waitFor, "Progressing to say the rollout is under way", func() error {
+		if err := suite.client.Get(ctx, key(ns, "nexus"), &e); err != nil {
+			return err
+		}
+		if !meta.IsStatusConditionTrue(e.Status.Conditions, v1alpha1.ConditionProgressing) {
+			return fmt.Errorf("conditions %+v", e.Status.Conditions)
+		}
+		return nil
+	})
+	// The status written with the stale Deployment status, and the passes
+	// after it (no Deployment controller runs here to catch up).
+	time.Sleep(2 * rolloutPollInterval)
+	if err := suite.client.Get(ctx, key(ns, "nexus"), &e); err != nil {
+		t.Fatal(err)
+	}
+	if c := meta.FindStatusCondition(e.Status.Conditions, v1alpha1.ConditionReady); c == nil ||
+		c.Status != metav1.ConditionTrue || !c.LastTransitionTime.Equal(&since) {
+		t.Errorf("Ready after the rotation = %+v, want True since %v: the pods serve until new ones replace them", c, since)
+	}
 }
 
 // template2 is the database Secret's version, which these pods share.

@@ -187,9 +187,15 @@ func computeStatus(e *v1alpha1.EHRIntegration, o observation) v1alpha1.EHRIntegr
 	return st
 }
 
-// deploymentReady: Ready means the Deployment has seen its current spec and
-// has the desired replicas available, the Ingress, if any, exists, and the
-// HTTPRoute, if any, is accepted by its Gateways.
+// deploymentReady: Ready means the Deployment has the desired replicas
+// available, the Ingress, if any, exists, and the HTTPRoute, if any, is
+// accepted by its Gateways. A status the Deployment's controller wrote
+// before it saw the current spec still counts: the pods it found available
+// serve until new ones replace them (maxUnavailable 0), so a change of the
+// pod template (a Secret rotated, a setting changed) keeps Ready True, as
+// it does for the rest of the rollout, rather than turning it False for
+// the moment between the operator's write and the controller's next look
+// (Progressing says a rollout is under way).
 func deploymentReady(e *v1alpha1.EHRIntegration, o observation) (bool, string, string) {
 	d := o.deployment
 	switch {
@@ -197,8 +203,6 @@ func deploymentReady(e *v1alpha1.EHRIntegration, o observation) (bool, string, s
 		return false, v1alpha1.ReasonDeploymentUnavailable, "the receiver Deployment does not exist yet"
 	case o.wantReplicas == 0:
 		return false, v1alpha1.ReasonDeploymentUnavailable, "replicas is 0: no receiver pod runs"
-	case d.Status.ObservedGeneration < d.Generation:
-		return false, v1alpha1.ReasonDeploymentUnavailable, "the receiver Deployment's controller has not seen its spec yet"
 	case d.Status.AvailableReplicas < o.wantReplicas:
 		msg := fmt.Sprintf("%d of %d receiver pods available", d.Status.AvailableReplicas, o.wantReplicas)
 		if o.podTrouble != "" {

@@ -32,7 +32,13 @@ func TestComputeStatus(t *testing.T) {
 		{"no deployment yet", observation{wantReplicas: 2}, conds{"False", "True", "False", v1alpha1.ReasonDeploymentUnavailable}},
 		{"available", observation{wantReplicas: 2, deployment: deployment(1, 1, 2, 2, 2, 2)}, conds{"True", "False", "False", v1alpha1.ReasonAvailable}},
 		{"one of two", observation{wantReplicas: 2, deployment: deployment(1, 1, 2, 2, 1, 1)}, conds{"False", "True", "False", v1alpha1.ReasonDeploymentUnavailable}},
-		{"stale status", observation{wantReplicas: 2, deployment: deployment(2, 1, 2, 2, 2, 2)}, conds{"False", "True", "False", v1alpha1.ReasonDeploymentUnavailable}},
+		// The template just changed (a Secret rotated): the controller has
+		// not looked yet, and the two pods it found available still serve.
+		{"stale status, still serving", observation{wantReplicas: 2, deployment: deployment(2, 1, 2, 2, 2, 2)}, conds{"True", "True", "False", v1alpha1.ReasonAvailable}},
+		// Scaled up: the controller has not looked yet, one pod is missing.
+		{"stale status, scaled up", observation{wantReplicas: 3, deployment: deployment(2, 1, 2, 2, 2, 2)}, conds{"False", "True", "False", v1alpha1.ReasonDeploymentUnavailable}},
+		// Created: no status yet.
+		{"new, no status", observation{wantReplicas: 2, deployment: deployment(1, 0, 0, 0, 0, 0)}, conds{"False", "True", "False", v1alpha1.ReasonDeploymentUnavailable}},
 		{"rolling, still serving", observation{wantReplicas: 2, deployment: deployment(2, 2, 3, 1, 2, 2)}, conds{"True", "True", "False", v1alpha1.ReasonAvailable}},
 		{"ingress missing", observation{wantReplicas: 2, ingressMissing: true, deployment: deployment(1, 1, 2, 2, 2, 2)}, conds{"False", "False", "False", v1alpha1.ReasonDeploymentUnavailable}},
 		{"zero replicas", observation{wantReplicas: 0, deployment: deployment(1, 1, 0, 0, 0, 0)}, conds{"False", "False", "False", v1alpha1.ReasonDeploymentUnavailable}},
