@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"database/sql"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -266,17 +267,22 @@ spec:
 }
 
 // rotateSecret rotates the webhook secret, then the API key, with the
-// commands of docs/onboarding.md, "Rotate credentials": replace the Secret,
-// keeping the resourceVersion `kubectl replace` prints, and `kubectl wait`
-// until status.servedSecretVersions.credentials shows it. The moment that
-// returns, the new values must work on every pod (200, no retry of a 401),
-// and once the overlap has ended the old ones must be refused (401).
+// commands of docs/onboarding.md, "Rotate credentials": patch only the
+// rotated keys of the Secret, keeping the resourceVersion `kubectl patch`
+// prints, and `kubectl wait` until status.servedSecretVersions.credentials
+// shows it. The moment that returns, the new values must work on every pod
+// (200, no retry of a 401), and once the overlap has ended the old ones
+// must be refused (401). A key of another system kept in the Secret
+// survives the rotation.
 func (s *story) rotateSecret(t *testing.T) {
 	url := receiverURL(t)
 	oldKey, newKey := s.apiKey, randHex(t)
+	const otherKey, otherValue = "other-system-password", "kept-by-another-team"
+	kubectl(t, "", "-n", ns, "patch", "secret", "nexus-webhook", "--type=merge",
+		"-p", `{"stringData":{"`+otherKey+`":"`+otherValue+`"}}`)
 
 	// 1. The webhook secret's overlap.
-	s.replaceCredentials(t, map[string]string{"api-key": oldKey, "webhook-secret": s.newSecret, "webhook-secret-previous": s.oldSecret})
+	s.patchCredentials(t, "merge", mergeCredentials(map[string]string{"webhook-secret": s.newSecret, "webhook-secret-previous": s.oldSecret}))
 	for i := 0; i < 5; i++ {
 		for _, sec := range []string{s.newSecret, s.oldSecret} {
 			if code := deliverOnce(t, url, oldKey, sec, payload(fmt.Sprintf("rot-overlap-%d-%s", i, sec[:6]))); code != http.StatusOK {
@@ -289,8 +295,7 @@ func (s *story) rotateSecret(t *testing.T) {
 	}
 
 	// 2. The API key's overlap, the webhook secret's still on.
-	s.replaceCredentials(t, map[string]string{"api-key": newKey, "api-key-previous": oldKey,
-		"webhook-secret": s.newSecret, "webhook-secret-previous": s.oldSecret})
+	s.patchCredentials(t, "merge", mergeCredentials(map[string]string{"api-key": newKey, "api-key-previous": oldKey}))
 	for i := 0; i < 5; i++ {
 		for which, key := range map[string]string{"new": newKey, "old": oldKey} {
 			if code := deliverOnce(t, url, key, s.newSecret, payload(fmt.Sprintf("rot-key-%d-%s", i, which))); code != http.StatusOK {
@@ -300,7 +305,7 @@ func (s *story) rotateSecret(t *testing.T) {
 	}
 
 	// 3. Both overlaps end.
-	s.replaceCredentials(t, map[string]string{"api-key": newKey, "webhook-secret": s.newSecret})
+	s.patchCredentials(t, "json", `[{"op": "remove", "path": "/data/webhook-secret-previous"}, {"op": "remove", "path": "/data/api-key-previous"}]`)
 	s.apiKey = newKey
 	for i := 0; i < 5; i++ {
 		if code := deliverOnce(t, url, newKey, s.oldSecret, payload(fmt.Sprintf("rot-old-%d", i))); code != http.StatusUnauthorized {
@@ -316,36 +321,37 @@ func (s *story) rotateSecret(t *testing.T) {
 	if n := s.count(t, `SELECT count(*) FROM appointments WHERE ehr = $1 AND (external_id LIKE 'rot-old-%' OR external_id LIKE 'rot-oldkey-%')`, name); n != 0 {
 		t.Errorf("%d deliveries with old credentials were stored after the overlap, want 0", n)
 	}
+	got, err := base64.StdEncoding.DecodeString(get(t, ns, "secret", "nexus-webhook", "{.data."+otherKey+"}"))
+	if err != nil || string(got) != otherValue {
+		t.Errorf("after the rotation, key %s of the credentials Secret is %q (%v), want it kept", otherKey, got, err)
+	}
 }
 
-// replaceCredentials is one change of docs/onboarding.md, "Rotate
-// credentials": the Secret made with `kubectl create secret generic
-// --dry-run=client -o yaml` is replaced, and `kubectl wait` waits for the
-// resourceVersion `kubectl replace` printed in servedSecretVersions.
-func (s *story) replaceCredentials(t *testing.T, data map[string]string) {
-	t.Helper()
-	args := []string{"-n", ns, "create", "secret", "generic", "nexus-webhook", "--dry-run=client", "-o", "yaml"}
-	for _, k := range sortedKeys(data) {
-		args = append(args, "--from-literal="+k+"="+data[k])
+// mergeCredentials is the merge patch that sets keys of the credentials
+// Secret to values, leaving its other keys as they are.
+func mergeCredentials(values map[string]string) string {
+	b, err := json.Marshal(map[string]map[string]string{"stringData": values})
+	if err != nil {
+		panic(err)
 	}
-	manifest := kubectl(t, "", args...)
-	rv := strings.TrimSpace(kubectl(t, manifest, "-n", ns, "replace", "-f", "-", "-o", "jsonpath={.metadata.resourceVersion}"))
+	return string(b)
+}
+
+// patchCredentials is one change of docs/onboarding.md, "Rotate
+// credentials": `kubectl patch` of the credentials Secret's keys, and
+// `kubectl wait` for the resourceVersion the patch printed in
+// servedSecretVersions.
+func (s *story) patchCredentials(t *testing.T, patchType, patch string) {
+	t.Helper()
+	rv := strings.TrimSpace(kubectl(t, "", "-n", ns, "patch", "secret", "nexus-webhook", "--type="+patchType,
+		"-o", "jsonpath={.metadata.resourceVersion}", "-p", patch))
 	if rv == "" {
-		t.Fatal("kubectl replace printed no resourceVersion")
+		t.Fatal("kubectl patch printed no resourceVersion")
 	}
 	t0 := time.Now()
 	kubectl(t, "", "-n", ns, "wait", "ehrintegration/"+name, "--timeout=10m",
 		"--for=jsonpath={.status.servedSecretVersions.credentials}="+rv)
-	t.Logf("every receiver pod ran credentials version %s %s after the replace", rv, time.Since(t0).Round(100*time.Millisecond))
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
+	t.Logf("every receiver pod ran credentials version %s %s after the patch", rv, time.Since(t0).Round(100*time.Millisecond))
 }
 
 func (s *story) deletePodDuringStream(t *testing.T) {
