@@ -123,11 +123,27 @@ func helmLifecycle(t *testing.T, ctx context.Context, c client.Client, kubeconfi
 
 	// Every option, under another full name so as not to clash with the
 	// rendered every-option set created later. Its Roles go into the
-	// watched namespaces, which helm does not create.
+	// watched namespaces, which helm does not create: before they exist the
+	// upgrade is refused, naming the first, with nothing written (helm
+	// alone failed half-way, leaving a failed revision and the new
+	// cluster-wide objects, which no later revision owned).
+	upgradeAllOn := append([]string{"upgrade", "flow", chartDir, "-f", allOnValues, "--set", "fullnameOverride=flow-all-on"}, common...)
+	if _, err := run(helm, upgradeAllOn...); err == nil || !strings.Contains(err.Error(), "watchNamespaces: namespace ehr-a does not exist") {
+		t.Errorf("helm upgrade watching namespaces that do not exist: err = %v, want the chart to refuse it naming ehr-a", err)
+	}
+	if out, err := run(helm, append([]string{"history", "flow", "-o", "json"}, common...)...); err != nil || strings.Count(out, `"revision"`) != 1 {
+		t.Errorf("after the refused upgrade, helm history = %s (%v), want the install alone", out, err)
+	}
+	gateways := &unstructured.Unstructured{}
+	gateways.SetAPIVersion("rbac.authorization.k8s.io/v1")
+	gateways.SetKind("ClusterRole")
+	if err := c.Get(ctx, client.ObjectKey{Name: "flow-all-on-manager-gateways"}, gateways); !apierrors.IsNotFound(err) {
+		t.Errorf("the refused upgrade wrote ClusterRole flow-all-on-manager-gateways: %v", err)
+	}
 	for _, ns := range []string{"ehr-a", "ehr-b"} {
 		ensureNamespace(t, ctx, c, ns)
 	}
-	out, err = run(helm, append([]string{"upgrade", "flow", chartDir, "-f", allOnValues, "--set", "fullnameOverride=flow-all-on"}, common...)...)
+	out, err = run(helm, upgradeAllOn...)
 	if err != nil {
 		t.Fatalf("helm upgrade to every option: %v", err)
 	}
