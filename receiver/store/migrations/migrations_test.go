@@ -195,6 +195,80 @@ func TestPendingContentIndexOverEarlierDuplicates(t *testing.T) {
 	}
 }
 
+// Migration 8 over a delivery log of the previous release, with a
+// receiver of that release still writing: the table is not rewritten (its
+// file stays the same), its rows and that receiver's later ones have no
+// field errors (NULL), and the new columns take a rejected request's.
+func TestDeliveryFieldErrorsColumns(t *testing.T) {
+	ctx := context.Background()
+	_, db := atVersion(t, 7)
+	// The previous release's insert (store.RecordDeliveries): it names its columns.
+	const previousInsert = `INSERT INTO webhook_deliveries (ehr, request_id, received_at, body_sha256, item_count, outcome, status_code)
+		VALUES ('nexus', $1, now(), sha256('body'), 4, 'rejected', 422)`
+	if _, err := db.ExecContext(ctx, previousInsert, "before"); err != nil {
+		t.Fatal(err)
+	}
+	fileOf := func() string {
+		t.Helper()
+		var f string
+		if err := db.QueryRowContext(ctx, `SELECT pg_relation_filenode('webhook_deliveries')::text`).Scan(&f); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	file := fileOf()
+	if err := migrations.Up(ctx, db, nil); err != nil {
+		t.Fatal(err)
+	}
+	if after := fileOf(); after != file {
+		t.Errorf("webhook_deliveries was rewritten (file %s, then %s): the migration must change only the catalog", file, after)
+	}
+	var cols []string
+	rows, err := db.QueryContext(ctx, `SELECT column_name || ' ' || data_type || ' ' || is_nullable || ' ' || coalesce(column_default, 'no default')
+		FROM information_schema.columns WHERE table_name = 'webhook_deliveries' AND column_name LIKE 'field_error%' ORDER BY column_name`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var c string
+		if err := rows.Scan(&c); err != nil {
+			t.Fatal(err)
+		}
+		cols = append(cols, c)
+	}
+	if want := []string{"field_error_count integer YES no default", "field_errors jsonb YES no default"}; strings.Join(cols, "; ") != strings.Join(want, "; ") {
+		t.Errorf("columns %q, want %q", cols, want)
+	}
+	if _, err := db.ExecContext(ctx, previousInsert, "during"); err != nil {
+		t.Fatalf("a receiver of the previous release, after the migration: %v", err)
+	}
+	if _, err := db.ExecContext(ctx, `INSERT INTO webhook_deliveries (ehr, request_id, received_at, body_sha256, item_count, outcome, status_code,
+		field_errors, field_error_count) VALUES ('nexus', 'after', now(), sha256('body'), 4, 'rejected', 422,
+		'[{"index":1,"field":"appointments[1].patient","message":"is required"}]', 1)`); err != nil {
+		t.Fatal(err)
+	}
+	var withErrors []string
+	rows, err = db.QueryContext(ctx, `SELECT request_id || ' ' || coalesce(field_error_count::text, 'NULL') || ' ' || coalesce(field_errors::text, 'NULL')
+		FROM webhook_deliveries ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var r string
+		if err := rows.Scan(&r); err != nil {
+			t.Fatal(err)
+		}
+		withErrors = append(withErrors, r)
+	}
+	want := []string{"before NULL NULL", "during NULL NULL",
+		`after 1 [{"field": "appointments[1].patient", "index": 1, "message": "is required"}]`}
+	if strings.Join(withErrors, "\n") != strings.Join(want, "\n") {
+		t.Errorf("rows\n%s\nwant\n%s", strings.Join(withErrors, "\n"), strings.Join(want, "\n"))
+	}
+}
+
 // Dropping that invalid index takes an ACCESS EXCLUSIVE lock: behind a
 // long transaction it gives up after migrations.LockTimeout, as the
 // transactional migrations do, so writers queued behind it are delayed,
