@@ -20,7 +20,22 @@ type Delivery struct {
 	ItemCount  int
 	Outcome    Outcome
 	StatusCode int
+	// FieldErrorCount is how many errors the answer to a refused request
+	// listed (a 400 or 422 with an errors list: outcome rejected or
+	// invalid_body), and FieldErrors the first of them, at most
+	// MaxFieldErrors. Their messages name fields and rules, never a value
+	// (payload.FieldError). Only RecordDeliveries writes them; Write
+	// refuses them (a stored delivery has none). Both zero: the answer
+	// listed none (the columns are NULL). FieldErrors may hold fewer than
+	// both bounds allow: the receiver leaves them out when its delivery
+	// log's queue holds too many already.
+	FieldErrorCount int
+	FieldErrors     []payload.FieldError
 }
+
+// MaxFieldErrors is how many of a refused request's field errors its row
+// of webhook_deliveries keeps: the first, as the receiver's log line.
+const MaxFieldErrors = 10
 
 // Outcome is what a request to the webhook came to, in one word: the
 // receiver's log line ("outcome") and webhook_deliveries.outcome carry it.

@@ -87,6 +87,42 @@ var deliveryColumns = []column[Delivery]{
 	{"status_code", "status_code", integer(func(d *Delivery) int64 { return int64(d.StatusCode) })},
 }
 
+// recordRow is a failed request's delivery as RecordDeliveries' arrays
+// read it.
+type recordRow struct {
+	Delivery
+	// errors is FieldErrors as a JSON array; nil when the answer listed
+	// none (FieldErrorCount 0).
+	errors *string
+}
+
+// recordColumns are the columns RecordDeliveries fills: deliveryColumns,
+// and a refused request's field errors (migration 8), NULL when its answer
+// listed none. The write statement leaves those NULL: a delivery it
+// stores has none.
+var recordColumns = append(lift(deliveryColumns, func(r *recordRow) *Delivery { return &r.Delivery }),
+	column[recordRow]{"field_errors", "field_errors", optJSONB(func(r *recordRow) *string { return r.errors })},
+	column[recordRow]{"field_error_count", "field_error_count", optInteger(func(r *recordRow) *int {
+		if r.FieldErrorCount == 0 {
+			return nil
+		}
+		return &r.FieldErrorCount
+	})},
+)
+
+// lift makes columns of rows of type S columns of rows of type R, each of
+// which holds an S (get).
+func lift[R, S any](cols []column[S], get func(*R) *S) []column[R] {
+	out := make([]column[R], len(cols))
+	for i, c := range cols {
+		out[i] = column[R]{name: c.name, array: c.array, enc: encoder[R]{typ: c.enc.typ}}
+		if elem := c.enc.elem; elem != nil {
+			out[i].enc.elem = func(b []byte, r *R) []byte { return elem(b, get(r)) }
+		}
+	}
+	return out
+}
+
 // quarantineRow is a quarantined entry as the statement's arrays read it.
 type quarantineRow struct {
 	index  int64
@@ -213,6 +249,7 @@ func arraysOf[R any](cols ...[]column[R]) arrays[R] {
 var (
 	entryArrays      = arraysOf(appointments.columns, patients.columns, practitioners.columns)
 	deliveryArrays   = arraysOf(deliveryColumns)
+	recordArrays     = arraysOf(recordColumns)
 	quarantineArrays = arraysOf(quarantineColumns)
 	replayArrays     = arraysOf(replayColumns)
 )
@@ -283,6 +320,15 @@ func optText[R any](get func(*R) *string) encoder[R] {
 
 func jsonb[R any](get func(*R) string) encoder[R] {
 	return encoder[R]{"jsonb", func(b []byte, r *R) []byte { return appendQuoted(b, get(r)) }}
+}
+
+func optJSONB[R any](get func(*R) *string) encoder[R] {
+	return encoder[R]{"jsonb", func(b []byte, r *R) []byte {
+		if s := get(r); s != nil {
+			return appendQuoted(b, *s)
+		}
+		return append(b, "NULL"...)
+	}}
 }
 
 func integer[R any](get func(*R) int64) encoder[R] {

@@ -44,6 +44,13 @@ type DeliveryRecord struct {
 	// Pending is the quarantined entries neither replayed nor emptied by
 	// retention: what a replay would look at.
 	Pending int `json:"pending"`
+	// FieldErrorCount is how many errors the answer to a refused request
+	// listed (outcome rejected or invalid_body), and FieldErrors the first
+	// of them (at most MaxFieldErrors; fewer, or none, when the receiver
+	// could not keep them: Delivery.FieldErrors). Paths and rules, never a
+	// value. Only EachDeliveryWithEntries (`deliveries show`) reads them.
+	FieldErrorCount int                  `json:"fieldErrorCount,omitempty"`
+	FieldErrors     []payload.FieldError `json:"fieldErrors,omitempty"`
 }
 
 // where renders f's conditions on the webhook_deliveries row aliased d,
@@ -86,10 +93,47 @@ const deliveryRecordColumns = `d.id, d.ehr, d.request_id, d.received_at, encode(
     (SELECT count(*) FROM quarantined_entries q WHERE q.delivery_id = d.id
         AND q.replayed_at IS NULL AND q.raw IS NOT NULL) AS pending`
 
-// deliveriesSQL selects the deliveries f selects, newest first.
-func (f DeliveryFilter) deliveriesSQL() (string, []any) {
+// deliveryErrorsColumns are a DeliveryRecord's field errors, of the
+// webhook_deliveries row aliased d, in deliveryErrorsScan's order.
+const deliveryErrorsColumns = `d.field_errors, d.field_error_count`
+
+// deliveryErrorsScan holds deliveryErrorsColumns as scanned: NULL for a
+// delivery whose answer listed none.
+type deliveryErrorsScan struct {
+	errors []byte
+	count  *int
+}
+
+func (e *deliveryErrorsScan) dest() []any { return []any{&e.errors, &e.count} }
+
+// fill sets d's field errors from the row.
+func (e *deliveryErrorsScan) fill(d *DeliveryRecord) error {
+	d.FieldErrorCount, d.FieldErrors = 0, nil
+	if e.count != nil {
+		d.FieldErrorCount = *e.count
+	}
+	if e.errors == nil {
+		return nil
+	}
+	if err := json.Unmarshal(e.errors, &d.FieldErrors); err != nil {
+		return fmt.Errorf("delivery %d: while reading its field errors: %w", d.ID, err)
+	}
+	if len(d.FieldErrors) == 0 {
+		d.FieldErrors = nil
+	}
+	return nil
+}
+
+// deliveriesSQL selects the deliveries f selects, newest first; withErrors,
+// their field errors too (deliveryErrorsColumns, after
+// deliveryRecordColumns).
+func (f DeliveryFilter) deliveriesSQL(withErrors bool) (string, []any) {
 	where, args := f.where(nil)
-	q := `SELECT ` + deliveryRecordColumns + `
+	cols := deliveryRecordColumns
+	if withErrors {
+		cols += ",\n    " + deliveryErrorsColumns
+	}
+	q := `SELECT ` + cols + `
 FROM webhook_deliveries d WHERE ` + where + ` ORDER BY d.received_at DESC, d.id DESC`
 	if f.Limit > 0 {
 		q += " LIMIT " + strconv.Itoa(f.Limit)
@@ -107,7 +151,7 @@ func scanDelivery(rows *sql.Rows, r *DeliveryRecord, more ...any) error {
 // EachDelivery calls fn with each delivery f selects, newest first, as it
 // reads them. An error of fn stops the query and is returned as it is.
 func (s *Store) EachDelivery(ctx context.Context, f DeliveryFilter, fn func(DeliveryRecord) error) error {
-	q, args := f.deliveriesSQL()
+	q, args := f.deliveriesSQL(false)
 	return s.each(ctx, "EachDelivery", q, args, func(rows *sql.Rows) error {
 		var r DeliveryRecord
 		if err := scanDelivery(rows, &r); err != nil {
@@ -300,14 +344,14 @@ func (s *Store) EachQuarantined(ctx context.Context, f QuarantineFilter, fn func
 }
 
 // EachDeliveryWithEntries calls delivery with each delivery f selects,
-// newest first, and after it entry with each of its quarantined entries by
-// index (their content only withContent): what `deliveries show` prints,
-// as it reads it, one entry at a time. An error of either stops the query
-// and is returned as it is.
+// newest first, field errors included, and after it entry with each of its
+// quarantined entries by index (their content only withContent): what
+// `deliveries show` prints, as it reads it, one entry at a time. An error
+// of either stops the query and is returned as it is.
 func (s *Store) EachDeliveryWithEntries(ctx context.Context, f DeliveryFilter, withContent bool,
 	delivery func(DeliveryRecord) error, entry func(QuarantineRecord) error) error {
 	const op = "EachDeliveryWithEntries"
-	sel, args := f.deliveriesSQL()
+	sel, args := f.deliveriesSQL(true)
 	// OFFSET 0 keeps the deliveries a subquery of their own, computing
 	// each one's counts once, not once per entry; its order and the
 	// lateral join let PostgreSQL sort one delivery's entries at a time.
@@ -317,15 +361,20 @@ LEFT JOIN LATERAL (SELECT * FROM quarantined_entries q WHERE q.delivery_id = d.i
 ORDER BY d.received_at DESC, d.id DESC, q.entry_index`
 	var (
 		d    DeliveryRecord
+		errs deliveryErrorsScan
 		row  quarantineScan
 		last int64
 	)
+	dest := append(errs.dest(), row.dest()...)
 	return s.each(ctx, op, q, args, func(rows *sql.Rows) error {
-		if err := scanDelivery(rows, &d, row.dest()...); err != nil {
+		if err := scanDelivery(rows, &d, dest...); err != nil {
 			return wrap(op, err)
 		}
 		if d.ID != last {
 			last = d.ID
+			if err := errs.fill(&d); err != nil {
+				return fmt.Errorf("%s: %w", op, err)
+			}
 			if err := delivery(d); err != nil {
 				return err
 			}

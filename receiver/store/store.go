@@ -247,6 +247,10 @@ func (d Delivery) check() error {
 		return errors.New("delivery without an outcome")
 	case d.ReceivedAt.IsZero():
 		return errors.New("delivery without a received time")
+	case len(d.FieldErrors) > MaxFieldErrors:
+		return fmt.Errorf("delivery with %d field errors: at most %d are kept", len(d.FieldErrors), MaxFieldErrors)
+	case d.FieldErrorCount < len(d.FieldErrors):
+		return fmt.Errorf("delivery with %d field errors, of which the answer listed %d", len(d.FieldErrors), d.FieldErrorCount)
 	}
 	return nil
 }
