@@ -6,9 +6,11 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/insighthealth/ehr-operator/receiver/payload"
 	"github.com/insighthealth/ehr-operator/receiver/store"
 )
 
@@ -19,6 +21,17 @@ import (
 const (
 	deliveryQueueSize = 4096
 	deliveryBatchMax  = 512
+	// deliveryErrorsBudget bounds the field errors the queue holds, as
+	// errorsCost counts them: a record that would pass it is queued
+	// without its errors, keeping their count (its row then says the
+	// answer listed some, none kept). A record holds at most
+	// store.MaxFieldErrors, so a full queue of them would be 4,096 × 10
+	// errors; a queue is that deep only while the database holds the
+	// writer (a flood during an outage), and then 1 MiB keeps the errors of
+	// a few hundred requests. The queue's slots take 608 KiB besides (152
+	// bytes a record, 32 of them for the errors; docs/decisions.md, "A
+	// refused delivery keeps its first field errors").
+	deliveryErrorsBudget = 1 << 20
 	// deliveryGather is how long the writer gathers records after the
 	// first before it writes: a flood is at most 1/deliveryGather writes a
 	// second plus one per deliveryBatchMax records.
@@ -44,6 +57,9 @@ type deliveryLog struct {
 	written, batches, droppedFull, droppedDatabase prometheus.Counter
 	// fullDrops counts drops since the last warning, at lastFullLog (Unix ns).
 	fullDrops, lastFullLog atomic.Int64
+	// errorBytes is errorsCost of the field errors queued or being
+	// written, at most deliveryErrorsBudget.
+	errorBytes atomic.Int64
 }
 
 func newDeliveryLog(write func(context.Context, []store.Delivery) error, log *slog.Logger,
@@ -74,13 +90,20 @@ func newDeliveryLog(write func(context.Context, []store.Delivery) error, log *sl
 	return l
 }
 
-// add queues d without waiting: a full queue drops it.
+// add queues d without waiting: a full queue drops it. Its field errors
+// are left out when the queue holds deliveryErrorsBudget of them already.
 func (l *deliveryLog) add(d store.Delivery) {
+	cost := errorsCost(d.FieldErrors)
+	if cost > 0 && l.errorBytes.Add(cost) > deliveryErrorsBudget {
+		l.errorBytes.Add(-cost)
+		d.FieldErrors, cost = nil, 0
+	}
 	select {
 	case l.queue <- d:
 		return
 	default:
 	}
+	l.errorBytes.Add(-cost)
 	l.droppedFull.Inc()
 	n := l.fullDrops.Add(1)
 	now, last := time.Now().UnixNano(), l.lastFullLog.Load()
@@ -200,7 +223,37 @@ func (l *deliveryLog) writeQueued(ctx context.Context) {
 	}
 }
 
+// errorsCost is what a record's field errors may hold of the heap, counted
+// high: the slice, and each string as if it were an allocation of its own
+// (most messages are constants that every error with them shares), each
+// rounded up to a multiple of 64 bytes, more than Go's size classes round
+// an allocation of their sizes (payload's paths and messages are under
+// 300 bytes).
+func errorsCost(errs []payload.FieldError) int64 {
+	if len(errs) == 0 {
+		return 0
+	}
+	n := roundUp64(len(errs) * int(unsafe.Sizeof(payload.FieldError{})))
+	for _, e := range errs {
+		n += roundUp64(len(e.Field)) + roundUp64(len(e.Message))
+	}
+	return int64(n)
+}
+
+func roundUp64(n int) int { return (n + 63) &^ 63 }
+
+// writeBatch writes batch, then gives its field errors' share of the
+// budget back and clears it, so that the writer's reused slice does not
+// keep them.
 func (l *deliveryLog) writeBatch(parent context.Context, batch []store.Delivery) {
+	defer func() {
+		var cost int64
+		for i := range batch {
+			cost += errorsCost(batch[i].FieldErrors)
+		}
+		l.errorBytes.Add(-cost)
+		clear(batch)
+	}()
 	var err error
 	if err = parent.Err(); err == nil {
 		ctx, cancel := context.WithTimeout(parent, deliveryWriteTimeout)

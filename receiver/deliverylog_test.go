@@ -4,18 +4,23 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/insighthealth/ehr-operator/internal/pgtest"
+	"github.com/insighthealth/ehr-operator/receiver/payload"
 	"github.com/insighthealth/ehr-operator/receiver/store"
 )
 
@@ -165,5 +170,129 @@ func TestDeliveryLogMetrics(t *testing.T) {
 		if !strings.Contains(metrics.Body.String(), line+"\n") {
 			t.Errorf("metrics lack %s", line)
 		}
+	}
+}
+
+// TestRefusedDeliveryKeepsFieldErrors: a batch refused under Reject with
+// more errors than the log line holds keeps the same first ones in its
+// row, with the count the answer listed, and nothing of the values sent.
+func TestRefusedDeliveryKeepsFieldErrors(t *testing.T) {
+	ts := newTestServer(t, pgtest.NewDatabase(t), func(c *Config) { c.MaxBodyBytes, c.MaxBatchSize = 1<<20, 100 })
+	var entries []string
+	for i := range 12 {
+		entries = append(entries, invalidEntry(fmt.Sprintf("many-%d", i)))
+	}
+	entries = append(entries, strings.Replace(entry("bad-date"), `"05/15/1990"`, `"02/30/1990"`, 1))
+	body := batchOf(entries...)
+	w, id := ts.post(t, body)
+	if w.Code != http.StatusUnprocessableEntity {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	rows := ts.deliveries(t, id)
+	if len(rows) != 1 {
+		t.Fatalf("%d rows for the rejected request", len(rows))
+	}
+	listed := answered(t, w.Body.Bytes())
+	if len(listed) != 13 {
+		t.Fatalf("the answer listed %d errors, want 13", len(listed))
+	}
+	ts.expectFieldErrors(t, w.Code, listed, rows[0])
+	var kept []payload.FieldError
+	if err := json.Unmarshal(rows[0].errors, &kept); err != nil {
+		t.Fatal(err)
+	}
+	var line []string
+	for _, e := range ts.logLine(t, id)["field_errors"].([]any) {
+		line = append(line, e.(string))
+	}
+	if got := loggedErrors(kept); !slices.Equal(got, line) {
+		t.Errorf("the row keeps %q, the log line has %q: want the same first errors", got, line)
+	}
+	for _, v := range []string{"02/30/1990", "Jane", "Doe", "John", "Smith", "Follow-up", "03/10/2026", "many-"} {
+		if bytes.Contains(rows[0].errors, []byte(v)) {
+			t.Errorf("the row's field errors hold %q, a value sent: %s", v, rows[0].errors)
+		}
+	}
+}
+
+// TestDeliveryLogErrorsBudget: while the database holds the writer, the
+// queue keeps the field errors of records up to deliveryErrorsBudget and
+// queues the later ones without them (their count kept); the heap grows
+// by no more than the budget, however many records are queued, and the
+// budget is given back once they are written.
+func TestDeliveryLogErrorsBudget(t *testing.T) {
+	release := make(chan struct{})
+	var (
+		mu      sync.Mutex
+		written []store.Delivery
+	)
+	// A database that does not answer until released, past the write's
+	// deadline, as lib/pq's read of a silent server.
+	write := func(_ context.Context, ds []store.Delivery) error {
+		<-release
+		mu.Lock()
+		defer mu.Unlock()
+		for _, d := range ds {
+			written = append(written, store.Delivery{FieldErrorCount: d.FieldErrorCount, FieldErrors: slices.Clone(d.FieldErrors)})
+		}
+		return nil
+	}
+	dl := newDeliveryLog(write, slog.New(slog.DiscardHandler), "nexus", prometheus.NewRegistry())
+	defer dl.close(time.Second)
+
+	// Errors of their own (not constants), as long as a batch of 10,000
+	// makes them: the most a record can hold of the heap.
+	record := func(i int) store.Delivery {
+		errs := make([]payload.FieldError, store.MaxFieldErrors)
+		for k := range errs {
+			path := fmt.Sprintf("appointments[%d].practitioner.first_name", 9000+k)
+			errs[k] = payload.FieldError{Index: 9000 + k, Field: path, Message: "must be the date of " + path}
+		}
+		return store.Delivery{EHR: "nexus", ReceivedAt: time.Now(), Outcome: store.OutcomeRejected, StatusCode: 422,
+			FieldErrorCount: 100 + i%7, FieldErrors: errs}
+	}
+	perRecord := errorsCost(record(0).FieldErrors)
+	const n = deliveryQueueSize + deliveryBatchMax + 1000
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for i := range n {
+		dl.add(record(i))
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	grew := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	held := dl.errorBytes.Load()
+	t.Logf("%d records of %d errors (%d bytes each as errorsCost counts them) queued: the heap grew by %d bytes, %d counted (budget %d)",
+		n, store.MaxFieldErrors, perRecord, grew, held, deliveryErrorsBudget)
+	if held > deliveryErrorsBudget || held < deliveryErrorsBudget-perRecord {
+		t.Errorf("%d bytes of errors counted in the queue, want the budget's %d filled", held, deliveryErrorsBudget)
+	}
+	if grew > deliveryErrorsBudget+256<<10 { // a little slack for the runtime's own
+		t.Errorf("the heap grew by %d bytes with the queue full, want about the budget's %d at most", grew, deliveryErrorsBudget)
+	}
+
+	close(release)
+	dl.flush(context.Background())
+	if got := dl.errorBytes.Load(); got != 0 {
+		t.Errorf("%d bytes of errors still counted once everything was written", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	withErrors, counted := 0, 0
+	for i, d := range written {
+		if d.FieldErrorCount < 100 {
+			t.Fatalf("record %d written with count %d: the count is kept whatever happens to the errors", i, d.FieldErrorCount)
+		}
+		counted++
+		if d.FieldErrors != nil {
+			if withErrors != i {
+				t.Fatalf("record %d has its errors after one without: the first records keep theirs", i)
+			}
+			withErrors++
+		}
+	}
+	if want := deliveryErrorsBudget / perRecord; int64(withErrors) != want || counted == withErrors {
+		t.Errorf("%d of %d records written kept their errors, want the first %d", withErrors, counted, want)
 	}
 }

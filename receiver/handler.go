@@ -382,9 +382,6 @@ func (s *Server) delivery(rq *request, outcome store.Outcome, code int) store.De
 	}
 }
 
-// recordFailure queues an authenticated request that failed for
-// webhook_deliveries, best effort: the delivery log writes it later, or
-// drops it when it cannot keep up.
 // recorded says whether a failed request of the EHR gets a row in the
 // delivery log. Not the refusals that shield the receiver from a flood
 // (429, and 503 overloaded before the body is read): a row each would turn
@@ -395,8 +392,26 @@ func recorded(o store.Outcome) bool {
 	return slices.Contains(store.Recorded, o)
 }
 
+// recordFailure queues an authenticated request that failed for
+// webhook_deliveries, with the first errors its answer listed, best
+// effort: the delivery log writes it later, or drops it when it cannot
+// keep up.
 func (s *Server) recordFailure(rq *request, a answer) {
-	s.deliveries.add(s.delivery(rq, a.outcome, a.resp.Code))
+	d := s.delivery(rq, a.outcome, a.resp.Code)
+	d.FieldErrorCount, d.FieldErrors = len(a.resp.Errors), keptErrors(a.resp.Errors)
+	s.deliveries.add(d)
+}
+
+// keptErrors are the first errors of an answer, those its log line has,
+// for its delivery row: a slice of their own, so that the queued record
+// does not keep the answer's hundred. Paths and rules, never a value
+// (payload.FieldError): a 400's message says where the JSON broke (a byte
+// offset), never what is there.
+func keptErrors(errs []payload.FieldError) []payload.FieldError {
+	if len(errs) == 0 {
+		return nil
+	}
+	return slices.Clone(errs[:min(len(errs), store.MaxFieldErrors)])
 }
 
 // finish logs the request and counts it. Never a field value: only the
@@ -435,9 +450,10 @@ func (s *Server) finish(rq *request, a answer) {
 }
 
 // maxLoggedErrors is how many of a 400's or 422's errors its log line
-// holds: enough for an SRE to tell the vendor what to fix (the delivery
-// log keeps none), few enough to keep a flood of bad batches cheap.
-const maxLoggedErrors = 10
+// holds: enough for an SRE to tell the vendor what to fix, few enough to
+// keep a flood of bad batches cheap. The delivery log keeps the same first
+// ones (keptErrors), for when the log line is gone.
+const maxLoggedErrors = store.MaxFieldErrors
 
 // loggedErrors is "field: rule" for the first errors: paths and rules,
 // never the values sent (webhook-api.md).

@@ -22,6 +22,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"testing/iotest"
 	"time"
@@ -30,6 +31,7 @@ import (
 
 	"github.com/insighthealth/ehr-operator/internal/pgtest"
 	"github.com/insighthealth/ehr-operator/receiver/auth"
+	"github.com/insighthealth/ehr-operator/receiver/payload"
 	"github.com/insighthealth/ehr-operator/receiver/store"
 )
 
@@ -49,6 +51,10 @@ type testServer struct {
 	db  *sql.DB
 	log *bytes.Buffer
 	seq int
+	// answers are the bodies of the answers post recorded, by request id,
+	// under mu: some tests post from two goroutines.
+	mu      sync.Mutex
+	answers map[string][]byte
 }
 
 // newTestServer serves validConfig(), changed by mutate, with a store on
@@ -108,6 +114,12 @@ func (ts *testServer) post(t *testing.T, body []byte, opts ...reqOpt) (*httptest
 	}
 	w := httptest.NewRecorder()
 	ts.h.ServeHTTP(w, req)
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if ts.answers == nil {
+		ts.answers = map[string][]byte{}
+	}
+	ts.answers[req.Header.Get(headerID)] = bytes.Clone(w.Body.Bytes())
 	return w, id
 }
 
@@ -140,6 +152,10 @@ type deliveryRow struct {
 	status  int
 	items   int
 	sha     []byte
+	// errorCount and errors are field_error_count and field_errors, nil
+	// when NULL.
+	errorCount *int
+	errors     []byte
 }
 
 // deliveries returns the delivery log's rows for a request id, once the
@@ -147,7 +163,8 @@ type deliveryRow struct {
 func (ts *testServer) deliveries(t *testing.T, id string) []deliveryRow {
 	t.Helper()
 	ts.srv.deliveries.flush(context.Background())
-	rows, err := ts.db.Query(`SELECT outcome, status_code, item_count, body_sha256 FROM webhook_deliveries WHERE request_id = $1`, id)
+	rows, err := ts.db.Query(`SELECT outcome, status_code, item_count, body_sha256, field_error_count, field_errors
+		FROM webhook_deliveries WHERE request_id = $1`, id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +172,7 @@ func (ts *testServer) deliveries(t *testing.T, id string) []deliveryRow {
 	var out []deliveryRow
 	for rows.Next() {
 		var d deliveryRow
-		if err := rows.Scan(&d.outcome, &d.status, &d.items, &d.sha); err != nil {
+		if err := rows.Scan(&d.outcome, &d.status, &d.items, &d.sha, &d.errorCount, &d.errors); err != nil {
 			t.Fatal(err)
 		}
 		out = append(out, d)
@@ -251,6 +268,47 @@ func (ts *testServer) expect(t *testing.T, w *httptest.ResponseRecorder, id stri
 			rows[0].items != w.items || !bytes.Equal(rows[0].sha, w.sha) {
 			t.Errorf("delivery log %+v, want one row %+v", rows, w)
 		}
+		if len(rows) == 1 {
+			ts.expectFieldErrors(t, w.status, answered(t, answerOf(ts, id)), rows[0])
+		}
+	}
+}
+
+// answerOf is the answer's body to request id as post recorded it.
+func answerOf(ts *testServer, id string) []byte {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	return ts.answers[id]
+}
+
+// answered is the errors list of an answer's body.
+func answered(t *testing.T, body []byte) []payload.FieldError {
+	t.Helper()
+	var r Response
+	if err := json.Unmarshal(body, &r); err != nil {
+		t.Fatalf("answer %q: %v", body, err)
+	}
+	return r.Errors
+}
+
+// expectFieldErrors checks that a failed request's row has the first
+// store.MaxFieldErrors of the errors its answer listed, and their count;
+// NULL in both when it listed none.
+func (ts *testServer) expectFieldErrors(t *testing.T, status int, listed []payload.FieldError, row deliveryRow) {
+	t.Helper()
+	if len(listed) == 0 || status == http.StatusOK {
+		if row.errorCount != nil || row.errors != nil {
+			t.Errorf("field errors %v %s on the row of a %d whose answer listed none, want NULL", *row.errorCount, row.errors, status)
+		}
+		return
+	}
+	var kept []payload.FieldError
+	if err := json.Unmarshal(row.errors, &kept); err != nil {
+		t.Fatalf("field_errors %q: %v", row.errors, err)
+	}
+	want := listed[:min(len(listed), store.MaxFieldErrors)]
+	if row.errorCount == nil || *row.errorCount != len(listed) || !slices.Equal(kept, want) {
+		t.Errorf("the row of a %d keeps %v errors %+v, want %d and the first %+v", status, row.errorCount, kept, len(listed), want)
 	}
 }
 
