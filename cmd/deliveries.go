@@ -99,11 +99,14 @@ func newDeliveriesShowCommand() *cobra.Command {
 	var f deliveriesFlags
 	c := &cobra.Command{
 		Use:   "show [DELIVERY-ID...]",
-		Short: "Show deliveries and their quarantined entries: errors, replay; the entries themselves with --include-patient-data",
+		Short: "Show deliveries, a refused one's field errors, and their quarantined entries: errors, replay; the entries themselves with --include-patient-data",
 		Long: `Show deliveries, chosen by id, --request-id, --since or --until (at least
-one; --ehr and --outcome narrow them), with each quarantined entry's field
-errors and replay state. The entries as sent
-are patient data: they are printed only with --include-patient-data.`,
+one; --ehr and --outcome narrow them), with a refused request's field
+errors (outcome rejected or invalid_body: the first 10 its answer listed,
+and how many it listed) and each quarantined entry's field errors and
+replay state. Field errors name fields and rules, never a value. The
+entries as sent are patient data: they are printed only with
+--include-patient-data.`,
 		RunE: func(c *cobra.Command, args []string) error {
 			return f.run(c, func(ctx context.Context, st *store.Store, filter store.DeliveryFilter) error {
 				for _, a := range args {

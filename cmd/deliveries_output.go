@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
+	"github.com/insighthealth/ehr-operator/receiver/payload"
 	"github.com/insighthealth/ehr-operator/receiver/store"
 )
 
@@ -170,7 +172,8 @@ func (f *deliveriesFlags) showPrinter(w io.Writer) showPrinter {
 }
 
 // showJSON writes what json.Encoder wrote of a slice of shownDelivery:
-// each delivery's fields, then its quarantinedEntries, one at a time.
+// each delivery's fields (a refused request's fieldErrorCount and
+// fieldErrors among them), then its quarantinedEntries, one at a time.
 type showJSON struct {
 	deliveries jsonArray
 	entries    *jsonArray // of the delivery being written
@@ -250,7 +253,42 @@ func (s *showTable) delivery(d store.DeliveryRecord) error {
 	// Spaces, not tabs: the delivery's line is no row of the entries' table.
 	fmt.Fprintf(s.tw, "Delivery %d  ehr %s  request %s  received %s  outcome %s  status %d  items %d  body sha256 %s\n",
 		d.ID, d.EHR, d.RequestID, stamp(d.ReceivedAt), d.Outcome, d.StatusCode, d.ItemCount, d.BodySHA256)
+	if d.FieldErrorCount > 0 {
+		fieldErrorsTable(s.tw, d)
+	}
 	return s.sw.err
+}
+
+// fieldErrorsTable prints a refused request's field errors, those its row
+// keeps, one a line, after a line saying how many its answer listed.
+func fieldErrorsTable(w io.Writer, d store.DeliveryRecord) {
+	n, kept := d.FieldErrorCount, len(d.FieldErrors)
+	fmt.Fprintf(w, "  Field errors: %d in the answer", n)
+	if n >= payload.MaxListedErrors {
+		fmt.Fprint(w, " (the most it lists: there may be more)")
+	}
+	switch {
+	case kept == 0:
+		fmt.Fprint(w, "; none kept (when it was refused, the receiver's queue of failed deliveries already held as many errors as it may)")
+	case kept < n:
+		fmt.Fprintf(w, "; the first %d kept", kept)
+	}
+	fmt.Fprintln(w)
+	if kept == 0 {
+		return
+	}
+	fmt.Fprintln(w, "  ENTRY\tFIELD\tERROR")
+	for _, e := range d.FieldErrors {
+		// Index -1 and no field: the body as a whole (a 400's malformed JSON).
+		entry, field := strconv.Itoa(e.Index), e.Field
+		if e.Index < 0 {
+			entry = "-"
+		}
+		if field == "" {
+			field = "-"
+		}
+		fmt.Fprintf(w, "  %s\t%s\t%s\n", entry, field, e.Message)
+	}
 }
 
 func (s *showTable) entry(q store.QuarantineRecord) error {

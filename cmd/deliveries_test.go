@@ -200,3 +200,135 @@ func TestDeliveriesGiveUpOnASilentDatabase(t *testing.T) {
 		t.Errorf("list returned %s after it started, want about --timeout and abandonAfter (2 s)", d.Round(time.Millisecond))
 	}
 }
+
+// seedRefused records refused requests as the receiver's delivery log
+// does: a rejected batch, one whose answer listed more errors than are
+// kept, a malformed body's 400, one whose errors the receiver could not
+// keep, and a bad signature (no errors).
+func seedRefused(t *testing.T) string {
+	t.Helper()
+	u := pgtest.NewDatabase(t)
+	st, err := store.Open(context.Background(), u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	at := time.Now().Add(-30 * time.Minute)
+	d := func(req string, o store.Outcome, status, count int, errs ...payload.FieldError) store.Delivery {
+		at = at.Add(time.Second)
+		return store.Delivery{EHR: "nexus", RequestID: req, ReceivedAt: at, BodySHA256: sha256.Sum256([]byte(req)), ItemCount: 4,
+			Outcome: o, StatusCode: status, FieldErrorCount: count, FieldErrors: errs}
+	}
+	var many []payload.FieldError
+	for i := range store.MaxFieldErrors {
+		many = append(many, payload.FieldError{Index: i, Field: fmt.Sprintf("appointments[%d].patient", i), Message: "is required"})
+	}
+	err = st.RecordDeliveries(context.Background(), []store.Delivery{
+		d("req-rejected", store.OutcomeRejected, 422, 3,
+			payload.FieldError{Index: 1, Field: "appointments[1].patient.birth_date", Message: "must be a real calendar date"},
+			payload.FieldError{Index: 3, Field: "appointments[3].appointment.status", Message: "must be one of booked, …"},
+			payload.FieldError{Index: 3, Field: "appointments[3].practitioner.id", Message: "is required"}),
+		d("req-many", store.OutcomeRejected, 422, payload.MaxListedErrors, many...),
+		d("req-malformed", store.OutcomeInvalidBody, 400, 1, payload.FieldError{Index: -1, Message: "malformed JSON at byte offset 18"}),
+		d("req-unkept", store.OutcomeRejected, 422, 5),
+		d("req-signature", store.OutcomeBadSignature, 401, 0),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// show prints a refused request's field errors, as a table and as JSON;
+// list does not.
+func TestDeliveriesShowFieldErrors(t *testing.T) {
+	u := seedRefused(t)
+	db := []string{"--database-url", u}
+	mustRun := func(args ...string) string {
+		t.Helper()
+		out, err := runOut(t, append(args, db...)...)
+		if err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+		return out
+	}
+	show := mustRun("deliveries", "show", "--outcome", "rejected", "--since", "1h")
+	t.Logf("deliveries show --outcome rejected --since 1h:\n%s", show)
+	for _, want := range []string{
+		"outcome rejected  status 422  items 4  body sha256 ",
+		"  Field errors: 3 in the answer\n" +
+			"  ENTRY  FIELD                               ERROR\n" +
+			"  1      appointments[1].patient.birth_date  must be a real calendar date\n" +
+			"  3      appointments[3].appointment.status  must be one of booked, …\n" +
+			"  3      appointments[3].practitioner.id     is required\n",
+		"  Field errors: 100 in the answer (the most it lists: there may be more); the first 10 kept\n",
+		"  9      appointments[9].patient  is required\n",
+		"  Field errors: 5 in the answer; none kept (when it was refused, the receiver's queue of failed deliveries already held as many errors as it may)\n",
+	} {
+		if !strings.Contains(show, want) {
+			t.Errorf("show lacks\n%s", want)
+		}
+	}
+	if strings.Contains(show, "req-malformed") || strings.Contains(show, "req-signature") {
+		t.Errorf("show --outcome rejected shows other outcomes:\n%s", show)
+	}
+
+	var ids []store.DeliveryRecord
+	if err := json.Unmarshal([]byte(mustRun("deliveries", "list", "--since", "1h", "-o", "json")), &ids); err != nil {
+		t.Fatal(err)
+	}
+	byReq := map[string]int64{}
+	for _, d := range ids {
+		byReq[d.RequestID] = d.ID
+		if d.FieldErrorCount != 0 || d.FieldErrors != nil {
+			t.Errorf("list printed %s's field errors: list is unchanged", d.RequestID)
+		}
+	}
+	malformed := mustRun("deliveries", "show", strconv.FormatInt(byReq["req-malformed"], 10))
+	if want := "  Field errors: 1 in the answer\n  ENTRY  FIELD  ERROR\n  -      -      malformed JSON at byte offset 18\n"; !strings.HasSuffix(malformed, want) {
+		t.Errorf("show of the malformed body's delivery:\n%s\nwant it to end\n%s", malformed, want)
+	}
+	if signature := mustRun("deliveries", "show", strconv.FormatInt(byReq["req-signature"], 10)); strings.Contains(signature, "Field errors") {
+		t.Errorf("show of a delivery without field errors:\n%s", signature)
+	}
+
+	var shown []shownAtOnce
+	raw := mustRun("deliveries", "show", "--request-id", "req-rejected", "-o", "json")
+	if err := json.Unmarshal([]byte(raw), &shown); err != nil {
+		t.Fatalf("%v\n%s", err, raw)
+	}
+	if len(shown) != 1 || shown[0].FieldErrorCount != 3 || len(shown[0].FieldErrors) != 3 ||
+		shown[0].FieldErrors[2] != (payload.FieldError{Index: 3, Field: "appointments[3].practitioner.id", Message: "is required"}) {
+		t.Errorf("show -o json: %+v", shown)
+	}
+	for _, key := range []string{`"fieldErrorCount": 3,`, `"fieldErrors": [`, `"index": 1,`, `"field": "appointments[1].patient.birth_date",`} {
+		if !strings.Contains(raw, key) {
+			t.Errorf("show -o json lacks %s:\n%s", key, raw)
+		}
+	}
+
+	// Streamed, the JSON is json.Encoder's of the whole slice, field
+	// errors included.
+	st, err := store.Open(context.Background(), u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	var all []shownAtOnce
+	err = st.EachDeliveryWithEntries(context.Background(), store.DeliveryFilter{EHR: "nexus"}, false, func(d store.DeliveryRecord) error {
+		all = append(all, shownAtOnce{DeliveryRecord: d, QuarantinedEntries: []store.QuarantineRecord{}})
+		return nil
+	}, func(store.QuarantineRecord) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want strings.Builder
+	enc := json.NewEncoder(&want)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(all); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustRun("deliveries", "show", "--ehr", "nexus", "--since", "1h", "-o", "json"); got != want.String() {
+		t.Errorf("show -o json printed\n%s\nwant, as encoded at once,\n%s", got, want.String())
+	}
+}
