@@ -15,7 +15,8 @@ import (
 // raw body may go after a month while the row saying it happened stays a
 // year.
 type Retention struct {
-	// DeliveryLog: webhook_deliveries rows, by received_at. A row an
+	// DeliveryLog: webhook_deliveries rows, by received_at, a refused
+	// request's field errors with them (columns of its row). A row an
 	// appointment, a history row or a quarantined entry still refers to
 	// stays until that goes.
 	DeliveryLog time.Duration

@@ -40,11 +40,13 @@ func quarantined(raw string) Batch {
 	return b
 }
 
+// failures are n rejected requests, each with its field errors.
 func failures(n int, ehrName, prefix string) []Delivery {
 	ds := make([]Delivery, n)
 	for i := range ds {
 		ds[i] = Delivery{EHR: ehrName, RequestID: fmt.Sprintf("%s-%d", prefix, i), ReceivedAt: time.Now(),
-			Outcome: OutcomeRejected, StatusCode: 422}
+			Outcome: OutcomeRejected, StatusCode: 422, FieldErrorCount: 2,
+			FieldErrors: []payload.FieldError{{Index: 0, Field: "appointments[0].patient", Message: "is required"}}}
 	}
 	return ds
 }
@@ -52,7 +54,7 @@ func failures(n int, ehrName, prefix string) []Delivery {
 // Rows of several ages, of two EHRs: Prune removes exactly this EHR's rows
 // past their periods, in several batches, keeps a delivery row that an
 // appointment still refers to, and drops a quarantined entry's content
-// before its row.
+// before its row. A refused request's field errors go with its row.
 func TestPruneByAge(t *testing.T) {
 	ctx := context.Background()
 	s, db := newStore(t)
@@ -109,6 +111,8 @@ func TestPruneByAge(t *testing.T) {
 		{`SELECT count(*) FROM webhook_deliveries WHERE request_id = '` + first.Delivery.RequestID + `'`, 0},
 		{`SELECT count(*) FROM webhook_deliveries WHERE request_id IN ('1d-0', '` + qs[1].Delivery.RequestID + `', '` + qs[2].Delivery.RequestID + `')`, 3},
 		{`SELECT count(*) FROM webhook_deliveries WHERE ehr = 'medicat'`, 10},
+		// A refused request's field errors are its row's: they go with it.
+		{`SELECT count(*) FROM webhook_deliveries WHERE field_errors IS NOT NULL`, 11},
 		{`SELECT count(*) FROM appointment_history WHERE appointment_external_id = 'apt-1'`, 1},
 		{`SELECT count(*) FROM appointments WHERE external_id = 'apt-1' AND status = 'cancelled'`, 1},
 		{`SELECT count(*) FROM quarantined_entries`, 2},
