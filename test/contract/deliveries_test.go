@@ -92,29 +92,7 @@ func TestDeliveriesShowRefusedErrors(t *testing.T) {
 		fmt.Sprintf("  -      -      %s\n", broken.body.Errors[0].Message))
 
 	// No value sent, in any of it.
-	var values []string
-	var walk func(v any)
-	walk = func(v any) {
-		switch v := v.(type) {
-		case map[string]any:
-			for _, x := range v {
-				walk(x)
-			}
-		case []any:
-			for _, x := range v {
-				walk(x)
-			}
-		case string:
-			if len(v) >= 3 {
-				values = append(values, v)
-			}
-		}
-	}
-	var doc any
-	if err := json.Unmarshal(body, &doc); err != nil {
-		t.Fatal(err)
-	}
-	walk(doc)
+	values := stringValues(t, body)
 	values = append(values, sent...)
 	for _, out := range []string{table, raw, bad} {
 		for _, v := range values {

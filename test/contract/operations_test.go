@@ -155,29 +155,7 @@ func TestLogsHoldNoPatientData(t *testing.T) {
 	if !strings.Contains(logs, `"msg":"Request handled"`) || !strings.Contains(logs, `"items":1`) {
 		t.Fatalf("the request log lines are missing:\n%s", logs)
 	}
-	var values []string
-	var walk func(v any)
-	walk = func(v any) {
-		switch v := v.(type) {
-		case map[string]any:
-			for _, x := range v {
-				walk(x)
-			}
-		case []any:
-			for _, x := range v {
-				walk(x)
-			}
-		case string:
-			if len(v) >= 3 {
-				values = append(values, v)
-			}
-		}
-	}
-	var doc any
-	if err := json.Unmarshal(body, &doc); err != nil {
-		t.Fatal(err)
-	}
-	walk(doc)
+	values := stringValues(t, body)
 	values = append(values, "02/30/1990", "1990-05-15")
 	for _, v := range values {
 		if strings.Contains(logs, v) {
@@ -446,4 +424,34 @@ func TestEarlyAnswersReachSendersThatWriteFirst(t *testing.T) {
 			}
 		})
 	}
+}
+
+// stringValues is every string of at least 3 bytes in the JSON document
+// body: the values a sender sent, which no log line or output may hold.
+func stringValues(t *testing.T, body []byte) []string {
+	t.Helper()
+	var doc any
+	if err := json.Unmarshal(body, &doc); err != nil {
+		t.Fatal(err)
+	}
+	var values []string
+	var walk func(v any)
+	walk = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			for _, x := range v {
+				walk(x)
+			}
+		case []any:
+			for _, x := range v {
+				walk(x)
+			}
+		case string:
+			if len(v) >= 3 {
+				values = append(values, v)
+			}
+		}
+	}
+	walk(doc)
+	return values
 }
