@@ -31,11 +31,7 @@ func quarantinedEntry(id, birth string) json.RawMessage {
 // entries, one of which is valid by today's rules.
 func seedDeliveries(t *testing.T) string {
 	t.Helper()
-	u := pgtest.NewDatabase(t)
-	st, err := store.Open(context.Background(), u)
-	if err != nil {
-		t.Fatal(err)
-	}
+	u, st := seedStore(t)
 	defer st.Close()
 	at := time.Now().Add(-time.Hour)
 	d := func(req string, o store.Outcome, n int) store.Delivery {
@@ -48,7 +44,7 @@ func seedDeliveries(t *testing.T) string {
 	fe := func(i int) []payload.FieldError {
 		return []payload.FieldError{{Index: i, Field: fmt.Sprintf("appointments[%d].patient.gender", i), Message: "must be one of …"}}
 	}
-	_, err = st.Write(context.Background(), store.Batch{Delivery: d("req-q", store.OutcomeQuarantined, 2),
+	_, err := st.Write(context.Background(), store.Batch{Delivery: d("req-q", store.OutcomeQuarantined, 2),
 		Quarantined: []store.Quarantined{
 			{Index: 0, Raw: quarantinedEntry("apt-1", "05/15/1990"), Errors: fe(0)},
 			{Index: 1, Raw: quarantinedEntry("apt-2", "05/15/2990"), Errors: fe(1)},
@@ -207,11 +203,7 @@ func TestDeliveriesGiveUpOnASilentDatabase(t *testing.T) {
 // keep, and a bad signature (no errors).
 func seedRefused(t *testing.T) string {
 	t.Helper()
-	u := pgtest.NewDatabase(t)
-	st, err := store.Open(context.Background(), u)
-	if err != nil {
-		t.Fatal(err)
-	}
+	u, st := seedStore(t)
 	defer st.Close()
 	at := time.Now().Add(-30 * time.Minute)
 	d := func(req string, o store.Outcome, status, count int, errs ...payload.FieldError) store.Delivery {
@@ -223,7 +215,7 @@ func seedRefused(t *testing.T) string {
 	for i := range store.MaxFieldErrors {
 		many = append(many, payload.FieldError{Index: i, Field: fmt.Sprintf("appointments[%d].patient", i), Message: "is required"})
 	}
-	err = st.RecordDeliveries(context.Background(), []store.Delivery{
+	err := st.RecordDeliveries(context.Background(), []store.Delivery{
 		d("req-rejected", store.OutcomeRejected, 422, 3,
 			payload.FieldError{Index: 1, Field: "appointments[1].patient.birth_date", Message: "must be a real calendar date"},
 			payload.FieldError{Index: 3, Field: "appointments[3].appointment.status", Message: "must be one of booked, …"},
@@ -331,4 +323,15 @@ func TestDeliveriesShowFieldErrors(t *testing.T) {
 	if got := mustRun("deliveries", "show", "--ehr", "nexus", "--since", "1h", "-o", "json"); got != want.String() {
 		t.Errorf("show -o json printed\n%s\nwant, as encoded at once,\n%s", got, want.String())
 	}
+}
+
+// seedStore opens a store on a new database, for a test to seed.
+func seedStore(t *testing.T) (string, *store.Store) {
+	t.Helper()
+	u := pgtest.NewDatabase(t)
+	st, err := store.Open(context.Background(), u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u, st
 }
