@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"text/tabwriter"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -325,6 +326,71 @@ func TestDeliveriesJSONAsAtOnce(t *testing.T) {
 		}
 		if out.String() != c.want {
 			t.Errorf("deliveries %v printed\n%s\nwant, as encoded at once,\n%s", c.args, out.String(), c.want)
+		}
+	}
+}
+
+// list's table prints its rows a block at a time, not all at its end:
+// `--limit 0` lists every delivery. Up to listBlock rows print as one
+// tabwriter block; a later block's columns never narrow.
+func TestDeliveriesListTableStreams(t *testing.T) {
+	record := func(i int) store.DeliveryRecord {
+		return store.DeliveryRecord{ID: int64(i + 1), EHR: "nexus", RequestID: fmt.Sprintf("req-%d", i),
+			ReceivedAt: time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC), Outcome: store.OutcomeStored, StatusCode: 200, ItemCount: i % 7}
+	}
+	tabwriterLines := func(n int) string {
+		var b strings.Builder
+		tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tEHR\tREQUEST ID\tRECEIVED\tOUTCOME\tSTATUS\tITEMS\tQUARANTINED\tPENDING")
+		for i := range n {
+			d := record(i)
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\n", d.ID, d.EHR, d.RequestID, stamp(d.ReceivedAt),
+				d.Outcome, d.StatusCode, d.ItemCount, d.Quarantined, d.Pending)
+		}
+		_ = tw.Flush()
+		return b.String()
+	}
+	f := deliveriesFlags{output: "table"}
+
+	for _, n := range []int{0, 1, 999, listBlock} {
+		var out bytes.Buffer
+		p := f.listPrinter(&out)
+		for i := range n {
+			if err := p.delivery(record(i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := p.end(true); err != nil {
+			t.Fatal(err)
+		}
+		if want := tabwriterLines(n); out.String() != want {
+			t.Errorf("%d rows printed\n%s\nwant, as one tabwriter block,\n%s", n, out.String(), want)
+		}
+	}
+
+	const rows = 5 * listBlock
+	var out bytes.Buffer
+	p := f.listPrinter(&out)
+	for i := range rows {
+		if err := p.delivery(record(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if printed := strings.Count(out.String(), "\n"); printed < rows-listBlock {
+		t.Fatalf("%d of %d rows printed before the end: the table holds them all", printed, rows)
+	}
+	if err := p.end(true); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	if len(lines) != rows+1 {
+		t.Fatalf("%d lines printed, want %d rows and the header", len(lines), rows)
+	}
+	// Every column starts where the header's does, or further right.
+	header := strings.Index(lines[0], "RECEIVED")
+	for i, l := range lines[1:] {
+		if at := strings.Index(l, "2026-"); at < header {
+			t.Fatalf("row %d's RECEIVED column starts at %d, left of the header's %d:\n%s\n%s", i, at, header, lines[0], l)
 		}
 	}
 }
