@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -239,8 +240,13 @@ func (f *deliveriesFlags) run(c *cobra.Command, do func(context.Context, *store.
 	// prints what it did before stopping.
 	ctx, stop := signal.NotifyContext(c.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	ctx, cancel := context.WithTimeoutCause(ctx, f.timeout, fmt.Errorf("--timeout %s passed", f.timeout))
 	defer cancel()
+	// The output is watched: a pipe or pager that stopped reading holds
+	// the command in a write, the query open behind it (list and show
+	// print as they read).
+	out := &watchedWriter{w: c.OutOrStdout()}
+	c.SetOut(out)
 	st, err := store.Open(ctx, dbURL)
 	if err != nil {
 		return fmt.Errorf("while opening the database: %w", err)
@@ -264,17 +270,51 @@ func (f *deliveriesFlags) run(c *cobra.Command, do func(context.Context, *store.
 	select {
 	case err := <-done:
 		_ = st.Close()
-		return err
+		return stoppedBy(ctx, err)
 	case <-ctx.Done():
 	}
 	select {
 	case err := <-done:
 		_ = st.Close()
-		return err
+		return stoppedBy(ctx, err)
 	case <-time.After(abandonAfter):
+		if waited, writing := out.writing(); writing {
+			return fmt.Errorf("stopped (%w), and the output has not been read for %s (a pipe or pager that stopped reading): exiting without waiting for it; the output is incomplete",
+				context.Cause(ctx), waited.Round(time.Second))
+		}
 		return fmt.Errorf("stopped (%w), and the database has not answered for %s since: exiting without waiting for it (a replay's write under way may have been committed: run it again)",
 			context.Cause(ctx), abandonAfter)
 	}
+}
+
+// stoppedBy adds to err, the command's, why ctx ended when it did (--timeout
+// or a signal): the store's errors only say "context deadline exceeded".
+func stoppedBy(ctx context.Context, err error) error {
+	cause := context.Cause(ctx)
+	if err == nil || ctx.Err() == nil || cause == ctx.Err() {
+		return err
+	}
+	return fmt.Errorf("%w (%v)", err, cause)
+}
+
+// watchedWriter tells whether a write to w is under way, and since when.
+type watchedWriter struct {
+	w     io.Writer
+	since atomic.Int64 // the write's start, in Unix nanoseconds; 0: none
+}
+
+func (o *watchedWriter) Write(p []byte) (int, error) {
+	o.since.Store(time.Now().UnixNano())
+	defer o.since.Store(0)
+	return o.w.Write(p)
+}
+
+func (o *watchedWriter) writing() (time.Duration, bool) {
+	since := o.since.Load()
+	if since == 0 {
+		return 0, false
+	}
+	return time.Since(time.Unix(0, since)), true
 }
 
 // abandonAfter is how long a command waits for the database past --timeout

@@ -394,3 +394,57 @@ func TestDeliveriesListTableStreams(t *testing.T) {
 		}
 	}
 }
+
+// blockedWriter blocks its first write until release is closed (a pipe
+// or pager that stopped reading), then takes everything.
+type blockedWriter struct {
+	release chan struct{}
+	once    sync.Once
+	blocked chan struct{}
+}
+
+func (w *blockedWriter) Write(p []byte) (int, error) {
+	w.once.Do(func() { close(w.blocked) })
+	<-w.release
+	return len(p), nil
+}
+
+// An output nobody reads holds show in a write: past --timeout and
+// abandonAfter it exits saying so, not that the database stopped
+// answering; and an output read again after --timeout ends it saying which
+// --timeout passed.
+func TestDeliveriesShowGivesUpOnAnOutputNotRead(t *testing.T) {
+	u := seedDeliveries(t)
+	old := abandonAfter
+	t.Cleanup(func() { abandonAfter = old })
+	show := []string{"deliveries", "show", "--database-url", u, "--request-id", "req-q", "-o", "json", "--timeout", "1s"}
+
+	abandonAfter = time.Second
+	w := &blockedWriter{release: make(chan struct{}), blocked: make(chan struct{})}
+	release := w.release
+	t.Cleanup(func() { close(release) })
+	start := time.Now()
+	stderr, err := runTo(t, w, show...)
+	elapsed := time.Since(start)
+	t.Logf("after %s: %v", elapsed.Round(time.Millisecond), err)
+	if err == nil || !strings.Contains(err.Error(), "stopped (--timeout 1s passed), and the output has not been read for") ||
+		!strings.Contains(err.Error(), "the output is incomplete") {
+		t.Errorf("show to an output not read: %v (stderr %q), want an error saying the output was not read", err, stderr)
+	}
+	if elapsed > 6*time.Second {
+		t.Errorf("show returned %s after it started, want about --timeout and abandonAfter (2 s)", elapsed.Round(time.Millisecond))
+	}
+
+	abandonAfter = time.Minute
+	w = &blockedWriter{release: make(chan struct{}), blocked: make(chan struct{})}
+	go func() {
+		<-w.blocked
+		time.Sleep(2 * time.Second) // past --timeout
+		close(w.release)
+	}()
+	stderr, err = runTo(t, w, show...)
+	if err == nil || !strings.Contains(err.Error(), "stopped part way, the output is incomplete") ||
+		!strings.Contains(err.Error(), "(--timeout 1s passed)") {
+		t.Errorf("show to an output read after --timeout: %v (stderr %q), want the output incomplete and --timeout named", err, stderr)
+	}
+}
