@@ -254,12 +254,35 @@ func (s *showJSON) delivery(d store.DeliveryRecord) error {
 }
 
 func (s *showJSON) entry(q store.QuarantineRecord) error {
+	q.Raw = validUTF8(q.Raw)
 	err := s.entries.add(q)
 	// json's error would quote the content at the fault: patient data.
 	if _, ok := errors.AsType[*json.MarshalerError](err); ok {
 		return fmt.Errorf("quarantined entry %d: its content is not valid JSON (-o table prints it as stored)", q.ID)
 	}
 	return err
+}
+
+// validUTF8 is b with each byte that is not UTF-8 replaced by U+FFFD, as
+// a JSON decoder reads it. JSON text is UTF-8 (RFC 8259), and a strict
+// parser refuses anything else, but an entry is kept as sent: the
+// receiver takes such bytes inside strings, as encoding/json does
+// (outside strings they are malformed JSON). -o table prints them as kept.
+func validUTF8(b []byte) []byte {
+	if utf8.Valid(b) {
+		return b
+	}
+	out := make([]byte, 0, len(b)+16)
+	for len(b) > 0 {
+		r, n := utf8.DecodeRune(b)
+		if r == utf8.RuneError && n == 1 {
+			out = utf8.AppendRune(out, utf8.RuneError)
+		} else {
+			out = append(out, b[:n]...)
+		}
+		b = b[n:]
+	}
+	return out
 }
 
 func (s *showJSON) endDelivery() error {

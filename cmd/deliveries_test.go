@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/insighthealth/ehr-operator/internal/pgtest"
 	"github.com/insighthealth/ehr-operator/receiver/payload"
@@ -334,4 +335,58 @@ func seedStore(t *testing.T) (string, *store.Store) {
 		t.Fatal(err)
 	}
 	return u, st
+}
+
+// An entry sent with bytes that are not UTF-8 is kept as sent (the
+// receiver quarantines it), but -o json prints UTF-8, each such byte as
+// U+FFFD: JSON text is UTF-8, and strict parsers refuse anything else.
+// The table prints the entry as kept.
+func TestDeliveriesShowJSONIsUTF8(t *testing.T) {
+	u, st := seedStore(t)
+	raw := json.RawMessage("{\"appointment\":{\"id\":\"apt-\xff\xfe\"},\"patient\":{\"first_name\":\"" + secretName + "\xc3\"}}")
+	_, err := st.Write(context.Background(), store.Batch{
+		Delivery: store.Delivery{EHR: "nexus", RequestID: "req-utf8", ReceivedAt: time.Now().Add(-time.Minute),
+			BodySHA256: sha256.Sum256(raw), ItemCount: 1, Outcome: store.OutcomeQuarantined, StatusCode: 200},
+		Quarantined: []store.Quarantined{{Index: 0, Raw: raw, Errors: []payload.FieldError{
+			{Index: 0, Field: "appointments[0].appointment.id", Message: "must be valid UTF-8"}}}},
+	})
+	_ = st.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	show := []string{"deliveries", "show", "--database-url", u, "--request-id", "req-utf8", "--include-patient-data"}
+	var out bytes.Buffer
+	if stderr, err := runTo(t, &out, append(show, "-o", "json")...); err != nil {
+		t.Fatalf("%v\n%s", err, stderr)
+	}
+	if !utf8.Valid(out.Bytes()) || !json.Valid(out.Bytes()) {
+		t.Fatalf("show -o json printed text that is not UTF-8 JSON:\n%q", out.String())
+	}
+	var shown []struct {
+		QuarantinedEntries []struct {
+			Raw struct {
+				Appointment struct{ ID string }
+				Patient     struct {
+					FirstName string `json:"first_name"`
+				}
+			}
+		}
+	}
+	if err := json.Unmarshal(out.Bytes(), &shown); err != nil {
+		t.Fatal(err)
+	}
+	if len(shown) != 1 || len(shown[0].QuarantinedEntries) != 1 {
+		t.Fatalf("show -o json printed %+v, want one delivery with one entry", shown)
+	}
+	e := shown[0].QuarantinedEntries[0].Raw
+	if e.Appointment.ID != "apt-\uFFFD\uFFFD" || e.Patient.FirstName != secretName+"\uFFFD" {
+		t.Errorf("the entry reads %+v, want each byte that is not UTF-8 as U+FFFD", e)
+	}
+	out.Reset()
+	if stderr, err := runTo(t, &out, show...); err != nil {
+		t.Fatalf("%v\n%s", err, stderr)
+	}
+	if !strings.Contains(out.String(), string(raw)) {
+		t.Errorf("show's table does not print the entry as kept:\n%q", out.String())
+	}
 }
