@@ -110,8 +110,8 @@ func endJSON(a *jsonArray, complete bool) error {
 
 // table is show's tabwriter over a stickyWriter. The tabwriter holds a
 // block of lines until one without a tab (a column needs all its cells):
-// one delivery's entries, whose content lines end a block (unless the
-// content holds a tab).
+// one delivery's entries, whose content lines (written past it) end a
+// block.
 type table struct {
 	tw *tabwriter.Writer
 	sw *stickyWriter
@@ -380,7 +380,13 @@ func (s *showTable) entry(q store.QuarantineRecord) error {
 	}
 	fmt.Fprintf(s.tw, "  %d\t%d\t%s\t%s\t%s\n", q.EntryIndex, q.ID, replayed, kept, strings.Join(errs, "; "))
 	if s.content && q.Raw != nil {
-		fmt.Fprintf(s.tw, "    raw: %s\n", q.Raw)
+		// Past the tabwriter, which would take a tab of the entry (JSON
+		// whitespace) for a cell's end, pad it and widen the entries'
+		// columns to its text. The line ended the block anyway.
+		if err := s.tw.Flush(); err != nil {
+			return err
+		}
+		fmt.Fprintf(s.sw, "    raw: %s\n", q.Raw)
 	}
 	return s.sw.err
 }

@@ -390,3 +390,53 @@ func TestDeliveriesShowJSONIsUTF8(t *testing.T) {
 		t.Errorf("show's table does not print the entry as kept:\n%q", out.String())
 	}
 }
+
+// show's table prints each entry as kept, past its tabwriter: a tab in an
+// entry (JSON whitespace) was taken for a cell's end, and the byte 0xff
+// (not UTF-8, kept as sent) for the tabwriter's escape, which left every
+// table after it unaligned, its tabs printed as they were.
+func TestDeliveriesShowTablePrintsEntriesAsKept(t *testing.T) {
+	u := pgtest.NewDatabase(t)
+	st, err := store.Open(context.Background(), u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now().Add(-time.Hour)
+	entries := [][]json.RawMessage{
+		{json.RawMessage("{\"appointment\":\t{\"id\":\"apt-1\"},\t\"x\":1}"), json.RawMessage("{\"appointment\":{\"id\":\"apt-\xff\"}}")},
+		{json.RawMessage(`{"appointment":{"id":"apt-3"}}`)},
+	}
+	for d, raws := range entries {
+		req := fmt.Sprintf("req-%d", d)
+		qs := make([]store.Quarantined, len(raws))
+		for i, raw := range raws {
+			qs[i] = store.Quarantined{Index: i, Raw: raw, Errors: []payload.FieldError{
+				{Index: i, Field: fmt.Sprintf("appointments[%d].patient", i), Message: "is required"}}}
+		}
+		_, err := st.Write(context.Background(), store.Batch{
+			Delivery: store.Delivery{EHR: "nexus", RequestID: req, ReceivedAt: at.Add(time.Duration(-d) * time.Minute),
+				BodySHA256: sha256.Sum256([]byte(req)), ItemCount: len(raws), Outcome: store.OutcomeQuarantined, StatusCode: 200},
+			Quarantined: qs,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = st.Close()
+	var out bytes.Buffer
+	if stderr, err := runTo(t, &out, "deliveries", "show", "--database-url", u, "--since", "2h", "--include-patient-data"); err != nil {
+		t.Fatalf("%v\n%s", err, stderr)
+	}
+	t.Logf("show --include-patient-data:\n%s", out.String())
+	for _, raws := range entries {
+		for _, raw := range raws {
+			if !strings.Contains(out.String(), "    raw: "+string(raw)+"\n") {
+				t.Errorf("show's table does not print the entry %q as kept", raw)
+			}
+		}
+	}
+	const header = "  ENTRY  QUARANTINE ID  REPLAYED  CONTENT  ERRORS\n"
+	if n := strings.Count(out.String(), header); n != 2 {
+		t.Errorf("%d entries' headers laid out as %q, want one per delivery", n, header)
+	}
+}
