@@ -71,17 +71,7 @@ func runOut(t *testing.T, args ...string) (string, error) {
 func TestDeliveriesCommands(t *testing.T) {
 	u := seedDeliveries(t)
 	db := []string{"--database-url", u}
-	mustRun := func(args ...string) string {
-		t.Helper()
-		out, err := runOut(t, append(args, db...)...)
-		if err != nil {
-			t.Fatalf("%v: %v\n%s", args, err, out)
-		}
-		if strings.Contains(out, secretName) && !strings.Contains(strings.Join(args, " "), "--include-patient-data") {
-			t.Errorf("%v printed patient data:\n%s", args, out)
-		}
-		return out
-	}
+	mustRun := runner(t, db)
 
 	var ds []store.DeliveryRecord
 	if err := json.Unmarshal([]byte(mustRun("deliveries", "list", "--ehr", "nexus", "--since", "2h", "-o", "json")), &ds); err != nil {
@@ -236,15 +226,7 @@ func seedRefused(t *testing.T) string {
 // list does not.
 func TestDeliveriesShowFieldErrors(t *testing.T) {
 	u := seedRefused(t)
-	db := []string{"--database-url", u}
-	mustRun := func(args ...string) string {
-		t.Helper()
-		out, err := runOut(t, append(args, db...)...)
-		if err != nil {
-			t.Fatalf("%v: %v\n%s", args, err, out)
-		}
-		return out
-	}
+	mustRun := runner(t, []string{"--database-url", u})
 	show := mustRun("deliveries", "show", "--outcome", "rejected", "--since", "1h")
 	t.Logf("deliveries show --outcome rejected --since 1h:\n%s", show)
 	for _, want := range []string{
@@ -438,5 +420,21 @@ func TestDeliveriesShowTablePrintsEntriesAsKept(t *testing.T) {
 	const header = "  ENTRY  QUARANTINE ID  REPLAYED  CONTENT  ERRORS\n"
 	if n := strings.Count(out.String(), header); n != 2 {
 		t.Errorf("%d entries' headers laid out as %q, want one per delivery", n, header)
+	}
+}
+
+// runner runs a command with the database flags db, failing the test when
+// it fails or prints patient data without --include-patient-data.
+func runner(t *testing.T, db []string) func(args ...string) string {
+	return func(args ...string) string {
+		t.Helper()
+		out, err := runOut(t, append(args, db...)...)
+		if err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+		if strings.Contains(out, secretName) && !strings.Contains(strings.Join(args, " "), "--include-patient-data") {
+			t.Errorf("%v printed patient data:\n%s", args, out)
+		}
+		return out
 	}
 }
