@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/insighthealth/ehr-operator/receiver/payload"
@@ -254,7 +255,7 @@ func (s *showJSON) delivery(d store.DeliveryRecord) error {
 }
 
 func (s *showJSON) entry(q store.QuarantineRecord) error {
-	q.Raw = validUTF8(q.Raw)
+	q.Raw = printable(q.Raw, true)
 	err := s.entries.add(q)
 	// json's error would quote the content at the fault: patient data.
 	if _, ok := errors.AsType[*json.MarshalerError](err); ok {
@@ -263,21 +264,42 @@ func (s *showJSON) entry(q store.QuarantineRecord) error {
 	return err
 }
 
-// validUTF8 is b with each byte that is not UTF-8 replaced by U+FFFD, as
-// a JSON decoder reads it. JSON text is UTF-8 (RFC 8259), and a strict
-// parser refuses anything else, but an entry is kept as sent: the
-// receiver takes such bytes inside strings, as encoding/json does
-// (outside strings they are malformed JSON). -o table prints them as kept.
-func validUTF8(b []byte) []byte {
-	if utf8.Valid(b) {
+// printable is an entry's content made safe to print, the same text to a
+// reader: an entry is kept as sent, and a sender may have put in it what a
+// terminal acts on or shows in another order. C1 controls and DEL (JSON
+// allows them raw in a string; U+009B is a terminal's CSI) and the
+// bidirectional controls (U+202E shows the text after it reversed) are
+// written \uXXXX, which a JSON string reads as the same character; they
+// can only be in a string, since the entry was a JSON value. A carriage
+// return (JSON white space, which would move the cursor back over the
+// line) is written \r. A byte that is not UTF-8 (the receiver keeps such
+// bytes inside strings, as encoding/json reads them) is U+FFFD for JSON,
+// which is UTF-8 text (RFC 8259) and is how a JSON decoder reads it, and
+// \xNN for the table, which shows the byte; 0x9B alone is CSI too.
+func printable(b []byte, forJSON bool) []byte {
+	clean := true
+	for _, c := range b {
+		if c >= utf8.RuneSelf || c == '\r' || c == 0x7f {
+			clean = false
+			break
+		}
+	}
+	if clean {
 		return b
 	}
 	out := make([]byte, 0, len(b)+16)
 	for len(b) > 0 {
 		r, n := utf8.DecodeRune(b)
-		if r == utf8.RuneError && n == 1 {
+		switch {
+		case r == utf8.RuneError && n == 1 && forJSON:
 			out = utf8.AppendRune(out, utf8.RuneError)
-		} else {
+		case r == utf8.RuneError && n == 1:
+			out = fmt.Appendf(out, "\\x%02x", b[0])
+		case r == '\r' && !forJSON:
+			out = append(out, `\r`...)
+		case r >= 0x7f && r <= 0x9f || unicode.Is(unicode.Bidi_Control, r):
+			out = fmt.Appendf(out, "\\u%04x", r)
+		default:
 			out = append(out, b[:n]...)
 		}
 		b = b[n:]
@@ -386,7 +408,7 @@ func (s *showTable) entry(q store.QuarantineRecord) error {
 		if err := s.tw.Flush(); err != nil {
 			return err
 		}
-		fmt.Fprintf(s.sw, "    raw: %s\n", q.Raw)
+		fmt.Fprintf(s.sw, "    raw: %s\n", printable(q.Raw, false))
 	}
 	return s.sw.err
 }

@@ -319,13 +319,16 @@ func seedStore(t *testing.T) (string, *store.Store) {
 	return u, st
 }
 
-// An entry sent with bytes that are not UTF-8 is kept as sent (the
-// receiver quarantines it), but -o json prints UTF-8, each such byte as
-// U+FFFD: JSON text is UTF-8, and strict parsers refuse anything else.
-// The table prints the entry as kept.
-func TestDeliveriesShowJSONIsUTF8(t *testing.T) {
+// An entry is kept as sent (the receiver quarantines it), bytes that are
+// not UTF-8 and characters a terminal acts on included. -o json prints
+// UTF-8 JSON that reads as the entry: each byte that is not UTF-8 as
+// U+FFFD, as a JSON decoder reads it (strict parsers refuse anything
+// else), and the C1 controls, DEL and bidirectional controls as \u
+// escapes. The table shows the same with \xNN for such a byte and \r for
+// a carriage return; nothing of it reaches the terminal raw.
+func TestDeliveriesShowPrintsEntriesSafely(t *testing.T) {
 	u, st := seedStore(t)
-	raw := json.RawMessage("{\"appointment\":{\"id\":\"apt-\xff\xfe\"},\"patient\":{\"first_name\":\"" + secretName + "\xc3\"}}")
+	raw := json.RawMessage("{\"appointment\":{\"id\":\"apt-\xff\x9b\"},\r\"patient\":{\"first_name\":\"" + secretName + "\xc3\u009b\u202e\x7f\"}}")
 	_, err := st.Write(context.Background(), store.Batch{
 		Delivery: store.Delivery{EHR: "nexus", RequestID: "req-utf8", ReceivedAt: time.Now().Add(-time.Minute),
 			BodySHA256: sha256.Sum256(raw), ItemCount: 1, Outcome: store.OutcomeQuarantined, StatusCode: 200},
@@ -336,6 +339,15 @@ func TestDeliveriesShowJSONIsUTF8(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	acted := []string{"\x9b", "\u009b", "\u202e", "\x7f", "\r"}
+	printsNoneOf := func(out string) {
+		t.Helper()
+		for _, c := range acted {
+			if strings.Contains(out, c) {
+				t.Errorf("show printed %q raw:\n%q", c, out)
+			}
+		}
+	}
 	show := []string{"deliveries", "show", "--database-url", u, "--request-id", "req-utf8", "--include-patient-data"}
 	var out bytes.Buffer
 	if stderr, err := runTo(t, &out, append(show, "-o", "json")...); err != nil {
@@ -344,6 +356,7 @@ func TestDeliveriesShowJSONIsUTF8(t *testing.T) {
 	if !utf8.Valid(out.Bytes()) || !json.Valid(out.Bytes()) {
 		t.Fatalf("show -o json printed text that is not UTF-8 JSON:\n%q", out.String())
 	}
+	printsNoneOf(out.String())
 	var shown []struct {
 		QuarantinedEntries []struct {
 			Raw struct {
@@ -361,15 +374,17 @@ func TestDeliveriesShowJSONIsUTF8(t *testing.T) {
 		t.Fatalf("show -o json printed %+v, want one delivery with one entry", shown)
 	}
 	e := shown[0].QuarantinedEntries[0].Raw
-	if e.Appointment.ID != "apt-\uFFFD\uFFFD" || e.Patient.FirstName != secretName+"\uFFFD" {
-		t.Errorf("the entry reads %+v, want each byte that is not UTF-8 as U+FFFD", e)
+	if e.Appointment.ID != "apt-\uFFFD\uFFFD" || e.Patient.FirstName != secretName+"\uFFFD\u009b\u202e\x7f" {
+		t.Errorf("the entry reads %+q, want each byte that is not UTF-8 as U+FFFD, every character else as sent", e)
 	}
 	out.Reset()
 	if stderr, err := runTo(t, &out, show...); err != nil {
 		t.Fatalf("%v\n%s", err, stderr)
 	}
-	if !strings.Contains(out.String(), string(raw)) {
-		t.Errorf("show's table does not print the entry as kept:\n%q", out.String())
+	printsNoneOf(out.String())
+	want := `    raw: {"appointment":{"id":"apt-\xff\x9b"},\r"patient":{"first_name":"` + secretName + `\xc3\u009b\u202e\u007f"}}` + "\n"
+	if !strings.Contains(out.String(), want) {
+		t.Errorf("show's table printed\n%s\nwant the line\n%s", out.String(), want)
 	}
 }
 
@@ -412,7 +427,7 @@ func TestDeliveriesShowTablePrintsEntriesAsKept(t *testing.T) {
 	t.Logf("show --include-patient-data:\n%s", out.String())
 	for _, raws := range entries {
 		for _, raw := range raws {
-			if !strings.Contains(out.String(), "    raw: "+string(raw)+"\n") {
+			if !strings.Contains(out.String(), "    raw: "+string(printable(raw, false))+"\n") {
 				t.Errorf("show's table does not print the entry %q as kept", raw)
 			}
 		}
