@@ -344,6 +344,7 @@ func checkIDs(ctx context.Context, st *store.Store, filter store.DeliveryFilter)
 	for _, id := range filter.IDs {
 		if !found[id] {
 			missing = append(missing, id)
+			found[id] = true // named once however often it was given
 		}
 	}
 	if len(missing) > 0 {

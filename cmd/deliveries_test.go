@@ -124,6 +124,7 @@ func TestDeliveriesCommands(t *testing.T) {
 		{[]string{"list", "--since", "1h", "--until", "2h"}, "is not before"},
 		{[]string{"show", "999999"}, "no delivery with id [999999]"},
 		{[]string{"show", strconv.FormatInt(ds[0].ID, 10), "999998"}, "no delivery with id [999998]"},
+		{[]string{"show", "999997", "999996", "999997"}, "no delivery with id [999997 999996] "},
 	} {
 		out, err := runOut(t, append(append([]string{"deliveries"}, tc.args...), db...)...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
