@@ -46,6 +46,8 @@ func (a *jsonArray) add(v any) error {
 	if err != nil {
 		return err
 	}
+	// A quarantined entry's field errors, as a delivery's (showJSON.delivery).
+	b = printable(b, true)
 	if err := a.next(); err != nil {
 		return err
 	}
@@ -240,6 +242,11 @@ func (s *showJSON) delivery(d store.DeliveryRecord) error {
 	if err != nil {
 		return err
 	}
+	// A refused request's field errors are the receiver's paths and rules,
+	// but a row's text is whatever was written to it: what a terminal acts
+	// on is escaped, as in an entry (encoding/json escapes the C0 controls
+	// and leaves these).
+	b = printable(b, true)
 	head, ok := bytes.CutSuffix(b, []byte(shownDeliveryEnd))
 	if !ok {
 		return errors.New("a delivery's JSON does not end as an object at depth 1")
@@ -329,6 +336,39 @@ func (s *showJSON) end(complete bool) error {
 	return endJSON(&s.deliveries, true)
 }
 
+// cell is a field error's path or message as a cell of show's table: the
+// receiver writes paths and rules, printable ASCII, but a row holds what
+// was written to it. What is not a graphic character (a C0 or C1 control,
+// DEL, a tab or newline that would break the table's cells and lines) and
+// the bidirectional controls are printed \uXXXX, a byte that is not UTF-8
+// \xNN, as printable does for an entry.
+func cell(s string) string {
+	clean := true
+	for _, c := range []byte(s) {
+		if c < ' ' || c >= 0x7f {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n == 1:
+			fmt.Fprintf(&b, "\\x%02x", s[i])
+		case !unicode.IsGraphic(r) || unicode.Is(unicode.Bidi_Control, r):
+			fmt.Fprintf(&b, "\\u%04x", r)
+		default:
+			b.WriteString(s[i : i+n])
+		}
+		i += n
+	}
+	return b.String()
+}
+
 // showTable prints each delivery's line, then its entries' table.
 type showTable struct {
 	table
@@ -380,7 +420,7 @@ func fieldErrorsTable(w io.Writer, d store.DeliveryRecord) {
 		if field == "" {
 			field = "-"
 		}
-		fmt.Fprintf(w, "  %s\t%s\t%s\n", entry, field, e.Message)
+		fmt.Fprintf(w, "  %s\t%s\t%s\n", entry, cell(field), cell(e.Message))
 	}
 }
 
@@ -398,7 +438,7 @@ func (s *showTable) entry(q store.QuarantineRecord) error {
 	}
 	errs := make([]string, len(q.Errors))
 	for k, e := range q.Errors {
-		errs[k] = e.Field + ": " + e.Message
+		errs[k] = cell(e.Field) + ": " + cell(e.Message)
 	}
 	fmt.Fprintf(s.tw, "  %d\t%d\t%s\t%s\t%s\n", q.EntryIndex, q.ID, replayed, kept, strings.Join(errs, "; "))
 	if s.content && q.Raw != nil {

@@ -454,3 +454,76 @@ func runner(t *testing.T, db []string) func(args ...string) string {
 		return out
 	}
 }
+
+// A row's field errors are printed as safely as an entry: the receiver
+// writes printable paths and rules, but a row holds whatever was written
+// to it. A control character, a tab or newline (which broke the table's
+// cells and lines), DEL, a C1 control (U+009B is a terminal's CSI), a
+// bidirectional control and a byte that is not UTF-8 reach neither the
+// table (a refused request's errors, a quarantined entry's) nor -o json
+// raw, and -o json reads as stored.
+func TestDeliveriesShowPrintsFieldErrorsSafely(t *testing.T) {
+	u, st := seedStore(t)
+	ctx := context.Background()
+	at := time.Now().Add(-time.Minute)
+	odd := payload.FieldError{Index: 0, Field: "appointments[0].\tpatient\n\x1b[31mred", Message: "must be\r \u009b2J \u202eevil \x7f \xff"}
+	err := st.RecordDeliveries(ctx, []store.Delivery{{EHR: "nexus", RequestID: "req-odd", ReceivedAt: at,
+		BodySHA256: sha256.Sum256([]byte("odd")), ItemCount: 1, Outcome: store.OutcomeRejected, StatusCode: 422,
+		FieldErrorCount: 1, FieldErrors: []payload.FieldError{odd}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := quarantinedEntry("apt-odd", "05/15/1990")
+	_, err = st.Write(ctx, store.Batch{
+		Delivery: store.Delivery{EHR: "nexus", RequestID: "req-odd-q", ReceivedAt: at, BodySHA256: sha256.Sum256(raw),
+			ItemCount: 1, Outcome: store.OutcomeQuarantined, StatusCode: 200},
+		Quarantined: []store.Quarantined{{Index: 0, Raw: raw, Errors: []payload.FieldError{odd}}},
+	})
+	_ = st.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	acted := []string{"\t", "\x1b", "\r", "\u009b", "\u202e", "\x7f", "\xff"}
+	printsNoneOf := func(out string) {
+		t.Helper()
+		for _, c := range acted {
+			if strings.Contains(out, c) {
+				t.Errorf("show printed %q raw:\n%q", c, out)
+			}
+		}
+	}
+	mustRun := runner(t, []string{"--database-url", u})
+	for _, req := range []string{"req-odd", "req-odd-q"} {
+		table := mustRun("deliveries", "show", "--request-id", req)
+		printsNoneOf(table)
+		if lines := strings.Count(table, "\n"); req == "req-odd" && lines != 4 || req == "req-odd-q" && lines != 3 {
+			t.Errorf("show --request-id %s printed %d lines:\n%s", req, lines, table)
+		}
+		// The byte 0xff was stored as U+FFFD (the column is jsonb).
+		const path, msg = `appointments[0].\u0009patient\u000a\u001b[31mred`, `must be\u000d \u009b2J \u202eevil \u007f ` + "\uFFFD"
+		if !strings.Contains(table, path) || !strings.Contains(table, msg) {
+			t.Errorf("show --request-id %s printed\n%s\nwant the path as %s and the message as %s", req, table, path, msg)
+		}
+		out := mustRun("deliveries", "show", "--request-id", req, "-o", "json")
+		printsNoneOf(out)
+		if !json.Valid([]byte(out)) {
+			t.Fatalf("show -o json printed what is not JSON:\n%s", out)
+		}
+		var shown []struct {
+			FieldErrors        []payload.FieldError
+			QuarantinedEntries []struct{ Errors []payload.FieldError }
+		}
+		if err := json.Unmarshal([]byte(out), &shown); err != nil {
+			t.Fatal(err)
+		}
+		errs := shown[0].FieldErrors
+		if req == "req-odd-q" {
+			errs = shown[0].QuarantinedEntries[0].Errors
+		}
+		want := odd
+		want.Message = strings.ToValidUTF8(odd.Message, "\uFFFD")
+		if len(errs) != 1 || errs[0] != want {
+			t.Errorf("show -o json of %s reads %+v, want %+v", req, errs, want)
+		}
+	}
+}
