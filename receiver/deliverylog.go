@@ -55,6 +55,9 @@ type deliveryLog struct {
 	closeOnce sync.Once
 
 	written, batches, droppedFull, droppedDatabase prometheus.Counter
+	// errorsLeftOut counts records queued without their field errors
+	// (deliveryErrorsBudget): their rows say "none kept".
+	errorsLeftOut prometheus.Counter
 	// fullDrops counts drops since the last warning, at lastFullLog (Unix ns).
 	fullDrops, lastFullLog atomic.Int64
 	// errorBytes is errorsCost of the field errors queued or being
@@ -84,8 +87,10 @@ func newDeliveryLog(write func(context.Context, []store.Delivery) error, log *sl
 		batches:         counter("delivery_log_batches_total", "Statements that wrote failed-request records (one per batch)."),
 		droppedFull:     dropped.WithLabelValues("full"),
 		droppedDatabase: dropped.WithLabelValues("database"),
+		errorsLeftOut: counter("delivery_log_errors_left_out_total",
+			"Refused requests recorded without their field errors, the queue holding its budget of them already (the row keeps their count)."),
 	}
-	reg.MustRegister(l.written, l.batches, dropped)
+	reg.MustRegister(l.written, l.batches, dropped, l.errorsLeftOut)
 	go l.run()
 	return l
 }
@@ -97,6 +102,7 @@ func (l *deliveryLog) add(d store.Delivery) {
 	if cost > 0 && l.errorBytes.Add(cost) > deliveryErrorsBudget {
 		l.errorBytes.Add(-cost)
 		d.FieldErrors, cost = nil, 0
+		l.errorsLeftOut.Inc()
 	}
 	select {
 	case l.queue <- d:

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/insighthealth/ehr-operator/internal/pgtest"
 	"github.com/insighthealth/ehr-operator/receiver/payload"
@@ -294,5 +295,10 @@ func TestDeliveryLogErrorsBudget(t *testing.T) {
 	}
 	if want := deliveryErrorsBudget / perRecord; int64(withErrors) != want || counted == withErrors {
 		t.Errorf("%d of %d records written kept their errors, want the first %d", withErrors, counted, want)
+	}
+	// Every record queued without its errors is counted, whether it was
+	// written or dropped after.
+	if got, want := testutil.ToFloat64(dl.errorsLeftOut), float64(n)-float64(withErrors); got != want {
+		t.Errorf("delivery_log_errors_left_out_total %v, want %v (%d records, %d with their errors)", got, want, n, withErrors)
 	}
 }
