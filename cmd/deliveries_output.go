@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -46,8 +47,9 @@ func (a *jsonArray) add(v any) error {
 	if err != nil {
 		return err
 	}
-	// A quarantined entry's field errors, as a delivery's (showJSON.delivery).
-	b = printable(b, true)
+	// A quarantined entry's content and field errors, as a delivery's
+	// (showJSON.delivery).
+	b = printable(b, inJSON)
 	if err := a.next(); err != nil {
 		return err
 	}
@@ -246,7 +248,7 @@ func (s *showJSON) delivery(d store.DeliveryRecord) error {
 	// but a row's text is whatever was written to it: what a terminal acts
 	// on is escaped, as in an entry (encoding/json escapes the C0 controls
 	// and leaves these).
-	b = printable(b, true)
+	b = printable(b, inJSON)
 	head, ok := bytes.CutSuffix(b, []byte(shownDeliveryEnd))
 	if !ok {
 		return errors.New("a delivery's JSON does not end as an object at depth 1")
@@ -262,8 +264,7 @@ func (s *showJSON) delivery(d store.DeliveryRecord) error {
 }
 
 func (s *showJSON) entry(q store.QuarantineRecord) error {
-	q.Raw = printable(q.Raw, true)
-	err := s.entries.add(q)
+	err := s.entries.add(q) // printable, as every element
 	// json's error would quote the content at the fault: patient data.
 	if _, ok := errors.AsType[*json.MarshalerError](err); ok {
 		return fmt.Errorf("quarantined entry %d: its content is not valid JSON (-o table prints it as stored)", q.ID)
@@ -271,40 +272,47 @@ func (s *showJSON) entry(q store.QuarantineRecord) error {
 	return err
 }
 
-// printable is an entry's content made safe to print, the same text to a
-// reader: an entry is kept as sent, and a sender may have put in it what a
-// terminal acts on or shows in another order. C1 controls and DEL (JSON
-// allows them raw in a string; U+009B is a terminal's CSI) and the
-// bidirectional controls (U+202E shows the text after it reversed) are
-// written \uXXXX, which a JSON string reads as the same character; they
-// can only be in a string, since the entry was a JSON value. A carriage
-// return (JSON white space, which would move the cursor back over the
-// line) is written \r. A byte that is not UTF-8 (the receiver keeps such
-// bytes inside strings, as encoding/json reads them) is U+FFFD for JSON,
-// which is UTF-8 text (RFC 8259) and is how a JSON decoder reads it, and
-// \xNN for the table, which shows the byte; 0x9B alone is CSI too.
-func printable(b []byte, forJSON bool) []byte {
-	clean := true
-	for _, c := range b {
-		if c >= utf8.RuneSelf || c == '\r' || c == 0x7f {
-			clean = false
-			break
-		}
-	}
-	if clean {
+// printMode is where printable's text goes.
+type printMode int
+
+const (
+	inJSON    printMode = iota // -o json's output
+	tableLine                  // an entry's line in show's table
+	tableCell                  // a cell of show's table (a field error's path or message)
+)
+
+// printable is text from the database made safe to print, the same text to
+// a reader: an entry is kept as sent, and a sender may have put in it what
+// a terminal acts on or shows in another order; a row holds whatever was
+// written to it.
+//   - C1 controls and DEL (JSON allows them raw in a string; U+009B is a
+//     terminal's CSI) and the bidirectional controls (U+202E shows the text
+//     after it reversed) are written \uXXXX, which a JSON string reads as
+//     the same character; in an entry they can only be in a string, since
+//     it was a JSON value. In a cell, so is every other character that is
+//     not graphic (a tab or newline would break the table's cells and
+//     lines).
+//   - A carriage return on an entry's line (JSON white space, which would
+//     move the cursor back over the line) is written \r.
+//   - A byte that is not UTF-8 (the receiver keeps such bytes inside
+//     strings, as encoding/json reads them) is U+FFFD in JSON, which is
+//     UTF-8 text (RFC 8259) and is how a JSON decoder reads it, and \xNN in
+//     the table, which shows the byte; 0x9B alone is CSI too.
+func printable(b []byte, m printMode) []byte {
+	if !slices.ContainsFunc(b, func(c byte) bool { return c >= 0x7f || c == '\r' || m == tableCell && c < ' ' }) {
 		return b
 	}
 	out := make([]byte, 0, len(b)+16)
 	for len(b) > 0 {
 		r, n := utf8.DecodeRune(b)
 		switch {
-		case r == utf8.RuneError && n == 1 && forJSON:
+		case r == utf8.RuneError && n == 1 && m == inJSON:
 			out = utf8.AppendRune(out, utf8.RuneError)
 		case r == utf8.RuneError && n == 1:
 			out = fmt.Appendf(out, "\\x%02x", b[0])
-		case r == '\r' && !forJSON:
+		case r == '\r' && m == tableLine:
 			out = append(out, `\r`...)
-		case r >= 0x7f && r <= 0x9f || unicode.Is(unicode.Bidi_Control, r):
+		case r >= 0x7f && r <= 0x9f || unicode.Is(unicode.Bidi_Control, r) || m == tableCell && !unicode.IsGraphic(r):
 			out = fmt.Appendf(out, "\\u%04x", r)
 		default:
 			out = append(out, b[:n]...)
@@ -313,6 +321,9 @@ func printable(b []byte, forJSON bool) []byte {
 	}
 	return out
 }
+
+// cell is s as a cell of show's table (printable).
+func cell(s string) string { return string(printable([]byte(s), tableCell)) }
 
 func (s *showJSON) endDelivery() error {
 	if s.entries == nil {
@@ -334,39 +345,6 @@ func (s *showJSON) end(complete bool) error {
 		return err
 	}
 	return endJSON(&s.deliveries, true)
-}
-
-// cell is a field error's path or message as a cell of show's table: the
-// receiver writes paths and rules, printable ASCII, but a row holds what
-// was written to it. What is not a graphic character (a C0 or C1 control,
-// DEL, a tab or newline that would break the table's cells and lines) and
-// the bidirectional controls are printed \uXXXX, a byte that is not UTF-8
-// \xNN, as printable does for an entry.
-func cell(s string) string {
-	clean := true
-	for _, c := range []byte(s) {
-		if c < ' ' || c >= 0x7f {
-			clean = false
-			break
-		}
-	}
-	if clean {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); {
-		r, n := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && n == 1:
-			fmt.Fprintf(&b, "\\x%02x", s[i])
-		case !unicode.IsGraphic(r) || unicode.Is(unicode.Bidi_Control, r):
-			fmt.Fprintf(&b, "\\u%04x", r)
-		default:
-			b.WriteString(s[i : i+n])
-		}
-		i += n
-	}
-	return b.String()
 }
 
 // showTable prints each delivery's line, then its entries' table.
@@ -448,7 +426,7 @@ func (s *showTable) entry(q store.QuarantineRecord) error {
 		if err := s.tw.Flush(); err != nil {
 			return err
 		}
-		fmt.Fprintf(s.sw, "    raw: %s\n", printable(q.Raw, false))
+		fmt.Fprintf(s.sw, "    raw: %s\n", printable(q.Raw, tableLine))
 	}
 	return s.sw.err
 }

@@ -428,7 +428,7 @@ func TestDeliveriesShowTablePrintsEntriesAsKept(t *testing.T) {
 	t.Logf("show --include-patient-data:\n%s", out.String())
 	for _, raws := range entries {
 		for _, raw := range raws {
-			if !strings.Contains(out.String(), "    raw: "+string(printable(raw, false))+"\n") {
+			if !strings.Contains(out.String(), "    raw: "+string(printable(raw, tableLine))+"\n") {
 				t.Errorf("show's table does not print the entry %q as kept", raw)
 			}
 		}
