@@ -173,7 +173,11 @@ func TestDeliveriesShowStreams(t *testing.T) {
 		if n < total || !strings.HasSuffix(tail, "\n  }\n]\n") {
 			t.Errorf("printed %d bytes ending %q, want all %d bytes of content and the array's end", n, tail, total)
 		}
-		if grew > uint64(total)/4 {
+		// The heap holds garbage the collector has not freed yet, more of
+		// it when other packages' tests take the cores (CI measured 9.7
+		// MiB once, 3.6–5.6 MiB on a quiet machine). Printing the slice at
+		// once, as before, held more than all the content.
+		if grew > uint64(total)/2 {
 			t.Errorf("the heap grew by %d bytes while printing %d bytes of content: not bounded by a record", grew, total)
 		}
 	})
