@@ -181,7 +181,7 @@ func TestStartWithoutDatabase(t *testing.T) {
 		t.Errorf("%d request lines say why they got a 503 (not migrated), want 3:\n%s", n, logs)
 	}
 	// Nothing tried the database for the requests: no delivery row either.
-	if strings.Contains(logs, "Could not record the failed delivery") {
+	if strings.Contains(logs, "Could not record failed deliveries") {
 		t.Errorf("a request tried the database before the migration:\n%s", logs)
 	}
 

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -300,5 +301,108 @@ func TestDeliveryLogErrorsBudget(t *testing.T) {
 	// written or dropped after.
 	if got, want := testutil.ToFloat64(dl.errorsLeftOut), float64(n)-float64(withErrors); got != want {
 		t.Errorf("delivery_log_errors_left_out_total %v, want %v (%d records, %d with their errors)", got, want, n, withErrors)
+	}
+}
+
+// TestDeliveryLogOutageLogsLittle: with the database away every record is
+// dropped, and the log says so in a line per deliveryDropLogEvery, not one
+// per request (a flood during an outage wrote 220,000 lines a minute);
+// the lines add up to every record dropped.
+func TestDeliveryLogOutageLogsLittle(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close() // nothing listens there now: connections are refused
+	ts := newTestServer(t, "postgres://nobody@"+addr+"/none?sslmode=disable&connect_timeout=2", nil)
+	// Three rounds, each its own failed write.
+	const n = 300
+	for range 3 {
+		for range n / 3 {
+			if w, _ := ts.post(t, batchOf(entry("x")), badSignature()); w.Code != 401 {
+				t.Fatalf("%d %s", w.Code, w.Body)
+			}
+		}
+		ts.srv.deliveries.flush(context.Background())
+	}
+	if got := ts.metric(t, "ehr_receiver_delivery_log_batches_total"); got != 0 {
+		t.Fatalf("%v batches written with the database away", got)
+	}
+	lines := droppedLines(t, ts.log.String(), "Could not record failed deliveries; records dropped")
+	if len(lines) != 1 {
+		t.Errorf("%d lines for the first %d dropped records, want 1 (the next ones wait %s)", len(lines), n, deliveryDropLogEvery)
+	}
+	ts.srv.deliveries.close(time.Second)
+	lines = droppedLines(t, ts.log.String(), "Could not record failed deliveries; records dropped")
+	var sum float64
+	for _, l := range lines {
+		sum += l["dropped"].(float64)
+		if l["ehr"] != "nexus" || !strings.Contains(l["error"].(string), "connection refused") {
+			t.Errorf("line %v, want the ehr and the cause", l)
+		}
+	}
+	if len(lines) != 2 || sum != n {
+		t.Errorf("%d lines counting %v dropped records, want 2 counting %d (the rest logged at close)", len(lines), sum, n)
+	}
+	if got := ts.metric(t, `ehr_receiver_delivery_log_dropped_total{ehr="nexus",reason="database"}`); got != n {
+		t.Errorf("%v counted, want %d", got, n)
+	}
+}
+
+// droppedLines are the log's lines with message msg.
+func droppedLines(t *testing.T, log, msg string) []map[string]any {
+	t.Helper()
+	var lines []map[string]any
+	for line := range strings.SplitSeq(log, "\n") {
+		if !strings.Contains(line, `"msg":"`+msg+`"`) {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("%s: %v", line, err)
+		}
+		lines = append(lines, m)
+	}
+	return lines
+}
+
+// TestDropWarningSpacesLines: the first drop is logged at once, the ones
+// within every after it in one line once every has passed, and a drop
+// after a quiet every at once again.
+func TestDropWarningSpacesLines(t *testing.T) {
+	var (
+		mu    sync.Mutex
+		lines []string
+	)
+	w := newDropWarning(100*time.Millisecond, func(n int64, cause string) {
+		mu.Lock()
+		defer mu.Unlock()
+		lines = append(lines, fmt.Sprintf("%d %s", n, cause))
+	})
+	got := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(lines)
+	}
+	w.add(1, "a")
+	for i := range 99 {
+		w.add(1, "b"+strconv.Itoa(i))
+	}
+	if l := got(); !slices.Equal(l, []string{"1 a"}) {
+		t.Errorf("lines %q at once, want only the first drop's", l)
+	}
+	eventually(t, 2*time.Second, "the second line", func() bool { return len(got()) == 2 })
+	if l := got(); l[1] != "99 b98" {
+		t.Errorf("second line %q, want the 99 drops after the first, with the last cause", l[1])
+	}
+	time.Sleep(150 * time.Millisecond)
+	w.add(3, "c")
+	if l := got(); len(l) != 3 || l[2] != "3 c" {
+		t.Errorf("lines %q, want a drop after a quiet period logged at once", l)
+	}
+	w.flush()
+	if l := got(); len(l) != 3 {
+		t.Errorf("lines %q: a flush with nothing pending logged", l)
 	}
 }
