@@ -128,9 +128,12 @@ entries as sent are patient data: they are printed only with
 					}
 				}
 				p := f.showPrinter(c.OutOrStdout())
-				n := 0
+				n, printed := 0, map[int64]bool{}
 				err := st.EachDeliveryWithEntries(ctx, filter, f.includePatientData, func(d store.DeliveryRecord) error {
 					n++
+					if len(filter.IDs) > 0 {
+						printed[d.ID] = true
+					}
 					return p.delivery(d)
 				}, p.entry)
 				if err := finish(p, n > 0, err); err != nil {
@@ -138,6 +141,9 @@ entries as sent are patient data: they are printed only with
 				}
 				if len(filter.IDs) == 0 {
 					f.noteLimit(c.ErrOrStderr(), n)
+				} else if gone := missingIDs(filter.IDs, printed); len(gone) > 0 {
+					// Retention pruned it between checkIDs and the query.
+					return fmt.Errorf("delivery %v was removed while this command ran (retention?): the output lacks it", gone)
 				}
 				return nil
 			})
@@ -340,17 +346,24 @@ func checkIDs(ctx context.Context, st *store.Store, filter store.DeliveryFilter)
 	}); err != nil {
 		return err
 	}
-	var missing []int64
-	for _, id := range filter.IDs {
-		if !found[id] {
-			missing = append(missing, id)
-			found[id] = true // named once however often it was given
-		}
-	}
-	if len(missing) > 0 {
+	if missing := missingIDs(filter.IDs, found); len(missing) > 0 {
 		return fmt.Errorf("no delivery with id %v (under the other flags given)", missing)
 	}
 	return nil
+}
+
+// missingIDs are the ids not in found, each once however often it was
+// given, in the order given.
+func missingIDs(ids []int64, found map[int64]bool) []int64 {
+	var missing []int64
+	named := map[int64]bool{}
+	for _, id := range ids {
+		if !found[id] && !named[id] {
+			missing = append(missing, id)
+			named[id] = true
+		}
+	}
+	return missing
 }
 
 // finish ends p's output after err, the store's: complete only without an

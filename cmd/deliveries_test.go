@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -525,5 +526,18 @@ func TestDeliveriesShowPrintsFieldErrorsSafely(t *testing.T) {
 		if len(errs) != 1 || errs[0] != want {
 			t.Errorf("show -o json of %s reads %+v, want %+v", req, errs, want)
 		}
+	}
+}
+
+// TestMissingIDs: what show names as missing, before it prints (a typo)
+// and after (a delivery retention pruned while it ran): each id once, in
+// the order given.
+func TestMissingIDs(t *testing.T) {
+	found := map[int64]bool{2: true, 4: true}
+	if got := missingIDs([]int64{3, 2, 1, 3, 4, 1}, found); !slices.Equal(got, []int64{3, 1}) {
+		t.Errorf("missingIDs = %v, want [3 1]", got)
+	}
+	if got := missingIDs([]int64{2, 4, 2}, found); got != nil {
+		t.Errorf("missingIDs = %v, want none", got)
 	}
 }
