@@ -313,20 +313,6 @@ func TestGroupAdd(t *testing.T) {
 	}
 }
 
-// The store's sessions plan the write statement generically (set at
-// connection start; see Open).
-func TestSessionsUseGenericPlans(t *testing.T) {
-	t.Parallel()
-	s, _ := newStore(t)
-	var mode string
-	if err := s.db.GetContext(context.Background(), &mode, `SHOW plan_cache_mode`); err != nil {
-		t.Fatal(err)
-	}
-	if mode != "force_generic_plan" {
-		t.Errorf("plan_cache_mode %q, want force_generic_plan", mode)
-	}
-}
-
 // A queued request naming an appointment already in the group waits for
 // the next group, so requests for the same appointment commit in the order
 // they were queued, each as its own change.

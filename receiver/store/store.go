@@ -106,36 +106,12 @@ func Open(ctx context.Context, databaseURL string) (*Store, error) {
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = defaultConnectTimeout
 	}
-	// A generic plan of the write statement: planning it per call (a custom
-	// plan) costs a large part of the statement (docs/performance.md), and
-	// its plan does not depend on the arrays' sizes (OFFSET 0 pins the
-	// history check to an index probe; the rest is inserts and sorts).
-	// Forced rather than left to plan_cache_mode = auto, which may keep
-	// custom plans when small groups make them look cheap. Set at
-	// connection start: no round trip.
-	if cfg.Runtime == nil {
-		cfg.Runtime = map[string]string{}
-	}
-	if _, set := cfg.Runtime["plan_cache_mode"]; !set {
-		cfg.Runtime["plan_cache_mode"] = "force_generic_plan"
-	}
-	// That generic plan is made once per connection, with the statistics
-	// of that moment, and kept until an ANALYZE invalidates it. Made when
-	// the tables were a few rows (a new integration, just after its first
-	// autoanalyze), it read them by sequential scan, per entry: measured,
-	// 0.2 ms a statement grew to 15 ms as the tables grew, for the minute
-	// until the next autoanalyze (docs/decisions.md). Every read of this
-	// receiver has an index; sequential scans are left for when none
-	// serves.
-	if _, set := cfg.Runtime["enable_seqscan"]; !set {
-		cfg.Runtime["enable_seqscan"] = "off"
-	}
 	connector, err := pq.NewConnectorConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("while configuring the database connection: %w", err)
 	}
 	connector.Dialer(newDialer())
-	db := sqlx.NewDb(sql.OpenDB(connector), "postgres")
+	db := sqlx.NewDb(sql.OpenDB(sessionConnector{Connector: connector, setup: sessionSetup(cfg.Runtime)}), "postgres")
 	db.SetMaxOpenConns(maxConns)
 	db.SetMaxIdleConns(maxConns)
 	// Recycle connections now and then so a failover or a DNS change is

@@ -1,0 +1,153 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"io"
+	"net"
+	"net/url"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/insighthealth/ehr-operator/internal/pgtest"
+)
+
+// poolerStartupParameters are the startup parameters PgBouncer 1.18 takes
+// without ignore_startup_parameters (it closes the connection on any
+// other: "unsupported startup parameter", SQLSTATE 08P01).
+var poolerStartupParameters = []string{"user", "database", "replication", "application_name",
+	"client_encoding", "datestyle", "timezone", "standard_conforming_strings"}
+
+// The store's connections name no startup parameter a pooler refuses: its
+// session settings are SET once connected. Read from the startup packet
+// itself, sent to a listener standing in for PgBouncer.
+func TestStartupPacketNamesOnlyParametersPoolersAccept(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	got := make(chan []string, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer c.Close()
+		got <- startupParameters(t, c)
+		// Refuse as PgBouncer does, so the ping ends at once.
+		_, _ = c.Write(errorResponse("08P01", "test server: no session"))
+	}()
+	s, err := Open(context.Background(), "postgres://app@"+l.Addr().String()+"/ehr?sslmode=disable&application_name=r1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Ping(ctx); err == nil {
+		t.Fatal("the ping succeeded against a server that refused it")
+	}
+	names := <-got
+	if len(names) == 0 {
+		t.Fatal("no startup packet read")
+	}
+	for _, n := range names {
+		if !slices.Contains(poolerStartupParameters, n) {
+			t.Errorf("the startup packet names %q, which PgBouncer refuses unless told to ignore it (all: %v)", n, names)
+		}
+	}
+}
+
+// startupParameters reads a protocol 3 startup packet from c and returns
+// the names of its parameters.
+func startupParameters(t *testing.T, c net.Conn) []string {
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	var n uint32
+	if err := binary.Read(c, binary.BigEndian, &n); err != nil || n < 8 || n > 10000 {
+		t.Errorf("reading the startup packet's length: %v (%d)", err, n)
+		return nil
+	}
+	b := make([]byte, n-4)
+	if _, err := io.ReadFull(c, b); err != nil {
+		t.Errorf("reading the startup packet: %v", err)
+		return nil
+	}
+	if v := binary.BigEndian.Uint32(b); v != 3<<16 {
+		t.Errorf("protocol version %#x, want 3.0 (sslmode=disable sends no SSL request)", v)
+		return nil
+	}
+	fields := strings.Split(strings.TrimRight(string(b[4:]), "\x00"), "\x00")
+	var names []string
+	for i := 0; i < len(fields); i += 2 {
+		names = append(names, fields[i])
+	}
+	return names
+}
+
+func errorResponse(code, msg string) []byte {
+	var body bytes.Buffer
+	for _, f := range []struct {
+		t byte
+		v string
+	}{{'S', "FATAL"}, {'C', code}, {'M', msg}} {
+		body.WriteByte(f.t)
+		body.WriteString(f.v)
+		body.WriteByte(0)
+	}
+	body.WriteByte(0)
+	out := []byte{'E', 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(out[1:], uint32(body.Len()+4))
+	return append(out, body.Bytes()...)
+}
+
+// Every session of the store has the receiver's settings, also a
+// connection opened after the first; a setting the URL names wins.
+func TestSessionSettings(t *testing.T) {
+	t.Parallel()
+	u := pgtest.NewDatabase(t)
+	withURLSetting, err := url.Parse(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := withURLSetting.Query()
+	q.Set("plan_cache_mode", "force_custom_plan")
+	withURLSetting.RawQuery = q.Encode()
+	for _, c := range []struct {
+		url       string
+		planCache string
+	}{{u, "force_generic_plan"}, {withURLSetting.String(), "force_custom_plan"}} {
+		s, _ := openStore(t, c.url)
+		ctx := context.Background()
+		// Two sessions at once: two connections.
+		c1, err := s.db.Connx(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c2, err := s.db.Connx(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, conn := range []interface {
+			GetContext(context.Context, any, string, ...any) error
+		}{c1, c2} {
+			var mode, seqscan string
+			if err := conn.GetContext(ctx, &mode, `SHOW plan_cache_mode`); err != nil {
+				t.Fatal(err)
+			}
+			if err := conn.GetContext(ctx, &seqscan, `SHOW enable_seqscan`); err != nil {
+				t.Fatal(err)
+			}
+			if mode != c.planCache || seqscan != "off" {
+				t.Errorf("plan_cache_mode %q, enable_seqscan %q; want %q, off", mode, seqscan, c.planCache)
+			}
+		}
+		_ = c1.Close()
+		_ = c2.Close()
+	}
+}
