@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"syscall"
 
 	"github.com/lib/pq"
@@ -57,9 +58,38 @@ func IsRefused(err error) bool {
 		return false
 	}
 	if pqErr := pq.As(err); pqErr != nil {
-		return pqErr.Code.Class() == "28" || pqErr.Code == "3D000" || pqErr.Code == "42501"
+		return pqErr.Code.Class() == "28" || pqErr.Code == "3D000" || pqErr.Code == "42501" || poolerRefusal(pqErr) != ""
 	}
 	return tlsCause(err) != ""
+}
+
+// poolerRefusals are the messages with which PgBouncer refuses a
+// connection's settings, and what each means. It sends them all with
+// SQLSTATE 08P01 (protocol_violation), also a wrong password (measured,
+// PgBouncer 1.18), the code it also gives a server it cannot reach or a
+// client that waited too long for one (an outage): the message tells them
+// apart. PostgreSQL sends none of them.
+var poolerRefusals = []struct{ prefix, cause string }{
+	{"unsupported startup parameter", "the pooler refuses a startup parameter of the URL (PgBouncer: ignore_startup_parameters)"},
+	{"no such database", "the pooler does not know the database"},
+	{"no such user", "the pooler does not know the user"},
+	{"password authentication failed", "the pooler refuses the credentials"},
+	{"SASL authentication failed", "the pooler refuses the credentials"},
+	{`"trust" authentication failed`, "the pooler refuses the credentials"},
+}
+
+// poolerRefusal is the cause of a pooler's refusal of the receiver's
+// settings, "" for any other error.
+func poolerRefusal(pqErr *pq.Error) string {
+	if pqErr.Code != "08P01" {
+		return ""
+	}
+	for _, r := range poolerRefusals {
+		if strings.HasPrefix(pqErr.Message, r.prefix) {
+			return r.cause
+		}
+	}
+	return ""
 }
 
 // tlsCause names a TLS setting the server refuses (a certificate that
@@ -156,6 +186,9 @@ func Cause(err error) string {
 		return ""
 	}
 	if pqErr := pq.As(err); pqErr != nil {
+		if c := poolerRefusal(pqErr); c != "" {
+			return "SQLSTATE " + string(pqErr.Code) + ": " + c
+		}
 		if name := pqErr.Code.Name(); name != "" {
 			return "SQLSTATE " + string(pqErr.Code) + " (" + name + ")"
 		}

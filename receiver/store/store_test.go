@@ -220,6 +220,10 @@ func TestIsRefused(t *testing.T) {
 		{fmt.Errorf("tls: %w", x509.UnknownAuthorityError{}), true},
 		{fmt.Errorf("tls: %w", x509.HostnameError{Host: "db"}), true},
 		{wrap("Ping", pq.ErrSSLNotSupported), true}, // sslmode=require, a server without TLS
+		// PgBouncer refuses settings with 08P01 (measured, 1.18).
+		{wrap("Ping", &pq.Error{Code: "08P01", Message: "unsupported startup parameter: statement_timeout"}), true},
+		{wrap("Ping", &pq.Error{Code: "08P01", Message: "no such database: appointments"}), true},
+		{wrap("Ping", &pq.Error{Code: "08P01", Message: "password authentication failed"}), true},
 		// Away, not refusing: an outage keeps the pods ready. A name
 		// not found may be a headless Service with no pod up.
 		{&net.OpError{Op: "dial", Net: "tcp", Err: &net.DNSError{Err: "no such host", Name: "db.example", IsNotFound: true}}, false},
@@ -227,6 +231,11 @@ func TestIsRefused(t *testing.T) {
 		{&net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, false},
 		{wrap("Ping", &pq.Error{Code: "57P03"}), false}, // the database is starting
 		{wrap("Ping", &pq.Error{Code: "53300"}), false}, // too many connections
+		{wrap("Ping", &pq.Error{Code: "53300", Message: "remaining connection slots are reserved for non-replication superuser connections"}), false},
+		// PgBouncer's own outages: 08P01 as well.
+		{wrap("Ping", &pq.Error{Code: "08P01", Message: "query_wait_timeout"}), false},
+		{wrap("Ping", &pq.Error{Code: "08P01", Message: "no more connections allowed (max_client_conn)"}), false},
+		{wrap("Ping", &pq.Error{Code: "08P01", Message: "server login has been failing, try again later (server_login_retry)"}), false},
 		{context.DeadlineExceeded, false},
 	}
 	for _, tc := range tests {
@@ -250,6 +259,11 @@ func TestCause(t *testing.T) {
 		{wrap("Ping", &pq.Error{Code: "28P01", Message: `password authentication failed for user "app"`}), "SQLSTATE 28P01 (invalid_password)"},
 		{wrap("Ping", &pq.Error{Code: "3D000"}), "SQLSTATE 3D000 (invalid_catalog_name)"},
 		{wrap("Ping", &pq.Error{Code: "XX999"}), "SQLSTATE XX999"},
+		{wrap("Ping", &pq.Error{Code: "53300", Message: "sorry, too many clients already"}), "SQLSTATE 53300 (too_many_connections)"},
+		{wrap("Ping", &pq.Error{Code: "08P01", Message: "no such database: app"}), "SQLSTATE 08P01: the pooler does not know the database"},
+		{wrap("Ping", &pq.Error{Code: "08P01", Message: "unsupported startup parameter: statement_timeout"}),
+			"SQLSTATE 08P01: the pooler refuses a startup parameter of the URL (PgBouncer: ignore_startup_parameters)"},
+		{wrap("Ping", &pq.Error{Code: "08P01", Message: "query_wait_timeout"}), "SQLSTATE 08P01 (protocol_violation)"},
 		{wrap("Ping", pq.ErrSSLNotSupported), "the server does not offer TLS, which the URL's sslmode requires"},
 		{fmt.Errorf("tls: %w", x509.UnknownAuthorityError{}), "the server's certificate is not signed by a trusted CA"},
 		{fmt.Errorf("tls: %w", x509.HostnameError{Host: "db"}), "the server's certificate does not name the host"},
