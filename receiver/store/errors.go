@@ -60,7 +60,7 @@ func IsRefused(err error) bool {
 	if pqErr := pq.As(err); pqErr != nil {
 		return pqErr.Code.Class() == "28" || pqErr.Code == "3D000" || pqErr.Code == "42501" || poolerRefusal(pqErr) != ""
 	}
-	return tlsCause(err) != ""
+	return tlsCause(err) != "" || errors.Is(err, ErrTransactionPooling)
 }
 
 // poolerRefusals are the messages with which PgBouncer refuses a
@@ -218,6 +218,8 @@ func Cause(err error) string {
 		return "the connection was closed"
 	case errors.Is(err, ErrClosed):
 		return "the receiver is shutting down"
+	case errors.Is(err, ErrTransactionPooling):
+		return "a pooler in transaction mode: the receiver needs session mode"
 	}
 	return ""
 }

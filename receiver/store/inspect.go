@@ -401,7 +401,7 @@ var ErrReplayRunning = errors.New("another replay of this EHR is running; run th
 // once would each write a replay delivery for the same entries (the data
 // stays right, the delivery log does not). unlock releases it.
 func (s *Store) LockReplay(ctx context.Context, ehr string) (unlock func(), err error) {
-	conn, unlock, err := s.tryAdvisoryLock(ctx, "LockReplay",
+	conn, release, err := s.tryAdvisoryLock(ctx, "LockReplay",
 		`pg_try_advisory_lock($1, hashtext($2))`, `pg_advisory_unlock($1, hashtext($2))`, replayLockClass, ehr)
 	if err != nil {
 		return nil, err
@@ -409,5 +409,7 @@ func (s *Store) LockReplay(ctx context.Context, ehr string) (unlock func(), err 
 	if conn == nil {
 		return nil, ErrReplayRunning
 	}
-	return unlock, nil
+	// Released once the replay is over: a failed release drops the
+	// connection, which ends its session and the lock with it.
+	return func() { _ = release() }, nil
 }

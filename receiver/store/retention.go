@@ -116,8 +116,15 @@ FROM (SELECT 1) one LEFT JOIN last ON true`
 // returns a nil connection when another session holds the lock. unlock
 // releases it and returns the connection to the pool, or drops the
 // connection when the release fails: the lock lives as long as the
-// session, and a pooled one still holding it would keep it forever.
-func (s *Store) tryAdvisoryLock(ctx context.Context, op, lock, unlock string, args ...any) (*sql.Conn, func(), error) {
+// session, and a pooled one still holding it would keep it forever. It
+// fails, too, when the lock was not held at the release: the connection's
+// statements ran in another session than the lock's, which keeps it.
+// checkSessions refuses the poolers that do that; this says so should one
+// get past it.
+func (s *Store) tryAdvisoryLock(ctx context.Context, op, lock, unlock string, args ...any) (*sql.Conn, func() error, error) {
+	if err := s.checkSessions(ctx); err != nil {
+		return nil, nil, wrap(op, err)
+	}
 	conn, err := s.db.Conn(ctx)
 	if err != nil {
 		return nil, nil, wrap(op+": connect", err)
@@ -131,13 +138,19 @@ func (s *Store) tryAdvisoryLock(ctx context.Context, op, lock, unlock string, ar
 		_ = conn.Close()
 		return nil, nil, nil
 	}
-	return conn, func() {
+	return conn, func() error {
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		if _, err := conn.ExecContext(uctx, `SELECT `+unlock, args...); err != nil {
+		var released bool
+		err := conn.QueryRowContext(uctx, `SELECT `+unlock, args...).Scan(&released)
+		if err == nil && !released {
+			err = ErrTransactionPooling
+		}
+		if err != nil {
 			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
 		}
 		_ = conn.Close()
+		return wrap(op+": unlock", err)
 	}, nil
 }
 
@@ -145,8 +158,7 @@ func (s *Store) tryAdvisoryLock(ctx context.Context, op, lock, unlock string, ar
 // when it gets the database's pruning lock at once, and reports whether
 // it did: another receiver pruning is not waited for. Pruned counts what
 // was removed, also when it fails part way.
-func (s *Store) Prune(ctx context.Context, ehr string, r Retention, now time.Time) (Pruned, bool, error) {
-	var p Pruned
+func (s *Store) Prune(ctx context.Context, ehr string, r Retention, now time.Time) (p Pruned, ran bool, err error) {
 	if err := r.Validate(); err != nil {
 		return p, false, err
 	}
@@ -154,7 +166,11 @@ func (s *Store) Prune(ctx context.Context, ehr string, r Retention, now time.Tim
 	if err != nil || conn == nil {
 		return p, false, err
 	}
-	defer unlock()
+	defer func() {
+		if uerr := unlock(); err == nil {
+			err = uerr
+		}
+	}()
 
 	steps := []struct {
 		op     string

@@ -3,7 +3,9 @@ package store
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/binary"
+	"errors"
 	"io"
 	"net"
 	"net/url"
@@ -149,5 +151,58 @@ func TestSessionSettings(t *testing.T) {
 		}
 		_ = c1.Close()
 		_ = c2.Close()
+	}
+}
+
+// A session lock released from a session that does not hold it (what a
+// pooler in transaction mode makes of a release: the lock stays with the
+// session that took it) is an error, not a silent success; the lock is
+// released here behind the store's back to stand for that.
+func TestAdvisoryUnlockOfALockNotHeldFails(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, _ := newStore(t)
+	conn, unlock, err := s.tryAdvisoryLock(ctx, "Test", `pg_try_advisory_lock($1)`, `pg_advisory_unlock($1)`, int64(42))
+	if err != nil || conn == nil {
+		t.Fatalf("lock: %v (taken: %v)", err, conn != nil)
+	}
+	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_unlock($1)`, int64(42)); err != nil {
+		t.Fatal(err)
+	}
+	if err := unlock(); !errors.Is(err, ErrTransactionPooling) || !IsRefused(err) {
+		t.Errorf("unlock of a lock no longer held: %v, want ErrTransactionPooling, a refused setting", err)
+	}
+	// Held and released as usual: no error.
+	conn, unlock, err = s.tryAdvisoryLock(ctx, "Test", `pg_try_advisory_lock($1)`, `pg_advisory_unlock($1)`, int64(42))
+	if err != nil || conn == nil {
+		t.Fatalf("lock again: %v (taken: %v)", err, conn != nil)
+	}
+	if err := unlock(); err != nil {
+		t.Errorf("unlock: %v", err)
+	}
+}
+
+// Connections to PostgreSQL itself each keep their session: the check
+// passes, at once and when every connection of the pool is in use.
+func TestCheckSessionsPassesWithoutAPooler(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, _ := newStore(t)
+	var held []*sql.Conn
+	for range maxConns - 2 {
+		c, err := s.db.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	if err := s.Ping(ctx); err != nil {
+		t.Errorf("Ping: %v", err)
+	}
+	for _, c := range held {
+		_ = c.Close()
+	}
+	if !s.sessionsChecked {
+		t.Error("the check did not pass")
 	}
 }

@@ -43,6 +43,12 @@ const (
 type Store struct {
 	db *sqlx.DB
 
+	// checkSessions passed, or found a pooler in transaction mode
+	// (session.go): both are kept.
+	sessionsMu      sync.Mutex
+	sessionsChecked bool
+	sessionsErr     error
+
 	writeMu sync.Mutex
 	// writeStmts are writeSQL's and writeSimpleSQL's statements, prepared
 	// on first use: Open does not need the database up.
@@ -130,21 +136,29 @@ func Open(ctx context.Context, databaseURL string) (*Store, error) {
 // Migrate applies the embedded migrations under a PostgreSQL advisory lock,
 // so replicas that start together are safe.
 func (s *Store) Migrate(ctx context.Context) error {
+	if err := s.checkSessions(ctx); err != nil {
+		return wrap("Migrate", err)
+	}
 	if err := migrations.Up(ctx, s.db.DB, slog.Default()); err != nil {
 		return wrap("Migrate", err)
 	}
 	return nil
 }
 
-// Ping is nil when the database answers; it says nothing of the schema.
+// Ping is nil when the database answers, and the URL does not lead to a
+// pooler in transaction mode (checked until it has passed once); it says
+// nothing of the schema.
 func (s *Store) Ping(ctx context.Context) error {
-	return wrap("Ping", s.db.PingContext(ctx))
+	if err := s.db.PingContext(ctx); err != nil {
+		return wrap("Ping", err)
+	}
+	return wrap("Ping", s.checkSessions(ctx))
 }
 
 // Ready is nil when the database answers and every migration is applied.
 func (s *Store) Ready(ctx context.Context) error {
-	if err := s.db.PingContext(ctx); err != nil {
-		return wrap("Ready: ping", err)
+	if err := s.Ping(ctx); err != nil {
+		return wrap("Ready", err)
 	}
 	if err := migrations.Check(ctx, s.db.DB); err != nil {
 		return wrap("Ready", err)
