@@ -56,7 +56,7 @@ setup: ## Install what development, tests and verify need (PostgreSQL via apt, t
 	hack/setup.sh
 
 .PHONY: postgres
-postgres: ## Install the PostgreSQL server binaries with apt when they are missing.
+postgres: ## Install the PostgreSQL server binaries and PgBouncer with apt when they are missing.
 	hack/setup.sh postgres
 
 .PHONY: manifests

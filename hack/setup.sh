@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # One-time setup of a development machine (and of CI on a fresh one):
-# PostgreSQL server binaries, the pinned tools in ./bin, the envtest
+# PostgreSQL server binaries and PgBouncer, the pinned tools in ./bin, the envtest
 # binaries and the local cluster's ingress controller (Traefik, built from its
 # Go module: about 9 minutes on 2 cores, once). Everything is cached outside the repository or in ./bin, so a
 # second run takes seconds.
 #
 #   hack/setup.sh            everything
-#   hack/setup.sh postgres   only the PostgreSQL server binaries
+#   hack/setup.sh postgres   only the PostgreSQL server binaries and PgBouncer
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +22,19 @@ if ! have_initdb; then
   else
     echo "setup: PostgreSQL server binaries (initdb, pg_ctl) are missing." >&2
     echo "       Install them (Debian/Ubuntu: sudo apt-get install postgresql) or set TEST_DATABASE_URL." >&2
+    exit 1
+  fi
+fi
+
+# PgBouncer: test/contract puts receivers behind one (pgtest.NewPgBouncer).
+if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing PgBouncer with apt-get"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
+  else
+    echo "setup: pgbouncer is missing (test/contract starts one)." >&2
+    echo "       Install it (Debian/Ubuntu: sudo apt-get install pgbouncer)." >&2
     exit 1
   fi
 fi
