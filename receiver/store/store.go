@@ -157,7 +157,10 @@ func (s *Store) Ping(ctx context.Context) error {
 
 // Ready is nil when the database answers and every migration is applied.
 func (s *Store) Ready(ctx context.Context) error {
-	if err := s.Ping(ctx); err != nil {
+	if err := s.db.PingContext(ctx); err != nil {
+		return wrap("Ready: ping", err)
+	}
+	if err := s.checkSessions(ctx); err != nil {
 		return wrap("Ready", err)
 	}
 	if err := migrations.Check(ctx, s.db.DB); err != nil {
