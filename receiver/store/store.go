@@ -146,8 +146,8 @@ func (s *Store) Migrate(ctx context.Context) error {
 }
 
 // Ping is nil when the database answers, and the URL does not lead to a
-// pooler in transaction mode (checked until it has passed once); it says
-// nothing of the schema.
+// pooler in transaction mode (checkSessions: its first verdict is kept);
+// it says nothing of the schema.
 func (s *Store) Ping(ctx context.Context) error {
 	if err := s.db.PingContext(ctx); err != nil {
 		return wrap("Ping", err)
