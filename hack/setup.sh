@@ -14,30 +14,24 @@ have_initdb() {
   command -v initdb >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
 }
 
-if ! have_initdb; then
+# apt_install PACKAGE WHAT HINT: install PACKAGE with apt-get as root, or
+# say what is missing and how to get it.
+apt_install() {
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "setup: installing PostgreSQL server binaries with apt-get"
+    echo "setup: installing $2 with apt-get"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
   else
-    echo "setup: PostgreSQL server binaries (initdb, pg_ctl) are missing." >&2
-    echo "       Install them (Debian/Ubuntu: sudo apt-get install postgresql) or set TEST_DATABASE_URL." >&2
+    echo "setup: $2: missing." >&2
+    echo "       Install it (Debian/Ubuntu: sudo apt-get install $1)$3." >&2
     exit 1
   fi
-fi
+}
 
+have_initdb || apt_install postgresql "PostgreSQL server binaries (initdb, pg_ctl)" " or set TEST_DATABASE_URL"
 # PgBouncer: test/contract puts receivers behind one (pgtest.NewPgBouncer).
-if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "setup: installing PgBouncer with apt-get"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
-  else
-    echo "setup: pgbouncer is missing (test/contract starts one)." >&2
-    echo "       Install it (Debian/Ubuntu: sudo apt-get install pgbouncer)." >&2
-    exit 1
-  fi
-fi
+command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] ||
+  apt_install pgbouncer "PgBouncer (test/contract starts one)" ""
 
 [ "${1:-}" = postgres ] && exit 0
 

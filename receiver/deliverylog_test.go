@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -309,13 +308,7 @@ func TestDeliveryLogErrorsBudget(t *testing.T) {
 // per request (a flood during an outage wrote 220,000 lines a minute);
 // the lines add up to every record dropped.
 func TestDeliveryLogOutageLogsLittle(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close() // nothing listens there now: connections are refused
-	ts := newTestServer(t, "postgres://nobody@"+addr+"/none?sslmode=disable&connect_timeout=2", nil)
+	ts := newTestServer(t, refusedURL(t), nil)
 	// Three rounds, each its own failed write.
 	const n = 300
 	for range 3 {

@@ -492,16 +492,22 @@ func TestRateLimit(t *testing.T) {
 		outcome: store.OutcomeUnauthorized})
 }
 
-// TestDatabaseUnavailable: a database that cannot be reached gets 503 with
-// Retry-After; the delivery row cannot be written either, which is logged.
-func TestDatabaseUnavailable(t *testing.T) {
+// refusedURL is a database URL whose port refuses connections.
+func refusedURL(t *testing.T) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := ln.Addr().String()
 	_ = ln.Close() // nothing listens there now: connections are refused
-	ts := newTestServer(t, "postgres://nobody@"+addr+"/none?sslmode=disable&connect_timeout=2", nil)
+	return "postgres://nobody@" + addr + "/none?sslmode=disable&connect_timeout=2"
+}
+
+// TestDatabaseUnavailable: a database that cannot be reached gets 503 with
+// Retry-After; the delivery row cannot be written either, which is logged.
+func TestDatabaseUnavailable(t *testing.T) {
+	ts := newTestServer(t, refusedURL(t), nil)
 	body := batchOf(entry("down"))
 	w, id := ts.post(t, body)
 	ts.expectAnswer(t, w, id, want{status: 503,

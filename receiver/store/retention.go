@@ -85,56 +85,45 @@ const pruneLockTimeout = "1s"
 // rows slowed from 3,000 to 1,700 rows a second in 4 minutes, each batch
 // a sequential scan (docs/performance.md, "At a year's volume"). Each
 // returns how many rows it scanned and changed, and its last row's key.
-const (
+var (
 	// appointment_history_ehr_applied_at (migration 10).
-	pruneHistorySQL = `WITH scanned AS (
-    SELECT id, applied_at AS at FROM appointment_history
-    WHERE ehr = $1 AND applied_at < $2 AND (applied_at, id) > ($4, $5)
-    ORDER BY applied_at, id LIMIT $3 FOR UPDATE SKIP LOCKED
-), gone AS (
-    DELETE FROM appointment_history h USING scanned s WHERE h.id = s.id
-    RETURNING 1
-)` + pruneLast
+	pruneHistorySQL = pruneSQL("appointment_history", "applied_at", "",
+		`DELETE FROM appointment_history h USING scanned s WHERE h.id = s.id`)
 	// quarantined_entries_ehr_created_at.
-	pruneQuarantineSQL = `WITH scanned AS (
-    SELECT id, created_at AS at FROM quarantined_entries
-    WHERE ehr = $1 AND created_at < $2 AND (created_at, id) > ($4, $5)
-    ORDER BY created_at, id LIMIT $3 FOR UPDATE SKIP LOCKED
-), gone AS (
-    DELETE FROM quarantined_entries q USING scanned s WHERE q.id = s.id
-    RETURNING 1
-)` + pruneLast
+	pruneQuarantineSQL = pruneSQL("quarantined_entries", "created_at", "",
+		`DELETE FROM quarantined_entries q USING scanned s WHERE q.id = s.id`)
 	// The content's hash goes with it (raw_sha256, migration 6): a
 	// fingerprint of patient data. A row a receiver of the previous release
 	// emptied keeps its hash until the next run.
-	pruneQuarantineContentSQL = `WITH scanned AS (
-    SELECT id, created_at AS at FROM quarantined_entries
-    WHERE ehr = $1 AND created_at < $2 AND (created_at, id) > ($4, $5)
-        AND (raw IS NOT NULL OR raw_sha256 IS NOT NULL)
-    ORDER BY created_at, id LIMIT $3 FOR UPDATE SKIP LOCKED
-), gone AS (
-    UPDATE quarantined_entries q SET raw = NULL, raw_sha256 = NULL FROM scanned s WHERE q.id = s.id
-    RETURNING 1
-)` + pruneLast
+	pruneQuarantineContentSQL = pruneSQL("quarantined_entries", "created_at", `AND (raw IS NOT NULL OR raw_sha256 IS NOT NULL)`,
+		`UPDATE quarantined_entries q SET raw = NULL, raw_sha256 = NULL FROM scanned s WHERE q.id = s.id`)
+
 	// A delivery row still referred to stays.
-	pruneDeliveriesSQL = `WITH scanned AS (
-    SELECT id, received_at AS at FROM webhook_deliveries
-    WHERE ehr = $1 AND received_at < $2 AND (received_at, id) > ($4, $5)
-    ORDER BY received_at, id LIMIT $3 FOR UPDATE SKIP LOCKED
-), gone AS (
-    DELETE FROM webhook_deliveries d USING scanned s
+	pruneDeliveriesSQL = pruneSQL("webhook_deliveries", "received_at", "",
+		`DELETE FROM webhook_deliveries d USING scanned s
     WHERE d.id = s.id
         AND NOT EXISTS (SELECT 1 FROM appointments a WHERE a.delivery_id = d.id)
         AND NOT EXISTS (SELECT 1 FROM appointment_history h WHERE h.delivery_id = d.id)
-        AND NOT EXISTS (SELECT 1 FROM quarantined_entries q WHERE q.delivery_id = d.id)
+        AND NOT EXISTS (SELECT 1 FROM quarantined_entries q WHERE q.delivery_id = d.id)`)
+)
+
+// pruneSQL is a batch of change (a DELETE or UPDATE of the rows scanned)
+// over table's rows of the EHR older than $2 by its time column at, and
+// matching cond, after ($4, $5) in (at, id) order.
+func pruneSQL(table, at, cond, change string) string {
+	return `WITH scanned AS (
+    SELECT id, ` + at + ` AS at FROM ` + table + `
+    WHERE ehr = $1 AND ` + at + ` < $2 AND (` + at + `, id) > ($4, $5) ` + cond + `
+    ORDER BY ` + at + `, id LIMIT $3 FOR UPDATE SKIP LOCKED
+), gone AS (
+    ` + change + `
     RETURNING 1
-)` + pruneLast
-	pruneLast = `, last AS (
+), last AS (
     SELECT at, id FROM scanned ORDER BY at DESC, id DESC LIMIT 1
 )
 SELECT (SELECT count(*) FROM scanned), (SELECT count(*) FROM gone), last.at, last.id
 FROM (SELECT 1) one LEFT JOIN last ON true`
-)
+}
 
 // tryAdvisoryLock takes a session advisory lock (lock and unlock are the
 // two calls, with args) on a connection of its own, without waiting. It
