@@ -97,19 +97,44 @@ var (
 	// emptied keeps its hash until the next run.
 	pruneQuarantineContentSQL = pruneSQL("quarantined_entries", "created_at", `AND (raw IS NOT NULL OR raw_sha256 IS NOT NULL)`,
 		`UPDATE quarantined_entries q SET raw = NULL, raw_sha256 = NULL FROM scanned s WHERE q.id = s.id`)
-
-	// A delivery row still referred to stays.
-	pruneDeliveriesSQL = pruneSQL("webhook_deliveries", "received_at", "",
-		`DELETE FROM webhook_deliveries d USING scanned s
-    WHERE d.id = s.id
-        AND NOT EXISTS (SELECT 1 FROM appointments a WHERE a.delivery_id = d.id)
-        AND NOT EXISTS (SELECT 1 FROM appointment_history h WHERE h.delivery_id = d.id)
-        AND NOT EXISTS (SELECT 1 FROM quarantined_entries q WHERE q.delivery_id = d.id)`)
 )
+
+// pruneDeliveriesSQL is the delivery log's batch. A delivery row still
+// referred to (by the appointment it last wrote, a history row, a
+// quarantined entry) stays, and is only read: the batch locks and deletes
+// the rows nothing refers to. Locking every row it read, as the other
+// batches do, wrote each referred-to row's header again on every run: 1.46 M
+// rows, 157 s and 0.8 GB of WAL an hour at a year's volume
+// (docs/performance.md, "At a year's volume"). It returns, besides
+// pruneSQL's columns, the first row it found free but could not lock (a
+// writer held it), from where the next run goes on.
+const pruneDeliveriesSQL = `WITH scanned AS MATERIALIZED (
+    SELECT id, received_at AS at FROM webhook_deliveries
+    WHERE ehr = $1 AND received_at < $2 AND (received_at, id) > ($4, $5)
+    ORDER BY received_at, id LIMIT $3
+), free AS MATERIALIZED (
+    SELECT s.id, s.at FROM scanned s
+    WHERE NOT EXISTS (SELECT 1 FROM appointments a WHERE a.delivery_id = s.id)
+        AND NOT EXISTS (SELECT 1 FROM appointment_history h WHERE h.delivery_id = s.id)
+        AND NOT EXISTS (SELECT 1 FROM quarantined_entries q WHERE q.delivery_id = s.id)
+), locked AS (
+    SELECT d.id FROM webhook_deliveries d JOIN free f ON d.id = f.id
+    FOR UPDATE OF d SKIP LOCKED
+), gone AS (
+    DELETE FROM webhook_deliveries d USING locked l WHERE d.id = l.id
+    RETURNING d.id
+), last AS (
+    SELECT at, id FROM scanned ORDER BY at DESC, id DESC LIMIT 1
+), skipped AS (
+    SELECT at, id FROM free WHERE id NOT IN (SELECT id FROM gone) ORDER BY at, id LIMIT 1
+)
+SELECT (SELECT count(*) FROM scanned), (SELECT count(*) FROM gone), last.at, last.id, skipped.at, skipped.id
+FROM (SELECT 1) one LEFT JOIN last ON true LEFT JOIN skipped ON true`
 
 // pruneSQL is a batch of change (a DELETE or UPDATE of the rows scanned)
 // over table's rows of the EHR older than $2 by its time column at, and
-// matching cond, after ($4, $5) in (at, id) order.
+// matching cond, after ($4, $5) in (at, id) order. Rows it skips are not
+// among those scanned, so it never names one (the last two columns).
 func pruneSQL(table, at, cond, change string) string {
 	return `WITH scanned AS (
     SELECT id, ` + at + ` AS at FROM ` + table + `
@@ -121,7 +146,7 @@ func pruneSQL(table, at, cond, change string) string {
 ), last AS (
     SELECT at, id FROM scanned ORDER BY at DESC, id DESC LIMIT 1
 )
-SELECT (SELECT count(*) FROM scanned), (SELECT count(*) FROM gone), last.at, last.id
+SELECT (SELECT count(*) FROM scanned), (SELECT count(*) FROM gone), last.at, last.id, NULL::timestamptz, NULL::bigint
 FROM (SELECT 1) one LEFT JOIN last ON true`
 }
 
@@ -171,7 +196,8 @@ func (s *Store) tryAdvisoryLock(ctx context.Context, op, lock, unlock string, ar
 // Prune removes ehr's rows older than r's periods, as of now. It runs only
 // when it gets the database's pruning lock at once, and reports whether
 // it did: another receiver pruning is not waited for. Pruned counts what
-// was removed, also when it fails part way.
+// was removed, also when it fails part way. The delivery log's step goes
+// on from where this Store's last Prune of ehr stopped (pruneDeliveries).
 func (s *Store) Prune(ctx context.Context, ehr string, r Retention, now time.Time) (p Pruned, ran bool, err error) {
 	if err := r.Validate(); err != nil {
 		return p, false, err
@@ -195,43 +221,108 @@ func (s *Store) Prune(ctx context.Context, ehr string, r Retention, now time.Tim
 		{"history", r.History, pruneHistorySQL, &p.History},
 		{"quarantine", r.Quarantine, pruneQuarantineSQL, &p.Quarantine},
 		{"quarantine content", r.QuarantineContent, pruneQuarantineContentSQL, &p.QuarantineContent},
-		{"delivery log", r.DeliveryLog, pruneDeliveriesSQL, &p.DeliveryLog},
 	}
 	for _, st := range steps {
 		if st.period <= 0 {
 			continue
 		}
-		if err := pruneStep(ctx, conn, st.sql, ehr, now.Add(-st.period), st.n); err != nil {
+		if _, err := pruneStep(ctx, conn, st.sql, ehr, now.Add(-st.period), pruneKey{}, st.n); err != nil {
 			return p, true, wrap("Prune: "+st.op, err)
+		}
+	}
+	if r.DeliveryLog > 0 {
+		if err := s.pruneDeliveries(ctx, conn, ehr, now, now.Add(-r.DeliveryLog), &p.DeliveryLog); err != nil {
+			return p, true, wrap("Prune: delivery log", err)
 		}
 	}
 	return p, true, nil
 }
 
-// pruneStep runs q's batches from the oldest row to cutoff, adding the
-// rows each changed to n.
-func pruneStep(ctx context.Context, conn *sql.Conn, q, ehr string, cutoff time.Time, n *int64) error {
-	afterAt, afterID := time.Time{}, int64(0)
+// fullPassEvery is how often the delivery log's step reads again from the
+// oldest row: a row still referred to when a run read it may be free by
+// now (its appointment changed, its history rows went).
+const fullPassEvery = 24 * time.Hour
+
+// pruneKey is a row's place in a prune step's (time, id) order; the zero
+// key is before every row.
+type pruneKey struct {
+	at time.Time
+	id int64
+}
+
+// deliveryPass is how far this process's runs have read one EHR's
+// delivery log.
+type deliveryPass struct {
+	after   pruneKey  // the next run reads the rows after this one
+	started time.Time // the current pass began at the oldest row
+	done    bool      // the last run reached its cutoff
+}
+
+// next is where a run at now reads from: from the oldest row on the first
+// run and once a completed pass is fullPassEvery old, otherwise after the
+// rows earlier runs read. Between full passes a run reads only the rows
+// that came past the period since, not the referred-to ones again.
+func (d deliveryPass) next(now time.Time) deliveryPass {
+	if d.started.IsZero() || d.done && now.Sub(d.started) >= fullPassEvery {
+		return deliveryPass{started: now}
+	}
+	return d
+}
+
+// pruneDeliveries runs the delivery log's step from where this process's
+// last run for ehr stopped, and keeps where this one stops: also when it
+// fails part way, so that a backlog longer than a run goes on next time.
+func (s *Store) pruneDeliveries(ctx context.Context, conn *sql.Conn, ehr string, now, cutoff time.Time, n *int64) error {
+	s.pruneMu.Lock()
+	defer s.pruneMu.Unlock()
+	if s.deliveryPasses == nil {
+		s.deliveryPasses = map[string]deliveryPass{}
+	}
+	d := s.deliveryPasses[ehr].next(now)
+	stop, err := pruneStep(ctx, conn, pruneDeliveriesSQL, ehr, cutoff, d.after, n)
+	d.after, d.done = stop, err == nil
+	s.deliveryPasses[ehr] = d
+	return err
+}
+
+// pruneStep runs q's batches from after to cutoff, adding the rows each
+// changed to n. It returns where a next run may go on from: the last row
+// read, or before the first row a batch skipped.
+func pruneStep(ctx context.Context, conn *sql.Conn, q, ehr string, cutoff time.Time, after pruneKey, n *int64) (pruneKey, error) {
+	var skipped *pruneKey
+	resume := func() pruneKey {
+		if skipped != nil {
+			return *skipped
+		}
+		return after
+	}
 	for {
 		var (
 			scanned, changed int64
-			lastAt           sql.NullTime
-			lastID           sql.NullInt64
+			lastAt, skipAt   sql.NullTime
+			lastID, skipID   sql.NullInt64
 		)
 		err := inBatch(ctx, conn, func(tx *sql.Tx) error {
-			return tx.QueryRowContext(ctx, q, ehr, cutoff, pruneBatch, afterAt, afterID).
-				Scan(&scanned, &changed, &lastAt, &lastID)
+			return tx.QueryRowContext(ctx, q, ehr, cutoff, pruneBatch, after.at, after.id).
+				Scan(&scanned, &changed, &lastAt, &lastID, &skipAt, &skipID)
 		})
 		if err != nil {
-			return err
+			return resume(), err
 		}
 		*n += changed
-		if scanned < pruneBatch || !lastAt.Valid {
-			return nil
+		if skipped == nil && skipAt.Valid {
+			// Just before it: ids are unique, and (at, id-1) sorts after
+			// every row read before it.
+			skipped = &pruneKey{skipAt.Time, skipID.Int64 - 1}
 		}
-		afterAt, afterID = lastAt.Time, lastID.Int64
+		if lastAt.Valid {
+			after = pruneKey{lastAt.Time, lastID.Int64}
+		}
+		if scanned < pruneBatch {
+			return resume(), nil
+		}
 		if err := pause(ctx); err != nil {
-			return err
+			return resume(), err
 		}
 	}
 }

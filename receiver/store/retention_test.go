@@ -186,6 +186,65 @@ func TestPruneLockAndSkipLocked(t *testing.T) {
 	}
 }
 
+// The delivery log's step reads a row still referred to without locking
+// it, and goes on from where its last run stopped: a row freed behind that
+// waits for the next full pass, a day after the last began, while rows
+// coming past the period meanwhile go at every run.
+func TestPruneDeliveryLogResumes(t *testing.T) {
+	ctx := context.Background()
+	s, db := newStore(t)
+	r := Retention{DeliveryLog: 90 * day, History: 365 * day}
+	first := batch(minimalEntry("apt-1"))
+	mustWrite(t, s, first)
+	age(t, db, first.Delivery.RequestID, 400*day)
+	if err := s.RecordDeliveries(ctx, failures(1, ehr, "soon")); err != nil {
+		t.Fatal(err)
+	}
+	age(t, db, "soon-0", 90*day-30*time.Minute)
+
+	now := time.Now()
+	if p, _, err := s.Prune(ctx, ehr, r, now); err != nil || p != (Pruned{History: 1}) {
+		t.Fatalf("first run removed %+v (%v), want the history row only: the appointment refers to its delivery", p, err)
+	}
+	// A lock writes the row's header: xmax is the locker's transaction.
+	if x := count(t, db, `SELECT xmax::text::bigint FROM webhook_deliveries WHERE request_id = '`+first.Delivery.RequestID+`'`); x != 0 {
+		t.Errorf("the referred-to delivery row was locked (xmax %d)", x)
+	}
+
+	second := batch(minimalEntry("apt-1"))
+	second.Entries[0].Appointment.Status = "cancelled"
+	mustWrite(t, s, second) // the appointment now refers to the second delivery
+	if p, _, err := s.Prune(ctx, ehr, r, now.Add(time.Hour)); err != nil || p != (Pruned{DeliveryLog: 1}) {
+		t.Errorf("an hour later removed %+v (%v), want the failure that came past the period only", p, err)
+	}
+	if n := count(t, db, `SELECT count(*) FROM webhook_deliveries WHERE request_id = '`+first.Delivery.RequestID+`'`); n != 1 {
+		t.Errorf("the freed delivery row went before the next full pass")
+	}
+	if p, _, err := s.Prune(ctx, ehr, r, now.Add(25*time.Hour)); err != nil || p != (Pruned{DeliveryLog: 1}) {
+		t.Errorf("a day later removed %+v (%v), want the freed delivery row", p, err)
+	}
+}
+
+func TestDeliveryPassNext(t *testing.T) {
+	t0 := time.Date(2026, 12, 4, 0, 0, 0, 0, time.UTC)
+	k := pruneKey{t0.Add(-100 * day), 42}
+	for _, c := range []struct {
+		name string
+		d    deliveryPass
+		now  time.Time
+		want deliveryPass
+	}{
+		{"first run", deliveryPass{}, t0, deliveryPass{started: t0}},
+		{"within a day", deliveryPass{after: k, started: t0, done: true}, t0.Add(23 * time.Hour), deliveryPass{after: k, started: t0, done: true}},
+		{"a day on", deliveryPass{after: k, started: t0, done: true}, t0.Add(fullPassEvery), deliveryPass{started: t0.Add(fullPassEvery)}},
+		{"a day on, pass unfinished", deliveryPass{after: k, started: t0}, t0.Add(30 * time.Hour), deliveryPass{after: k, started: t0}},
+	} {
+		if got := c.d.next(c.now); got != c.want {
+			t.Errorf("%s: %+v, want %+v", c.name, got, c.want)
+		}
+	}
+}
+
 func TestRetentionValidate(t *testing.T) {
 	for _, r := range []Retention{{History: -time.Hour}, {Quarantine: day, QuarantineContent: 2 * day}} {
 		if r.Validate() == nil {

@@ -49,6 +49,11 @@ type Store struct {
 	sessionsChecked bool
 	sessionsErr     error
 
+	// deliveryPasses: how far Prune has read each EHR's delivery log
+	// (retention.go).
+	pruneMu        sync.Mutex
+	deliveryPasses map[string]deliveryPass
+
 	writeMu sync.Mutex
 	// writeStmts are writeSQL's and writeSimpleSQL's statements, prepared
 	// on first use: Open does not need the database up.
