@@ -19,6 +19,13 @@ import (
 // ErrClosed is returned by Write after Close.
 var ErrClosed = errors.New("store is closed")
 
+// ErrReadOnly: the database answers but takes no writes (Ping): a standby
+// behind the URL (a failover under way, or the URL of a replica), or a
+// server set read-only (managed services do so when its disk is full). An
+// outage, not a refusal: it ends when the URL leads to a writable primary
+// again, and meanwhile writes fail with SQLSTATE 25006, answered 503.
+var ErrReadOnly = errors.New("the database is read-only: a standby, or a server set read-only; the receiver needs the writable primary")
+
 // IsUnavailable reports whether err means the database could not be reached,
 // is shutting down or starting, or did not answer in time: the request may
 // be retried later and deserves a 503. Anything else is unexpected (500).
@@ -27,7 +34,7 @@ func IsUnavailable(err error) bool {
 		return false
 	}
 	for _, target := range []error{
-		ErrClosed, ErrOutcomeUnknown, driver.ErrBadConn, sql.ErrConnDone, context.DeadlineExceeded,
+		ErrClosed, ErrReadOnly, ErrOutcomeUnknown, driver.ErrBadConn, sql.ErrConnDone, context.DeadlineExceeded,
 		io.EOF, io.ErrUnexpectedEOF,
 		syscall.ECONNREFUSED, syscall.ECONNRESET, syscall.EPIPE, syscall.ETIMEDOUT, syscall.EHOSTUNREACH, syscall.ENETUNREACH,
 	} {
@@ -123,6 +130,7 @@ func unavailableCode(code pqerror.Code) bool {
 	switch code {
 	case "57P01", "57P02", "57P03", // admin shutdown, crash shutdown, cannot connect now
 		"57014",          // query canceled: statement_timeout or our own deadline
+		"25006",          // read-only transaction: a standby, or a server set read-only (ErrReadOnly)
 		"40001", "40P01": // serialization failure, deadlock: still so after our retries
 		return true
 	}
@@ -220,6 +228,8 @@ func Cause(err error) string {
 		return "the receiver is shutting down"
 	case errors.Is(err, ErrTransactionPooling):
 		return "a pooler in transaction mode: the receiver needs session mode"
+	case errors.Is(err, ErrReadOnly):
+		return "the database is read-only (a standby, or set read-only): the receiver needs the writable primary"
 	}
 	return ""
 }

@@ -150,12 +150,16 @@ func (s *Store) Migrate(ctx context.Context) error {
 	return nil
 }
 
-// Ping is nil when the database answers, and the URL does not lead to a
-// pooler in transaction mode (checkSessions: its first verdict is kept);
-// it says nothing of the schema.
+// Ping is nil when the database answers, takes writes (ErrReadOnly), and
+// the URL does not lead to a pooler in transaction mode (checkSessions: its
+// first verdict is kept); it says nothing of the schema.
 func (s *Store) Ping(ctx context.Context) error {
-	if err := s.db.PingContext(ctx); err != nil {
+	var readOnly string
+	if err := s.db.QueryRowContext(ctx, `SHOW transaction_read_only`).Scan(&readOnly); err != nil {
 		return wrap("Ping", err)
+	}
+	if readOnly == "on" {
+		return wrap("Ping", ErrReadOnly)
 	}
 	return wrap("Ping", s.checkSessions(ctx))
 }

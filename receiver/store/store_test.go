@@ -194,6 +194,8 @@ func TestIsUnavailable(t *testing.T) {
 		{wrap("Write", &pq.Error{Code: "08006"}), true},
 		{wrap("Write", &pq.Error{Code: "53300"}), true},
 		{wrap("Write", &pq.Error{Code: "40P01"}), true},
+		{wrap("Write", &pq.Error{Code: "25006"}), true}, // read-only: a standby, a full disk's protection
+		{wrap("Ping", ErrReadOnly), true},
 		{wrap("Write", &pq.Error{Code: "23505"}), false},
 		{wrap("Write", &pq.Error{Code: "22P02"}), false},
 		{wrap("Write", &pq.Error{Code: "42P01"}), false},
@@ -230,6 +232,7 @@ func TestIsRefused(t *testing.T) {
 		{&net.OpError{Op: "dial", Net: "tcp", Err: &net.DNSError{Err: "server misbehaving", Name: "db.example", IsTemporary: true}}, false},
 		{&net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, false},
 		{wrap("Ping", &pq.Error{Code: "57P03"}), false}, // the database is starting
+		{wrap("Ping", ErrReadOnly), false},              // a standby during a failover
 		{wrap("Ping", &pq.Error{Code: "53300"}), false}, // too many connections
 		{wrap("Ping", &pq.Error{Code: "53300", Message: "remaining connection slots are reserved for non-replication superuser connections"}), false},
 		// PgBouncer's own outages: 08P01 as well.
@@ -276,6 +279,7 @@ func TestCause(t *testing.T) {
 		{fmt.Errorf("read: %w", syscall.ECONNRESET), "the connection was closed"},
 		{driver.ErrBadConn, "the connection was closed"},
 		{ErrClosed, "the receiver is shutting down"},
+		{wrap("Ping", ErrReadOnly), "the database is read-only (a standby, or set read-only): the receiver needs the writable primary"},
 	} {
 		got := Cause(tc.err)
 		if got != tc.want {

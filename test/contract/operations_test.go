@@ -141,6 +141,78 @@ func TestDatabaseOutage(t *testing.T) {
 	}
 }
 
+// A server that answers but takes no writes (a standby behind the URL
+// during a failover, or a managed server set read-only when its disk is
+// full) is an outage: 503 with Retry-After, the cause in /dbz, nothing
+// lost, and writes again once it is writable, without a restart. The
+// server is set read-only under the receiver's open connections.
+func TestReadOnlyDatabase(t *testing.T) {
+	cluster := pgtest.NewCluster(t)
+	r := startReceiver(t, cluster.NewDatabase(t))
+	expect(t, r.post(batch(t, entry(t, "before", nil))), 200)
+	admin := db(t, cluster.URL())
+	setReadOnly := func(v string) {
+		t.Helper()
+		if _, err := admin.Exec(`ALTER SYSTEM SET default_transaction_read_only = ` + v); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := admin.Exec(`SELECT pg_reload_conf()`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setReadOnly("on")
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		a := r.post(batch(t, entry(t, "during", nil)))
+		if a.status == 503 {
+			if a.header.Get("Retry-After") == "" {
+				t.Error("503 without Retry-After")
+			}
+			break
+		}
+		if a.status != 200 || time.Now().After(deadline) {
+			t.Fatalf("while the server is read-only: %d %s, want 503", a.status, a.raw)
+		}
+		// 200: the reload has not reached that session yet.
+		if _, err := admin.Exec(`DELETE FROM appointments WHERE external_id = 'during'`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		dbz := get(t, r.MetricsURL+"/dbz")
+		if strings.Contains(dbz, `"database":"unreachable"`) && strings.Contains(dbz, "read-only") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("/dbz while the server is read-only: %s", dbz)
+			break
+		}
+	}
+	if code, err := probe(r.MetricsURL + "/readyz"); err != nil || code != 200 {
+		t.Errorf("/readyz while the server is read-only: %d %v (it must not leave the Service)", code, err)
+	}
+
+	setReadOnly("off")
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		a := r.post(batch(t, entry(t, "after", nil)))
+		if a.status == 200 {
+			break
+		}
+		if a.status != 503 || time.Now().After(deadline) {
+			t.Fatalf("once the server is writable again: %d %s", a.status, a.raw)
+		}
+	}
+	d := db(t, r.dbURL)
+	if n := queryInt(t, d, `SELECT count(*) FROM appointments WHERE external_id IN ('before', 'after')`); n != 2 {
+		t.Errorf("appointments: %d, want before and after", n)
+	}
+	if n := queryInt(t, d, `SELECT count(*) FROM appointments WHERE external_id = 'during'`); n != 0 {
+		t.Error("an entry answered 503 was stored")
+	}
+	if m := get(t, r.MetricsURL+"/metrics"); !strings.Contains(m, `ehr_receiver_requests_total{code="500",ehr="nexus"} 0`) {
+		t.Errorf("a read-only server was answered 500:\n%s", grep(m, "ehr_receiver_requests_total"))
+	}
+}
+
 func TestLogsHoldNoPatientData(t *testing.T) {
 	r := startReceiver(t, pgtest.NewDatabase(t), "--on-invalid", "Quarantine")
 	body := specExample(t)
