@@ -26,9 +26,17 @@ import (
 // minute until the next autoanalyze (docs/decisions.md). Every read of
 // this receiver has an index; sequential scans are left for when none
 // serves.
+//
+// default_transaction_isolation: the write statement's lock order and
+// its ON CONFLICT checks are made for read committed, PostgreSQL's
+// default. A database or role whose default is repeatable read or
+// serializable (some DBAs set one) made concurrent writes of the same
+// appointments fail with 40001 beyond the retries: measured, 44-46 of 480
+// requests of 16 overlapping senders answered 503.
 var sessionSettings = []struct{ name, value string }{
 	{"plan_cache_mode", "force_generic_plan"},
 	{"enable_seqscan", "off"},
+	{"default_transaction_isolation", "'read committed'"},
 }
 
 // sessionSetup is the statement that sets sessionSettings on a new

@@ -113,6 +113,15 @@ func errorResponse(code, msg string) []byte {
 func TestSessionSettings(t *testing.T) {
 	t.Parallel()
 	u := pgtest.NewDatabase(t)
+	// A database whose default isolation is not PostgreSQL's.
+	admin, err := sql.Open("postgres", u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	if _, err := admin.Exec(`DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_isolation = serializable', current_database()); END $$`); err != nil {
+		t.Fatal(err)
+	}
 	withURLSetting, err := url.Parse(u)
 	if err != nil {
 		t.Fatal(err)
@@ -138,15 +147,19 @@ func TestSessionSettings(t *testing.T) {
 		for _, conn := range []interface {
 			GetContext(context.Context, any, string, ...any) error
 		}{c1, c2} {
-			var mode, seqscan string
+			var mode, seqscan, isolation string
 			if err := conn.GetContext(ctx, &mode, `SHOW plan_cache_mode`); err != nil {
 				t.Fatal(err)
 			}
 			if err := conn.GetContext(ctx, &seqscan, `SHOW enable_seqscan`); err != nil {
 				t.Fatal(err)
 			}
-			if mode != c.planCache || seqscan != "off" {
-				t.Errorf("plan_cache_mode %q, enable_seqscan %q; want %q, off", mode, seqscan, c.planCache)
+			if err := conn.GetContext(ctx, &isolation, `SHOW transaction_isolation`); err != nil {
+				t.Fatal(err)
+			}
+			if mode != c.planCache || seqscan != "off" || isolation != "read committed" {
+				t.Errorf("plan_cache_mode %q, enable_seqscan %q, transaction_isolation %q; want %q, off, read committed",
+					mode, seqscan, isolation, c.planCache)
 			}
 		}
 		_ = c1.Close()
