@@ -57,8 +57,8 @@ const LockTimeout = 5 * time.Second
 // nothing left to do.
 //
 // Migrations that run in a transaction do so with lock_timeout LockTimeout;
-// NO TRANSACTION ones (CREATE INDEX CONCURRENTLY and the like) with the
-// session's own, usually none: their locks never queue writers, and
+// NO TRANSACTION ones (CREATE INDEX CONCURRENTLY and the like) with none
+// (whatever the database's or role's default): their locks never queue writers, and
 // PostgreSQL applies lock_timeout to their waits for older transactions
 // too, so one long transaction (a backup) would cancel a build at its end,
 // leaving an invalid index, on every attempt.
@@ -86,11 +86,11 @@ func Up(ctx context.Context, db *sql.DB, logger *slog.Logger) error {
 // run is consecutive migrations applied with one lock_timeout, up to last.
 type run struct {
 	last        int64
-	lockTimeout time.Duration // 0: the session's own
+	lockTimeout time.Duration // 0: none
 }
 
 // plan splits the embedded migrations into runs: transactional ones get
-// LockTimeout, NO TRANSACTION ones the session's own.
+// LockTimeout, NO TRANSACTION ones none.
 func plan() ([]run, error) {
 	names, err := fs.Glob(FS, "*.sql")
 	if err != nil {
@@ -144,23 +144,27 @@ func noTransaction(src string) bool {
 	return false
 }
 
-// timeoutLocker is goose's advisory session lock, which also sets
-// lock_timeout on the locked session, the one goose runs the SQL migrations
-// on, and resets it before the connection goes back to the pool (the
-// receivers' write pool).
+// timeoutLocker is goose's advisory session lock, which also sets the
+// timeouts of the locked session, the one goose runs the SQL migrations
+// on, and resets them before the connection goes back to the pool (the
+// receivers' write pool): lock_timeout to the run's (0, none, for NO
+// TRANSACTION runs), statement_timeout to none. Both are set whatever the
+// database's or role's defaults: a DBA's statement_timeout of 30 s
+// cancelled CREATE INDEX CONCURRENTLY at a year's volume (25-31 s,
+// docs/performance.md) on every attempt, and a role's lock_timeout its
+// wait for older transactions, and receivers answer 503 until their
+// migration is done.
 type timeoutLocker struct {
 	lock.SessionLocker
-	timeout time.Duration // for the next lock; 0: leave lock_timeout alone
+	timeout time.Duration // lock_timeout of the next lock's run; 0: none
 }
 
 func (l *timeoutLocker) SessionLock(ctx context.Context, conn *sql.Conn) error {
 	if err := l.SessionLocker.SessionLock(ctx, conn); err != nil {
 		return err
 	}
-	if l.timeout <= 0 {
-		return nil
-	}
-	_, err := conn.ExecContext(ctx, `SELECT set_config('lock_timeout', $1, false)`, fmt.Sprintf("%dms", l.timeout.Milliseconds()))
+	_, err := conn.ExecContext(ctx, `SELECT set_config('lock_timeout', $1, false), set_config('statement_timeout', '0', false)`,
+		fmt.Sprintf("%dms", l.timeout.Milliseconds()))
 	if err == nil {
 		return nil
 	}
@@ -169,18 +173,15 @@ func (l *timeoutLocker) SessionLock(ctx context.Context, conn *sql.Conn) error {
 	if uerr := l.SessionLocker.SessionUnlock(context.WithoutCancel(ctx), conn); uerr != nil {
 		discard(conn)
 	}
-	return fmt.Errorf("while setting lock_timeout for the migrations: %w", err)
+	return fmt.Errorf("while setting the timeouts of the migrations: %w", err)
 }
 
 func (l *timeoutLocker) SessionUnlock(ctx context.Context, conn *sql.Conn) error {
-	var rerr error
-	if l.timeout > 0 {
-		_, rerr = conn.ExecContext(ctx, `RESET lock_timeout`)
-	}
+	_, rerr := conn.ExecContext(ctx, `RESET lock_timeout; RESET statement_timeout`)
 	uerr := l.SessionLocker.SessionUnlock(ctx, conn)
 	if rerr != nil || uerr != nil {
 		// Never return to the pool a session with the migrations'
-		// lock_timeout or the advisory lock.
+		// timeouts or the advisory lock.
 		discard(conn)
 	}
 	return errors.Join(rerr, uerr)

@@ -442,11 +442,21 @@ func TestMigrationLockWaitIsBounded(t *testing.T) {
 // waits for transactions older than it, and PostgreSQL applies lock_timeout
 // to that wait too: NO TRANSACTION migrations run without the short
 // lock_timeout, so a long transaction (a backup's) delays the build rather
-// than cancelling it, and writers carry on meanwhile.
+// than cancelling it, and writers carry on meanwhile. Also on a database
+// whose default lock_timeout and statement_timeout (a DBA's) are shorter
+// than the wait.
 func TestConcurrentIndexOutlastsOldTransactions(t *testing.T) {
 	ctx := context.Background()
-	url, migDB := atVersion(t, 3)
+	url, _ := atVersion(t, 3)
 	other := open(t, url)
+	if _, err := other.Exec(`DO $$ BEGIN
+		EXECUTE format('ALTER DATABASE %I SET lock_timeout = ' || quote_literal('1s'), current_database());
+		EXECUTE format('ALTER DATABASE %I SET statement_timeout = ' || quote_literal('3s'), current_database());
+	END $$`); err != nil {
+		t.Fatal(err)
+	}
+	other = open(t, url) // sessions with those defaults
+	migDB := open(t, url)
 
 	// A backup-like transaction: a snapshot older than the build.
 	old := readingTx(t, other, &sql.TxOptions{Isolation: sql.LevelRepeatableRead}, "patients")
