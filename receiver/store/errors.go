@@ -131,15 +131,20 @@ func unavailableCode(code pqerror.Code) bool {
 	case "57P01", "57P02", "57P03", // admin shutdown, crash shutdown, cannot connect now
 		"57014",          // query canceled: statement_timeout or our own deadline
 		"25006",          // read-only transaction: a standby, or a server set read-only (ErrReadOnly)
-		"40001", "40P01": // serialization failure, deadlock: still so after our retries
+		"40001", "40P01", // serialization failure, deadlock: still so after our retries
+		"55P03": // lock not available: a lock_timeout shorter than a wait for another group, after our retries
 		return true
 	}
 	return false
 }
 
-// retryable errors are worth running the same transaction again at once.
+// retryable errors are worth running the same transaction again at once:
+// the other transaction has gone or will soon. 55P03: a database's or
+// role's lock_timeout (a DBA's) shorter than a wait for another group
+// writing the same rows; measured, 1 ms answered 81 of 480 overlapping
+// 20-entry requests 500.
 func retryable(err error) bool {
-	return pq.As(err, "40001", "40P01") != nil
+	return pq.As(err, "40001", "40P01", "55P03") != nil
 }
 
 // dbError wraps a database error in a message free of field values:

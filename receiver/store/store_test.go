@@ -195,6 +195,7 @@ func TestIsUnavailable(t *testing.T) {
 		{wrap("Write", &pq.Error{Code: "53300"}), true},
 		{wrap("Write", &pq.Error{Code: "40P01"}), true},
 		{wrap("Write", &pq.Error{Code: "25006"}), true}, // read-only: a standby, a full disk's protection
+		{wrap("Write", &pq.Error{Code: "55P03"}), true}, // a DBA's lock_timeout, after the retries
 		{wrap("Ping", ErrReadOnly), true},
 		{wrap("Write", &pq.Error{Code: "23505"}), false},
 		{wrap("Write", &pq.Error{Code: "22P02"}), false},
