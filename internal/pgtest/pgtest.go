@@ -37,6 +37,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -263,4 +264,21 @@ func NewRole(t testing.TB, dbURL string, grants ...string) string {
 	}
 	u.User = url.User(role)
 	return u.String()
+}
+
+// AlterDatabase sets a default of dbURL's database for the sessions opened
+// after it (ALTER DATABASE … SET setting, e.g. "lock_timeout = '1ms'"), as
+// a DBA's configuration would: a database seen with someone else's
+// defaults.
+func AlterDatabase(t testing.TB, dbURL, setting string) {
+	t.Helper()
+	admin, err := sql.Open("postgres", dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	stmt := `DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET ` + strings.ReplaceAll(setting, "'", "''") + `', current_database()); END $$`
+	if _, err := admin.Exec(stmt); err != nil {
+		t.Fatalf("ALTER DATABASE … SET %s: %v", setting, err)
+	}
 }

@@ -114,14 +114,7 @@ func TestSessionSettings(t *testing.T) {
 	t.Parallel()
 	u := pgtest.NewDatabase(t)
 	// A database whose default isolation is not PostgreSQL's.
-	admin, err := sql.Open("postgres", u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	if _, err := admin.Exec(`DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_isolation = serializable', current_database()); END $$`); err != nil {
-		t.Fatal(err)
-	}
+	pgtest.AlterDatabase(t, u, "default_transaction_isolation = serializable")
 	withURLSetting, err := url.Parse(u)
 	if err != nil {
 		t.Fatal(err)

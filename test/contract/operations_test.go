@@ -3,7 +3,6 @@ package contract
 import (
 	"bufio"
 	"bytes"
-	"database/sql"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -25,9 +24,9 @@ import (
 // receiver's sessions must not inherit: 40001 beyond the retries, 503).
 func TestConcurrentSenders(t *testing.T) {
 	u := pgtest.NewDatabase(t)
-	d := db(t, u)
-	alterDatabase(t, d, `default_transaction_isolation = serializable`)
+	pgtest.AlterDatabase(t, u, "default_transaction_isolation = serializable")
 	r := startReceiver(t, u)
+	d := db(t, u)
 	const senders, rounds = 16, 10
 	for code, n := range overlappingSenders(t, r, senders, rounds, 3) {
 		if code != 200 {
@@ -48,8 +47,7 @@ func TestConcurrentSenders(t *testing.T) {
 // 81 of 480 such requests were answered 500 before.
 func TestShortLockTimeoutIsNoError(t *testing.T) {
 	u := pgtest.NewDatabase(t)
-	d := db(t, u)
-	alterDatabase(t, d, `lock_timeout = '1ms'`)
+	pgtest.AlterDatabase(t, u, "lock_timeout = '1ms'")
 	r := startReceiver(t, u)
 	codes := overlappingSenders(t, r, 16, 20, 20)
 	for code, n := range codes {
@@ -61,14 +59,6 @@ func TestShortLockTimeoutIsNoError(t *testing.T) {
 		t.Errorf("no request stored: %v", codes)
 	}
 	t.Logf("answers: %v", codes)
-}
-
-// alterDatabase sets a default of the database d is connected to.
-func alterDatabase(t *testing.T, d *sql.DB, setting string) {
-	t.Helper()
-	if _, err := d.Exec(`DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET ` + strings.ReplaceAll(setting, "'", "''") + `', current_database()); END $$`); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // overlappingSenders runs senders concurrent senders of rounds requests of

@@ -448,15 +448,9 @@ func TestMigrationLockWaitIsBounded(t *testing.T) {
 func TestConcurrentIndexOutlastsOldTransactions(t *testing.T) {
 	ctx := context.Background()
 	url, _ := atVersion(t, 3)
-	other := open(t, url)
-	if _, err := other.Exec(`DO $$ BEGIN
-		EXECUTE format('ALTER DATABASE %I SET lock_timeout = ' || quote_literal('1s'), current_database());
-		EXECUTE format('ALTER DATABASE %I SET statement_timeout = ' || quote_literal('3s'), current_database());
-	END $$`); err != nil {
-		t.Fatal(err)
-	}
-	other = open(t, url) // sessions with those defaults
-	migDB := open(t, url)
+	pgtest.AlterDatabase(t, url, "lock_timeout = '1s'")
+	pgtest.AlterDatabase(t, url, "statement_timeout = '3s'")
+	other, migDB := open(t, url), open(t, url) // sessions with those defaults
 
 	// A backup-like transaction: a snapshot older than the build.
 	old := readingTx(t, other, &sql.TxOptions{Isolation: sql.LevelRepeatableRead}, "patients")
