@@ -90,6 +90,28 @@ func (c *Cluster) Stop() error {
 	return nil
 }
 
+// Crash ends the server as a crash would (an immediate shutdown, SIGQUIT:
+// every process exits at once, nothing is written out, the next start runs
+// crash recovery) and waits until it has exited. What a commit had written
+// to the WAL survives, as it would the server process's death; what was
+// still in its buffers does not.
+func (c *Cluster) Crash() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cmd == nil {
+		return nil
+	}
+	_ = c.cmd.Process.Signal(syscall.SIGQUIT)
+	select {
+	case <-c.done:
+	case <-time.After(30 * time.Second):
+		_ = c.cmd.Process.Kill()
+		<-c.done
+	}
+	c.cmd = nil
+	return nil
+}
+
 // Start starts a stopped cluster again on the same port and waits until it
 // accepts connections.
 func (c *Cluster) Start() error {

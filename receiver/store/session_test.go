@@ -113,8 +113,10 @@ func errorResponse(code, msg string) []byte {
 func TestSessionSettings(t *testing.T) {
 	t.Parallel()
 	u := pgtest.NewDatabase(t)
-	// A database whose default isolation is not PostgreSQL's.
+	// A database whose default isolation is not PostgreSQL's, and whose
+	// commits do not wait for the disk.
 	pgtest.AlterDatabase(t, u, "default_transaction_isolation = serializable")
+	pgtest.AlterDatabase(t, u, "synchronous_commit = off")
 	withURLSetting, err := url.Parse(u)
 	if err != nil {
 		t.Fatal(err)
@@ -140,7 +142,7 @@ func TestSessionSettings(t *testing.T) {
 		for _, conn := range []interface {
 			GetContext(context.Context, any, string, ...any) error
 		}{c1, c2} {
-			var mode, seqscan, isolation string
+			var mode, seqscan, isolation, syncCommit string
 			if err := conn.GetContext(ctx, &mode, `SHOW plan_cache_mode`); err != nil {
 				t.Fatal(err)
 			}
@@ -150,13 +152,34 @@ func TestSessionSettings(t *testing.T) {
 			if err := conn.GetContext(ctx, &isolation, `SHOW transaction_isolation`); err != nil {
 				t.Fatal(err)
 			}
-			if mode != c.planCache || seqscan != "off" || isolation != "read committed" {
-				t.Errorf("plan_cache_mode %q, enable_seqscan %q, transaction_isolation %q; want %q, off, read committed",
-					mode, seqscan, isolation, c.planCache)
+			if err := conn.GetContext(ctx, &syncCommit, `SHOW synchronous_commit`); err != nil {
+				t.Fatal(err)
+			}
+			if mode != c.planCache || seqscan != "off" || isolation != "read committed" || syncCommit != "local" {
+				t.Errorf("plan_cache_mode %q, enable_seqscan %q, transaction_isolation %q, synchronous_commit %q; want %q, off, read committed, local",
+					mode, seqscan, isolation, syncCommit, c.planCache)
 			}
 		}
 		_ = c1.Close()
 		_ = c2.Close()
+	}
+}
+
+// A database's synchronous_commit other than off is the DBA's to choose
+// (waiting for synchronous standbys or not): the sessions keep it.
+func TestSessionsKeepSynchronousCommitAboveOff(t *testing.T) {
+	t.Parallel()
+	for _, v := range []string{"local", "remote_apply"} {
+		u := pgtest.NewDatabase(t)
+		pgtest.AlterDatabase(t, u, "synchronous_commit = "+v)
+		s, _ := openStore(t, u)
+		var got string
+		if err := s.db.GetContext(context.Background(), &got, `SHOW synchronous_commit`); err != nil {
+			t.Fatal(err)
+		}
+		if got != v {
+			t.Errorf("a database whose default is %s: the session's synchronous_commit is %s", v, got)
+		}
 	}
 }
 

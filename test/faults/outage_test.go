@@ -27,7 +27,58 @@ type sent struct {
 // error), and the same receiver process answers 200 again within seconds.
 func TestDatabaseRestartUnderLoad(t *testing.T) {
 	cluster := pgtest.NewCluster(t)
+	restartUnderLoad(t, cluster, cluster.NewDatabase(t), cluster.Stop)
+}
+
+// TestDatabaseCrashUnderLoad: the same with the server crashing (an
+// immediate shutdown: nothing is written out), on a database whose default
+// is synchronous_commit = off, a DBA's setting for speed with which a
+// commit returns before its WAL is written, so that a crash loses the last
+// ones. A 200 is an appointment stored all the same: the receiver's
+// sessions wait for the local flush (store.sessionSettings). The WAL
+// writer, which writes such commits in the background, is made lazy, and
+// once the receiver has recovered, single appointments are sent one after
+// another and the server crashes right after the last 200. The code
+// before lost the last 2-4 of those 20 in each of five runs, and 3-16 of
+// the 32-48 answered 200 before the crash under load in four runs of four.
+func TestDatabaseCrashUnderLoad(t *testing.T) {
+	cluster := pgtest.NewCluster(t)
 	dbURL := cluster.NewDatabase(t)
+	pgtest.AlterDatabase(t, dbURL, "synchronous_commit = off")
+	admin := openDB(t, cluster.URL())
+	for _, q := range []string{`ALTER SYSTEM SET wal_writer_delay = '10s'`, `SELECT pg_reload_conf()`} {
+		if _, err := admin.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := restartUnderLoad(t, cluster, dbURL, cluster.Crash)
+
+	gen := harness.NewGen("quiet")
+	client := harness.NewClient(1)
+	const n = 20
+	for i := range int64(n) {
+		if a := harness.Post(context.Background(), client, r.URL, gen.Body(i, 1), ""); a.Err != nil || a.Status != 200 {
+			t.Fatalf("request %d: %d %v %s", i, a.Status, a.Err, a.Body)
+		}
+	}
+	if err := cluster.Crash(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cluster.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stored := storedIDs(t, openDB(t, dbURL))
+	for i := range int64(n) {
+		if id := gen.AppointmentID(i); !stored[id] {
+			t.Errorf("appointment %s was answered 200 before the crash but is not in the database", id)
+		}
+	}
+}
+
+// restartUnderLoad takes the database down with down under load, starts
+// it again and checks what the senders were answered against what is
+// stored. It returns the receiver, still running.
+func restartUnderLoad(t *testing.T, cluster *pgtest.Cluster, dbURL string, down func() error) *harness.Receiver {
 	r := startReceiver(t, dbURL)
 	pid := r.Cmd.Process.Pid
 
@@ -83,7 +134,7 @@ func TestDatabaseRestartUnderLoad(t *testing.T) {
 		}
 		return n >= 20
 	})
-	if err := cluster.Stop(); err != nil {
+	if err := down(); err != nil {
 		t.Fatal(err)
 	}
 	stoppedAt := time.Now()
@@ -154,4 +205,5 @@ func TestDatabaseRestartUnderLoad(t *testing.T) {
 	if okBefore == 0 || during == 0 {
 		t.Errorf("the load did not span the outage: %d answered 200 before the stop, %d 503 sent during it", okBefore, during)
 	}
+	return r
 }
