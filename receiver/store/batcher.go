@@ -48,6 +48,17 @@ const (
 	maxAttempts     = 3
 	// smallGroupEntries: a group of fewer entries is small (above).
 	smallGroupEntries = 50
+	// turnHold is how long a small group keeps the turn before passing it
+	// on, returned or not: a hundred times a small statement's usual time
+	// (1-2 ms, docs/performance.md), and short beside a sender's patience.
+	// A statement still running then is waiting: for a row lock someone
+	// else's transaction holds (a DBA's fix left open), or on a connection
+	// whose server stopped answering. Without it one such statement held up
+	// every small write of the receiver until its deadline (measured: a
+	// held appointment row kept 20 others, sent one at a time, waiting
+	// 15 s). The next small group goes meanwhile; a slow server's small
+	// statements then overlap as large groups' do, up to the workers.
+	turnHold = 200 * time.Millisecond
 )
 
 type request struct {
@@ -281,13 +292,8 @@ func (s *Store) commit(group []*request, turn bool) {
 	}
 	defer release()
 	if turn {
-		// A statement on a connection the server stopped answering (a
-		// frozen backend; a failover's old primary until the kernel gives
-		// up on it) does not return at its deadline: lib/pq's cancel is a
-		// request on another connection. Its callers get their answer at
-		// txTimeout + outcomeGrace; the next small group must not wait
-		// longer, or one bad connection stops every small write.
-		t := time.AfterFunc(s.txTimeout+s.outcomeGrace, release)
+		// Passed on at turnHold if the statement is still running.
+		t := time.AfterFunc(s.turnHold, release)
 		defer t.Stop()
 	}
 	live := make([]*request, 0, len(group))

@@ -500,7 +500,7 @@ func TestCarriedRequestDoesNotWaitForTheGatherer(t *testing.T) {
 	s, _ := newStore(t)
 	v1, v2 := minimalEntry("apt-1"), minimalEntry("apt-1")
 	v2.Appointment.Status, v2.Appointment.StatusRaw = "cancelled", "Cancelled"
-	w := &Store{db: s.db, queue: make(chan *request, 2), smallTurn: make(chan struct{}, 1), txTimeout: txTimeout}
+	w := &Store{db: s.db, queue: make(chan *request, 2), smallTurn: make(chan struct{}, 1), txTimeout: txTimeout, turnHold: turnHold}
 	reqs := []*request{queued(t, batch(v1)), queued(t, batch(v2))}
 	for _, r := range reqs {
 		w.queue <- r
@@ -714,9 +714,9 @@ func TestWriteOutcomeUnknownWhenTheDatabaseStopsAnswering(t *testing.T) {
 // frozen; a failover's old primary is the same until the kernel gives up on
 // the connection) holds a small group's statement past its deadline:
 // lib/pq's cancel goes over another connection and changes nothing. The
-// small groups' turn passes on at the transaction's time and the grace,
-// so the next single-appointment write is stored on another connection
-// instead of every small write waiting for that one.
+// small groups' turn passes on at turnHold, so the next single-appointment
+// write is stored on another connection at once instead of every small
+// write waiting for that one.
 func TestOneFrozenConnectionDoesNotStopSmallWrites(t *testing.T) {
 	t.Parallel()
 	s, db := newStore(t)
@@ -745,7 +745,7 @@ func TestOneFrozenConnectionDoesNotStopSmallWrites(t *testing.T) {
 	if _, err := s.Write(ctx, batch(minimalEntry("after"))); err != nil {
 		t.Fatalf("a small write while another connection is frozen: %v after %s", err, time.Since(start))
 	}
-	if d, most := time.Since(start), s.txTimeout+s.outcomeGrace+3*time.Second; d > most {
+	if d, most := time.Since(start), s.turnHold+time.Second; d > most {
 		t.Errorf("the small write waited %s, want at most %s", d, most)
 	}
 	if n := count(t, db, `SELECT count(*) FROM appointments WHERE external_id = 'after'`); n != 1 {

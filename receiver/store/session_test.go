@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/insighthealth/ehr-operator/internal/pgtest"
+	"github.com/jmoiron/sqlx"
 )
 
 // poolerStartupParameters are the startup parameters PgBouncer 1.18 takes
@@ -142,7 +143,7 @@ func TestSessionSettings(t *testing.T) {
 		for _, conn := range []interface {
 			GetContext(context.Context, any, string, ...any) error
 		}{c1, c2} {
-			var mode, seqscan, isolation, syncCommit string
+			var mode, seqscan, isolation, syncCommit, lockTimeout string
 			if err := conn.GetContext(ctx, &mode, `SHOW plan_cache_mode`); err != nil {
 				t.Fatal(err)
 			}
@@ -155,9 +156,12 @@ func TestSessionSettings(t *testing.T) {
 			if err := conn.GetContext(ctx, &syncCommit, `SHOW synchronous_commit`); err != nil {
 				t.Fatal(err)
 			}
-			if mode != c.planCache || seqscan != "off" || isolation != "read committed" || syncCommit != "local" {
-				t.Errorf("plan_cache_mode %q, enable_seqscan %q, transaction_isolation %q, synchronous_commit %q; want %q, off, read committed, local",
-					mode, seqscan, isolation, syncCommit, c.planCache)
+			if err := conn.GetContext(ctx, &lockTimeout, `SHOW lock_timeout`); err != nil {
+				t.Fatal(err)
+			}
+			if mode != c.planCache || seqscan != "off" || isolation != "read committed" || syncCommit != "local" || lockTimeout != lockTimeout2s {
+				t.Errorf("plan_cache_mode %q, enable_seqscan %q, transaction_isolation %q, synchronous_commit %q, lock_timeout %q; want %q, off, read committed, local, %s",
+					mode, seqscan, isolation, syncCommit, lockTimeout, c.planCache, lockTimeout2s)
 			}
 		}
 		_ = c1.Close()
@@ -165,20 +169,62 @@ func TestSessionSettings(t *testing.T) {
 	}
 }
 
-// A database's synchronous_commit other than off is the DBA's to choose
-// (waiting for synchronous standbys or not): the sessions keep it.
-func TestSessionsKeepSynchronousCommitAboveOff(t *testing.T) {
+// lockTimeout2s is lockTimeout as SHOW prints it.
+const lockTimeout2s = "2s"
+
+// A database's synchronous_commit other than off, and a lock_timeout it
+// sets, are the DBA's to choose (waiting for synchronous standbys or not;
+// how long a write may wait for a row): the sessions keep them.
+func TestSessionsKeepTheDatabasesChoices(t *testing.T) {
 	t.Parallel()
-	for _, v := range []string{"local", "remote_apply"} {
+	for _, c := range []struct{ name, value string }{
+		{"synchronous_commit", "local"},
+		{"synchronous_commit", "remote_apply"},
+		{"lock_timeout", "1min"},
+		{"lock_timeout", "10ms"},
+	} {
 		u := pgtest.NewDatabase(t)
-		pgtest.AlterDatabase(t, u, "synchronous_commit = "+v)
+		pgtest.AlterDatabase(t, u, c.name+" = '"+c.value+"'")
 		s, _ := openStore(t, u)
 		var got string
-		if err := s.db.GetContext(context.Background(), &got, `SHOW synchronous_commit`); err != nil {
+		if err := s.db.GetContext(context.Background(), &got, `SELECT current_setting($1)`, c.name); err != nil {
 			t.Fatal(err)
 		}
-		if got != v {
-			t.Errorf("a database whose default is %s: the session's synchronous_commit is %s", v, got)
+		if got != c.value {
+			t.Errorf("a database whose default %s is %s: the session's is %s", c.name, c.value, got)
+		}
+	}
+}
+
+// The migrations' session, with their own timeouts, does not go back to
+// the write pool: every session the pool holds afterwards has the
+// receiver's settings, not the migrations' timeouts nor the database's
+// defaults a RESET would restore.
+func TestMigrationsLeaveNoSessionWithTheirTimeouts(t *testing.T) {
+	t.Parallel()
+	s, _ := openStore(t, pgtest.NewEmptyDatabase(t))
+	ctx := context.Background()
+	if err := s.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var conns []*sqlx.Conn
+	defer func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}()
+	for range maxConns { // every idle session, and new ones
+		c, err := s.db.Connx(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		var lock, stmt string
+		if err := c.QueryRowxContext(ctx, `SELECT current_setting('lock_timeout'), current_setting('statement_timeout')`).Scan(&lock, &stmt); err != nil {
+			t.Fatal(err)
+		}
+		if lock != lockTimeout2s || stmt != "0" {
+			t.Errorf("a pooled session after the migrations: lock_timeout %s, statement_timeout %s; want %s and 0", lock, stmt, lockTimeout2s)
 		}
 	}
 }

@@ -67,9 +67,9 @@ type Store struct {
 	gathering sync.Mutex
 	smallTurn chan struct{}
 	wg        sync.WaitGroup
-	// txTimeout and outcomeGrace (batcher.go), fields so that a test can
-	// shorten them.
-	txTimeout, outcomeGrace time.Duration
+	// txTimeout, outcomeGrace and turnHold (batcher.go), fields so that a
+	// test can change them.
+	txTimeout, outcomeGrace, turnHold time.Duration
 }
 
 // urlError says what is wrong with a database URL without quoting any of
@@ -130,7 +130,7 @@ func Open(ctx context.Context, databaseURL string) (*Store, error) {
 	db.SetConnMaxLifetime(30 * time.Minute)
 	db.SetConnMaxIdleTime(5 * time.Minute)
 	s := &Store{db: db, queue: make(chan *request, queueDepth), smallTurn: make(chan struct{}, 1),
-		txTimeout: txTimeout, outcomeGrace: outcomeGrace}
+		txTimeout: txTimeout, outcomeGrace: outcomeGrace, turnHold: turnHold}
 	for range workers {
 		s.wg.Add(1)
 		go s.work()

@@ -146,8 +146,10 @@ func noTransaction(src string) bool {
 
 // timeoutLocker is goose's advisory session lock, which also sets the
 // timeouts of the locked session, the one goose runs the SQL migrations
-// on, and resets them before the connection goes back to the pool (the
-// receivers' write pool): lock_timeout to the run's (0, none, for NO
+// on, and puts back the session's own values before the connection goes
+// back to the pool (the receivers' write pool, whose sessions have
+// settings of their own, store.sessionSettings: a RESET would restore the
+// database's defaults instead): lock_timeout to the run's (0, none, for NO
 // TRANSACTION runs), statement_timeout to none. Both are set whatever the
 // database's or role's defaults: a DBA's statement_timeout of 30 s
 // cancelled CREATE INDEX CONCURRENTLY at a year's volume (25-31 s,
@@ -157,14 +159,21 @@ func noTransaction(src string) bool {
 type timeoutLocker struct {
 	lock.SessionLocker
 	timeout time.Duration // lock_timeout of the next lock's run; 0: none
+	// the locked session's own lock_timeout and statement_timeout, put
+	// back at unlock
+	lockTimeout, statementTimeout string
 }
 
 func (l *timeoutLocker) SessionLock(ctx context.Context, conn *sql.Conn) error {
 	if err := l.SessionLocker.SessionLock(ctx, conn); err != nil {
 		return err
 	}
-	_, err := conn.ExecContext(ctx, `SELECT set_config('lock_timeout', $1, false), set_config('statement_timeout', '0', false)`,
-		fmt.Sprintf("%dms", l.timeout.Milliseconds()))
+	err := conn.QueryRowContext(ctx, `SELECT current_setting('lock_timeout'), current_setting('statement_timeout')`).
+		Scan(&l.lockTimeout, &l.statementTimeout)
+	if err == nil {
+		_, err = conn.ExecContext(ctx, `SELECT set_config('lock_timeout', $1, false), set_config('statement_timeout', '0', false)`,
+			fmt.Sprintf("%dms", l.timeout.Milliseconds()))
+	}
 	if err == nil {
 		return nil
 	}
@@ -177,7 +186,8 @@ func (l *timeoutLocker) SessionLock(ctx context.Context, conn *sql.Conn) error {
 }
 
 func (l *timeoutLocker) SessionUnlock(ctx context.Context, conn *sql.Conn) error {
-	_, rerr := conn.ExecContext(ctx, `RESET lock_timeout; RESET statement_timeout`)
+	_, rerr := conn.ExecContext(ctx, `SELECT set_config('lock_timeout', $1, false), set_config('statement_timeout', $2, false)`,
+		l.lockTimeout, l.statementTimeout)
 	uerr := l.SessionLocker.SessionUnlock(ctx, conn)
 	if rerr != nil || uerr != nil {
 		// Never return to the pool a session with the migrations'
