@@ -492,6 +492,58 @@ func TestSmallGroupsTakeTurns(t *testing.T) {
 	}
 }
 
+// Two versions of one appointment wait for its row, which someone else's
+// transaction holds (a DBA's fix left open): the first version's wait
+// times out, the row is freed before the second's does. The first is
+// answered unavailable and the second stored: the appointment ends at the
+// newer version. Run again at once, the first would have queued behind
+// the second and committed after it (the vendor's retry of it is ordered
+// by its first receipt instead: "Order under retries").
+func TestLockTimeoutDoesNotUndoANewerVersion(t *testing.T) {
+	t.Parallel()
+	u := pgtest.NewDatabase(t)
+	pgtest.AlterDatabase(t, u, "lock_timeout = '1s'") // a DBA's, kept: known timing
+	s, db := openStore(t, u)
+	mustWrite(t, s, batch(minimalEntry("held")))
+	tx, err := db.Beginx()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback() //nolint:errcheck // the test's end
+	if _, err := tx.Exec(`SELECT 1 FROM appointments WHERE external_id = 'held' FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	older, newer := minimalEntry("held"), minimalEntry("held")
+	older.Appointment.Status, older.Appointment.StatusRaw = "cancelled", "Cancelled"
+	newer.Appointment.Status, newer.Appointment.StatusRaw = "noshow", "No-show"
+	write := func(e payload.Entry) <-chan error {
+		done := make(chan error, 1)
+		go func() {
+			_, err := s.Write(context.Background(), batch(e))
+			done <- err
+		}()
+		return done
+	}
+	start := time.Now()
+	olderDone := write(older)
+	time.Sleep(300 * time.Millisecond) // past turnHold: the newer goes while the older waits
+	newerDone := write(newer)
+	time.Sleep(time.Until(start.Add(1150 * time.Millisecond))) // the older's wait has timed out, the newer's not
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-olderDone; !IsUnavailable(err) {
+		t.Errorf("the older version, whose wait timed out: %v; want unavailable (503)", err)
+	}
+	if err := <-newerDone; err != nil {
+		t.Fatalf("the newer version: %v", err)
+	}
+	var status string
+	if err := db.Get(&status, `SELECT status FROM appointments WHERE external_id = 'held'`); err != nil || status != "noshow" {
+		t.Errorf("the appointment's status: %q %v; want the newer version's, noshow", status, err)
+	}
+}
+
 // A worker carrying a request over does not wait for the gathering worker,
 // which may be waiting for a request that never comes: with nothing more
 // queued, the carried request is still written.

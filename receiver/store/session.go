@@ -52,9 +52,8 @@ import (
 // open (a DBA's fix in psql) holds it until it ends, and without a limit
 // each request touching that row kept a worker for the batch's whole 15 s
 // and was answered 503 only then. None (PostgreSQL's default) becomes 2 s:
-// such a request is answered 503 after its attempts, and the vendor
-// retries it; a DBA's own value is kept (a short one is retried,
-// retryable).
+// such a request is answered 503 (not run again here: retryable), and the
+// vendor retries it; a DBA's own value is kept.
 var sessionSettings = []struct{ name, set string }{
 	{"plan_cache_mode", "SET plan_cache_mode = force_generic_plan"},
 	{"enable_seqscan", "SET enable_seqscan = off"},

@@ -42,8 +42,8 @@ func TestConcurrentSenders(t *testing.T) {
 }
 
 // A database's lock_timeout shorter than one group's wait for another
-// writing the same rows (a DBA's) gets 503 with Retry-After after the
-// retries, never 500: the vendor's retry is the cure. Measured with 1 ms,
+// writing the same rows (a DBA's) gets 503 with Retry-After, never 500:
+// the vendor's retry is the cure. Measured with 1 ms,
 // 81 of 480 such requests were answered 500 before.
 func TestShortLockTimeoutIsNoError(t *testing.T) {
 	u := pgtest.NewDatabase(t)
