@@ -72,36 +72,24 @@ func (c *Cluster) NewEmptyDatabase(t testing.TB) string {
 
 // Stop shuts the server down (fast mode: sessions are ended) and waits until
 // it has exited.
-func (c *Cluster) Stop() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.cmd == nil {
-		return nil
-	}
-	// SIGINT is PostgreSQL's "fast" shutdown.
-	_ = c.cmd.Process.Signal(syscall.SIGINT)
-	select {
-	case <-c.done:
-	case <-time.After(30 * time.Second):
-		_ = c.cmd.Process.Kill()
-		<-c.done
-	}
-	c.cmd = nil
-	return nil
-}
+func (c *Cluster) Stop() error { return c.signalStop(syscall.SIGINT) } // PostgreSQL's "fast" shutdown
 
 // Crash ends the server as a crash would (an immediate shutdown, SIGQUIT:
 // every process exits at once, nothing is written out, the next start runs
 // crash recovery) and waits until it has exited. What a commit had written
 // to the WAL survives, as it would the server process's death; what was
 // still in its buffers does not.
-func (c *Cluster) Crash() error {
+func (c *Cluster) Crash() error { return c.signalStop(syscall.SIGQUIT) }
+
+// signalStop sends the postmaster sig and waits for it to exit, killing it
+// after 30 s.
+func (c *Cluster) signalStop(sig syscall.Signal) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.cmd == nil {
 		return nil
 	}
-	_ = c.cmd.Process.Signal(syscall.SIGQUIT)
+	_ = c.cmd.Process.Signal(sig)
 	select {
 	case <-c.done:
 	case <-time.After(30 * time.Second):
