@@ -143,7 +143,7 @@ func TestSessionSettings(t *testing.T) {
 		for _, conn := range []interface {
 			GetContext(context.Context, any, string, ...any) error
 		}{c1, c2} {
-			var mode, seqscan, isolation, syncCommit, lockTimeout string
+			var mode, seqscan, isolation, syncCommit, lockWait string
 			if err := conn.GetContext(ctx, &mode, `SHOW plan_cache_mode`); err != nil {
 				t.Fatal(err)
 			}
@@ -156,21 +156,18 @@ func TestSessionSettings(t *testing.T) {
 			if err := conn.GetContext(ctx, &syncCommit, `SHOW synchronous_commit`); err != nil {
 				t.Fatal(err)
 			}
-			if err := conn.GetContext(ctx, &lockTimeout, `SHOW lock_timeout`); err != nil {
+			if err := conn.GetContext(ctx, &lockWait, `SHOW lock_timeout`); err != nil {
 				t.Fatal(err)
 			}
-			if mode != c.planCache || seqscan != "off" || isolation != "read committed" || syncCommit != "local" || lockTimeout != lockTimeout2s {
+			if mode != c.planCache || seqscan != "off" || isolation != "read committed" || syncCommit != "local" || lockWait != lockTimeout {
 				t.Errorf("plan_cache_mode %q, enable_seqscan %q, transaction_isolation %q, synchronous_commit %q, lock_timeout %q; want %q, off, read committed, local, %s",
-					mode, seqscan, isolation, syncCommit, lockTimeout, c.planCache, lockTimeout2s)
+					mode, seqscan, isolation, syncCommit, lockWait, c.planCache, lockTimeout)
 			}
 		}
 		_ = c1.Close()
 		_ = c2.Close()
 	}
 }
-
-// lockTimeout2s is lockTimeout as SHOW prints it.
-const lockTimeout2s = "2s"
 
 // A database's synchronous_commit other than off, and a lock_timeout it
 // sets, are the DBA's to choose (waiting for synchronous standbys or not;
@@ -223,8 +220,8 @@ func TestMigrationsLeaveNoSessionWithTheirTimeouts(t *testing.T) {
 		if err := c.QueryRowxContext(ctx, `SELECT current_setting('lock_timeout'), current_setting('statement_timeout')`).Scan(&lock, &stmt); err != nil {
 			t.Fatal(err)
 		}
-		if lock != lockTimeout2s || stmt != "0" {
-			t.Errorf("a pooled session after the migrations: lock_timeout %s, statement_timeout %s; want %s and 0", lock, stmt, lockTimeout2s)
+		if lock != lockTimeout || stmt != "0" {
+			t.Errorf("a pooled session after the migrations: lock_timeout %s, statement_timeout %s; want %s and 0", lock, stmt, lockTimeout)
 		}
 	}
 }
