@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/jmoiron/sqlx"
 )
 
 // The batcher (architecture.md, "Schema and write path"). One transaction per request caps a receiver at a
@@ -71,6 +73,10 @@ type request struct {
 	// answer says whether the data was committed.
 	state   atomic.Int32
 	release func() // Batch.Release, or nil
+	// probe: r touches a row found held, and is written alone (held.go);
+	// claimed are the rows it holds the probe of. Set by admit.
+	probe   bool
+	claimed []rowKey
 }
 
 // A request's states.
@@ -157,18 +163,20 @@ func (s *Store) Write(ctx context.Context, b Batch) (Result, error) {
 }
 
 // group is the requests one statement writes: one EHR, distinct
-// appointments (an upsert cannot touch a row twice), bounded in size.
+// appointments (an upsert cannot touch a row twice), bounded in size. A
+// request touching a row found held (held.go) is a probe, written alone.
 type group struct {
 	reqs    []*request
 	entries int
 	appts   map[string]struct{}
+	probe   bool
 }
 
 // add puts r in g if it fits, and reports whether it did. An empty group
 // takes any request.
 func (g *group) add(r *request) bool {
 	if len(g.reqs) > 0 {
-		if len(g.reqs) >= maxGroup || r.p.delivery.EHR != g.reqs[0].p.delivery.EHR ||
+		if g.probe || r.probe || len(g.reqs) >= maxGroup || r.p.delivery.EHR != g.reqs[0].p.delivery.EHR ||
 			g.entries+len(r.p.ids) > maxGroupEntries {
 			return false
 		}
@@ -186,6 +194,7 @@ func (g *group) add(r *request) bool {
 	}
 	g.reqs = append(g.reqs, r)
 	g.entries += len(r.p.ids)
+	g.probe = r.probe
 	return true
 }
 
@@ -221,40 +230,44 @@ func (s *Store) work() {
 		if !ok {
 			return
 		}
-		s.commit(g.reqs, turn)
+		s.commit(g.reqs, turn, g.probe)
 	}
 }
 
 // gather makes the next group: the carried requests that fit, then what is
 // queued, waiting for a first request if there is none. A small group also
-// waits for its turn (awaitTurn). ok is false once the queue is closed and
-// nothing is left.
+// waits for its turn (awaitTurn), but not a probe, which goes at once.
+// ok is false once the queue is closed and nothing is left.
 func (s *Store) gather(carry *[]*request) (g group, turn, ok bool) {
 	held := *carry
 	*carry = nil
 	for _, r := range held {
 		g.addOrCarry(r, carry)
 	}
-	if len(g.reqs) == 0 {
+	for len(g.reqs) == 0 {
 		r, ok := <-s.queue
 		if !ok {
 			return g, false, false
 		}
-		g.add(r)
+		if s.admit(r) {
+			g.add(r)
+		}
 	}
 gather:
-	for len(*carry) == 0 && len(g.reqs) < maxGroup {
+	for len(*carry) == 0 && len(g.reqs) < maxGroup && !g.probe {
 		select {
 		case r, ok := <-s.queue:
 			if !ok {
 				break gather
 			}
-			g.addOrCarry(r, carry)
+			if s.admit(r) {
+				g.addOrCarry(r, carry)
+			}
 		default:
 			break gather
 		}
 	}
-	if g.entries < smallGroupEntries {
+	if g.entries < smallGroupEntries && !g.probe {
 		turn = s.awaitTurn(&g, carry)
 	}
 	return g, turn, true
@@ -273,17 +286,33 @@ func (s *Store) awaitTurn(g *group, carry *[]*request) bool {
 			if !ok {
 				return false
 			}
-			g.addOrCarry(r, carry)
+			if s.admit(r) {
+				g.addOrCarry(r, carry)
+			}
 		}
 	}
 	return false
 }
 
+// admit decides how r, just taken from the queue, is written: as a probe
+// or not (held.go). It answers at once a request touching a row whose
+// probe is in flight, and reports whether r is still to be written.
+func (s *Store) admit(r *request) bool {
+	probe, busy, claimed := s.held.admit(r.p, time.Now())
+	if busy {
+		r.finish(outcome{err: fmt.Errorf("Write: %w", ErrRowHeld)}, r.state.CompareAndSwap(reqQueued, reqAbandoned))
+		return false
+	}
+	r.probe, r.claimed = probe, claimed
+	return true
+}
+
 // commit writes a group and answers each of its callers. A group holding
 // the small groups' turn passes it on once its statement has returned,
 // before the callers are answered, so that the next small group's
-// statement runs while they are.
-func (s *Store) commit(group []*request, turn bool) {
+// statement runs while they are. A probe (held.go) is written with a
+// short lock_timeout.
+func (s *Store) commit(group []*request, turn, probe bool) {
 	var once sync.Once
 	release := func() {
 		if turn {
@@ -291,6 +320,11 @@ func (s *Store) commit(group []*request, turn bool) {
 		}
 	}
 	defer release()
+	defer func() { // for requests not written, or on a panic
+		for _, r := range group {
+			s.held.release(r.claimed)
+		}
+	}()
 	if turn {
 		// Passed on at turnHold if the statement is still running.
 		t := time.AfterFunc(s.turnHold, release)
@@ -314,7 +348,7 @@ func (s *Store) commit(group []*request, turn bool) {
 	// not roll back its neighbours.
 	ctx, cancel := context.WithTimeout(context.Background(), s.txTimeout)
 	defer cancel()
-	out, err := s.writeRetrying(ctx, live)
+	out, err := s.writeRetrying(ctx, live, probe)
 	if turn {
 		release()
 		// The worker waiting for the turn is now runnable, but Go runs the
@@ -328,7 +362,7 @@ func (s *Store) commit(group []*request, turn bool) {
 		// One request's rows failed the statement: each alone, so the
 		// failure is its own.
 		for i, r := range live {
-			res, err := s.writeRetrying(ctx, []*request{r})
+			res, err := s.writeRetrying(ctx, []*request{r}, false)
 			if err != nil {
 				out[i] = outcome{err: err}
 			} else {
@@ -337,23 +371,28 @@ func (s *Store) commit(group []*request, turn bool) {
 		}
 		err = nil
 	}
+	now := time.Now()
 	for i, r := range live {
+		o := out[i]
 		if err != nil {
-			r.finish(outcome{err: err}, true)
-		} else {
-			r.finish(out[i], true)
+			o = outcome{err: err}
 		}
+		// Before the answer, so that the vendor's retry sees it.
+		s.held.note(r.p, r.probe, o.err, now)
+		s.held.release(r.claimed)
+		r.claimed = nil
+		r.finish(o, true)
 	}
 }
 
 // writeRetrying writes a group, again on deadlock or serialization failure
 // (which the lock order makes unexpected, but a database may still report).
 // The outcomes are allocated even on error, for commit's fallback.
-func (s *Store) writeRetrying(ctx context.Context, group []*request) ([]outcome, error) {
+func (s *Store) writeRetrying(ctx context.Context, group []*request, probe bool) ([]outcome, error) {
 	out := make([]outcome, len(group))
 	var err error
 	for attempt := 1; attempt <= maxAttempts; attempt++ {
-		if err = s.writeGroup(ctx, group, out); err == nil || !retryable(err) || ctx.Err() != nil {
+		if err = s.writeGroup(ctx, group, out, probe); err == nil || !retryable(err) || ctx.Err() != nil {
 			break
 		}
 	}
@@ -361,8 +400,10 @@ func (s *Store) writeRetrying(ctx context.Context, group []*request) ([]outcome,
 }
 
 // writeGroup runs the group's statement in autocommit: the rows are read to
-// the end, which lib/pq reaches only after the server committed.
-func (s *Store) writeGroup(ctx context.Context, group []*request, out []outcome) error {
+// the end, which lib/pq reaches only after the server committed. A probe's
+// runs in a transaction of its own, to set its lock_timeout for it alone:
+// two more round trips, for a request touching a row found held.
+func (s *Store) writeGroup(ctx context.Context, group []*request, out []outcome, probe bool) error {
 	ps := make([]*prepared, len(group))
 	for i, r := range group {
 		ps[i] = r.p
@@ -372,6 +413,25 @@ func (s *Store) writeGroup(ctx context.Context, group []*request, out []outcome)
 	if err != nil {
 		return err
 	}
+	if !probe {
+		return readAnswers(ctx, stmt, ps, out, simple)
+	}
+	tx, err := s.db.BeginTxx(ctx, nil)
+	if err != nil {
+		return wrap("Write", err)
+	}
+	defer tx.Rollback() //nolint:errcheck // after Commit, ErrTxDone
+	if _, err := tx.ExecContext(ctx, probeLockTimeoutSQL); err != nil {
+		return wrap("Write", err)
+	}
+	if err := readAnswers(ctx, tx.StmtxContext(ctx, stmt), ps, out, simple); err != nil {
+		return err
+	}
+	return wrap("Write", tx.Commit())
+}
+
+// readAnswers runs stmt on the group and reads each request's counts.
+func readAnswers(ctx context.Context, stmt *sqlx.Stmt, ps []*prepared, out []outcome, simple bool) error {
 	rows, err := stmt.QueryContext(ctx, writeArgs(ps, simple)...)
 	if err != nil {
 		return wrap("Write", err)
@@ -383,10 +443,10 @@ func (s *Store) writeGroup(ctx context.Context, group []*request, out []outcome)
 		if err := rows.Scan(&req, &written, &superseded, &quarantined); err != nil {
 			return wrap("Write", err)
 		}
-		if req < 1 || req > len(group) {
-			return fmt.Errorf("Write: the statement answered for request %d of %d", req, len(group))
+		if req < 1 || req > len(ps) {
+			return fmt.Errorf("Write: the statement answered for request %d of %d", req, len(ps))
 		}
-		p := group[req-1].p
+		p := ps[req-1]
 		// An invalid entry whose content was already pending in the
 		// quarantine was not kept again: a duplicate too.
 		out[req-1] = outcome{res: Result{Written: written, Duplicates: p.entries - written - superseded + p.quarantined - quarantined,
@@ -396,8 +456,8 @@ func (s *Store) writeGroup(ctx context.Context, group []*request, out []outcome)
 	if err := rows.Err(); err != nil {
 		return wrap("Write", err)
 	}
-	if n != len(group) {
-		return fmt.Errorf("Write: the statement answered for %d of %d requests", n, len(group))
+	if n != len(ps) {
+		return fmt.Errorf("Write: the statement answered for %d of %d requests", n, len(ps))
 	}
 	return nil
 }

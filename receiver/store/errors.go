@@ -34,7 +34,7 @@ func IsUnavailable(err error) bool {
 		return false
 	}
 	for _, target := range []error{
-		ErrClosed, ErrReadOnly, ErrOutcomeUnknown, driver.ErrBadConn, sql.ErrConnDone, context.DeadlineExceeded,
+		ErrClosed, ErrReadOnly, ErrOutcomeUnknown, ErrRowHeld, driver.ErrBadConn, sql.ErrConnDone, context.DeadlineExceeded,
 		io.EOF, io.ErrUnexpectedEOF,
 		syscall.ECONNREFUSED, syscall.ECONNRESET, syscall.EPIPE, syscall.ETIMEDOUT, syscall.EHOSTUNREACH, syscall.ENETUNREACH,
 	} {

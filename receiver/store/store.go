@@ -66,6 +66,7 @@ type Store struct {
 	// a token while a small group is in flight (batcher.go).
 	gathering sync.Mutex
 	smallTurn chan struct{}
+	held      heldRows
 	wg        sync.WaitGroup
 	// txTimeout, outcomeGrace and turnHold (batcher.go), fields so that a
 	// test can change them.

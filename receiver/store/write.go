@@ -399,6 +399,9 @@ type prepared struct {
 	entries     int      // len(Batch.Entries): written + duplicates
 	quarantined int
 	replayed    int
+	// patients and practitioners named by those entries (repeats kept):
+	// with ids, the rows the statement upserts (held.go).
+	patients, practitioners []string
 	// simple: no quarantined or replayed entries, and every entry first
 	// received with this request (not before it), so none can be
 	// superseded: a group of such requests is written with writeSimpleSQL.
@@ -441,6 +444,7 @@ func prepare(b Batch) (*prepared, error) {
 
 	rows := make([]entryRow, len(idx))
 	ids := make([]string, len(idx))
+	pats, pracs := make([]string, len(idx)), make([]string, len(idx))
 	for k, i := range idx {
 		e := &b.Entries[i]
 		if b.Versions != nil {
@@ -449,6 +453,7 @@ func prepare(b Batch) (*prepared, error) {
 			rows[k] = entryRow{Entry: e, hash: ContentHash(*e), received: d.ReceivedAt}
 		}
 		ids[k] = e.Appointment.ID
+		pats[k], pracs[k] = e.Patient.ID, e.Practitioner.ID
 	}
 
 	quarantined := make([]quarantineRow, len(b.Quarantined))
@@ -474,7 +479,7 @@ func prepare(b Batch) (*prepared, error) {
 		simple = simple && !rows[i].received.Before(d.ReceivedAt)
 	}
 	return &prepared{
-		delivery: d, ids: ids, entries: len(b.Entries), quarantined: len(quarantined), replayed: len(b.Replayed),
+		delivery: d, ids: ids, patients: pats, practitioners: pracs, entries: len(b.Entries), quarantined: len(quarantined), replayed: len(b.Replayed),
 		simple:         simple,
 		deliveryRow:    deliveryArrays.encode([]Delivery{d}, 128),
 		entryRows:      entryArrays.encode(rows, 512),
