@@ -348,6 +348,7 @@ func (s *Store) commit(group []*request, turn, probe bool) {
 	// not roll back its neighbours.
 	ctx, cancel := context.WithTimeout(context.Background(), s.txTimeout)
 	defer cancel()
+	start := time.Now()
 	out, err := s.writeRetrying(ctx, live, probe)
 	if turn {
 		release()
@@ -372,13 +373,14 @@ func (s *Store) commit(group []*request, turn, probe bool) {
 		err = nil
 	}
 	now := time.Now()
+	took := now.Sub(start)
 	for i, r := range live {
 		o := out[i]
 		if err != nil {
 			o = outcome{err: err}
 		}
 		// Before the answer, so that the vendor's retry sees it.
-		s.held.note(r.p, r.probe, o.err, now)
+		s.held.note(r.p, r.probe, o.err, took, now)
 		s.held.release(r.claimed)
 		r.claimed = nil
 		r.finish(o, true)

@@ -37,12 +37,15 @@ func TestHeldRows(t *testing.T) {
 	}
 
 	admit("nothing held", p("a1", "prov-1"), false, false)
-	h.note(p("a1", "prov-1"), false, fmt.Errorf("Write: %w", &pq.Error{Code: "23505"}), now)
+	h.note(p("a1", "prov-1"), false, fmt.Errorf("Write: %w", &pq.Error{Code: "23505"}), time.Second, now)
 	admit("after an error other than a lock timeout", p("a2", "prov-1"), false, false)
+
+	h.note(p("a1", "prov-1"), false, timeout, heldAfter-time.Millisecond, now)
+	admit("after a lock timeout shorter than heldAfter", p("a2", "prov-1"), false, false)
 
 	// A group's statement timed out: its rows are suspects, probed alone,
 	// any number at once.
-	h.note(p("a1", "prov-1"), false, timeout, now)
+	h.note(p("a1", "prov-1"), false, timeout, 2*time.Second, now)
 	admit("same practitioner, after a group's timeout", p("a2", "prov-1"), true, false)
 	if c := admit("again", p("a3", "prov-1"), true, false); len(c) != 0 {
 		t.Errorf("a suspect row was claimed: %v", c)
@@ -50,7 +53,7 @@ func TestHeldRows(t *testing.T) {
 	admit("another practitioner", p("a4", "prov-2"), false, false)
 
 	// A probe's timed out: its rows are confirmed, one probe at a time.
-	h.note(p("a2", "prov-1"), true, timeout, now)
+	h.note(p("a2", "prov-1"), true, timeout, heldAfter, now)
 	claimed := admit("first probe of a confirmed row", p("a5", "prov-1"), true, false)
 	if len(claimed) == 0 {
 		t.Fatal("the probe claimed no row")
@@ -61,7 +64,7 @@ func TestHeldRows(t *testing.T) {
 	h.release(admit("after the probe ended", p("a6", "prov-1"), true, false))
 
 	// A commit forgets the rows it wrote.
-	h.note(p("a8", "prov-1"), true, nil, now)
+	h.note(p("a8", "prov-1"), true, nil, time.Millisecond, now)
 	admit("practitioner written since", p("a9", "prov-1"), false, false)
 	admit("patient of the probe that timed out", p("a2", "prov-3"), true, false)
 
