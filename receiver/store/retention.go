@@ -202,6 +202,9 @@ func (s *Store) Prune(ctx context.Context, ehr string, r Retention, now time.Tim
 	if err := r.Validate(); err != nil {
 		return p, false, err
 	}
+	if s.poolShort() { // the writes need every connection the server gives (pool.go)
+		return p, false, nil
+	}
 	conn, unlock, err := s.tryAdvisoryLock(ctx, "Prune", `pg_try_advisory_lock($1)`, `pg_advisory_unlock($1)`, pruneLockID)
 	if err != nil || conn == nil {
 		return p, false, err

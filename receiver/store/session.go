@@ -91,10 +91,16 @@ func sessionSetup(runtime map[string]string) string {
 type sessionConnector struct {
 	driver.Connector
 	setup string
+	// refused, if not nil, is called when the server has no slot for a
+	// new connection (pool.go).
+	refused func()
 }
 
 func (c sessionConnector) Connect(ctx context.Context) (driver.Conn, error) {
 	conn, err := c.Connector.Connect(ctx)
+	if err != nil && c.refused != nil && isRefusedConnection(err) {
+		c.refused()
+	}
 	if err != nil || c.setup == "" {
 		return conn, err
 	}

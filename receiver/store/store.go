@@ -67,6 +67,7 @@ type Store struct {
 	gathering sync.Mutex
 	smallTurn chan struct{}
 	held      heldRows
+	pool      poolCap // pool.go
 	wg        sync.WaitGroup
 	// txTimeout, outcomeGrace and turnHold (batcher.go), fields so that a
 	// test can change them.
@@ -123,15 +124,17 @@ func Open(ctx context.Context, databaseURL string) (*Store, error) {
 		return nil, fmt.Errorf("while configuring the database connection: %w", err)
 	}
 	connector.Dialer(newDialer())
-	db := sqlx.NewDb(sql.OpenDB(sessionConnector{Connector: connector, setup: sessionSetup(cfg.Runtime)}), "postgres")
-	db.SetMaxOpenConns(maxConns)
-	db.SetMaxIdleConns(maxConns)
+	s := &Store{queue: make(chan *request, queueDepth), smallTurn: make(chan struct{}, 1),
+		txTimeout: txTimeout, outcomeGrace: outcomeGrace, turnHold: turnHold}
+	s.pool.max = maxConns
+	s.db = sqlx.NewDb(sql.OpenDB(sessionConnector{Connector: connector, setup: sessionSetup(cfg.Runtime),
+		refused: s.connectionRefused}), "postgres")
+	s.db.SetMaxOpenConns(maxConns)
+	s.db.SetMaxIdleConns(maxConns)
 	// Recycle connections now and then so a failover or a DNS change is
 	// picked up even when no error forces it.
-	db.SetConnMaxLifetime(30 * time.Minute)
-	db.SetConnMaxIdleTime(5 * time.Minute)
-	s := &Store{db: db, queue: make(chan *request, queueDepth), smallTurn: make(chan struct{}, 1),
-		txTimeout: txTimeout, outcomeGrace: outcomeGrace, turnHold: turnHold}
+	s.db.SetConnMaxLifetime(30 * time.Minute)
+	s.db.SetConnMaxIdleTime(5 * time.Minute)
 	for range workers {
 		s.wg.Add(1)
 		go s.work()
@@ -155,8 +158,13 @@ func (s *Store) Migrate(ctx context.Context) error {
 // the URL does not lead to a pooler in transaction mode (checkSessions: its
 // first verdict is kept); it says nothing of the schema.
 func (s *Store) Ping(ctx context.Context) error {
+	s.liftPoolCap(time.Now())
 	var readOnly string
-	if err := s.db.QueryRowContext(ctx, `SHOW transaction_read_only`).Scan(&readOnly); err != nil {
+	err := s.db.QueryRowContext(ctx, `SHOW transaction_read_only`).Scan(&readOnly)
+	if isRefusedConnection(err) { // again, on a connection the pool has (pool.go)
+		err = s.db.QueryRowContext(ctx, `SHOW transaction_read_only`).Scan(&readOnly)
+	}
+	if err != nil {
 		return wrap("Ping", err)
 	}
 	if readOnly == "on" {
