@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/net/netutil"
 	"golang.org/x/time/rate"
@@ -86,6 +87,12 @@ func New(cfg Config, st Store, log *slog.Logger) (*Server, error) {
 		now:     time.Now,
 	}
 	s.metrics.registry.MustRegister(s.db)
+	if rc, ok := st.(interface{ RefusedConnections() uint64 }); ok {
+		s.metrics.registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "ehr_receiver", Name: "database_connections_refused_total", ConstLabels: prometheus.Labels{"ehr": cfg.EHR},
+			Help: "New database connections the server refused for want of a free slot (SQLSTATE 53300: max_connections, or a CONNECTION LIMIT).",
+		}, func() float64 { return float64(rc.RefusedConnections()) }))
+	}
 	s.versions = newVersionMemory(cfg.EHR, s.metrics.registry)
 	s.inflight = newInflight(cfg, s.metrics.registry)
 	s.retention = newRetentionMetrics(cfg.EHR, s.metrics.registry)

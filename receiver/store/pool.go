@@ -3,6 +3,7 @@ package store
 import (
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lib/pq"
@@ -26,6 +27,7 @@ import (
 const poolCapFor = 10 * time.Second
 
 type poolCap struct {
+	refused atomic.Uint64 // connections refused so far
 	mu      sync.Mutex
 	max     int // the pool's MaxOpenConns
 	lowered time.Time
@@ -39,6 +41,7 @@ func isRefusedConnection(err error) bool { return pq.As(err, "53300") != nil }
 // connectionRefused caps the pool at its open connections. The connector
 // calls it while the refused connection still counts as open.
 func (s *Store) connectionRefused() {
+	s.pool.refused.Add(1)
 	open := s.db.Stats().OpenConnections - 1
 	if open < 1 {
 		return
@@ -53,6 +56,10 @@ func (s *Store) connectionRefused() {
 	slog.Warn("The database refused a new connection (no free slot, SQLSTATE 53300); writing through the connections open",
 		"connections", open, "retry_full_pool_in", poolCapFor.String())
 }
+
+// RefusedConnections is how many new connections the server has refused
+// the store for want of a free slot (SQLSTATE 53300).
+func (s *Store) RefusedConnections() uint64 { return s.pool.refused.Load() }
 
 // poolShort reports whether the pool is capped below maxConns: the
 // retention skips its run then (it is retried at the next interval), not

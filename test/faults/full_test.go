@@ -104,6 +104,14 @@ func TestServerFullSharesItsConnections(t *testing.T) {
 	if sessions < 4 {
 		t.Errorf("%d sessions of the receiver 12 s after the slots were back; want the 4 its workers use, or more", sessions)
 	}
+	_, scrape, err := harness.Get(r.MetricsURL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(scrape, `ehr_receiver_database_connections_refused_total{ehr="`+harness.EHR+`"}`) ||
+		strings.Contains(scrape, `ehr_receiver_database_connections_refused_total{ehr="`+harness.EHR+`"} 0`+"\n") {
+		t.Errorf("the refused connections are not counted on /metrics")
+	}
 	log := r.Log()
 	for _, want := range []string{"The database refused a new connection", "Opening new database connections again"} {
 		if !strings.Contains(log, want) {
