@@ -142,8 +142,12 @@ func TestWriteTouchingAHeldRow(t *testing.T) {
 	}
 	inFlight := make(chan error, 1)
 	go func() { _, err := write("probe-2"); inFlight <- err }()
-	time.Sleep(50 * time.Millisecond)
-	if d, err := write("meanwhile"); !errors.Is(err, ErrRowHeld) || !IsUnavailable(err) || d > 100*time.Millisecond {
+	waitFor(t, 5*time.Second, "probe claiming the row", func() bool {
+		s.held.mu.Lock()
+		defer s.held.mu.Unlock()
+		return len(s.held.probing) > 0
+	})
+	if d, err := write("meanwhile"); !errors.Is(err, ErrRowHeld) || !IsUnavailable(err) || d > 150*time.Millisecond {
 		t.Errorf("a write while the row's probe is in flight: %v after %s; want ErrRowHeld at once", err, d)
 	}
 	if err := <-inFlight; !isLockTimeout(err) {

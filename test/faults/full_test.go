@@ -81,7 +81,7 @@ func TestServerFullSharesItsConnections(t *testing.T) {
 	setPhase("after")
 	fullTo := time.Now()
 	exec(`ALTER ROLE ` + role + ` CONNECTION LIMIT -1`)
-	time.Sleep(12 * time.Second) // past poolCapFor and a ping
+	time.Sleep(15 * time.Second) // past poolCapFor and a ping
 	var sessions int
 	if err := admin.QueryRow(`SELECT count(*) FROM pg_stat_activity WHERE usename = $1`, role).Scan(&sessions); err != nil {
 		t.Fatal(err)
@@ -102,7 +102,7 @@ func TestServerFullSharesItsConnections(t *testing.T) {
 		t.Errorf("while the server was full: %v; want at least 100 answered 200, and 503 for at most 5 %%", full)
 	}
 	if sessions < 4 {
-		t.Errorf("%d sessions of the receiver 12 s after the slots were back; want the 4 its workers use, or more", sessions)
+		t.Errorf("%d sessions of the receiver 15 s after the slots were back; want the 4 its workers use, or more", sessions)
 	}
 	_, scrape, err := harness.Get(r.MetricsURL + "/metrics")
 	if err != nil {
