@@ -505,14 +505,7 @@ func TestLockTimeoutDoesNotUndoANewerVersion(t *testing.T) {
 	pgtest.AlterDatabase(t, u, "lock_timeout = '1s'") // a DBA's, kept: known timing
 	s, db := openStore(t, u)
 	mustWrite(t, s, batch(minimalEntry("held")))
-	tx, err := db.Beginx()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback() //nolint:errcheck // the test's end
-	if _, err := tx.Exec(`SELECT 1 FROM appointments WHERE external_id = 'held' FOR UPDATE`); err != nil {
-		t.Fatal(err)
-	}
+	tx := holdRows(t, db, `SELECT 1 FROM appointments WHERE external_id = 'held' FOR UPDATE`)
 	older, newer := minimalEntry("held"), minimalEntry("held")
 	older.Appointment.Status, older.Appointment.StatusRaw = "cancelled", "Cancelled"
 	newer.Appointment.Status, newer.Appointment.StatusRaw = "noshow", "No-show"

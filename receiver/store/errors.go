@@ -146,12 +146,8 @@ func unavailableCode(code pqerror.Code) bool {
 // it (TestLockTimeoutDoesNotUndoANewerVersion). The vendor's retry is
 // ordered: its first receipt is remembered (docs/decisions.md, "Order
 // under retries").
-//
-// A connection the server refused for want of slots (53300) is retried:
-// no statement ran, and the pool is now capped at the connections it has
-// (pool.go), so the retry waits for one of them.
 func retryable(err error) bool {
-	return pq.As(err, "40001", "40P01", "53300") != nil
+	return pq.As(err, "40001", "40P01") != nil
 }
 
 // dbError wraps a database error in a message free of field values:

@@ -121,14 +121,7 @@ func TestWriteTouchingAHeldRow(t *testing.T) {
 		return e
 	}
 	mustWrite(t, s, batch(entry("first")))
-	tx, err := db.Beginx()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback() //nolint:errcheck // the test's end
-	if _, err := tx.Exec(`SELECT 1 FROM practitioners WHERE external_id = 'prov-held' FOR UPDATE`); err != nil {
-		t.Fatal(err)
-	}
+	tx := holdRows(t, db, `SELECT 1 FROM practitioners WHERE external_id = 'prov-held' FOR UPDATE`)
 	write := func(id string) (time.Duration, error) {
 		t0 := time.Now()
 		_, err := s.Write(context.Background(), batch(entry(id)))

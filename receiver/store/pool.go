@@ -1,6 +1,7 @@
 package store
 
 import (
+	"database/sql/driver"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -18,8 +19,8 @@ import (
 // connections under load answered 5,502 of 6,725 requests 503 in 7 s,
 // and its /dbz flapped every second (TestServerFullSharesItsConnections).
 // So a refused connection caps the pool at the connections it has, and
-// queries wait for one of them; a write or a ping whose connection was
-// refused is run again at once, and gets one. The cap is lifted
+// queries wait for one of them; the query whose connection was refused is
+// run again at once by database/sql (refusedConnError), and gets one. The cap is lifted
 // poolCapFor after it was last lowered, so that the pool grows back once
 // slots are free; if the server is still full, the next refusal sets it
 // again, at the cost of the attempt. A pool with no connection left has
@@ -33,6 +34,16 @@ type poolCap struct {
 	max     int // the pool's MaxOpenConns
 	lowered time.Time
 }
+
+// refusedConnError is a connection refused for want of a slot, once the
+// pool is capped. It is also driver.ErrBadConn, which database/sql answers
+// by running the query again, on a connection the pool has: safe, since
+// 53300 comes before any statement. When none is left, the query fails
+// with it, and it still says 53300 (Cause, IsUnavailable).
+type refusedConnError struct{ err error }
+
+func (e refusedConnError) Error() string   { return e.err.Error() }
+func (e refusedConnError) Unwrap() []error { return []error{e.err, driver.ErrBadConn} }
 
 // isRefusedConnection reports whether err is the server refusing a new
 // connection for want of slots. It happens only at a connection's start,

@@ -100,6 +100,7 @@ func (c sessionConnector) Connect(ctx context.Context) (driver.Conn, error) {
 	conn, err := c.Connector.Connect(ctx)
 	if err != nil && c.refused != nil && isRefusedConnection(err) {
 		c.refused()
+		return nil, refusedConnError{err}
 	}
 	if err != nil || c.setup == "" {
 		return conn, err

@@ -160,11 +160,7 @@ func (s *Store) Migrate(ctx context.Context) error {
 func (s *Store) Ping(ctx context.Context) error {
 	s.liftPoolCap(time.Now())
 	var readOnly string
-	err := s.db.QueryRowContext(ctx, `SHOW transaction_read_only`).Scan(&readOnly)
-	if isRefusedConnection(err) { // again, on a connection the pool has (pool.go)
-		err = s.db.QueryRowContext(ctx, `SHOW transaction_read_only`).Scan(&readOnly)
-	}
-	if err != nil {
+	if err := s.db.QueryRowContext(ctx, `SHOW transaction_read_only`).Scan(&readOnly); err != nil {
 		return wrap("Ping", err)
 	}
 	if readOnly == "on" {

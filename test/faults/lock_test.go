@@ -30,14 +30,7 @@ func TestRowHeldElsewhereHoldsUpOnlyItsAppointment(t *testing.T) {
 	}
 
 	admin := openDB(t, dbURL)
-	tx, err := admin.Begin()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback() //nolint:errcheck // the test's end
-	if _, err := tx.Exec(`SELECT 1 FROM appointments WHERE external_id = $1 FOR UPDATE`, gen.AppointmentID(0)); err != nil {
-		t.Fatal(err)
-	}
+	tx := holdRows(t, admin, `SELECT 1 FROM appointments WHERE external_id = $1 FOR UPDATE`, gen.AppointmentID(0))
 
 	cancelled := bytes.Replace(gen.Body(0, 1), []byte(`"status":"booked"`), []byte(`"status":"cancelled"`), 1)
 	held := make(chan harness.Answer, 1)
@@ -104,14 +97,7 @@ func TestHeldPractitionerHoldsUpOnlyItsAppointments(t *testing.T) {
 		t.Fatalf("first appointment: %d %s", a.Status, a.Body)
 	}
 	admin := openDB(t, dbURL)
-	tx, err := admin.Begin()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback() //nolint:errcheck // the test's end
-	if _, err := tx.Exec(`UPDATE practitioners SET first_name = 'Jon' WHERE external_id = $1`, fmt.Sprintf("prov-%d", heldProv)); err != nil {
-		t.Fatal(err)
-	}
+	tx := holdRows(t, admin, `UPDATE practitioners SET first_name = 'Jon' WHERE external_id = $1`, fmt.Sprintf("prov-%d", heldProv))
 
 	const senders = 20
 	stop := time.Now().Add(6 * time.Second)
