@@ -88,12 +88,17 @@ func runReceiver(ctx context.Context, f receiverFlags) error {
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	slog.SetDefault(log)
+	base := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(base)
 	cfg, dbURL, err := receiverConfig(f)
 	if err != nil {
 		return fmt.Errorf("while reading the receiver configuration: %w", err)
 	}
+	// Every line names the EHR, the store's too: it logs through slog's
+	// default logger (the pool's cap, the migrations). receiver.New adds
+	// the attribute to its own logger, so it gets base.
+	log := base.With("ehr", cfg.EHR)
+	slog.SetDefault(log)
 	setGoMemoryLimit(f, cfg, log)
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -110,7 +115,7 @@ func runReceiver(ctx context.Context, f receiverFlags) error {
 		}
 		log.Info("Store closed")
 	}()
-	srv, err := receiver.New(cfg, st, log)
+	srv, err := receiver.New(cfg, st, base)
 	if err != nil {
 		return err
 	}

@@ -49,7 +49,6 @@ func (r reachability) String() string {
 // pod out of its Service, or vendors get the ingress's bare 502/503 instead
 // of our 503 with Retry-After. The one exception is refusedAtStart.
 type dbState struct {
-	ehr string
 	log *slog.Logger
 
 	mu    sync.Mutex
@@ -86,7 +85,7 @@ type dbState struct {
 func newDBState(ehr string, log *slog.Logger) *dbState {
 	labels := prometheus.Labels{"ehr": ehr}
 	d := &dbState{
-		ehr: ehr, log: log, since: time.Now(), wake: make(chan struct{}, 1), check: make(chan struct{}, 1),
+		log: log, since: time.Now(), wake: make(chan struct{}, 1), check: make(chan struct{}, 1),
 		upDesc: prometheus.NewDesc("ehr_receiver_database_up",
 			"1 when the database answered the last ping or write, 0 when it did not; absent until the first answer.", nil, labels),
 		sinceDesc: prometheus.NewDesc("ehr_receiver_database_state_change_timestamp_seconds",
@@ -166,7 +165,7 @@ func (d *dbState) set(reachable bool, err error) {
 	if reachable {
 		// The end of an outage at the level of its start, so that a
 		// receiver logging at warn shows both (operations.md, "Logs").
-		level, attrs := slog.LevelInfo, []any{"ehr", d.ehr}
+		level, attrs := slog.LevelInfo, []any(nil)
 		if prev == dbUnreachable {
 			level = slog.LevelWarn
 			attrs = append(attrs, "down_for", now.Sub(prevSince).Round(time.Millisecond).String())
@@ -179,7 +178,7 @@ func (d *dbState) set(reachable bool, err error) {
 		return
 	}
 	// Store errors name operations, addresses and SQLSTATEs, never values.
-	d.log.Warn("Database unreachable", "ehr", d.ehr, "since", now.UTC().Format(time.RFC3339), "error", err.Error())
+	d.log.Warn("Database unreachable", "since", now.UTC().Format(time.RFC3339), "error", err.Error())
 }
 
 func (d *dbState) snapshot() (reachability, time.Time) {

@@ -94,10 +94,10 @@ func newDeliveryLog(write func(context.Context, []store.Delivery) error, log *sl
 			"Refused requests recorded without their field errors, the queue holding its budget of them already (the row keeps their count)."),
 	}
 	l.fullWarn = newDropWarning(deliveryDropLogEvery, func(n int64, _ string) {
-		log.Warn("Delivery log queue full; failed-request records dropped", "ehr", ehr, "dropped", n)
+		log.Warn("Delivery log queue full; failed-request records dropped", "dropped", n)
 	})
 	l.databaseWarn = newDropWarning(deliveryDropLogEvery, func(n int64, cause string) {
-		log.Warn("Could not record failed deliveries; records dropped", "ehr", ehr, "dropped", n, "error", cause)
+		log.Warn("Could not record failed deliveries; records dropped", "dropped", n, "error", cause)
 	})
 	reg.MustRegister(l.written, l.batches, dropped, l.errorsLeftOut)
 	go l.run()

@@ -429,7 +429,7 @@ func (s *Server) finish(rq *request, a answer) {
 	s.metrics.superseded.Add(float64(a.result.Superseded))
 	s.metrics.quarantined.Add(float64(a.result.Quarantined))
 	attrs := []any{
-		"request_id", rq.c.GetString(ctxRequestID), "ehr", s.cfg.EHR, "items", rq.items,
+		"request_id", rq.c.GetString(ctxRequestID), "items", rq.items,
 		"outcome", string(a.outcome), "status", a.resp.Code, "latency_ms", float64(latency.Microseconds()) / 1000,
 	}
 	if a.resp.Code == http.StatusOK {

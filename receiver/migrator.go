@@ -75,7 +75,7 @@ func (s *Server) startBackground(ctx context.Context) (stop func()) {
 		told := <-ended
 		if left := bg.wait(time.Until(told.Add(backgroundStopTimeout))); len(left) > 0 {
 			s.log.Warn("Background database work did not stop in time; exiting without it (the database does not answer?)",
-				"ehr", s.cfg.EHR, "waited", backgroundStopTimeout.String(), "running", left)
+				"waited", backgroundStopTimeout.String(), "running", left)
 		}
 	}
 }
@@ -139,11 +139,11 @@ func (s *Server) migrateUntilDone(ctx context.Context) {
 		s.db.observe(err)
 		if err == nil {
 			s.db.migrated.Store(true)
-			s.log.Info("Database migrated", "ehr", s.cfg.EHR, "attempts", attempt)
+			s.log.Info("Database migrated", "attempts", attempt)
 			return
 		}
 		wait := jittered(delay)
-		s.log.Warn("Migration failed; the webhook answers 503 until one succeeds", "ehr", s.cfg.EHR,
+		s.log.Warn("Migration failed; the webhook answers 503 until one succeeds",
 			"attempt", attempt, "retry_in", wait.Round(time.Millisecond).String(), "error", err.Error())
 		t := time.NewTimer(wait)
 		select {

@@ -99,7 +99,7 @@ func (s *Server) pruneOnce(ctx context.Context) {
 	m.removed.WithLabelValues(kindQuarantine).Add(float64(p.Quarantine))
 	m.removed.WithLabelValues(kindQuarantineContent).Add(float64(p.QuarantineContent))
 	m.removed.WithLabelValues(kindHistory).Add(float64(p.History))
-	attrs := []any{"ehr", s.cfg.EHR, "delivery_log", p.DeliveryLog, "quarantine", p.Quarantine,
+	attrs := []any{"delivery_log", p.DeliveryLog, "quarantine", p.Quarantine,
 		"quarantine_content", p.QuarantineContent, "history", p.History,
 		"duration_ms", s.now().Sub(start).Milliseconds()}
 	switch {

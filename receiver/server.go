@@ -77,6 +77,8 @@ func New(cfg Config, st Store, log *slog.Logger) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("while checking the receiver configuration: %w", err)
 	}
+	// Every line of the server names its EHR.
+	log = log.With("ehr", cfg.EHR)
 	s := &Server{
 		cfg:     cfg,
 		store:   st,
@@ -222,7 +224,7 @@ func (s *Server) Run(ctx context.Context) error {
 	go func() { errc <- met.Serve(metricsLn) }()
 	stopBackground := s.startBackground(ctx)
 	defer stopBackground()
-	s.log.Info("Receiver listening", "ehr", s.cfg.EHR, "listen", apiLn.Addr().String(),
+	s.log.Info("Receiver listening", "listen", apiLn.Addr().String(),
 		"metrics_listen", metricsLn.Addr().String(), "on_invalid", string(s.cfg.OnInvalid),
 		"time_zone", s.cfg.Location.String())
 
@@ -244,7 +246,7 @@ func (s *Server) Run(ctx context.Context) error {
 	// Before the caller closes the store.
 	if !s.deliveries.close(deliveryFlushTimeout) {
 		s.log.Warn("The delivery log was not written in time; exiting without it (the database does not answer?)",
-			"ehr", s.cfg.EHR, "waited", (deliveryFlushTimeout + time.Second).String())
+			"waited", (deliveryFlushTimeout + time.Second).String())
 	}
 	if err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("while shutting down: %w", err)
@@ -262,7 +264,7 @@ func (s *Server) recoverer(c *gin.Context) {
 			if p == http.ErrAbortHandler {
 				panic(p)
 			}
-			s.log.Error("Handler panicked", "request_id", c.GetString(ctxRequestID), "ehr", s.cfg.EHR)
+			s.log.Error("Handler panicked", "request_id", c.GetString(ctxRequestID))
 			// The handler's own count never ran: count the 500 here, so
 			// that EHRReceiverServerErrors sees it.
 			code := strconv.Itoa(http.StatusInternalServerError)

@@ -25,7 +25,8 @@ import (
 // slots are free; if the server is still full, the next refusal sets it
 // again, at the cost of the attempt. A pool with no connection left has
 // nothing to share: its queries fail as before, and the receiver answers
-// 503.
+// 503. Its two log lines go to slog's default logger, which the receiver
+// sets to one naming its EHR.
 const poolCapFor = 10 * time.Second
 
 type poolCap struct {

@@ -114,8 +114,16 @@ func TestServerFullSharesItsConnections(t *testing.T) {
 	}
 	log := r.Log()
 	for _, want := range []string{"The database refused a new connection", "Opening new database connections again"} {
-		if !strings.Contains(log, want) {
+		if !strings.Contains(log, `"msg":"`+want) {
 			t.Errorf("no %q line in the receiver's log", want)
+		}
+	}
+	// The store logs through slog's default logger, which names the EHR.
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, "database connections again") || strings.Contains(line, "refused a new connection") {
+			if !strings.Contains(line, `"ehr":"`+harness.EHR+`"`) {
+				t.Errorf("the pool's log line does not name its EHR: %s", line)
+			}
 		}
 	}
 	// /dbz held: no "Database unreachable" line while the server was full
