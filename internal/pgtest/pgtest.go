@@ -282,3 +282,19 @@ func AlterDatabase(t testing.TB, dbURL, setting string) {
 		t.Fatalf("ALTER DATABASE … SET %s: %v", setting, err)
 	}
 }
+
+// HoldRows runs lockSQL in a transaction of someone else's (a DBA's fix
+// left open in psql) and returns it, to be rolled back by the test (at its
+// end at the latest).
+func HoldRows(t testing.TB, db *sql.DB, lockSQL string, args ...any) *sql.Tx {
+	t.Helper()
+	tx, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback() })
+	if _, err := tx.Exec(lockSQL, args...); err != nil {
+		t.Fatal(err)
+	}
+	return tx
+}

@@ -505,7 +505,7 @@ func TestLockTimeoutDoesNotUndoANewerVersion(t *testing.T) {
 	pgtest.AlterDatabase(t, u, "lock_timeout = '1s'") // a DBA's, kept: known timing
 	s, db := openStore(t, u)
 	mustWrite(t, s, batch(minimalEntry("held")))
-	tx := holdRows(t, db, `SELECT 1 FROM appointments WHERE external_id = 'held' FOR UPDATE`)
+	tx := pgtest.HoldRows(t, db.DB, `SELECT 1 FROM appointments WHERE external_id = 'held' FOR UPDATE`)
 	older, newer := minimalEntry("held"), minimalEntry("held")
 	older.Appointment.Status, older.Appointment.StatusRaw = "cancelled", "Cancelled"
 	newer.Appointment.Status, newer.Appointment.StatusRaw = "noshow", "No-show"

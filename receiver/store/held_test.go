@@ -9,6 +9,7 @@ import (
 
 	"github.com/lib/pq"
 
+	"github.com/insighthealth/ehr-operator/internal/pgtest"
 	"github.com/insighthealth/ehr-operator/receiver/payload"
 )
 
@@ -121,7 +122,7 @@ func TestWriteTouchingAHeldRow(t *testing.T) {
 		return e
 	}
 	mustWrite(t, s, batch(entry("first")))
-	tx := holdRows(t, db, `SELECT 1 FROM practitioners WHERE external_id = 'prov-held' FOR UPDATE`)
+	tx := pgtest.HoldRows(t, db.DB, `SELECT 1 FROM practitioners WHERE external_id = 'prov-held' FOR UPDATE`)
 	write := func(id string) (time.Duration, error) {
 		t0 := time.Now()
 		_, err := s.Write(context.Background(), batch(entry(id)))

@@ -294,19 +294,3 @@ func deadlocks(t testing.TB, s *Store, db *sqlx.DB) int {
 	}
 	return count(t, db, `SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()`)
 }
-
-// holdRows runs lockSQL in a transaction of someone else's (a DBA's fix
-// left open in psql) and returns it, to be rolled back by the test (at its
-// end at the latest).
-func holdRows(t testing.TB, db *sqlx.DB, lockSQL string, args ...any) *sqlx.Tx {
-	t.Helper()
-	tx, err := db.Beginx()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = tx.Rollback() })
-	if _, err := tx.Exec(lockSQL, args...); err != nil {
-		t.Fatal(err)
-	}
-	return tx
-}

@@ -29,12 +29,16 @@ import (
 // sets to one naming its EHR.
 const poolCapFor = 10 * time.Second
 
+// poolCap: the cap itself is the pool's MaxOpenConns (maxConns when not
+// capped); mu orders its changes.
 type poolCap struct {
 	refused atomic.Uint64 // connections refused so far
 	mu      sync.Mutex
-	max     int // the pool's MaxOpenConns
 	lowered time.Time
 }
+
+// maxOpen is the pool's MaxOpenConns.
+func (s *Store) maxOpen() int { return s.db.Stats().MaxOpenConnections }
 
 // refusedConnError is a connection refused for want of a slot, once the
 // pool is capped. It is also driver.ErrBadConn, which database/sql answers
@@ -61,10 +65,10 @@ func (s *Store) connectionRefused() {
 	}
 	s.pool.mu.Lock()
 	defer s.pool.mu.Unlock()
-	if open >= s.pool.max {
+	if open >= s.maxOpen() {
 		return
 	}
-	s.pool.max, s.pool.lowered = open, time.Now()
+	s.pool.lowered = time.Now()
 	s.db.SetMaxOpenConns(open) // and MaxIdleConns with it
 	slog.Warn("The database refused a new connection (no free slot, SQLSTATE 53300); writing through the connections open",
 		"connections", open, "retry_full_pool_in", poolCapFor.String())
@@ -80,18 +84,18 @@ func (s *Store) RefusedConnections() uint64 { return s.pool.refused.Load() }
 func (s *Store) poolShort() bool {
 	s.pool.mu.Lock()
 	defer s.pool.mu.Unlock()
-	return s.pool.max < maxConns
+	return s.maxOpen() < maxConns
 }
 
 // liftPoolCap lifts the cap poolCapFor after it was last lowered.
 func (s *Store) liftPoolCap(now time.Time) {
 	s.pool.mu.Lock()
 	defer s.pool.mu.Unlock()
-	if s.pool.max >= maxConns || now.Sub(s.pool.lowered) < poolCapFor {
+	capped := s.maxOpen()
+	if capped >= maxConns || now.Sub(s.pool.lowered) < poolCapFor {
 		return
 	}
-	slog.Info("Opening new database connections again", "capped_at", s.pool.max)
-	s.pool.max = maxConns
+	slog.Info("Opening new database connections again", "capped_at", capped)
 	s.db.SetMaxOpenConns(maxConns)
 	s.db.SetMaxIdleConns(maxConns)
 }

@@ -54,7 +54,7 @@ func TestPoolSharesTheConnectionsTheServerGives(t *testing.T) {
 		t.Errorf("%d appointments stored, want %d", n, 32*smallGroupEntries)
 	}
 	s.pool.mu.Lock()
-	capped, lowered := s.pool.max, s.pool.lowered
+	capped, lowered := s.maxOpen(), s.pool.lowered
 	s.pool.mu.Unlock()
 	if capped < 1 || capped > 2 {
 		t.Fatalf("the pool's cap is %d; want the 1 or 2 connections the server gave", capped)

@@ -136,13 +136,10 @@ var ErrTransactionPooling = errors.New("the database URL leads to a pooler in tr
 // transaction mode gives it an idle server session, PgBouncer the one
 // released last: a's), a's statement while b's transaction holds its
 // session, and a's again once b's has ended (PgBouncer then gives it the
-// session b released last). So PgBouncer is found in the first round
-// even when another statement of the pool took or released a session in
-// between, which until 4 Dec made b and a keep two sessions of their
-// own, round after round: a receiver behind PgBouncer in transaction
-// mode passed when its ping ran beside its migrations' check (a CI run
-// of TestBehindPgBouncerInTransactionModeIsRefused; 3 of 30 missed in
-// TestCheckSessionsFindsTransactionPooling, none since). A missed
+// session b released last). The last step finds PgBouncer even when
+// another statement of the pool released a session in between and a and
+// b kept one each (the receiver's ping beside its migrations' check:
+// TestCheckSessionsFindsTransactionPooling; docs/decisions.md). A missed
 // pooler fails each retention run with this error, when its lock's
 // release finds the lock gone (tryAdvisoryLock).
 func (s *Store) checkSessions(ctx context.Context) error {

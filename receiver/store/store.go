@@ -126,7 +126,6 @@ func Open(ctx context.Context, databaseURL string) (*Store, error) {
 	connector.Dialer(newDialer())
 	s := &Store{queue: make(chan *request, queueDepth), smallTurn: make(chan struct{}, 1),
 		txTimeout: txTimeout, outcomeGrace: outcomeGrace, turnHold: turnHold}
-	s.pool.max = maxConns
 	s.db = sqlx.NewDb(sql.OpenDB(sessionConnector{Connector: connector, setup: sessionSetup(cfg.Runtime),
 		refused: s.connectionRefused}), "postgres")
 	s.db.SetMaxOpenConns(maxConns)

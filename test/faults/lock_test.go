@@ -30,7 +30,7 @@ func TestRowHeldElsewhereHoldsUpOnlyItsAppointment(t *testing.T) {
 	}
 
 	admin := openDB(t, dbURL)
-	tx := holdRows(t, admin, `SELECT 1 FROM appointments WHERE external_id = $1 FOR UPDATE`, gen.AppointmentID(0))
+	tx := pgtest.HoldRows(t, admin, `SELECT 1 FROM appointments WHERE external_id = $1 FOR UPDATE`, gen.AppointmentID(0))
 
 	cancelled := bytes.Replace(gen.Body(0, 1), []byte(`"status":"booked"`), []byte(`"status":"cancelled"`), 1)
 	held := make(chan harness.Answer, 1)
@@ -97,7 +97,7 @@ func TestHeldPractitionerHoldsUpOnlyItsAppointments(t *testing.T) {
 		t.Fatalf("first appointment: %d %s", a.Status, a.Body)
 	}
 	admin := openDB(t, dbURL)
-	tx := holdRows(t, admin, `UPDATE practitioners SET first_name = 'Jon' WHERE external_id = $1`, fmt.Sprintf("prov-%d", heldProv))
+	tx := pgtest.HoldRows(t, admin, `UPDATE practitioners SET first_name = 'Jon' WHERE external_id = $1`, fmt.Sprintf("prov-%d", heldProv))
 
 	const senders = 20
 	stop := time.Now().Add(6 * time.Second)

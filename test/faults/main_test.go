@@ -57,22 +57,6 @@ func openDB(t *testing.T, u string) *sql.DB {
 	return d
 }
 
-// holdRows runs lockSQL in a transaction of someone else's (a DBA's fix
-// left open in psql) and returns it, to be rolled back by the test (at its
-// end at the latest).
-func holdRows(t *testing.T, d *sql.DB, lockSQL string, args ...any) *sql.Tx {
-	t.Helper()
-	tx, err := d.Begin()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = tx.Rollback() })
-	if _, err := tx.Exec(lockSQL, args...); err != nil {
-		t.Fatal(err)
-	}
-	return tx
-}
-
 // storedIDs is every appointment id in the database.
 func storedIDs(t *testing.T, d *sql.DB) map[string]bool {
 	t.Helper()
