@@ -73,11 +73,13 @@ type request struct {
 	// answer says whether the data was committed.
 	state   atomic.Int32
 	release func() // Batch.Release, or nil
-	// probe: r touches a row found held, and is written alone (held.go);
-	// claimed are the rows it holds the probe of. Set by admit.
-	probe   bool
-	claimed []rowKey
+	// held: the rows found held r touches (held.go). A request touching
+	// any is a probe, written alone, which locks them first. Set by admit.
+	held []rowKey
 }
+
+// probe reports whether r is written as a probe (held.go).
+func (r *request) probe() bool { return len(r.held) > 0 }
 
 // A request's states.
 const (
@@ -176,7 +178,7 @@ type group struct {
 // takes any request.
 func (g *group) add(r *request) bool {
 	if len(g.reqs) > 0 {
-		if g.probe || r.probe || len(g.reqs) >= maxGroup || r.p.delivery.EHR != g.reqs[0].p.delivery.EHR ||
+		if g.probe || r.probe() || len(g.reqs) >= maxGroup || r.p.delivery.EHR != g.reqs[0].p.delivery.EHR ||
 			g.entries+len(r.p.ids) > maxGroupEntries {
 			return false
 		}
@@ -194,7 +196,7 @@ func (g *group) add(r *request) bool {
 	}
 	g.reqs = append(g.reqs, r)
 	g.entries += len(r.p.ids)
-	g.probe = r.probe
+	g.probe = r.probe()
 	return true
 }
 
@@ -249,9 +251,8 @@ func (s *Store) gather(carry *[]*request) (g group, turn, ok bool) {
 		if !ok {
 			return g, false, false
 		}
-		if s.admit(r) {
-			g.add(r)
-		}
+		s.admit(r)
+		g.add(r)
 	}
 gather:
 	for len(*carry) == 0 && len(g.reqs) < maxGroup && !g.probe {
@@ -260,9 +261,8 @@ gather:
 			if !ok {
 				break gather
 			}
-			if s.admit(r) {
-				g.addOrCarry(r, carry)
-			}
+			s.admit(r)
+			g.addOrCarry(r, carry)
 		default:
 			break gather
 		}
@@ -286,26 +286,16 @@ func (s *Store) awaitTurn(g *group, carry *[]*request) bool {
 			if !ok {
 				return false
 			}
-			if s.admit(r) {
-				g.addOrCarry(r, carry)
-			}
+			s.admit(r)
+			g.addOrCarry(r, carry)
 		}
 	}
 	return false
 }
 
 // admit decides how r, just taken from the queue, is written: as a probe
-// or not (held.go). It answers at once a request touching a row whose
-// probe is in flight, and reports whether r is still to be written.
-func (s *Store) admit(r *request) bool {
-	probe, busy, claimed := s.held.admit(r.p, time.Now())
-	if busy {
-		r.finish(outcome{err: fmt.Errorf("Write: %w", ErrRowHeld)}, r.state.CompareAndSwap(reqQueued, reqAbandoned))
-		return false
-	}
-	r.probe, r.claimed = probe, claimed
-	return true
-}
+// or not (held.go).
+func (s *Store) admit(r *request) { r.held = s.held.admit(r.p, time.Now()) }
 
 // commit writes a group and answers each of its callers. A group holding
 // the small groups' turn passes it on once its statement has returned,
@@ -320,11 +310,6 @@ func (s *Store) commit(group []*request, turn, probe bool) {
 		}
 	}
 	defer release()
-	defer func() { // for requests not written, or on a panic
-		for _, r := range group {
-			s.held.release(r.claimed)
-		}
-	}()
 	if turn {
 		// Passed on at turnHold if the statement is still running.
 		t := time.AfterFunc(s.turnHold, release)
@@ -374,15 +359,18 @@ func (s *Store) commit(group []*request, turn, probe bool) {
 	}
 	now := time.Now()
 	took := now.Sub(start)
+	ps := make([]*prepared, len(live))
+	for i, r := range live {
+		ps[i] = r.p
+	}
+	held := s.heldBy(err, took, ps)
 	for i, r := range live {
 		o := out[i]
 		if err != nil {
 			o = outcome{err: err}
 		}
 		// Before the answer, so that the vendor's retry sees it.
-		s.held.note(r.p, r.probe, o.err, took, now)
-		s.held.release(r.claimed)
-		r.claimed = nil
+		s.held.note(r.p, o.err, now, held)
 		r.finish(o, true)
 	}
 }
@@ -403,8 +391,9 @@ func (s *Store) writeRetrying(ctx context.Context, group []*request, probe bool)
 
 // writeGroup runs the group's statement in autocommit: the rows are read to
 // the end, which lib/pq reaches only after the server committed. A probe's
-// runs in a transaction of its own, to set its lock_timeout for it alone:
-// two more round trips, for a request touching a row found held.
+// runs in a transaction of its own, which first locks its rows found held
+// without waiting (lockHeld) and sets its lock_timeout for it alone: a
+// round trip a row found held and three more, for a request touching one.
 func (s *Store) writeGroup(ctx context.Context, group []*request, out []outcome, probe bool) error {
 	ps := make([]*prepared, len(group))
 	for i, r := range group {
@@ -423,6 +412,9 @@ func (s *Store) writeGroup(ctx context.Context, group []*request, out []outcome,
 		return wrap("Write", err)
 	}
 	defer tx.Rollback() //nolint:errcheck // after Commit, ErrTxDone
+	if err := lockHeld(ctx, tx, group[0].held); err != nil {
+		return wrap("Write", err)
+	}
 	if _, err := tx.ExecContext(ctx, probeLockTimeoutSQL); err != nil {
 		return wrap("Write", err)
 	}

@@ -1,12 +1,14 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
 )
 
@@ -21,35 +23,35 @@ import (
 // 503 after 2 s, 0-1 of 3-4 stored in 6 s
 // (TestHeldPractitionerHoldsUpOnlyItsAppointments).
 //
-// So once a statement's wait times out (55P03), the rows its requests
-// upsert are remembered as held: every appointment, patient and
-// practitioner of the group, the error does not say which. A request
-// touching one of them is a probe: written alone, never in a group with
-// others, with a lock_timeout of probeLockTimeout, so that it holds its
-// own rows' locks no longer than that. A probe that times out confirms
-// its rows, and a confirmed row has at most one probe in flight: a
-// request touching it meanwhile is answered 503 at once (ErrRowHeld), so
-// a held row's traffic takes one worker, not all four. A write that
-// commits forgets its rows. Only a lock timeout marks rows: a statement
-// slow for another reason (a slow disk) must not send every request down
-// the probes' one-at-a-time path.
+// So once a statement's wait times out (55P03), the receiver looks for
+// the rows of its requests that another session's transaction holds (a
+// session whose application_name is not the pool's, as a DBA's psql, or
+// one this role may not see) and remembers those as held (heldRowsOf).
+// Rows the receiver's own statements hold are not marked: a statement of
+// this pool or of another replica that waits for a held row keeps its
+// other rows locked meanwhile, and the writes timing out on those must not
+// mark them. Marking them (all of a timed-out statement's rows, or the
+// tuple PostgreSQL's error names) made the probes below lock them, time
+// after time, and other batches' probes find them locked
+// (docs/decisions.md, "Rows found held").
+//
+// A request touching a row remembered is a probe: written alone, never in
+// a group with others. It first tries to lock its rows found held without
+// waiting (lockHeld): while one is still held by another session it is
+// answered 503 at once (ErrRowHeld), holding none of its other rows, and
+// that row is remembered again; otherwise its statement runs with a
+// lock_timeout of probeLockTimeout. A write that commits forgets its rows.
+// Only a lock timeout marks rows: a statement slow for another reason (a
+// slow disk) must not send every request down the probes' path.
+//
+// Marking only rows held elsewhere, and not waiting for them in a probe,
+// matter for batches: one naming a held practitioner names a dozen others
+// of the clinic, which other batches name too, and those were answered
+// 503 or kept waiting (TestHeldPractitionerHoldsUpOnlyItsBatches).
 type heldRows struct {
 	n    atomic.Int32 // len(rows): the write path's whole cost while no row is held
 	mu   sync.Mutex
-	rows map[rowKey]heldRow
-	// probing: the confirmed rows a probe in flight touches. A request
-	// touching one of them is answered 503 at once (ErrRowHeld): one
-	// probe a row at a time, so that a held row's traffic holds one
-	// worker, not all of them.
-	probing map[rowKey]struct{}
-}
-
-// heldRow is when a write last timed out on the row's group, and whether
-// it was a probe's (a single request's: confirmed) or a group's, whose
-// other requests' rows were only with it.
-type heldRow struct {
-	at        time.Time
-	confirmed bool
+	rows map[rowKey]time.Time // when a write last found the row held
 }
 
 // rowKey names one row a write upserts.
@@ -84,12 +86,86 @@ const probeLockTimeoutSQL = "SELECT set_config('lock_timeout', '" + probeLockTim
 	"OR current_setting('lock_timeout')::interval > interval '" + probeLockTimeout + "'"
 
 // ErrRowHeld: a row the request writes was found held by another
-// transaction, and a write touching it is under way; answered 503 without
-// a statement, as its own wait would be.
-var ErrRowHeld = errors.New("a row of the batch is held by another transaction (a lock wait timed out): retry later")
+// transaction, and is still locked (lockHeld); answered 503 at once, as
+// its own wait would be after the lock_timeout.
+var ErrRowHeld = errors.New("a row of the batch is held by another transaction (a write waited for it past lock_timeout, and it is still locked): retry later")
 
 // isLockTimeout reports whether err is a wait for a row lock that timed out.
 func isLockTimeout(err error) bool { return pq.As(err, "55P03") != nil }
+
+// heldElsewhereSQL: the transactions still open in sessions other than
+// the receiver's: their application_name is not the pool's, or this role
+// may not see it (a DBA's role). The receiver's own sessions, of this
+// process and of other replicas, share the pool's application_name. A row
+// lock is its transaction's id in the tuple's xmax, and a transaction holds
+// its id's lock until it ends. A row locked by several transactions at
+// once (xmax a multixact) is not found: its writes wait lock_timeout, as
+// they would unmarked.
+const heldElsewhereSQL = `SELECT l.transactionid FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+	WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted
+	AND a.application_name IS DISTINCT FROM current_setting('application_name')`
+
+// heldRowsSQL names the rows of ehr ($1) among appointments ($2), patients
+// ($3) and practitioners ($4) that another session holds. A plain SELECT
+// does not wait for a row's lock.
+const heldRowsSQL = `WITH elsewhere AS MATERIALIZED (` + heldElsewhereSQL + `)
+SELECT 'a' AS t, external_id FROM appointments WHERE ehr = $1 AND external_id = ANY($2) AND xmax IN (SELECT transactionid FROM elsewhere)
+UNION ALL SELECT 'p', external_id FROM patients WHERE ehr = $1 AND external_id = ANY($3) AND xmax IN (SELECT transactionid FROM elsewhere)
+UNION ALL SELECT 'r', external_id FROM practitioners WHERE ehr = $1 AND external_id = ANY($4) AND xmax IN (SELECT transactionid FROM elsewhere)`
+
+// heldRowsLookupTimeout bounds the look-up of held rows, made before the
+// requests that waited for them are answered.
+const heldRowsLookupTimeout = time.Second
+
+// heldRowsOf returns the rows of ps (one EHR's) that another session
+// holds; none if the look-up fails.
+func (s *Store) heldRowsOf(ps []*prepared) []rowKey {
+	var ids, patients, practitioners []string
+	for _, p := range ps {
+		ids = append(ids, p.ids...)
+		patients = append(patients, p.patients...)
+		practitioners = append(practitioners, p.practitioners...)
+	}
+	ehr := ps[0].delivery.EHR
+	ctx, cancel := context.WithTimeout(context.Background(), heldRowsLookupTimeout)
+	defer cancel()
+	var found []struct {
+		T  string `db:"t"`
+		ID string `db:"external_id"`
+	}
+	if err := s.db.SelectContext(ctx, &found, heldRowsSQL, ehr, pq.Array(ids), pq.Array(patients), pq.Array(practitioners)); err != nil {
+		return nil
+	}
+	held := make([]rowKey, len(found))
+	for i, f := range found {
+		held[i] = rowKey{f.T[0], ehr, f.ID}
+	}
+	return held
+}
+
+// heldBy is the rows another session holds that a group's write failed
+// on, if any: the one a probe found still held, or those of the group's
+// requests after a lock timeout of a statement that ran heldAfter or
+// longer.
+func (s *Store) heldBy(err error, took time.Duration, ps []*prepared) []rowKey {
+	var still stillHeld
+	switch {
+	case errors.As(err, &still):
+		return []rowKey{still.k}
+	case err != nil && took >= heldAfter && isLockTimeout(err):
+		return s.heldRowsOf(ps)
+	}
+	return nil
+}
+
+// touches reports whether p's statement upserts k.
+func (p *prepared) touches(k rowKey) (found bool) {
+	if k.ehr != p.delivery.EHR {
+		return false
+	}
+	p.each(func(r rowKey) { found = found || r == k })
+	return found
+}
 
 // each calls f with every row p's statement upserts.
 func (p *prepared) each(f func(rowKey)) {
@@ -105,61 +181,73 @@ func (p *prepared) each(f func(rowKey)) {
 	}
 }
 
-// admit says how to write p, just taken from the queue: as usual (it
-// touches no row found held less than heldFor before now), as a probe,
-// or not at all (busy: a confirmed row it touches has a probe in flight).
-// A probe claims its confirmed rows until release.
-func (h *heldRows) admit(p *prepared, now time.Time) (probe, busy bool, claimed []rowKey) {
+// admit returns the rows found held, less than heldFor before now, that p
+// touches: none for a request written as usual, some for a probe.
+func (h *heldRows) admit(p *prepared, now time.Time) (held []rowKey) {
 	if h.n.Load() == 0 {
-		return false, false, nil
+		return nil
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	p.each(func(k rowKey) {
-		r, ok := h.rows[k]
+		at, ok := h.rows[k]
 		switch {
 		case !ok:
-		case now.Sub(r.at) >= heldFor:
+		case now.Sub(at) >= heldFor:
 			h.forget(k)
 		default:
-			probe = true
-			if r.confirmed {
-				if _, taken := h.probing[k]; taken {
-					busy = true
-				}
-				claimed = append(claimed, k)
-			}
+			held = append(held, k)
 		}
 	})
-	if busy {
-		return false, true, nil
-	}
-	if len(claimed) > 0 && h.probing == nil {
-		h.probing = make(map[rowKey]struct{})
-	}
-	for _, k := range claimed {
-		h.probing[k] = struct{}{}
-	}
-	return probe, false, claimed
+	return held
 }
 
-// release gives back a probe's claimed rows.
-func (h *heldRows) release(claimed []rowKey) {
-	if len(claimed) == 0 {
-		return
-	}
-	h.mu.Lock()
-	for _, k := range claimed {
-		delete(h.probing, k)
-	}
-	h.mu.Unlock()
+// lockHeldSQL locks a row found held, in the lock mode of the upserts,
+// unless it is locked (SKIP LOCKED), and says whether another session
+// still holds it (heldElsewhereSQL). A row the receiver's own statement holds
+// is left to the probe's statement, which waits for it at most
+// probeLockTimeout. A row that does not exist is no error.
+var lockHeldSQL = map[byte]string{
+	'p': lockHeldQuery("patients"),
+	'r': lockHeldQuery("practitioners"),
+	'a': lockHeldQuery("appointments"),
 }
 
-// note records how p's write ended, after its statement ran for took: a
-// lock timeout after heldAfter marks its rows held (confirmed if p was a
-// probe, written alone), a commit forgets them; anything else leaves them
-// as they were.
-func (h *heldRows) note(p *prepared, probe bool, err error, took time.Duration, now time.Time) {
+func lockHeldQuery(table string) string {
+	return "SELECT NOT EXISTS (SELECT 1 FROM " + table + " WHERE ehr = $1 AND external_id = $2 FOR NO KEY UPDATE SKIP LOCKED) " +
+		"AND EXISTS (SELECT 1 FROM " + table + " WHERE ehr = $1 AND external_id = $2 AND xmax IN (" + heldElsewhereSQL + "))"
+}
+
+// stillHeld is ErrRowHeld from lockHeld, naming the row still locked.
+type stillHeld struct{ k rowKey }
+
+func (stillHeld) Error() string        { return ErrRowHeld.Error() }
+func (stillHeld) Is(target error) bool { return target == ErrRowHeld }
+
+// lockHeld locks a probe's rows found held before its statement takes any
+// other lock, one statement a row, and fails with stillHeld at the first
+// another session still holds, holding nothing once the transaction is
+// rolled back. Waiting for them instead held the probe's other rows
+// meanwhile, which other batches of the clinic name: in its statement
+// (which takes them in key order) for the probe's 200 ms, probe after
+// probe (docs/decisions.md, "Rows found held").
+func lockHeld(ctx context.Context, tx *sqlx.Tx, held []rowKey) error {
+	for _, k := range held {
+		var elsewhere bool
+		if err := tx.QueryRowxContext(ctx, lockHeldSQL[k.table], k.ehr, k.id).Scan(&elsewhere); err != nil {
+			return err
+		}
+		if elsewhere {
+			return stillHeld{k}
+		}
+	}
+	return nil
+}
+
+// note records how p's write ended. A commit forgets p's rows. Otherwise
+// the rows another session was found holding (heldBy) that p touches are
+// marked. Anything else leaves the rows as they were.
+func (h *heldRows) note(p *prepared, err error, now time.Time, held []rowKey) {
 	switch {
 	case err == nil:
 		if h.n.Load() == 0 {
@@ -168,26 +256,25 @@ func (h *heldRows) note(p *prepared, probe bool, err error, took time.Duration, 
 		h.mu.Lock()
 		p.each(h.forget)
 		h.mu.Unlock()
-	case took >= heldAfter && isLockTimeout(err):
+	case len(held) > 0:
 		h.mu.Lock()
 		if h.rows == nil {
-			h.rows = make(map[rowKey]heldRow)
+			h.rows = make(map[rowKey]time.Time)
 		}
 		if len(h.rows) >= heldSweepAt {
-			for k, r := range h.rows {
-				if now.Sub(r.at) >= heldFor {
+			for k, at := range h.rows {
+				if now.Sub(at) >= heldFor {
 					h.forget(k)
 				}
 			}
 		}
-		if len(h.rows) < heldMax {
-			p.each(func(k rowKey) {
-				// A copy: the id shares the request body's memory.
-				k.id = strings.Clone(k.id)
-				h.rows[k] = heldRow{at: now, confirmed: probe || h.rows[k].confirmed}
-			})
-			h.n.Store(int32(len(h.rows)))
+		for _, k := range held {
+			if len(h.rows) < heldMax && p.touches(k) {
+				k.id = strings.Clone(k.id) // it shares the request body's memory
+				h.rows[k] = now
+			}
 		}
+		h.n.Store(int32(len(h.rows)))
 		h.mu.Unlock()
 	}
 }

@@ -41,14 +41,7 @@ func newStore(t testing.TB) (*Store, *sqlx.DB) {
 
 func openStore(t testing.TB, u string) (*Store, *sqlx.DB) {
 	t.Helper()
-	su, err := url.Parse(u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := su.Query()
-	q.Set("application_name", storeSessions) // see deadlocks
-	su.RawQuery = q.Encode()
-	s, err := Open(context.Background(), su.String())
+	s, err := Open(context.Background(), withApplicationName(t, u, storeSessions)) // see deadlocks
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,6 +262,19 @@ func queued(t testing.TB, b Batch) *request {
 func transactions(t testing.TB, db *sqlx.DB) int {
 	t.Helper()
 	return count(t, db, `SELECT count(DISTINCT xmin::text) FROM webhook_deliveries`)
+}
+
+// withApplicationName is database URL u with its application_name set.
+func withApplicationName(t testing.TB, u, name string) string {
+	t.Helper()
+	su, err := url.Parse(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := su.Query()
+	q.Set("application_name", name)
+	su.RawQuery = q.Encode()
+	return su.String()
 }
 
 // storeSessions is the application_name of a test store's sessions.

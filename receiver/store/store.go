@@ -105,6 +105,10 @@ func urlError(databaseURL string, err error) error {
 	return fmt.Errorf("while parsing the database URL: %w", err)
 }
 
+// ApplicationName is the receiver's sessions' application_name, unless the
+// database URL sets one.
+const ApplicationName = "ehr-receiver"
+
 // Open sets up the pool for databaseURL (a postgres:// URL) and starts the
 // batcher. It does not contact the database, so a receiver starts while the
 // database is down. It does not migrate.
@@ -118,6 +122,12 @@ func Open(ctx context.Context, databaseURL string) (*Store, error) {
 	// worker forever.
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = defaultConnectTimeout
+	}
+	// The receiver's sessions are told from others by it: in
+	// pg_stat_activity for a DBA, and by the write path for a row another
+	// session holds (held.go). A URL's or PGAPPNAME's value wins.
+	if cfg.ApplicationName == "" {
+		cfg.ApplicationName = ApplicationName
 	}
 	connector, err := pq.NewConnectorConfig(cfg)
 	if err != nil {
