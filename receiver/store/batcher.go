@@ -359,11 +359,7 @@ func (s *Store) commit(group []*request, turn, probe bool) {
 	}
 	now := time.Now()
 	took := now.Sub(start)
-	ps := make([]*prepared, len(live))
-	for i, r := range live {
-		ps[i] = r.p
-	}
-	held := s.heldBy(err, took, ps)
+	held := s.heldBy(err, took, live)
 	for i, r := range live {
 		o := out[i]
 		if err != nil {

@@ -117,16 +117,16 @@ UNION ALL SELECT 'r', external_id FROM practitioners WHERE ehr = $1 AND external
 // requests that waited for them are answered.
 const heldRowsLookupTimeout = time.Second
 
-// heldRowsOf returns the rows of ps (one EHR's) that another session
-// holds; none if the look-up fails.
-func (s *Store) heldRowsOf(ps []*prepared) []rowKey {
+// heldRowsOf returns the rows of group's requests (one EHR's) that
+// another session holds; none if the look-up fails.
+func (s *Store) heldRowsOf(group []*request) []rowKey {
 	var ids, patients, practitioners []string
-	for _, p := range ps {
-		ids = append(ids, p.ids...)
-		patients = append(patients, p.patients...)
-		practitioners = append(practitioners, p.practitioners...)
+	for _, r := range group {
+		ids = append(ids, r.p.ids...)
+		patients = append(patients, r.p.patients...)
+		practitioners = append(practitioners, r.p.practitioners...)
 	}
-	ehr := ps[0].delivery.EHR
+	ehr := group[0].p.delivery.EHR
 	ctx, cancel := context.WithTimeout(context.Background(), heldRowsLookupTimeout)
 	defer cancel()
 	var found []struct {
@@ -147,13 +147,13 @@ func (s *Store) heldRowsOf(ps []*prepared) []rowKey {
 // on, if any: the one a probe found still held, or those of the group's
 // requests after a lock timeout of a statement that ran heldAfter or
 // longer.
-func (s *Store) heldBy(err error, took time.Duration, ps []*prepared) []rowKey {
+func (s *Store) heldBy(err error, took time.Duration, group []*request) []rowKey {
 	var still stillHeld
 	switch {
 	case errors.As(err, &still):
 		return []rowKey{still.k}
 	case err != nil && took >= heldAfter && isLockTimeout(err):
-		return s.heldRowsOf(ps)
+		return s.heldRowsOf(group)
 	}
 	return nil
 }

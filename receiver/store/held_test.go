@@ -81,17 +81,17 @@ func TestHeldBy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ps := []*prepared{pr}
-	if got := s.heldBy(fmt.Errorf("Write: %w", stillHeld{k}), time.Millisecond, ps); len(got) != 1 || got[0] != k {
+	group := []*request{{p: pr}}
+	if got := s.heldBy(fmt.Errorf("Write: %w", stillHeld{k}), time.Millisecond, group); len(got) != 1 || got[0] != k {
 		t.Errorf("stillHeld: %v, want %v", got, k)
 	}
-	if got := s.heldBy(fmt.Errorf("Write: %w", &pq.Error{Code: "55P03"}), heldAfter-time.Millisecond, ps); got != nil {
+	if got := s.heldBy(fmt.Errorf("Write: %w", &pq.Error{Code: "55P03"}), heldAfter-time.Millisecond, group); got != nil {
 		t.Errorf("a lock timeout shorter than heldAfter: %v, want none", got)
 	}
-	if got := s.heldBy(fmt.Errorf("Write: %w", &pq.Error{Code: "23505"}), time.Second, ps); got != nil {
+	if got := s.heldBy(fmt.Errorf("Write: %w", &pq.Error{Code: "23505"}), time.Second, group); got != nil {
 		t.Errorf("another error: %v, want none", got)
 	}
-	if got := s.heldBy(nil, time.Second, ps); got != nil {
+	if got := s.heldBy(nil, time.Second, group); got != nil {
 		t.Errorf("no error: %v, want none", got)
 	}
 }
