@@ -171,14 +171,17 @@ type group struct {
 	reqs    []*request
 	entries int
 	appts   map[string]struct{}
-	probe   bool
 }
+
+// probe reports whether g is a probe: its one request touches a row found
+// held (nothing joins a probe, and a probe joins nothing).
+func (g *group) probe() bool { return len(g.reqs) > 0 && g.reqs[0].probe() }
 
 // add puts r in g if it fits, and reports whether it did. An empty group
 // takes any request.
 func (g *group) add(r *request) bool {
 	if len(g.reqs) > 0 {
-		if g.probe || r.probe() || len(g.reqs) >= maxGroup || r.p.delivery.EHR != g.reqs[0].p.delivery.EHR ||
+		if g.probe() || r.probe() || len(g.reqs) >= maxGroup || r.p.delivery.EHR != g.reqs[0].p.delivery.EHR ||
 			g.entries+len(r.p.ids) > maxGroupEntries {
 			return false
 		}
@@ -196,7 +199,6 @@ func (g *group) add(r *request) bool {
 	}
 	g.reqs = append(g.reqs, r)
 	g.entries += len(r.p.ids)
-	g.probe = r.probe()
 	return true
 }
 
@@ -232,7 +234,7 @@ func (s *Store) work() {
 		if !ok {
 			return
 		}
-		s.commit(g.reqs, turn, g.probe)
+		s.commit(g.reqs, turn)
 	}
 }
 
@@ -255,7 +257,7 @@ func (s *Store) gather(carry *[]*request) (g group, turn, ok bool) {
 		g.add(r)
 	}
 gather:
-	for len(*carry) == 0 && len(g.reqs) < maxGroup && !g.probe {
+	for len(*carry) == 0 && len(g.reqs) < maxGroup && !g.probe() {
 		select {
 		case r, ok := <-s.queue:
 			if !ok {
@@ -267,7 +269,7 @@ gather:
 			break gather
 		}
 	}
-	if g.entries < smallGroupEntries && !g.probe {
+	if g.entries < smallGroupEntries && !g.probe() {
 		turn = s.awaitTurn(&g, carry)
 	}
 	return g, turn, true
@@ -302,7 +304,7 @@ func (s *Store) admit(r *request) { r.held = s.held.admit(r.p, time.Now()) }
 // before the callers are answered, so that the next small group's
 // statement runs while they are. A probe (held.go) is written with a
 // short lock_timeout.
-func (s *Store) commit(group []*request, turn, probe bool) {
+func (s *Store) commit(group []*request, turn bool) {
 	var once sync.Once
 	release := func() {
 		if turn {
@@ -334,7 +336,7 @@ func (s *Store) commit(group []*request, turn, probe bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.txTimeout)
 	defer cancel()
 	start := time.Now()
-	out, err := s.writeRetrying(ctx, live, probe)
+	out, err := s.writeRetrying(ctx, live)
 	if turn {
 		release()
 		// The worker waiting for the turn is now runnable, but Go runs the
@@ -348,7 +350,7 @@ func (s *Store) commit(group []*request, turn, probe bool) {
 		// One request's rows failed the statement: each alone, so the
 		// failure is its own.
 		for i, r := range live {
-			res, err := s.writeRetrying(ctx, []*request{r}, false)
+			res, err := s.writeRetrying(ctx, []*request{r})
 			if err != nil {
 				out[i] = outcome{err: err}
 			} else {
@@ -374,11 +376,11 @@ func (s *Store) commit(group []*request, turn, probe bool) {
 // writeRetrying writes a group, again on deadlock or serialization failure
 // (which the lock order makes unexpected, but a database may still report).
 // The outcomes are allocated even on error, for commit's fallback.
-func (s *Store) writeRetrying(ctx context.Context, group []*request, probe bool) ([]outcome, error) {
+func (s *Store) writeRetrying(ctx context.Context, group []*request) ([]outcome, error) {
 	out := make([]outcome, len(group))
 	var err error
 	for attempt := 1; attempt <= maxAttempts; attempt++ {
-		if err = s.writeGroup(ctx, group, out, probe); err == nil || !retryable(err) || ctx.Err() != nil {
+		if err = s.writeGroup(ctx, group, out); err == nil || !retryable(err) || ctx.Err() != nil {
 			break
 		}
 	}
@@ -390,7 +392,7 @@ func (s *Store) writeRetrying(ctx context.Context, group []*request, probe bool)
 // runs in a transaction of its own, which first locks its rows found held
 // without waiting (lockHeld) and sets its lock_timeout for it alone: a
 // round trip a row found held and three more, for a request touching one.
-func (s *Store) writeGroup(ctx context.Context, group []*request, out []outcome, probe bool) error {
+func (s *Store) writeGroup(ctx context.Context, group []*request, out []outcome) error {
 	ps := make([]*prepared, len(group))
 	for i, r := range group {
 		ps[i] = r.p
@@ -400,7 +402,7 @@ func (s *Store) writeGroup(ctx context.Context, group []*request, out []outcome,
 	if err != nil {
 		return err
 	}
-	if !probe {
+	if !group[0].probe() {
 		return readAnswers(ctx, stmt, ps, out, simple)
 	}
 	tx, err := s.db.BeginTxx(ctx, nil)

@@ -112,7 +112,7 @@ func TestWriteFailingRequestDoesNotFailNeighbours(t *testing.T) {
 	for _, b := range []Batch{good1, bad, good2} {
 		group = append(group, queued(t, b))
 	}
-	s.commit(group, false, false) // one transaction, as the batcher would run it
+	s.commit(group, false) // one transaction, as the batcher would run it
 	var results []outcome
 	for _, r := range group {
 		results = append(results, <-r.done)
@@ -365,7 +365,7 @@ func TestWriteGroupDeliveryIDs(t *testing.T) {
 		}
 		group = append(group, queued(t, b))
 	}
-	s.commit(group, false, false)
+	s.commit(group, false)
 	if c := transactions(t, db); c != 1 {
 		t.Fatalf("%d statements, want 1 for the group", c)
 	}
@@ -413,7 +413,7 @@ func TestWriteAsReadWriteRole(t *testing.T) {
 	for i := range 3 {
 		group = append(group, queued(t, batch(minimalEntry(fmt.Sprintf("apt-%d", i)))))
 	}
-	s.commit(group, false, false)
+	s.commit(group, false)
 	for _, r := range group {
 		res = append(res, <-r.done)
 	}

@@ -169,7 +169,7 @@ func TestWriteGroupSupersededCounts(t *testing.T) {
 	} {
 		group = append(group, queued(t, b))
 	}
-	s.commit(group, false, false)
+	s.commit(group, false)
 	want := []Result{{Written: 1, Superseded: 1}, {Superseded: 1}, {Written: 1}}
 	for i, r := range group {
 		o := <-r.done

@@ -121,7 +121,7 @@ func TestWriteGroupKeepsIdenticalQuarantinedEntryOnce(t *testing.T) {
 	// Not the same appointment again: the batcher never groups two
 	// requests naming one.
 	group := []*request{queued(t, first), queued(t, quarantining(nil, a))}
-	s.commit(group, false, false)
+	s.commit(group, false)
 	var got []Result
 	for _, r := range group {
 		o := <-r.done

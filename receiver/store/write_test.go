@@ -495,7 +495,7 @@ func TestSimpleStatementWritesAsTheFullOne(t *testing.T) {
 				group[k].p.simple = simple
 			}
 			out := make([]outcome, len(group))
-			if err := s.writeGroup(context.Background(), group, out, false); err != nil {
+			if err := s.writeGroup(context.Background(), group, out); err != nil {
 				t.Fatal(err)
 			}
 			dumps[i] = append(dumps[i], fmt.Sprintf("group %d: %+v", g, out))
