@@ -410,10 +410,10 @@ func (s *Store) writeGroup(ctx context.Context, group []*request, out []outcome)
 		return wrap("Write", err)
 	}
 	defer tx.Rollback() //nolint:errcheck // after Commit, ErrTxDone
-	if err := lockHeld(ctx, tx, group[0].held); err != nil {
+	if _, err := tx.ExecContext(ctx, probeSetupSQL); err != nil {
 		return wrap("Write", err)
 	}
-	if _, err := tx.ExecContext(ctx, probeLockTimeoutSQL); err != nil {
+	if err := lockHeld(ctx, tx, group[0].held); err != nil {
 		return wrap("Write", err)
 	}
 	if err := readAnswers(ctx, tx.StmtxContext(ctx, stmt), ps, out, simple); err != nil {

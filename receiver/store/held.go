@@ -23,10 +23,10 @@ import (
 // 503 after 2 s, 0-1 of 3-4 stored in 6 s
 // (TestHeldPractitionerHoldsUpOnlyItsAppointments).
 //
-// So once a statement's wait times out (55P03), the receiver looks for
-// the rows of its requests that another session's transaction holds (a
-// session whose application_name is not the pool's, as a DBA's psql, or
-// one this role may not see) and remembers those as held (heldRowsOf).
+// So once a statement's wait times out (55P03, or 57014: isCancelled),
+// the receiver looks for the rows of its requests that another session's
+// transaction holds (heldElsewhereSQL: a DBA's psql, say) and remembers
+// those as held (heldRowsOf).
 // Rows the receiver's own statements hold are not marked: a statement of
 // this pool or of another replica that waits for a held row keeps its
 // other rows locked meanwhile, and the writes timing out on those must not
@@ -85,6 +85,10 @@ const probeLockTimeoutSQL = "SELECT set_config('lock_timeout', '" + probeLockTim
 	"WHERE current_setting('lock_timeout')::interval = interval '0' " +
 	"OR current_setting('lock_timeout')::interval > interval '" + probeLockTimeout + "'"
 
+// probeSetupSQL is run first in a probe's transaction, one round trip (a
+// simple query without arguments).
+const probeSetupSQL = keepReadOnlySQL + ";" + probeLockTimeoutSQL
+
 // ErrRowHeld: a row the request writes was found held by another
 // transaction, and is still locked (lockHeld); answered 503 at once, as
 // its own wait would be after the lock_timeout.
@@ -93,25 +97,57 @@ var ErrRowHeld = errors.New("a row of the batch is held by another transaction (
 // isLockTimeout reports whether err is a wait for a row lock that timed out.
 func isLockTimeout(err error) bool { return pq.As(err, "55P03") != nil }
 
-// heldElsewhereSQL: the transactions still open in sessions other than
-// the receiver's: their application_name is not the pool's, or this role
-// may not see it (a DBA's role). The receiver's own sessions, of this
-// process and of other replicas, share the pool's application_name. A row
-// lock is its transaction's id in the tuple's xmax, and a transaction holds
-// its id's lock until it ends. A row locked by several transactions at
-// once (xmax a multixact) is not found: its writes wait lock_timeout, as
-// they would unmarked.
-const heldElsewhereSQL = `SELECT l.transactionid FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
-	WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted
-	AND a.application_name IS DISTINCT FROM current_setting('application_name')`
+// isCancelled reports whether err is a statement cancelled before it
+// ended: by a statement_timeout shorter than the lock_timeout, or by the
+// write's own deadline (txTimeout) before a lock_timeout of the DBA's
+// longer than it. A wait for a held row ends so when the database's
+// timeouts are set so, and was then never found held: every write naming
+// the row waited the whole timeout, holding its other rows meanwhile. The
+// look-up marks only rows another session holds, so a statement slow for
+// another reason marks nothing. (lib/pq answers a cancelled context with
+// the server's 57014 once the statement was sent; a connection that never
+// got as far is no wait for a row, and is not looked up.)
+func isCancelled(err error) bool { return pq.As(err, "57014") != nil }
+
+// heldElsewhereSQL is the condition that a row's xmax is a transaction
+// still open in a session other than the receiver's. A row lock is its
+// transaction's id in the tuple's xmax; the transaction is found open with
+// pg_xact_status, and not the receiver's when it is not the top-level
+// transaction of a session with the pool's application_name (the
+// receiver's own sessions, of this process and of other replicas, share
+// it, and their statements use no savepoints). Looking the xmax up among
+// the locks of pg_locks instead missed a row changed inside a savepoint
+// since released (psql's ON_ERROR_ROLLBACK, a PL/pgSQL EXCEPTION block,
+// JDBC's autosave): its xmax is the subtransaction's id, whose lock ends
+// at the RELEASE while the row stays locked until the transaction ends, so
+// every write naming it waited lock_timeout again.
+//
+// Only ids below the snapshot's xmax count: one above may be a statement
+// of the receiver that began after pg_locks was read, and would be taken
+// for another session's. A row locked by several transactions at once
+// (xmax a multixact) is not found: its writes wait lock_timeout, as they
+// would unmarked.
+//
+// xmax is a 32-bit id and pg_xact_status takes a 64-bit one: the id is
+// placed within 2^31 below the snapshot's xmax (snapshotXmax), behindSQL
+// ids below it.
+const heldElsewhereSQL = `xmax NOT IN (SELECT l.transactionid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+		WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted
+		AND a.application_name = current_setting('application_name'))
+	AND CASE WHEN xmax <> '0'::xid AND ` + behindSQL + ` BETWEEN 1 AND 2147483647 AND ` + snapshotXmax + ` - ` + behindSQL + ` >= 3
+		THEN pg_xact_status((` + snapshotXmax + ` - ` + behindSQL + `)::text::xid8) = 'in progress' END`
+
+const (
+	snapshotXmax = "pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+	behindSQL    = "((" + snapshotXmax + " - xmax::text::bigint) & 4294967295)"
+)
 
 // heldRowsSQL names the rows of ehr ($1) among appointments ($2), patients
 // ($3) and practitioners ($4) that another session holds. A plain SELECT
 // does not wait for a row's lock.
-const heldRowsSQL = `WITH elsewhere AS MATERIALIZED (` + heldElsewhereSQL + `)
-SELECT 'a' AS t, external_id FROM appointments WHERE ehr = $1 AND external_id = ANY($2) AND xmax IN (SELECT transactionid FROM elsewhere)
-UNION ALL SELECT 'p', external_id FROM patients WHERE ehr = $1 AND external_id = ANY($3) AND xmax IN (SELECT transactionid FROM elsewhere)
-UNION ALL SELECT 'r', external_id FROM practitioners WHERE ehr = $1 AND external_id = ANY($4) AND xmax IN (SELECT transactionid FROM elsewhere)`
+const heldRowsSQL = `SELECT 'a' AS t, external_id FROM appointments WHERE ehr = $1 AND external_id = ANY($2) AND ` + heldElsewhereSQL + `
+UNION ALL SELECT 'p', external_id FROM patients WHERE ehr = $1 AND external_id = ANY($3) AND ` + heldElsewhereSQL + `
+UNION ALL SELECT 'r', external_id FROM practitioners WHERE ehr = $1 AND external_id = ANY($4) AND ` + heldElsewhereSQL
 
 // heldRowsLookupTimeout bounds the look-up of held rows, made before the
 // requests that waited for them are answered.
@@ -152,7 +188,7 @@ func (s *Store) heldBy(err error, took time.Duration, group []*request) []rowKey
 	switch {
 	case errors.As(err, &still):
 		return []rowKey{still.k}
-	case err != nil && took >= heldAfter && isLockTimeout(err):
+	case err != nil && took >= heldAfter && (isLockTimeout(err) || isCancelled(err)):
 		return s.heldRowsOf(group)
 	}
 	return nil
@@ -215,7 +251,7 @@ var lockHeldSQL = map[byte]string{
 
 func lockHeldQuery(table string) string {
 	return "SELECT NOT EXISTS (SELECT 1 FROM " + table + " WHERE ehr = $1 AND external_id = $2 FOR NO KEY UPDATE SKIP LOCKED) " +
-		"AND EXISTS (SELECT 1 FROM " + table + " WHERE ehr = $1 AND external_id = $2 AND xmax IN (" + heldElsewhereSQL + "))"
+		"AND EXISTS (SELECT 1 FROM " + table + " WHERE ehr = $1 AND external_id = $2 AND " + heldElsewhereSQL + ")"
 }
 
 // stillHeld is ErrRowHeld from lockHeld, naming the row still locked.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/url"
 	"slices"
 	"testing"
 	"time"
@@ -13,7 +14,6 @@ import (
 	"github.com/lib/pq"
 
 	"github.com/insighthealth/ehr-operator/internal/pgtest"
-	"github.com/insighthealth/ehr-operator/receiver/payload"
 )
 
 // heldRows' rules, without a database: which writes go as probes, which
@@ -88,6 +88,9 @@ func TestHeldBy(t *testing.T) {
 	if got := s.heldBy(fmt.Errorf("Write: %w", &pq.Error{Code: "55P03"}), heldAfter-time.Millisecond, group); got != nil {
 		t.Errorf("a lock timeout shorter than heldAfter: %v, want none", got)
 	}
+	if got := s.heldBy(fmt.Errorf("Write: %w", &pq.Error{Code: "57014"}), heldAfter-time.Millisecond, group); got != nil {
+		t.Errorf("a statement cancelled sooner than heldAfter: %v, want none", got)
+	}
 	if got := s.heldBy(fmt.Errorf("Write: %w", &pq.Error{Code: "23505"}), time.Second, group); got != nil {
 		t.Errorf("another error: %v, want none", got)
 	}
@@ -132,11 +135,7 @@ func TestProbeLockTimeout(t *testing.T) {
 func TestWriteTouchingAHeldRow(t *testing.T) {
 	t.Parallel()
 	s, db := newStore(t)
-	entry := func(id string) payload.Entry {
-		e := minimalEntry(id)
-		e.Practitioner.ID = "prov-held"
-		return e
-	}
+	entry := byPractitioner("prov-held")
 	mustWrite(t, s, batch(entry("first")))
 	tx := pgtest.HoldRows(t, db.DB, `SELECT 1 FROM practitioners WHERE external_id = 'prov-held' FOR UPDATE`)
 	write := func(id string) (time.Duration, error) {
@@ -188,11 +187,7 @@ func TestRowTheReceiverHoldsIsNotHeldElsewhere(t *testing.T) {
 	t.Parallel()
 	u := pgtest.NewDatabase(t)
 	s, _ := openStore(t, u)
-	entry := func(id string) payload.Entry {
-		e := minimalEntry(id)
-		e.Practitioner.ID = "prov-busy"
-		return e
-	}
+	entry := byPractitioner("prov-busy")
 	mustWrite(t, s, batch(entry("first")))
 	// A session named as the store's: the receiver's own, as far as the
 	// store can tell.
@@ -228,5 +223,90 @@ func TestRowTheReceiverHoldsIsNotHeldElsewhere(t *testing.T) {
 	}
 	if n := s.held.n.Load(); n != 0 {
 		t.Errorf("%d rows marked held after the probe committed, want none", n)
+	}
+}
+
+// A DBA's change made inside a savepoint since released (psql's
+// ON_ERROR_ROLLBACK, a PL/pgSQL EXCEPTION block) leaves the row's xmax the
+// subtransaction's id, whose lock in pg_locks ends at the RELEASE while
+// the row stays locked until the transaction ends. The row is still found
+// held, and the next write touching it is answered ErrRowHeld at once.
+func TestRowHeldInAReleasedSavepointIsFound(t *testing.T) {
+	t.Parallel()
+	s, db := newStore(t)
+	entry := byPractitioner("prov-sp")
+	mustWrite(t, s, batch(entry("first")))
+	tx, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback() })
+	for _, q := range []string{`SAVEPOINT pg_psql_temporary_savepoint`,
+		`UPDATE practitioners SET first_name = 'Jon' WHERE external_id = 'prov-sp'`,
+		`RELEASE pg_psql_temporary_savepoint`} {
+		if _, err := tx.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Write(context.Background(), batch(entry("waits"))); !isLockTimeout(err) {
+		t.Fatalf("the first write touching the row: %v; want a lock timeout", err)
+	}
+	if _, ok := s.held.rows[rowKey{'r', ehr, "prov-sp"}]; !ok {
+		t.Errorf("the row changed in a released savepoint is not marked held")
+	}
+	t0 := time.Now()
+	if _, err := s.Write(context.Background(), batch(entry("probe"))); !errors.Is(err, ErrRowHeld) || time.Since(t0) > heldAfter {
+		t.Errorf("the next write: %v after %s; want ErrRowHeld at once", err, time.Since(t0))
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Write(context.Background(), batch(entry("after"))); err != nil {
+		t.Fatalf("once the row is free: %v", err)
+	}
+}
+
+// A statement_timeout shorter than the sessions' lock_timeout ends a wait
+// for a held row with 57014, not 55P03: the row is found held all the same.
+func TestRowHeldPastStatementTimeoutIsFound(t *testing.T) {
+	t.Parallel()
+	u := pgtest.NewDatabase(t)
+	su, err := url.Parse(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := su.Query()
+	q.Set("statement_timeout", "1000")
+	su.RawQuery = q.Encode()
+	s, db := openStore(t, su.String())
+	entry := byPractitioner("prov-st")
+	mustWrite(t, s, batch(entry("first")))
+	tx := pgtest.HoldRows(t, db.DB, `SELECT 1 FROM practitioners WHERE external_id = 'prov-st' FOR UPDATE`)
+	if _, err := s.Write(context.Background(), batch(entry("waits"))); pq.As(err, "57014") == nil {
+		t.Fatalf("the first write touching the row: %v; want 57014", err)
+	}
+	if n := s.held.n.Load(); n != 1 {
+		t.Errorf("%d rows marked held after a statement_timeout on a held row, want 1", n)
+	}
+	_ = tx.Rollback()
+}
+
+// lib/pq begins a transaction with BEGIN READ WRITE, which overrides a
+// server's default_transaction_read_only: a probe must still be refused.
+func TestProbeKeepsTheServersReadOnly(t *testing.T) {
+	t.Parallel()
+	u := pgtest.NewDatabase(t)
+	s, _ := openStore(t, u)
+	entry := byPractitioner("prov-ro")
+	mustWrite(t, s, batch(entry("first")))
+	pr, err := prepare(batch(entry("marked")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.held.note(pr, errors.New("held"), time.Now(), []rowKey{{'r', ehr, "prov-ro"}})
+	pgtest.AlterDatabase(t, u, "default_transaction_read_only = on")
+	newSessions(s)
+	if _, err := s.Write(context.Background(), batch(entry("probe"))); pq.As(err, "25006") == nil {
+		t.Errorf("a probe on a read-only server: %v; want 25006", err)
 	}
 }

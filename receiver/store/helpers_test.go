@@ -300,3 +300,19 @@ func deadlocks(t testing.TB, s *Store, db *sqlx.DB) int {
 	}
 	return count(t, db, `SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()`)
 }
+
+// byPractitioner returns a maker of minimal entries seen by practitioner.
+func byPractitioner(practitioner string) func(id string) payload.Entry {
+	return func(id string) payload.Entry {
+		e := minimalEntry(id)
+		e.Practitioner.ID = practitioner
+		return e
+	}
+}
+
+// newSessions makes the store's next writes open new sessions, which read
+// the database's defaults as they are now (pgtest.AlterDatabase).
+func newSessions(s *Store) {
+	s.db.SetMaxIdleConns(0)
+	s.db.SetMaxIdleConns(maxConns)
+}

@@ -331,13 +331,13 @@ func pruneStep(ctx context.Context, conn *sql.Conn, q, ehr string, cutoff time.T
 }
 
 // inBatch runs one batch in a transaction of its own with the pruner's
-// lock timeout.
+// lock timeout, read-only on a server set so (keepReadOnlySQL).
 func inBatch(ctx context.Context, conn *sql.Conn, f func(*sql.Tx) error) error {
 	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
-	if _, err := tx.ExecContext(ctx, `SET LOCAL lock_timeout = '`+pruneLockTimeout+`'`); err != nil {
+	if _, err := tx.ExecContext(ctx, keepReadOnlySQL+`; SET LOCAL lock_timeout = '`+pruneLockTimeout+`'`); err != nil {
 		_ = tx.Rollback()
 		return err
 	}

@@ -8,7 +8,9 @@ import (
 	"time"
 
 	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
 
+	"github.com/insighthealth/ehr-operator/internal/pgtest"
 	"github.com/insighthealth/ehr-operator/receiver/payload"
 )
 
@@ -253,5 +255,28 @@ func TestRetentionValidate(t *testing.T) {
 	}
 	if err := (Retention{QuarantineContent: day}).Validate(); err != nil {
 		t.Errorf("content period alone: %v", err)
+	}
+}
+
+// lib/pq begins a transaction with BEGIN READ WRITE, which overrides a
+// server's default_transaction_read_only (a managed service's, its disk
+// full): retention must not delete there.
+func TestPruneKeepsTheServersReadOnly(t *testing.T) {
+	ctx := context.Background()
+	u := pgtest.NewDatabase(t)
+	s, db := openStore(t, u)
+	if err := s.RecordDeliveries(ctx, failures(3, ehr, "old")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`UPDATE webhook_deliveries SET received_at = now() - interval '400 days'`); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.AlterDatabase(t, u, "default_transaction_read_only = on")
+	newSessions(s)
+	if _, _, err := s.Prune(ctx, ehr, retention, time.Now()); pq.As(err, "25006") == nil {
+		t.Errorf("Prune on a read-only server: %v; want 25006", err)
+	}
+	if n := count(t, db, `SELECT count(*) FROM webhook_deliveries`); n != 3 {
+		t.Errorf("%d deliveries left on a read-only server, want 3", n)
 	}
 }

@@ -6,6 +6,9 @@ import (
 	"database/sql/driver"
 	"errors"
 	"strings"
+	"sync/atomic"
+
+	"github.com/lib/pq"
 )
 
 // sessionSettings are the receiver's settings of each of its sessions, in
@@ -65,6 +68,15 @@ var sessionSettings = []struct{ name, set string }{
 // lockTimeout is the sessions' lock_timeout where the database sets none.
 const lockTimeout = "2s"
 
+// keepReadOnlySQL, run first in a transaction that writes, keeps a
+// server set read-only (default_transaction_read_only: a managed
+// service's when its disk is full) read-only for it: lib/pq begins every
+// transaction with BEGIN READ WRITE, which overrides that default.
+// Measured: a probe (held.go) was stored and answered 200 while every other
+// write was refused 25006 and answered 503, and /dbz flapped.
+const keepReadOnlySQL = "SELECT set_config('transaction_read_only', 'on', true) " +
+	"WHERE current_setting('default_transaction_read_only')::boolean"
+
 // sessionSetup is the statement that sets sessionSettings on a new
 // connection, leaving out those the database URL sets as run-time
 // parameters (the URL wins). They are SET once the session is open, not
@@ -94,6 +106,8 @@ type sessionConnector struct {
 	// refused, if not nil, is called when the server has no slot for a
 	// new connection (pool.go).
 	refused func()
+	// path, if not nil, pins the sessions' search_path.
+	path *searchPath
 }
 
 func (c sessionConnector) Connect(ctx context.Context) (driver.Conn, error) {
@@ -102,14 +116,69 @@ func (c sessionConnector) Connect(ctx context.Context) (driver.Conn, error) {
 		c.refused()
 		return nil, refusedConnError{err}
 	}
-	if err != nil || c.setup == "" {
+	if err != nil {
 		return conn, err
 	}
-	if _, err := conn.(driver.ExecerContext).ExecContext(ctx, c.setup, nil); err != nil {
-		_ = conn.Close()
-		return nil, err
+	setup := c.setup
+	if c.path != nil {
+		setup += c.path.load()
+	}
+	if setup != "" {
+		if _, err := conn.(driver.ExecerContext).ExecContext(ctx, setup, nil); err != nil {
+			_ = conn.Close()
+			return nil, err
+		}
+	}
+	if c.path != nil && c.path.load() == "" {
+		if err := c.path.pin(ctx, conn); err != nil {
+			_ = conn.Close()
+			return nil, err
+		}
 	}
 	return conn, nil
+}
+
+// searchPath keeps every session of the store on the search_path of its
+// first: the schema its migrations ran in. Tables are named without a
+// schema, so a session takes the role's or database's search_path, and a
+// DBA's ALTER ROLE … SET search_path to another schema made each new
+// session's writes fail with 42P01 (undefined table), answered 500, while
+// /readyz and database_up said all was well; after the DBA's RESET the
+// sessions opened meanwhile stayed in the pool, failing, for up to its
+// connections' lifetime. A search_path the database URL sets is the first
+// session's too.
+type searchPath struct{ set atomic.Pointer[string] }
+
+// load is the statement that pins the search_path, "" until the first
+// session reported its own.
+func (p *searchPath) load() string {
+	if s := p.set.Load(); s != nil {
+		return *s
+	}
+	return ""
+}
+
+// pin records conn's search_path as the sessions'.
+func (p *searchPath) pin(ctx context.Context, conn driver.Conn) error {
+	rows, err := conn.(driver.QueryerContext).QueryContext(ctx, "SHOW search_path", nil)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	v := make([]driver.Value, 1)
+	if err := rows.Next(v); err != nil {
+		return err
+	}
+	var path string
+	switch x := v[0].(type) {
+	case string:
+		path = x
+	case []byte:
+		path = string(x)
+	}
+	set := "SELECT set_config('search_path', " + pq.QuoteLiteral(path) + ", false);"
+	p.set.CompareAndSwap(nil, &set)
+	return nil
 }
 
 // ErrTransactionPooling: the database URL leads to a pooler that hands a

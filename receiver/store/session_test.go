@@ -321,3 +321,17 @@ func TestCheckSessionsFindsTransactionPooling(t *testing.T) {
 		}
 	}
 }
+
+// A DBA's search_path set later to a schema without the tables (ALTER
+// ROLE or DATABASE … SET search_path) reaches new sessions: the store's
+// keep the first session's, where the tables are.
+func TestSessionsKeepTheFirstSearchPath(t *testing.T) {
+	u := pgtest.NewDatabase(t)
+	s, _ := openStore(t, u)
+	mustWrite(t, s, batch(minimalEntry("before")))
+	pgtest.AlterDatabase(t, u, "search_path = nowhere")
+	newSessions(s)
+	if _, err := s.Write(context.Background(), batch(minimalEntry("after"))); err != nil {
+		t.Errorf("a write after the database's search_path changed: %v", err)
+	}
+}

@@ -137,7 +137,7 @@ func Open(ctx context.Context, databaseURL string) (*Store, error) {
 	s := &Store{queue: make(chan *request, queueDepth), smallTurn: make(chan struct{}, 1),
 		txTimeout: txTimeout, outcomeGrace: outcomeGrace, turnHold: turnHold}
 	s.db = sqlx.NewDb(sql.OpenDB(sessionConnector{Connector: connector, setup: sessionSetup(cfg.Runtime),
-		refused: s.connectionRefused}), "postgres")
+		refused: s.connectionRefused, path: &searchPath{}}), "postgres")
 	s.db.SetMaxOpenConns(maxConns)
 	s.db.SetMaxIdleConns(maxConns)
 	// Recycle connections now and then so a failover or a DNS change is
