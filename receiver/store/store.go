@@ -152,9 +152,14 @@ func Open(ctx context.Context, databaseURL string) (*Store, error) {
 }
 
 // Migrate applies the embedded migrations under a PostgreSQL advisory lock,
-// so replicas that start together are safe.
+// so replicas that start together are safe. A server that takes no writes
+// gets none (ErrReadOnly, retried by the caller): lib/pq begins goose's
+// transactions READ WRITE, which overrides a server set read-only.
 func (s *Store) Migrate(ctx context.Context) error {
 	if err := s.checkSessions(ctx); err != nil {
+		return wrap("Migrate", err)
+	}
+	if err := s.writable(ctx); err != nil {
 		return wrap("Migrate", err)
 	}
 	if err := migrations.Up(ctx, s.db.DB, slog.Default()); err != nil {
@@ -168,14 +173,23 @@ func (s *Store) Migrate(ctx context.Context) error {
 // first verdict is kept); it says nothing of the schema.
 func (s *Store) Ping(ctx context.Context) error {
 	s.liftPoolCap(time.Now())
-	var readOnly string
-	if err := s.db.QueryRowContext(ctx, `SHOW transaction_read_only`).Scan(&readOnly); err != nil {
+	if err := s.writable(ctx); err != nil {
 		return wrap("Ping", err)
 	}
-	if readOnly == "on" {
-		return wrap("Ping", ErrReadOnly)
-	}
 	return wrap("Ping", s.checkSessions(ctx))
+}
+
+// writable is ErrReadOnly when the server takes no writes: a standby, or
+// a server set read-only (default_transaction_read_only).
+func (s *Store) writable(ctx context.Context) error {
+	var readOnly string
+	if err := s.db.QueryRowContext(ctx, `SHOW transaction_read_only`).Scan(&readOnly); err != nil {
+		return err
+	}
+	if readOnly == "on" {
+		return ErrReadOnly
+	}
+	return nil
 }
 
 // Ready is nil when the database answers and every migration is applied.

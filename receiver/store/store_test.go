@@ -50,6 +50,38 @@ func TestMigrateConcurrentlyThenReady(t *testing.T) {
 	mustWrite(t, first, batch(specEntry()))
 }
 
+// A server set read-only (default_transaction_read_only: a managed
+// service's when its disk is full) gets no migration until it takes writes
+// again: lib/pq begins goose's transactions READ WRITE, which overrides
+// that default, so a new release's receivers applied theirs.
+func TestMigrateWaitsForAWritableServer(t *testing.T) {
+	t.Parallel()
+	u := pgtest.NewEmptyDatabase(t)
+	ctx := context.Background()
+	pgtest.AlterDatabase(t, u, "default_transaction_read_only = on")
+	s, db := openStore(t, u)
+	if err := s.Migrate(ctx); !errors.Is(err, ErrReadOnly) {
+		t.Errorf("Migrate on a read-only server: %v, want ErrReadOnly", err)
+	}
+	var tables int
+	if err := db.Get(&tables, `SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()`); err != nil {
+		t.Fatal(err)
+	}
+	if tables != 0 {
+		t.Errorf("%d tables made on a read-only server, want 0", tables)
+	}
+	// BEGIN READ WRITE, as lib/pq's, is how a session writes here.
+	tx := db.MustBegin()
+	tx.MustExec(`DO $$ BEGIN EXECUTE format('ALTER DATABASE %I RESET default_transaction_read_only', current_database()); END $$`)
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	newSessions(s)
+	if err := s.Migrate(ctx); err != nil {
+		t.Errorf("Migrate once the server takes writes: %v", err)
+	}
+}
+
 func TestReadyWhenDatabaseUnreachable(t *testing.T) {
 	t.Parallel()
 	// A port nobody listens on: take a free one and close it.
