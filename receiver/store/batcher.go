@@ -389,9 +389,10 @@ func (s *Store) writeRetrying(ctx context.Context, group []*request) ([]outcome,
 
 // writeGroup runs the group's statement in autocommit: the rows are read to
 // the end, which lib/pq reaches only after the server committed. A probe's
-// runs in a transaction of its own, which first locks its rows found held
-// without waiting (lockHeld) and sets its lock_timeout for it alone: a
-// round trip a row found held and three more, for a request touching one.
+// runs in a transaction of its own, which first sets its lock_timeout for
+// it alone and keeps a read-only server read-only (probeSetupSQL), then
+// locks its rows found held without waiting (lockHeld): a round trip a row
+// found held and three more, for a request touching one.
 func (s *Store) writeGroup(ctx context.Context, group []*request, out []outcome) error {
 	ps := make([]*prepared, len(group))
 	for i, r := range group {

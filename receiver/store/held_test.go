@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"net/url"
 	"slices"
 	"testing"
 	"time"
@@ -135,8 +134,7 @@ func TestProbeLockTimeout(t *testing.T) {
 func TestWriteTouchingAHeldRow(t *testing.T) {
 	t.Parallel()
 	s, db := newStore(t)
-	entry := byPractitioner("prov-held")
-	mustWrite(t, s, batch(entry("first")))
+	entry := practitionerStored(t, s, "prov-held")
 	tx := pgtest.HoldRows(t, db.DB, `SELECT 1 FROM practitioners WHERE external_id = 'prov-held' FOR UPDATE`)
 	write := func(id string) (time.Duration, error) {
 		t0 := time.Now()
@@ -187,8 +185,7 @@ func TestRowTheReceiverHoldsIsNotHeldElsewhere(t *testing.T) {
 	t.Parallel()
 	u := pgtest.NewDatabase(t)
 	s, _ := openStore(t, u)
-	entry := byPractitioner("prov-busy")
-	mustWrite(t, s, batch(entry("first")))
+	entry := practitionerStored(t, s, "prov-busy")
 	// A session named as the store's: the receiver's own, as far as the
 	// store can tell.
 	replica, err := sql.Open("postgres", withApplicationName(t, u, storeSessions))
@@ -234,8 +231,7 @@ func TestRowTheReceiverHoldsIsNotHeldElsewhere(t *testing.T) {
 func TestRowHeldInAReleasedSavepointIsFound(t *testing.T) {
 	t.Parallel()
 	s, db := newStore(t)
-	entry := byPractitioner("prov-sp")
-	mustWrite(t, s, batch(entry("first")))
+	entry := practitionerStored(t, s, "prov-sp")
 	tx, err := db.Begin()
 	if err != nil {
 		t.Fatal(err)
@@ -270,17 +266,8 @@ func TestRowHeldInAReleasedSavepointIsFound(t *testing.T) {
 // for a held row with 57014, not 55P03: the row is found held all the same.
 func TestRowHeldPastStatementTimeoutIsFound(t *testing.T) {
 	t.Parallel()
-	u := pgtest.NewDatabase(t)
-	su, err := url.Parse(u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := su.Query()
-	q.Set("statement_timeout", "1000")
-	su.RawQuery = q.Encode()
-	s, db := openStore(t, su.String())
-	entry := byPractitioner("prov-st")
-	mustWrite(t, s, batch(entry("first")))
+	s, db := openStore(t, withParam(t, pgtest.NewDatabase(t), "statement_timeout", "1000"))
+	entry := practitionerStored(t, s, "prov-st")
 	tx := pgtest.HoldRows(t, db.DB, `SELECT 1 FROM practitioners WHERE external_id = 'prov-st' FOR UPDATE`)
 	if _, err := s.Write(context.Background(), batch(entry("waits"))); pq.As(err, "57014") == nil {
 		t.Fatalf("the first write touching the row: %v; want 57014", err)
@@ -297,8 +284,7 @@ func TestProbeKeepsTheServersReadOnly(t *testing.T) {
 	t.Parallel()
 	u := pgtest.NewDatabase(t)
 	s, _ := openStore(t, u)
-	entry := byPractitioner("prov-ro")
-	mustWrite(t, s, batch(entry("first")))
+	entry := practitionerStored(t, s, "prov-ro")
 	pr, err := prepare(batch(entry("marked")))
 	if err != nil {
 		t.Fatal(err)

@@ -267,12 +267,18 @@ func transactions(t testing.TB, db *sqlx.DB) int {
 // withApplicationName is database URL u with its application_name set.
 func withApplicationName(t testing.TB, u, name string) string {
 	t.Helper()
+	return withParam(t, u, "application_name", name)
+}
+
+// withParam returns database URL u with run-time parameter key set.
+func withParam(t testing.TB, u, key, value string) string {
+	t.Helper()
 	su, err := url.Parse(u)
 	if err != nil {
 		t.Fatal(err)
 	}
 	q := su.Query()
-	q.Set("application_name", name)
+	q.Set(key, value)
 	su.RawQuery = q.Encode()
 	return su.String()
 }
@@ -308,6 +314,15 @@ func byPractitioner(practitioner string) func(id string) payload.Entry {
 		e.Practitioner.ID = practitioner
 		return e
 	}
+}
+
+// practitionerStored stores an appointment ("first") seen by practitioner,
+// so that its row exists to be held, and returns byPractitioner's maker.
+func practitionerStored(t testing.TB, s *Store, practitioner string) func(id string) payload.Entry {
+	t.Helper()
+	entry := byPractitioner(practitioner)
+	mustWrite(t, s, batch(entry("first")))
+	return entry
 }
 
 // newSessions makes the store's next writes open new sessions, which read

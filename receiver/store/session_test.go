@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -119,17 +118,11 @@ func TestSessionSettings(t *testing.T) {
 	// commits do not wait for the disk.
 	pgtest.AlterDatabase(t, u, "default_transaction_isolation = serializable")
 	pgtest.AlterDatabase(t, u, "synchronous_commit = off")
-	withURLSetting, err := url.Parse(u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := withURLSetting.Query()
-	q.Set("plan_cache_mode", "force_custom_plan")
-	withURLSetting.RawQuery = q.Encode()
+	withURLSetting := withParam(t, u, "plan_cache_mode", "force_custom_plan")
 	for _, c := range []struct {
 		url       string
 		planCache string
-	}{{u, "force_generic_plan"}, {withURLSetting.String(), "force_custom_plan"}} {
+	}{{u, "force_generic_plan"}, {withURLSetting, "force_custom_plan"}} {
 		s, _ := openStore(t, c.url)
 		ctx := context.Background()
 		// Two sessions at once: two connections.
