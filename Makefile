@@ -35,7 +35,9 @@ FUZZTIME ?= 20s
 # promtool (Prometheus' rule tester) for the alert rules' unit tests, built
 # once from its Go module and cached outside the repository.
 PROMTOOL_VERSION ?= v0.316.0
-PROMTOOL ?= $(HOME)/.cache/ehr-operator/promtool-$(PROMTOOL_VERSION)/promtool
+# The directory names the build (rules only: hack/build-promtool.sh), so a
+# machine with an earlier, full build makes this one.
+PROMTOOL ?= $(HOME)/.cache/ehr-operator/promtool-$(PROMTOOL_VERSION)-rules/promtool
 
 SHELL := /usr/bin/env bash -o pipefail
 .SHELLFLAGS := -ec
@@ -52,7 +54,7 @@ help: ## Show this help.
 ##@ Development
 
 .PHONY: setup
-setup: ## Install what development, tests and verify need (PostgreSQL via apt, tools in ./bin, envtest binaries, the local cluster's Traefik).
+setup: ## Install what development, tests and verify need (PostgreSQL via apt, tools in ./bin, envtest binaries, promtool, the local cluster's binaries and Traefik), two builds at a time.
 	hack/setup.sh
 
 .PHONY: postgres

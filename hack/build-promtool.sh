@@ -13,6 +13,9 @@ echo "[build-promtool] building promtool $version into $dest (once, a few minute
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 # Outside any module, so the project's go.mod does not get in the way.
-(cd "$tmp" && GOBIN="$tmp" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" \
+# remove_all_sd leaves out the service discovery plugins (AWS, Azure, GCE and
+# a dozen more SDKs) that checking and testing rules never use: on 2 cores
+# the build takes 189 s instead of 410 (5 Dec 2026, modules downloaded).
+(cd "$tmp" && GOBIN="$tmp" CGO_ENABLED=0 go install -tags remove_all_sd -trimpath -ldflags "-s -w" \
 	"github.com/prometheus/prometheus/cmd/promtool@$version")
 mv "$tmp/promtool" "$dest"
