@@ -51,8 +51,7 @@ k8s_lane() {
   make --no-print-directory setup-envtest
   # The local cluster's other Kubernetes binaries, from the same scratch
   # module (up.sh links kube-apiserver and etcd from the envtest store).
-  K8S_VERSION="$K8S_VERSION" hack/build-k8s-binaries.sh "$K8S_BIN" \
-    kube-controller-manager kube-scheduler kubelet kube-proxy kubectl
+  K8S_VERSION="$K8S_VERSION" hack/build-k8s-binaries.sh "$K8S_BIN" "${K8S_BUILT[@]}"
   make --no-print-directory promtool
 }
 tools_lane() {

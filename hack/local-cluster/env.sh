@@ -9,6 +9,10 @@ EHR_CACHE="${EHR_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ehr-operator}"
 # Built Kubernetes binaries live outside the repository, so a second bring-up
 # (and every clone) reuses them.
 K8S_BIN="${K8S_BIN:-$EHR_CACHE/k8s-$K8S_VERSION}"
+# The Kubernetes binaries built into K8S_BIN by hack/build-k8s-binaries.sh
+# (up.sh, or make setup beforehand); kube-apiserver and etcd come from the
+# envtest store when it has them.
+K8S_BUILT=(kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 # kube-router, run only as the NetworkPolicy controller (its firewall), is
 # built from its Go module by hack/build-kube-router.sh into the cache.
 KUBE_ROUTER_VERSION="${KUBE_ROUTER_VERSION:-v2.1.0}"

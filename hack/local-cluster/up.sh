@@ -94,7 +94,7 @@ binaries() {
       ln "$ENVTEST_STORE/$c" "$K8S_BIN/$c" 2>/dev/null || cp "$ENVTEST_STORE/$c" "$K8S_BIN/$c"
     fi
   done
-  for c in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do
+  for c in etcd kube-apiserver "${K8S_BUILT[@]}"; do
     [ -x "$K8S_BIN/$c" ] || missing+=("$c")
   done
   if [ ${#missing[@]} -gt 0 ]; then
