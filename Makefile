@@ -18,6 +18,14 @@ ENVTEST_ASSETS ?= $(HOME)/.local/share/kubebuilder-envtest/k8s/$(ENVTEST_K8S_VER
 # the image; both modules are built, vetted, linted and tested.
 HACK_GO := go -C hack
 
+# Every go command make runs (tests, vet, the builds tests make, the
+# binaries, the release) builds as the image's binaries are built: no cgo,
+# paths trimmed. The tests then run the code as it ships (Go's own DNS
+# resolver, for one), and a fresh machine compiles the dependencies once,
+# not once more for the tests (docs/decisions.md, "One build configuration").
+export CGO_ENABLED := 0
+export GOFLAGS := $(strip $(filter-out -trimpath,$(shell go env GOFLAGS)) -trimpath)
+
 # Tools are pinned and installed into ./bin with `go install`.
 LOCALBIN ?= $(shell pwd)/bin
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
@@ -54,7 +62,7 @@ help: ## Show this help.
 ##@ Development
 
 .PHONY: setup
-setup: ## Install what development, tests and verify need (PostgreSQL via apt, tools in ./bin, envtest binaries, promtool, the local cluster's binaries and Traefik), two builds at a time.
+setup: ## Install what development, tests and verify need (PostgreSQL via apt, tools in ./bin, envtest binaries, promtool, the local cluster's binaries and Traefik).
 	hack/setup.sh
 
 .PHONY: postgres
