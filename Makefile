@@ -130,8 +130,8 @@ load: ## Sustained load against a real receiver; prints figures over time.
 
 .PHONY: build
 build: ## Build bin/ehr-operator (the operator and its tools) and bin/ehr-receiver (what receiver pods run).
-	CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o $(LOCALBIN)/ehr-operator .
-	CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o $(LOCALBIN)/ehr-receiver ./cmd/ehr-receiver
+	go build -ldflags "$(LDFLAGS)" -o $(LOCALBIN)/ehr-operator .
+	go build -ldflags "$(LDFLAGS)" -o $(LOCALBIN)/ehr-receiver ./cmd/ehr-receiver
 
 .PHONY: docker-build
 docker-build: ## Build the container image with a Docker engine.

@@ -39,18 +39,17 @@ command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] ||
 # shellcheck source=local-cluster/env.sh
 . hack/local-cluster/env.sh
 
-# Each build is in turn (a single Go build keeps both cores busy: two at once
-# saved 55 s of 35 min, docs/decisions.md).
-make --no-print-directory setup-envtest
+# One build after another: a single Go build keeps both cores busy (two at
+# once saved 55 s of 35 min, docs/decisions.md). The project's pinned tools,
+# the envtest binaries and promtool first, then the local cluster's.
+make --no-print-directory controller-gen helm golangci-lint setup-envtest promtool
 # The local cluster's other Kubernetes binaries, from the same scratch module
 # (up.sh links kube-apiserver and etcd from the envtest store).
 K8S_VERSION="$K8S_VERSION" hack/build-k8s-binaries.sh "$K8S_BIN" "${K8S_BUILT[@]}"
-make --no-print-directory promtool
 # The local cluster's edge (hack/local-cluster/README.md, "The edge"): Traefik
 # and the Gateway API CRDs its up.sh installs; and its NetworkPolicy
 # controller, kube-router.
 echo "setup: Traefik $TRAEFIK_VERSION at $(TRAEFIK_VERSION="$TRAEFIK_VERSION" hack/build-traefik.sh)"
 (cd / && go mod download "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION")
 KUBE_ROUTER_VERSION="$KUBE_ROUTER_VERSION" hack/build-kube-router.sh "$(dirname "$KUBE_ROUTER_BIN")" >/dev/null
-make --no-print-directory controller-gen helm golangci-lint
 echo "setup: done"
