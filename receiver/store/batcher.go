@@ -303,7 +303,8 @@ func (s *Store) admit(r *request) { r.held = s.held.admit(r.p, time.Now()) }
 // the small groups' turn passes it on once its statement has returned,
 // before the callers are answered, so that the next small group's
 // statement runs while they are. A probe (held.go) is written with a
-// short lock_timeout.
+// short lock_timeout; a request found touching a row marked held since it
+// was gathered is written as one after its group (takeOff).
 func (s *Store) commit(group []*request, turn bool) {
 	var once sync.Once
 	release := func() {
@@ -335,23 +336,44 @@ func (s *Store) commit(group []*request, turn bool) {
 	// not roll back its neighbours.
 	ctx, cancel := context.WithTimeout(context.Background(), s.txTimeout)
 	defer cancel()
-	start := time.Now()
-	out, err := s.writeRetrying(ctx, live)
-	if turn {
-		release()
-		// The worker waiting for the turn is now runnable, but Go runs the
-		// goroutine readied last first, so each caller answered below
-		// would go ahead of it, and the next statement would wait for
-		// their responses. Yield: the next statement goes to PostgreSQL
-		// first (measured: docs/performance.md, "Grouping").
-		runtime.Gosched()
+	f := s.flights.takeOff(ctx, live, &s.held)
+	if len(f.reqs) > 0 {
+		s.write(f, f.reqs, func() {
+			if turn {
+				release()
+				// The worker waiting for the turn is now runnable, but Go
+				// runs the goroutine readied last first, so each caller
+				// answered below would go ahead of it, and the next
+				// statement would wait for their responses. Yield: the next
+				// statement goes to PostgreSQL first (measured:
+				// docs/performance.md, "Grouping").
+				runtime.Gosched()
+			}
+		})
 	}
-	if err != nil && len(live) > 1 && !IsUnavailable(err) {
+	s.flights.land(f)
+	release()
+	for _, r := range f.late {
+		s.write(&flight{ctx: ctx}, []*request{r}, nil)
+	}
+}
+
+// write runs f's statement for reqs (a group, or a probe alone) and
+// answers each of them; returned, if any, is called once the statement
+// has returned.
+func (s *Store) write(f *flight, reqs []*request, returned func()) {
+	start := time.Now()
+	out, err := s.writeRetrying(f.ctx, reqs)
+	if returned != nil {
+		returned()
+	}
+	err = cancelledFor(f.ctx, err)
+	if err != nil && len(reqs) > 1 && !IsUnavailable(err) {
 		// One request's rows failed the statement: each alone, so the
 		// failure is its own.
-		for i, r := range live {
-			res, err := s.writeRetrying(ctx, []*request{r})
-			if err != nil {
+		for i, r := range reqs {
+			res, err := s.writeRetrying(f.ctx, []*request{r})
+			if err = cancelledFor(f.ctx, err); err != nil {
 				out[i] = outcome{err: err}
 			} else {
 				out[i] = res[0]
@@ -360,16 +382,19 @@ func (s *Store) commit(group []*request, turn bool) {
 		err = nil
 	}
 	now := time.Now()
-	took := now.Sub(start)
-	held := s.heldBy(err, took, live)
-	for i, r := range live {
-		o := out[i]
+	held := s.heldBy(err, now.Sub(start), reqs)
+	for i, r := range reqs {
 		if err != nil {
-			o = outcome{err: err}
+			out[i] = outcome{err: err}
 		}
 		// Before the answer, so that the vendor's retry sees it.
-		s.held.note(r.p, o.err, now, held)
-		r.finish(o, true)
+		s.held.note(r.p, out[i].err, now, held)
+	}
+	if len(held) > 0 {
+		s.flights.cancelTouching(held, f)
+	}
+	for i, r := range reqs {
+		r.finish(out[i], true)
 	}
 }
 

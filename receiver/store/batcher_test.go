@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"net/url"
@@ -492,9 +493,11 @@ func TestSmallGroupsTakeTurns(t *testing.T) {
 	}
 }
 
-// Two versions of one appointment wait for its row, which someone else's
-// transaction holds (a DBA's fix left open): the first version's wait
-// times out, the row is freed before the second's does. The first is
+// Two versions of one appointment wait for its row, which another
+// replica's statement holds (a session named as the store's: a row found
+// held elsewhere, a DBA's, would cancel the second version's wait when
+// the first's times out, cancelTouching): the first version's wait times
+// out, the row is freed before the second's does. The first is
 // answered unavailable and the second stored: the appointment ends at the
 // newer version. Run again at once, the first would have queued behind
 // the second and committed after it (the vendor's retry of it is ordered
@@ -505,7 +508,12 @@ func TestLockTimeoutDoesNotUndoANewerVersion(t *testing.T) {
 	pgtest.AlterDatabase(t, u, "lock_timeout = '1s'") // a DBA's, kept: known timing
 	s, db := openStore(t, u)
 	mustWrite(t, s, batch(minimalEntry("held")))
-	tx := pgtest.HoldRows(t, db.DB, `SELECT 1 FROM appointments WHERE external_id = 'held' FOR UPDATE`)
+	replica, err := sql.Open("postgres", withApplicationName(t, u, storeSessions))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = replica.Close() })
+	tx := pgtest.HoldRows(t, replica, `SELECT 1 FROM appointments WHERE external_id = 'held' FOR UPDATE`)
 	older, newer := minimalEntry("held"), minimalEntry("held")
 	older.Appointment.Status, older.Appointment.StatusRaw = "cancelled", "Cancelled"
 	newer.Appointment.Status, newer.Appointment.StatusRaw = "noshow", "No-show"

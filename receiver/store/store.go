@@ -67,6 +67,7 @@ type Store struct {
 	gathering sync.Mutex
 	smallTurn chan struct{}
 	held      heldRows
+	flights   flights // held.go
 	pool      poolCap // pool.go
 	wg        sync.WaitGroup
 	// txTimeout, outcomeGrace and turnHold (batcher.go), fields so that a
