@@ -338,6 +338,7 @@ func (s *Store) commit(group []*request, turn bool) {
 	defer cancel()
 	f := s.flights.takeOff(ctx, live, &s.held)
 	if len(f.reqs) > 0 {
+		stop := s.watch(f)
 		s.write(f, f.reqs, func() {
 			if turn {
 				release()
@@ -350,6 +351,7 @@ func (s *Store) commit(group []*request, turn bool) {
 				runtime.Gosched()
 			}
 		})
+		stop()
 	}
 	s.flights.land(f)
 	release()

@@ -322,7 +322,7 @@ func TestWorkCarriesOverlappingRequestToNextGroup(t *testing.T) {
 	s, db := newStore(t)
 	v1, v2 := minimalEntry("apt-1"), minimalEntry("apt-1")
 	v2.Appointment.Status, v2.Appointment.StatusRaw = "cancelled", "Cancelled"
-	w := &Store{db: s.db, queue: make(chan *request, 3), txTimeout: txTimeout} // a worker of our own, run to the end
+	w := &Store{db: s.db, queue: make(chan *request, 3), txTimeout: txTimeout, lookAfter: lookAfter} // a worker of our own, run to the end
 	var reqs []*request
 	for _, b := range []Batch{batch(v1), batch(v2), batch(minimalEntry("apt-2"))} {
 		r := queued(t, b)
@@ -553,7 +553,7 @@ func TestCarriedRequestDoesNotWaitForTheGatherer(t *testing.T) {
 	s, _ := newStore(t)
 	v1, v2 := minimalEntry("apt-1"), minimalEntry("apt-1")
 	v2.Appointment.Status, v2.Appointment.StatusRaw = "cancelled", "Cancelled"
-	w := &Store{db: s.db, queue: make(chan *request, 2), smallTurn: make(chan struct{}, 1), txTimeout: txTimeout, turnHold: turnHold}
+	w := &Store{db: s.db, queue: make(chan *request, 2), smallTurn: make(chan struct{}, 1), txTimeout: txTimeout, turnHold: turnHold, lookAfter: lookAfter}
 	reqs := []*request{queued(t, batch(v1)), queued(t, batch(v2))}
 	for _, r := range reqs {
 		w.queue <- r

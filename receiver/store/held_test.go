@@ -132,12 +132,16 @@ func TestProbeLockTimeout(t *testing.T) {
 }
 
 // Through Write, on a practitioner's row held by someone else's
-// transaction: the first write waits the sessions' lock_timeout and marks
-// that row alone; the next ones go as probes, which find it still locked
-// at once; once the row is free, writes touching it commit again.
+// transaction, with a DBA's lock_timeout of 30 s: the first write is
+// answered 503 once its statement has run lookAfter (watch), not at its
+// lock_timeout nor at its 15 s deadline, and marks that row alone; the
+// next ones go as probes, which find it still locked at once; once the
+// row is free, writes touching it commit again.
 func TestWriteTouchingAHeldRow(t *testing.T) {
 	t.Parallel()
-	s, db := newStore(t)
+	u := pgtest.NewDatabase(t)
+	pgtest.AlterDatabase(t, u, "lock_timeout = '30s'")
+	s, db := openStore(t, u)
 	entry := practitionerStored(t, s, "prov-held")
 	tx := pgtest.HoldRows(t, db.DB, `SELECT 1 FROM practitioners WHERE external_id = 'prov-held' FOR UPDATE`)
 	write := func(id string) (time.Duration, error) {
@@ -147,8 +151,9 @@ func TestWriteTouchingAHeldRow(t *testing.T) {
 	}
 	// A batch of two: the held practitioner's appointment, and another's.
 	t0 := time.Now()
-	if _, err := s.Write(context.Background(), batch(entry("waits"), minimalEntry("beside"))); !isLockTimeout(err) || time.Since(t0) < time.Second {
-		t.Fatalf("the first write touching the held row: %v after %s; want a lock timeout after the sessions' %s", err, time.Since(t0), lockTimeout)
+	_, err := s.Write(context.Background(), batch(entry("waits"), minimalEntry("beside")))
+	if d := time.Since(t0); !errors.Is(err, ErrRowHeld) || !IsUnavailable(err) || d < lookAfter || d > lookAfter+2*time.Second {
+		t.Fatalf("the first write touching the held row: %v after %s; want ErrRowHeld after %s", err, d.Round(time.Millisecond), lookAfter)
 	}
 	// Only the practitioner's row is marked: the other entry's rows, and
 	// the patient and appointment beside it, are written as usual.
@@ -252,10 +257,13 @@ func TestCancelledFor(t *testing.T) {
 // one before it, up to the sessions' lock_timeout, and then for the row
 // itself as long again (TestHeldPractitionerHoldsUpOnlyItsBatches stalled
 // so in 2 of 25 runs). The second write here, sent while the first waits,
-// was answered a lock timeout 2 s after the first.
+// was answered a lock timeout 2 s after the first. The watch is off: the
+// first write's lock timeout finds the row (as when a DBA's lock_timeout
+// is shorter than lookAfter).
 func TestWriteUnderWayOnARowFoundHeldIsCancelled(t *testing.T) {
 	t.Parallel()
 	s, db := newStore(t)
+	s.lookAfter = time.Hour // before the first write: the workers read it after
 	entry := practitionerStored(t, s, "prov-wait")
 	tx := pgtest.HoldRows(t, db.DB, `UPDATE practitioners SET first_name = 'Jon' WHERE external_id = 'prov-wait'`)
 	type answer struct {
@@ -349,6 +357,9 @@ func TestRowTheReceiverHoldsIsNotHeldElsewhere(t *testing.T) {
 // subtransaction's id, whose lock in pg_locks ends at the RELEASE while
 // the row stays locked until the transaction ends. The row is still found
 // held, and the next write touching it is answered ErrRowHeld at once.
+// The first is answered ErrRowHeld by the watch when a transaction that
+// began after the savepoint has ended (other tests' here, other writes
+// in production), else a lock timeout (heldElsewhereSQL).
 func TestRowHeldInAReleasedSavepointIsFound(t *testing.T) {
 	t.Parallel()
 	s, db := newStore(t)
@@ -365,8 +376,8 @@ func TestRowHeldInAReleasedSavepointIsFound(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := s.Write(context.Background(), batch(entry("waits"))); !isLockTimeout(err) {
-		t.Fatalf("the first write touching the row: %v; want a lock timeout", err)
+	if _, err := s.Write(context.Background(), batch(entry("waits"))); !errors.Is(err, ErrRowHeld) && !isLockTimeout(err) {
+		t.Fatalf("the first write touching the row: %v; want ErrRowHeld or a lock timeout", err)
 	}
 	if _, ok := s.held.rows[rowKey{'r', ehr, "prov-sp"}]; !ok {
 		t.Errorf("the row changed in a released savepoint is not marked held")
@@ -383,11 +394,12 @@ func TestRowHeldInAReleasedSavepointIsFound(t *testing.T) {
 	}
 }
 
-// A statement_timeout shorter than the sessions' lock_timeout ends a wait
-// for a held row with 57014, not 55P03: the row is found held all the same.
+// A statement_timeout shorter than the sessions' lock_timeout (and than
+// lookAfter) ends a wait for a held row with 57014, not 55P03: the row is
+// found held all the same.
 func TestRowHeldPastStatementTimeoutIsFound(t *testing.T) {
 	t.Parallel()
-	s, db := openStore(t, withParam(t, pgtest.NewDatabase(t), "statement_timeout", "1000"))
+	s, db := openStore(t, withParam(t, pgtest.NewDatabase(t), "statement_timeout", "300"))
 	entry := practitionerStored(t, s, "prov-st")
 	tx := pgtest.HoldRows(t, db.DB, `SELECT 1 FROM practitioners WHERE external_id = 'prov-st' FOR UPDATE`)
 	if _, err := s.Write(context.Background(), batch(entry("waits"))); pq.As(err, "57014") == nil {

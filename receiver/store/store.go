@@ -70,9 +70,9 @@ type Store struct {
 	flights   flights // held.go
 	pool      poolCap // pool.go
 	wg        sync.WaitGroup
-	// txTimeout, outcomeGrace and turnHold (batcher.go), fields so that a
-	// test can change them.
-	txTimeout, outcomeGrace, turnHold time.Duration
+	// txTimeout, outcomeGrace and turnHold (batcher.go) and lookAfter
+	// (held.go), fields so that a test can change them.
+	txTimeout, outcomeGrace, turnHold, lookAfter time.Duration
 }
 
 // urlError says what is wrong with a database URL without quoting any of
@@ -136,7 +136,7 @@ func Open(ctx context.Context, databaseURL string) (*Store, error) {
 	}
 	connector.Dialer(newDialer())
 	s := &Store{queue: make(chan *request, queueDepth), smallTurn: make(chan struct{}, 1),
-		txTimeout: txTimeout, outcomeGrace: outcomeGrace, turnHold: turnHold}
+		txTimeout: txTimeout, outcomeGrace: outcomeGrace, turnHold: turnHold, lookAfter: lookAfter}
 	s.db = sqlx.NewDb(sql.OpenDB(sessionConnector{Connector: connector, setup: sessionSetup(cfg.Runtime),
 		refused: s.connectionRefused, path: &searchPath{}}), "postgres")
 	s.db.SetMaxOpenConns(maxConns)

@@ -85,8 +85,8 @@ func TestRowHeldElsewhereHoldsUpOnlyItsAppointment(t *testing.T) {
 // them share their statement: before held rows were remembered, the other
 // appointments, sent one at a time, were answered 503 after 2 s (0-1 of
 // 3-4 stored in 6 s). Now the held practitioner's requests are answered
-// 503, and the others as if nothing were held, past the first lock
-// timeout.
+// 503, and the others as if nothing were held, past the first half
+// second (the store's watch; before it, the first lock timeout).
 func TestHeldPractitionerHoldsUpOnlyItsAppointments(t *testing.T) {
 	const heldProv = 7
 	gen := harness.NewGen("heldprov") // entry n names practitioner prov-(n mod 500)
