@@ -154,17 +154,20 @@ const heldElsewhereSQL = `(` + heldByOtherSessionSQL + ` OR ` + heldOpenSQL + `)
 // were answered in a median 33-44 ms against 15-19 (three runs each; why,
 // not found). On a quiet database a probe then waits probeLockTimeout, and
 // its lock timeout's look-up finds the row.
-const heldOpenSQL = `xmax NOT IN (SELECT l.transactionid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-		WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted
-		AND a.application_name = current_setting('application_name'))
+const heldOpenSQL = `xmax NOT IN (` + sessionXactsSQL + `= current_setting('application_name'))
 	AND CASE WHEN xmax <> '0'::xid AND ` + behindSQL + ` BETWEEN 1 AND 2147483647 AND ` + snapshotXmax + ` - ` + behindSQL + ` >= 3
 		THEN pg_xact_status((` + snapshotXmax + ` - ` + behindSQL + `)::text::xid8) = 'in progress' END`
 
 // heldByOtherSessionSQL: xmax is the top-level transaction of a session
 // not named as the pool's.
-const heldByOtherSessionSQL = `xmax IN (SELECT l.transactionid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+const heldByOtherSessionSQL = `xmax IN (` + sessionXactsSQL + `IS DISTINCT FROM current_setting('application_name'))`
+
+// sessionXactsSQL, completed with a comparison to the pool's name, selects
+// the top-level transactions of the sessions whose application_name
+// compares so.
+const sessionXactsSQL = `SELECT l.transactionid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
 		WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted
-		AND a.application_name IS DISTINCT FROM current_setting('application_name'))`
+		AND a.application_name `
 
 const (
 	snapshotXmax = "pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
@@ -481,7 +484,7 @@ func touchesAny(reqs []*request, rows []rowKey) bool {
 type foundHeld struct{ rows []rowKey }
 
 func (foundHeld) Error() string {
-	return "the batch's statement touched a row another transaction holds, found so past lock_timeout, and was cancelled: retry later"
+	return "the batch's statement touched a row another transaction holds, found so by the receiver's look-up, and was cancelled: retry later"
 }
 func (foundHeld) Is(target error) bool { return target == ErrRowHeld }
 
