@@ -426,12 +426,20 @@ func (s *Store) writeGroup(ctx context.Context, group []*request, out []outcome)
 		ps[i] = r.p
 	}
 	simple := simpleGroup(ps)
-	stmt, err := s.stmt(ctx, simple)
+	query := writeSQL
+	if simple {
+		query = writeSimpleSQL
+	}
+	stmt, err := s.stmt(ctx, query)
 	if err != nil {
 		return err
 	}
 	if !group[0].probe() {
 		return readAnswers(ctx, stmt, ps, out, simple)
+	}
+	locks, err := s.lockHeldStmts(ctx, group[0].held)
+	if err != nil {
+		return err
 	}
 	tx, err := s.db.BeginTxx(ctx, nil)
 	if err != nil {
@@ -441,7 +449,7 @@ func (s *Store) writeGroup(ctx context.Context, group []*request, out []outcome)
 	if _, err := tx.ExecContext(ctx, probeSetupSQL); err != nil {
 		return wrap("Write", err)
 	}
-	if err := lockHeld(ctx, tx, group[0].held); err != nil {
+	if err := lockHeld(ctx, tx, group[0].held, locks); err != nil {
 		return wrap("Write", err)
 	}
 	if err := readAnswers(ctx, tx.StmtxContext(ctx, stmt), ps, out, simple); err != nil {

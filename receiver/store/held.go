@@ -119,10 +119,11 @@ func isLockTimeout(err error) bool { return pq.As(err, "55P03") != nil }
 func isCancelled(err error) bool { return pq.As(err, "57014") != nil }
 
 // heldElsewhereSQL is the condition that a row's xmax is a transaction
-// still open in a session other than the receiver's. A row lock is its
-// transaction's id in the tuple's xmax. The receiver's own sessions, of
-// this process and of other replicas, share the pool's application_name,
-// and their statements use no savepoints.
+// still open in a session other than the receiver's, in a statement that
+// begins with withXactsSQL. A row lock is its transaction's id in the
+// tuple's xmax. The receiver's own sessions, of this process and of other
+// replicas, share the pool's application_name, and their statements use
+// no savepoints.
 //
 // An id is held elsewhere when it is the top-level transaction of a
 // session not so named, among the granted locks of pg_locks. That alone
@@ -145,29 +146,20 @@ func isCancelled(err error) bool { return pq.As(err, "57014") != nil }
 // xmax is a 32-bit id and pg_xact_status takes a 64-bit one: the id is
 // placed within 2^31 below the snapshot's xmax (snapshotXmax), behindSQL
 // ids below it.
-const heldElsewhereSQL = `(` + heldByOtherSessionSQL + ` OR ` + heldOpenSQL + `)`
-
-// heldOpenSQL: xmax is open (pg_xact_status) and no top-level transaction
-// of the receiver's sessions; ids below the snapshot's xmax only. A
-// probe's check (lockHeldSQL) uses it alone: with heldByOtherSessionSQL
-// too, the other appointments of TestHeldPractitionerHoldsUpOnlyItsAppointments
-// were answered in a median 33-44 ms against 15-19 (three runs each; why,
-// not found). On a quiet database a probe then waits probeLockTimeout, and
-// its lock timeout's look-up finds the row.
-const heldOpenSQL = `xmax NOT IN (` + sessionXactsSQL + `= current_setting('application_name'))
+const heldElsewhereSQL = `(xmax IN (SELECT xid FROM xacts WHERE NOT ours)
+	OR xmax NOT IN (SELECT xid FROM xacts WHERE ours)
 	AND CASE WHEN xmax <> '0'::xid AND ` + behindSQL + ` BETWEEN 1 AND 2147483647 AND ` + snapshotXmax + ` - ` + behindSQL + ` >= 3
-		THEN pg_xact_status((` + snapshotXmax + ` - ` + behindSQL + `)::text::xid8) = 'in progress' END`
+		THEN pg_xact_status((` + snapshotXmax + ` - ` + behindSQL + `)::text::xid8) = 'in progress' END)`
 
-// heldByOtherSessionSQL: xmax is the top-level transaction of a session
-// not named as the pool's.
-const heldByOtherSessionSQL = `xmax IN (` + sessionXactsSQL + `IS DISTINCT FROM current_setting('application_name'))`
-
-// sessionXactsSQL, completed with a comparison to the pool's name, selects
-// the top-level transactions of the sessions whose application_name
-// compares so.
-const sessionXactsSQL = `SELECT l.transactionid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-		WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted
-		AND a.application_name `
+// withXactsSQL reads the sessions' top-level transactions once per
+// statement (a CTE named twice is materialized), each marked ours if its
+// session is named as the pool is. Read once per condition and table, the
+// look-up read them six times (docs/decisions.md, "Rows found held").
+const withXactsSQL = `WITH xacts AS (
+	SELECT l.transactionid AS xid, coalesce(a.application_name = current_setting('application_name'), false) AS ours
+	FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+	WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted
+) `
 
 const (
 	snapshotXmax = "pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
@@ -177,7 +169,7 @@ const (
 // heldRowsSQL names the rows of ehr ($1) among appointments ($2), patients
 // ($3) and practitioners ($4) that another session holds. A plain SELECT
 // does not wait for a row's lock.
-const heldRowsSQL = `SELECT 'a' AS t, external_id FROM appointments WHERE ehr = $1 AND external_id = ANY($2) AND ` + heldElsewhereSQL + `
+const heldRowsSQL = withXactsSQL + `SELECT 'a' AS t, external_id FROM appointments WHERE ehr = $1 AND external_id = ANY($2) AND ` + heldElsewhereSQL + `
 UNION ALL SELECT 'p', external_id FROM patients WHERE ehr = $1 AND external_id = ANY($3) AND ` + heldElsewhereSQL + `
 UNION ALL SELECT 'r', external_id FROM practitioners WHERE ehr = $1 AND external_id = ANY($4) AND ` + heldElsewhereSQL
 
@@ -201,7 +193,11 @@ func (s *Store) heldRowsOf(group []*request) []rowKey {
 		T  string `db:"t"`
 		ID string `db:"external_id"`
 	}
-	if err := s.db.SelectContext(ctx, &found, heldRowsSQL, ehr, pq.Array(ids), pq.Array(patients), pq.Array(practitioners)); err != nil {
+	stmt, err := s.stmt(ctx, heldRowsSQL)
+	if err != nil {
+		return nil
+	}
+	if err := stmt.SelectContext(ctx, &found, ehr, pq.Array(ids), pq.Array(patients), pq.Array(practitioners)); err != nil {
 		return nil
 	}
 	held := make([]rowKey, len(found))
@@ -278,7 +274,7 @@ func (h *heldRows) admit(p *prepared, now time.Time) (held []rowKey) {
 
 // lockHeldSQL locks a row found held, in the lock mode of the upserts,
 // unless it is locked (SKIP LOCKED), and says whether another session
-// still holds it (heldOpenSQL). A row the receiver's own statement holds
+// still holds it (heldElsewhereSQL). A row the receiver's own statement holds
 // is left to the probe's statement, which waits for it at most
 // probeLockTimeout. A row that does not exist is no error.
 var lockHeldSQL = map[byte]string{
@@ -288,8 +284,8 @@ var lockHeldSQL = map[byte]string{
 }
 
 func lockHeldQuery(table string) string {
-	return "SELECT NOT EXISTS (SELECT 1 FROM " + table + " WHERE ehr = $1 AND external_id = $2 FOR NO KEY UPDATE SKIP LOCKED) " +
-		"AND EXISTS (SELECT 1 FROM " + table + " WHERE ehr = $1 AND external_id = $2 AND " + heldOpenSQL + ")"
+	return withXactsSQL + "SELECT NOT EXISTS (SELECT 1 FROM " + table + " WHERE ehr = $1 AND external_id = $2 FOR NO KEY UPDATE SKIP LOCKED) " +
+		"AND EXISTS (SELECT 1 FROM " + table + " WHERE ehr = $1 AND external_id = $2 AND " + heldElsewhereSQL + ")"
 }
 
 // stillHeld is ErrRowHeld from lockHeld, naming the row still locked.
@@ -299,16 +295,16 @@ func (stillHeld) Error() string        { return ErrRowHeld.Error() }
 func (stillHeld) Is(target error) bool { return target == ErrRowHeld }
 
 // lockHeld locks a probe's rows found held before its statement takes any
-// other lock, one statement a row, and fails with stillHeld at the first
-// another session still holds, holding nothing once the transaction is
-// rolled back. Waiting for them instead held the probe's other rows
-// meanwhile, which other batches of the clinic name: in its statement
-// (which takes them in key order) for the probe's 200 ms, probe after
-// probe (docs/decisions.md, "Rows found held").
-func lockHeld(ctx context.Context, tx *sqlx.Tx, held []rowKey) error {
-	for _, k := range held {
+// other lock, one statement a row (stmts, lockHeldStmts'), and fails with
+// stillHeld at the first another session still holds, holding nothing
+// once the transaction is rolled back. Waiting for them instead held the
+// probe's other rows meanwhile, which other batches of the clinic name: in
+// its statement (which takes them in key order) for the probe's 200 ms,
+// probe after probe (docs/decisions.md, "Rows found held").
+func lockHeld(ctx context.Context, tx *sqlx.Tx, held []rowKey, stmts []*sqlx.Stmt) error {
+	for i, k := range held {
 		var elsewhere bool
-		if err := tx.QueryRowxContext(ctx, lockHeldSQL[k.table], k.ehr, k.id).Scan(&elsewhere); err != nil {
+		if err := tx.StmtxContext(ctx, stmts[i]).QueryRowxContext(ctx, k.ehr, k.id).Scan(&elsewhere); err != nil {
 			return err
 		}
 		if elsewhere {
@@ -316,6 +312,21 @@ func lockHeld(ctx context.Context, tx *sqlx.Tx, held []rowKey) error {
 		}
 	}
 	return nil
+}
+
+// lockHeldStmts are lockHeld's statements for held, prepared before the
+// probe's transaction takes a connection: preparing needs one of the
+// pool's.
+func (s *Store) lockHeldStmts(ctx context.Context, held []rowKey) ([]*sqlx.Stmt, error) {
+	stmts := make([]*sqlx.Stmt, len(held))
+	for i, k := range held {
+		stmt, err := s.stmt(ctx, lockHeldSQL[k.table])
+		if err != nil {
+			return nil, err
+		}
+		stmts[i] = stmt
+	}
+	return stmts, nil
 }
 
 // note records how p's write ended. A commit forgets p's rows. Otherwise

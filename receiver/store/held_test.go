@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -170,6 +171,12 @@ func TestWriteTouchingAHeldRow(t *testing.T) {
 		if d, err := write(id); !errors.Is(err, ErrRowHeld) || !IsUnavailable(err) || d > heldAfter {
 			t.Fatalf("%s: %v after %s; want ErrRowHeld at once", id, err, d)
 		}
+	}
+	s.stmtsMu.Lock()
+	checked := s.stmts[lockHeldSQL['r']] != nil
+	s.stmtsMu.Unlock()
+	if !checked {
+		t.Errorf("the probes' check is not among the prepared statements: it would be parsed and planned at each probe")
 	}
 	if err := tx.Rollback(); err != nil {
 		t.Fatal(err)
@@ -427,5 +434,43 @@ func TestProbeKeepsTheServersReadOnly(t *testing.T) {
 	newSessions(s)
 	if _, err := s.Write(context.Background(), batch(entry("probe"))); pq.As(err, "25006") == nil {
 		t.Errorf("a probe on a read-only server: %v; want 25006", err)
+	}
+}
+
+// The look-up of held rows and a probe's check read pg_locks and
+// pg_stat_activity once each, whatever the tables and arms: each read is
+// most of a check's cost (withXactsSQL).
+func TestHeldRowChecksReadTheSessionsOnce(t *testing.T) {
+	t.Parallel()
+	_, db := newStore(t)
+	ctx := context.Background()
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, `SET plan_cache_mode = force_generic_plan`); err != nil {
+		t.Fatal(err)
+	}
+	checks := map[string]struct{ query, args string }{
+		"heldRowsSQL":    {heldRowsSQL, `('nexus', ARRAY['a'], ARRAY['p'], ARRAY['r'])`},
+		"lockHeldSQL[a]": {lockHeldSQL['a'], `('nexus', 'a')`},
+		"lockHeldSQL[p]": {lockHeldSQL['p'], `('nexus', 'p')`},
+		"lockHeldSQL[r]": {lockHeldSQL['r'], `('nexus', 'r')`},
+	}
+	for i, name := range slices.Sorted(maps.Keys(checks)) {
+		c := checks[name]
+		if _, err := conn.ExecContext(ctx, fmt.Sprintf("PREPARE check%d AS %s", i, c.query)); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		var plan string
+		if err := conn.QueryRowContext(ctx, fmt.Sprintf("EXPLAIN (FORMAT JSON) EXECUTE check%d%s", i, c.args)).Scan(&plan); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		for _, f := range []string{"pg_lock_status", "pg_stat_get_activity"} {
+			if n := strings.Count(plan, `"Function Name": "`+f+`"`); n != 1 {
+				t.Errorf("%s reads %s %d times; want once", name, f, n)
+			}
+		}
 	}
 }
