@@ -254,16 +254,24 @@ func (s *Store) Close() error {
 // (session.go) then spares each call its planning too, which for the
 // held-row checks cost several times their execution (a probe's check:
 // 2.3-2.7 ms of the server's time unprepared, 0.3 prepared; decisions.md,
-// "Rows found held").
+// "Rows found held"). The lock is not held while preparing: a
+// slow server must not hold up the statements already prepared.
 func (s *Store) stmt(ctx context.Context, query string) (*sqlx.Stmt, error) {
 	s.stmtsMu.Lock()
-	defer s.stmtsMu.Unlock()
-	if st := s.stmts[query]; st != nil {
+	st := s.stmts[query]
+	s.stmtsMu.Unlock()
+	if st != nil {
 		return st, nil
 	}
 	prepared, err := s.db.PreparexContext(ctx, query)
 	if err != nil {
 		return nil, wrap("Write: prepare", err)
+	}
+	s.stmtsMu.Lock()
+	defer s.stmtsMu.Unlock()
+	if st := s.stmts[query]; st != nil { // prepared meanwhile by another caller
+		_ = prepared.Close()
+		return st, nil
 	}
 	if s.stmts == nil {
 		s.stmts = map[string]*sqlx.Stmt{}
