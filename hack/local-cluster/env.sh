@@ -49,7 +49,10 @@ PG_DIR="${EHR_CLUSTER_PG_DIR:-/var/tmp/ehr-local-cluster-postgres}"
 # Gateway listeners that ask for it) is reachable at the node address only.
 TRAEFIK_VERSION="${TRAEFIK_VERSION:-v3.6.12}"
 TRAEFIK_IMAGE="localhost/traefik:$TRAEFIK_VERSION"
-TRAEFIK_TAR="$EHR_CACHE/traefik-$TRAEFIK_VERSION/traefik-image.tar"
+# hack/build-traefik.sh builds into TRAEFIK_DIR (without lego's DNS
+# providers, hence the name); up.sh packs the image beside the binary.
+TRAEFIK_DIR="$EHR_CACHE/traefik-$TRAEFIK_VERSION-nodns"
+TRAEFIK_TAR="$TRAEFIK_DIR/traefik-image.tar"
 GATEWAY_API_VERSION="${GATEWAY_API_VERSION:-v1.4.1}"
 EDGE_NS=traefik
 EDGE_HTTPS_PORT=8443
