@@ -66,7 +66,7 @@ setup: ## Install what development, tests and verify need (PostgreSQL via apt, t
 	hack/setup.sh
 
 .PHONY: postgres
-postgres: ## Install the PostgreSQL server binaries and PgBouncer with apt when they are missing.
+postgres: ## Install what the tests need from apt when it is missing: the PostgreSQL server binaries, PgBouncer, a C compiler (the race detector).
 	hack/setup.sh postgres
 
 .PHONY: manifests
@@ -102,6 +102,9 @@ test: postgres helm setup-envtest promtool ## Run all tests (real PostgreSQL, re
 	$(HACK_GO) test ./... -count=1
 	@# The fault tests measure latency under load: alone, not beside the other packages.
 	go test ./test/faults/ -count=1 -timeout 15m
+	@# The receiver's packages once more under the race detector: their goroutines share the
+	@# batcher's groups, the held rows, the pool and the in-flight budget. It needs cgo.
+	CGO_ENABLED=1 go test -race ./receiver/... -count=1 -timeout 20m
 
 .PHONY: test-faults
 test-faults: postgres ## Only the fault tests under load (outages, start without PostgreSQL, memory, floods, SIGTERM, overlapping senders); `make test` runs them too.

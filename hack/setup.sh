@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # One-time setup of a development machine (and of CI on a fresh one):
-# PostgreSQL server binaries and PgBouncer, the pinned tools in ./bin, the envtest
+# PostgreSQL server binaries, PgBouncer and a C compiler, the pinned tools in ./bin, the envtest
 # binaries, promtool, and the local cluster's Kubernetes binaries, kube-router
 # and ingress controller (Traefik), all built from their Go modules (about
 # half an hour on 2 cores, once). Everything is cached outside the repository
 # or in ./bin, so a second run takes seconds.
 #
 #   hack/setup.sh            everything
-#   hack/setup.sh postgres   only the PostgreSQL server binaries and PgBouncer
+#   hack/setup.sh postgres   only what the tests need from apt: the PostgreSQL
+#                            server binaries, PgBouncer and a C compiler
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +34,9 @@ have_initdb || apt_install postgresql "PostgreSQL server binaries (initdb, pg_ct
 # PgBouncer: test/contract puts receivers behind one (pgtest.NewPgBouncer).
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] ||
   apt_install pgbouncer "PgBouncer (test/contract starts one)" ""
+# A C compiler: `make test` runs the receiver's packages under the race
+# detector, which needs cgo.
+command -v gcc >/dev/null 2>&1 || apt_install gcc "a C compiler (go test -race needs cgo)" ""
 
 [ "${1:-}" = postgres ] && exit 0
 
