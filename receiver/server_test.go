@@ -3,13 +3,13 @@ package receiver
 import (
 	"context"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/insighthealth/ehr-operator/internal/harness"
 	"github.com/insighthealth/ehr-operator/internal/pgtest"
 	"github.com/insighthealth/ehr-operator/receiver/store"
 )
@@ -28,7 +28,11 @@ func TestShutdownWithFrozenDatabase(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = st.Close() }) // after the thaw: cleanups run last first
 	cfg := validConfig()
-	cfg.Listen, cfg.MetricsListen = freeAddr(t), freeAddr(t)
+	addrs, err := harness.FreeAddrs(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Listen, cfg.MetricsListen = addrs[0], addrs[1]
 	// A retention applied back to back, so that a run is under way.
 	cfg.Retention = store.Retention{DeliveryLog: time.Hour}
 	cfg.RetentionInterval = 100 * time.Millisecond
@@ -80,15 +84,4 @@ func TestShutdownWithFrozenDatabase(t *testing.T) {
 	if !strings.Contains(log.String(), `"msg":"Background database work did not stop in time; exiting without it (the database does not answer?)","ehr":"nexus","waited":"5s","running":["retention"]}`) {
 		t.Errorf("no line naming the background work left:\n%s", log)
 	}
-}
-
-// freeAddr is a loopback address with a port free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }

@@ -47,14 +47,11 @@ func runProfile(spec string, d, warmup time.Duration) error {
 		return err
 	}
 	defer st.Close()
-	listen, err := harness.FreeAddr()
+	addrs, err := harness.FreeAddrs(2)
 	if err != nil {
 		return err
 	}
-	metricsListen, err := harness.FreeAddr()
-	if err != nil {
-		return err
-	}
+	listen, metricsListen := addrs[0], addrs[1]
 	srv, err := receiver.New(receiver.Config{
 		EHR: harness.EHR, Location: time.UTC, APIKey: harness.APIKey, Secret: []byte(harness.Secret),
 		MaxBodyBytes: 4194304, MaxBatchSize: 1000, RequestsPerSecond: 1e6, Burst: 1e6,

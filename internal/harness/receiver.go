@@ -60,6 +60,18 @@ func StartReceiver(binary, dbURL string, extra ...string) (*Receiver, error) {
 // StartReceiverAs is StartReceiver with other credentials. The database
 // URL reaches the process through DATABASE_URL.
 func StartReceiverAs(binary, dbURL string, c Credentials, extra ...string) (*Receiver, error) {
+	// A port free a moment ago may be taken before the receiver binds it
+	// (by another test's connection, as its source port): start again on
+	// others.
+	for attempt := 1; ; attempt++ {
+		r, err := startReceiver(binary, dbURL, c, extra...)
+		if err == nil || attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+			return r, err
+		}
+	}
+}
+
+func startReceiver(binary, dbURL string, c Credentials, extra ...string) (*Receiver, error) {
 	dir, err := os.MkdirTemp("", "ehr-receiver-")
 	if err != nil {
 		return nil, fmt.Errorf("while creating the receiver directory: %w", err)
@@ -76,14 +88,11 @@ func StartReceiverAs(binary, dbURL string, c Credentials, extra ...string) (*Rec
 			return nil, fmt.Errorf("while writing %s: %w", name, err)
 		}
 	}
-	listen, err := FreeAddr()
+	addrs, err := FreeAddrs(2)
 	if err != nil {
 		return nil, err
 	}
-	metricsListen, err := FreeAddr()
-	if err != nil {
-		return nil, err
-	}
+	listen, metricsListen := addrs[0], addrs[1]
 	logPath := filepath.Join(dir, "receiver.log")
 	logf, err := os.Create(logPath)
 	if err != nil {
@@ -226,14 +235,21 @@ func ProcStatus(pid int, field string) (float64, error) {
 	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
 }
 
-// FreeAddr is a free 127.0.0.1 port (loopback only).
-func FreeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", fmt.Errorf("while finding a free port: %w", err)
+// FreeAddrs is n distinct 127.0.0.1 addresses (loopback only) whose ports
+// were free a moment ago. Each is held open until all are chosen: the
+// kernel may hand out a port just closed again, and a receiver once got
+// the same port for both its listeners.
+func FreeAddrs(n int) ([]string, error) {
+	addrs := make([]string, 0, n)
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("while finding a free port: %w", err)
+		}
+		defer ln.Close()
+		addrs = append(addrs, ln.Addr().String())
 	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
+	return addrs, nil
 }
 
 // NewClient is an HTTP client keeping up to conns connections to one

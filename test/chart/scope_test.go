@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -31,6 +30,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/insighthealth/ehr-operator/internal/gatewayapi"
+	"github.com/insighthealth/ehr-operator/internal/harness"
 )
 
 // TestManagerRunsAsTheChartsRBAC runs the real `ehr-operator manager`, with
@@ -230,14 +230,18 @@ func startManager(t *testing.T, bin string, args []string, admin *rest.Config, t
 	t.Helper()
 	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
 	writeTokenKubeconfig(t, kubeconfig, admin, token)
-	m := &manager{out: &syncBuffer{}, done: make(chan error, 1), metricsAddr: freeAddr(t)}
+	addrs, err := harness.FreeAddrs(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &manager{out: &syncBuffer{}, done: make(chan error, 1), metricsAddr: addrs[0]}
 	var final []string
 	for _, a := range args {
 		switch {
 		case strings.HasPrefix(a, "--metrics-bind-address="):
 			a = "--metrics-bind-address=" + m.metricsAddr
 		case strings.HasPrefix(a, "--health-probe-bind-address="):
-			a = "--health-probe-bind-address=" + freeAddr(t)
+			a = "--health-probe-bind-address=" + addrs[1]
 		}
 		final = append(final, a)
 	}
@@ -454,17 +458,6 @@ func adminConfig(t *testing.T, c client.Client) *rest.Config {
 
 // adminConfigs maps the clients startAPIServer returns to their config.
 var adminConfigs sync.Map
-
-// freeAddr returns a 127.0.0.1 address with a port nothing listens on now.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().String()
-}
 
 // syncBuffer is a bytes.Buffer safe for a process' output and the test.
 type syncBuffer struct {
