@@ -117,7 +117,9 @@ func startReceiver(binary, dbURL string, c Credentials, extra ...string) (*Recei
 	for {
 		select {
 		case <-r.exited:
-			return nil, fmt.Errorf("the receiver exited at start (%v); its log:\n%s", r.exitErr, r.LogTail())
+			err := fmt.Errorf("the receiver exited at start (%v); its log:\n%s", r.exitErr, r.LogTail())
+			r.removeDir() // its credentials; a start retried makes another
+			return nil, err
 		default:
 		}
 		if resp, err := http.Get(r.MetricsURL + "/readyz"); err == nil {
