@@ -233,7 +233,10 @@ func (c *Cluster) startLocked() error {
 }
 
 func ping(u string) error {
-	db, err := sql.Open("postgres", u)
+	// lib/pq does not give up a connection's start-up at the context's
+	// deadline, only at connect_timeout: a port taken by something that
+	// accepts and never answers would hold this forever.
+	db, err := sql.Open("postgres", u+"&connect_timeout=2")
 	if err != nil {
 		return err
 	}

@@ -40,12 +40,34 @@ func NewPgBouncer(t testing.TB, dbURL, mode string) string {
 			t.Fatalf("pgtest: %v", err)
 		}
 	}
+	// A free port can be taken between choosing and binding it (another
+	// test's listener): PgBouncer then exits at start, and is started again
+	// on another port.
+	for attempt := 1; ; attempt++ {
+		pooled, log, err := startPgBouncer(t, bin, cred, u, db, mode)
+		if err == nil {
+			return pooled
+		}
+		if attempt < 3 && strings.Contains(log, "in use") {
+			continue
+		}
+		t.Fatalf("pgtest: %v; its log:\n%s", err, log)
+	}
+}
+
+// pgBouncerPort chooses PgBouncer's port; a test takes one meanwhile.
+var pgBouncerPort = freePort
+
+// startPgBouncer makes one attempt: on a fresh port, in a directory of its
+// own, removed when the test ends. It returns PgBouncer's log with an error.
+func startPgBouncer(t testing.TB, bin string, cred *syscall.Credential, u *url.URL, db, mode string) (string, string, error) {
+	t.Helper()
 	dir, err := os.MkdirTemp(tempParent(cred), "pgbouncer-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	port, err := freePort()
+	port, err := pgBouncerPort()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,15 +121,15 @@ pool_mode = %s
 		select {
 		case <-done:
 			log, _ := os.ReadFile(logf.Name())
-			t.Fatalf("pgtest: pgbouncer exited at start; its log:\n%s", log)
+			return "", string(log), fmt.Errorf("pgbouncer exited at start")
 		default:
 		}
 		if ping(pooled.String()) == nil {
-			return pooled.String()
+			return pooled.String(), "", nil
 		}
 		if time.Now().After(deadline) {
 			log, _ := os.ReadFile(logf.Name())
-			t.Fatalf("pgtest: pgbouncer did not accept connections within 30s; its log:\n%s", log)
+			return "", string(log), fmt.Errorf("pgbouncer did not accept connections within 30s")
 		}
 	}
 }

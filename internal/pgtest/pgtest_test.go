@@ -3,8 +3,10 @@ package pgtest
 import (
 	"context"
 	"database/sql"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -159,5 +161,39 @@ func TestDurableCluster(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(c.DataDir(), "pg_wal")); err != nil {
 			t.Errorf("durable %v: no WAL in the data directory: %v", durable, err)
 		}
+	}
+}
+
+// A port taken between choosing it and PgBouncer binding it (another
+// test's listener) makes PgBouncer exit at start; it is started again on
+// another port.
+func TestPgBouncerPortTakenMeanwhile(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	takenPort := taken.Addr().(*net.TCPAddr).Port
+	var chosen []int
+	pgBouncerPort = func() (int, error) {
+		p, err := freePort()
+		if len(chosen) == 0 {
+			p = takenPort
+		}
+		chosen = append(chosen, p)
+		return p, err
+	}
+	defer func() { pgBouncerPort = freePort }()
+
+	pooled := NewPgBouncer(t, NewDatabase(t), "session")
+	if len(chosen) != 2 {
+		t.Fatalf("ports chosen: %v; want the taken one, then another", chosen)
+	}
+	if !strings.Contains(pooled, ":"+strconv.Itoa(chosen[1])+"/") {
+		t.Fatalf("URL %s is not on the second port %d", pooled, chosen[1])
+	}
+	var one int
+	if err := open(t, pooled).QueryRowContext(context.Background(), `SELECT 1`).Scan(&one); err != nil {
+		t.Fatalf("through PgBouncer: %v", err)
 	}
 }
