@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -236,7 +237,11 @@ func ping(u string) error {
 	// lib/pq does not give up a connection's start-up at the context's
 	// deadline, only at connect_timeout: a port taken by something that
 	// accepts and never answers would hold this forever.
-	db, err := sql.Open("postgres", u+"&connect_timeout=2")
+	sep := "?"
+	if strings.Contains(u, "?") {
+		sep = "&"
+	}
+	db, err := sql.Open("postgres", u+sep+"connect_timeout=2")
 	if err != nil {
 		return err
 	}

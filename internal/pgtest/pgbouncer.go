@@ -55,7 +55,8 @@ func NewPgBouncer(t testing.TB, dbURL, mode string) string {
 	}
 }
 
-// pgBouncerPort chooses PgBouncer's port; a test takes one meanwhile.
+// pgBouncerPort chooses PgBouncer's port: a variable, so that a test can
+// hand it a port already taken.
 var pgBouncerPort = freePort
 
 // startPgBouncer makes one attempt: on a fresh port, in a directory of its
