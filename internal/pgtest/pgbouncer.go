@@ -48,7 +48,7 @@ func NewPgBouncer(t testing.TB, dbURL, mode string) string {
 		if err == nil {
 			return pooled
 		}
-		if attempt < 3 && strings.Contains(log, "in use") {
+		if attempt < 3 && strings.Contains(log, "already in use") {
 			continue
 		}
 		t.Fatalf("pgtest: %v; its log:\n%s", err, log)
